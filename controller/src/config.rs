@@ -1,0 +1,318 @@
+//! The process configuration file, `lifeline.yaml`.
+//!
+//! ```yaml
+//! zones: [...]          # zones served authoritatively, with SOA/NS data
+//! dns: {...}            # DNS listen addresses, snapshot directory, geo table
+//! admin: {listen, tokenEnv}
+//! store: {type: embedded, dataDir} | {type: etcd, endpoints, prefix, tls, ...}
+//! policySource: {type: files, paths} | {type: kubernetes, ...}
+//! defaults: {probe: {...}, apiBudget: {...}}
+//! ```
+//!
+//! Every struct rejects unknown fields: a typo in an operator's file must be an error,
+//! not a silently ignored setting.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use lifeline_crds::{
+    ApiBudget, Duration,
+    document,
+    validate::{Problem, check_hostname},
+};
+use lifeline_dns::{DnsConfig, ZoneConfig};
+use serde::{Deserialize, Serialize};
+
+/// Everything the `lifeline` process reads from its configuration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// Zones served authoritatively; every policy hostname must fall inside one.
+    pub zones: Vec<ZoneConfig>,
+    /// The DNS server's own settings.
+    #[serde(default)]
+    pub dns: DnsConfig,
+    /// The admin HTTP API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Where decisions, policies and overrides are kept.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Where FailoverPolicies and MemberClusters come from.
+    pub policy_source: PolicySource,
+    /// Defaults applied where a policy or cluster leaves a setting out.
+    #[serde(default)]
+    pub defaults: Defaults,
+}
+
+/// The admin HTTP API (status, overrides, metrics).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// Name of the environment variable holding the bearer token for write endpoints.
+    /// Without a token, writes are accepted only when `listen` is a loopback address.
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            token_env: default_token_env(),
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_token_env() -> String {
+    "LIFELINE_ADMIN_TOKEN".to_owned()
+}
+
+/// The store behind decisions and overrides.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// In-process store persisted to a directory: one replica, no etcd.
+    #[serde(rename_all = "camelCase")]
+    Embedded {
+        #[serde(default = "default_store_dir")]
+        data_dir: PathBuf,
+    },
+    /// etcd, for several replicas and break-glass control.
+    #[serde(rename_all = "camelCase")]
+    Etcd {
+        endpoints: Vec<String>,
+        #[serde(default = "default_prefix")]
+        prefix: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<EtcdTls>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        /// Environment variable holding the password (never the password itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password_env: Option<String>,
+    },
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig::Embedded {
+            data_dir: default_store_dir(),
+        }
+    }
+}
+
+fn default_store_dir() -> PathBuf {
+    PathBuf::from("/var/lib/lifeline/store")
+}
+fn default_prefix() -> String {
+    "/lifeline".to_owned()
+}
+
+/// TLS material for etcd client connections.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EtcdTls {
+    pub ca_file: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Where policies and member clusters are declared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum PolicySource {
+    /// YAML files holding FailoverPolicy and MemberCluster documents; relative paths are
+    /// resolved against the configuration file's directory.
+    Files { paths: Vec<PathBuf> },
+    /// CRs in the management cluster.
+    #[serde(rename_all = "camelCase")]
+    Kubernetes {
+        /// kubeconfig for the management cluster; in-cluster configuration when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kubeconfig: Option<PathBuf>,
+        /// Namespace watched for FailoverPolicies; all namespaces when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        namespace: Option<String>,
+    },
+}
+
+/// Defaults for settings a policy or cluster leaves out.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(default)]
+    pub probe: ProbeDefaults,
+    /// API budget toward member clusters whose MemberCluster does not set one.
+    #[serde(default)]
+    pub api_budget: ApiBudget,
+}
+
+/// Prober-wide settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProbeDefaults {
+    /// Interval for policies without a health check interval.
+    #[serde(default = "default_probe_interval")]
+    pub interval: Duration,
+    /// Timeout for policies without a health check timeout.
+    #[serde(default = "default_probe_timeout")]
+    pub timeout: Duration,
+    /// Probes in flight at once, across all targets.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+}
+
+impl Default for ProbeDefaults {
+    fn default() -> Self {
+        Self {
+            interval: default_probe_interval(),
+            timeout: default_probe_timeout(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::new("10s")
+}
+fn default_probe_timeout() -> Duration {
+    Duration::new("2s")
+}
+fn default_concurrency() -> u32 {
+    64
+}
+
+impl Config {
+    /// Reads and validates a configuration file, returning every problem found.
+    pub fn load(path: &std::path::Path) -> Result<Config, Vec<Problem>> {
+        let bytes = std::fs::read(path).map_err(|e| vec![Problem::new("", format!("cannot read file: {e}"))])?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Config, Vec<Problem>> {
+        document::check_size(bytes).map_err(|p| vec![p])?;
+        let text = std::str::from_utf8(bytes).map_err(|e| vec![Problem::new("", format!("file is not UTF-8: {e}"))])?;
+        let mut docs = document::parse_yaml_stream(text).map_err(|p| vec![p])?;
+        if docs.len() != 1 {
+            return Err(vec![Problem::new(
+                "",
+                format!("a configuration file holds exactly one YAML document, found {}", docs.len()),
+            )]);
+        }
+        Self::from_value(docs.remove(0))
+    }
+
+    /// Decodes and validates one already-parsed document.
+    pub fn from_value(value: serde_json::Value) -> Result<Config, Vec<Problem>> {
+        let config: Config = document::decode(value).map_err(|p| vec![p])?;
+        let problems = config.validate();
+        if problems.is_empty() { Ok(config) } else { Err(problems) }
+    }
+
+    /// Zone apexes served, for checking policy hostnames.
+    pub fn zone_origins(&self) -> Vec<String> {
+        self.zones.iter().map(|z| z.origin.clone()).collect()
+    }
+
+    /// Every problem in the configuration, with field paths.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut push = |path: String, message: String| out.push(Problem::new(path, message));
+
+        if self.zones.is_empty() {
+            push("zones".into(), "must list at least one zone".into());
+        }
+        for (i, zone) in self.zones.iter().enumerate() {
+            let base = format!("zones[{i}]");
+            for (field, name) in [("origin", &zone.origin), ("primaryNs", &zone.primary_ns), ("hostmaster", &zone.hostmaster)] {
+                if let Err(e) = check_hostname(name) {
+                    push(format!("{base}.{field}"), e);
+                }
+            }
+            if zone.nameservers.is_empty() {
+                push(format!("{base}.nameservers"), "must list at least one name server".into());
+            }
+            for (j, ns) in zone.nameservers.iter().enumerate() {
+                if let Err(e) = check_hostname(ns) {
+                    push(format!("{base}.nameservers[{j}]"), e);
+                }
+            }
+            for (j, other) in self.zones[..i].iter().enumerate() {
+                if lifeline_crds::validate::normalize_name(&other.origin)
+                    == lifeline_crds::validate::normalize_name(&zone.origin)
+                {
+                    push(format!("{base}.origin"), format!("zone {:?} is listed twice (also zones[{j}])", zone.origin));
+                }
+            }
+        }
+
+        if self.dns.udp.is_empty() && self.dns.tcp.is_empty() {
+            push("dns".into(), "must listen on at least one UDP or TCP address".into());
+        }
+        if let Err(e) = lifeline_crds::parse_duration(&self.dns.stale_after) {
+            push("dns.staleAfter".into(), e);
+        }
+        for (i, g) in self.dns.geo.iter().enumerate() {
+            if g.region.is_empty() {
+                push(format!("dns.geo[{i}].region"), "must not be empty".into());
+            }
+        }
+
+        if self.admin.token_env.is_empty() {
+            push("admin.tokenEnv".into(), "must name an environment variable".into());
+        }
+
+        if let StoreConfig::Etcd { endpoints, prefix, .. } = &self.store {
+            if endpoints.is_empty() {
+                push("store.endpoints".into(), "must list at least one etcd endpoint".into());
+            }
+            if !prefix.starts_with('/') {
+                push("store.prefix".into(), format!("{prefix:?} must start with '/'"));
+            }
+        }
+
+        if let PolicySource::Files { paths } = &self.policy_source
+            && paths.is_empty()
+        {
+            push("policySource.paths".into(), "must list at least one file".into());
+        }
+
+        let probe = &self.defaults.probe;
+        for (field, d) in [("interval", &probe.interval), ("timeout", &probe.timeout)] {
+            match d.parse() {
+                Ok(v) if v.is_zero() => push(format!("defaults.probe.{field}"), "must be greater than zero".into()),
+                Ok(_) => {}
+                Err(e) => push(format!("defaults.probe.{field}"), e),
+            }
+        }
+        if !(1..=10_000).contains(&probe.concurrency) {
+            push(
+                "defaults.probe.concurrency".into(),
+                format!("{} is out of range: must be between 1 and 10000", probe.concurrency),
+            );
+        }
+        let budget = &self.defaults.api_budget;
+        if !(0.01..=100.0).contains(&budget.qps) {
+            push(
+                "defaults.apiBudget.qps".into(),
+                format!("{} is out of range: must be between 0.01 and 100", budget.qps),
+            );
+        }
+        if !(1..=1000).contains(&budget.burst) {
+            push(
+                "defaults.apiBudget.burst".into(),
+                format!("{} is out of range: must be between 1 and 1000", budget.burst),
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,390 @@
+//! `FailoverPolicy`: one per global name; how its answers are chosen among member clusters.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Duration;
+
+/// Desired steering for one global hostname.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "lifeline.dev",
+    version = "v1alpha1",
+    kind = "FailoverPolicy",
+    plural = "failoverpolicies",
+    singular = "failoverpolicy",
+    shortname = "fp",
+    category = "lifeline",
+    namespaced,
+    status = "FailoverPolicyStatus",
+    printcolumn = r#"{"name":"Hostname","type":"string","jsonPath":".spec.hostname"}"#,
+    printcolumn = r#"{"name":"Strategy","type":"string","jsonPath":".spec.strategy"}"#,
+    printcolumn = r#"{"name":"Answer","type":"string","jsonPath":".status.answerSummary"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.targets) != has(self.targetSelector)").message("exactly one of targets or targetSelector must be set").field_path(".targets"))]
+#[x_kube(validation = Rule::new("!has(self.targets) || self.targets.all(t, self.targets.exists_one(u, u.cluster == t.cluster))").message("each target cluster may appear only once").field_path(".targets"))]
+pub struct FailoverPolicySpec {
+    /// The global name answered, e.g. `checkout.global.example.com`; must fall inside a
+    /// zone the DNS shim serves.
+    #[schemars(length(min = 1, max = 253))]
+    pub hostname: String,
+    /// TTL of the answers, in seconds.
+    #[serde(default = "default_ttl")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub ttl: u32,
+    /// Record types published; SRV needs `service.portName`.
+    #[serde(default = "default_record_types")]
+    #[schemars(length(min = 1, max = 3))]
+    pub record_types: Vec<RecordType>,
+    /// The Service to find in each member cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
+    /// Member clusters that can serve this name. Exactly one of `targets` and
+    /// `targetSelector` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub targets: Option<Vec<Target>>,
+    /// Label selector over MemberClusters; every match becomes a target with priority 0
+    /// and weight 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_selector: Option<LabelSelector>,
+    /// How answers are chosen among healthy targets.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Data-plane health check of every target address. Without one, health comes
+    /// from control-plane readiness hints only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// What to answer when no target is healthy.
+    #[serde(default)]
+    pub when_all_unhealthy: WhenAllUnhealthy,
+    /// What to do when a target's source of truth (its cluster's API) is unreachable.
+    #[serde(default)]
+    pub on_source_unavailable: OnSourceUnavailable,
+    /// Pacing of traffic returning to a recovered target.
+    #[serde(default)]
+    pub failback: Failback,
+}
+
+fn default_ttl() -> u32 {
+    30
+}
+
+fn default_record_types() -> Vec<RecordType> {
+    vec![RecordType::A]
+}
+
+/// DNS record types a policy can publish.
+#[derive(JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum RecordType {
+    A,
+    #[serde(rename = "AAAA")]
+    Aaaa,
+    #[serde(rename = "SRV")]
+    Srv,
+}
+
+/// A Service in each member cluster.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceRef {
+    /// Service name.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Namespace; defaults to the policy's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Named port published in SRV records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_name: Option<String>,
+}
+
+/// One member cluster serving this name.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Target {
+    /// Name of a MemberCluster.
+    #[schemars(length(min = 1, max = 253))]
+    pub cluster: String,
+    /// Tier: `Failover` answers with the lowest tier that has a healthy target.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100))]
+    pub priority: u32,
+    /// Relative share of answers within its tier (`Weighted`, ramps). 0 keeps the
+    /// target as a standby that only serves when nothing else can.
+    #[serde(default = "default_weight")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub weight: u32,
+    /// Fixed addresses for this target, overriding the cluster's address source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub addresses: Vec<String>,
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+/// Answer selection strategy.
+#[derive(JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Strategy {
+    /// All healthy targets of the lowest priority tier that has any.
+    #[default]
+    Failover,
+    /// All healthy targets, chosen per query in proportion to their weights.
+    Weighted,
+    /// All healthy targets, rotated per query.
+    RoundRobin,
+    /// Healthy targets in the client's region (by EDNS Client Subnet or source address),
+    /// falling back to all healthy targets.
+    Geo,
+}
+
+/// A data-plane health check. Exactly one of `http` and `tcp` is set.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.http) != has(self.tcp)").message("exactly one of http or tcp must be set"))]
+#[x_kube(validation = Rule::new("duration(self.timeout) <= duration(self.interval)").message("timeout must not exceed interval").field_path(".timeout"))]
+pub struct HealthCheck {
+    /// HTTP or HTTPS GET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpCheck>,
+    /// TCP connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpCheck>,
+    /// Time between probes of one target.
+    #[serde(default = "default_interval")]
+    pub interval: Duration,
+    /// Time a probe may take before it counts as failed.
+    #[serde(default = "default_timeout")]
+    pub timeout: Duration,
+    /// Consecutive failures before a healthy target becomes unhealthy.
+    #[serde(default = "default_unhealthy_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub unhealthy_threshold: u32,
+    /// Consecutive successes before an unhealthy target becomes healthy.
+    #[serde(default = "default_healthy_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub healthy_threshold: u32,
+}
+
+fn default_interval() -> Duration {
+    Duration::new("10s")
+}
+fn default_timeout() -> Duration {
+    Duration::new("2s")
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+
+/// HTTP(S) GET probe.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpCheck {
+    /// `http` or `https`.
+    #[serde(default)]
+    pub scheme: HttpScheme,
+    /// Port on the target address.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u32,
+    /// Request path; starts with `/`.
+    #[serde(default = "default_path")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub path: String,
+    /// Host header (and TLS server name); defaults to the policy's hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Statuses that count as healthy.
+    #[serde(default = "default_expected_status")]
+    #[schemars(length(min = 1, max = 32))]
+    pub expected_status: Vec<u16>,
+    /// Skip TLS certificate verification (off by default).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+fn default_path() -> String {
+    "/healthz".to_owned()
+}
+fn default_expected_status() -> Vec<u16> {
+    vec![200]
+}
+
+/// URL scheme of an HTTP check.
+#[derive(JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpScheme {
+    #[default]
+    Http,
+    Https,
+}
+
+/// TCP connect probe.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpCheck {
+    /// Port on the target address.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u32,
+}
+
+/// Behaviour when no target is healthy.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.mode != 'Fallback' || (has(self.fallbackAddresses) && size(self.fallbackAddresses) > 0)").message("fallbackAddresses must list at least one address when mode is Fallback").field_path(".fallbackAddresses"))]
+pub struct WhenAllUnhealthy {
+    /// What to answer.
+    #[serde(default)]
+    pub mode: AllUnhealthyMode,
+    /// Addresses answered in `Fallback` mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub fallback_addresses: Vec<String>,
+}
+
+/// What to answer when no target is healthy.
+#[derive(JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AllUnhealthyMode {
+    /// Fail open: answer every target (a broken health check must not black-hole a name).
+    #[default]
+    ServeAll,
+    /// Keep the last answer that had healthy targets.
+    LastKnownGood,
+    /// Answer nothing (NODATA).
+    Empty,
+    /// Answer `fallbackAddresses`.
+    Fallback,
+}
+
+/// Behaviour when the source of truth for a target goes quiet.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OnSourceUnavailable {
+    /// `Freeze` keeps the last known state; `TreatAsUnhealthy` gives up after `maxStale`.
+    #[serde(default)]
+    pub mode: SourceUnavailableMode,
+    /// How long state may be stale before `TreatAsUnhealthy` applies.
+    #[serde(default = "default_max_stale")]
+    pub max_stale: Duration,
+}
+
+impl Default for OnSourceUnavailable {
+    fn default() -> Self {
+        Self {
+            mode: SourceUnavailableMode::default(),
+            max_stale: default_max_stale(),
+        }
+    }
+}
+
+fn default_max_stale() -> Duration {
+    Duration::new("5m")
+}
+
+/// See [`OnSourceUnavailable`].
+#[derive(JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceUnavailableMode {
+    #[default]
+    Freeze,
+    TreatAsUnhealthy,
+}
+
+/// Pacing of failback to a recovered target.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Failback {
+    /// How long a recovered target must stay healthy before it gets traffic again.
+    #[serde(default = "default_hold_down")]
+    pub hold_down: Duration,
+    /// Time over which its share ramps from the first step to full.
+    #[serde(default = "default_ramp_duration")]
+    pub ramp_duration: Duration,
+    /// Number of equal steps of the ramp.
+    #[serde(default = "default_ramp_steps")]
+    #[schemars(range(min = 1, max = 100))]
+    pub ramp_steps: u32,
+}
+
+impl Default for Failback {
+    fn default() -> Self {
+        Self {
+            hold_down: default_hold_down(),
+            ramp_duration: default_ramp_duration(),
+            ramp_steps: default_ramp_steps(),
+        }
+    }
+}
+
+fn default_hold_down() -> Duration {
+    Duration::new("60s")
+}
+fn default_ramp_duration() -> Duration {
+    Duration::new("2m")
+}
+fn default_ramp_steps() -> u32 {
+    4
+}
+
+/// Observed state of a policy, written by the leader.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverPolicyStatus {
+    /// Per-target health.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetStatus>,
+    /// Addresses currently answered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<String>,
+    /// `answers` as one short string for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_summary: Option<String>,
+    /// Revision of the decision that produced `answers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_revision: Option<u64>,
+    /// When that decision was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<Time>,
+    /// `Ready`, `Degraded`, `Stale`, `SystemicFailureSuspected`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Health of one target as the engine sees it.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetStatus {
+    pub cluster: String,
+    pub state: TargetState,
+    /// Why it is in that state, in a few words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+    /// Extra detail (e.g. the last probe error), keyed by address.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<String, String>,
+}
+
+/// Health state of a target.
+#[derive(JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TargetState {
+    Healthy,
+    Unhealthy,
+    Unknown,
+    Draining,
+    Recovering,
+}

@@ -1,0 +1,428 @@
+//! Validation of Lifeline documents: the Rust mirror of the CRD schema's rules, plus the
+//! checks that need several documents at once.
+//!
+//! Every function here collects *all* problems rather than stopping at the first, and
+//! names each by its field path (`spec.targets[1].weight`) so an operator can fix a
+//! whole file in one pass.
+
+use std::{collections::BTreeMap, fmt, net::IpAddr};
+
+use crate::{
+    AddressSource, AllUnhealthyMode, Duration, FailoverPolicy, FailoverPolicySpec, MemberCluster,
+    RecordType,
+};
+
+/// One thing wrong with a document, located by its field path.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    /// Dotted path with list indices, e.g. `spec.healthCheck.http.port`; empty for the
+    /// document as a whole.
+    pub path: String,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Collects problems under a path prefix.
+#[derive(Debug, Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem::new(path, message));
+    }
+
+    fn range<T: PartialOrd + fmt::Display + Copy>(&mut self, path: &str, value: T, min: T, max: T) {
+        if value < min || value > max {
+            self.push(path, format!("{value} is out of range: must be between {min} and {max}"));
+        }
+    }
+
+    fn duration(&mut self, path: &str, value: &Duration, allow_zero: bool) -> Option<std::time::Duration> {
+        match value.parse() {
+            Ok(d) if d.is_zero() && !allow_zero => {
+                self.push(path, "must be greater than zero");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.push(path, e);
+                None
+            }
+        }
+    }
+
+    fn addresses(&mut self, path: &str, addresses: &[String]) {
+        for (i, a) in addresses.iter().enumerate() {
+            if a.parse::<IpAddr>().is_err() {
+                self.push(format!("{path}[{i}]"), format!("{a:?} is not an IPv4 or IPv6 address"));
+            }
+        }
+    }
+}
+
+/// Checks a DNS hostname (no trailing dot needed): labels of 1–63 letters, digits and
+/// hyphens, not starting or ending with a hyphen, at most 253 characters.
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if name.len() > 253 {
+        return Err(format!("is {} characters long; the limit is 253", name.len()));
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "{name:?} is not a valid DNS name: label {label:?} must be 1-63 letters, digits or hyphens, not starting or ending with a hyphen"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a Kubernetes object name (RFC 1123 subdomain).
+fn check_object_name(problems: &mut Problems, name: Option<&str>) {
+    match name {
+        None | Some("") => problems.push("metadata.name", "is required"),
+        Some(n) => {
+            let ok = n.len() <= 253
+                && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+                && n.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && n.ends_with(|c: char| c.is_ascii_alphanumeric());
+            if !ok {
+                problems.push(
+                    "metadata.name",
+                    format!("{n:?} must be lower-case letters, digits, '-' or '.', starting and ending with a letter or digit"),
+                );
+            }
+        }
+    }
+}
+
+/// Validates one FailoverPolicy on its own. Returns every problem found.
+pub fn failover_policy(policy: &FailoverPolicy) -> Vec<Problem> {
+    let mut p = Problems::default();
+    check_object_name(&mut p, policy.metadata.name.as_deref());
+    policy_spec(&mut p, &policy.spec);
+    p.0
+}
+
+fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
+    if let Err(e) = check_hostname(&spec.hostname) {
+        p.push("spec.hostname", e);
+    }
+    p.range("spec.ttl", spec.ttl, 1, 86_400);
+
+    if spec.record_types.is_empty() {
+        p.push("spec.recordTypes", "must list at least one record type");
+    }
+    for (i, t) in spec.record_types.iter().enumerate() {
+        if spec.record_types[..i].contains(t) {
+            p.push(format!("spec.recordTypes[{i}]"), format!("{t:?} is listed twice"));
+        }
+    }
+    if spec.record_types.contains(&RecordType::Srv)
+        && spec.service.as_ref().and_then(|s| s.port_name.as_ref()).is_none()
+    {
+        p.push("spec.service.portName", "is required when recordTypes includes SRV");
+    }
+    if let Some(service) = &spec.service
+        && service.name.is_empty()
+    {
+        p.push("spec.service.name", "must not be empty");
+    }
+
+    match (&spec.targets, &spec.target_selector) {
+        (Some(_), Some(_)) => p.push("spec.targets", "exactly one of targets or targetSelector must be set, not both"),
+        (None, None) => p.push("spec.targets", "exactly one of targets or targetSelector must be set"),
+        _ => {}
+    }
+    if let Some(targets) = &spec.targets {
+        if targets.is_empty() {
+            p.push("spec.targets", "must list at least one target");
+        } else if targets.len() > 64 {
+            p.push("spec.targets", format!("lists {} targets; the limit is 64", targets.len()));
+        }
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, t) in targets.iter().enumerate() {
+            let path = format!("spec.targets[{i}]");
+            if t.cluster.is_empty() {
+                p.push(format!("{path}.cluster"), "must not be empty");
+            } else if let Some(first) = seen.insert(&t.cluster, i) {
+                seen.insert(&t.cluster, first);
+                p.push(
+                    format!("{path}.cluster"),
+                    format!("duplicate target cluster {:?} (also spec.targets[{first}])", t.cluster),
+                );
+            }
+            p.range(&format!("{path}.priority"), t.priority, 0, 100);
+            p.range(&format!("{path}.weight"), t.weight, 0, 1000);
+            p.addresses(&format!("{path}.addresses"), &t.addresses);
+        }
+        if !targets.is_empty() && targets.iter().all(|t| t.weight == 0) {
+            p.push("spec.targets", "at least one target must have a weight above 0");
+        }
+    }
+
+    if let Some(hc) = &spec.health_check {
+        match (&hc.http, &hc.tcp) {
+            (Some(_), Some(_)) => p.push("spec.healthCheck", "exactly one of http or tcp must be set, not both"),
+            (None, None) => p.push("spec.healthCheck", "exactly one of http or tcp must be set"),
+            _ => {}
+        }
+        if let Some(http) = &hc.http {
+            p.range("spec.healthCheck.http.port", http.port, 1, 65_535);
+            if !http.path.starts_with('/') {
+                p.push("spec.healthCheck.http.path", format!("{:?} must start with '/'", http.path));
+            }
+            if http.expected_status.is_empty() {
+                p.push("spec.healthCheck.http.expectedStatus", "must list at least one status");
+            }
+            for (i, s) in http.expected_status.iter().enumerate() {
+                p.range(&format!("spec.healthCheck.http.expectedStatus[{i}]"), *s, 100, 599);
+            }
+            if let Some(host) = &http.host
+                && let Err(e) = check_hostname(host)
+            {
+                p.push("spec.healthCheck.http.host", e);
+            }
+        }
+        if let Some(tcp) = &hc.tcp {
+            p.range("spec.healthCheck.tcp.port", tcp.port, 1, 65_535);
+        }
+        let interval = p.duration("spec.healthCheck.interval", &hc.interval, false);
+        let timeout = p.duration("spec.healthCheck.timeout", &hc.timeout, false);
+        if let (Some(interval), Some(timeout)) = (interval, timeout)
+            && timeout > interval
+        {
+            p.push(
+                "spec.healthCheck.timeout",
+                format!("{} must not exceed interval {}", hc.timeout, hc.interval),
+            );
+        }
+        p.range("spec.healthCheck.unhealthyThreshold", hc.unhealthy_threshold, 1, 100);
+        p.range("spec.healthCheck.healthyThreshold", hc.healthy_threshold, 1, 100);
+    }
+
+    let wau = &spec.when_all_unhealthy;
+    if wau.mode == AllUnhealthyMode::Fallback && wau.fallback_addresses.is_empty() {
+        p.push(
+            "spec.whenAllUnhealthy.fallbackAddresses",
+            "must list at least one address when mode is Fallback",
+        );
+    }
+    p.addresses("spec.whenAllUnhealthy.fallbackAddresses", &wau.fallback_addresses);
+
+    p.duration("spec.onSourceUnavailable.maxStale", &spec.on_source_unavailable.max_stale, false);
+    p.duration("spec.failback.holdDown", &spec.failback.hold_down, true);
+    p.duration("spec.failback.rampDuration", &spec.failback.ramp_duration, true);
+    p.range("spec.failback.rampSteps", spec.failback.ramp_steps, 1, 100);
+}
+
+/// Validates one MemberCluster on its own. Returns every problem found.
+pub fn member_cluster(cluster: &MemberCluster) -> Vec<Problem> {
+    let mut p = Problems::default();
+    check_object_name(&mut p, cluster.metadata.name.as_deref());
+    let spec = &cluster.spec;
+    if spec.region.is_empty() {
+        p.push("spec.region", "must not be empty");
+    } else if spec.region.len() > 63 {
+        p.push("spec.region", "must be at most 63 characters");
+    }
+    if spec.kubeconfig_secret_ref.is_some() && spec.kubeconfig_path.is_some() {
+        p.push("spec.kubeconfigPath", "set either kubeconfigSecretRef or kubeconfigPath, not both");
+    }
+    if let Some(secret) = &spec.kubeconfig_secret_ref {
+        if secret.name.is_empty() {
+            p.push("spec.kubeconfigSecretRef.name", "must not be empty");
+        }
+        if secret.key.is_empty() {
+            p.push("spec.kubeconfigSecretRef.key", "must not be empty");
+        }
+    }
+    let qps = spec.api_budget.qps;
+    if !(0.01..=100.0).contains(&qps) {
+        p.push("spec.apiBudget.qps", format!("{qps} is out of range: must be between 0.01 and 100"));
+    }
+    p.range("spec.apiBudget.burst", spec.api_budget.burst, 1, 1000);
+    match spec.address_source {
+        AddressSource::Static => {
+            if spec.addresses.is_empty() {
+                p.push("spec.addresses", "must list at least one address when addressSource is Static");
+            }
+        }
+        AddressSource::LoadBalancer | AddressSource::EndpointSlice => {
+            if spec.kubeconfig_secret_ref.is_none() && spec.kubeconfig_path.is_none() {
+                p.push(
+                    "spec.kubeconfigSecretRef",
+                    format!(
+                        "addressSource {:?} needs API access: set kubeconfigSecretRef or kubeconfigPath, or use addressSource Static",
+                        spec.address_source
+                    ),
+                );
+            }
+        }
+    }
+    p.addresses("spec.addresses", &spec.addresses);
+    p.0
+}
+
+/// A problem found by [`cross_check`], tied to the document it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetProblem {
+    /// Index into the slice of policies (`Policy`) or clusters (`Cluster`).
+    pub document: DocumentRef,
+    pub problem: Problem,
+}
+
+/// Which document of a set a [`SetProblem`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DocumentRef {
+    Policy(usize),
+    Cluster(usize),
+}
+
+/// Checks that need the whole set of documents and the served zones: unknown target
+/// clusters, hostnames outside every zone, two policies on one hostname, duplicate names.
+///
+/// `zones` are zone apexes (`global.example.com`); an empty slice skips the zone check
+/// (no configuration was given).
+pub fn cross_check(policies: &[&FailoverPolicy], clusters: &[&MemberCluster], zones: &[String]) -> Vec<SetProblem> {
+    let mut out = Vec::new();
+    let mut push = |document, path: &str, message: String| {
+        out.push(SetProblem {
+            document,
+            problem: Problem::new(path, message),
+        })
+    };
+
+    let mut cluster_names: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, c) in clusters.iter().enumerate() {
+        let Some(name) = c.metadata.name.as_deref() else { continue };
+        if let Some(&first) = cluster_names.get(name) {
+            push(
+                DocumentRef::Cluster(i),
+                "metadata.name",
+                format!("MemberCluster {name:?} is defined twice (first as document {})", first + 1),
+            );
+        } else {
+            cluster_names.insert(name, i);
+        }
+    }
+
+    let mut policy_names: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut hostnames: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, policy) in policies.iter().enumerate() {
+        let id = policy_id(policy);
+        if let Some(&first) = policy_names.get(&id) {
+            push(
+                DocumentRef::Policy(i),
+                "metadata.name",
+                format!("FailoverPolicy {}/{} is defined twice (first as document {})", id.0, id.1, first + 1),
+            );
+        } else {
+            policy_names.insert(id, i);
+        }
+
+        let host = normalize_name(&policy.spec.hostname);
+        if let Some(&other) = hostnames.get(&host) {
+            let (ns, name) = policy_id(policies[other]);
+            push(
+                DocumentRef::Policy(i),
+                "spec.hostname",
+                format!("{host:?} is already claimed by FailoverPolicy {ns}/{name}"),
+            );
+        } else {
+            hostnames.insert(host.clone(), i);
+        }
+
+        if !zones.is_empty() && !zones.iter().any(|z| name_in_zone(&host, z)) {
+            let list = zones.iter().map(|z| normalize_name(z)).collect::<Vec<_>>().join(", ");
+            push(
+                DocumentRef::Policy(i),
+                "spec.hostname",
+                format!("{host:?} is not inside any served zone (zones: {list})"),
+            );
+        }
+
+        // Without any MemberCluster in the set (a policy file checked alone) there is
+        // nothing to resolve targets against.
+        if !clusters.is_empty() {
+            for (t, target) in policy.spec.targets.iter().flatten().enumerate() {
+                if !target.cluster.is_empty() && !cluster_names.contains_key(target.cluster.as_str()) {
+                    push(
+                        DocumentRef::Policy(i),
+                        &format!("spec.targets[{t}].cluster"),
+                        format!("unknown MemberCluster {:?}", target.cluster),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+fn policy_id(p: &FailoverPolicy) -> (String, String) {
+    (
+        p.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
+        p.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Lower-cases a DNS name and strips a trailing dot.
+pub fn normalize_name(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// True when `name` equals `zone` or lies below it (label-aligned).
+pub fn name_in_zone(name: &str, zone: &str) -> bool {
+    let name = normalize_name(name);
+    let zone = normalize_name(zone);
+    name == zone || name.strip_suffix(&zone).is_some_and(|rest| rest.ends_with('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_matched_to_zones_on_label_boundaries() {
+        assert!(name_in_zone("a.global.example.com", "global.example.com."));
+        assert!(name_in_zone("Global.Example.com.", "global.example.com"));
+        assert!(!name_in_zone("aglobal.example.com", "global.example.com"));
+        assert!(!name_in_zone("example.com", "global.example.com"));
+    }
+
+    #[test]
+    fn hostnames_with_bad_labels_are_rejected() {
+        assert!(check_hostname("checkout.global.example.com").is_ok());
+        assert!(check_hostname("-bad.example.com").is_err());
+        assert!(check_hostname("a..b").is_err());
+        assert!(check_hostname(&"a".repeat(64)).is_err());
+        assert!(check_hostname("").is_err());
+    }
+}
