@@ -30,7 +30,11 @@ pub enum Command {
     /// is found; exits 0 when every file is valid.
     Validate {
         /// Files to check (configuration and policy documents, in any order).
-        #[arg(required = true, env = "LIFELINE_VALIDATE_FILES", value_delimiter = ',')]
+        #[arg(
+            required = true,
+            env = "LIFELINE_VALIDATE_FILES",
+            value_delimiter = ','
+        )]
         files: Vec<PathBuf>,
     },
 }

@@ -15,8 +15,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use lifeline_crds::{
-    ApiBudget, Duration,
-    document,
+    ApiBudget, Duration, document,
     validate::{Problem, check_hostname},
 };
 use lifeline_dns::{DnsConfig, ZoneConfig};
@@ -193,19 +192,24 @@ fn default_concurrency() -> u32 {
 impl Config {
     /// Reads and validates a configuration file, returning every problem found.
     pub fn load(path: &std::path::Path) -> Result<Config, Vec<Problem>> {
-        let bytes = std::fs::read(path).map_err(|e| vec![Problem::new("", format!("cannot read file: {e}"))])?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| vec![Problem::new("", format!("cannot read file: {e}"))])?;
         Self::from_bytes(&bytes)
     }
 
     /// Parses and validates configuration text.
     pub fn from_bytes(bytes: &[u8]) -> Result<Config, Vec<Problem>> {
         document::check_size(bytes).map_err(|p| vec![p])?;
-        let text = std::str::from_utf8(bytes).map_err(|e| vec![Problem::new("", format!("file is not UTF-8: {e}"))])?;
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| vec![Problem::new("", format!("file is not UTF-8: {e}"))])?;
         let mut docs = document::parse_yaml_stream(text).map_err(|p| vec![p])?;
         if docs.len() != 1 {
             return Err(vec![Problem::new(
                 "",
-                format!("a configuration file holds exactly one YAML document, found {}", docs.len()),
+                format!(
+                    "a configuration file holds exactly one YAML document, found {}",
+                    docs.len()
+                ),
             )]);
         }
         Self::from_value(docs.remove(0))
@@ -215,7 +219,11 @@ impl Config {
     pub fn from_value(value: serde_json::Value) -> Result<Config, Vec<Problem>> {
         let config: Config = document::decode(value).map_err(|p| vec![p])?;
         let problems = config.validate();
-        if problems.is_empty() { Ok(config) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
     }
 
     /// Zone apexes served, for checking policy hostnames.
@@ -233,13 +241,20 @@ impl Config {
         }
         for (i, zone) in self.zones.iter().enumerate() {
             let base = format!("zones[{i}]");
-            for (field, name) in [("origin", &zone.origin), ("primaryNs", &zone.primary_ns), ("hostmaster", &zone.hostmaster)] {
+            for (field, name) in [
+                ("origin", &zone.origin),
+                ("primaryNs", &zone.primary_ns),
+                ("hostmaster", &zone.hostmaster),
+            ] {
                 if let Err(e) = check_hostname(name) {
                     push(format!("{base}.{field}"), e);
                 }
             }
             if zone.nameservers.is_empty() {
-                push(format!("{base}.nameservers"), "must list at least one name server".into());
+                push(
+                    format!("{base}.nameservers"),
+                    "must list at least one name server".into(),
+                );
             }
             for (j, ns) in zone.nameservers.iter().enumerate() {
                 if let Err(e) = check_hostname(ns) {
@@ -250,13 +265,19 @@ impl Config {
                 if lifeline_crds::validate::normalize_name(&other.origin)
                     == lifeline_crds::validate::normalize_name(&zone.origin)
                 {
-                    push(format!("{base}.origin"), format!("zone {:?} is listed twice (also zones[{j}])", zone.origin));
+                    push(
+                        format!("{base}.origin"),
+                        format!("zone {:?} is listed twice (also zones[{j}])", zone.origin),
+                    );
                 }
             }
         }
 
         if self.dns.udp.is_empty() && self.dns.tcp.is_empty() {
-            push("dns".into(), "must listen on at least one UDP or TCP address".into());
+            push(
+                "dns".into(),
+                "must listen on at least one UDP or TCP address".into(),
+            );
         }
         if let Err(e) = lifeline_crds::parse_duration(&self.dns.stale_after) {
             push("dns.staleAfter".into(), e);
@@ -268,28 +289,46 @@ impl Config {
         }
 
         if self.admin.token_env.is_empty() {
-            push("admin.tokenEnv".into(), "must name an environment variable".into());
+            push(
+                "admin.tokenEnv".into(),
+                "must name an environment variable".into(),
+            );
         }
 
-        if let StoreConfig::Etcd { endpoints, prefix, .. } = &self.store {
+        if let StoreConfig::Etcd {
+            endpoints, prefix, ..
+        } = &self.store
+        {
             if endpoints.is_empty() {
-                push("store.endpoints".into(), "must list at least one etcd endpoint".into());
+                push(
+                    "store.endpoints".into(),
+                    "must list at least one etcd endpoint".into(),
+                );
             }
             if !prefix.starts_with('/') {
-                push("store.prefix".into(), format!("{prefix:?} must start with '/'"));
+                push(
+                    "store.prefix".into(),
+                    format!("{prefix:?} must start with '/'"),
+                );
             }
         }
 
         if let PolicySource::Files { paths } = &self.policy_source
             && paths.is_empty()
         {
-            push("policySource.paths".into(), "must list at least one file".into());
+            push(
+                "policySource.paths".into(),
+                "must list at least one file".into(),
+            );
         }
 
         let probe = &self.defaults.probe;
         for (field, d) in [("interval", &probe.interval), ("timeout", &probe.timeout)] {
             match d.parse() {
-                Ok(v) if v.is_zero() => push(format!("defaults.probe.{field}"), "must be greater than zero".into()),
+                Ok(v) if v.is_zero() => push(
+                    format!("defaults.probe.{field}"),
+                    "must be greater than zero".into(),
+                ),
                 Ok(_) => {}
                 Err(e) => push(format!("defaults.probe.{field}"), e),
             }
@@ -297,20 +336,29 @@ impl Config {
         if !(1..=10_000).contains(&probe.concurrency) {
             push(
                 "defaults.probe.concurrency".into(),
-                format!("{} is out of range: must be between 1 and 10000", probe.concurrency),
+                format!(
+                    "{} is out of range: must be between 1 and 10000",
+                    probe.concurrency
+                ),
             );
         }
         let budget = &self.defaults.api_budget;
         if !(0.01..=100.0).contains(&budget.qps) {
             push(
                 "defaults.apiBudget.qps".into(),
-                format!("{} is out of range: must be between 0.01 and 100", budget.qps),
+                format!(
+                    "{} is out of range: must be between 0.01 and 100",
+                    budget.qps
+                ),
             );
         }
         if !(1..=1000).contains(&budget.burst) {
             push(
                 "defaults.apiBudget.burst".into(),
-                format!("{} is out of range: must be between 1 and 1000", budget.burst),
+                format!(
+                    "{} is out of range: must be between 1 and 1000",
+                    budget.burst
+                ),
             );
         }
         out

@@ -107,23 +107,45 @@ fn load_file(path: &Path, loaded: &mut Loaded) {
         Ok(meta) if meta.len() > document::MAX_FILE_BYTES as u64 => {
             let problem = Problem::new(
                 "",
-                format!("file is {} bytes; the limit is {} bytes", meta.len(), document::MAX_FILE_BYTES),
+                format!(
+                    "file is {} bytes; the limit is {} bytes",
+                    meta.len(),
+                    document::MAX_FILE_BYTES
+                ),
             );
             return report(loaded, &whole, problem);
         }
         Ok(_) => {}
-        Err(e) => return report(loaded, &whole, Problem::new("", format!("cannot read file: {e}"))),
+        Err(e) => {
+            return report(
+                loaded,
+                &whole,
+                Problem::new("", format!("cannot read file: {e}")),
+            );
+        }
     }
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) => return report(loaded, &whole, Problem::new("", format!("cannot read file: {e}"))),
+        Err(e) => {
+            return report(
+                loaded,
+                &whole,
+                Problem::new("", format!("cannot read file: {e}")),
+            );
+        }
     };
     if let Err(p) = document::check_size(&bytes) {
         return report(loaded, &whole, p);
     }
     let text = match std::str::from_utf8(&bytes) {
         Ok(t) => t,
-        Err(e) => return report(loaded, &whole, Problem::new("", format!("file is not UTF-8: {e}"))),
+        Err(e) => {
+            return report(
+                loaded,
+                &whole,
+                Problem::new("", format!("file is not UTF-8: {e}")),
+            );
+        }
     };
     let docs = match document::parse_yaml_stream(text) {
         Ok(d) => d,

@@ -26,7 +26,9 @@ impl Document {
                 p.metadata.namespace.as_deref().unwrap_or("default"),
                 p.metadata.name.as_deref().unwrap_or("")
             ),
-            Document::MemberCluster(c) => format!("MemberCluster {}", c.metadata.name.as_deref().unwrap_or("")),
+            Document::MemberCluster(c) => {
+                format!("MemberCluster {}", c.metadata.name.as_deref().unwrap_or(""))
+            }
         }
     }
 }
@@ -36,11 +38,17 @@ pub fn check_size(bytes: &[u8]) -> Result<(), Problem> {
     if bytes.len() > MAX_FILE_BYTES {
         return Err(Problem::new(
             "",
-            format!("file is {} bytes; the limit is {MAX_FILE_BYTES} bytes", bytes.len()),
+            format!(
+                "file is {} bytes; the limit is {MAX_FILE_BYTES} bytes",
+                bytes.len()
+            ),
         ));
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Problem::new("", "file is empty: expected at least one YAML document"));
+        return Err(Problem::new(
+            "",
+            "file is empty: expected at least one YAML document",
+        ));
     }
     Ok(())
 }
@@ -48,10 +56,14 @@ pub fn check_size(bytes: &[u8]) -> Result<(), Problem> {
 /// Parses a YAML stream into one JSON value per document. Syntax errors carry the
 /// line and column.
 pub fn parse_yaml_stream(text: &str) -> Result<Vec<Value>, Problem> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| Problem::new("", yaml_error(&e)))?;
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| Problem::new("", yaml_error(&e)))?;
     let docs: Vec<Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
     if docs.is_empty() {
-        return Err(Problem::new("", "file is empty: expected at least one YAML document"));
+        return Err(Problem::new(
+            "",
+            "file is empty: expected at least one YAML document",
+        ));
     }
     Ok(docs)
 }
@@ -61,6 +73,7 @@ fn yaml_error(e: &serde_saphyr::Error) -> String {
     // The first line carries the message and position; the rest is a source snippet
     // that is noise in a one-line report.
     let first = text.lines().next().unwrap_or("").trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
     format!("YAML syntax error: {first}")
 }
 
@@ -79,10 +92,19 @@ pub fn decode<T: DeserializeOwned>(value: Value) -> Result<T, Problem> {
 /// still run) together with every problem found.
 pub fn decode_document(value: Value) -> (Option<Document>, Vec<Problem>) {
     let kind = value.get("kind").and_then(Value::as_str).map(str::to_owned);
-    let api_version = value.get("apiVersion").and_then(Value::as_str).map(str::to_owned);
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     if api_version.as_deref() != Some(API_VERSION) {
         let found = api_version.map_or_else(|| "nothing".to_owned(), |v| format!("{v:?}"));
-        return (None, vec![Problem::new("apiVersion", format!("must be {API_VERSION:?}, found {found}"))]);
+        return (
+            None,
+            vec![Problem::new(
+                "apiVersion",
+                format!("must be {API_VERSION:?}, found {found}"),
+            )],
+        );
     }
     match kind.as_deref() {
         Some("FailoverPolicy") => match decode::<FailoverPolicy>(value) {
@@ -101,8 +123,17 @@ pub fn decode_document(value: Value) -> (Option<Document>, Vec<Problem>) {
         },
         Some(other) => (
             None,
-            vec![Problem::new("kind", format!("unknown kind {other:?}: expected FailoverPolicy or MemberCluster"))],
+            vec![Problem::new(
+                "kind",
+                format!("unknown kind {other:?}: expected FailoverPolicy or MemberCluster"),
+            )],
         ),
-        None => (None, vec![Problem::new("kind", "is required (FailoverPolicy or MemberCluster)")]),
+        None => (
+            None,
+            vec![Problem::new(
+                "kind",
+                "is required (FailoverPolicy or MemberCluster)",
+            )],
+        ),
     }
 }

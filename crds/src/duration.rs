@@ -167,7 +167,18 @@ mod tests {
 
     #[test]
     fn rejects_prose_signs_and_unknown_units() {
-        for text in ["", "5 minutes", "-1s", "10", "s", "1d", "1.s", "5sec", " 5s", "1m 30s"] {
+        for text in [
+            "",
+            "5 minutes",
+            "-1s",
+            "10",
+            "s",
+            "1d",
+            "1.s",
+            "5sec",
+            " 5s",
+            "1m 30s",
+        ] {
             assert!(parse_duration(text).is_err(), "{text:?} should be rejected");
         }
     }

@@ -82,7 +82,9 @@ fn default_record_types() -> Vec<RecordType> {
 }
 
 /// DNS record types a policy can publish.
-#[derive(JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub enum RecordType {
     A,
     #[serde(rename = "AAAA")]

@@ -18,10 +18,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod document;
 mod duration;
 mod failover_policy;
 mod member_cluster;
-pub mod document;
 pub mod validate;
 
 pub use duration::{DURATION_PATTERN, Duration, parse_duration};
@@ -40,8 +40,14 @@ pub const API_VERSION: &str = "lifeline.dev/v1alpha1";
 /// Each CRD with the file name it is committed under in `crds/`.
 pub fn crd_files() -> Vec<(&'static str, String)> {
     vec![
-        ("failoverpolicies.lifeline.dev.yaml", crd_yaml(&FailoverPolicy::crd())),
-        ("memberclusters.lifeline.dev.yaml", crd_yaml(&MemberCluster::crd())),
+        (
+            "failoverpolicies.lifeline.dev.yaml",
+            crd_yaml(&FailoverPolicy::crd()),
+        ),
+        (
+            "memberclusters.lifeline.dev.yaml",
+            crd_yaml(&MemberCluster::crd()),
+        ),
     ]
 }
 

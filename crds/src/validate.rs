@@ -52,11 +52,19 @@ impl Problems {
 
     fn range<T: PartialOrd + fmt::Display + Copy>(&mut self, path: &str, value: T, min: T, max: T) {
         if value < min || value > max {
-            self.push(path, format!("{value} is out of range: must be between {min} and {max}"));
+            self.push(
+                path,
+                format!("{value} is out of range: must be between {min} and {max}"),
+            );
         }
     }
 
-    fn duration(&mut self, path: &str, value: &Duration, allow_zero: bool) -> Option<std::time::Duration> {
+    fn duration(
+        &mut self,
+        path: &str,
+        value: &Duration,
+        allow_zero: bool,
+    ) -> Option<std::time::Duration> {
         match value.parse() {
             Ok(d) if d.is_zero() && !allow_zero => {
                 self.push(path, "must be greater than zero");
@@ -73,7 +81,10 @@ impl Problems {
     fn addresses(&mut self, path: &str, addresses: &[String]) {
         for (i, a) in addresses.iter().enumerate() {
             if a.parse::<IpAddr>().is_err() {
-                self.push(format!("{path}[{i}]"), format!("{a:?} is not an IPv4 or IPv6 address"));
+                self.push(
+                    format!("{path}[{i}]"),
+                    format!("{a:?} is not an IPv4 or IPv6 address"),
+                );
             }
         }
     }
@@ -87,12 +98,17 @@ pub fn check_hostname(name: &str) -> Result<(), String> {
         return Err("must not be empty".to_owned());
     }
     if name.len() > 253 {
-        return Err(format!("is {} characters long; the limit is 253", name.len()));
+        return Err(format!(
+            "is {} characters long; the limit is 253",
+            name.len()
+        ));
     }
     for label in name.split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
@@ -110,7 +126,9 @@ fn check_object_name(problems: &mut Problems, name: Option<&str>) {
         None | Some("") => problems.push("metadata.name", "is required"),
         Some(n) => {
             let ok = n.len() <= 253
-                && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+                && n.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                })
                 && n.starts_with(|c: char| c.is_ascii_alphanumeric())
                 && n.ends_with(|c: char| c.is_ascii_alphanumeric());
             if !ok {
@@ -142,13 +160,23 @@ fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
     }
     for (i, t) in spec.record_types.iter().enumerate() {
         if spec.record_types[..i].contains(t) {
-            p.push(format!("spec.recordTypes[{i}]"), format!("{t:?} is listed twice"));
+            p.push(
+                format!("spec.recordTypes[{i}]"),
+                format!("{t:?} is listed twice"),
+            );
         }
     }
     if spec.record_types.contains(&RecordType::Srv)
-        && spec.service.as_ref().and_then(|s| s.port_name.as_ref()).is_none()
+        && spec
+            .service
+            .as_ref()
+            .and_then(|s| s.port_name.as_ref())
+            .is_none()
     {
-        p.push("spec.service.portName", "is required when recordTypes includes SRV");
+        p.push(
+            "spec.service.portName",
+            "is required when recordTypes includes SRV",
+        );
     }
     if let Some(service) = &spec.service
         && service.name.is_empty()
@@ -157,15 +185,24 @@ fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
     }
 
     match (&spec.targets, &spec.target_selector) {
-        (Some(_), Some(_)) => p.push("spec.targets", "exactly one of targets or targetSelector must be set, not both"),
-        (None, None) => p.push("spec.targets", "exactly one of targets or targetSelector must be set"),
+        (Some(_), Some(_)) => p.push(
+            "spec.targets",
+            "exactly one of targets or targetSelector must be set, not both",
+        ),
+        (None, None) => p.push(
+            "spec.targets",
+            "exactly one of targets or targetSelector must be set",
+        ),
         _ => {}
     }
     if let Some(targets) = &spec.targets {
         if targets.is_empty() {
             p.push("spec.targets", "must list at least one target");
         } else if targets.len() > 64 {
-            p.push("spec.targets", format!("lists {} targets; the limit is 64", targets.len()));
+            p.push(
+                "spec.targets",
+                format!("lists {} targets; the limit is 64", targets.len()),
+            );
         }
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, t) in targets.iter().enumerate() {
@@ -176,7 +213,10 @@ fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
                 seen.insert(&t.cluster, first);
                 p.push(
                     format!("{path}.cluster"),
-                    format!("duplicate target cluster {:?} (also spec.targets[{first}])", t.cluster),
+                    format!(
+                        "duplicate target cluster {:?} (also spec.targets[{first}])",
+                        t.cluster
+                    ),
                 );
             }
             p.range(&format!("{path}.priority"), t.priority, 0, 100);
@@ -184,26 +224,43 @@ fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
             p.addresses(&format!("{path}.addresses"), &t.addresses);
         }
         if !targets.is_empty() && targets.iter().all(|t| t.weight == 0) {
-            p.push("spec.targets", "at least one target must have a weight above 0");
+            p.push(
+                "spec.targets",
+                "at least one target must have a weight above 0",
+            );
         }
     }
 
     if let Some(hc) = &spec.health_check {
         match (&hc.http, &hc.tcp) {
-            (Some(_), Some(_)) => p.push("spec.healthCheck", "exactly one of http or tcp must be set, not both"),
+            (Some(_), Some(_)) => p.push(
+                "spec.healthCheck",
+                "exactly one of http or tcp must be set, not both",
+            ),
             (None, None) => p.push("spec.healthCheck", "exactly one of http or tcp must be set"),
             _ => {}
         }
         if let Some(http) = &hc.http {
             p.range("spec.healthCheck.http.port", http.port, 1, 65_535);
             if !http.path.starts_with('/') {
-                p.push("spec.healthCheck.http.path", format!("{:?} must start with '/'", http.path));
+                p.push(
+                    "spec.healthCheck.http.path",
+                    format!("{:?} must start with '/'", http.path),
+                );
             }
             if http.expected_status.is_empty() {
-                p.push("spec.healthCheck.http.expectedStatus", "must list at least one status");
+                p.push(
+                    "spec.healthCheck.http.expectedStatus",
+                    "must list at least one status",
+                );
             }
             for (i, s) in http.expected_status.iter().enumerate() {
-                p.range(&format!("spec.healthCheck.http.expectedStatus[{i}]"), *s, 100, 599);
+                p.range(
+                    &format!("spec.healthCheck.http.expectedStatus[{i}]"),
+                    *s,
+                    100,
+                    599,
+                );
             }
             if let Some(host) = &http.host
                 && let Err(e) = check_hostname(host)
@@ -224,8 +281,18 @@ fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
                 format!("{} must not exceed interval {}", hc.timeout, hc.interval),
             );
         }
-        p.range("spec.healthCheck.unhealthyThreshold", hc.unhealthy_threshold, 1, 100);
-        p.range("spec.healthCheck.healthyThreshold", hc.healthy_threshold, 1, 100);
+        p.range(
+            "spec.healthCheck.unhealthyThreshold",
+            hc.unhealthy_threshold,
+            1,
+            100,
+        );
+        p.range(
+            "spec.healthCheck.healthyThreshold",
+            hc.healthy_threshold,
+            1,
+            100,
+        );
     }
 
     let wau = &spec.when_all_unhealthy;
@@ -235,11 +302,22 @@ fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
             "must list at least one address when mode is Fallback",
         );
     }
-    p.addresses("spec.whenAllUnhealthy.fallbackAddresses", &wau.fallback_addresses);
+    p.addresses(
+        "spec.whenAllUnhealthy.fallbackAddresses",
+        &wau.fallback_addresses,
+    );
 
-    p.duration("spec.onSourceUnavailable.maxStale", &spec.on_source_unavailable.max_stale, false);
+    p.duration(
+        "spec.onSourceUnavailable.maxStale",
+        &spec.on_source_unavailable.max_stale,
+        false,
+    );
     p.duration("spec.failback.holdDown", &spec.failback.hold_down, true);
-    p.duration("spec.failback.rampDuration", &spec.failback.ramp_duration, true);
+    p.duration(
+        "spec.failback.rampDuration",
+        &spec.failback.ramp_duration,
+        true,
+    );
     p.range("spec.failback.rampSteps", spec.failback.ramp_steps, 1, 100);
 }
 
@@ -254,7 +332,10 @@ pub fn member_cluster(cluster: &MemberCluster) -> Vec<Problem> {
         p.push("spec.region", "must be at most 63 characters");
     }
     if spec.kubeconfig_secret_ref.is_some() && spec.kubeconfig_path.is_some() {
-        p.push("spec.kubeconfigPath", "set either kubeconfigSecretRef or kubeconfigPath, not both");
+        p.push(
+            "spec.kubeconfigPath",
+            "set either kubeconfigSecretRef or kubeconfigPath, not both",
+        );
     }
     if let Some(secret) = &spec.kubeconfig_secret_ref {
         if secret.name.is_empty() {
@@ -266,13 +347,19 @@ pub fn member_cluster(cluster: &MemberCluster) -> Vec<Problem> {
     }
     let qps = spec.api_budget.qps;
     if !(0.01..=100.0).contains(&qps) {
-        p.push("spec.apiBudget.qps", format!("{qps} is out of range: must be between 0.01 and 100"));
+        p.push(
+            "spec.apiBudget.qps",
+            format!("{qps} is out of range: must be between 0.01 and 100"),
+        );
     }
     p.range("spec.apiBudget.burst", spec.api_budget.burst, 1, 1000);
     match spec.address_source {
         AddressSource::Static => {
             if spec.addresses.is_empty() {
-                p.push("spec.addresses", "must list at least one address when addressSource is Static");
+                p.push(
+                    "spec.addresses",
+                    "must list at least one address when addressSource is Static",
+                );
             }
         }
         AddressSource::LoadBalancer | AddressSource::EndpointSlice => {
@@ -311,7 +398,11 @@ pub enum DocumentRef {
 ///
 /// `zones` are zone apexes (`global.example.com`); an empty slice skips the zone check
 /// (no configuration was given).
-pub fn cross_check(policies: &[&FailoverPolicy], clusters: &[&MemberCluster], zones: &[String]) -> Vec<SetProblem> {
+pub fn cross_check(
+    policies: &[&FailoverPolicy],
+    clusters: &[&MemberCluster],
+    zones: &[String],
+) -> Vec<SetProblem> {
     let mut out = Vec::new();
     let mut push = |document, path: &str, message: String| {
         out.push(SetProblem {
@@ -322,12 +413,17 @@ pub fn cross_check(policies: &[&FailoverPolicy], clusters: &[&MemberCluster], zo
 
     let mut cluster_names: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, c) in clusters.iter().enumerate() {
-        let Some(name) = c.metadata.name.as_deref() else { continue };
+        let Some(name) = c.metadata.name.as_deref() else {
+            continue;
+        };
         if let Some(&first) = cluster_names.get(name) {
             push(
                 DocumentRef::Cluster(i),
                 "metadata.name",
-                format!("MemberCluster {name:?} is defined twice (first as document {})", first + 1),
+                format!(
+                    "MemberCluster {name:?} is defined twice (first as document {})",
+                    first + 1
+                ),
             );
         } else {
             cluster_names.insert(name, i);
@@ -342,7 +438,12 @@ pub fn cross_check(policies: &[&FailoverPolicy], clusters: &[&MemberCluster], zo
             push(
                 DocumentRef::Policy(i),
                 "metadata.name",
-                format!("FailoverPolicy {}/{} is defined twice (first as document {})", id.0, id.1, first + 1),
+                format!(
+                    "FailoverPolicy {}/{} is defined twice (first as document {})",
+                    id.0,
+                    id.1,
+                    first + 1
+                ),
             );
         } else {
             policy_names.insert(id, i);
@@ -361,7 +462,11 @@ pub fn cross_check(policies: &[&FailoverPolicy], clusters: &[&MemberCluster], zo
         }
 
         if !zones.is_empty() && !zones.iter().any(|z| name_in_zone(&host, z)) {
-            let list = zones.iter().map(|z| normalize_name(z)).collect::<Vec<_>>().join(", ");
+            let list = zones
+                .iter()
+                .map(|z| normalize_name(z))
+                .collect::<Vec<_>>()
+                .join(", ");
             push(
                 DocumentRef::Policy(i),
                 "spec.hostname",
@@ -373,7 +478,9 @@ pub fn cross_check(policies: &[&FailoverPolicy], clusters: &[&MemberCluster], zo
         // nothing to resolve targets against.
         if !clusters.is_empty() {
             for (t, target) in policy.spec.targets.iter().flatten().enumerate() {
-                if !target.cluster.is_empty() && !cluster_names.contains_key(target.cluster.as_str()) {
+                if !target.cluster.is_empty()
+                    && !cluster_names.contains_key(target.cluster.as_str())
+                {
                     push(
                         DocumentRef::Policy(i),
                         &format!("spec.targets[{t}].cluster"),
@@ -388,7 +495,10 @@ pub fn cross_check(policies: &[&FailoverPolicy], clusters: &[&MemberCluster], zo
 
 fn policy_id(p: &FailoverPolicy) -> (String, String) {
     (
-        p.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
+        p.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned()),
         p.metadata.name.clone().unwrap_or_default(),
     )
 }
@@ -402,7 +512,10 @@ pub fn normalize_name(name: &str) -> String {
 pub fn name_in_zone(name: &str, zone: &str) -> bool {
     let name = normalize_name(name);
     let zone = normalize_name(zone);
-    name == zone || name.strip_suffix(&zone).is_some_and(|rest| rest.ends_with('.'))
+    name == zone
+        || name
+            .strip_suffix(&zone)
+            .is_some_and(|rest| rest.ends_with('.'))
 }
 
 #[cfg(test)]
