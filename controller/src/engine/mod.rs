@@ -1,0 +1,881 @@
+//! The decision engine: a pure function from what Lifeline knows to what DNS answers.
+//!
+//! ```text
+//!  policies ─┐
+//!  signals  ─┼─► decide(.., previous, now) ─► Decision { answers per policy,
+//!  overrides ┤                                           target states + reasons,
+//!  previous ─┘                                           alarms, revision }
+//! ```
+//!
+//! Everything that makes failover safe lives here and nowhere else: hysteresis,
+//! fail-open, freezing on lost sources, the blast-radius guard, paced failback and
+//! operator overrides. The module has no I/O and no clock: `now` is an argument, so the
+//! same inputs always give the same decision and tests can walk through time freely.
+//!
+//! Per target (one member cluster of one policy) the health state machine is:
+//!
+//! ```text
+//!  Unknown ──ok×healthy──► Healthy ──fail×unhealthy──► Unhealthy
+//!     └──fail×unhealthy────────────────────────────────►   │
+//!                                                           ok×healthy
+//!  Healthy ◄──rampDuration── Ramping ◄──holdDown + slot── Recovering
+//! ```
+//! A failure streak reaching the threshold sends Recovering and Ramping back to Unhealthy.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use lifeline_crds::Strategy;
+use serde::{Deserialize, Serialize};
+
+#[cfg(test)]
+mod tests;
+
+/// `namespace/name` of a FailoverPolicy.
+pub type PolicyId = String;
+
+/// Engine-wide settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Freeze instead of moving traffic when many targets fail at once.
+    #[serde(default)]
+    pub blast_radius: BlastRadius,
+    /// At most this many policies ramp traffic back at the same time.
+    #[serde(default = "default_max_ramps")]
+    pub max_concurrent_ramps: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            blast_radius: BlastRadius::default(),
+            max_concurrent_ramps: default_max_ramps(),
+        }
+    }
+}
+
+fn default_max_ramps() -> usize {
+    2
+}
+
+/// The blast-radius guard: when more than `fraction` of all targets turn unhealthy
+/// within `window`, the observer is more likely broken than the world.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BlastRadius {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Fraction of all targets (0..1).
+    #[serde(default = "default_fraction")]
+    pub fraction: f64,
+    /// Window over which failures are counted.
+    #[serde(default = "default_window", with = "duration_text")]
+    pub window: Duration,
+    /// Below this many targets in total the guard stays off (one of two failing is
+    /// not a systemic signal).
+    #[serde(default = "default_min_targets")]
+    pub min_targets: usize,
+}
+
+impl Default for BlastRadius {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            fraction: default_fraction(),
+            window: default_window(),
+            min_targets: default_min_targets(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_fraction() -> f64 {
+    0.5
+}
+fn default_window() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_min_targets() -> usize {
+    4
+}
+
+/// A policy as the engine sees it: validated, with addresses resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub id: PolicyId,
+    pub hostname: String,
+    pub ttl: u32,
+    pub strategy: Strategy,
+    pub targets: Vec<TargetSpec>,
+    /// Consecutive failures that make a target unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Consecutive successes that make an unhealthy target recover.
+    pub healthy_threshold: u32,
+    pub when_all_unhealthy: WhenAllUnhealthy,
+    pub on_source_unavailable: OnSourceUnavailable,
+    pub hold_down: Duration,
+    pub ramp_duration: Duration,
+    pub ramp_steps: u32,
+}
+
+/// One member cluster that can answer for a policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetSpec {
+    pub cluster: String,
+    pub region: String,
+    pub priority: u32,
+    pub weight: u32,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// What to answer when no target is eligible.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WhenAllUnhealthy {
+    ServeAll,
+    LastKnownGood,
+    Empty,
+    Fallback(Vec<IpAddr>),
+}
+
+/// What to do while a target's signal source is unavailable.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OnSourceUnavailable {
+    Freeze,
+    TreatAsUnhealthy { max_stale: Duration },
+}
+
+/// Identifies a target: a policy and one of its clusters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TargetKey {
+    pub policy: PolicyId,
+    pub cluster: String,
+}
+
+impl TargetKey {
+    pub fn new(policy: impl Into<String>, cluster: impl Into<String>) -> Self {
+        Self {
+            policy: policy.into(),
+            cluster: cluster.into(),
+        }
+    }
+}
+
+/// New evidence about targets since the previous decision.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Signals {
+    pub targets: BTreeMap<TargetKey, TargetSignal>,
+}
+
+/// Evidence about one target.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TargetSignal {
+    /// Probe (or readiness-hint) results since the previous decision, oldest first.
+    pub observations: Vec<Observation>,
+    /// Whether the source of this target's evidence is currently reachable.
+    pub source: SourceState,
+}
+
+/// One health observation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    pub at: SystemTime,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Reachability of the source of a target's evidence (its prober, or its cluster's API
+/// when health comes from readiness hints).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum SourceState {
+    #[default]
+    Available,
+    Unavailable {
+        since: SystemTime,
+    },
+}
+
+/// An operator override, from the admin API or the store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Override {
+    pub id: String,
+    pub cluster: String,
+    /// Limit to one policy; all policies targeting the cluster when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyId>,
+    pub action: OverrideAction,
+    #[serde(with = "time_text")]
+    pub created_at: SystemTime,
+    #[serde(with = "time_text")]
+    pub expires_at: SystemTime,
+    pub author: String,
+    pub reason: String,
+}
+
+impl Override {
+    /// An expired override has no effect.
+    pub fn is_active(&self, now: SystemTime) -> bool {
+        now < self.expires_at
+    }
+
+    fn applies_to(&self, policy: &str, cluster: &str) -> bool {
+        self.cluster == cluster && self.policy.as_deref().is_none_or(|p| p == policy)
+    }
+}
+
+/// What an override does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type", content = "weight")]
+pub enum OverrideAction {
+    /// Take the cluster out of answers.
+    Drain,
+    /// Answer only the pinned cluster(s), whatever their health.
+    Pin,
+    /// Replace the cluster's weight.
+    Weight(u32),
+}
+
+/// The engine's output, and its memory: the next call receives it as `previous`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    /// Increases whenever any answer changes.
+    pub revision: u64,
+    /// When the answers last changed.
+    #[serde(with = "opt_time_text", default)]
+    pub changed_at: Option<SystemTime>,
+    pub policies: BTreeMap<PolicyId, PolicyDecision>,
+    pub alarms: Vec<Alarm>,
+}
+
+/// The decision for one policy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyDecision {
+    pub hostname: String,
+    pub ttl: u32,
+    pub strategy: Strategy,
+    /// What DNS answers, sorted by (cluster, address).
+    pub answers: Vec<Answer>,
+    pub outcome: Outcome,
+    /// Per cluster.
+    pub targets: BTreeMap<String, TargetState>,
+    /// The last answers that came from eligible targets, for `LastKnownGood`.
+    pub last_good: Vec<Answer>,
+    /// When `answers` last changed.
+    #[serde(with = "time_text")]
+    pub changed_at: SystemTime,
+}
+
+/// One address handed out, with what the shim needs to choose per query.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Answer {
+    pub cluster: String,
+    pub address: IpAddr,
+    pub region: String,
+    /// Share of answers, in thousandths of the target's weight (ramps scale it down).
+    pub weight: u32,
+}
+
+/// How a policy's answers were chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// From eligible targets by the strategy.
+    Normal,
+    /// Pinned by an override.
+    Pinned,
+    /// No eligible target: every target answered (fail open).
+    ServeAll,
+    /// No eligible target: the last good answers.
+    LastKnownGood,
+    /// No eligible target: nothing answered, as the policy asks.
+    Empty,
+    /// No eligible target: the policy's fallback addresses.
+    Fallback,
+}
+
+/// Health of one target, with the memory hysteresis needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetState {
+    pub health: Health,
+    /// When `health` last changed.
+    #[serde(with = "time_text")]
+    pub since: SystemTime,
+    /// Why, in a few words.
+    pub reason: String,
+    pub ok_streak: u32,
+    pub fail_streak: u32,
+    /// Set while ramping.
+    #[serde(with = "opt_time_text", default)]
+    pub ramp_started: Option<SystemTime>,
+    /// Share of full weight in thousandths (1000 unless ramping).
+    pub share: u32,
+    /// An active drain override applies.
+    pub drained: bool,
+    /// The last observation's detail.
+    #[serde(default)]
+    pub last_detail: String,
+}
+
+/// Health states; see the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Health {
+    Unknown,
+    Healthy,
+    Unhealthy,
+    Recovering,
+    Ramping,
+}
+
+impl Health {
+    /// May this target be answered in normal operation?
+    fn eligible(self) -> bool {
+        matches!(self, Health::Unknown | Health::Healthy | Health::Ramping)
+    }
+}
+
+/// Something an operator should look at.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alarm {
+    pub kind: AlarmKind,
+    pub message: String,
+    #[serde(with = "time_text")]
+    pub since: SystemTime,
+}
+
+/// Kinds of alarm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AlarmKind {
+    /// Many targets failed at once; their failures were not acted on.
+    SystemicFailureSuspected,
+}
+
+/// Computes the next decision. Pure: no I/O, no clock; `now` is the decision time.
+pub fn decide(
+    config: &EngineConfig,
+    policies: &[Policy],
+    signals: &Signals,
+    overrides: &[Override],
+    previous: &Decision,
+    now: SystemTime,
+) -> Decision {
+    let overrides: Vec<&Override> = overrides.iter().filter(|o| o.is_active(now)).collect();
+    let empty = TargetSignal::default();
+
+    // 1. Fold new evidence into each target's state (hysteresis, source freeze).
+    let mut states: BTreeMap<TargetKey, (TargetState, Option<Health>)> = BTreeMap::new();
+    for policy in policies {
+        for target in &policy.targets {
+            let key = TargetKey::new(&policy.id, &target.cluster);
+            let prev = previous
+                .policies
+                .get(&policy.id)
+                .and_then(|p| p.targets.get(&target.cluster));
+            let signal = signals.targets.get(&key).unwrap_or(&empty);
+            let state = fold(policy, prev, signal, now);
+            states.insert(key, (state, prev.map(|p| p.health)));
+        }
+    }
+
+    // 2. Blast-radius guard: many new failures at once are held back.
+    let mut alarms = Vec::new();
+    let guard = &config.blast_radius;
+    if guard.enabled && states.len() >= guard.min_targets.max(1) {
+        let fresh: Vec<TargetKey> = states
+            .iter()
+            .filter(|(_, (s, prev))| {
+                s.health == Health::Unhealthy && *prev != Some(Health::Unhealthy)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let recent = states
+            .values()
+            .filter(|(s, prev)| {
+                *prev == Some(Health::Unhealthy)
+                    && now.duration_since(s.since).unwrap_or_default() <= guard.window
+            })
+            .count();
+        let failing = fresh.len() + recent;
+        if !fresh.is_empty() && failing as f64 > guard.fraction * states.len() as f64 {
+            let since = previous
+                .alarms
+                .iter()
+                .find(|a| a.kind == AlarmKind::SystemicFailureSuspected)
+                .map_or(now, |a| a.since);
+            alarms.push(Alarm {
+                kind: AlarmKind::SystemicFailureSuspected,
+                message: format!(
+                    "{failing} of {} targets turned unhealthy within {}s; holding the last decision instead of moving traffic",
+                    states.len(),
+                    guard.window.as_secs()
+                ),
+                since,
+            });
+            for key in fresh {
+                let Some((state, _)) = states.get_mut(&key) else {
+                    continue;
+                };
+                let prev = previous
+                    .policies
+                    .get(&key.policy)
+                    .and_then(|p| p.targets.get(&key.cluster));
+                // Keep the streak counters so the failure is acted on as soon as the
+                // guard releases, but not the state change.
+                let (ok, fail, detail) = (
+                    state.ok_streak,
+                    state.fail_streak,
+                    state.last_detail.clone(),
+                );
+                *state = prev.cloned().unwrap_or_else(|| initial_state(now));
+                state.ok_streak = ok;
+                state.fail_streak = fail;
+                state.last_detail = detail;
+                state.reason = "failure held back: systemic failure suspected".to_owned();
+            }
+        }
+    }
+
+    // 3. Paced failback: recovered targets past their hold-down start ramping, a
+    //    bounded number of policies at a time.
+    let mut ramping: BTreeSet<PolicyId> = states
+        .iter()
+        .filter(|(_, (s, _))| s.health == Health::Ramping)
+        .map(|(k, _)| k.policy.clone())
+        .collect();
+    let mut waiting: Vec<(SystemTime, TargetKey)> = states
+        .iter()
+        .filter(|(_, (s, _))| s.health == Health::Recovering)
+        .filter_map(|(k, (s, _))| {
+            let policy = policies.iter().find(|p| p.id == k.policy)?;
+            (now >= s.since + policy.hold_down).then(|| (s.since, k.clone()))
+        })
+        .collect();
+    waiting.sort();
+    for (_, key) in waiting {
+        let Some(policy) = policies.iter().find(|p| p.id == key.policy) else {
+            continue;
+        };
+        let Some((state, _)) = states.get_mut(&key) else {
+            continue;
+        };
+        if policy.ramp_duration.is_zero() {
+            set_health(state, Health::Healthy, now, "recovered");
+        } else if ramping.contains(&key.policy) || ramping.len() < config.max_concurrent_ramps {
+            ramping.insert(key.policy.clone());
+            set_health(
+                state,
+                Health::Ramping,
+                now,
+                "recovered; ramping traffic back",
+            );
+            state.ramp_started = Some(now);
+        } else {
+            state.reason = format!(
+                "recovered; waiting for a ramp slot ({} policies ramping)",
+                ramping.len()
+            );
+        }
+    }
+
+    // 4. Ramp shares.
+    for (key, (state, _)) in states.iter_mut() {
+        state.share = 1000;
+        if state.health != Health::Ramping {
+            continue;
+        }
+        let Some(policy) = policies.iter().find(|p| p.id == key.policy) else {
+            continue;
+        };
+        let started = state.ramp_started.unwrap_or(state.since);
+        let elapsed = now.duration_since(started).unwrap_or_default();
+        if elapsed >= policy.ramp_duration {
+            set_health(state, Health::Healthy, now, "ramp complete");
+            state.ramp_started = None;
+        } else {
+            let steps = policy.ramp_steps.max(1);
+            let step_len = policy.ramp_duration / steps;
+            let step = if step_len.is_zero() {
+                steps
+            } else {
+                ((elapsed.as_nanos() / step_len.as_nanos()) as u32 + 1).min(steps)
+            };
+            state.share = 1000 * step / steps;
+        }
+    }
+
+    // 5. Answers.
+    let mut out = Decision {
+        revision: previous.revision,
+        changed_at: previous.changed_at,
+        policies: BTreeMap::new(),
+        alarms,
+    };
+    let mut changed = false;
+    for policy in policies {
+        let prev = previous.policies.get(&policy.id);
+        let mut targets = BTreeMap::new();
+        for t in &policy.targets {
+            let key = TargetKey::new(&policy.id, &t.cluster);
+            let (mut state, _) = states
+                .remove(&key)
+                .unwrap_or_else(|| (initial_state(now), None));
+            state.drained = overrides
+                .iter()
+                .any(|o| o.action == OverrideAction::Drain && o.applies_to(&policy.id, &t.cluster));
+            targets.insert(t.cluster.clone(), state);
+        }
+        let (answers, outcome) = choose(policy, &targets, &overrides, prev);
+        let last_good = if outcome == Outcome::Normal {
+            answers.clone()
+        } else {
+            prev.map(|p| p.last_good.clone()).unwrap_or_default()
+        };
+        let same = prev.is_some_and(|p| {
+            p.answers == answers && p.hostname == policy.hostname && p.ttl == policy.ttl
+        });
+        if !same {
+            changed = true;
+        }
+        out.policies.insert(
+            policy.id.clone(),
+            PolicyDecision {
+                hostname: policy.hostname.clone(),
+                ttl: policy.ttl,
+                strategy: policy.strategy,
+                answers,
+                outcome,
+                targets,
+                last_good,
+                changed_at: if same {
+                    prev.map_or(now, |p| p.changed_at)
+                } else {
+                    now
+                },
+            },
+        );
+    }
+    if changed || out.policies.len() != previous.policies.len() {
+        out.revision += 1;
+        out.changed_at = Some(now);
+    }
+    out
+}
+
+fn initial_state(now: SystemTime) -> TargetState {
+    TargetState {
+        health: Health::Unknown,
+        since: now,
+        reason: "no observation yet".to_owned(),
+        ok_streak: 0,
+        fail_streak: 0,
+        ramp_started: None,
+        share: 1000,
+        drained: false,
+        last_detail: String::new(),
+    }
+}
+
+fn set_health(state: &mut TargetState, health: Health, at: SystemTime, reason: &str) {
+    if state.health != health {
+        state.health = health;
+        state.since = at;
+    }
+    state.reason = reason.to_owned();
+}
+
+/// Applies a target's new evidence to its previous state.
+fn fold(
+    policy: &Policy,
+    prev: Option<&TargetState>,
+    signal: &TargetSignal,
+    now: SystemTime,
+) -> TargetState {
+    let mut state = prev.cloned().unwrap_or_else(|| initial_state(now));
+    if let SourceState::Unavailable { since } = signal.source {
+        let stale = now.duration_since(since).unwrap_or_default();
+        match policy.on_source_unavailable {
+            OnSourceUnavailable::TreatAsUnhealthy { max_stale } if stale >= max_stale => {
+                set_health(
+                    &mut state,
+                    Health::Unhealthy,
+                    now,
+                    "source unavailable longer than maxStale",
+                );
+                state.ramp_started = None;
+            }
+            _ => {
+                state.reason = format!("source unavailable for {}s; state frozen", stale.as_secs());
+            }
+        }
+        return state;
+    }
+    for obs in &signal.observations {
+        state.last_detail = obs.detail.clone();
+        if obs.ok {
+            state.ok_streak = state.ok_streak.saturating_add(1);
+            state.fail_streak = 0;
+        } else {
+            state.fail_streak = state.fail_streak.saturating_add(1);
+            state.ok_streak = 0;
+        }
+        match state.health {
+            Health::Unknown if state.ok_streak >= policy.healthy_threshold => {
+                set_health(&mut state, Health::Healthy, obs.at, "healthy");
+            }
+            Health::Unknown | Health::Healthy | Health::Recovering | Health::Ramping
+                if state.fail_streak >= policy.unhealthy_threshold =>
+            {
+                let reason = format!("{} consecutive failures: {}", state.fail_streak, obs.detail);
+                set_health(&mut state, Health::Unhealthy, obs.at, &reason);
+                state.ramp_started = None;
+            }
+            Health::Unhealthy if state.ok_streak >= policy.healthy_threshold => {
+                if policy.hold_down.is_zero() && policy.ramp_duration.is_zero() {
+                    set_health(&mut state, Health::Healthy, obs.at, "recovered");
+                } else {
+                    set_health(
+                        &mut state,
+                        Health::Recovering,
+                        obs.at,
+                        "recovered; in hold-down",
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    state
+}
+
+/// Picks the answers of one policy from its targets' states.
+fn choose(
+    policy: &Policy,
+    targets: &BTreeMap<String, TargetState>,
+    overrides: &[&Override],
+    prev: Option<&PolicyDecision>,
+) -> (Vec<Answer>, Outcome) {
+    let weight_of = |t: &TargetSpec| {
+        overrides
+            .iter()
+            .filter_map(|o| match o.action {
+                OverrideAction::Weight(w) if o.applies_to(&policy.id, &t.cluster) => Some(w),
+                _ => None,
+            })
+            .next_back()
+            .unwrap_or(t.weight)
+    };
+    let answers_for = |chosen: &[(&TargetSpec, u32)]| -> Vec<Answer> {
+        let mut out: Vec<Answer> = chosen
+            .iter()
+            .flat_map(|(t, w)| {
+                t.addresses.iter().map(move |a| Answer {
+                    cluster: t.cluster.clone(),
+                    address: *a,
+                    region: t.region.clone(),
+                    weight: *w,
+                })
+            })
+            .collect();
+        out.sort();
+        out.dedup_by(|a, b| a.address == b.address);
+        out
+    };
+
+    // An explicit pin wins over everything, health included.
+    let pinned: Vec<(&TargetSpec, u32)> = policy
+        .targets
+        .iter()
+        .filter(|t| {
+            overrides
+                .iter()
+                .any(|o| o.action == OverrideAction::Pin && o.applies_to(&policy.id, &t.cluster))
+        })
+        .map(|t| (t, weight_of(t).max(1) * 1000))
+        .collect();
+    if !pinned.is_empty() {
+        return (answers_for(&pinned), Outcome::Pinned);
+    }
+
+    let state = |t: &TargetSpec| &targets[&t.cluster];
+    let eligible: Vec<&TargetSpec> = policy
+        .targets
+        .iter()
+        .filter(|t| !t.addresses.is_empty() && !state(t).drained && state(t).health.eligible())
+        .collect();
+    let scaled = |t: &TargetSpec, base: u32| base * state(t).share;
+    let chosen: Vec<(&TargetSpec, u32)> = match policy.strategy {
+        Strategy::Failover => failover_tiers(
+            &eligible,
+            |t| state(t).health == Health::Ramping,
+            |t| (weight_of(t), state(t).share),
+        ),
+        Strategy::Weighted => {
+            let weighted: Vec<&TargetSpec> = eligible
+                .iter()
+                .copied()
+                .filter(|t| weight_of(t) > 0)
+                .collect();
+            // Weight 0 is a standby: answered only when nothing with weight is.
+            let pool = if weighted.is_empty() {
+                eligible.clone()
+            } else {
+                weighted
+            };
+            pool.into_iter()
+                .map(|t| (t, scaled(t, weight_of(t).max(1))))
+                .collect()
+        }
+        Strategy::RoundRobin | Strategy::Geo => {
+            eligible.iter().map(|t| (*t, scaled(t, 1))).collect()
+        }
+    };
+    if !chosen.is_empty() {
+        return (answers_for(&chosen), Outcome::Normal);
+    }
+
+    match &policy.when_all_unhealthy {
+        WhenAllUnhealthy::Empty => (Vec::new(), Outcome::Empty),
+        WhenAllUnhealthy::Fallback(addresses) => {
+            let mut answers: Vec<Answer> = addresses
+                .iter()
+                .map(|a| Answer {
+                    cluster: "fallback".to_owned(),
+                    address: *a,
+                    region: String::new(),
+                    weight: 1000,
+                })
+                .collect();
+            answers.sort();
+            answers.dedup();
+            (answers, Outcome::Fallback)
+        }
+        WhenAllUnhealthy::LastKnownGood if prev.is_some_and(|p| !p.last_good.is_empty()) => (
+            prev.map(|p| p.last_good.clone()).unwrap_or_default(),
+            Outcome::LastKnownGood,
+        ),
+        WhenAllUnhealthy::LastKnownGood | WhenAllUnhealthy::ServeAll => {
+            // Fail open: a broken health check must not black-hole a name. Drained
+            // targets stay out unless nothing else is left.
+            let undrained: Vec<(&TargetSpec, u32)> = policy
+                .targets
+                .iter()
+                .filter(|t| !state(t).drained)
+                .map(|t| (t, weight_of(t).max(1) * 1000))
+                .collect();
+            let all: Vec<(&TargetSpec, u32)> =
+                if undrained.iter().any(|(t, _)| !t.addresses.is_empty()) {
+                    undrained
+                } else {
+                    policy
+                        .targets
+                        .iter()
+                        .map(|t| (t, weight_of(t).max(1) * 1000))
+                        .collect()
+                };
+            (answers_for(&all), Outcome::ServeAll)
+        }
+    }
+}
+
+/// `Failover`: the lowest priority tier with an eligible target. While that tier is only
+/// ramping back, it shares answers with the next tier that is fully healthy, in
+/// proportion to the ramp.
+fn failover_tiers<'a>(
+    eligible: &[&'a TargetSpec],
+    is_ramping: impl Fn(&TargetSpec) -> bool,
+    weight_share: impl Fn(&TargetSpec) -> (u32, u32),
+) -> Vec<(&'a TargetSpec, u32)> {
+    let tiers: BTreeSet<u32> = eligible.iter().map(|t| t.priority).collect();
+    let mut out = Vec::new();
+    let mut carried = 0u32; // share (thousandths) still to hand to lower-priority tiers
+    for (i, tier) in tiers.iter().enumerate() {
+        let members: Vec<&TargetSpec> = eligible
+            .iter()
+            .copied()
+            .filter(|t| t.priority == *tier)
+            .collect();
+        let fully_healthy = members.iter().any(|t| !is_ramping(t));
+        let share_of_tier = if i == 0 { 1000 } else { carried };
+        if fully_healthy {
+            for t in members {
+                let (w, share) = weight_share(t);
+                out.push((t, w.max(1) * share * share_of_tier / 1000));
+            }
+            break;
+        }
+        // Every member is ramping: give them their ramp share and carry the rest down.
+        let ramp = members
+            .iter()
+            .map(|t| weight_share(t).1)
+            .max()
+            .unwrap_or(1000);
+        for t in members {
+            let (w, share) = weight_share(t);
+            out.push((t, (w.max(1) * share * share_of_tier / 1000).max(1)));
+        }
+        carried = share_of_tier * (1000 - ramp) / 1000;
+        if carried == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// Serde adapters for times as RFC 3339 text.
+mod time_text {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom)
+    }
+}
+
+mod opt_time_text {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.collect_str(&humantime::format_rfc3339_millis(*t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| humantime::parse_rfc3339_weak(&t).map_err(D::Error::custom))
+            .transpose()
+    }
+}
+
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format!("{}ms", d.as_millis()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        lifeline_crds::parse_duration(&text).map_err(D::Error::custom)
+    }
+}
