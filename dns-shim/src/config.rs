@@ -4,7 +4,7 @@
 //! These types are embedded in the process configuration file (`lifeline.yaml`), so
 //! every struct rejects unknown fields.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -79,6 +79,12 @@ pub struct DnsConfig {
     /// Optional response-rate limiting per client prefix; off when absent.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Directory watched for snapshot JSON files (`lifeline dns`); none when absent.
+    #[serde(default)]
+    pub source_dir: Option<PathBuf>,
+    /// Largest UDP response sent and the EDNS payload size advertised, bytes.
+    #[serde(default = "default_max_udp_payload")]
+    pub max_udp_payload: u16,
 }
 
 impl Default for DnsConfig {
@@ -91,6 +97,8 @@ impl Default for DnsConfig {
             stale_ttl: default_stale_ttl(),
             stale_after: default_stale_after(),
             rate_limit: None,
+            source_dir: None,
+            max_udp_payload: default_max_udp_payload(),
         }
     }
 }
@@ -103,6 +111,11 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_stale_ttl() -> u32 {
     30
+}
+/// 1232 bytes: the DNS Flag Day 2020 value, which fits unfragmented in IPv6's minimum
+/// MTU with headroom for tunnels.
+fn default_max_udp_payload() -> u16 {
+    1232
 }
 fn default_stale_after() -> String {
     "5m".to_owned()
@@ -135,4 +148,140 @@ fn default_v4_prefix() -> u8 {
 }
 fn default_v6_prefix() -> u8 {
     56
+}
+
+/// Parses a duration such as `"5m"` or `"90s"` (humantime syntax).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+impl DnsConfig {
+    /// `staleAfter` as a duration.
+    pub fn stale_after(&self) -> Result<Duration, String> {
+        parse_duration(&self.stale_after)
+    }
+
+    /// Every problem with the `dns` section, as (field path, problem).
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let mut err = |path: String, msg: String| p.push((path, msg));
+        if self.udp.is_empty() && self.tcp.is_empty() {
+            err("dns.udp".into(), "no UDP or TCP listen address".into());
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            err("dns.dataDir".into(), "must not be empty".into());
+        }
+        match self.stale_after() {
+            Ok(d) if d.is_zero() => err("dns.staleAfter".into(), "must be positive".into()),
+            Ok(_) => {}
+            Err(e) => err("dns.staleAfter".into(), e),
+        }
+        if self.stale_ttl == 0 {
+            err("dns.staleTtl".into(), "must be at least 1 second".into());
+        }
+        if !(512..=4096).contains(&self.max_udp_payload) {
+            err(
+                "dns.maxUdpPayload".into(),
+                format!("{} is outside 512..=4096", self.max_udp_payload),
+            );
+        }
+        for (i, g) in self.geo.iter().enumerate() {
+            if g.region.trim().is_empty() {
+                err(format!("dns.geo[{i}].region"), "must not be empty".into());
+            }
+            if self.geo[..i]
+                .iter()
+                .any(|o| o.prefix.trunc() == g.prefix.trunc())
+            {
+                err(
+                    format!("dns.geo[{i}].prefix"),
+                    format!("{} listed twice", g.prefix),
+                );
+            }
+        }
+        if let Some(r) = &self.rate_limit {
+            if r.responses_per_second == 0 {
+                err(
+                    "dns.rateLimit.responsesPerSecond".into(),
+                    "must be at least 1 (remove rateLimit to turn limiting off)".into(),
+                );
+            }
+            if r.ipv4_prefix_len > 32 {
+                err(
+                    "dns.rateLimit.ipv4PrefixLen".into(),
+                    "must be at most 32".into(),
+                );
+            }
+            if r.ipv6_prefix_len > 128 {
+                err(
+                    "dns.rateLimit.ipv6PrefixLen".into(),
+                    "must be at most 128".into(),
+                );
+            }
+        }
+        p
+    }
+}
+
+impl ZoneConfig {
+    /// Every problem with this zone, paths prefixed with `path` (e.g. `zones[0]`).
+    pub fn validate(&self, path: &str) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let name_ok = |n: &str| {
+            crate::wire::normalize_name(n, "").and_then(|n| {
+                if n.is_empty() {
+                    Err("the root zone is not supported".into())
+                } else {
+                    Ok(n)
+                }
+            })
+        };
+        if let Err(e) = name_ok(&self.origin) {
+            p.push((format!("{path}.origin"), e));
+        }
+        if let Err(e) = name_ok(&self.primary_ns) {
+            p.push((format!("{path}.primaryNs"), e));
+        }
+        if let Err(e) = name_ok(&self.hostmaster) {
+            p.push((format!("{path}.hostmaster"), e));
+        }
+        if self.nameservers.is_empty() {
+            p.push((
+                format!("{path}.nameservers"),
+                "at least one is required".into(),
+            ));
+        }
+        for (i, n) in self.nameservers.iter().enumerate() {
+            if let Err(e) = name_ok(n) {
+                p.push((format!("{path}.nameservers[{i}]"), e));
+            }
+        }
+        if self.retry > self.refresh {
+            p.push((format!("{path}.retry"), "should not exceed refresh".into()));
+        }
+        p
+    }
+}
+
+/// Validates the zones and the `dns` section together: every problem, with its path.
+pub fn validate(dns: &DnsConfig, zones: &[ZoneConfig]) -> Vec<(String, String)> {
+    let mut p = Vec::new();
+    if zones.is_empty() {
+        p.push(("zones".into(), "at least one zone is required".into()));
+    }
+    let mut seen: Vec<String> = Vec::new();
+    for (i, z) in zones.iter().enumerate() {
+        p.extend(z.validate(&format!("zones[{i}]")));
+        if let Ok(o) = crate::wire::normalize_name(&z.origin, "") {
+            if seen.contains(&o) {
+                p.push((
+                    format!("zones[{i}].origin"),
+                    format!("zone {o} listed twice"),
+                ));
+            }
+            seen.push(o);
+        }
+    }
+    p.extend(dns.validate());
+    p
 }

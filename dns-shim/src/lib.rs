@@ -1,5 +1,114 @@
 //! Lifeline's authoritative DNS shim.
+//!
+//! The shim answers DNS for the zones Lifeline steers, from an in-memory snapshot that
+//! is also on disk, so it keeps answering when every control plane, the store and the
+//! controller are gone.
+//!
+//! # Record model
+//!
+//! ```text
+//!  controller ──Update::Replace(ZoneSnapshot)──┐      (or a source: directory, etcd)
+//!             ──Update::Patch(ZonePatch)───────┤
+//!                                              ▼
+//!                                   ShimHandle::apply ──► persist: <zone>@<rev>.snapshot
+//!                                              │           (checksum, temp+fsync+rename,
+//!                                              │            two generations kept)
+//!                                       compile_zone
+//!                                              │ per (name, type): pre-serialised answers
+//!                                              ▼
+//!                              ArcSwap<Compiled> ◄── readers never lock
+//!                                              │
+//!                     UDP threads / TCP tasks ─┴─► Engine::respond(bytes) -> bytes
+//!
+//!  ZoneSnapshot { zone, revision, decidedAt, names: { "www": NameRecords } }
+//!  NameRecords  { address?: AddressSet { ttl, targets: [Target], maxAnswers?, geo },
+//!                 srv?: { ttl, records: [{priority, weight, port, target}] },
+//!                 txt?: { ttl, records: [string] },
+//!                 cname?: { ttl, target } }
+//!  Target       { address (v4 → A, v6 → AAAA), cluster, region, weight }
+//! ```
+//!
+//! A snapshot is the whole zone at one revision; the SOA serial is the revision. A
+//! patch upserts or deletes single names on top of the current snapshot, so the
+//! controller never has to resend a large zone for a one-name change. Updates with a
+//! revision not above the served one are refused, so a replayed or reordered update
+//! cannot roll answers back.
+//!
+//! Per query, the shim picks among an address set's targets: targets lead the answer
+//! in proportion to their weight (equal weights rotate), and with `geo` set the
+//! client's region (EDNS Client Subnet, else the source address, mapped by the
+//! configured prefix table) narrows the choice to that region's targets when it has
+//! any. The controller lists only healthy targets, so "fall back to all" is safe.
+//!
+//! # Staleness
+//!
+//! Data is current while a source is connected. Once none has been for `staleAfter`,
+//! answers keep flowing with TTLs capped at `staleTtl` (RFC 8767) and are counted as
+//! stale; nothing is ever removed because a source went away.
 
+#![forbid(unsafe_code)]
+
+use std::{net::SocketAddr, path::PathBuf};
+
+pub mod admin;
+pub mod compile;
 pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod model;
+pub mod net;
+pub mod persist;
+pub mod rrl;
+pub mod shim;
+pub mod source;
+pub mod standalone;
+pub mod wire;
 
-pub use config::{DnsConfig, GeoPrefix, RateLimitConfig, ZoneConfig};
+pub use config::{DnsConfig, GeoPrefix, RateLimitConfig, ZoneConfig, parse_duration};
+pub use engine::{Engine, Transport};
+pub use metrics::ShimMetrics;
+pub use model::{
+    AddressSet, Cname, NameRecords, Srv, SrvSet, Target, TxtSet, Update, ZonePatch, ZoneSnapshot,
+};
+pub use shim::{Applied, Shim, ShimHandle, ShimState, SourceState, ZoneState};
+pub use source::{DirectorySource, SnapshotSource};
+
+/// Errors of the DNS shim.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration problems, each with its field path.
+    #[error("invalid dns configuration: {}", .0.iter().map(|(p, m)| format!("{p}: {m}")).collect::<Vec<_>>().join("; "))]
+    Config(Vec<(String, String)>),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("snapshot encoding: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("zone {0} is not served by this shim")]
+    UnknownZone(String),
+    #[error("zone {zone}: revision {got} is not newer than served revision {have}")]
+    StaleRevision { zone: String, have: u64, got: u64 },
+    #[error("zone {0}: a patch needs a snapshot to apply to")]
+    NoBase(String),
+    #[error("snapshot format version {0} is not supported")]
+    Format(u32),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+impl Error {
+    /// True when the update was refused only because it is not newer than what is served.
+    pub fn is_stale_revision(&self) -> bool {
+        matches!(self, Error::StaleRevision { .. })
+    }
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

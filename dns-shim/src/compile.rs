@@ -1,0 +1,674 @@
+//! Turning snapshots into answers that are ready to send.
+//!
+//! Every answer the shim can give for a name that exists is serialised here, once per
+//! snapshot, as the bytes that follow the question section ("tail"). Answering a query
+//! is then a hash lookup plus copying a header, the client's own question and the tail.
+//! This works because the question we echo always has the same length as the name we
+//! looked up (only letter case may differ), so compression pointers into it stay valid.
+//!
+//! Per-query choice among targets is also decided here: each address RRset becomes a
+//! small "wheel" of pre-serialised orderings (rotations, or a smooth weighted sequence),
+//! one wheel per client region when geo selection applies; the server picks a slot.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+    net::IpAddr,
+    sync::Arc,
+    time::SystemTime,
+};
+
+use ipnet::IpNet;
+use tracing::warn;
+
+use crate::{
+    config::{GeoPrefix, ZoneConfig},
+    model::{AddressSet, NameRecords, Target, ZoneSnapshot},
+    wire::{self, TYPE_A, TYPE_AAAA, TYPE_CNAME, TYPE_NS, TYPE_SOA, TYPE_SRV, TYPE_TXT},
+};
+
+/// Largest wheel per RRset: enough resolution for weights in percent-ish steps while
+/// keeping memory per name small.
+const MAX_WHEEL: usize = 64;
+
+/// FNV-1a: names are short and attacker-chosen only in content, not in volume per
+/// bucket that matters here; SipHash would cost more than the rest of the lookup.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+pub type NameMap<V> = HashMap<Box<[u8]>, V, BuildHasherDefault<Fnv>>;
+
+// === answers ===
+
+/// Sections after the question, pre-serialised, with their record counts.
+#[derive(Clone, Debug, Default)]
+pub struct Tail {
+    pub an: u16,
+    pub ns: u16,
+    pub bytes: Box<[u8]>,
+}
+
+/// The alternatives for one answer.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    /// Wheel used when the client's region has no wheel of its own.
+    pub all: Box<[Tail]>,
+    /// Wheels of targets in one region, by region id.
+    pub by_region: Box<[(u16, Box<[Tail]>)]>,
+}
+
+impl Choice {
+    fn one(tail: Tail) -> Self {
+        Self {
+            all: Box::new([tail]),
+            by_region: Box::new([]),
+        }
+    }
+
+    /// Whether the client's region changes the answer (so ECS scope must say so).
+    pub fn is_geo(&self) -> bool {
+        !self.by_region.is_empty()
+    }
+
+    /// Picks the tail for a client in `region`, `spin` being a per-query counter.
+    pub fn pick(&self, region: Option<u16>, spin: usize) -> &Tail {
+        let wheel = region
+            .and_then(|r| self.by_region.iter().find(|(id, _)| *id == r))
+            .map_or(&self.all, |(_, w)| w);
+        &wheel[spin % wheel.len()]
+    }
+}
+
+/// One possible reply for a name: rcode plus alternatives.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub rcode: u8,
+    pub choice: Choice,
+}
+
+/// Everything the server knows about one existing name (or empty non-terminal).
+#[derive(Clone, Debug)]
+pub struct NameEntry {
+    /// Answers by query type.
+    pub typed: Box<[(u16, Answer)]>,
+    /// Answer for every other type: NODATA, or the CNAME for an alias.
+    pub other: Answer,
+    /// Answer to ANY: one RRset, RFC 8482.
+    pub any: u16,
+}
+
+impl NameEntry {
+    pub fn answer(&self, qtype: u16) -> &Answer {
+        let qtype = if qtype == wire::TYPE_ANY {
+            self.any
+        } else {
+            qtype
+        };
+        self.typed
+            .iter()
+            .find(|(t, _)| *t == qtype)
+            .map_or(&self.other, |(_, a)| a)
+    }
+}
+
+// === geo ===
+
+/// Client prefix → region id, longest prefix first.
+#[derive(Clone, Debug, Default)]
+pub struct GeoTable {
+    prefixes: Vec<(IpNet, u16)>,
+    regions: Vec<String>,
+}
+
+impl GeoTable {
+    pub fn new(geo: &[GeoPrefix]) -> Self {
+        let mut regions: Vec<String> = Vec::new();
+        let mut prefixes = Vec::new();
+        for g in geo {
+            let id = match regions.iter().position(|r| *r == g.region) {
+                Some(i) => i,
+                None => {
+                    regions.push(g.region.clone());
+                    regions.len() - 1
+                }
+            };
+            prefixes.push((g.prefix.trunc(), id as u16));
+        }
+        prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.prefix_len()));
+        Self { prefixes, regions }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prefixes.is_empty()
+    }
+
+    /// Region id of a client address.
+    pub fn region_of(&self, ip: IpAddr) -> Option<u16> {
+        if self.prefixes.is_empty() {
+            return None;
+        }
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.prefixes
+            .iter()
+            .find(|(p, _)| p.contains(&ip))
+            .map(|(_, id)| *id)
+    }
+
+    /// Region id of a region name, if any prefix maps to it.
+    pub fn id_of(&self, region: &str) -> Option<u16> {
+        self.regions
+            .iter()
+            .position(|r| r == region)
+            .map(|i| i as u16)
+    }
+}
+
+// === zones ===
+
+/// A zone compiled from its configuration and current snapshot.
+#[derive(Debug)]
+pub struct ZoneTable {
+    pub origin: String,
+    pub apex: Box<[u8]>,
+    pub revision: u64,
+    pub decided_at: SystemTime,
+    /// SOA record rdata (serial = revision).
+    pub soa_rdata: Box<[u8]>,
+    /// TTL of the SOA in negative answers (RFC 2308 §5: min of SOA TTL and MINIMUM).
+    pub negative_ttl: u32,
+    pub names: NameMap<NameEntry>,
+    /// Names in the snapshot that could not be served (outside the zone, bad syntax).
+    pub rejected: Vec<(String, String)>,
+    /// Number of names in the snapshot.
+    pub name_count: usize,
+    /// TTLs are capped because the data is stale.
+    pub ttl_capped: bool,
+}
+
+/// Knobs that change the bytes of answers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CompileOptions {
+    /// Cap every TTL at this value (serving stale data, RFC 8767).
+    pub ttl_cap: Option<u32>,
+}
+
+impl CompileOptions {
+    fn ttl(&self, ttl: u32) -> u32 {
+        self.ttl_cap.map_or(ttl, |c| ttl.min(c))
+    }
+}
+
+/// Compiles one zone. Never fails: a name that cannot be served is skipped and listed in
+/// `rejected`, so one bad record cannot take the rest of the zone down.
+pub fn compile_zone(
+    zone: &ZoneConfig,
+    snapshot: &ZoneSnapshot,
+    geo: &GeoTable,
+    opts: CompileOptions,
+) -> ZoneTable {
+    let origin = wire::normalize_name(&zone.origin, "").unwrap_or_default();
+    let apex: Box<[u8]> = wire::to_wire(&origin).unwrap_or_else(|_| vec![0]).into();
+    let mut rejected = Vec::new();
+
+    // Normalise names first: the same name may appear in two spellings.
+    let mut records: NameMap<&NameRecords> = NameMap::default();
+    records.reserve(snapshot.names.len());
+    for (name, recs) in &snapshot.names {
+        match wire::normalize_name(name, &origin).and_then(|n| {
+            let w = wire::to_wire(&n)?;
+            if wire::is_within(&w, &apex) {
+                Ok(w)
+            } else {
+                Err(format!("{n} is outside zone {origin}"))
+            }
+        }) {
+            Ok(w) => {
+                if let Some(problem) = check_records(recs, w == *apex) {
+                    rejected.push((name.clone(), problem));
+                } else if records.insert(w.into(), recs).is_some() {
+                    rejected.push((name.clone(), "duplicate name".into()));
+                }
+            }
+            Err(e) => rejected.push((name.clone(), e)),
+        }
+    }
+    for (name, problem) in &rejected {
+        warn!(zone = %origin, %name, %problem, "record skipped");
+    }
+
+    let serial = snapshot.revision as u32;
+    let mut soa_rdata = Vec::new();
+    soa_rdata.extend(wire_or_root(&zone.primary_ns));
+    soa_rdata.extend(wire_or_root(&zone.hostmaster));
+    for v in [
+        serial,
+        zone.refresh,
+        zone.retry,
+        zone.expire,
+        zone.negative_ttl,
+    ] {
+        soa_rdata.extend_from_slice(&v.to_be_bytes());
+    }
+    let negative_ttl = opts.ttl(zone.ttl.min(zone.negative_ttl));
+
+    let cx = Cx {
+        zone,
+        apex: &apex,
+        soa_rdata: &soa_rdata,
+        negative_ttl,
+        geo,
+        opts,
+        records: &records,
+    };
+
+    let mut names: NameMap<NameEntry> = NameMap::default();
+    names.reserve(records.len() + 1);
+    for (name, recs) in &records {
+        names.insert(name.clone(), cx.entry(name, Some(recs)));
+    }
+    if !names.contains_key(&apex) {
+        names.insert(apex.clone(), cx.entry(&apex, None));
+    }
+    // Empty non-terminals exist (NODATA, not NXDOMAIN: RFC 8020).
+    let owned: Vec<Box<[u8]>> = records.keys().cloned().collect();
+    for name in owned {
+        let mut cur: &[u8] = &name;
+        while let Some(p) = wire::parent(cur) {
+            if p.len() < apex.len() || names.contains_key(p) {
+                break;
+            }
+            names.insert(p.into(), cx.entry(p, None));
+            cur = p;
+        }
+    }
+
+    ZoneTable {
+        origin,
+        apex: apex.clone(),
+        revision: snapshot.revision,
+        decided_at: snapshot.decided_at,
+        soa_rdata: soa_rdata.into(),
+        negative_ttl,
+        names,
+        rejected,
+        name_count: snapshot.names.len(),
+        ttl_capped: opts.ttl_cap.is_some(),
+    }
+}
+
+fn wire_or_root(name: &str) -> Vec<u8> {
+    wire::normalize_name(name, "")
+        .and_then(|n| wire::to_wire(&n))
+        .unwrap_or_else(|_| vec![0])
+}
+
+/// Problems that make a name's records unservable as a whole.
+fn check_records(recs: &NameRecords, apex: bool) -> Option<String> {
+    if recs.cname.is_some() {
+        if apex {
+            return Some("CNAME at the zone apex".into());
+        }
+        if recs.address.is_some() || recs.srv.is_some() || recs.txt.is_some() {
+            return Some("CNAME together with other data".into());
+        }
+    }
+    if let Some(c) = &recs.cname {
+        wire::normalize_name(&c.target, "")
+            .and_then(|n| wire::to_wire(&n))
+            .err()?;
+        return Some(format!("bad CNAME target {:?}", c.target));
+    }
+    if let Some(s) = &recs.srv
+        && let Some(r) = s
+            .records
+            .iter()
+            .find(|r| wire::normalize_name(&r.target, "").is_err())
+    {
+        return Some(format!("bad SRV target {:?}", r.target));
+    }
+    None
+}
+
+struct Cx<'a> {
+    zone: &'a ZoneConfig,
+    apex: &'a [u8],
+    soa_rdata: &'a [u8],
+    negative_ttl: u32,
+    geo: &'a GeoTable,
+    opts: CompileOptions,
+    records: &'a NameMap<&'a NameRecords>,
+}
+
+/// Offset of the question name in every response.
+const QNAME_AT: usize = wire::HEADER_LEN;
+
+impl Cx<'_> {
+    fn entry(&self, name: &[u8], recs: Option<&NameRecords>) -> NameEntry {
+        let mut typed: Vec<(u16, Answer)> = Vec::new();
+        let owner = wire::pointer(QNAME_AT);
+        let is_apex = name == self.apex;
+        if is_apex {
+            let mut soa = Vec::new();
+            wire::put_rr(
+                &mut soa,
+                &owner,
+                TYPE_SOA,
+                self.opts.ttl(self.zone.ttl),
+                self.soa_rdata,
+            );
+            typed.push((TYPE_SOA, positive(1, soa)));
+            let mut ns = Vec::new();
+            let mut count = 0;
+            for n in &self.zone.nameservers {
+                wire::put_rr(
+                    &mut ns,
+                    &owner,
+                    TYPE_NS,
+                    self.opts.ttl(self.zone.ttl),
+                    &wire_or_root(n),
+                );
+                count += 1;
+            }
+            typed.push((TYPE_NS, positive(count, ns)));
+        }
+        let mut other = self.nodata(name);
+        if let Some(recs) = recs {
+            if let Some(c) = &recs.cname {
+                self.alias(name, c, &mut typed, &mut other);
+            } else {
+                self.data(recs, &owner, &mut typed);
+            }
+        }
+        let any = [TYPE_A, TYPE_AAAA, TYPE_CNAME, TYPE_SRV, TYPE_TXT, TYPE_SOA]
+            .into_iter()
+            .find(|t| typed.iter().any(|(x, _)| x == t))
+            .unwrap_or(0);
+        NameEntry {
+            typed: typed.into(),
+            other,
+            any,
+        }
+    }
+
+    /// RRsets of a name that is not an alias, owned by `owner`.
+    fn data(&self, recs: &NameRecords, owner: &[u8], typed: &mut Vec<(u16, Answer)>) {
+        if let Some(set) = &recs.address {
+            for (rtype, v4) in [(TYPE_A, true), (TYPE_AAAA, false)] {
+                if let Some(choice) = self.addresses(set, v4, owner) {
+                    typed.push((
+                        rtype,
+                        Answer {
+                            rcode: wire::RCODE_NOERROR,
+                            choice,
+                        },
+                    ));
+                }
+            }
+        }
+        if let Some(srv) = &recs.srv
+            && !srv.records.is_empty()
+        {
+            let mut out = Vec::new();
+            for r in &srv.records {
+                let mut rdata = Vec::new();
+                for v in [r.priority, r.weight, r.port] {
+                    rdata.extend_from_slice(&v.to_be_bytes());
+                }
+                rdata.extend(wire_or_root(&r.target));
+                wire::put_rr(&mut out, owner, TYPE_SRV, self.opts.ttl(srv.ttl), &rdata);
+            }
+            typed.push((TYPE_SRV, positive(srv.records.len(), out)));
+        }
+        if let Some(txt) = &recs.txt
+            && !txt.records.is_empty()
+        {
+            let mut out = Vec::new();
+            for r in &txt.records {
+                let mut rdata = Vec::new();
+                let bytes = r.as_bytes();
+                if bytes.is_empty() {
+                    rdata.push(0);
+                }
+                for chunk in bytes.chunks(255) {
+                    rdata.push(chunk.len() as u8);
+                    rdata.extend_from_slice(chunk);
+                }
+                wire::put_rr(&mut out, owner, TYPE_TXT, self.opts.ttl(txt.ttl), &rdata);
+            }
+            typed.push((TYPE_TXT, positive(txt.records.len(), out)));
+        }
+    }
+
+    /// An alias: the CNAME itself, plus the target's data when the target is ours
+    /// (one level; resolvers chase further chains themselves).
+    fn alias(
+        &self,
+        _name: &[u8],
+        c: &crate::model::Cname,
+        typed: &mut Vec<(u16, Answer)>,
+        other: &mut Answer,
+    ) {
+        let target = wire_or_root(&c.target);
+        let mut cname = Vec::new();
+        wire::put_rr(
+            &mut cname,
+            &wire::pointer(QNAME_AT),
+            TYPE_CNAME,
+            self.opts.ttl(c.ttl),
+            &target,
+        );
+        *other = positive(1, cname.clone());
+        typed.push((TYPE_CNAME, other.clone()));
+        let Some(recs) = self.records.get(target.as_slice()) else {
+            return;
+        };
+        if recs.cname.is_some() {
+            return;
+        }
+        // The CNAME's rdata sits right after its fixed fields; the target's records
+        // point there. The offset depends on the question length, which is this name's.
+        let qlen = _name.len() + 4;
+        let target_at = QNAME_AT + qlen + 2 + 10;
+        let mut chased = Vec::new();
+        self.data(recs, &wire::pointer(target_at), &mut chased);
+        for (rtype, answer) in chased {
+            let prefix = |t: &Tail| Tail {
+                an: t.an + 1,
+                ns: t.ns,
+                bytes: [cname.as_slice(), &t.bytes].concat().into(),
+            };
+            let choice = Choice {
+                all: answer.choice.all.iter().map(prefix).collect(),
+                by_region: answer
+                    .choice
+                    .by_region
+                    .iter()
+                    .map(|(r, w)| (*r, w.iter().map(prefix).collect()))
+                    .collect(),
+            };
+            typed.push((
+                rtype,
+                Answer {
+                    rcode: wire::RCODE_NOERROR,
+                    choice,
+                },
+            ));
+        }
+    }
+
+    /// NODATA: empty answer, SOA in authority (RFC 2308 §2.2).
+    fn nodata(&self, name: &[u8]) -> Answer {
+        let mut out = Vec::new();
+        put_negative_soa(
+            &mut out,
+            QNAME_AT + name.len() - self.apex.len(),
+            self.negative_ttl,
+            self.soa_rdata,
+        );
+        Answer {
+            rcode: wire::RCODE_NOERROR,
+            choice: Choice::one(Tail {
+                an: 0,
+                ns: 1,
+                bytes: out.into(),
+            }),
+        }
+    }
+
+    fn addresses(&self, set: &AddressSet, v4: bool, owner: &[u8]) -> Option<Choice> {
+        let targets: Vec<&Target> = set
+            .targets
+            .iter()
+            .filter(|t| t.address.is_ipv4() == v4)
+            .collect();
+        if targets.is_empty() {
+            return None;
+        }
+        let ttl = self.opts.ttl(set.ttl);
+        let max = set.max_answers.map_or(usize::MAX, usize::from).max(1);
+        let all = wheel(&targets, max, ttl, owner);
+        let mut by_region = Vec::new();
+        if set.geo && !self.geo.is_empty() {
+            let mut seen: Vec<u16> = Vec::new();
+            for t in &targets {
+                let Some(id) = self.geo.id_of(&t.region) else {
+                    continue;
+                };
+                if seen.contains(&id) {
+                    continue;
+                }
+                seen.push(id);
+                let local: Vec<&Target> = targets
+                    .iter()
+                    .copied()
+                    .filter(|x| x.region == t.region)
+                    .collect();
+                by_region.push((id, wheel(&local, max, ttl, owner)));
+            }
+        }
+        Some(Choice {
+            all,
+            by_region: by_region.into(),
+        })
+    }
+}
+
+fn positive(count: usize, bytes: Vec<u8>) -> Answer {
+    Answer {
+        rcode: wire::RCODE_NOERROR,
+        choice: Choice::one(Tail {
+            an: count as u16,
+            ns: 0,
+            bytes: bytes.into(),
+        }),
+    }
+}
+
+/// The SOA in the authority section of a negative answer; its owner (the apex) is a
+/// pointer into the question, which always ends with the apex.
+pub fn put_negative_soa(out: &mut Vec<u8>, apex_at: usize, ttl: u32, soa_rdata: &[u8]) {
+    wire::put_rr(out, &wire::pointer(apex_at), TYPE_SOA, ttl, soa_rdata);
+}
+
+/// Orderings of `targets` that the server cycles through.
+///
+/// Equal weights: every rotation, so each target leads equally often. Unequal weights: a
+/// smooth weighted round-robin sequence decides who leads, the rest follow in rotation;
+/// weights are scaled so the wheel stays at most [`MAX_WHEEL`] long.
+fn wheel(targets: &[&Target], max: usize, ttl: u32, owner: &[u8]) -> Box<[Tail]> {
+    let weighted: Vec<&Target> = targets.iter().copied().filter(|t| t.weight > 0).collect();
+    // Weight 0 everywhere means "no preference", not "nothing to say".
+    let pool: Vec<&Target> = if weighted.is_empty() {
+        targets.to_vec()
+    } else {
+        weighted
+    };
+    let n = pool.len();
+    let leaders: Vec<usize> = if pool.iter().all(|t| t.weight == pool[0].weight) {
+        (0..n).collect()
+    } else {
+        let total: u64 = pool.iter().map(|t| u64::from(t.weight)).sum();
+        let scale = (MAX_WHEEL as u64).min(total);
+        let slots: Vec<i64> = pool
+            .iter()
+            .map(|t| ((u64::from(t.weight) * scale).div_ceil(total)).max(1) as i64)
+            .collect();
+        let sum: i64 = slots.iter().sum();
+        let mut current = vec![0i64; n];
+        (0..sum)
+            .map(|_| {
+                for (c, s) in current.iter_mut().zip(&slots) {
+                    *c += s;
+                }
+                let best = (0..n)
+                    .max_by_key(|&i| (current[i], -(i as i64)))
+                    .unwrap_or(0);
+                current[best] -= sum;
+                best
+            })
+            .collect()
+    };
+    leaders
+        .into_iter()
+        .map(|lead| {
+            let mut bytes = Vec::new();
+            let count = n.min(max);
+            for k in 0..count {
+                let t = pool[(lead + k) % n];
+                match t.address {
+                    IpAddr::V4(a) => wire::put_rr(&mut bytes, owner, TYPE_A, ttl, &a.octets()),
+                    IpAddr::V6(a) => wire::put_rr(&mut bytes, owner, TYPE_AAAA, ttl, &a.octets()),
+                }
+            }
+            Tail {
+                an: count as u16,
+                ns: 0,
+                bytes: bytes.into(),
+            }
+        })
+        .collect()
+}
+
+/// All compiled zones plus what answering needs besides them.
+#[derive(Debug, Default)]
+pub struct Compiled {
+    /// Zones, most specific (longest apex) first so nested zones win.
+    pub zones: Vec<Arc<ZoneTable>>,
+    pub geo: Arc<GeoTable>,
+    /// Answers carry capped TTLs because the data is older than `staleAfter`.
+    pub stale: bool,
+    /// Apexes of configured zones that have no snapshot yet: SERVFAIL, never NXDOMAIN,
+    /// so resolvers ask another server instead of caching a denial.
+    pub pending: Vec<Box<[u8]>>,
+}
+
+impl Compiled {
+    /// The zone that holds wire name `name`.
+    pub fn zone_of(&self, name: &[u8]) -> Option<&ZoneTable> {
+        self.zones
+            .iter()
+            .find(|z| wire::is_within(name, &z.apex))
+            .map(|z| z.as_ref())
+    }
+}

@@ -1,0 +1,243 @@
+//! The record model: what the controller publishes and the shim serves.
+//!
+//! A [`ZoneSnapshot`] is the complete, versioned content of one zone. The controller may
+//! send a whole snapshot or a [`ZonePatch`] that upserts and deletes single names; either
+//! way the shim ends up holding one full snapshot per zone, which is what it persists.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the serialised format; bumped on incompatible changes so an old shim
+/// refuses a file it would misread instead of serving something wrong.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Everything the shim serves for one zone at one revision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneSnapshot {
+    /// Format version of this document; must equal [`FORMAT_VERSION`].
+    #[serde(default = "format_version")]
+    pub format: u32,
+    /// Zone apex this snapshot belongs to (must match a configured zone).
+    pub zone: String,
+    /// Monotonic revision of the decision that produced this snapshot. The SOA serial
+    /// follows it (truncated to 32 bits); an update with a lower revision is ignored.
+    pub revision: u64,
+    /// When the controller decided this content. The shim's "age of data" is measured
+    /// from here, not from when the shim received it.
+    #[serde(with = "rfc3339")]
+    pub decided_at: SystemTime,
+    /// Records by owner name. Names are absolute or relative to `zone`; a trailing dot is
+    /// optional; matching is case-insensitive.
+    #[serde(default)]
+    pub names: BTreeMap<String, NameRecords>,
+}
+
+fn format_version() -> u32 {
+    FORMAT_VERSION
+}
+
+/// All RRsets of one owner name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NameRecords {
+    /// A and AAAA answers, chosen per query among the targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<AddressSet>,
+    /// SRV records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srv: Option<SrvSet>,
+    /// TXT records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txt: Option<TxtSet>,
+    /// An alias. A name with a CNAME has no other data (RFC 1034 §3.6.2); the snapshot
+    /// validation rejects the combination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cname: Option<Cname>,
+}
+
+/// The address targets of a name. IPv4 targets answer A queries, IPv6 targets AAAA.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AddressSet {
+    /// TTL of the A/AAAA answers, seconds.
+    pub ttl: u32,
+    /// Candidate targets; every one listed is eligible (the controller leaves out the
+    /// unhealthy ones).
+    pub targets: Vec<Target>,
+    /// At most this many addresses per answer (after selection); all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_answers: Option<u16>,
+    /// Use the client's region (EDNS Client Subnet or source address) to prefer targets
+    /// of that region. Without a match, all targets are used.
+    #[serde(default)]
+    pub geo: bool,
+}
+
+/// One address that may be handed out, with where it lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Target {
+    pub address: IpAddr,
+    /// Member cluster the address belongs to.
+    #[serde(default)]
+    pub cluster: String,
+    /// Region of that cluster, matched against the geo prefix table.
+    #[serde(default)]
+    pub region: String,
+    /// Relative share of answers that list this target first; 0 means "only if nothing
+    /// else has weight".
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// SRV records of a name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SrvSet {
+    pub ttl: u32,
+    pub records: Vec<Srv>,
+}
+
+/// One SRV record (RFC 2782).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Srv {
+    pub priority: u16,
+    pub weight: u16,
+    pub port: u16,
+    /// Absolute host name.
+    pub target: String,
+}
+
+/// TXT records of a name; each entry is one record (split into 255-byte strings).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TxtSet {
+    pub ttl: u32,
+    pub records: Vec<String>,
+}
+
+/// A CNAME record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cname {
+    pub ttl: u32,
+    /// Absolute target name.
+    pub target: String,
+}
+
+/// A change to what the shim serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Update {
+    /// Replace the whole zone.
+    Replace(ZoneSnapshot),
+    /// Change single names of a zone the shim already holds.
+    Patch(ZonePatch),
+}
+
+impl Update {
+    /// The zone this update is about.
+    pub fn zone(&self) -> &str {
+        match self {
+            Update::Replace(s) => &s.zone,
+            Update::Patch(p) => &p.zone,
+        }
+    }
+
+    /// The revision the zone will have once applied.
+    pub fn revision(&self) -> u64 {
+        match self {
+            Update::Replace(s) => s.revision,
+            Update::Patch(p) => p.revision,
+        }
+    }
+}
+
+/// Per-name changes on top of the zone's current snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZonePatch {
+    pub zone: String,
+    /// Revision after the patch; must be greater than the current one.
+    pub revision: u64,
+    #[serde(with = "rfc3339")]
+    pub decided_at: SystemTime,
+    /// Names whose records are replaced (or created).
+    #[serde(default)]
+    pub upsert: BTreeMap<String, NameRecords>,
+    /// Names removed entirely.
+    #[serde(default)]
+    pub delete: Vec<String>,
+}
+
+impl ZonePatch {
+    /// Applies the patch to `base`, producing the next snapshot. Keys are matched
+    /// case-insensitively and with or without the zone suffix, the way the server does.
+    pub fn apply_to(&self, base: &ZoneSnapshot) -> ZoneSnapshot {
+        let origin = crate::wire::normalize_name(&base.zone, "").unwrap_or_default();
+        let key = |n: &str| crate::wire::normalize_name(n, &origin).unwrap_or_else(|_| n.into());
+        let mut names: BTreeMap<String, (String, NameRecords)> = base
+            .names
+            .iter()
+            .map(|(n, r)| (key(n), (n.clone(), r.clone())))
+            .collect();
+        for n in &self.delete {
+            names.remove(&key(n));
+        }
+        for (n, r) in &self.upsert {
+            names.insert(key(n), (n.clone(), r.clone()));
+        }
+        ZoneSnapshot {
+            format: FORMAT_VERSION,
+            zone: base.zone.clone(),
+            revision: self.revision,
+            decided_at: self.decided_at,
+            names: names.into_values().collect(),
+        }
+    }
+}
+
+impl ZoneSnapshot {
+    /// An empty snapshot of `zone` (SOA and NS only).
+    pub fn empty(zone: impl Into<String>, revision: u64, decided_at: SystemTime) -> Self {
+        Self {
+            format: FORMAT_VERSION,
+            zone: zone.into(),
+            revision,
+            decided_at,
+            names: BTreeMap::new(),
+        }
+    }
+
+    /// Age of the decision behind this snapshot at `now` (zero if it is from the future).
+    pub fn age(&self, now: SystemTime) -> Duration {
+        now.duration_since(self.decided_at).unwrap_or_default()
+    }
+}
+
+/// Serde adapter: `SystemTime` as an RFC 3339 string, readable in files and logs.
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&s).map_err(D::Error::custom)
+    }
+}

@@ -1,0 +1,520 @@
+//! The running shim: snapshot lifecycle, sockets, and the handle the controller feeds.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+use tracing::{info, info_span, warn};
+
+use crate::{
+    Error, Result,
+    compile::{self, CompileOptions, Compiled, GeoTable, ZoneTable},
+    config::{DnsConfig, ZoneConfig},
+    engine::Engine,
+    metrics::{Counters, ShimMetrics, StateView},
+    model::{Update, ZoneSnapshot},
+    net, persist,
+    rrl::RateLimiter,
+    wire,
+};
+
+/// Entry point: `Shim::start` loads persisted snapshots, then opens sockets.
+#[derive(Debug)]
+pub struct Shim;
+
+impl Shim {
+    /// Starts the shim: loads the newest valid persisted snapshot of every zone and
+    /// installs it *before* binding any socket, so the first query is answered from
+    /// disk even if no source is reachable. Must be called inside a tokio runtime.
+    pub async fn start(dns: &DnsConfig, zones: &[ZoneConfig]) -> Result<ShimHandle> {
+        let problems = crate::config::validate(dns, zones);
+        if !problems.is_empty() {
+            return Err(Error::Config(problems));
+        }
+        let inner = Arc::new(Inner::new(dns, zones)?);
+        inner.load_persisted();
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut udp_addrs = Vec::new();
+        let mut threads = Vec::new();
+        for addr in &dns.udp {
+            let socket = net::bind_udp(*addr).map_err(|source| Error::Bind {
+                addr: *addr,
+                source,
+            })?;
+            udp_addrs.push(socket.local_addr().map_err(|source| Error::Bind {
+                addr: *addr,
+                source,
+            })?);
+            threads.push(
+                net::spawn_udp(socket, inner.engine.clone(), stop.clone()).map_err(|source| {
+                    Error::Bind {
+                        addr: *addr,
+                        source,
+                    }
+                })?,
+            );
+        }
+        let mut tcp_addrs = Vec::new();
+        let mut tasks = Vec::new();
+        for addr in &dns.tcp {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    addr: *addr,
+                    source,
+                })?;
+            tcp_addrs.push(listener.local_addr().map_err(|source| Error::Bind {
+                addr: *addr,
+                source,
+            })?);
+            tasks.push(net::spawn_tcp(listener, inner.engine.clone()));
+        }
+        // Re-evaluates staleness once a second; TTLs drop to `staleTtl` when it flips.
+        let ticker = {
+            let inner = Arc::downgrade(&inner);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = inner.upgrade() else { return };
+                    inner.refresh_staleness();
+                }
+            })
+        };
+        tasks.push(ticker);
+        info!(udp = ?udp_addrs, tcp = ?tcp_addrs, ready = inner.state().ready, "dns shim listening");
+        let running = Arc::new(Running {
+            stop,
+            tasks: Mutex::new(tasks),
+            threads: Mutex::new(threads),
+        });
+        Ok(ShimHandle {
+            inner,
+            running,
+            udp_addrs,
+            tcp_addrs,
+        })
+    }
+}
+
+/// Sockets and tasks, stopped when the last handle is dropped or on `shutdown`.
+#[derive(Debug)]
+struct Running {
+    stop: Arc<AtomicBool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Running {
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The controller's handle on a running shim. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ShimHandle {
+    inner: Arc<Inner>,
+    running: Arc<Running>,
+    udp_addrs: Vec<SocketAddr>,
+    tcp_addrs: Vec<SocketAddr>,
+}
+
+impl ShimHandle {
+    /// Applies an update: compiles, swaps it in (queries see it at once), then persists
+    /// it. Blocking (compiling and fsync); from async code prefer [`Self::apply_async`].
+    pub fn apply(&self, update: Update) -> Result<Applied> {
+        self.inner.apply(update)
+    }
+
+    /// [`Self::apply`] on a blocking thread.
+    pub async fn apply_async(&self, update: Update) -> Result<Applied> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.apply(update))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+    }
+
+    /// Readiness, per-zone revision and age, and source status.
+    pub fn state(&self) -> ShimState {
+        self.inner.state()
+    }
+
+    /// Records whether a snapshot source is connected. While any source is connected
+    /// the data counts as current; when all are gone the age keeps growing from the
+    /// last moment one was, and answers turn stale after `staleAfter`.
+    pub fn set_source_connected(&self, source: &str, connected: bool) {
+        self.inner.set_source_connected(source, connected);
+    }
+
+    /// The current snapshot of a zone, if any.
+    pub fn snapshot(&self, zone: &str) -> Option<ZoneSnapshot> {
+        let origin = wire::normalize_name(zone, "").ok()?;
+        self.inner.writer.lock().snapshots.get(&origin).cloned()
+    }
+
+    /// Metrics to register in a prometheus-client registry.
+    pub fn metrics(&self) -> ShimMetrics {
+        ShimMetrics {
+            view: self.inner.clone(),
+        }
+    }
+
+    /// The answering core (used by tests and benchmarks to answer without sockets).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.inner.engine.clone()
+    }
+
+    /// Bound UDP addresses (resolves port 0).
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        &self.udp_addrs
+    }
+
+    /// Bound TCP addresses (resolves port 0).
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_addrs
+    }
+
+    /// Stops answering: closes sockets and tasks.
+    pub fn shutdown(&self) {
+        self.running.stop();
+        for t in self.running.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What an applied update changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub zone: String,
+    pub revision: u64,
+    /// Names that were skipped, with why.
+    pub rejected: Vec<(String, String)>,
+    /// Whether the new generation reached the disk (the update is served either way).
+    pub persisted: bool,
+}
+
+/// Readiness and freshness of the shim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShimState {
+    /// Every configured zone has a snapshot loaded and served.
+    pub ready: bool,
+    /// Some zone is served with stale TTLs.
+    pub stale: bool,
+    pub zones: Vec<ZoneState>,
+    pub sources: Vec<SourceState>,
+    /// Persisted or received snapshots rejected since start.
+    pub load_errors: u64,
+}
+
+/// One zone's served data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZoneState {
+    pub origin: String,
+    pub revision: Option<u64>,
+    pub decided_at: Option<SystemTime>,
+    /// Time since the decision behind the served data.
+    pub age: Option<Duration>,
+    pub names: usize,
+    pub rejected: usize,
+    pub stale: bool,
+}
+
+/// One snapshot source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceState {
+    pub name: String,
+    pub connected: bool,
+    pub since: SystemTime,
+}
+
+// === impl Inner ===
+
+#[derive(Debug)]
+struct Inner {
+    engine: Arc<Engine>,
+    zones: Vec<ZoneConfig>,
+    geo: Arc<GeoTable>,
+    data_dir: PathBuf,
+    stale_after: Duration,
+    stale_ttl: u32,
+    writer: Mutex<Writer>,
+    sources: Mutex<BTreeMap<String, SourceState>>,
+    load_errors: AtomicU64,
+}
+
+/// Writer-side state; only `apply` and the staleness ticker take this lock, never a query.
+#[derive(Debug, Default)]
+struct Writer {
+    /// Current snapshot per zone origin.
+    snapshots: BTreeMap<String, ZoneSnapshot>,
+    tables: BTreeMap<String, Arc<ZoneTable>>,
+    /// Last moment a source vouched for the data (connected or delivered an update).
+    confirmed_at: Option<SystemTime>,
+}
+
+impl StateView for Inner {
+    fn counters(&self) -> &Counters {
+        &self.engine.counters
+    }
+    fn state(&self) -> ShimState {
+        Inner::state(self)
+    }
+}
+
+impl Inner {
+    fn new(dns: &DnsConfig, zones: &[ZoneConfig]) -> Result<Self> {
+        let zones: Vec<ZoneConfig> = zones
+            .iter()
+            .map(|z| {
+                let mut z = z.clone();
+                z.origin = wire::normalize_name(&z.origin, "").unwrap_or_default();
+                z
+            })
+            .collect();
+        let geo = Arc::new(GeoTable::new(&dns.geo));
+        let stale_after = crate::config::parse_duration(&dns.stale_after)
+            .map_err(|e| Error::Config(vec![("dns.staleAfter".into(), e)]))?;
+        let limiter = dns.rate_limit.as_ref().map(RateLimiter::new);
+        let engine = Engine::new(
+            Compiled {
+                zones: Vec::new(),
+                geo: geo.clone(),
+                stale: false,
+                pending: zones
+                    .iter()
+                    .map(|z| wire::to_wire(&z.origin).unwrap_or_default().into())
+                    .collect(),
+            },
+            limiter,
+            dns.max_udp_payload,
+        );
+        Ok(Self {
+            engine: Arc::new(engine),
+            zones,
+            geo,
+            data_dir: dns.data_dir.clone(),
+            stale_after,
+            stale_ttl: dns.stale_ttl,
+            writer: Mutex::new(Writer::default()),
+            sources: Mutex::new(BTreeMap::new()),
+            load_errors: AtomicU64::new(0),
+        })
+    }
+
+    /// Installs the newest valid persisted generation of every zone.
+    fn load_persisted(&self) {
+        let _span = info_span!("load_persisted", dir = %self.data_dir.display()).entered();
+        let mut w = self.writer.lock();
+        for zone in &self.zones {
+            let loaded = persist::load_newest(&self.data_dir, &zone.origin);
+            self.load_errors
+                .fetch_add(loaded.errors.len() as u64, Ordering::Relaxed);
+            match loaded.snapshot {
+                Some((snapshot, path)) => {
+                    info!(zone = %zone.origin, revision = snapshot.revision, path = %path.display(), "persisted snapshot loaded");
+                    let table = self.compile(zone, &snapshot, self.is_stale(&w, &snapshot));
+                    w.tables.insert(zone.origin.clone(), Arc::new(table));
+                    w.snapshots.insert(zone.origin.clone(), snapshot);
+                }
+                None => {
+                    warn!(zone = %zone.origin, "no valid persisted snapshot; zone answers SERVFAIL until a source delivers one")
+                }
+            }
+        }
+        self.publish(&w);
+    }
+
+    fn compile(&self, zone: &ZoneConfig, snapshot: &ZoneSnapshot, stale: bool) -> ZoneTable {
+        let opts = CompileOptions {
+            ttl_cap: stale.then_some(self.stale_ttl),
+        };
+        compile::compile_zone(zone, snapshot, &self.geo, opts)
+    }
+
+    /// Whether a zone's data is stale: no source has vouched for it for `staleAfter`.
+    fn is_stale(&self, w: &Writer, snapshot: &ZoneSnapshot) -> bool {
+        if self.sources.lock().values().any(|s| s.connected) {
+            return false;
+        }
+        let fresh_at = w
+            .confirmed_at
+            .map_or(snapshot.decided_at, |c| c.max(snapshot.decided_at));
+        SystemTime::now()
+            .duration_since(fresh_at)
+            .unwrap_or_default()
+            > self.stale_after
+    }
+
+    /// Swaps in tables built from the writer state.
+    fn publish(&self, w: &Writer) {
+        let mut zones: Vec<Arc<ZoneTable>> = w.tables.values().cloned().collect();
+        zones.sort_by_key(|z| std::cmp::Reverse(z.apex.len()));
+        let stale = w.snapshots.values().any(|s| self.is_stale(w, s));
+        let pending = self
+            .zones
+            .iter()
+            .filter(|z| !w.tables.contains_key(&z.origin))
+            .map(|z| wire::to_wire(&z.origin).unwrap_or_default().into())
+            .collect();
+        self.engine.swap(Compiled {
+            zones,
+            geo: self.geo.clone(),
+            stale,
+            pending,
+        });
+    }
+
+    fn apply(&self, update: Update) -> Result<Applied> {
+        let origin = wire::normalize_name(update.zone(), "")
+            .map_err(|_| Error::UnknownZone(update.zone().to_owned()))?;
+        let zone = self
+            .zones
+            .iter()
+            .find(|z| z.origin == origin)
+            .ok_or_else(|| Error::UnknownZone(origin.clone()))?;
+        let mut w = self.writer.lock();
+        let current = w.snapshots.get(&origin);
+        if let Some(cur) = current
+            && update.revision() <= cur.revision
+        {
+            return Err(Error::StaleRevision {
+                zone: origin,
+                have: cur.revision,
+                got: update.revision(),
+            });
+        }
+        let mut next = match update {
+            Update::Replace(s) => s,
+            Update::Patch(p) => match current {
+                Some(cur) => p.apply_to(cur),
+                None => return Err(Error::NoBase(origin)),
+            },
+        };
+        if next.format != crate::model::FORMAT_VERSION {
+            return Err(Error::Format(next.format));
+        }
+        next.zone = origin.clone();
+        w.confirmed_at = Some(SystemTime::now());
+        let table = self.compile(zone, &next, false);
+        let rejected = table.rejected.clone();
+        w.tables.insert(origin.clone(), Arc::new(table));
+        let revision = next.revision;
+        w.snapshots.insert(origin.clone(), next);
+        self.publish(&w);
+        let snapshot = &w.snapshots[&origin];
+        // Served first, persisted second: a slow disk must not delay new answers.
+        let persisted = match persist::write(&self.data_dir, snapshot) {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(zone = %origin, revision, error = %e, "snapshot not persisted");
+                false
+            }
+        };
+        info!(zone = %origin, revision, rejected = rejected.len(), persisted, "snapshot applied");
+        Ok(Applied {
+            zone: origin,
+            revision,
+            rejected,
+            persisted,
+        })
+    }
+
+    /// Recompiles zones whose staleness changed (TTL cap on or off).
+    fn refresh_staleness(&self) {
+        let mut w = self.writer.lock();
+        let mut changed = false;
+        let origins: Vec<String> = w.snapshots.keys().cloned().collect();
+        for origin in origins {
+            let stale = self.is_stale(&w, &w.snapshots[&origin]);
+            let was = w.tables.get(&origin).is_some_and(|t| t.ttl_capped);
+            if stale != was
+                && let Some(zone) = self.zones.iter().find(|z| z.origin == origin)
+            {
+                info!(zone = %origin, stale, "zone staleness changed");
+                let table = self.compile(zone, &w.snapshots[&origin], stale);
+                w.tables.insert(origin, Arc::new(table));
+                changed = true;
+            }
+        }
+        if changed {
+            self.publish(&w);
+        }
+    }
+
+    fn set_source_connected(&self, source: &str, connected: bool) {
+        let now = SystemTime::now();
+        {
+            let mut sources = self.sources.lock();
+            let entry = sources
+                .entry(source.to_owned())
+                .or_insert_with(|| SourceState {
+                    name: source.to_owned(),
+                    connected: !connected,
+                    since: now,
+                });
+            if entry.connected != connected {
+                entry.connected = connected;
+                entry.since = now;
+                info!(source, connected, "snapshot source status changed");
+            }
+        }
+        // Losing a source is also a moment the data was last known current.
+        self.writer.lock().confirmed_at = Some(now);
+        self.refresh_staleness();
+    }
+
+    fn state(&self) -> ShimState {
+        let now = SystemTime::now();
+        let w = self.writer.lock();
+        let zones: Vec<ZoneState> = self
+            .zones
+            .iter()
+            .map(|z| {
+                let s = w.snapshots.get(&z.origin);
+                let t = w.tables.get(&z.origin);
+                ZoneState {
+                    origin: z.origin.clone(),
+                    revision: s.map(|s| s.revision),
+                    decided_at: s.map(|s| s.decided_at),
+                    age: s.map(|s| s.age(now)),
+                    names: t.map_or(0, |t| t.name_count),
+                    rejected: t.map_or(0, |t| t.rejected.len()),
+                    stale: t.is_some_and(|t| t.ttl_capped),
+                }
+            })
+            .collect();
+        ShimState {
+            ready: !zones.is_empty() && zones.iter().all(|z| z.revision.is_some()),
+            stale: zones.iter().any(|z| z.stale),
+            zones,
+            sources: self.sources.lock().values().cloned().collect(),
+            load_errors: self.load_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Counts a snapshot rejected before it reached `apply` (used by sources).
+pub(crate) fn count_load_error(handle: &ShimHandle) {
+    handle.inner.load_errors.fetch_add(1, Ordering::Relaxed);
+}

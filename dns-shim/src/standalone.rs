@@ -1,0 +1,70 @@
+//! `lifeline dns`: the shim on its own, as an edge replica.
+//!
+//! Order matters: persisted snapshot → sockets → sources → admin HTTP. The shim answers
+//! from disk before anything else is reachable.
+
+use std::{future::Future, net::SocketAddr};
+
+use tracing::{info, warn};
+
+use crate::{
+    Error, Result,
+    config::{DnsConfig, ZoneConfig},
+    shim::Shim,
+    source::{self, DirectorySource},
+};
+
+/// Runs the standalone shim until `shutdown` completes.
+///
+/// `admin` is where `/metrics`, `/healthz`, `/readyz` and `/state` are served (none
+/// when `None`). With `dns.sourceDir` set, that directory is watched for snapshot files.
+pub async fn run(
+    dns: &DnsConfig,
+    zones: &[ZoneConfig],
+    admin: Option<SocketAddr>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let shim = Shim::start(dns, zones).await?;
+    let mut tasks = Vec::new();
+    if let Some(dir) = &dns.source_dir {
+        tasks.push(source::spawn(
+            Box::new(DirectorySource::new(dir.clone())),
+            shim.clone(),
+        ));
+    } else {
+        warn!("no dns.sourceDir: serving persisted snapshots only");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = match admin {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { addr, source })?;
+            info!(addr = %listener.local_addr().unwrap_or(addr), "admin http listening");
+            let app = crate::admin::router(shim.clone());
+            let mut rx = stop_rx.clone();
+            Some(tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    warn!(error = %e, "admin http server ended");
+                }
+            }))
+        }
+        None => None,
+    };
+    shutdown.await;
+    info!("shutting down dns shim");
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        t.abort();
+    }
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    shim.shutdown();
+    Ok(())
+}

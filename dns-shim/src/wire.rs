@@ -1,0 +1,419 @@
+//! DNS wire format: reading questions out of requests and writing the fixed parts of
+//! responses.
+//!
+//! Requests take one of two roads. The common shape (one question, no compression, at
+//! most a bare OPT record) is read here byte by byte without allocating. Anything else
+//! goes through hickory-proto's full message decoder, which knows every corner of the
+//! format (compression, unknown options, malformed records) and tells us what is wrong.
+
+use std::{borrow::Cow, net::IpAddr};
+
+use hickory_proto::{
+    op::{Message, OpCode},
+    rr::rdata::opt::{EdnsCode, EdnsOption},
+};
+
+pub const HEADER_LEN: usize = 12;
+pub const MAX_NAME: usize = 255;
+
+pub const TYPE_A: u16 = 1;
+pub const TYPE_NS: u16 = 2;
+pub const TYPE_CNAME: u16 = 5;
+pub const TYPE_SOA: u16 = 6;
+pub const TYPE_TXT: u16 = 16;
+pub const TYPE_AAAA: u16 = 28;
+pub const TYPE_SRV: u16 = 33;
+pub const TYPE_OPT: u16 = 41;
+pub const TYPE_TKEY: u16 = 249;
+pub const TYPE_TSIG: u16 = 250;
+pub const TYPE_IXFR: u16 = 251;
+pub const TYPE_AXFR: u16 = 252;
+pub const TYPE_MAILB: u16 = 253;
+pub const TYPE_MAILA: u16 = 254;
+pub const TYPE_ANY: u16 = 255;
+pub const CLASS_IN: u16 = 1;
+
+pub const RCODE_NOERROR: u8 = 0;
+pub const RCODE_FORMERR: u8 = 1;
+pub const RCODE_SERVFAIL: u8 = 2;
+pub const RCODE_NXDOMAIN: u8 = 3;
+pub const RCODE_NOTIMP: u8 = 4;
+pub const RCODE_REFUSED: u8 = 5;
+/// BADVERS is 16: low nibble 0 in the header, 1 in the OPT extended-rcode byte.
+pub const RCODE_BADVERS: u16 = 16;
+
+const OPTION_ECS: u16 = 8;
+
+// === names ===
+
+/// Normalises a configured or published name to lowercase, absolute, without the
+/// trailing dot. A name that is not already inside `origin` is taken as relative to it;
+/// `@` is the origin itself. An empty `origin` means "take the name as absolute".
+pub fn normalize_name(name: &str, origin: &str) -> Result<String, String> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("empty name".into());
+    }
+    let lower = name.to_ascii_lowercase();
+    let out = if lower == "@" {
+        origin.to_owned()
+    } else if let Some(abs) = lower.strip_suffix('.') {
+        abs.to_owned()
+    } else if origin.is_empty()
+        || lower == origin
+        || (lower.len() > origin.len()
+            && lower.ends_with(origin)
+            && lower.as_bytes()[lower.len() - origin.len() - 1] == b'.')
+    {
+        lower
+    } else {
+        format!("{lower}.{origin}")
+    };
+    to_wire(&out)?;
+    Ok(out)
+}
+
+/// Encodes a normalised name (no trailing dot; empty string is the root) as wire labels.
+pub fn to_wire(name: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    if !name.is_empty() {
+        for label in name.split('.') {
+            if label.is_empty() {
+                return Err(format!("empty label in {name:?}"));
+            }
+            if label.len() > 63 {
+                return Err(format!("label longer than 63 bytes in {name:?}"));
+            }
+            if let Some(c) = label
+                .bytes()
+                .find(|c| !c.is_ascii_graphic() || *c == b'\\' || *c == b'"')
+            {
+                return Err(format!("byte {c:#04x} not allowed in {name:?}"));
+            }
+            out.push(label.len() as u8);
+            out.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
+        }
+    }
+    out.push(0);
+    if out.len() > MAX_NAME {
+        return Err(format!("name longer than 255 bytes: {name:?}"));
+    }
+    Ok(out)
+}
+
+/// True when wire name `name` is `apex` or below it (both lowercase wire form).
+pub fn is_within(name: &[u8], apex: &[u8]) -> bool {
+    if apex.len() > name.len() || !name.ends_with(apex) {
+        return false;
+    }
+    // The suffix must begin at a label boundary.
+    let cut = name.len() - apex.len();
+    let mut i = 0;
+    while i < cut {
+        i += 1 + name[i] as usize;
+    }
+    i == cut
+}
+
+/// The parent of a wire name (drops the first label); `None` for the root.
+pub fn parent(name: &[u8]) -> Option<&[u8]> {
+    match name.first() {
+        Some(0) | None => None,
+        Some(&l) => name.get(1 + l as usize..),
+    }
+}
+
+// === requests ===
+
+/// EDNS(0) data of a request that the answer depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EdnsInfo {
+    /// Requestor's UDP payload size.
+    pub payload: u16,
+    pub version: u8,
+    pub dnssec_ok: bool,
+    /// EDNS Client Subnet: address and source prefix length.
+    pub ecs: Option<(IpAddr, u8)>,
+}
+
+/// One question, ready to answer.
+#[derive(Clone, Debug)]
+pub struct Question<'a> {
+    pub id: u16,
+    pub rd: bool,
+    pub cd: bool,
+    /// The question section to echo: name in the client's case, type, class.
+    pub echo: Cow<'a, [u8]>,
+    /// Lowercased wire name, `lower[..lower_len]`.
+    pub lower: [u8; MAX_NAME],
+    pub lower_len: usize,
+    pub qtype: u16,
+    pub qclass: u16,
+    pub edns: Option<EdnsInfo>,
+}
+
+impl Question<'_> {
+    pub fn name(&self) -> &[u8] {
+        &self.lower[..self.lower_len]
+    }
+}
+
+/// What a request turned out to be.
+#[derive(Debug)]
+pub enum Parsed<'a> {
+    /// A query to answer.
+    Query(Question<'a>),
+    /// Not answerable: reply with just a header carrying this rcode.
+    Error { id: u16, flags: u16, rcode: u8 },
+    /// Not worth a reply (too short to hold a header, or itself a response).
+    Drop,
+}
+
+/// Reads the common request shape without allocating; `None` means "use [`parse_full`]".
+pub fn parse_fast(raw: &[u8]) -> Option<Question<'_>> {
+    if raw.len() < HEADER_LEN + 5 {
+        return None;
+    }
+    let flags = u16::from_be_bytes([raw[2], raw[3]]);
+    // QR must be 0 and the opcode QUERY; anything else takes the careful road.
+    if flags & 0xF800 != 0 {
+        return None;
+    }
+    let counts = &raw[4..12];
+    if counts[..6] != [0, 1, 0, 0, 0, 0] || counts[6] != 0 || counts[7] > 1 {
+        return None;
+    }
+    let mut lower = [0u8; MAX_NAME];
+    let mut pos = HEADER_LEN;
+    let mut n = 0;
+    loop {
+        let len = *raw.get(pos)? as usize;
+        if len == 0 {
+            break;
+        }
+        // Compression in a question is legal but rare; leave it to the full decoder.
+        if len > 63 || n + len + 2 > MAX_NAME {
+            return None;
+        }
+        let label = raw.get(pos + 1..pos + 1 + len)?;
+        lower[n] = len as u8;
+        for (d, s) in lower[n + 1..n + 1 + len].iter_mut().zip(label) {
+            *d = s.to_ascii_lowercase();
+        }
+        n += 1 + len;
+        pos += 1 + len;
+    }
+    lower[n] = 0;
+    n += 1;
+    pos += 1;
+    let fixed = raw.get(pos..pos + 4)?;
+    let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+    let qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
+    let end_q = pos + 4;
+    let edns = if counts[7] == 1 {
+        // Only a bare OPT (root owner, no options) is read here.
+        let opt = raw.get(end_q..)?;
+        if opt.len() != 11 || opt[0] != 0 || opt[1..3] != [0, 41] || opt[9..11] != [0, 0] {
+            return None;
+        }
+        Some(EdnsInfo {
+            payload: u16::from_be_bytes([opt[3], opt[4]]),
+            version: opt[6],
+            dnssec_ok: opt[7] & 0x80 != 0,
+            ecs: None,
+        })
+    } else {
+        if raw.len() != end_q {
+            return None;
+        }
+        None
+    };
+    Some(Question {
+        id: u16::from_be_bytes([raw[0], raw[1]]),
+        rd: flags & 0x0100 != 0,
+        cd: flags & 0x0010 != 0,
+        echo: Cow::Borrowed(&raw[HEADER_LEN..end_q]),
+        lower,
+        lower_len: n,
+        qtype,
+        qclass,
+        edns,
+    })
+}
+
+/// Reads any request with hickory-proto's decoder and classifies it.
+pub fn parse_full(raw: &[u8]) -> Parsed<'static> {
+    if raw.len() < HEADER_LEN {
+        return Parsed::Drop;
+    }
+    let id = u16::from_be_bytes([raw[0], raw[1]]);
+    let flags = u16::from_be_bytes([raw[2], raw[3]]);
+    if flags & 0x8000 != 0 {
+        // Never answer a response: that is how reflection loops start.
+        return Parsed::Drop;
+    }
+    let opcode = (flags >> 11) & 0xF;
+    if opcode != 0 {
+        // RFC 1035 §4.1.1: NOTIMP for kinds of query we do not support, whatever follows.
+        return Parsed::Error {
+            id,
+            flags,
+            rcode: RCODE_NOTIMP,
+        };
+    }
+    let message = match Message::from_vec(raw) {
+        Ok(m) => m,
+        Err(_) => {
+            return Parsed::Error {
+                id,
+                flags,
+                rcode: RCODE_FORMERR,
+            };
+        }
+    };
+    if message.metadata.op_code != OpCode::Query || message.queries.len() != 1 {
+        return Parsed::Error {
+            id,
+            flags,
+            rcode: RCODE_FORMERR,
+        };
+    }
+    let query = &message.queries[0];
+    let mut echo = Vec::with_capacity(MAX_NAME + 4);
+    let mut lower = [0u8; MAX_NAME];
+    let mut n = 0;
+    for label in query.name().iter() {
+        if label.is_empty() || label.len() > 63 || n + label.len() + 2 > MAX_NAME {
+            return Parsed::Error {
+                id,
+                flags,
+                rcode: RCODE_FORMERR,
+            };
+        }
+        echo.push(label.len() as u8);
+        echo.extend_from_slice(label);
+        lower[n] = label.len() as u8;
+        for (d, s) in lower[n + 1..n + 1 + label.len()].iter_mut().zip(label) {
+            *d = s.to_ascii_lowercase();
+        }
+        n += 1 + label.len();
+    }
+    echo.push(0);
+    lower[n] = 0;
+    n += 1;
+    let qtype = u16::from(query.query_type());
+    let qclass = u16::from(query.query_class());
+    echo.extend_from_slice(&qtype.to_be_bytes());
+    echo.extend_from_slice(&qclass.to_be_bytes());
+    let edns = message.edns.as_ref().map(|e| EdnsInfo {
+        payload: e.max_payload(),
+        version: e.version(),
+        dnssec_ok: e.flags().dnssec_ok,
+        ecs: match e.option(EdnsCode::Subnet) {
+            Some(EdnsOption::Subnet(s)) => Some((s.addr(), s.source_prefix())),
+            _ => None,
+        },
+    });
+    Parsed::Query(Question {
+        id,
+        rd: flags & 0x0100 != 0,
+        cd: flags & 0x0010 != 0,
+        echo: Cow::Owned(echo),
+        lower,
+        lower_len: n,
+        qtype,
+        qclass,
+        edns,
+    })
+}
+
+// === responses ===
+
+/// Writes a response header. `aa` is set only for answers from our own zones.
+#[allow(clippy::too_many_arguments)]
+pub fn put_header(
+    out: &mut Vec<u8>,
+    id: u16,
+    request_flags: u16,
+    aa: bool,
+    tc: bool,
+    rcode: u8,
+    qd: u16,
+    an: u16,
+    ns: u16,
+    ar: u16,
+) {
+    // QR=1, opcode echoed, RD and CD copied, RA/Z/AD clear: we never recurse.
+    let mut flags = 0x8000 | (request_flags & 0x7800) | (request_flags & 0x0110);
+    if aa {
+        flags |= 0x0400;
+    }
+    if tc {
+        flags |= 0x0200;
+    }
+    flags |= u16::from(rcode & 0x0F);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&flags.to_be_bytes());
+    for c in [qd, an, ns, ar] {
+        out.extend_from_slice(&c.to_be_bytes());
+    }
+}
+
+/// Writes our OPT record: our payload size, extended rcode, DO copied (RFC 3225 §3), and
+/// the ECS option echoed with the scope the answer depends on (RFC 7871 §7.2).
+pub fn put_opt(
+    out: &mut Vec<u8>,
+    our_payload: u16,
+    ext_rcode: u8,
+    dnssec_ok: bool,
+    ecs: Option<(IpAddr, u8, u8)>,
+) {
+    out.push(0);
+    out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+    out.extend_from_slice(&our_payload.to_be_bytes());
+    out.push(ext_rcode);
+    out.push(0);
+    out.push(if dnssec_ok { 0x80 } else { 0 });
+    out.push(0);
+    match ecs {
+        None => out.extend_from_slice(&[0, 0]),
+        Some((addr, source, scope)) => {
+            let (family, bytes): (u16, Vec<u8>) = match addr {
+                IpAddr::V4(a) => (1, a.octets().to_vec()),
+                IpAddr::V6(a) => (2, a.octets().to_vec()),
+            };
+            let n = usize::from(source).div_ceil(8).min(bytes.len());
+            let mut addr_bytes = bytes[..n].to_vec();
+            // Bits beyond the source prefix must be zero (RFC 7871 §6).
+            if source % 8 != 0
+                && let Some(last) = addr_bytes.last_mut()
+            {
+                *last &= 0xFFu8 << (8 - source % 8);
+            }
+            let opt_len = 4 + n as u16;
+            out.extend_from_slice(&(opt_len + 4).to_be_bytes());
+            out.extend_from_slice(&OPTION_ECS.to_be_bytes());
+            out.extend_from_slice(&opt_len.to_be_bytes());
+            out.extend_from_slice(&family.to_be_bytes());
+            out.push(source);
+            out.push(scope);
+            out.extend_from_slice(&addr_bytes);
+        }
+    }
+}
+
+/// Appends one resource record whose owner is `owner` (wire bytes, possibly a pointer).
+pub fn put_rr(out: &mut Vec<u8>, owner: &[u8], rtype: u16, ttl: u32, rdata: &[u8]) {
+    out.extend_from_slice(owner);
+    out.extend_from_slice(&rtype.to_be_bytes());
+    out.extend_from_slice(&CLASS_IN.to_be_bytes());
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    out.extend_from_slice(rdata);
+}
+
+/// A compression pointer to `offset`.
+pub fn pointer(offset: usize) -> [u8; 2] {
+    debug_assert!(offset < 0x4000);
+    (0xC000 | offset as u16).to_be_bytes()
+}
