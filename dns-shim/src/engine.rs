@@ -60,6 +60,11 @@ impl Engine {
         }
     }
 
+    /// Counters of what was answered.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
     /// The tables currently served.
     pub fn compiled(&self) -> Arc<Compiled> {
         self.live.load_full()

@@ -1,0 +1,513 @@
+//! Snapshot lifecycle: persistence, restart, corruption, patches, sources, staleness,
+//! and the admin endpoints.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::IpAddr,
+    time::{Duration, Instant, SystemTime},
+};
+
+use common::*;
+use hickory_proto::{op::ResponseCode, rr::RecordType};
+use lifeline_dns::{DirectorySource, Shim, Update, ZonePatch, persist, source};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn www(shim: &lifeline_dns::ShimHandle) -> Vec<IpAddr> {
+    addresses(&udp(
+        shim,
+        "www.global.example.com.",
+        RecordType::A,
+        &Ask::default(),
+    ))
+}
+
+/// Snapshot files of the zone in `dir`, sorted.
+fn generations(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "snapshot"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn with_www(revision: u64, addr: &str) -> lifeline_dns::ZoneSnapshot {
+    let mut s = snapshot(revision);
+    s.names.insert(
+        "www".into(),
+        address(60, vec![target(addr, "c1", "eu-west", 1)]),
+    );
+    s
+}
+
+#[test]
+fn a_restarted_shim_answers_from_the_persisted_snapshot_with_no_source() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns_config(dir.path());
+    {
+        let shim = rt.block_on(Shim::start(&dns, &[zone_config()])).unwrap();
+        assert!(!shim.state().ready, "nothing loaded yet");
+        let applied = shim
+            .apply(Update::Replace(with_www(7, "192.0.2.77")))
+            .unwrap();
+        assert!(applied.persisted);
+        shim.shutdown();
+    }
+    let shim = rt.block_on(Shim::start(&dns, &[zone_config()])).unwrap();
+    let state = shim.state();
+    assert!(state.ready, "ready from disk alone: {state:?}");
+    assert_eq!(state.zones[0].revision, Some(7));
+    assert!(state.sources.is_empty(), "no source at all");
+    assert_eq!(www(&shim), vec!["192.0.2.77".parse::<IpAddr>().unwrap()]);
+    shim.shutdown();
+}
+
+#[test]
+fn two_generations_are_kept_on_disk() {
+    let rt = rt();
+    let (shim, dir) = rt.block_on(start_with(
+        dns_config(std::path::Path::new("/unused")),
+        None,
+    ));
+    for rev in 1..=5 {
+        shim.apply(Update::Replace(with_www(rev, "192.0.2.1")))
+            .unwrap();
+    }
+    let files = generations(dir.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files[1].to_string_lossy().contains("00000000000000000005"));
+    assert!(files[0].to_string_lossy().contains("00000000000000000004"));
+    shim.shutdown();
+}
+
+#[test]
+fn a_corrupt_newest_generation_falls_back_to_the_previous_one() {
+    let rt = rt();
+    let (shim, dir) = rt.block_on(start_with(
+        dns_config(std::path::Path::new("/unused")),
+        None,
+    ));
+    shim.apply(Update::Replace(with_www(1, "192.0.2.101")))
+        .unwrap();
+    shim.apply(Update::Replace(with_www(2, "192.0.2.102")))
+        .unwrap();
+    shim.shutdown();
+    let files = generations(dir.path());
+    // Flip one byte in the body of the newest: the checksum no longer matches.
+    let mut bytes = std::fs::read(&files[1]).unwrap();
+    let n = bytes.len();
+    bytes[n - 10] ^= 0x20;
+    std::fs::write(&files[1], bytes).unwrap();
+
+    let dns = dns_config(dir.path());
+    let shim = rt.block_on(Shim::start(&dns, &[zone_config()])).unwrap();
+    let state = shim.state();
+    assert!(state.ready);
+    assert_eq!(state.zones[0].revision, Some(1));
+    assert_eq!(state.load_errors, 1, "the corrupt file is reported");
+    assert_eq!(www(&shim), vec!["192.0.2.101".parse::<IpAddr>().unwrap()]);
+    shim.shutdown();
+}
+
+#[test]
+fn a_truncated_newest_generation_is_skipped() {
+    let rt = rt();
+    let (shim, dir) = rt.block_on(start_with(
+        dns_config(std::path::Path::new("/unused")),
+        None,
+    ));
+    shim.apply(Update::Replace(with_www(1, "192.0.2.101")))
+        .unwrap();
+    shim.apply(Update::Replace(with_www(2, "192.0.2.102")))
+        .unwrap();
+    shim.shutdown();
+    let files = generations(dir.path());
+    let bytes = std::fs::read(&files[1]).unwrap();
+    std::fs::write(&files[1], &bytes[..bytes.len() / 2]).unwrap();
+
+    let shim = rt
+        .block_on(Shim::start(&dns_config(dir.path()), &[zone_config()]))
+        .unwrap();
+    assert_eq!(shim.state().zones[0].revision, Some(1));
+    assert_eq!(www(&shim), vec!["192.0.2.101".parse::<IpAddr>().unwrap()]);
+    shim.shutdown();
+}
+
+#[test]
+fn with_every_generation_corrupt_the_shim_is_not_ready_but_keeps_running() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path()
+            .join("global.example.com@00000000000000000003.snapshot"),
+        b"lifeline-snapshot 1 sha256=00 len=3\n{}}",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path()
+            .join("global.example.com@00000000000000000002.snapshot"),
+        b"\x00\xff garbage without a header",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path()
+            .join("global.example.com@00000000000000000001.snapshot"),
+        b"",
+    )
+    .unwrap();
+    let shim = rt
+        .block_on(Shim::start(&dns_config(dir.path()), &[zone_config()]))
+        .unwrap();
+    let state = shim.state();
+    assert!(!state.ready);
+    assert_eq!(state.load_errors, 3);
+    // In-zone names: SERVFAIL (not a cacheable NXDOMAIN); other names: REFUSED.
+    let m = udp(
+        &shim,
+        "www.global.example.com.",
+        RecordType::A,
+        &Ask::default(),
+    );
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    let m = udp(&shim, "example.org.", RecordType::A, &Ask::default());
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    // A source delivering a snapshot makes it ready.
+    shim.apply(Update::Replace(snapshot(4))).unwrap();
+    assert!(shim.state().ready);
+    assert_eq!(www(&shim).len(), 1);
+    shim.shutdown();
+}
+
+#[test]
+fn the_checksummed_format_rejects_every_single_byte_truncation() {
+    let bytes = persist::encode(&snapshot(9)).unwrap();
+    assert!(persist::decode(&bytes).is_ok());
+    for cut in 0..bytes.len() {
+        assert!(persist::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+}
+
+#[test]
+fn a_patch_changes_single_names_and_keeps_the_rest() {
+    let rt = rt();
+    let (shim, _dir) = rt.block_on(start());
+    let mut upsert = BTreeMap::new();
+    upsert.insert(
+        "new.global.example.com".to_owned(),
+        address(60, vec![target("192.0.2.200", "c9", "eu-west", 1)]),
+    );
+    shim.apply(Update::Patch(ZonePatch {
+        zone: ZONE.into(),
+        revision: 2,
+        decided_at: SystemTime::now(),
+        upsert,
+        delete: vec!["INFO".into()],
+    }))
+    .unwrap();
+    let new = udp(
+        &shim,
+        "new.global.example.com.",
+        RecordType::A,
+        &Ask::default(),
+    );
+    assert_eq!(
+        addresses(&new),
+        vec!["192.0.2.200".parse::<IpAddr>().unwrap()]
+    );
+    let gone = udp(
+        &shim,
+        "info.global.example.com.",
+        RecordType::TXT,
+        &Ask::default(),
+    );
+    assert_eq!(gone.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(www(&shim), vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
+    assert_eq!(shim.snapshot(ZONE).unwrap().revision, 2);
+    shim.shutdown();
+}
+
+#[test]
+fn updates_that_are_not_newer_are_refused_and_change_nothing() {
+    let rt = rt();
+    let (shim, _dir) = rt.block_on(start());
+    shim.apply(Update::Replace(with_www(5, "192.0.2.5")))
+        .unwrap();
+    let err = shim
+        .apply(Update::Replace(with_www(4, "192.0.2.4")))
+        .unwrap_err();
+    assert!(err.is_stale_revision(), "{err}");
+    let err = shim
+        .apply(Update::Replace(with_www(5, "192.0.2.4")))
+        .unwrap_err();
+    assert!(err.is_stale_revision(), "{err}");
+    assert_eq!(www(&shim), vec!["192.0.2.5".parse::<IpAddr>().unwrap()]);
+    let mut other = snapshot(9);
+    other.zone = "other.example.net".into();
+    assert!(shim.apply(Update::Replace(other)).is_err());
+    shim.shutdown();
+}
+
+#[test]
+fn bad_names_in_a_snapshot_are_skipped_and_the_rest_served() {
+    let rt = rt();
+    let mut s = snapshot(3);
+    s.names.insert(
+        "outside.example.org.".into(),
+        address(60, vec![target("192.0.2.9", "c1", "eu-west", 1)]),
+    );
+    s.names.insert(
+        "bad..label".into(),
+        address(60, vec![target("192.0.2.9", "c1", "eu-west", 1)]),
+    );
+    let (shim, _dir) = rt.block_on(start_with(
+        dns_config(std::path::Path::new("/unused")),
+        None,
+    ));
+    let applied = shim.apply(Update::Replace(s)).unwrap();
+    assert_eq!(applied.rejected.len(), 2, "{:?}", applied.rejected);
+    assert_eq!(www(&shim).len(), 1);
+    assert_eq!(shim.state().zones[0].rejected, 2);
+    shim.shutdown();
+}
+
+/// Polls `f` every 20 ms for at most `limit`.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn the_directory_source_applies_files_and_losing_it_keeps_the_records() {
+    let rt = rt();
+    let feed = tempfile::tempdir().unwrap();
+    let (shim, _dir) = rt.block_on(start_with(
+        dns_config(std::path::Path::new("/unused")),
+        None,
+    ));
+    let src = DirectorySource::new(feed.path()).with_interval(Duration::from_millis(50));
+    let task = {
+        let _g = rt.enter();
+        source::spawn(Box::new(src), shim.clone())
+    };
+    // A half-written file is reported, then the real one applied.
+    std::fs::write(feed.path().join("broken.json"), b"{\"zone\": ").unwrap();
+    std::fs::write(
+        feed.path().join("zone.json"),
+        serde_json::to_vec(&with_www(3, "192.0.2.33")).unwrap(),
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(5), || shim.state().ready));
+    assert_eq!(www(&shim), vec!["192.0.2.33".parse::<IpAddr>().unwrap()]);
+    assert!(shim.state().sources.iter().all(|s| s.connected));
+    assert!(shim.state().load_errors >= 1);
+
+    // A patch file on top.
+    let patch = serde_json::json!({
+        "kind": "patch", "zone": ZONE, "revision": 4,
+        "decidedAt": "2026-01-01T00:00:00Z",
+        "upsert": {"www": {"address": {"ttl": 60, "targets": [{"address": "192.0.2.44"}]}}},
+    });
+    std::fs::write(feed.path().join("zz-patch.json"), patch.to_string()).unwrap();
+    assert!(eventually(Duration::from_secs(5), || {
+        www(&shim) == vec!["192.0.2.44".parse::<IpAddr>().unwrap()]
+    }));
+
+    // The directory disappears: the source is disconnected, the records stay.
+    drop(feed);
+    assert!(eventually(Duration::from_secs(5), || {
+        shim.state().sources.iter().all(|s| !s.connected)
+    }));
+    assert_eq!(www(&shim), vec!["192.0.2.44".parse::<IpAddr>().unwrap()]);
+    assert!(shim.state().ready);
+    task.abort();
+    shim.shutdown();
+}
+
+#[test]
+fn stale_data_is_still_served_with_capped_ttls() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = snapshot(1);
+    old.decided_at = SystemTime::now() - Duration::from_secs(3600);
+    persist::write(dir.path(), &old).unwrap();
+    let mut dns = dns_config(dir.path());
+    dns.stale_after = "5m".into();
+    let shim = rt.block_on(Shim::start(&dns, &[zone_config()])).unwrap();
+    let state = shim.state();
+    assert!(state.stale, "{state:?}");
+    assert!(state.zones[0].age.unwrap() >= Duration::from_secs(3600));
+    let m = udp(
+        &shim,
+        "www.global.example.com.",
+        RecordType::A,
+        &Ask::default(),
+    );
+    assert_eq!(addresses(&m).len(), 1, "stale data is served, not dropped");
+    assert_eq!(m.answers[0].ttl, 30, "TTL capped at staleTtl");
+    assert!(shim.engine().counters().stale_answers.get() >= 1);
+    // A connected source makes the data current again: full TTLs.
+    shim.set_source_connected("controller", true);
+    let m = udp(
+        &shim,
+        "www.global.example.com.",
+        RecordType::A,
+        &Ask::default(),
+    );
+    assert_eq!(m.answers[0].ttl, 60);
+    assert!(!shim.state().stale);
+    shim.shutdown();
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    (status, out)
+}
+
+#[test]
+fn admin_endpoints_report_health_readiness_and_metrics() {
+    let rt = rt();
+    let (shim, _dir) = rt.block_on(start_with(
+        dns_config(std::path::Path::new("/unused")),
+        None,
+    ));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = lifeline_dns::admin::router(shim.clone());
+    rt.spawn(async move { axum::serve(listener, app).await });
+
+    assert_eq!(http_get(addr, "/healthz").0, 200);
+    assert_eq!(http_get(addr, "/readyz").0, 503, "no snapshot yet");
+    shim.apply(Update::Replace(snapshot(12))).unwrap();
+    shim.set_source_connected("controller", true);
+    assert_eq!(http_get(addr, "/readyz").0, 200);
+    udp(
+        &shim,
+        "www.global.example.com.",
+        RecordType::A,
+        &Ask::default(),
+    );
+    udp(
+        &shim,
+        "nope.global.example.com.",
+        RecordType::A,
+        &Ask::default(),
+    );
+    let (status, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200);
+    for needle in [
+        "lifeline_dns_queries_total{type=\"A\",rcode=\"NOERROR\"} 1",
+        "lifeline_dns_queries_total{type=\"A\",rcode=\"NXDOMAIN\"} 1",
+        "lifeline_dns_snapshot_revision{zone=\"global.example.com\"} 12",
+        "lifeline_dns_snapshot_age_seconds{zone=\"global.example.com\"}",
+        "lifeline_dns_source_connected{source=\"controller\"} 1",
+        "lifeline_dns_response_size_bytes_count 2",
+        "lifeline_dns_stale_answers_total 0",
+        "lifeline_dns_ready 1",
+    ] {
+        assert!(body.contains(needle), "missing {needle:?} in\n{body}");
+    }
+    let (_, state) = http_get(addr, "/state");
+    assert!(state.contains("\"revision\":12"), "{state}");
+    shim.shutdown();
+}
+
+#[test]
+fn the_standalone_command_serves_until_shutdown() {
+    let rt = rt();
+    let data = tempfile::tempdir().unwrap();
+    persist::write(data.path(), &with_www(2, "192.0.2.22")).unwrap();
+    // Find a free UDP port for the standalone run (it binds what it is told).
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut dns = dns_config(data.path());
+    dns.udp = vec![format!("127.0.0.1:{port}").parse().unwrap()];
+    dns.tcp = vec![];
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let run = rt.spawn(async move {
+        lifeline_dns::standalone::run(&dns, &[zone_config()], None, async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    let server = format!("127.0.0.1:{port}").parse().unwrap();
+    let q = message("www.global.example.com.", RecordType::A, &Ask::default())
+        .to_vec()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || raw_udp(server, &q).is_some()));
+    let m = hickory_proto::op::Message::from_vec(&raw_udp(server, &q).unwrap()).unwrap();
+    assert_eq!(addresses(&m), vec!["192.0.2.22".parse::<IpAddr>().unwrap()]);
+    tx.send(()).unwrap();
+    rt.block_on(run).unwrap().unwrap();
+}
+
+#[test]
+fn the_config_yaml_shape_deserialises_and_validation_names_fields() {
+    // The same document as lifeline.yaml's `zones` and `dns` sections, as JSON.
+    let zones: Vec<lifeline_dns::ZoneConfig> = serde_json::from_value(serde_json::json!([{
+        "origin": "global.example.com",
+        "primaryNs": "ns1.global.example.com",
+        "hostmaster": "hostmaster.example.com",
+        "nameservers": ["ns1.global.example.com", "ns2.global.example.com"],
+    }]))
+    .unwrap();
+    let dns: lifeline_dns::DnsConfig = serde_json::from_value(serde_json::json!({
+        "udp": ["127.0.0.1:5353"],
+        "tcp": ["127.0.0.1:5353"],
+        "dataDir": "/var/lib/lifeline",
+        "geo": [{"prefix": "10.1.0.0/16", "region": "eu-west"}],
+    }))
+    .unwrap();
+    assert!(lifeline_dns::config::validate(&dns, &zones).is_empty());
+    assert_eq!(dns.stale_after().unwrap(), Duration::from_secs(300));
+
+    let mut bad_zone = zones[0].clone();
+    bad_zone.origin = "bad..zone".into();
+    bad_zone.nameservers.clear();
+    let mut bad_dns = dns.clone();
+    bad_dns.stale_after = "soon".into();
+    bad_dns.geo[0].region = " ".into();
+    let problems = lifeline_dns::config::validate(&bad_dns, &[zones[0].clone(), bad_zone]);
+    let paths: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "zones[1].origin",
+            "zones[1].nameservers",
+            "dns.staleAfter",
+            "dns.geo[0].region"
+        ],
+        "{problems:?}"
+    );
+    assert!(
+        serde_json::from_value::<lifeline_dns::DnsConfig>(serde_json::json!({"udpp": []})).is_err(),
+        "unknown fields are rejected"
+    );
+}
