@@ -132,7 +132,7 @@ fn generations(dir: &Path, zone: &str) -> Vec<(u64, PathBuf)> {
             (z == zone).then(|| (rev, e.path()))
         })
         .collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|g| std::cmp::Reverse(g.0));
     out
 }
 

@@ -89,7 +89,7 @@ impl RateLimiter {
         }
         b.limited += 1;
         self.limited.fetch_add(1, Ordering::Relaxed);
-        if b.limited % 2 == 0 {
+        if b.limited.is_multiple_of(2) {
             Verdict::Slip
         } else {
             Verdict::Drop
