@@ -11,3 +11,4 @@ pub mod cli;
 pub mod config;
 pub mod documents;
 pub mod engine;
+pub mod probe;

@@ -1,0 +1,827 @@
+//! The prober against real HTTP, HTTPS and TCP servers on loopback addresses.
+//!
+//! Every endpoint is on 127.0.0.0/8: a transparent proxy on the build machines answers for
+//! anything else, which would make a dead target look healthy. Every receive has a
+//! timeout and every collecting loop a deadline, so a broken prober fails a test instead
+//! of hanging it.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, Uri, header},
+    response::IntoResponse,
+};
+use lifeline_controller::probe::{
+    Check, ProbeResult, ProbeSpec, Prober, TargetKey, check_from_spec,
+};
+use parking_lot::Mutex;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    sync::mpsc,
+    task::JoinHandle,
+    time::Instant,
+};
+
+/// Upper bound on any single wait for a result.
+const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn key(cluster: &str) -> TargetKey {
+    TargetKey {
+        policy: "shop/checkout".to_owned(),
+        cluster: cluster.to_owned(),
+    }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn http_check(port: u16, expected_status: &[u16]) -> Check {
+    Check::Http {
+        https: false,
+        port,
+        path: "/healthz".to_owned(),
+        host: Some("checkout.global.example.com".to_owned()),
+        expected_status: expected_status.to_vec(),
+        insecure_skip_verify: false,
+    }
+}
+
+fn spec(
+    cluster: &str,
+    addr: SocketAddr,
+    check: Check,
+    interval_ms: u64,
+    timeout_ms: u64,
+) -> ProbeSpec {
+    ProbeSpec {
+        key: key(cluster),
+        addresses: vec![addr.ip()],
+        check,
+        interval: Duration::from_millis(interval_ms),
+        timeout: Duration::from_millis(timeout_ms),
+    }
+}
+
+fn prober(concurrency: usize) -> (Prober, mpsc::Receiver<ProbeResult>) {
+    init();
+    let (tx, rx) = mpsc::channel(1024);
+    (Prober::new(concurrency, tx).unwrap(), rx)
+}
+
+/// The next result for `key`, skipping other targets' results.
+async fn next_for(rx: &mut mpsc::Receiver<ProbeResult>, key: &TargetKey) -> ProbeResult {
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    loop {
+        let r = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no result for {key:?} within {RECV_TIMEOUT:?}"))
+            .expect("result channel closed");
+        if &r.key == key {
+            return r;
+        }
+    }
+}
+
+/// Results for `key` until one satisfies `pred` (bounded by count and time).
+async fn wait_for(
+    rx: &mut mpsc::Receiver<ProbeResult>,
+    key: &TargetKey,
+    what: &str,
+    pred: impl Fn(&ProbeResult) -> bool,
+) -> ProbeResult {
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        let r = next_for(rx, key).await;
+        if pred(&r) {
+            return r;
+        }
+        seen.push(r.detail);
+    }
+    panic!("{what}: never seen for {key:?}; got {seen:?}");
+}
+
+/// Everything received during `window`.
+async fn collect(rx: &mut mpsc::Receiver<ProbeResult>, window: Duration) -> Vec<ProbeResult> {
+    let deadline = Instant::now() + window;
+    let mut out = Vec::new();
+    while let Ok(Some(r)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        out.push(r);
+        assert!(out.len() < 10_000, "result flood");
+    }
+    out
+}
+
+// === HTTP test backend ===
+
+/// A controllable HTTP backend; clones share state, so several servers can share counters.
+#[derive(Clone)]
+struct Backend {
+    status: Arc<AtomicU16>,
+    delay_ms: Arc<AtomicU64>,
+    hosts: Arc<Mutex<Vec<String>>>,
+    paths: Arc<Mutex<Vec<String>>>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl Backend {
+    fn new(status: u16) -> Self {
+        Self {
+            status: Arc::new(AtomicU16::new(status)),
+            delay_ms: Arc::new(AtomicU64::new(0)),
+            hosts: Arc::default(),
+            paths: Arc::default(),
+            in_flight: Arc::default(),
+            max_in_flight: Arc::default(),
+            requests: Arc::default(),
+        }
+    }
+
+    fn slow(self, delay: Duration) -> Self {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+        self
+    }
+
+    /// Serves on `ip` at a free port (or `port`); abort the handle to kill it.
+    async fn serve(&self, ip: &str, port: u16) -> (SocketAddr, JoinHandle<()>) {
+        let listener = TcpListener::bind((ip, port)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().fallback(handle).with_state(self.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        (addr, task)
+    }
+}
+
+async fn handle(State(b): State<Backend>, uri: Uri, headers: HeaderMap) -> impl IntoResponse {
+    b.requests.fetch_add(1, Ordering::SeqCst);
+    let host = headers
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("<invalid>").to_owned())
+        .unwrap_or_default();
+    b.hosts.lock().push(host);
+    b.paths.lock().push(uri.path().to_owned());
+    let now = b.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    b.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let delay = b.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    b.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let status = StatusCode::from_u16(b.status.load(Ordering::SeqCst)).unwrap();
+    // If a redirect were followed, it would lead to a closed port and fail differently.
+    (
+        status,
+        [(header::LOCATION, "http://127.0.0.1:1/elsewhere")],
+        "",
+    )
+}
+
+async fn kill(task: JoinHandle<()>) {
+    task.abort();
+    let _ = task.await;
+}
+
+// === HTTP ===
+
+#[tokio::test]
+async fn healthy_http_backend_reports_ok_with_increasing_timestamps() {
+    let backend = Backend::new(200);
+    let (addr, _server) = backend.serve("127.0.0.2", 0).await;
+    let (prober, mut rx) = prober(4);
+    prober.set_targets(vec![spec(
+        "a",
+        addr,
+        http_check(addr.port(), &[200]),
+        100,
+        1000,
+    )]);
+    assert_eq!(prober.len(), 1);
+
+    let mut last = SystemTime::UNIX_EPOCH;
+    for _ in 0..3 {
+        let r = next_for(&mut rx, &key("a")).await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.detail, "200 OK");
+        assert!(
+            r.at > last,
+            "timestamps must increase: {:?} then {:?}",
+            last,
+            r.at
+        );
+        assert!(r.latency < Duration::from_secs(1));
+        last = r.at;
+    }
+    assert_eq!(backend.paths.lock()[0], "/healthz");
+}
+
+#[tokio::test]
+async fn backend_returning_503_reports_failing_with_the_status() {
+    let backend = Backend::new(503);
+    let (addr, _server) = backend.serve("127.0.0.2", 0).await;
+    let (prober, mut rx) = prober(4);
+    prober.set_targets(vec![spec(
+        "a",
+        addr,
+        http_check(addr.port(), &[200]),
+        100,
+        1000,
+    )]);
+
+    let r = next_for(&mut rx, &key("a")).await;
+    assert!(!r.ok);
+    assert_eq!(r.detail, format!("status 503 not in [200] at {addr}"));
+}
+
+#[tokio::test]
+async fn any_status_in_the_expected_set_counts_as_healthy() {
+    let backend = Backend::new(204);
+    let (addr, _server) = backend.serve("127.0.0.2", 0).await;
+    let (prober, mut rx) = prober(4);
+    prober.set_targets(vec![
+        spec(
+            "in-set",
+            addr,
+            http_check(addr.port(), &[200, 204]),
+            100,
+            1000,
+        ),
+        spec(
+            "not-in-set",
+            addr,
+            http_check(addr.port(), &[200]),
+            100,
+            1000,
+        ),
+    ]);
+
+    let r = next_for(&mut rx, &key("in-set")).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.detail, "204 No Content");
+    let r = next_for(&mut rx, &key("not-in-set")).await;
+    assert!(!r.ok);
+    assert!(
+        r.detail.starts_with("status 204 not in [200]"),
+        "{}",
+        r.detail
+    );
+}
+
+#[tokio::test]
+async fn a_redirect_is_judged_against_the_expected_set_and_not_followed() {
+    let backend = Backend::new(302);
+    let (addr, _server) = backend.serve("127.0.0.2", 0).await;
+    let (prober, mut rx) = prober(4);
+    prober.set_targets(vec![
+        spec(
+            "accepts-302",
+            addr,
+            http_check(addr.port(), &[200, 302]),
+            100,
+            1000,
+        ),
+        spec(
+            "wants-200",
+            addr,
+            http_check(addr.port(), &[200]),
+            100,
+            1000,
+        ),
+    ]);
+
+    let r = next_for(&mut rx, &key("accepts-302")).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.detail, "302 Found");
+    let r = next_for(&mut rx, &key("wants-200")).await;
+    assert!(
+        r.detail.starts_with("status 302 not in [200]"),
+        "{}",
+        r.detail
+    );
+}
+
+#[tokio::test]
+async fn probe_sends_the_configured_host_header() {
+    let backend = Backend::new(200);
+    let (addr, _server) = backend.serve("127.0.0.2", 0).await;
+    let (prober, mut rx) = prober(4);
+    prober.set_targets(vec![spec(
+        "a",
+        addr,
+        http_check(addr.port(), &[200]),
+        100,
+        1000,
+    )]);
+
+    assert!(next_for(&mut rx, &key("a")).await.ok);
+    assert!(next_for(&mut rx, &key("a")).await.ok);
+    let hosts = backend.hosts.lock().clone();
+    assert!(hosts.len() >= 2);
+    assert!(
+        hosts.iter().all(|h| h == "checkout.global.example.com"),
+        "{hosts:?}"
+    );
+}
+
+#[tokio::test]
+async fn killed_backend_turns_results_to_connect_refused() {
+    let backend = Backend::new(200);
+    let (addr, server) = backend.serve("127.0.0.2", 0).await;
+    let (prober, mut rx) = prober(4);
+    prober.set_targets(vec![spec(
+        "a",
+        addr,
+        http_check(addr.port(), &[200]),
+        100,
+        1000,
+    )]);
+    assert!(next_for(&mut rx, &key("a")).await.ok);
+
+    kill(server).await;
+    let r = wait_for(&mut rx, &key("a"), "failing result", |r| !r.ok).await;
+    assert_eq!(r.detail, format!("connect refused at {addr}"));
+}
+
+#[tokio::test]
+async fn slow_backend_times_out_without_delaying_a_fast_target() {
+    let slow = Backend::new(200).slow(Duration::from_secs(30));
+    let (slow_addr, _slow_server) = slow.serve("127.0.0.2", 0).await;
+    let fast = Backend::new(200);
+    let (fast_addr, _fast_server) = fast.serve("127.0.0.3", 0).await;
+    let (prober, mut rx) = prober(8);
+    prober.set_targets(vec![
+        spec(
+            "slow",
+            slow_addr,
+            http_check(slow_addr.port(), &[200]),
+            1500,
+            1000,
+        ),
+        spec(
+            "fast",
+            fast_addr,
+            http_check(fast_addr.port(), &[200]),
+            100,
+            1000,
+        ),
+    ]);
+
+    // Count fast results that arrive while a slow round is hanging in the slow backend.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut fast_during_slow = 0;
+    let mut slow_result = None;
+    while Instant::now() < deadline && (slow_result.is_none() || fast_during_slow < 3) {
+        let Ok(Some(r)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+            break;
+        };
+        match r.key.cluster.as_str() {
+            "fast" => {
+                assert!(r.ok, "{r:?}");
+                if slow.in_flight.load(Ordering::SeqCst) > 0 {
+                    fast_during_slow += 1;
+                }
+            }
+            _ => slow_result = Some(r),
+        }
+    }
+    let slow_result = slow_result.expect("the slow target reported nothing");
+    assert!(!slow_result.ok);
+    assert_eq!(
+        slow_result.detail,
+        format!("timeout after 1s at {slow_addr}")
+    );
+    assert!(
+        fast_during_slow >= 3,
+        "fast target produced only {fast_during_slow} results while the slow one hung"
+    );
+}
+
+#[tokio::test]
+async fn a_target_with_one_failing_address_fails_naming_that_address() {
+    let backend = Backend::new(200);
+    let (good, _server) = backend.serve("127.0.0.5", 0).await;
+    // Same port on another loopback address, where nothing listens yet.
+    let bad: SocketAddr = (ip("127.0.0.6"), good.port()).into();
+    let (prober, mut rx) = prober(4);
+    let mut two = spec("a", good, http_check(good.port(), &[200]), 100, 1000);
+    two.addresses = vec![good.ip(), bad.ip()];
+    prober.set_targets(vec![two]);
+
+    let r = next_for(&mut rx, &key("a")).await;
+    assert!(!r.ok);
+    assert_eq!(r.detail, format!("connect refused at {bad}"));
+
+    // Once the second address serves too, the target is healthy.
+    let (_, _second) = backend.serve("127.0.0.6", good.port()).await;
+    wait_for(&mut rx, &key("a"), "ok result", |r| r.ok).await;
+}
+
+// === TCP ===
+
+#[tokio::test]
+async fn tcp_probe_follows_the_listening_socket() {
+    let listener = TcpListener::bind("127.0.0.3:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Accept and drop, so the backlog never fills up.
+    let server = tokio::spawn(async move {
+        loop {
+            let _ = listener.accept().await;
+        }
+    });
+    let (prober, mut rx) = prober(4);
+    prober.set_targets(vec![spec(
+        "a",
+        addr,
+        Check::Tcp { port: addr.port() },
+        100,
+        1000,
+    )]);
+
+    let r = next_for(&mut rx, &key("a")).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.detail, "connected");
+
+    kill(server).await;
+    let r = wait_for(&mut rx, &key("a"), "failing result", |r| !r.ok).await;
+    assert_eq!(r.detail, format!("connect refused at {addr}"));
+}
+
+// === HTTPS ===
+
+const TLS_HOST: &str = "secure.example.test";
+
+/// A CA and a leaf for `TLS_HOST` signed by it (rustls refuses a CA certificate used as
+/// the server's own certificate, so the two are separate).
+struct Pki {
+    ca_pem: String,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key_der: Vec<u8>,
+}
+
+fn pki() -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "lifeline test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf_params = rcgen::CertificateParams::new(vec![TLS_HOST.to_owned()]).unwrap();
+    leaf_params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+    Pki {
+        ca_pem: ca.pem(),
+        chain: vec![leaf.der().clone(), ca.der().clone()],
+        key_der: leaf_key.serialize_der(),
+    }
+}
+
+/// A minimal HTTPS/1.1 server answering 200 to anything; records the SNI names and Host
+/// headers it saw.
+struct TlsServer {
+    addr: SocketAddr,
+    sni: Arc<Mutex<Vec<Option<String>>>>,
+    hosts: Arc<Mutex<Vec<String>>>,
+    _task: JoinHandle<()>,
+}
+
+async fn tls_server(ip: &str, pki: &Pki) -> TlsServer {
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            pki.chain.clone(),
+            rustls::pki_types::PrivatePkcs8KeyDer::from(pki.key_der.clone()).into(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sni: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let hosts: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (sni2, hosts2) = (sni.clone(), hosts.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, sni, hosts) = (acceptor.clone(), sni2.clone(), hosts2.clone());
+            tokio::spawn(async move {
+                // A client that rejects the certificate ends the handshake here.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                sni.lock()
+                    .push(tls.get_ref().1.server_name().map(str::to_owned));
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 65536 {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request);
+                if let Some(host) = text.lines().find_map(|l| {
+                    l.strip_prefix("host: ")
+                        .or_else(|| l.strip_prefix("Host: "))
+                }) {
+                    hosts.lock().push(host.trim().to_owned());
+                }
+                let _ = tls
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    TlsServer {
+        addr,
+        sni,
+        hosts,
+        _task: task,
+    }
+}
+
+fn https_check(port: u16, host: &str, insecure_skip_verify: bool) -> Check {
+    Check::Http {
+        https: true,
+        port,
+        path: "/healthz".to_owned(),
+        host: Some(host.to_owned()),
+        expected_status: vec![200],
+        insecure_skip_verify,
+    }
+}
+
+#[tokio::test]
+async fn https_with_an_untrusted_certificate_fails_by_default_and_passes_when_verification_is_skipped()
+ {
+    init();
+    let pki = pki();
+    let server = tls_server("127.0.0.4", &pki).await;
+    let port = server.addr.port();
+    let (prober, mut rx) = prober(4);
+    prober.set_targets(vec![
+        spec(
+            "verify",
+            server.addr,
+            https_check(port, TLS_HOST, false),
+            100,
+            2000,
+        ),
+        spec(
+            "skip",
+            server.addr,
+            https_check(port, TLS_HOST, true),
+            100,
+            2000,
+        ),
+    ]);
+
+    let r = next_for(&mut rx, &key("verify")).await;
+    assert!(!r.ok);
+    assert!(r.detail.starts_with("tls: "), "{}", r.detail);
+    assert!(r.detail.contains("UnknownIssuer"), "{}", r.detail);
+    assert!(
+        r.detail.ends_with(&format!("at {}", server.addr)),
+        "{}",
+        r.detail
+    );
+
+    let r = next_for(&mut rx, &key("skip")).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.detail, "200 OK");
+    // Even unverified, the server is asked for the policy's name, so it can pick the
+    // certificate clients get.
+    assert!(server.sni.lock().contains(&Some(TLS_HOST.to_owned())));
+    let hosts = server.hosts.lock().clone();
+    assert!(
+        !hosts.is_empty() && hosts.iter().all(|h| h == TLS_HOST),
+        "{hosts:?}"
+    );
+}
+
+#[tokio::test]
+async fn https_verifies_against_a_trusted_ca_and_the_checks_host_name() {
+    init();
+    let pki = pki();
+    let server = tls_server("127.0.0.4", &pki).await;
+    let port = server.addr.port();
+    let (tx, mut rx) = mpsc::channel(1024);
+    let prober = Prober::with_extra_roots(4, tx, pki.ca_pem.as_bytes()).unwrap();
+    prober.set_targets(vec![
+        spec(
+            "right-name",
+            server.addr,
+            https_check(port, TLS_HOST, false),
+            100,
+            2000,
+        ),
+        spec(
+            "wrong-name",
+            server.addr,
+            https_check(port, "other.example.test", false),
+            100,
+            2000,
+        ),
+    ]);
+
+    let r = next_for(&mut rx, &key("right-name")).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.detail, "200 OK");
+    let r = next_for(&mut rx, &key("wrong-name")).await;
+    assert!(!r.ok);
+    assert!(r.detail.starts_with("tls: "), "{}", r.detail);
+    assert!(r.detail.contains("not valid for name"), "{}", r.detail);
+}
+
+// === Target set and concurrency ===
+
+#[tokio::test]
+async fn removed_target_stops_producing_results() {
+    let backend = Backend::new(200);
+    let (addr, _server) = backend.serve("127.0.0.2", 0).await;
+    let (prober, mut rx) = prober(4);
+    let a = spec("a", addr, http_check(addr.port(), &[200]), 50, 1000);
+    let b = spec("b", addr, http_check(addr.port(), &[200]), 50, 1000);
+    prober.set_targets(vec![a, b.clone()]);
+    next_for(&mut rx, &key("a")).await;
+    next_for(&mut rx, &key("b")).await;
+
+    prober.set_targets(vec![b]);
+    assert_eq!(prober.len(), 1);
+    // Results queued before set_targets returned may still be in the channel; nothing
+    // for the removed target may be queued after.
+    while rx.try_recv().is_ok() {}
+    let later = collect(&mut rx, Duration::from_millis(600)).await;
+    assert!(later.iter().any(|r| r.key == key("b")), "b must keep going");
+    assert!(later.iter().all(|r| r.key != key("a")), "a must stop");
+
+    prober.set_targets(Vec::new());
+    assert!(prober.is_empty());
+}
+
+#[tokio::test]
+async fn changing_a_targets_check_restarts_it_with_the_new_settings() {
+    let backend = Backend::new(200);
+    let (addr, _server) = backend.serve("127.0.0.2", 0).await;
+    let (prober, mut rx) = prober(4);
+    let mut s = spec("a", addr, http_check(addr.port(), &[200]), 50, 1000);
+    prober.set_targets(vec![s.clone()]);
+    next_for(&mut rx, &key("a")).await;
+
+    if let Check::Http { path, .. } = &mut s.check {
+        *path = "ready".to_owned();
+    }
+    prober.set_targets(vec![s]);
+    assert_eq!(prober.len(), 1);
+    while rx.try_recv().is_ok() {}
+    backend.paths.lock().clear();
+    next_for(&mut rx, &key("a")).await;
+    // Several more intervals: a leftover task with the old path would show up here.
+    collect(&mut rx, Duration::from_millis(300)).await;
+    let paths = backend.paths.lock().clone();
+    assert!(
+        !paths.is_empty() && paths.iter().all(|p| p == "/ready"),
+        "{paths:?}"
+    );
+}
+
+#[tokio::test]
+async fn concurrency_bound_holds_across_slow_targets() {
+    for (concurrency, expected_max) in [(1, 1), (2, 2)] {
+        let backend = Backend::new(200).slow(Duration::from_millis(300));
+        let (addr1, _s1) = backend.serve("127.0.0.2", 0).await;
+        let (addr2, _s2) = backend.serve("127.0.0.3", 0).await;
+        let (prober, mut rx) = prober(concurrency);
+        prober.set_targets(vec![
+            spec("one", addr1, http_check(addr1.port(), &[200]), 100, 1000),
+            spec("two", addr2, http_check(addr2.port(), &[200]), 100, 1000),
+        ]);
+
+        // Enough rounds that, without the bound, two would surely have overlapped.
+        let mut seen = [0usize; 2];
+        for _ in 0..8 {
+            let r = tokio::time::timeout(RECV_TIMEOUT, rx.recv())
+                .await
+                .expect("no result")
+                .unwrap();
+            assert!(r.ok, "{r:?}");
+            seen[usize::from(r.key.cluster == "two")] += 1;
+        }
+        assert!(
+            seen.iter().all(|n| *n > 0),
+            "both targets must progress: {seen:?}"
+        );
+        assert_eq!(
+            backend.max_in_flight.load(Ordering::SeqCst),
+            expected_max,
+            "concurrency {concurrency}"
+        );
+    }
+}
+
+// === check_from_spec ===
+
+fn health_check(json: serde_json::Value) -> lifeline_crds::HealthCheck {
+    serde_json::from_value(json).unwrap()
+}
+
+#[test]
+fn http_health_check_defaults_its_host_to_the_policy_hostname() {
+    let hc = health_check(
+        serde_json::json!({"http": {"port": 8080}, "interval": "5s", "timeout": "1s"}),
+    );
+    let (check, interval, timeout) = check_from_spec(&hc, "checkout.global.example.com").unwrap();
+    assert_eq!(
+        check,
+        Check::Http {
+            https: false,
+            port: 8080,
+            path: "/healthz".to_owned(),
+            host: Some("checkout.global.example.com".to_owned()),
+            expected_status: vec![200],
+            insecure_skip_verify: false,
+        }
+    );
+    assert_eq!(
+        (interval, timeout),
+        (Duration::from_secs(5), Duration::from_secs(1))
+    );
+}
+
+#[test]
+fn https_health_check_keeps_its_own_host_statuses_and_verify_setting() {
+    let hc = health_check(serde_json::json!({"http": {
+        "scheme": "https", "port": 443, "path": "/ready", "host": "internal.example.com",
+        "expectedStatus": [200, 204], "insecureSkipVerify": true
+    }}));
+    let (check, interval, timeout) = check_from_spec(&hc, "checkout.global.example.com").unwrap();
+    assert_eq!(
+        check,
+        Check::Http {
+            https: true,
+            port: 443,
+            path: "/ready".to_owned(),
+            host: Some("internal.example.com".to_owned()),
+            expected_status: vec![200, 204],
+            insecure_skip_verify: true,
+        }
+    );
+    assert_eq!(
+        (interval, timeout),
+        (Duration::from_secs(10), Duration::from_secs(2))
+    );
+}
+
+#[test]
+fn tcp_health_check_converts_and_a_check_without_a_kind_is_none() {
+    let hc = health_check(serde_json::json!({"tcp": {"port": 5432}, "interval": "3s"}));
+    let (check, interval, _) = check_from_spec(&hc, "db.example.com").unwrap();
+    assert_eq!(check, Check::Tcp { port: 5432 });
+    assert_eq!(interval, Duration::from_secs(3));
+
+    assert!(check_from_spec(&health_check(serde_json::json!({})), "x.example.com").is_none());
+    let bad_port = health_check(serde_json::json!({"tcp": {"port": 70000}}));
+    assert!(check_from_spec(&bad_port, "x.example.com").is_none());
+}
+
+#[test]
+fn unparsable_durations_fall_back_and_timeout_never_exceeds_interval() {
+    let hc = health_check(
+        serde_json::json!({"tcp": {"port": 80}, "interval": "soon", "timeout": "never"}),
+    );
+    let (_, interval, timeout) = check_from_spec(&hc, "x.example.com").unwrap();
+    assert_eq!(
+        (interval, timeout),
+        (Duration::from_secs(10), Duration::from_secs(2))
+    );
+
+    let hc =
+        health_check(serde_json::json!({"tcp": {"port": 80}, "interval": "1s", "timeout": "5s"}));
+    let (_, interval, timeout) = check_from_spec(&hc, "x.example.com").unwrap();
+    assert_eq!(
+        (interval, timeout),
+        (Duration::from_secs(1), Duration::from_secs(1))
+    );
+}
