@@ -672,3 +672,70 @@ impl Compiled {
             .map(|z| z.as_ref())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(addr: &str, weight: u32) -> Target {
+        Target {
+            address: addr.parse().unwrap(),
+            cluster: String::new(),
+            region: String::new(),
+            weight,
+        }
+    }
+
+    fn leaders(wheel: &[Tail]) -> Vec<u8> {
+        // Last octet of the first A record in each tail (owner 2 + fixed 10 + 3 bytes).
+        wheel.iter().map(|t| t.bytes[15]).collect()
+    }
+
+    #[test]
+    fn equal_weights_give_every_rotation_once() {
+        let ts = [t("10.0.0.1", 1), t("10.0.0.2", 1), t("10.0.0.3", 1)];
+        let refs: Vec<&Target> = ts.iter().collect();
+        let w = wheel(&refs, usize::MAX, 60, &wire::pointer(12));
+        assert_eq!(leaders(&w), [1, 2, 3]);
+        assert!(w.iter().all(|t| t.an == 3));
+    }
+
+    #[test]
+    fn unequal_weights_lead_in_proportion_and_smoothly() {
+        let ts = [t("10.0.0.1", 3), t("10.0.0.2", 1)];
+        let refs: Vec<&Target> = ts.iter().collect();
+        let w = wheel(&refs, 1, 60, &wire::pointer(12));
+        let l = leaders(&w);
+        assert_eq!(l.iter().filter(|x| **x == 1).count(), 3);
+        assert_eq!(l.iter().filter(|x| **x == 2).count(), 1);
+        assert!(w.iter().all(|t| t.an == 1), "maxAnswers honoured");
+    }
+
+    #[test]
+    fn zero_weights_are_used_only_when_nothing_else_has_weight() {
+        let ts = [t("10.0.0.1", 0), t("10.0.0.2", 5)];
+        let refs: Vec<&Target> = ts.iter().collect();
+        let w = wheel(&refs, usize::MAX, 60, &wire::pointer(12));
+        assert_eq!(leaders(&w), [2]);
+        assert_eq!(w[0].an, 1);
+        let zeros = [t("10.0.0.1", 0), t("10.0.0.2", 0)];
+        let refs: Vec<&Target> = zeros.iter().collect();
+        assert_eq!(wheel(&refs, usize::MAX, 60, &wire::pointer(12)).len(), 2);
+    }
+
+    #[test]
+    fn huge_weights_keep_the_wheel_small() {
+        let ts = [
+            t("10.0.0.1", 1_000_000),
+            t("10.0.0.2", 1),
+            t("10.0.0.3", 250_000),
+        ];
+        let refs: Vec<&Target> = ts.iter().collect();
+        let w = wheel(&refs, usize::MAX, 60, &wire::pointer(12));
+        assert!(w.len() <= MAX_WHEEL + ts.len(), "{}", w.len());
+        assert!(
+            leaders(&w).contains(&2),
+            "every weighted target leads sometimes"
+        );
+    }
+}

@@ -13,7 +13,7 @@ use std::{
 use arc_swap::ArcSwap;
 
 use crate::{
-    compile::{Compiled, Tail, put_negative_soa},
+    compile::{Compiled, put_negative_soa},
     metrics::Counters,
     rrl::{RateLimiter, Verdict},
     wire::{self, Parsed, Question},
@@ -172,7 +172,7 @@ impl Engine {
             return reject(out, wire::RCODE_REFUSED);
         };
 
-        let nx;
+        // NXDOMAIN carries only the zone's SOA, written straight into `out` below.
         let (rcode, tail, geo_scope) = match zone.names.get(name) {
             Some(entry) => {
                 let answer = entry.answer(q.qtype);
@@ -185,30 +185,23 @@ impl Engine {
                 } else {
                     (None, 0)
                 };
-                (answer.rcode, answer.choice.pick(region, next_spin()), scope)
+                let tail = answer.choice.pick(region, next_spin());
+                (answer.rcode, Some(tail), scope)
             }
-            None => {
-                let mut bytes = Vec::with_capacity(zone.soa_rdata.len() + 12);
-                put_negative_soa(
-                    &mut bytes,
-                    wire::HEADER_LEN + name.len() - zone.apex.len(),
-                    zone.negative_ttl,
-                    &zone.soa_rdata,
-                );
-                nx = Tail {
-                    an: 0,
-                    ns: 1,
-                    bytes: bytes.into(),
-                };
-                (wire::RCODE_NXDOMAIN, &nx, 0)
-            }
+            None => (wire::RCODE_NXDOMAIN, None, 0),
         };
-
-        wire::put_header(
-            out, q.id, flags, true, false, rcode, 1, tail.an, tail.ns, ar,
-        );
+        let (an, ns) = tail.map_or((0, 1), |t| (t.an, t.ns));
+        wire::put_header(out, q.id, flags, true, false, rcode, 1, an, ns, ar);
         out.extend_from_slice(&q.echo);
-        out.extend_from_slice(&tail.bytes);
+        match tail {
+            Some(t) => out.extend_from_slice(&t.bytes),
+            None => put_negative_soa(
+                out,
+                wire::HEADER_LEN + name.len() - zone.apex.len(),
+                zone.negative_ttl,
+                &zone.soa_rdata,
+            ),
+        }
         let ecs = q.edns.and_then(|e| e.ecs).map(|(ip, p)| (ip, p, geo_scope));
         self.put_opt(out, q, 0, ecs);
 

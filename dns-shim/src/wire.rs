@@ -417,3 +417,60 @@ pub fn pointer(offset: usize) -> [u8; 2] {
     debug_assert!(offset < 0x4000);
     (0xC000 | offset as u16).to_be_bytes()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_normalised_relative_to_the_origin() {
+        let o = "global.example.com";
+        assert_eq!(normalize_name("WWW", o).unwrap(), "www.global.example.com");
+        assert_eq!(
+            normalize_name("www.Global.Example.com", o).unwrap(),
+            "www.global.example.com"
+        );
+        assert_eq!(normalize_name("other.org.", o).unwrap(), "other.org");
+        assert_eq!(normalize_name("@", o).unwrap(), o);
+        // A name that merely ends with the origin's text is still relative.
+        assert_eq!(
+            normalize_name("xglobal.example.com", o).unwrap(),
+            "xglobal.example.com.global.example.com"
+        );
+        assert!(normalize_name("a..b", o).is_err());
+        assert!(normalize_name(&"a".repeat(64), o).is_err());
+        assert!(normalize_name("", o).is_err());
+    }
+
+    #[test]
+    fn within_checks_label_boundaries() {
+        let apex = to_wire("example.com").unwrap();
+        assert!(is_within(&to_wire("www.example.com").unwrap(), &apex));
+        assert!(is_within(&apex, &apex));
+        assert!(!is_within(&to_wire("wwwexample.com").unwrap(), &apex));
+        assert!(!is_within(&to_wire("com").unwrap(), &apex));
+    }
+
+    #[test]
+    fn the_fast_reader_leaves_unusual_requests_to_the_full_decoder() {
+        let mut q = vec![0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(b"\x03WwW\x07example\x03com\x00\x00\x01\x00\x01");
+        let parsed = parse_fast(&q).unwrap();
+        assert_eq!(
+            parsed.name(),
+            to_wire("www.example.com").unwrap().as_slice()
+        );
+        assert_eq!(&parsed.echo[1..4], b"WwW");
+        // Trailing bytes, a compressed name, or QR set: not the fast road.
+        let mut trailing = q.clone();
+        trailing.push(0);
+        assert!(parse_fast(&trailing).is_none());
+        let mut ptr = q[..12].to_vec();
+        ptr.extend_from_slice(b"\xC0\x0C\x00\x01\x00\x01");
+        assert!(parse_fast(&ptr).is_none());
+        let mut resp = q.clone();
+        resp[2] |= 0x80;
+        assert!(parse_fast(&resp).is_none());
+        assert!(matches!(parse_full(&resp), Parsed::Drop));
+    }
+}
