@@ -1,11 +1,13 @@
 //! The `lifeline` command line. Every flag can also be set through a `LIFELINE_*`
 //! environment variable.
 
-use std::{io::Write, path::PathBuf, process::ExitCode};
+use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode};
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use serde::Deserialize;
 
-use crate::documents;
+use crate::{config::Config, ctl, demo, documents, run};
 
 /// Lifeline: multi-cluster traffic failover with an authoritative DNS server that keeps
 /// answering when control planes fail.
@@ -22,6 +24,47 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the controller with the embedded DNS server (the main job).
+    Run {
+        /// Configuration file.
+        #[arg(long, env = "LIFELINE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run the DNS server alone, answering from its persisted snapshot and `dns.sourceDir`.
+    Dns {
+        /// Configuration file (its `zones`, `dns` and `admin` sections are used).
+        #[arg(long, env = "LIFELINE_CONFIG")]
+        config: PathBuf,
+    },
+    /// A self-contained demo: three simulated clusters, real probes, real DNS.
+    Demo {
+        /// DNS listen address (UDP and TCP).
+        #[arg(long, env = "LIFELINE_DEMO_DNS", default_value = "127.0.0.1:5353")]
+        dns: SocketAddr,
+        /// Admin API listen address.
+        #[arg(long, env = "LIFELINE_DEMO_ADMIN", default_value = "127.0.0.1:8080")]
+        admin: SocketAddr,
+        /// Port of the simulated clusters' HTTP backends (on 127.0.0.2-4).
+        #[arg(long, env = "LIFELINE_DEMO_BACKEND_PORT", default_value_t = 18080)]
+        backend_port: u16,
+        /// Keep state here instead of a temporary directory.
+        #[arg(long, env = "LIFELINE_DEMO_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Do not print the status table as it changes.
+        #[arg(long, env = "LIFELINE_DEMO_QUIET")]
+        quiet: bool,
+    },
+    /// Operate a running Lifeline through its admin API.
+    Ctl {
+        /// Admin API base URL of any replica.
+        #[arg(long, env = "LIFELINE_ADMIN", default_value = "http://127.0.0.1:8080")]
+        admin: String,
+        /// Bearer token.
+        #[arg(long, env = "LIFELINE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: ctl::CtlCommand,
+    },
     /// Print the CustomResourceDefinitions (FailoverPolicy, MemberCluster) as YAML.
     Crds,
     /// Check configuration files and FailoverPolicy/MemberCluster documents.
@@ -49,7 +92,131 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { files } => Ok(validate(&files)),
+        Command::Run { config: path } => {
+            let config = load_config(&path)?;
+            let documents = run::documents_of(&config, &path)?;
+            runtime()?.block_on(async move {
+                let admin = tokio::net::TcpListener::bind(config.admin.listen)
+                    .await
+                    .with_context(|| format!("binding the admin API on {}", config.admin.listen))?;
+                let admin_token = std::env::var(&config.admin.token_env)
+                    .ok()
+                    .filter(|t| !t.is_empty());
+                let options = run::Options {
+                    config,
+                    documents,
+                    admin,
+                    admin_token,
+                    demo: None,
+                    on_ready: None,
+                };
+                run::run(options, shutdown_signal()).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dns { config: path } => {
+            let parts = load_dns_parts(&path)?;
+            runtime()?.block_on(async move {
+                lifeline_dns::standalone::run(
+                    &parts.dns,
+                    &parts.zones,
+                    Some(parts.admin.listen),
+                    shutdown_signal(),
+                )
+                .await
+                .context("DNS server")
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            dns,
+            admin,
+            backend_port,
+            data_dir,
+            quiet,
+        } => {
+            let options = demo::DemoOptions {
+                dns,
+                admin,
+                backend_port,
+                data_dir,
+                watch: !quiet,
+            };
+            runtime()?.block_on(demo::run(options, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ctl {
+            admin,
+            token,
+            command,
+        } => {
+            let out = runtime()?.block_on(ctl::run(&admin, token.as_deref(), command))?;
+            print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested");
+}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|problems| {
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}: {p}", path.display()))
+            .collect();
+        anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
+    })
+}
+
+/// The sections `lifeline dns` reads; the rest of the file belongs to `run`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DnsParts {
+    zones: Vec<lifeline_dns::ZoneConfig>,
+    #[serde(default)]
+    dns: lifeline_dns::DnsConfig,
+    #[serde(default)]
+    admin: crate::config::AdminConfig,
+}
+
+fn load_dns_parts(path: &std::path::Path) -> anyhow::Result<DnsParts> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let problem = |p: lifeline_crds::validate::Problem| anyhow::anyhow!("{}: {p}", path.display());
+    lifeline_crds::document::check_size(&bytes).map_err(problem)?;
+    let text =
+        std::str::from_utf8(&bytes).with_context(|| format!("{} is not UTF-8", path.display()))?;
+    let mut docs = lifeline_crds::document::parse_yaml_stream(text).map_err(problem)?;
+    let parts: DnsParts = lifeline_crds::document::decode(docs.remove(0)).map_err(problem)?;
+    Ok(parts)
 }
 
 fn validate(files: &[PathBuf]) -> ExitCode {

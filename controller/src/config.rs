@@ -14,10 +14,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use lifeline_crds::{
-    ApiBudget, Duration, document,
-    validate::{Problem, check_hostname},
-};
+use lifeline_crds::{ApiBudget, Duration, document, validate::Problem};
 use lifeline_dns::{DnsConfig, ZoneConfig};
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +38,9 @@ pub struct Config {
     /// Defaults applied where a policy or cluster leaves a setting out.
     #[serde(default)]
     pub defaults: Defaults,
+    /// Decision engine settings (blast-radius guard, failback pacing).
+    #[serde(default)]
+    pub engine: crate::engine::EngineConfig,
 }
 
 /// The admin HTTP API (status, overrides, metrics).
@@ -236,56 +236,9 @@ impl Config {
         let mut out = Vec::new();
         let mut push = |path: String, message: String| out.push(Problem::new(path, message));
 
-        if self.zones.is_empty() {
-            push("zones".into(), "must list at least one zone".into());
-        }
-        for (i, zone) in self.zones.iter().enumerate() {
-            let base = format!("zones[{i}]");
-            for (field, name) in [
-                ("origin", &zone.origin),
-                ("primaryNs", &zone.primary_ns),
-                ("hostmaster", &zone.hostmaster),
-            ] {
-                if let Err(e) = check_hostname(name) {
-                    push(format!("{base}.{field}"), e);
-                }
-            }
-            if zone.nameservers.is_empty() {
-                push(
-                    format!("{base}.nameservers"),
-                    "must list at least one name server".into(),
-                );
-            }
-            for (j, ns) in zone.nameservers.iter().enumerate() {
-                if let Err(e) = check_hostname(ns) {
-                    push(format!("{base}.nameservers[{j}]"), e);
-                }
-            }
-            for (j, other) in self.zones[..i].iter().enumerate() {
-                if lifeline_crds::validate::normalize_name(&other.origin)
-                    == lifeline_crds::validate::normalize_name(&zone.origin)
-                {
-                    push(
-                        format!("{base}.origin"),
-                        format!("zone {:?} is listed twice (also zones[{j}])", zone.origin),
-                    );
-                }
-            }
-        }
-
-        if self.dns.udp.is_empty() && self.dns.tcp.is_empty() {
-            push(
-                "dns".into(),
-                "must listen on at least one UDP or TCP address".into(),
-            );
-        }
-        if let Err(e) = lifeline_crds::parse_duration(&self.dns.stale_after) {
-            push("dns.staleAfter".into(), e);
-        }
-        for (i, g) in self.dns.geo.iter().enumerate() {
-            if g.region.is_empty() {
-                push(format!("dns.geo[{i}].region"), "must not be empty".into());
-            }
+        // The DNS shim owns the rules for its own sections.
+        for (path, message) in lifeline_dns::config::validate(&self.dns, &self.zones) {
+            push(path, message);
         }
 
         if self.admin.token_env.is_empty() {
@@ -340,6 +293,22 @@ impl Config {
                     "{} is out of range: must be between 1 and 10000",
                     probe.concurrency
                 ),
+            );
+        }
+        let guard = &self.engine.blast_radius;
+        if !(guard.fraction > 0.0 && guard.fraction <= 1.0) {
+            push(
+                "engine.blastRadius.fraction".into(),
+                format!(
+                    "{} is out of range: must be above 0 and at most 1",
+                    guard.fraction
+                ),
+            );
+        }
+        if self.engine.max_concurrent_ramps == 0 {
+            push(
+                "engine.maxConcurrentRamps".into(),
+                "must be at least 1".into(),
             );
         }
         let budget = &self.defaults.api_budget;

@@ -26,7 +26,6 @@ use lifeline_crds::{HealthCheck, HttpScheme};
 use parking_lot::Mutex;
 use rand::Rng;
 use reqwest::{Client, ClientBuilder, header, redirect};
-use serde::{Deserialize, Serialize};
 use tokio::{
     sync::{Semaphore, mpsc},
     task::{JoinHandle, JoinSet},
@@ -69,14 +68,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 // === Types ===
 
-/// Identifies one probed target: a policy and one of its member clusters.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct TargetKey {
-    /// The policy, as `namespace/name`.
-    pub policy: String,
-    /// The member cluster's name.
-    pub cluster: String,
-}
+/// Identifies one probed target: a policy and one of its member clusters (the same key
+/// the engine uses, so results feed it without conversion).
+pub use crate::engine::TargetKey;
 
 /// What one probe of one address does.
 #[derive(Clone, Debug, PartialEq, Eq)]

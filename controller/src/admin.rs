@@ -1,0 +1,499 @@
+//! The admin HTTP API: health, readiness, metrics, status and break-glass overrides.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /healthz` | the process is alive |
+//! | `GET /readyz` | DNS has a snapshot loaded and a decision was made |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /v1/status` | policies, answers, target states, decision age, alarms |
+//! | `GET /v1/overrides` | active overrides and the audit trail |
+//! | `POST /v1/overrides` | drain / pin / weight a cluster, with expiry, author, reason |
+//! | `DELETE /v1/overrides/{id}` or `?cluster=NAME` | clear overrides |
+//!
+//! `/v1` routes need `Authorization: Bearer <token>` when a token is configured. Without
+//! a token, they are served only on a loopback listener; elsewhere they are refused.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use parking_lot::RwLock;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{
+    engine::{Decision, Health, Override, OverrideAction},
+    store::EmbeddedStore,
+};
+
+/// Longest override an operator can set in one request.
+const MAX_OVERRIDE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Hooks for `lifeline demo`'s simulated clusters.
+pub trait DemoControl: Send + Sync {
+    /// Makes the named simulated cluster fail (`true`) or heal (`false`).
+    /// Returns false for an unknown cluster.
+    fn set_failed(&self, cluster: &str, failed: bool) -> bool;
+}
+
+/// What the admin API reads and changes.
+pub struct AdminState {
+    /// The latest decision.
+    pub decision: RwLock<Arc<Decision>>,
+    pub store: Arc<EmbeddedStore>,
+    /// Cluster names known from the policy set, to reject overrides for typos.
+    pub clusters: RwLock<BTreeSet<String>>,
+    /// Bearer token for `/v1` routes.
+    pub token: Option<String>,
+    /// True when the listener is loopback-only (tokenless access is then allowed).
+    pub loopback: bool,
+    /// True once a decision was made.
+    pub decided: AtomicBool,
+    /// Whether the DNS shim has a snapshot loaded.
+    pub dns_ready: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Metrics of the controller and the shim.
+    pub registry: Registry,
+    /// Woken when overrides change, so the controller decides again at once.
+    pub overrides_changed: tokio::sync::Notify,
+    pub demo: Option<Arc<dyn DemoControl>>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("loopback", &self.loopback)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The router; `state` is shared with the controller loop.
+pub fn router(state: Arc<AdminState>) -> Router {
+    let mut v1 = Router::new()
+        .route("/v1/status", get(status))
+        .route(
+            "/v1/overrides",
+            get(list_overrides)
+                .post(create_override)
+                .delete(clear_overrides),
+        )
+        .route("/v1/overrides/{id}", axum::routing::delete(delete_override));
+    if state.demo.is_some() {
+        v1 = v1.route("/v1/demo/clusters/{name}/{action}", post(demo_action));
+    }
+    let v1 = v1.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        authorize,
+    ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(v1)
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+/// Serves the router until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// True when every address the listener is bound to is loopback.
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn authorize(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match &state.token {
+        Some(token) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            match given {
+                Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => {
+                    next.run(request).await
+                }
+                Some(_) => error(StatusCode::UNAUTHORIZED, "invalid bearer token"),
+                None => error(
+                    StatusCode::UNAUTHORIZED,
+                    "missing Authorization: Bearer <token> header",
+                ),
+            }
+        }
+        None if state.loopback => next.run(request).await,
+        None => error(
+            StatusCode::FORBIDDEN,
+            "no admin token is configured and the admin API listens beyond loopback: refusing /v1 requests",
+        ),
+    }
+}
+
+/// Compares secrets without an early exit that would leak the matching prefix length.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    let dns = (state.dns_ready)();
+    let decided = state.decided.load(Ordering::Relaxed);
+    if dns && decided {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let why = match (dns, decided) {
+            (false, false) => "no DNS snapshot loaded and no decision made yet",
+            (false, true) => "no DNS snapshot loaded yet",
+            _ => "no decision made yet",
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {e}"),
+        );
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// `GET /v1/status` body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub revision: u64,
+    /// Seconds since the answers last changed.
+    pub decision_age_seconds: Option<f64>,
+    pub alarms: Vec<StatusAlarm>,
+    pub policies: Vec<PolicyStatus>,
+    pub active_overrides: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusAlarm {
+    pub kind: String,
+    pub message: String,
+    pub since: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    pub name: String,
+    pub hostname: String,
+    pub strategy: String,
+    pub outcome: String,
+    pub answers: Vec<String>,
+    pub targets: Vec<TargetStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetStatus {
+    pub cluster: String,
+    pub state: String,
+    pub reason: String,
+    pub since: String,
+}
+
+/// Builds the status document from a decision.
+pub fn status_of(decision: &Decision, overrides: &[Override], now: SystemTime) -> Status {
+    let time = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    Status {
+        revision: decision.revision,
+        decision_age_seconds: decision
+            .changed_at
+            .map(|t| now.duration_since(t).unwrap_or_default().as_secs_f64()),
+        alarms: decision
+            .alarms
+            .iter()
+            .map(|a| StatusAlarm {
+                kind: format!("{:?}", a.kind),
+                message: a.message.clone(),
+                since: time(a.since),
+            })
+            .collect(),
+        policies: decision
+            .policies
+            .iter()
+            .map(|(id, p)| PolicyStatus {
+                name: id.clone(),
+                hostname: p.hostname.clone(),
+                strategy: format!("{:?}", p.strategy),
+                outcome: format!("{:?}", p.outcome),
+                answers: p.answers.iter().map(|a| a.address.to_string()).collect(),
+                targets: p
+                    .targets
+                    .iter()
+                    .map(|(cluster, t)| TargetStatus {
+                        cluster: cluster.clone(),
+                        state: if t.drained {
+                            "Draining".to_owned()
+                        } else if t.health == Health::Ramping {
+                            format!("Ramping({}%)", t.share / 10)
+                        } else {
+                            format!("{:?}", t.health)
+                        },
+                        reason: t.reason.clone(),
+                        since: time(t.since),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        active_overrides: overrides.iter().filter(|o| o.is_active(now)).count(),
+    }
+}
+
+async fn status(State(state): State<Arc<AdminState>>) -> Response {
+    let decision = state.decision.read().clone();
+    let overrides = state.store.overrides();
+    Json(status_of(&decision, &overrides, SystemTime::now())).into_response()
+}
+
+async fn list_overrides(State(state): State<Arc<AdminState>>) -> Response {
+    let now = SystemTime::now();
+    let active: Vec<Override> = state
+        .store
+        .overrides()
+        .into_iter()
+        .filter(|o| o.is_active(now))
+        .collect();
+    Json(json!({ "overrides": active, "audit": state.store.audit() })).into_response()
+}
+
+/// `POST /v1/overrides` body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OverrideRequest {
+    pub cluster: String,
+    /// Limit to one policy (`namespace/name`).
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// `drain`, `pin` or `weight`.
+    pub action: String,
+    /// Required for `weight`.
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// How long it lasts, e.g. `"30m"`.
+    #[serde(rename = "for")]
+    pub duration: String,
+    pub author: String,
+    pub reason: String,
+}
+
+/// Checks a request and turns it into an override.
+pub fn override_from_request(
+    req: OverrideRequest,
+    known_clusters: &BTreeSet<String>,
+    now: SystemTime,
+) -> Result<Override, String> {
+    if req.cluster.is_empty() {
+        return Err("cluster: must not be empty".to_owned());
+    }
+    if !known_clusters.is_empty() && !known_clusters.contains(&req.cluster) {
+        let list = known_clusters
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(format!(
+            "cluster: unknown cluster {:?} (known: {list})",
+            req.cluster
+        ));
+    }
+    let action = match (req.action.as_str(), req.weight) {
+        ("drain", None) => OverrideAction::Drain,
+        ("pin", None) => OverrideAction::Pin,
+        ("weight", Some(w)) if w <= 1000 => OverrideAction::Weight(w),
+        ("weight", Some(w)) => {
+            return Err(format!(
+                "weight: {w} is out of range: must be between 0 and 1000"
+            ));
+        }
+        ("weight", None) => return Err("weight: is required when action is weight".to_owned()),
+        ("drain" | "pin", Some(_)) => {
+            return Err("weight: is only allowed when action is weight".to_owned());
+        }
+        (other, _) => {
+            return Err(format!(
+                "action: unknown action {other:?}: expected drain, pin or weight"
+            ));
+        }
+    };
+    let duration = lifeline_crds::parse_duration(&req.duration).map_err(|e| format!("for: {e}"))?;
+    if duration.is_zero() || duration > MAX_OVERRIDE {
+        return Err(format!(
+            "for: {:?} must be more than 0 and at most 168h",
+            req.duration
+        ));
+    }
+    if req.author.trim().is_empty() {
+        return Err("author: must not be empty".to_owned());
+    }
+    if req.reason.trim().is_empty() {
+        return Err("reason: must not be empty".to_owned());
+    }
+    let millis = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    Ok(Override {
+        id: format!("{}-{}-{millis}", req.action, req.cluster),
+        cluster: req.cluster,
+        policy: req.policy,
+        action,
+        created_at: now,
+        expires_at: now + duration,
+        author: req.author,
+        reason: req.reason,
+    })
+}
+
+async fn create_override(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let req: OverrideRequest = match serde_path_to_error::deserialize(&mut de) {
+        Ok(r) => r,
+        Err(e) => {
+            let path = e.path().to_string();
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid override request at {path}: {}", e.inner()),
+            );
+        }
+    };
+    let clusters = state.clusters.read().clone();
+    let o = match override_from_request(req, &clusters, SystemTime::now()) {
+        Ok(o) => o,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let by = o.author.clone();
+    if let Err(e) = state.store.put_override(o.clone(), &by) {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot store override: {e}"),
+        );
+    }
+    tracing::info!(id = %o.id, cluster = %o.cluster, action = ?o.action, author = %o.author, reason = %o.reason, "override set");
+    state.overrides_changed.notify_one();
+    (StatusCode::CREATED, Json(o)).into_response()
+}
+
+async fn delete_override(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    match state.store.remove_overrides(|o| o.id == id, "admin-api") {
+        Ok(removed) if removed.is_empty() => {
+            error(StatusCode::NOT_FOUND, format!("no override with id {id:?}"))
+        }
+        Ok(removed) => {
+            tracing::info!(%id, "override cleared");
+            state.overrides_changed.notify_one();
+            Json(json!({ "cleared": removed })).into_response()
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot store change: {e}"),
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ClearQuery {
+    cluster: Option<String>,
+}
+
+async fn clear_overrides(
+    State(state): State<Arc<AdminState>>,
+    Query(q): Query<ClearQuery>,
+) -> Response {
+    let Some(cluster) = q.cluster.filter(|c| !c.is_empty()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "cluster: query parameter is required (?cluster=NAME)",
+        );
+    };
+    match state
+        .store
+        .remove_overrides(|o| o.cluster == cluster, "admin-api")
+    {
+        Ok(removed) => {
+            tracing::info!(%cluster, count = removed.len(), "overrides cleared");
+            state.overrides_changed.notify_one();
+            Json(json!({ "cleared": removed })).into_response()
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot store change: {e}"),
+        ),
+    }
+}
+
+async fn demo_action(
+    State(state): State<Arc<AdminState>>,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    let Some(demo) = &state.demo else {
+        return error(StatusCode::NOT_FOUND, "not running as a demo");
+    };
+    let failed = match action.as_str() {
+        "fail" => true,
+        "heal" => false,
+        other => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("unknown action {other:?}: expected fail or heal"),
+            );
+        }
+    };
+    if demo.set_failed(&name, failed) {
+        Json(json!({ "cluster": name, "failed": failed })).into_response()
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("unknown simulated cluster {name:?}"),
+        )
+    }
+}

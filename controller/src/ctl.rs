@@ -1,0 +1,212 @@
+//! `lifeline ctl`: the operator's client for the admin API of any replica.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use crate::admin::Status;
+
+/// Operator commands.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Show every policy, its answers and its targets' health.
+    Status,
+    /// List active overrides and the audit trail.
+    Overrides,
+    /// Take a cluster out of answers.
+    Drain(OverrideArgs),
+    /// Answer only this cluster, whatever its health.
+    Pin(OverrideArgs),
+    /// Replace a cluster's weight.
+    Weight {
+        #[command(flatten)]
+        args: OverrideArgs,
+        /// New weight (0–1000).
+        #[arg(long)]
+        weight: u32,
+    },
+    /// Remove every override of a cluster (or one by `--id`).
+    Clear {
+        /// Cluster whose overrides are removed.
+        #[arg(required_unless_present = "id")]
+        cluster: Option<String>,
+        /// Remove only this override.
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+/// What every override needs.
+#[derive(Debug, clap::Args)]
+pub struct OverrideArgs {
+    /// Member cluster name.
+    pub cluster: String,
+    /// Limit to one policy (`namespace/name`).
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// How long it lasts (e.g. 30m, 2h; at most 168h).
+    #[arg(long = "for", default_value = "1h")]
+    pub duration: String,
+    /// Why (recorded in the audit trail).
+    #[arg(long)]
+    pub reason: String,
+    /// Who (defaults to $USER).
+    #[arg(long, env = "USER", default_value = "unknown")]
+    pub author: String,
+}
+
+/// Runs a ctl command against `admin` (e.g. `http://127.0.0.1:8080`).
+pub async fn run(admin: &str, token: Option<&str>, command: CtlCommand) -> anyhow::Result<String> {
+    // Never through a proxy: the admin API is reached directly, and a proxy on the way
+    // could answer for a dead replica.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("building the HTTP client")?;
+    let base = admin.trim_end_matches('/');
+    let auth = |r: reqwest::RequestBuilder| match token {
+        Some(t) => r.bearer_auth(t),
+        None => r,
+    };
+    let send = |r: reqwest::RequestBuilder| async move {
+        let resp = auth(r)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {base}"))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = body["error"].as_str().unwrap_or("no error message");
+            bail!("admin API answered {status}: {msg}");
+        }
+        Ok::<Value, anyhow::Error>(body)
+    };
+    let set = |action: &str, args: OverrideArgs, weight: Option<u32>| {
+        json!({
+            "cluster": args.cluster, "policy": args.policy, "action": action, "weight": weight,
+            "for": args.duration, "author": args.author, "reason": args.reason,
+        })
+    };
+    let created = |v: Value| {
+        format!(
+            "override {} set: {} {} until {}\n",
+            v["id"].as_str().unwrap_or("?"),
+            v["action"]["type"].as_str().unwrap_or("?"),
+            v["cluster"].as_str().unwrap_or("?"),
+            v["expiresAt"].as_str().unwrap_or("?")
+        )
+    };
+    match command {
+        CtlCommand::Status => {
+            let v = send(client.get(format!("{base}/v1/status"))).await?;
+            let status: Status = serde_json::from_value(v).context("decoding the status")?;
+            Ok(render_status(&status))
+        }
+        CtlCommand::Overrides => {
+            let v = send(client.get(format!("{base}/v1/overrides"))).await?;
+            let mut out = String::from("ACTIVE OVERRIDES\n");
+            for o in v["overrides"].as_array().into_iter().flatten() {
+                out += &format!(
+                    "  {:<36} {:<7} {:<16} until {}  by {}: {}\n",
+                    o["id"].as_str().unwrap_or(""),
+                    o["action"]["type"].as_str().unwrap_or(""),
+                    o["cluster"].as_str().unwrap_or(""),
+                    o["expiresAt"].as_str().unwrap_or(""),
+                    o["author"].as_str().unwrap_or(""),
+                    o["reason"].as_str().unwrap_or("")
+                );
+            }
+            out += "AUDIT\n";
+            for e in v["audit"].as_array().into_iter().flatten() {
+                out += &format!(
+                    "  {} {:<8} {} by {}\n",
+                    e["at"].as_str().unwrap_or(""),
+                    e["action"].as_str().unwrap_or(""),
+                    e["override"]["id"].as_str().unwrap_or(""),
+                    e["by"].as_str().unwrap_or("")
+                );
+            }
+            Ok(out)
+        }
+        CtlCommand::Drain(args) => Ok(created(
+            send(
+                client
+                    .post(format!("{base}/v1/overrides"))
+                    .json(&set("drain", args, None)),
+            )
+            .await?,
+        )),
+        CtlCommand::Pin(args) => Ok(created(
+            send(
+                client
+                    .post(format!("{base}/v1/overrides"))
+                    .json(&set("pin", args, None)),
+            )
+            .await?,
+        )),
+        CtlCommand::Weight { args, weight } => Ok(created(
+            send(client.post(format!("{base}/v1/overrides")).json(&set(
+                "weight",
+                args,
+                Some(weight),
+            )))
+            .await?,
+        )),
+        CtlCommand::Clear { cluster, id } => {
+            let v = match (id, cluster) {
+                (Some(id), _) => send(client.delete(format!("{base}/v1/overrides/{id}"))).await?,
+                (None, Some(cluster)) => {
+                    let mut url = reqwest::Url::parse(&format!("{base}/v1/overrides"))
+                        .context("admin URL")?;
+                    url.query_pairs_mut().append_pair("cluster", &cluster);
+                    send(client.delete(url)).await?
+                }
+                (None, None) => bail!("give a cluster or --id"),
+            };
+            let n = v["cleared"].as_array().map_or(0, Vec::len);
+            Ok(format!("cleared {n} override(s)\n"))
+        }
+    }
+}
+
+/// A readable table of the status document.
+pub fn render_status(s: &Status) -> String {
+    let mut out = format!(
+        "revision {}   answers last changed {}   active overrides {}\n",
+        s.revision,
+        s.decision_age_seconds
+            .map_or("never".to_owned(), |a| format!("{a:.0}s ago")),
+        s.active_overrides
+    );
+    for a in &s.alarms {
+        out += &format!("ALARM {}: {} (since {})\n", a.kind, a.message, a.since);
+    }
+    out += &format!(
+        "{:<20} {:<34} {:<10} {:<9} {}\n",
+        "POLICY", "HOSTNAME", "STRATEGY", "OUTCOME", "ANSWERS"
+    );
+    for p in &s.policies {
+        out += &format!(
+            "{:<20} {:<34} {:<10} {:<9} {}\n",
+            p.name,
+            p.hostname,
+            p.strategy,
+            p.outcome,
+            if p.answers.is_empty() {
+                "-".to_owned()
+            } else {
+                p.answers.join(",")
+            }
+        );
+        for t in &p.targets {
+            out += &format!(
+                "    {:<16} {:<14} {} (since {})\n",
+                t.cluster, t.state, t.reason, t.since
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,348 @@
+//! Where the controller keeps what must survive a restart: the last decision (hysteresis
+//! and ramp state included), operator overrides with their audit trail, and the last good
+//! set of policy documents (so steering continues when the policy source is broken or
+//! unreachable at start).
+//!
+//! The embedded store keeps each item as one JSON file in a directory, replaced
+//! atomically (write to a temporary file, fsync, rename, fsync the directory). A file
+//! that fails to decode is reported and treated as absent; it is never overwritten
+//! until a good value replaces it, and it never crashes the process.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::engine::{Decision, Override};
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot encode: {source}")]
+    Encode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Format version of every stored file; a file with another version is not read.
+const FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    format: u32,
+    value: T,
+}
+
+/// One change to the overrides, for `lifeline ctl overrides` and the logs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    #[serde(with = "humantime_serde_compat")]
+    pub at: SystemTime,
+    /// `set` or `cleared`.
+    pub action: String,
+    pub by: String,
+    pub r#override: Override,
+}
+
+/// The last good set of policy documents.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicySnapshot {
+    pub policies: Vec<lifeline_crds::FailoverPolicy>,
+    pub clusters: Vec<lifeline_crds::MemberCluster>,
+}
+
+/// A store kept in one directory on local disk.
+#[derive(Debug)]
+pub struct EmbeddedStore {
+    dir: PathBuf,
+    /// Serialises writers of the audit log and override file.
+    lock: Mutex<()>,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store directory.
+    pub fn open(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// The last saved decision, if a valid one exists.
+    pub fn load_decision(&self) -> Option<Decision> {
+        self.read("decision.json")
+    }
+
+    /// Saves the decision atomically.
+    pub fn save_decision(&self, decision: &Decision) -> Result<()> {
+        self.write("decision.json", decision)
+    }
+
+    /// The overrides on file (expired ones included; the engine ignores those).
+    pub fn overrides(&self) -> Vec<Override> {
+        self.read("overrides.json").unwrap_or_default()
+    }
+
+    /// Adds or replaces (by id) an override and records it in the audit log.
+    pub fn put_override(&self, o: Override, by: &str) -> Result<()> {
+        let _guard = self.lock.lock();
+        let mut all = self.overrides();
+        all.retain(|x| x.id != o.id);
+        all.push(o.clone());
+        self.write("overrides.json", &all)?;
+        self.audit_append(AuditEntry {
+            at: SystemTime::now(),
+            action: "set".to_owned(),
+            by: by.to_owned(),
+            r#override: o,
+        })
+    }
+
+    /// Removes overrides matching `pred`, records each in the audit log, and returns them.
+    pub fn remove_overrides(
+        &self,
+        pred: impl Fn(&Override) -> bool,
+        by: &str,
+    ) -> Result<Vec<Override>> {
+        let _guard = self.lock.lock();
+        let (removed, kept): (Vec<Override>, Vec<Override>) =
+            self.overrides().into_iter().partition(|o| pred(o));
+        if removed.is_empty() {
+            return Ok(removed);
+        }
+        self.write("overrides.json", &kept)?;
+        for o in &removed {
+            self.audit_append(AuditEntry {
+                at: SystemTime::now(),
+                action: "cleared".to_owned(),
+                by: by.to_owned(),
+                r#override: o.clone(),
+            })?;
+        }
+        Ok(removed)
+    }
+
+    /// The audit log, oldest first. Undecodable lines are skipped.
+    pub fn audit(&self) -> Vec<AuditEntry> {
+        let path = self.dir.join("audit.jsonl");
+        let Ok(text) = fs::read_to_string(&path) else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The last good policy documents.
+    pub fn load_policies(&self) -> Option<PolicySnapshot> {
+        self.read("policies.json")
+    }
+
+    /// Saves the policy documents atomically.
+    pub fn save_policies(&self, snapshot: &PolicySnapshot) -> Result<()> {
+        self.write("policies.json", snapshot)
+    }
+
+    fn audit_append(&self, entry: AuditEntry) -> Result<()> {
+        let path = self.dir.join("audit.jsonl");
+        let io = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut line = serde_json::to_vec(&entry).map_err(|source| Error::Encode {
+            path: path.clone(),
+            source,
+        })?;
+        line.push(b'\n');
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        f.write_all(&line).map_err(io)?;
+        f.sync_data().map_err(io)
+    }
+
+    fn read<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
+        let path = self.dir.join(name);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read stored value; ignoring it");
+                return None;
+            }
+        };
+        match serde_json::from_slice::<Envelope<T>>(&bytes) {
+            Ok(env) if env.format == FORMAT => Some(env.value),
+            Ok(env) => {
+                tracing::warn!(path = %path.display(), format = env.format, "stored value has an unknown format; ignoring it");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "stored value does not decode; ignoring it");
+                None
+            }
+        }
+    }
+
+    fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        let path = self.dir.join(name);
+        let bytes = serde_json::to_vec_pretty(&Envelope {
+            format: FORMAT,
+            value,
+        })
+        .map_err(|source| Error::Encode {
+            path: path.clone(),
+            source,
+        })?;
+        atomic_write(&path, &bytes)
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new file,
+/// never a torn one.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    {
+        let mut f = fs::File::create(&tmp).map_err(io)?;
+        f.write_all(bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    fs::rename(&tmp, path).map_err(io)?;
+    // Persist the rename itself.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+mod humantime_serde_compat {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::OverrideAction;
+
+    fn an_override(id: &str) -> Override {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        Override {
+            id: id.to_owned(),
+            cluster: "eu-west-1".to_owned(),
+            policy: None,
+            action: OverrideAction::Drain,
+            created_at: now,
+            expires_at: now + Duration::from_secs(60),
+            author: "oncall".to_owned(),
+            reason: "maintenance".to_owned(),
+        }
+    }
+
+    #[test]
+    fn decision_survives_reopening_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert!(store.load_decision().is_none());
+        let decision = Decision {
+            revision: 7,
+            ..Decision::default()
+        };
+        store.save_decision(&decision).unwrap();
+        let reopened = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.load_decision(), Some(decision));
+    }
+
+    #[test]
+    fn a_corrupt_file_is_ignored_and_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        fs::write(
+            dir.path().join("decision.json"),
+            b"{\"format\":1,\"value\":{\"revis",
+        )
+        .unwrap();
+        assert!(store.load_decision().is_none());
+        fs::write(dir.path().join("overrides.json"), b"\x00\xff garbage").unwrap();
+        assert!(store.overrides().is_empty());
+        fs::write(
+            dir.path().join("decision.json"),
+            b"{\"format\":99,\"value\":{}}",
+        )
+        .unwrap();
+        assert!(
+            store.load_decision().is_none(),
+            "unknown format versions are not read"
+        );
+    }
+
+    #[test]
+    fn overrides_are_audited_when_set_and_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.put_override(an_override("a"), "alice").unwrap();
+        store.put_override(an_override("b"), "bob").unwrap();
+        assert_eq!(store.overrides().len(), 2);
+        let removed = store.remove_overrides(|o| o.id == "a", "carol").unwrap();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(
+            store
+                .overrides()
+                .iter()
+                .map(|o| o.id.as_str())
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
+        let audit = store.audit();
+        let trail: Vec<(&str, &str, &str)> = audit
+            .iter()
+            .map(|e| (e.action.as_str(), e.by.as_str(), e.r#override.id.as_str()))
+            .collect();
+        assert_eq!(
+            trail,
+            [
+                ("set", "alice", "a"),
+                ("set", "bob", "b"),
+                ("cleared", "carol", "a")
+            ]
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! The admin API in-process over real sockets: overrides move DNS answers, every bad
+//! request gets a clear error, and authorization is enforced.
+
+mod common;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use common::{Backend, free_port, query_a};
+use lifeline_controller::{
+    admin::{self, AdminState},
+    config::Config,
+    run::{self, Documents},
+    store::EmbeddedStore,
+};
+use serde_json::{Value, json};
+
+const ZONE: &str = "admin.lifeline.test";
+const NAME: &str = "web.admin.lifeline.test";
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+struct Running {
+    admin: String,
+    dns: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+    _backends: Vec<Backend>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn start(token: Option<&str>) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port(&[ip(5), ip(6)]);
+    let backends = vec![
+        Backend::start(SocketAddr::new(ip(5), port)).await,
+        Backend::start(SocketAddr::new(ip(6), port)).await,
+    ];
+    let dns = SocketAddr::new(ip(1), free_port(&[ip(1)]));
+    let config = Config::from_bytes(
+        format!(
+            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: hostmaster.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
+dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\n\
+store: {{type: embedded, dataDir: {d}/store}}\n\
+policySource: {{type: files, paths: [unused.yaml]}}\n",
+            d = dir.path().display()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let docs = format!(
+        "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: one}}\nspec: {{region: a, addressSource: Static, addresses: [\"127.0.0.5\"]}}\n---\n\
+apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: two}}\nspec: {{region: b, addressSource: Static, addresses: [\"127.0.0.6\"]}}\n---\n\
+apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hostname: {NAME}\n  targets: [{{cluster: one, priority: 0}}, {{cluster: two, priority: 1}}]\n  healthCheck: {{http: {{port: {port}}}, interval: 200ms, timeout: 150ms}}\n"
+    );
+    let mut policies = Vec::new();
+    let mut clusters = Vec::new();
+    for value in lifeline_crds::document::parse_yaml_stream(&docs).unwrap() {
+        match lifeline_crds::document::decode_document(value) {
+            (Some(lifeline_crds::document::Document::FailoverPolicy(p)), _) => policies.push(p),
+            (Some(lifeline_crds::document::Document::MemberCluster(c)), _) => clusters.push(c),
+            (None, problems) => panic!("{problems:?}"),
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let options = run::Options {
+        config,
+        documents: Documents::Inline { policies, clusters },
+        admin: listener,
+        admin_token: token.map(str::to_owned),
+        demo: None,
+        on_ready: None,
+    };
+    let task = tokio::spawn(run::run(options, async move {
+        let _ = stop_rx.await;
+    }));
+    let running = Running {
+        admin,
+        dns,
+        stop: Some(stop_tx),
+        task,
+        _dir: dir,
+        _backends: backends,
+    };
+    wait_answer(dns, ip(5)).await;
+    running
+}
+
+async fn wait_answer(dns: SocketAddr, want: IpAddr) {
+    tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < Duration::from_secs(10) {
+            last = query_a(dns, NAME);
+            if last.as_ref().is_some_and(|(_, ips)| ips == &[want]) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("answer never became {want}; last {last:?}");
+    })
+    .await
+    .unwrap();
+}
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_through_the_admin_api_moves_the_answer_and_clearing_it_moves_it_back() {
+    let lifeline = start(None).await;
+    let http = client();
+    let resp = http
+        .post(format!("{}/v1/overrides", lifeline.admin))
+        .json(&json!({"cluster": "one", "action": "drain", "for": "10m", "author": "alice", "reason": "upgrade"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let created: Value = resp.json().await.unwrap();
+    assert_eq!(created["author"], "alice");
+    wait_answer(lifeline.dns, ip(6)).await;
+
+    let status: Value = http
+        .get(format!("{}/v1/status", lifeline.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let policy = &status["policies"][0];
+    assert_eq!(policy["name"], "shop/web");
+    assert_eq!(policy["answers"], json!(["127.0.0.6"]));
+    let one = policy["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["cluster"] == "one")
+        .unwrap();
+    assert_eq!(one["state"], "Draining");
+    assert_eq!(status["activeOverrides"], 1);
+
+    let listed: Value = http
+        .get(format!("{}/v1/overrides", lifeline.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["overrides"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["audit"][0]["action"], "set");
+
+    let resp = http
+        .delete(format!("{}/v1/overrides?cluster=one", lifeline.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    wait_answer(lifeline.dns, ip(5)).await;
+    lifeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_override_requests_are_rejected_with_the_field_named() {
+    let lifeline = start(None).await;
+    let http = client();
+    let post = |body: Value| {
+        let http = http.clone();
+        let url = format!("{}/v1/overrides", lifeline.admin);
+        async move {
+            let resp = http.post(url).json(&body).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap();
+            (
+                status,
+                body["error"].as_str().unwrap_or_default().to_owned(),
+            )
+        }
+    };
+    let base =
+        json!({"cluster": "one", "action": "drain", "for": "10m", "author": "a", "reason": "r"});
+    let with = |k: &str, v: Value| {
+        let mut b = base.clone();
+        b[k] = v;
+        b
+    };
+    let cases = [
+        (
+            with("cluster", json!("nope")),
+            "cluster: unknown cluster \"nope\"",
+        ),
+        (
+            with("action", json!("explode")),
+            "action: unknown action \"explode\"",
+        ),
+        (
+            with("for", json!("forever")),
+            "for: invalid duration \"forever\"",
+        ),
+        (
+            with("for", json!("1000h")),
+            "for: \"1000h\" must be more than 0 and at most 168h",
+        ),
+        (with("reason", json!(" ")), "reason: must not be empty"),
+        (
+            with("action", json!("weight")),
+            "weight: is required when action is weight",
+        ),
+        (
+            with("cluster", json!(7)),
+            "invalid override request at cluster",
+        ),
+        (with("surprise", json!(true)), "unknown field `surprise`"),
+    ];
+    for (body, expect) in cases {
+        let (status, error) = post(body).await;
+        assert_eq!(status, 400, "{expect}: {error}");
+        assert!(error.contains(expect), "expected {expect:?} in {error:?}");
+    }
+    let resp = http
+        .post(format!("{}/v1/overrides", lifeline.admin))
+        .header("content-type", "application/json")
+        .body("{\"cluster\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = http
+        .post(format!("{}/v1/overrides", lifeline.admin))
+        .body(vec![b'x'; 200 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413, "oversized bodies are refused");
+    let resp = http
+        .delete(format!("{}/v1/overrides/does-not-exist", lifeline.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    // Still serving after all that.
+    assert_eq!(
+        query_a(lifeline.dns, NAME).map(|(_, ips)| ips),
+        Some(vec![ip(5)])
+    );
+    lifeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_token_is_required_for_v1_routes_but_not_for_health() {
+    let lifeline = start(Some("s3cret")).await;
+    let http = client();
+    let url = format!("{}/v1/status", lifeline.admin);
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{}/healthz", lifeline.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{}/readyz", lifeline.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = http
+        .get(format!("{}/metrics", lifeline.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("lifeline_decisions_total"), "{metrics}");
+    assert!(
+        metrics.contains("lifeline_targets{state=\"Healthy\"}"),
+        "{metrics}"
+    );
+    lifeline.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_token_v1_routes_are_refused_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(AdminState {
+        decision: Default::default(),
+        store: Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
+        clusters: Default::default(),
+        token: None,
+        // As if bound to 0.0.0.0: the test itself only ever binds loopback.
+        loopback: false,
+        decided: Default::default(),
+        dns_ready: Box::new(|| false),
+        registry: Default::default(),
+        overrides_changed: Default::default(),
+        demo: None,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(admin::serve(listener, state, std::future::pending()));
+    let http = client();
+    let resp = http.get(format!("{base}/v1/status")).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no admin token is configured")
+    );
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(
+        ready
+            .text()
+            .await
+            .unwrap()
+            .contains("no DNS snapshot loaded")
+    );
+    server.abort();
+}

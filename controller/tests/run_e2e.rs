@@ -1,0 +1,289 @@
+//! `lifeline run` as a real process, with real HTTP backends on loopback and real DNS
+//! queries: failover, hold-down before failback, restart from the persisted state, and
+//! a broken policy edit that must not disturb answers.
+
+mod common;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{Backend, free_port, query_a};
+
+const ZONE: &str = "e2e.lifeline.test";
+const NAME: &str = "checkout.e2e.lifeline.test";
+
+fn primary() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))
+}
+fn secondary() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3))
+}
+
+struct Lifeline(Child);
+
+impl Lifeline {
+    fn start(config: &Path) -> Lifeline {
+        let child = Command::new(env!("CARGO_BIN_EXE_lifeline"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("LIFELINE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start lifeline run");
+        Lifeline(child)
+    }
+
+    /// SIGTERM and wait, so the process saves its state the way a rolling restart would.
+    fn stop(mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Lifeline {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn write_files(
+    dir: &Path,
+    dns: SocketAddr,
+    admin: SocketAddr,
+    backend_port: u16,
+    extra_policy: &str,
+) {
+    std::fs::write(
+        dir.join("lifeline.yaml"),
+        format!(
+            "zones:\n  - origin: {ZONE}\n    primaryNs: ns1.{ZONE}\n    hostmaster: hostmaster.{ZONE}\n    nameservers: [ns1.{ZONE}]\n\
+dns:\n  udp: [\"{dns}\"]\n  tcp: [\"{dns}\"]\n  dataDir: {d}/snapshots\n\
+admin:\n  listen: \"{admin}\"\n\
+store:\n  type: embedded\n  dataDir: {d}/store\n\
+policySource:\n  type: files\n  paths: [clusters.yaml, policies.yaml]\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("clusters.yaml"),
+        "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {name: primary}\nspec: {region: eu, addressSource: Static, addresses: [\"127.0.0.2\"]}\n---\n\
+apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {name: secondary}\nspec: {region: us, addressSource: Static, addresses: [\"127.0.0.3\"]}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("policies.yaml"),
+        format!(
+            "apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: checkout, namespace: shop}}\nspec:\n  hostname: {NAME}\n  ttl: 5\n  strategy: Failover\n  targets:\n    - {{cluster: primary, priority: 0}}\n    - {{cluster: secondary, priority: 1}}\n  healthCheck:\n    http: {{port: {backend_port}, path: /healthz}}\n    interval: 200ms\n    timeout: 150ms\n    unhealthyThreshold: 2\n    healthyThreshold: 2\n  failback: {{holdDown: 3s, rampDuration: 0s}}\n{extra_policy}"
+        ),
+    )
+    .unwrap();
+}
+
+/// Polls DNS every 20 ms until `want` holds, for at most `limit`; returns the answers
+/// seen last and how long it took.
+fn wait_for(
+    dns: SocketAddr,
+    name: &str,
+    limit: Duration,
+    want: impl Fn(&[IpAddr]) -> bool,
+) -> (Vec<IpAddr>, Duration) {
+    let start = Instant::now();
+    let mut last = Vec::new();
+    while start.elapsed() < limit {
+        if let Some((_, ips)) = query_a(dns, name) {
+            if want(&ips) {
+                return (ips, start.elapsed());
+            }
+            last = ips;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{name}: condition not met within {limit:?}; last answer {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_fails_over_and_returns_only_after_hold_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port(&[primary(), secondary()]);
+    let dns = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        free_port(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]),
+    );
+    let admin = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        free_port(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]),
+    );
+    write_files(dir.path(), dns, admin, port, "");
+    let mut a = Backend::start(SocketAddr::new(primary(), port)).await;
+    let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
+    let lifeline = Lifeline::start(&dir.path().join("lifeline.yaml"));
+
+    let (ips, _) = tokio::task::spawn_blocking(move || {
+        wait_for(dns, NAME, Duration::from_secs(15), |ips| ips == [primary()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(ips, [primary()]);
+
+    // Kill the primary: the answer moves to the secondary.
+    a.kill().await;
+    let (_, took) = tokio::task::spawn_blocking(move || {
+        wait_for(dns, NAME, Duration::from_secs(5), |ips| {
+            ips == [secondary()]
+        })
+    })
+    .await
+    .unwrap();
+    eprintln!("failover observed after {took:?}");
+
+    // Heal it: for the 3 s hold-down (minus time to see two successes) answers stay put.
+    let _a = Backend::start(SocketAddr::new(primary(), port)).await;
+    let healed = Instant::now();
+    let early = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        while healed.elapsed() < Duration::from_millis(2500) {
+            if let Some((_, ips)) = query_a(dns, NAME) {
+                seen.push(ips);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    assert!(!early.is_empty());
+    assert!(
+        early.iter().all(|ips| ips == &[secondary()]),
+        "answer moved back during hold-down: {early:?}"
+    );
+    let (_, after) = tokio::task::spawn_blocking(move || {
+        wait_for(dns, NAME, Duration::from_secs(8), |ips| ips == [primary()])
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "failback observed {:?} after healing",
+        healed.elapsed().max(after)
+    );
+    lifeline.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_answers_from_persisted_state_before_probing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port(&[primary(), secondary()]);
+    let dns = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        free_port(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]),
+    );
+    let admin = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        free_port(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]),
+    );
+    write_files(dir.path(), dns, admin, port, "");
+    let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
+    // The primary never starts: the first run settles on the secondary.
+    let lifeline = Lifeline::start(&dir.path().join("lifeline.yaml"));
+    tokio::task::spawn_blocking(move || {
+        wait_for(dns, NAME, Duration::from_secs(15), |ips| {
+            ips == [secondary()]
+        })
+    })
+    .await
+    .unwrap();
+    lifeline.stop();
+
+    // Restart with the primary now up. The first answers must still be the secondary:
+    // they come from the persisted snapshot and decision, and the primary must pass
+    // its hold-down before it gets traffic back.
+    let _a = Backend::start(SocketAddr::new(primary(), port)).await;
+    let lifeline = Lifeline::start(&dir.path().join("lifeline.yaml"));
+    let first = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Some((rcode, ips)) = query_a(dns, NAME) {
+                return (rcode, ips);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no DNS answer after restart");
+    })
+    .await
+    .unwrap();
+    assert_eq!(first, ("NoError".to_owned(), vec![secondary()]));
+    tokio::task::spawn_blocking(move || {
+        wait_for(dns, NAME, Duration::from_secs(10), |ips| ips == [primary()])
+    })
+    .await
+    .unwrap();
+    lifeline.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_policy_edit_keeps_the_last_good_set_and_a_fixed_one_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port(&[primary(), secondary()]);
+    let dns = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        free_port(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]),
+    );
+    let admin = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        free_port(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]),
+    );
+    write_files(dir.path(), dns, admin, port, "");
+    let _a = Backend::start(SocketAddr::new(primary(), port)).await;
+    let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
+    let lifeline = Lifeline::start(&dir.path().join("lifeline.yaml"));
+    tokio::task::spawn_blocking(move || {
+        wait_for(dns, NAME, Duration::from_secs(15), |ips| ips == [primary()])
+    })
+    .await
+    .unwrap();
+
+    // A syntax error: nothing changes, and it keeps serving.
+    std::fs::write(dir.path().join("policies.yaml"), "apiVersion: [broken\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for _ in 0..20 {
+        assert_eq!(
+            query_a(dns, NAME).map(|(_, ips)| ips),
+            Some(vec![primary()])
+        );
+    }
+
+    // A valid edit that adds a name is picked up.
+    let extra = format!(
+        "---\napiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: search, namespace: shop}}\nspec:\n  hostname: search.{ZONE}\n  targets: [{{cluster: secondary}}]\n"
+    );
+    write_files(dir.path(), dns, admin, port, &extra);
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            dns,
+            &format!("search.{ZONE}"),
+            Duration::from_secs(10),
+            |ips| ips == [secondary()],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        query_a(dns, NAME).map(|(_, ips)| ips),
+        Some(vec![primary()])
+    );
+    lifeline.stop();
+}
