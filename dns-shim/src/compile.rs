@@ -109,14 +109,16 @@ pub struct Answer {
 pub struct NameEntry {
     /// Answers by query type.
     pub typed: Box<[(u16, Answer)]>,
-    /// Answer for every other type: NODATA, or the CNAME for an alias.
-    pub other: Answer,
+    /// Answer for every other type: the CNAME for an alias; `None` means NODATA,
+    /// which the server writes itself (it is the same SOA for every name).
+    pub other: Option<Answer>,
     /// Answer to ANY: one RRset, RFC 8482.
     pub any: u16,
 }
 
 impl NameEntry {
-    pub fn answer(&self, qtype: u16) -> &Answer {
+    /// The answer for `qtype`; `None` is NODATA.
+    pub fn answer(&self, qtype: u16) -> Option<&Answer> {
         let qtype = if qtype == wire::TYPE_ANY {
             self.any
         } else {
@@ -125,7 +127,8 @@ impl NameEntry {
         self.typed
             .iter()
             .find(|(t, _)| *t == qtype)
-            .map_or(&self.other, |(_, a)| a)
+            .map(|(_, a)| a)
+            .or(self.other.as_ref())
     }
 }
 
@@ -235,18 +238,11 @@ pub fn compile_zone(
     let mut records: NameMap<&NameRecords> = NameMap::default();
     records.reserve(snapshot.names.len());
     for (name, recs) in &snapshot.names {
-        match wire::normalize_name(name, &origin).and_then(|n| {
-            let w = wire::to_wire(&n)?;
-            if wire::is_within(&w, &apex) {
-                Ok(w)
-            } else {
-                Err(format!("{n} is outside zone {origin}"))
-            }
-        }) {
+        match wire::owner_to_wire(name, &apex) {
             Ok(w) => {
-                if let Some(problem) = check_records(recs, w == *apex) {
+                if let Some(problem) = check_records(recs, w == apex) {
                     rejected.push((name.clone(), problem));
-                } else if records.insert(w.into(), recs).is_some() {
+                } else if records.insert(w, recs).is_some() {
                     rejected.push((name.clone(), "duplicate name".into()));
                 }
             }
@@ -276,33 +272,12 @@ pub fn compile_zone(
         zone,
         apex: &apex,
         soa_rdata: &soa_rdata,
-        negative_ttl,
         geo,
         opts,
         records: &records,
     };
 
-    let mut names: NameMap<NameEntry> = NameMap::default();
-    names.reserve(records.len() + 1);
-    for (name, recs) in &records {
-        names.insert(name.clone(), cx.entry(name, Some(recs)));
-    }
-    if !names.contains_key(&apex) {
-        names.insert(apex.clone(), cx.entry(&apex, None));
-    }
-    // Empty non-terminals exist (NODATA, not NXDOMAIN: RFC 8020).
-    let owned: Vec<Box<[u8]>> = records.keys().cloned().collect();
-    for name in owned {
-        let mut cur: &[u8] = &name;
-        while let Some(p) = wire::parent(cur) {
-            if p.len() < apex.len() || names.contains_key(p) {
-                break;
-            }
-            names.insert(p.into(), cx.entry(p, None));
-            cur = p;
-        }
-    }
-
+    let names = build_entries(&cx, &records, &apex);
     ZoneTable {
         origin,
         apex: apex.clone(),
@@ -315,6 +290,48 @@ pub fn compile_zone(
         name_count: snapshot.names.len(),
         ttl_capped: opts.ttl_cap.is_some(),
     }
+}
+
+/// Zones this large are compiled on two threads: it halves warm start on big zones.
+const PARALLEL_FROM: usize = 20_000;
+
+fn build_entries(cx: &Cx<'_>, records: &NameMap<&NameRecords>, apex: &[u8]) -> NameMap<NameEntry> {
+    let all: Vec<(&[u8], &NameRecords)> = records.iter().map(|(n, r)| (&n[..], *r)).collect();
+    let compile = |part: &[(&[u8], &NameRecords)]| -> Vec<(Box<[u8]>, NameEntry)> {
+        part.iter()
+            .map(|(name, recs)| ((*name).into(), cx.entry(name, Some(recs))))
+            .collect()
+    };
+    let parts: Vec<Vec<(Box<[u8]>, NameEntry)>> = if all.len() >= PARALLEL_FROM {
+        let (a, b) = all.split_at(all.len() / 2);
+        std::thread::scope(|scope| {
+            let other = scope.spawn(|| compile(b));
+            let mine = compile(a);
+            vec![mine, other.join().unwrap_or_default()]
+        })
+    } else {
+        vec![compile(&all)]
+    };
+    let mut names: NameMap<NameEntry> = NameMap::default();
+    names.reserve(records.len() + 1);
+    for part in parts {
+        names.extend(part);
+    }
+    if !names.contains_key(apex) {
+        names.insert(apex.into(), cx.entry(apex, None));
+    }
+    // Empty non-terminals exist (NODATA, not NXDOMAIN: RFC 8020).
+    for name in records.keys() {
+        let mut cur: &[u8] = name;
+        while let Some(p) = wire::parent(cur) {
+            if p.len() < apex.len() || names.contains_key(p) {
+                break;
+            }
+            names.insert(p.into(), cx.entry(p, None));
+            cur = p;
+        }
+    }
+    names
 }
 
 fn wire_or_root(name: &str) -> Vec<u8> {
@@ -354,7 +371,6 @@ struct Cx<'a> {
     zone: &'a ZoneConfig,
     apex: &'a [u8],
     soa_rdata: &'a [u8],
-    negative_ttl: u32,
     geo: &'a GeoTable,
     opts: CompileOptions,
     records: &'a NameMap<&'a NameRecords>,
@@ -392,7 +408,7 @@ impl Cx<'_> {
             }
             typed.push((TYPE_NS, positive(count, ns)));
         }
-        let mut other = self.nodata(name);
+        let mut other = None;
         if let Some(recs) = recs {
             if let Some(c) = &recs.cname {
                 self.alias(name, c, &mut typed, &mut other);
@@ -467,7 +483,7 @@ impl Cx<'_> {
         _name: &[u8],
         c: &crate::model::Cname,
         typed: &mut Vec<(u16, Answer)>,
-        other: &mut Answer,
+        other: &mut Option<Answer>,
     ) {
         let target = wire_or_root(&c.target);
         let mut cname = Vec::new();
@@ -478,8 +494,9 @@ impl Cx<'_> {
             self.opts.ttl(c.ttl),
             &target,
         );
-        *other = positive(1, cname.clone());
-        typed.push((TYPE_CNAME, other.clone()));
+        let answer = positive(1, cname.clone());
+        *other = Some(answer.clone());
+        typed.push((TYPE_CNAME, answer));
         let Some(recs) = self.records.get(target.as_slice()) else {
             return;
         };
@@ -517,35 +534,25 @@ impl Cx<'_> {
         }
     }
 
-    /// NODATA: empty answer, SOA in authority (RFC 2308 §2.2).
-    fn nodata(&self, name: &[u8]) -> Answer {
-        let mut out = Vec::new();
-        put_negative_soa(
-            &mut out,
-            QNAME_AT + name.len() - self.apex.len(),
-            self.negative_ttl,
-            self.soa_rdata,
-        );
-        Answer {
-            rcode: wire::RCODE_NOERROR,
-            choice: Choice::one(Tail {
-                an: 0,
-                ns: 1,
-                bytes: out.into(),
-            }),
-        }
-    }
-
     fn addresses(&self, set: &AddressSet, v4: bool, owner: &[u8]) -> Option<Choice> {
+        let ttl = self.opts.ttl(set.ttl);
+        let mut family = set.targets.iter().filter(|t| t.address.is_ipv4() == v4);
+        let first = family.next()?;
+        if family.next().is_none() {
+            // One target: nothing to choose, and by far the most common case.
+            let mut bytes = Vec::with_capacity(owner.len() + 26);
+            put_address(&mut bytes, owner, ttl, first);
+            return Some(Choice::one(Tail {
+                an: 1,
+                ns: 0,
+                bytes: bytes.into(),
+            }));
+        }
         let targets: Vec<&Target> = set
             .targets
             .iter()
             .filter(|t| t.address.is_ipv4() == v4)
             .collect();
-        if targets.is_empty() {
-            return None;
-        }
-        let ttl = self.opts.ttl(set.ttl);
         let max = set.max_answers.map_or(usize::MAX, usize::from).max(1);
         let all = wheel(&targets, max, ttl, owner);
         let mut by_region = Vec::new();
@@ -589,6 +596,13 @@ fn positive(count: usize, bytes: Vec<u8>) -> Answer {
 /// pointer into the question, which always ends with the apex.
 pub fn put_negative_soa(out: &mut Vec<u8>, apex_at: usize, ttl: u32, soa_rdata: &[u8]) {
     wire::put_rr(out, &wire::pointer(apex_at), TYPE_SOA, ttl, soa_rdata);
+}
+
+fn put_address(out: &mut Vec<u8>, owner: &[u8], ttl: u32, t: &Target) {
+    match t.address {
+        IpAddr::V4(a) => wire::put_rr(out, owner, TYPE_A, ttl, &a.octets()),
+        IpAddr::V6(a) => wire::put_rr(out, owner, TYPE_AAAA, ttl, &a.octets()),
+    }
 }
 
 /// Orderings of `targets` that the server cycles through.
@@ -635,11 +649,7 @@ fn wheel(targets: &[&Target], max: usize, ttl: u32, owner: &[u8]) -> Box<[Tail]>
             let mut bytes = Vec::new();
             let count = n.min(max);
             for k in 0..count {
-                let t = pool[(lead + k) % n];
-                match t.address {
-                    IpAddr::V4(a) => wire::put_rr(&mut bytes, owner, TYPE_A, ttl, &a.octets()),
-                    IpAddr::V6(a) => wire::put_rr(&mut bytes, owner, TYPE_AAAA, ttl, &a.octets()),
-                }
+                put_address(&mut bytes, owner, ttl, pool[(lead + k) % n]);
             }
             Tail {
                 an: count as u16,

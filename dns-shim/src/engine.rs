@@ -172,22 +172,24 @@ impl Engine {
             return reject(out, wire::RCODE_REFUSED);
         };
 
-        // NXDOMAIN carries only the zone's SOA, written straight into `out` below.
+        // NXDOMAIN and NODATA carry only the zone's SOA, written straight into `out`.
         let (rcode, tail, geo_scope) = match zone.names.get(name) {
-            Some(entry) => {
-                let answer = entry.answer(q.qtype);
-                let (region, scope) = if answer.choice.is_geo() {
-                    let (ip, scope) = match q.edns.and_then(|e| e.ecs) {
-                        Some((ip, prefix)) if prefix > 0 => (ip, prefix),
-                        _ => (src.ip(), 0),
+            Some(entry) => match entry.answer(q.qtype) {
+                Some(answer) => {
+                    let (region, scope) = if answer.choice.is_geo() {
+                        let (ip, scope) = match q.edns.and_then(|e| e.ecs) {
+                            Some((ip, prefix)) if prefix > 0 => (ip, prefix),
+                            _ => (src.ip(), 0),
+                        };
+                        (c.geo.region_of(ip), scope)
+                    } else {
+                        (None, 0)
                     };
-                    (c.geo.region_of(ip), scope)
-                } else {
-                    (None, 0)
-                };
-                let tail = answer.choice.pick(region, next_spin());
-                (answer.rcode, Some(tail), scope)
-            }
+                    let tail = answer.choice.pick(region, next_spin());
+                    (answer.rcode, Some(tail), scope)
+                }
+                None => (wire::RCODE_NOERROR, None, 0),
+            },
             None => (wire::RCODE_NXDOMAIN, None, 0),
         };
         let (an, ns) = tail.map_or((0, 1), |t| (t.an, t.ns));

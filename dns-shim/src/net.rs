@@ -33,10 +33,23 @@ pub const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Concurrent TCP connections per listener.
 pub const TCP_MAX_CONNECTIONS: usize = 1024;
 
+/// Socket buffer size asked for (the kernel caps it at `net.core.rmem_max`). Bursts from
+/// many resolvers at once must queue, not be dropped, while the thread catches up.
+const UDP_BUFFER: usize = 4 << 20;
+
 /// Binds a UDP socket; the answering thread is started by [`spawn_udp`].
 pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let socket = UdpSocket::bind(addr)?;
     socket.set_read_timeout(Some(UDP_POLL))?;
+    let sock = socket2::SockRef::from(&socket);
+    for (what, r) in [
+        ("receive", sock.set_recv_buffer_size(UDP_BUFFER)),
+        ("send", sock.set_send_buffer_size(UDP_BUFFER)),
+    ] {
+        if let Err(e) = r {
+            warn!(error = %e, buffer = what, "could not enlarge udp socket buffer");
+        }
+    }
     Ok(socket)
 }
 

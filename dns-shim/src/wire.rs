@@ -101,6 +101,52 @@ pub fn to_wire(name: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// Converts a snapshot owner name to lowercase wire form in one pass: absolute with a
+/// trailing dot, `@` for the apex, the apex spelled out, or relative to `apex` (wire).
+/// The result must lie within `apex`.
+pub fn owner_to_wire(name: &str, apex: &[u8]) -> Result<Box<[u8]>, String> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("empty name".into());
+    }
+    if name == "@" {
+        return Ok(apex.into());
+    }
+    let (text, absolute) = match name.strip_suffix('.') {
+        Some(n) => (n, true),
+        None => (name, false),
+    };
+    let mut out = Vec::with_capacity(text.len() + 2 + apex.len());
+    if !text.is_empty() {
+        for label in text.split('.') {
+            if label.is_empty() || label.len() > 63 {
+                return Err(format!("bad label length in {name:?}"));
+            }
+            if let Some(c) = label
+                .bytes()
+                .find(|c| !c.is_ascii_graphic() || *c == b'\\' || *c == b'"')
+            {
+                return Err(format!("byte {c:#04x} not allowed in {name:?}"));
+            }
+            out.push(label.len() as u8);
+            out.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
+        }
+    }
+    out.push(0);
+    // Without a trailing dot, a name that already ends in the apex is taken as written.
+    if !absolute && !is_within(&out, apex) {
+        out.pop();
+        out.extend_from_slice(apex);
+    }
+    if out.len() > MAX_NAME {
+        return Err(format!("name longer than 255 bytes: {name:?}"));
+    }
+    if !is_within(&out, apex) {
+        return Err(format!("{name} is outside the zone"));
+    }
+    Ok(out.into())
+}
+
 /// True when wire name `name` is `apex` or below it (both lowercase wire form).
 pub fn is_within(name: &[u8], apex: &[u8]) -> bool {
     if apex.len() > name.len() || !name.ends_with(apex) {

@@ -152,7 +152,7 @@ fn with_every_generation_corrupt_the_shim_is_not_ready_but_keeps_running() {
     std::fs::write(
         dir.path()
             .join("global.example.com@00000000000000000003.snapshot"),
-        b"lifeline-snapshot 1 sha256=00 len=3\n{}}",
+        b"lifeline-snapshot 2 sha256=00 len=3\n{}}",
     )
     .unwrap();
     std::fs::write(
@@ -509,5 +509,45 @@ fn the_config_yaml_shape_deserialises_and_validation_names_fields() {
     assert!(
         serde_json::from_value::<lifeline_dns::DnsConfig>(serde_json::json!({"udpp": []})).is_err(),
         "unknown fields are rejected"
+    );
+}
+
+#[test]
+fn large_snapshots_round_trip_through_the_parallel_paths() {
+    let mut s = snapshot(77);
+    // The file keeps milliseconds.
+    s.decided_at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+    for i in 0..30_000u32 {
+        let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 0xFF, i & 0xFF);
+        s.names.insert(
+            format!("host{i}"),
+            address(300, vec![target(&ip, "c1", "eu-west", 1)]),
+        );
+    }
+    let bytes = persist::encode(&s).unwrap();
+    assert!(bytes.len() > 2 << 20, "big enough for the parallel parser");
+    let back = persist::decode(&bytes).unwrap();
+    assert!(back == s, "round trip changed the snapshot");
+    // A flipped byte in the second half is caught by the checksum.
+    let mut bad = bytes.clone();
+    let i = bad.len() - 100;
+    bad[i] ^= 1;
+    assert!(persist::decode(&bad).is_err());
+
+    let geo = lifeline_dns::compile::GeoTable::default();
+    let table = lifeline_dns::compile::compile_zone(
+        &zone_config(),
+        &s,
+        &geo,
+        lifeline_dns::compile::CompileOptions::default(),
+    );
+    assert!(table.rejected.is_empty());
+    assert!(table.names.len() > 30_000);
+    assert!(
+        table.names.contains_key(
+            lifeline_dns::wire::to_wire("host29999.global.example.com")
+                .unwrap()
+                .as_slice()
+        )
     );
 }

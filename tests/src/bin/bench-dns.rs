@@ -38,6 +38,8 @@ struct Args {
     seconds: u64,
     warm_names: usize,
     p99_qps: u64,
+    /// Only the snapshot swap and warm start measurements.
+    lifecycle_only: bool,
 }
 
 fn args() -> Result<Args> {
@@ -46,6 +48,7 @@ fn args() -> Result<Args> {
         seconds: 10,
         warm_names: 100_000,
         p99_qps: 50_000,
+        lifecycle_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,8 +62,9 @@ fn args() -> Result<Args> {
             "--seconds" => a.seconds = value()?,
             "--warm-names" => a.warm_names = value()? as usize,
             "--p99-qps" => a.p99_qps = value()?,
+            "--lifecycle-only" => a.lifecycle_only = true,
             "-h" | "--help" => {
-                println!("bench-dns [--names N] [--seconds S] [--warm-names N] [--p99-qps Q]");
+                println!("bench-dns [--names N] [--seconds S] [--warm-names N] [--p99-qps Q] [--lifecycle-only]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}"),
@@ -719,6 +723,9 @@ fn main() -> Result<()> {
         ("knot", Box::new(|| start_knot(work.path(), &zone))),
     ];
     for (name, start) in starters {
+        if args.lifecycle_only {
+            break;
+        }
         let server = match start() {
             Ok(Some(s)) => s,
             Ok(None) => continue,
