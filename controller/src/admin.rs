@@ -279,7 +279,7 @@ pub fn status_of(decision: &Decision, overrides: &[Override], now: SystemTime) -
                         } else {
                             format!("{:?}", t.health)
                         },
-                        reason: t.reason.clone(),
+                        reason: t.reason.to_string(),
                         since: time(t.since),
                     })
                     .collect(),

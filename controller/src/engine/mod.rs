@@ -23,8 +23,9 @@
 //! A failure streak reaching the threshold sends Recovering and Ramping back to Unhealthy.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -309,8 +310,9 @@ pub struct TargetState {
     /// When `health` last changed.
     #[serde(with = "time_text")]
     pub since: SystemTime,
-    /// Why, in a few words.
-    pub reason: String,
+    /// Why, in a few words. Shared text: a decision clones every target's state, and
+    /// most reasons do not change between decisions.
+    pub reason: Arc<str>,
     pub ok_streak: u32,
     pub fail_streak: u32,
     /// Set while ramping.
@@ -322,7 +324,7 @@ pub struct TargetState {
     pub drained: bool,
     /// The last observation's detail.
     #[serde(default)]
-    pub last_detail: String,
+    pub last_detail: Arc<str>,
 }
 
 /// Health states; see the module docs.
@@ -370,42 +372,55 @@ pub fn decide(
 ) -> Decision {
     let overrides: Vec<&Override> = overrides.iter().filter(|o| o.is_active(now)).collect();
     let empty = TargetSignal::default();
+    // Borrowed index: looking signals up by (&str, &str) avoids building a key per target.
+    let signal_of: HashMap<(&str, &str), &TargetSignal> = signals
+        .targets
+        .iter()
+        .map(|(k, v)| ((k.policy.as_str(), k.cluster.as_str()), v))
+        .collect();
+
+    let previous_of: HashMap<&str, &PolicyDecision> =
+        previous.policies.iter().map(|(id, p)| (id.as_str(), p)).collect();
 
     // 1. Fold new evidence into each target's state (hysteresis, source freeze).
-    let mut states: BTreeMap<TargetKey, (TargetState, Option<Health>)> = BTreeMap::new();
-    for policy in policies {
-        for target in &policy.targets {
-            let key = TargetKey::new(&policy.id, &target.cluster);
-            let prev = previous
-                .policies
-                .get(&policy.id)
-                .and_then(|p| p.targets.get(&target.cluster));
-            let signal = signals.targets.get(&key).unwrap_or(&empty);
-            let state = fold(policy, prev, signal, now);
-            states.insert(key, (state, prev.map(|p| p.health)));
-        }
-    }
+    //    `states[p][t]` is target `t` of `policies[p]`, with its previous health.
+    let mut states: Vec<Vec<(TargetState, Option<Health>)>> = policies
+        .iter()
+        .map(|policy| {
+            let prev_policy = previous_of.get(policy.id.as_str()).copied();
+            policy
+                .targets
+                .iter()
+                .map(|target| {
+                    let prev = prev_policy.and_then(|p| p.targets.get(&target.cluster));
+                    let signal = signal_of
+                        .get(&(policy.id.as_str(), target.cluster.as_str()))
+                        .copied()
+                        .unwrap_or(&empty);
+                    (fold(policy, prev, signal, now), prev.map(|p| p.health))
+                })
+                .collect()
+        })
+        .collect();
+    let total: usize = states.iter().map(Vec::len).sum();
 
     // 2. Blast-radius guard: many new failures at once are held back.
     let mut alarms = Vec::new();
     let guard = &config.blast_radius;
-    if guard.enabled && states.len() >= guard.min_targets.max(1) {
-        let fresh: Vec<TargetKey> = states
-            .iter()
-            .filter(|(_, (s, prev))| {
-                s.health == Health::Unhealthy && *prev != Some(Health::Unhealthy)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        let recent = states
-            .values()
+    if guard.enabled && total >= guard.min_targets.max(1) {
+        let is_fresh = |s: &TargetState, prev: &Option<Health>| {
+            s.health == Health::Unhealthy && *prev != Some(Health::Unhealthy)
+        };
+        let all = || states.iter().flatten();
+        let fresh = all().filter(|(s, prev)| is_fresh(s, prev)).count();
+        let recent = all()
             .filter(|(s, prev)| {
                 *prev == Some(Health::Unhealthy)
                     && now.duration_since(s.since).unwrap_or_default() <= guard.window
             })
             .count();
-        let failing = fresh.len() + recent;
-        if !fresh.is_empty() && failing as f64 > guard.fraction * states.len() as f64 {
+        let failing = fresh + recent;
+        if fresh > 0 && failing as f64 > guard.fraction * total as f64 {
             let since = previous
                 .alarms
                 .iter()
@@ -414,63 +429,56 @@ pub fn decide(
             alarms.push(Alarm {
                 kind: AlarmKind::SystemicFailureSuspected,
                 message: format!(
-                    "{failing} of {} targets turned unhealthy within {}s; holding the last decision instead of moving traffic",
-                    states.len(),
+                    "{failing} of {total} targets turned unhealthy within {}s; holding the last decision instead of moving traffic",
                     guard.window.as_secs()
                 ),
                 since,
             });
-            for key in fresh {
-                let Some((state, _)) = states.get_mut(&key) else {
-                    continue;
-                };
-                let prev = previous
-                    .policies
-                    .get(&key.policy)
-                    .and_then(|p| p.targets.get(&key.cluster));
-                // Keep the streak counters so the failure is acted on as soon as the
-                // guard releases, but not the state change.
-                let (ok, fail, detail) = (
-                    state.ok_streak,
-                    state.fail_streak,
-                    state.last_detail.clone(),
-                );
-                *state = prev.cloned().unwrap_or_else(|| initial_state(now));
-                state.ok_streak = ok;
-                state.fail_streak = fail;
-                state.last_detail = detail;
-                state.reason = "failure held back: systemic failure suspected".to_owned();
+            for (policy, row) in policies.iter().zip(states.iter_mut()) {
+                let prev_policy = previous_of.get(policy.id.as_str()).copied();
+                for (target, (state, prev_health)) in policy.targets.iter().zip(row.iter_mut()) {
+                    if !is_fresh(state, prev_health) {
+                        continue;
+                    }
+                    let prev = prev_policy.and_then(|p| p.targets.get(&target.cluster));
+                    // Keep the streak counters so the failure is acted on as soon as
+                    // the guard releases, but not the state change.
+                    let (ok, fail) = (state.ok_streak, state.fail_streak);
+                    let detail = std::mem::take(&mut state.last_detail);
+                    *state = prev.cloned().unwrap_or_else(|| initial_state(now));
+                    state.ok_streak = ok;
+                    state.fail_streak = fail;
+                    state.last_detail = detail;
+                    state.reason = "failure held back: systemic failure suspected".into();
+                }
             }
         }
     }
 
     // 3. Paced failback: recovered targets past their hold-down start ramping, a
-    //    bounded number of policies at a time.
-    let mut ramping: BTreeSet<PolicyId> = states
+    //    bounded number of policies at a time (oldest recovery first).
+    let mut ramping: BTreeSet<usize> = states
         .iter()
-        .filter(|(_, (s, _))| s.health == Health::Ramping)
-        .map(|(k, _)| k.policy.clone())
+        .enumerate()
+        .filter(|(_, row)| row.iter().any(|(s, _)| s.health == Health::Ramping))
+        .map(|(p, _)| p)
         .collect();
-    let mut waiting: Vec<(SystemTime, TargetKey)> = states
-        .iter()
-        .filter(|(_, (s, _))| s.health == Health::Recovering)
-        .filter_map(|(k, (s, _))| {
-            let policy = policies.iter().find(|p| p.id == k.policy)?;
-            (now >= s.since + policy.hold_down).then(|| (s.since, k.clone()))
-        })
-        .collect();
+    let mut waiting: Vec<(SystemTime, usize, usize)> = Vec::new();
+    for (p, row) in states.iter().enumerate() {
+        for (t, (s, _)) in row.iter().enumerate() {
+            if s.health == Health::Recovering && now >= s.since + policies[p].hold_down {
+                waiting.push((s.since, p, t));
+            }
+        }
+    }
     waiting.sort();
-    for (_, key) in waiting {
-        let Some(policy) = policies.iter().find(|p| p.id == key.policy) else {
-            continue;
-        };
-        let Some((state, _)) = states.get_mut(&key) else {
-            continue;
-        };
+    for (_, p, t) in waiting {
+        let policy = &policies[p];
+        let state = &mut states[p][t].0;
         if policy.ramp_duration.is_zero() {
             set_health(state, Health::Healthy, now, "recovered");
-        } else if ramping.contains(&key.policy) || ramping.len() < config.max_concurrent_ramps {
-            ramping.insert(key.policy.clone());
+        } else if ramping.contains(&p) || ramping.len() < config.max_concurrent_ramps {
+            ramping.insert(p);
             set_health(
                 state,
                 Health::Ramping,
@@ -482,33 +490,33 @@ pub fn decide(
             state.reason = format!(
                 "recovered; waiting for a ramp slot ({} policies ramping)",
                 ramping.len()
-            );
+            )
+            .into();
         }
     }
 
     // 4. Ramp shares.
-    for (key, (state, _)) in states.iter_mut() {
-        state.share = 1000;
-        if state.health != Health::Ramping {
-            continue;
-        }
-        let Some(policy) = policies.iter().find(|p| p.id == key.policy) else {
-            continue;
-        };
-        let started = state.ramp_started.unwrap_or(state.since);
-        let elapsed = now.duration_since(started).unwrap_or_default();
-        if elapsed >= policy.ramp_duration {
-            set_health(state, Health::Healthy, now, "ramp complete");
-            state.ramp_started = None;
-        } else {
-            let steps = policy.ramp_steps.max(1);
-            let step_len = policy.ramp_duration / steps;
-            let step = if step_len.is_zero() {
-                steps
+    for (policy, row) in policies.iter().zip(states.iter_mut()) {
+        for (state, _) in row.iter_mut() {
+            state.share = 1000;
+            if state.health != Health::Ramping {
+                continue;
+            }
+            let started = state.ramp_started.unwrap_or(state.since);
+            let elapsed = now.duration_since(started).unwrap_or_default();
+            if elapsed >= policy.ramp_duration {
+                set_health(state, Health::Healthy, now, "ramp complete");
+                state.ramp_started = None;
             } else {
-                ((elapsed.as_nanos() / step_len.as_nanos()) as u32 + 1).min(steps)
-            };
-            state.share = 1000 * step / steps;
+                let steps = policy.ramp_steps.max(1);
+                let step_len = policy.ramp_duration / steps;
+                let step = if step_len.is_zero() {
+                    steps
+                } else {
+                    ((elapsed.as_nanos() / step_len.as_nanos()) as u32 + 1).min(steps)
+                };
+                state.share = 1000 * step / steps;
+            }
         }
     }
 
@@ -520,14 +528,10 @@ pub fn decide(
         alarms,
     };
     let mut changed = false;
-    for policy in policies {
-        let prev = previous.policies.get(&policy.id);
+    for (policy, row) in policies.iter().zip(states) {
+        let prev = previous_of.get(policy.id.as_str()).copied();
         let mut targets = BTreeMap::new();
-        for t in &policy.targets {
-            let key = TargetKey::new(&policy.id, &t.cluster);
-            let (mut state, _) = states
-                .remove(&key)
-                .unwrap_or_else(|| (initial_state(now), None));
+        for (t, (mut state, _)) in policy.targets.iter().zip(row) {
             state.drained = overrides
                 .iter()
                 .any(|o| o.action == OverrideAction::Drain && o.applies_to(&policy.id, &t.cluster));
@@ -574,13 +578,13 @@ fn initial_state(now: SystemTime) -> TargetState {
     TargetState {
         health: Health::Unknown,
         since: now,
-        reason: "no observation yet".to_owned(),
+        reason: "no observation yet".into(),
         ok_streak: 0,
         fail_streak: 0,
         ramp_started: None,
         share: 1000,
         drained: false,
-        last_detail: String::new(),
+        last_detail: "".into(),
     }
 }
 
@@ -589,7 +593,9 @@ fn set_health(state: &mut TargetState, health: Health, at: SystemTime, reason: &
         state.health = health;
         state.since = at;
     }
-    state.reason = reason.to_owned();
+    if &*state.reason != reason {
+        state.reason = reason.into();
+    }
 }
 
 /// Applies a target's new evidence to its previous state.
@@ -613,13 +619,16 @@ fn fold(
                 state.ramp_started = None;
             }
             _ => {
-                state.reason = format!("source unavailable for {}s; state frozen", stale.as_secs());
+                state.reason =
+                    format!("source unavailable for {}s; state frozen", stale.as_secs()).into();
             }
         }
         return state;
     }
     for obs in &signal.observations {
-        state.last_detail = obs.detail.clone();
+        if *state.last_detail != *obs.detail {
+            state.last_detail = obs.detail.as_str().into();
+        }
         if obs.ok {
             state.ok_streak = state.ok_streak.saturating_add(1);
             state.fail_streak = 0;

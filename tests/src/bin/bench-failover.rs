@@ -31,35 +31,48 @@ const NAME: &str = "app.bench.lifeline.test";
 
 fn main() -> Result<()> {
     let mut rounds = 20usize;
+    let mut parts: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--rounds" => rounds = args.next().context("--rounds N")?.parse()?,
-            other => bail!("unknown argument {other:?} (known: --rounds N)"),
+            "--only" => parts.push(args.next().context("--only failover|decide|memory")?),
+            other => bail!(
+                "unknown argument {other:?} (known: --rounds N, --only failover|decide|memory)"
+            ),
         }
+    }
+    let run = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
+    if run("decide") {
+        println!("== engine::decide, 10,000 policies x 10 targets");
+        decide_cost();
+    }
+    if !run("failover") && !run("memory") {
+        return Ok(());
     }
     let lifeline = lifeline_binary()?;
     let rt = tokio::runtime::Runtime::new()?;
 
-    println!(
-        "== failover latency: probe every 250ms, unhealthyThreshold 2, DNS polled every 10ms, {rounds} rounds"
-    );
-    let samples = rt.block_on(failover_rounds(&lifeline, rounds))?;
-    print_latency("lifeline", &samples);
-    match which("pdns_server") {
-        Some(_) => println!(
-            "powerdns: installed, but its Lua ifurlup comparison is not wired into this benchmark yet"
-        ),
-        None => println!(
-            "powerdns: pdns_server not installed, skipped (apt-get install pdns-server pdns-backend-bind)"
-        ),
+    if run("failover") {
+        println!(
+            "\n== failover latency: probe every 250ms, unhealthyThreshold 2, DNS polled every 10ms, {rounds} rounds"
+        );
+        let samples = rt.block_on(failover_rounds(&lifeline, rounds))?;
+        print_latency("lifeline", &samples);
+        match which("pdns_server") {
+            Some(pdns) => {
+                let samples = rt.block_on(pdns_rounds(&pdns, rounds))?;
+                print_latency("powerdns lua ifurlup", &samples);
+            }
+            None => println!(
+                "powerdns: pdns_server not installed, skipped (apt-get install pdns-server pdns-backend-bind)"
+            ),
+        }
     }
-
-    println!("\n== engine::decide, 10,000 policies x 10 targets");
-    decide_cost();
-
-    println!("\n== memory of `lifeline run` with 10,000 policies (no health checks)");
-    memory_with_policies(&lifeline, 10_000)?;
+    if run("memory") {
+        println!("\n== memory of `lifeline run` with 10,000 policies (no health checks)");
+        memory_with_policies(&lifeline, 10_000)?;
+    }
     Ok(())
 }
 
@@ -333,6 +346,10 @@ fn decide_cost() {
         times.push(t.elapsed());
     }
     times.sort();
+    let t = Instant::now();
+    let _quiet = engine::decide(&config, &policies, &Signals::default(), &[], &prev, now + Duration::from_secs(10));
+    let quiet = t.elapsed();
+    println!("steady state without observations: {:.1}ms", quiet.as_secs_f64() * 1e3);
     println!(
         "first decision {:.1}ms; steady state with 100,000 observations: median {:.1}ms, max {:.1}ms (target < 50ms)",
         cold.as_secs_f64() * 1e3,
@@ -360,7 +377,7 @@ fn memory_with_policies(lifeline: &Path, n: usize) -> Result<()> {
         format!(
             "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
 dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\nadmin: {{listen: \"{admin}\"}}\n\
-store: {{type: embedded, dataDir: {d}/store}}\npolicySource: {{type: files, paths: [clusters.yaml, p0.yaml, p1.yaml, p2.yaml, p3.yaml]}}\n"
+store: {{type: embedded, dataDir: {d}/store}}\npolicySource: {{type: files, paths: [clusters.yaml, p0.yaml, p1.yaml, p2.yaml, p3.yaml, p4.yaml, p5.yaml, p6.yaml, p7.yaml]}}\n"
         ),
     )?;
     let mut clusters = String::new();
@@ -372,10 +389,10 @@ store: {{type: embedded, dataDir: {d}/store}}\npolicySource: {{type: files, path
         );
     }
     std::fs::write(dir.path().join("clusters.yaml"), clusters)?;
-    // Four files: each stays under the 1 MiB document file limit.
-    for f in 0..4 {
+    // Eight files: each stays under the 1 MiB document file limit.
+    for f in 0..8 {
         let mut text = String::new();
-        for i in (f * n / 4)..((f + 1) * n / 4) {
+        for i in (f * n / 8)..((f + 1) * n / 8) {
             let targets: Vec<String> = (0..10)
                 .map(|t| format!("{{cluster: c{t}, priority: {}}}", t / 3))
                 .collect();
@@ -423,4 +440,71 @@ store: {{type: embedded, dataDir: {d}/store}}\npolicySource: {{type: files, path
     let rss = rss_kib(child.0.id()).context("reading VmRSS")?;
     println!("resident memory: {:.1} MiB", rss as f64 / 1024.0);
     Ok(())
+}
+
+/// The same failover measurement against PowerDNS's Lua `ifurlup`, checking every 1 s
+/// (`lua-health-checks-interval=1`), on the same kind of backends.
+async fn pdns_rounds(pdns: &Path, rounds: usize) -> Result<Vec<Duration>> {
+    let dir = tempfile::tempdir()?;
+    let primary = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let secondary = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+    let port = free_port(primary)?;
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let dns_port = free_port(lo)?;
+    let dns = SocketAddr::new(lo, dns_port);
+    let d = dir.path();
+    std::fs::write(
+        d.join("zone"),
+        format!(
+            "$ORIGIN {ZONE}.\n@ 3600 IN SOA ns1 h 1 3600 600 604800 5\n@ 3600 IN NS ns1\nns1 3600 IN A 127.0.0.1\n\
+app 5 IN LUA A \"ifurlup('http://{NAME}:{port}/healthz', {{{{'{primary}'}}, {{'{secondary}'}}}})\"\n"
+        ),
+    )?;
+    std::fs::write(
+        d.join("named.conf"),
+        format!(
+            "zone \"{ZONE}\" {{ type master; file \"{}\"; }};\n",
+            d.join("zone").display()
+        ),
+    )?;
+    std::fs::write(
+        d.join("pdns.conf"),
+        format!(
+            "launch=bind\nbind-config={}\nenable-lua-records=yes\nlua-health-checks-interval=1\nlocal-address=127.0.0.1\nlocal-port={dns_port}\n\
+socket-dir={}\ndaemon=no\nguardian=no\ndisable-syslog=yes\nloglevel=3\n",
+            d.join("named.conf").display(),
+            d.display()
+        ),
+    )?;
+    let _secondary = backend(SocketAddr::new(secondary, port)).await?;
+    let mut primary_backend = backend(SocketAddr::new(primary, port)).await?;
+    let _pdns = Process(
+        Command::new(pdns)
+            .arg(format!("--config-dir={}", d.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting pdns_server")?,
+    );
+    let only = |ip: IpAddr| move |ips: &[IpAddr]| ips == [ip];
+    tokio::task::spawn_blocking(move || poll_until(dns, only(primary), Duration::from_secs(30)))
+        .await??;
+    let mut samples = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        primary_backend.task.abort();
+        let _ = (&mut primary_backend.task).await;
+        let killed = Instant::now();
+        let changed = tokio::task::spawn_blocking(move || {
+            poll_until(dns, only(secondary), Duration::from_secs(30))
+        })
+        .await??;
+        samples.push(changed - killed);
+        primary_backend = backend(SocketAddr::new(primary, port)).await?;
+        tokio::task::spawn_blocking(move || {
+            poll_until(dns, only(primary), Duration::from_secs(30))
+        })
+        .await??;
+        tokio::time::sleep(Duration::from_millis(37 * (round as u64 % 7))).await;
+    }
+    Ok(samples)
 }
