@@ -24,6 +24,7 @@ pub mod ctl;
 pub mod demo;
 pub mod documents;
 pub mod engine;
+pub mod etcd;
 pub mod policies;
 pub mod probe;
 pub mod publish;

@@ -54,6 +54,7 @@ pub mod admin;
 pub mod compile;
 pub mod config;
 pub mod engine;
+pub mod etcd_source;
 pub mod metrics;
 pub mod model;
 pub mod net;
@@ -66,6 +67,7 @@ pub mod wire;
 
 pub use config::{DnsConfig, GeoPrefix, RateLimitConfig, ZoneConfig, parse_duration};
 pub use engine::{Engine, Transport};
+pub use etcd_source::{EtcdConnect, EtcdSource};
 pub use metrics::ShimMetrics;
 pub use model::{
     AddressSet, Cname, NameRecords, Srv, SrvSet, Target, TxtSet, Update, ZonePatch, ZoneSnapshot,

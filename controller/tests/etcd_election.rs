@@ -1,0 +1,152 @@
+//! Leader election against a real etcd: one leader at a time, takeover when the
+//! leader's lease is revoked or simply stops being renewed (a crashed process).
+
+mod etcd_harness;
+
+use std::time::Duration;
+
+use etcd_harness::{Etcd, within};
+use lifeline_controller::etcd::{EtcdStore, Leadership};
+use tokio::time::Instant;
+
+const TTL: Duration = Duration::from_secs(2);
+
+async fn store(etcd: &Etcd) -> EtcdStore {
+    EtcdStore::connect(&etcd.connect(), "/lifeline")
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_of_two_candidates_leads_and_the_other_takes_over_when_the_lease_is_revoked() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let (a, b) = (store(&etcd).await, store(&etcd).await);
+    let leader_a = within(
+        Duration::from_secs(10),
+        Leadership::new(&a, "replica-a", TTL).campaign(),
+    )
+    .await
+    .unwrap();
+    assert!(leader_a.is_current());
+
+    // B campaigns while A leads: it must not win.
+    let candidate_b = Leadership::new(&b, "replica-b", TTL);
+    let mut campaign_b = tokio::spawn(async move { candidate_b.campaign().await });
+    let waited = tokio::time::timeout(Duration::from_secs(3), &mut campaign_b).await;
+    assert!(
+        waited.is_err(),
+        "a second candidate was elected while the first still led"
+    );
+    assert_eq!(
+        a.leader_identity().await.unwrap().as_deref(),
+        Some("replica-a")
+    );
+
+    // Revoke A's lease from outside, as an operator or an expired lease would.
+    let revoked_at = Instant::now();
+    let mut client = etcd.client().await;
+    client.lease_revoke(leader_a.lease_id()).await.unwrap();
+    let leader_b = within(Duration::from_secs(10), campaign_b)
+        .await
+        .unwrap()
+        .unwrap();
+    let takeover = revoked_at.elapsed();
+    println!("takeover after lease revocation: {takeover:?}");
+    assert!(leader_b.is_current());
+    assert!(leader_b.revision() > leader_a.revision());
+    assert_eq!(
+        b.leader_identity().await.unwrap().as_deref(),
+        Some("replica-b")
+    );
+
+    // A learns it lost within about a third of the TTL (its next renewal).
+    within(Duration::from_secs(5), leader_a.lost()).await;
+    assert!(!leader_a.is_current());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_leader_is_replaced_once_its_lease_expires() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let (a, b) = (store(&etcd).await, store(&etcd).await);
+    let leader_a = within(
+        Duration::from_secs(10),
+        Leadership::new(&a, "replica-a", TTL).campaign(),
+    )
+    .await
+    .unwrap();
+    let candidate_b = Leadership::new(&b, "replica-b", TTL);
+    let campaign_b = tokio::spawn(async move { candidate_b.campaign().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Dropping the leader stops its renewals without revoking: what kill -9 leaves.
+    let crashed_at = Instant::now();
+    drop(leader_a);
+    let leader_b = within(Duration::from_secs(10), campaign_b)
+        .await
+        .unwrap()
+        .unwrap();
+    let takeover = crashed_at.elapsed();
+    println!("takeover after a leader crash (lease TTL {TTL:?}): {takeover:?}");
+    assert!(leader_b.is_current());
+    assert!(
+        takeover < TTL + Duration::from_secs(3),
+        "takeover took {takeover:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resigning_leader_hands_over_at_once() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let (a, b) = (store(&etcd).await, store(&etcd).await);
+    let leader_a = within(
+        Duration::from_secs(10),
+        Leadership::new(&a, "replica-a", TTL).campaign(),
+    )
+    .await
+    .unwrap();
+    let candidate_b = Leadership::new(&b, "replica-b", TTL);
+    let campaign_b = tokio::spawn(async move { candidate_b.campaign().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resigned_at = Instant::now();
+    within(Duration::from_secs(5), leader_a.resign())
+        .await
+        .unwrap();
+    let leader_b = within(Duration::from_secs(5), campaign_b)
+        .await
+        .unwrap()
+        .unwrap();
+    println!("takeover after resignation: {:?}", resigned_at.elapsed());
+    assert!(
+        resigned_at.elapsed() < TTL,
+        "resigning must not wait for the TTL"
+    );
+    assert!(leader_b.is_current());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_keeps_its_lease_alive_well_past_the_ttl() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let a = store(&etcd).await;
+    let leader = within(
+        Duration::from_secs(10),
+        Leadership::new(&a, "replica-a", TTL).campaign(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(TTL * 3).await;
+    assert!(leader.is_current());
+    // The fence still accepts its writes.
+    a.save_decision(&leader, &Default::default()).await.unwrap();
+    assert_eq!(
+        a.leader_identity().await.unwrap().as_deref(),
+        Some("replica-a")
+    );
+}

@@ -1,0 +1,318 @@
+//! The etcd store against a real etcd: fenced leader writes, shared decision,
+//! overrides with their audit trail, and bad values that are reported and ignored.
+
+mod etcd_harness;
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
+};
+
+use etcd_harness::{Etcd, within};
+use lifeline_controller::{
+    engine::{Decision, Override, OverrideAction},
+    etcd::{EtcdStore, Leadership},
+};
+use lifeline_dns::{
+    NameRecords, TxtSet, Update, ZoneSnapshot,
+    etcd_source::{VALUE_LIMIT, encode_value, record_key},
+};
+
+const TTL: Duration = Duration::from_secs(2);
+const ZONE: &str = "global.example.com";
+
+async fn store(etcd: &Etcd) -> EtcdStore {
+    EtcdStore::connect(&etcd.connect(), "/lifeline")
+        .await
+        .unwrap()
+}
+
+fn txt(text: &str) -> NameRecords {
+    NameRecords {
+        txt: Some(TxtSet {
+            ttl: 30,
+            records: vec![text.to_owned()],
+        }),
+        ..NameRecords::default()
+    }
+}
+
+fn names(pairs: &[(&str, &str)]) -> BTreeMap<String, NameRecords> {
+    pairs
+        .iter()
+        .map(|(n, t)| ((*n).to_owned(), txt(t)))
+        .collect()
+}
+
+fn an_override(id: &str) -> Override {
+    let now = SystemTime::now();
+    Override {
+        id: id.to_owned(),
+        cluster: "eu-west-1".to_owned(),
+        policy: None,
+        action: OverrideAction::Drain,
+        created_at: now,
+        expires_at: now + Duration::from_secs(600),
+        author: "oncall".to_owned(),
+        reason: "maintenance".to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_cannot_overwrite_the_new_leaders_records() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let (a, b) = (store(&etcd).await, store(&etcd).await);
+    let old = within(
+        Duration::from_secs(10),
+        Leadership::new(&a, "replica-a", TTL).campaign(),
+    )
+    .await
+    .unwrap();
+    a.publish_records(
+        &old,
+        ZONE,
+        &names(&[("www", "from-a")]),
+        &[],
+        SystemTime::now(),
+    )
+    .await
+    .unwrap();
+
+    // Depose A behind its back (its lease revoked), and let B win.
+    let mut client = etcd.client().await;
+    client.lease_revoke(old.lease_id()).await.unwrap();
+    let new = within(
+        Duration::from_secs(10),
+        Leadership::new(&b, "replica-b", TTL).campaign(),
+    )
+    .await
+    .unwrap();
+    b.publish_records(
+        &new,
+        ZONE,
+        &names(&[("www", "from-b")]),
+        &[],
+        SystemTime::now(),
+    )
+    .await
+    .unwrap();
+
+    // A still tries to write (as a paused process would on waking up): the fence holds,
+    // whatever A itself believes about its leadership.
+    let err = a
+        .publish_records(
+            &old,
+            ZONE,
+            &names(&[("www", "stale-a"), ("api", "stale-a")]),
+            &["other".to_owned()],
+            SystemTime::now(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_not_leader(), "expected NotLeader, got {err}");
+    let err = a
+        .save_decision(
+            &old,
+            &Decision {
+                revision: 99,
+                ..Decision::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_not_leader(), "expected NotLeader, got {err}");
+    assert!(!old.is_current(), "a fenced write marks leadership lost");
+
+    let records = b.records().await.unwrap();
+    assert_eq!(records[ZONE], names(&[("www", "from-b")]));
+    assert_eq!(b.load_decision().await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decision_survives_a_leader_change() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let (a, b) = (store(&etcd).await, store(&etcd).await);
+    let leader = within(
+        Duration::from_secs(10),
+        Leadership::new(&a, "replica-a", TTL).campaign(),
+    )
+    .await
+    .unwrap();
+    let decision = Decision {
+        revision: 42,
+        changed_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+        ..Decision::default()
+    };
+    a.save_decision(&leader, &decision).await.unwrap();
+    within(Duration::from_secs(5), leader.resign())
+        .await
+        .unwrap();
+    let next = within(
+        Duration::from_secs(10),
+        Leadership::new(&b, "replica-b", TTL).campaign(),
+    )
+    .await
+    .unwrap();
+    assert!(next.is_current());
+    assert_eq!(b.load_decision().await.unwrap(), Some(decision));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replace_publishes_per_name_keys_and_deletes_names_it_no_longer_lists() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let s = store(&etcd).await;
+    let leader = within(
+        Duration::from_secs(10),
+        Leadership::new(&s, "replica-a", TTL).campaign(),
+    )
+    .await
+    .unwrap();
+    let snapshot = |rev, pairs: &[(&str, &str)]| {
+        Update::Replace(ZoneSnapshot {
+            names: names(pairs),
+            ..ZoneSnapshot::empty(ZONE, rev, SystemTime::now())
+        })
+    };
+    s.publish_update(&leader, &snapshot(1, &[("www", "1"), ("api", "1")]))
+        .await
+        .unwrap();
+    s.publish_update(&leader, &snapshot(2, &[("www", "2"), ("db", "2")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.records().await.unwrap()[ZONE],
+        names(&[("www", "2"), ("db", "2")])
+    );
+    // More names than one etcd transaction may hold.
+    let many: Vec<(String, String)> = (0..250).map(|i| (format!("n{i}"), i.to_string())).collect();
+    let many_ref: Vec<(&str, &str)> = many.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    s.publish_update(&leader, &snapshot(3, &many_ref))
+        .await
+        .unwrap();
+    assert_eq!(s.records().await.unwrap()[ZONE], names(&many_ref));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrides_are_audited_and_need_no_leader() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let s = store(&etcd).await;
+    s.put_override(&an_override("a"), "alice").await.unwrap();
+    s.put_override(&an_override("b"), "bob").await.unwrap();
+    let ids = |os: Vec<Override>| os.into_iter().map(|o| o.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.overrides().await.unwrap()), ["a", "b"]);
+    let removed = s.remove_overrides(|o| o.id == "a", "carol").await.unwrap();
+    assert_eq!(ids(removed), ["a"]);
+    assert_eq!(ids(s.overrides().await.unwrap()), ["b"]);
+    let trail: Vec<(String, String, String)> = s
+        .audit()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.by, e.r#override.id))
+        .collect();
+    let expected: Vec<(String, String, String)> = [
+        ("set", "alice", "a"),
+        ("set", "bob", "b"),
+        ("cleared", "carol", "a"),
+    ]
+    .iter()
+    .map(|(x, y, z)| ((*x).into(), (*y).into(), (*z).into()))
+    .collect();
+    assert_eq!(trail, expected);
+    assert!(
+        s.put_override(&an_override("no/slash"), "eve")
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_values_are_reported_and_ignored_and_the_last_good_value_is_kept() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let s = store(&etcd).await;
+    let leader = within(
+        Duration::from_secs(10),
+        Leadership::new(&s, "replica-a", TTL).campaign(),
+    )
+    .await
+    .unwrap();
+    let good = Decision {
+        revision: 7,
+        ..Decision::default()
+    };
+    s.save_decision(&leader, &good).await.unwrap();
+    s.put_override(&an_override("a"), "alice").await.unwrap();
+    s.publish_records(
+        &leader,
+        ZONE,
+        &names(&[("www", "good")]),
+        &[],
+        SystemTime::now(),
+    )
+    .await
+    .unwrap();
+
+    let mut client = etcd.client().await;
+    let huge = encode_value(&"x".repeat(VALUE_LIMIT), None).unwrap();
+    let bad_values: [(&str, Vec<u8>); 4] = [
+        ("garbage", b"\x00\xff not json".to_vec()),
+        (
+            "wrong format",
+            br#"{"format":2,"value":{"revision":8}}"#.to_vec(),
+        ),
+        (
+            "undecodable",
+            br#"{"format":1,"value":{"revision":"eight"}}"#.to_vec(),
+        ),
+        ("huge", huge),
+    ];
+    for (what, bytes) in bad_values {
+        let before = s.bad_values();
+        client
+            .put("/lifeline/decision", bytes.clone(), None)
+            .await
+            .unwrap();
+        client
+            .put("/lifeline/overrides/a", bytes.clone(), None)
+            .await
+            .unwrap();
+        client
+            .put(record_key("/lifeline", ZONE, "www"), bytes, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.load_decision().await.unwrap(),
+            Some(good.clone()),
+            "{what}: the decision falls back to the last good value"
+        );
+        let overrides = s.overrides().await.unwrap();
+        assert_eq!(overrides.len(), 1, "{what}: override kept");
+        assert_eq!(overrides[0].id, "a");
+        assert_eq!(
+            s.records().await.unwrap()[ZONE],
+            names(&[("www", "good")]),
+            "{what}: records keep their last good value"
+        );
+        assert!(s.bad_values() >= before + 3, "{what}: reported");
+    }
+
+    // A fresh process, which never read the good values, finds them in etcd's history.
+    let fresh = store(&etcd).await;
+    assert_eq!(fresh.load_decision().await.unwrap(), Some(good));
+    // A value with no good version at all is simply absent.
+    client
+        .put("/lifeline/overrides/zz", b"garbage".to_vec(), None)
+        .await
+        .unwrap();
+    assert_eq!(fresh.overrides().await.unwrap().len(), 1);
+}

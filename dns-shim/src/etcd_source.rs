@@ -1,0 +1,739 @@
+//! The shim's etcd feed: per-name record keys in etcd become shim updates.
+//!
+//! ```text
+//!  etcd  {prefix}/records/{zone}/{name} = {"format":1,"value":NameRecords,"decidedAt":..}
+//!    │
+//!    ├─ full load: paged range read at one revision R ──► Update::Replace per zone (rev R)
+//!    │
+//!    └─ watch from R+1 ─► events grouped by mod_revision ──► Update::Patch per zone (rev)
+//!          │
+//!          ├─ stream ends / errors (etcd restart, network): source "disconnected",
+//!          │   backoff with jitter, re-open from last seen revision + 1
+//!          └─ start revision compacted: full load again (the only time we resync)
+//! ```
+//!
+//! The shim's revision for a zone is the etcd revision of the newest change applied, so
+//! it only ever grows and a replayed event is refused by [`ShimHandle::apply`].
+//!
+//! Nothing here ever removes a served record because etcd is unreachable: a broken
+//! connection only flips the source to disconnected. Deletions reach the shim only as
+//! delete events (or, after a compaction, as names missing from a full load of a zone
+//! this source has seen in etcd before). A value that does not decode, has another
+//! format version or is larger than [`VALUE_LIMIT`] is logged, counted in the shim's
+//! load errors, and skipped; the name keeps its last good records.
+//!
+//! This module also holds what the controller's etcd store shares with the shim: the
+//! key layout of records, the versioned value envelope, and connection options.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    future::Future,
+    path::PathBuf,
+    pin::Pin,
+    time::{Duration, SystemTime},
+};
+
+use backon::BackoffBuilder;
+use etcd_client::{
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
+    WatchResponse,
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tracing::{debug, info, warn};
+
+use crate::{
+    model::{NameRecords, Update, ZonePatch, ZoneSnapshot},
+    shim::{ShimHandle, count_load_error},
+    source::SnapshotSource,
+};
+
+/// Largest value accepted from etcd; anything bigger is reported and ignored.
+pub const VALUE_LIMIT: usize = 1 << 20;
+
+/// Format version of every value Lifeline stores in etcd.
+pub const FORMAT: u32 = 1;
+
+/// Largest gRPC message the clients accept: a page of values may exceed tonic's 4 MiB
+/// default even though each value is under [`VALUE_LIMIT`].
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+/// Keys read per page during a full load.
+const PAGE: i64 = 256;
+
+/// Errors of etcd access shared by the shim source and the controller's store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("etcd did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("reading {}: {source}", path.display())]
+    Tls {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid etcd options: {0}")]
+    Options(String),
+}
+
+// === value envelope ===
+
+/// Why a stored value was ignored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadValue {
+    #[error("value of {0} bytes is over the {VALUE_LIMIT}-byte limit")]
+    TooLarge(usize),
+    #[error("format version {0} is not supported (expected {FORMAT})")]
+    Format(u32),
+    #[error("not a versioned envelope: {0}")]
+    Envelope(String),
+    #[error("value does not decode: {0}")]
+    Value(String),
+}
+
+/// A decoded value with the envelope's metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded<T> {
+    pub value: T,
+    /// When the controller decided this value (record values carry it).
+    pub decided_at: Option<SystemTime>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<T> {
+    format: u32,
+    value: T,
+    /// RFC 3339; kept as text so a malformed time is a decode error of this value only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    decided_at: Option<String>,
+}
+
+/// Encodes `value` in the versioned envelope `{"format": 1, "value": ..}`.
+pub fn encode_value<T: Serialize>(
+    value: &T,
+    decided_at: Option<SystemTime>,
+) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&Envelope {
+        format: FORMAT,
+        value,
+        decided_at: decided_at.map(|t| humantime::format_rfc3339_millis(t).to_string()),
+    })
+}
+
+/// Decodes and validates a stored value: size limit first (so a huge value is never
+/// parsed), then the envelope and its format version, then the value itself.
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<Decoded<T>, BadValue> {
+    if bytes.len() > VALUE_LIMIT {
+        return Err(BadValue::TooLarge(bytes.len()));
+    }
+    let env: Envelope<serde_json::Value> =
+        serde_json::from_slice(bytes).map_err(|e| BadValue::Envelope(e.to_string()))?;
+    if env.format != FORMAT {
+        return Err(BadValue::Format(env.format));
+    }
+    let decided_at = match env.decided_at {
+        Some(t) => Some(
+            humantime::parse_rfc3339_weak(&t)
+                .map_err(|e| BadValue::Value(format!("decidedAt: {e}")))?,
+        ),
+        None => None,
+    };
+    let value = serde_json::from_value(env.value).map_err(|e| BadValue::Value(e.to_string()))?;
+    Ok(Decoded { value, decided_at })
+}
+
+// === key layout ===
+
+/// `{prefix}/records/`: the parent of every record key.
+pub fn records_prefix(prefix: &str) -> String {
+    format!("{}/records/", prefix.trim_end_matches('/'))
+}
+
+/// `{prefix}/records/{zone}/{name}`.
+pub fn record_key(prefix: &str, zone: &str, name: &str) -> String {
+    format!("{}{zone}/{name}", records_prefix(prefix))
+}
+
+/// Splits a record key into `(zone, name)`; `None` when it does not have that shape.
+pub fn parse_record_key<'a>(records_prefix: &str, key: &'a str) -> Option<(&'a str, &'a str)> {
+    let rest = key.strip_prefix(records_prefix)?;
+    let (zone, name) = rest.split_once('/')?;
+    (!zone.is_empty() && !name.is_empty() && !name.contains('/')).then_some((zone, name))
+}
+
+/// The first key after every key that starts with `prefix` (etcd's range end).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (or empty): the whole key space from `prefix` on.
+    vec![0]
+}
+
+// === connection ===
+
+/// TLS material for etcd (PEM files).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdTlsFiles {
+    pub ca_file: PathBuf,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// How to reach etcd. Endpoints are `http://host:port` or, with TLS, `https://...`.
+#[derive(Clone, Default)]
+pub struct EtcdConnect {
+    pub endpoints: Vec<String>,
+    pub tls: Option<EtcdTlsFiles>,
+    /// User name and password for etcd authentication.
+    pub user: Option<(String, String)>,
+    /// Time allowed to open a connection (default 3 s).
+    pub connect_timeout: Option<Duration>,
+    /// Time allowed for one unary request (default 5 s).
+    pub request_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for EtcdConnect {
+    // Hand-written so the password never reaches a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdConnect")
+            .field("endpoints", &self.endpoints)
+            .field("tls", &self.tls)
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+impl EtcdConnect {
+    /// Plain-text connection to `endpoints`.
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The per-request timeout used around unary calls.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout.unwrap_or(Duration::from_secs(5))
+    }
+
+    /// Builds etcd-client options. No per-request timeout is set there: it would also cut
+    /// long-lived watch and campaign calls; unary calls are wrapped by [`timed`] instead.
+    pub fn options(&self) -> Result<ConnectOptions, Error> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(self.connect_timeout.unwrap_or(Duration::from_secs(3)))
+            // HTTP/2 pings notice a silently dead peer (partition) that TCP would not.
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true);
+        if let Some((user, password)) = &self.user {
+            opts = opts.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &self.tls {
+            let read = |path: &PathBuf| {
+                std::fs::read(path).map_err(|source| Error::Tls {
+                    path: path.clone(),
+                    source,
+                })
+            };
+            let mut config =
+                TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca_file)?));
+            match (&tls.cert_file, &tls.key_file) {
+                (Some(cert), Some(key)) => {
+                    config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(Error::Options(
+                        "a client certificate needs both certFile and keyFile".into(),
+                    ));
+                }
+            }
+            opts = opts.with_tls(config);
+        }
+        Ok(opts)
+    }
+
+    /// Connects. Without credentials this does not contact etcd (channels connect on
+    /// first use), so it succeeds while etcd is down; with credentials it authenticates.
+    pub async fn connect(&self) -> Result<Client, Error> {
+        if self.endpoints.is_empty() {
+            return Err(Error::Options("no etcd endpoints".into()));
+        }
+        let opts = self.options()?;
+        timed(
+            self.request_timeout(),
+            Client::connect(&self.endpoints, Some(opts)),
+        )
+        .await
+    }
+}
+
+/// Runs an etcd call with a deadline.
+pub async fn timed<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r.map_err(Error::from),
+        Err(_) => Err(Error::Timeout(limit)),
+    }
+}
+
+/// Exponential backoff with full jitter between `min` and `max`, never giving up.
+#[derive(Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    delays: backon::ExponentialBackoff,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max,
+            delays: Self::build(min, max),
+        }
+    }
+
+    fn build(min: Duration, max: Duration) -> backon::ExponentialBackoff {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(min)
+            .with_max_delay(max)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        self.delays.next().unwrap_or(self.max)
+    }
+
+    /// Starts again from `min` (after a success).
+    pub fn reset(&mut self) {
+        self.delays = Self::build(self.min, self.max);
+    }
+}
+
+// === the source ===
+
+/// Feeds a shim from `{prefix}/records/` in etcd. See the module docs.
+#[derive(Debug, Clone)]
+pub struct EtcdSource {
+    connect: EtcdConnect,
+    prefix: String,
+    backoff: (Duration, Duration),
+}
+
+impl EtcdSource {
+    /// A source reading records under `prefix` (e.g. `/lifeline`).
+    pub fn new(connect: EtcdConnect, prefix: impl Into<String>) -> Self {
+        Self {
+            connect,
+            prefix: prefix.into(),
+            backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+        }
+    }
+
+    /// Reconnect backoff bounds (default 100 ms to 5 s, with jitter).
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff = (min, max);
+        self
+    }
+}
+
+impl SnapshotSource for EtcdSource {
+    fn name(&self) -> String {
+        format!("etcd:{}", self.prefix.trim_end_matches('/'))
+    }
+
+    fn run(self: Box<Self>, shim: ShimHandle) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let name = self.name();
+            let mut feed = Feed {
+                shim,
+                records_prefix: records_prefix(&self.prefix),
+                name,
+                zones: BTreeMap::new(),
+                seen_zones: BTreeSet::new(),
+                last_revision: 0,
+                needs_load: true,
+                timeout: self.connect.request_timeout(),
+            };
+            let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
+            let mut client: Option<Client> = None;
+            loop {
+                let c = match &client {
+                    Some(c) => c.clone(),
+                    None => match self.connect.connect().await {
+                        Ok(c) => {
+                            client = Some(c.clone());
+                            c
+                        }
+                        Err(e) => {
+                            feed.disconnected(&e.to_string());
+                            tokio::time::sleep(backoff.next_delay()).await;
+                            continue;
+                        }
+                    },
+                };
+                if feed.needs_load {
+                    if let Err(e) = feed.full_load(&c).await {
+                        feed.disconnected(&e.to_string());
+                        tokio::time::sleep(backoff.next_delay()).await;
+                        continue;
+                    }
+                    backoff.reset();
+                }
+                match feed.follow(&c, &mut backoff).await {
+                    Stop::Compacted => {
+                        info!(
+                            source = %feed.name,
+                            revision = feed.last_revision,
+                            "resume revision was compacted; loading everything again"
+                        );
+                        feed.needs_load = true;
+                    }
+                    Stop::Broken(reason) => {
+                        feed.disconnected(&reason);
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// One good record value as last seen in etcd.
+#[derive(Debug, Clone)]
+struct Entry {
+    records: NameRecords,
+    decided_at: Option<SystemTime>,
+}
+
+/// Why following the watch stopped.
+enum Stop {
+    Compacted,
+    Broken(String),
+}
+
+/// The source's view of etcd: the last good value of every record key.
+struct Feed {
+    shim: ShimHandle,
+    name: String,
+    records_prefix: String,
+    /// zone → name → last good value. Bad values never replace an entry.
+    zones: BTreeMap<String, BTreeMap<String, Entry>>,
+    /// Zones ever seen with keys in etcd; only these are replaced by a full load, so a
+    /// zone etcd never held keeps its persisted snapshot.
+    seen_zones: BTreeSet<String>,
+    /// Newest etcd revision reflected in `zones`.
+    last_revision: i64,
+    needs_load: bool,
+    timeout: Duration,
+}
+
+impl Feed {
+    fn disconnected(&self, reason: &str) {
+        warn!(source = %self.name, %reason, resume_from = self.last_revision + 1, "etcd unreachable; serving the records already held");
+        self.shim.set_source_connected(&self.name, false);
+    }
+
+    fn bad_value(&self, key: &str, reason: &dyn fmt::Display) {
+        warn!(source = %self.name, %key, %reason, "bad record value in etcd ignored; the last good value is kept");
+        count_load_error(&self.shim);
+    }
+
+    /// Reads every record key at one revision and replaces each zone seen in etcd.
+    async fn full_load(&mut self, client: &Client) -> Result<(), Error> {
+        let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+        let end = prefix_end(self.records_prefix.as_bytes());
+        let mut start = self.records_prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut next: BTreeMap<String, BTreeMap<String, Entry>> = BTreeMap::new();
+        // Bounded: each page advances `start` past the keys it returned.
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            let resp = timed(self.timeout, kv.get(start.clone(), Some(opts))).await?;
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            for kv in resp.kvs() {
+                self.load_kv(&mut next, kv.key(), kv.value());
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        self.seen_zones.extend(next.keys().cloned());
+        let now = SystemTime::now();
+        for zone in self.seen_zones.clone() {
+            let names = next.get(&zone).cloned().unwrap_or_default();
+            let decided_at = names
+                .values()
+                .filter_map(|e| e.decided_at)
+                .max()
+                .unwrap_or(now);
+            let snapshot = ZoneSnapshot {
+                names: names
+                    .iter()
+                    .map(|(n, e)| (n.clone(), e.records.clone()))
+                    .collect(),
+                ..ZoneSnapshot::empty(zone.clone(), revision as u64, decided_at)
+            };
+            self.apply(Update::Replace(snapshot)).await;
+        }
+        info!(source = %self.name, revision, zones = next.len(), names = next.values().map(BTreeMap::len).sum::<usize>(), "records loaded from etcd");
+        self.zones = next;
+        self.last_revision = revision;
+        self.needs_load = false;
+        self.shim.set_source_connected(&self.name, true);
+        Ok(())
+    }
+
+    /// Decodes one key of a full load into `into`, keeping the previous good value of
+    /// the name when this one is bad.
+    fn load_kv(
+        &self,
+        into: &mut BTreeMap<String, BTreeMap<String, Entry>>,
+        key: &[u8],
+        value: &[u8],
+    ) {
+        let key = String::from_utf8_lossy(key);
+        let Some((zone, name)) = parse_record_key(&self.records_prefix, &key) else {
+            self.bad_value(&key, &"key is not {prefix}/records/{zone}/{name}");
+            return;
+        };
+        let entry = match decode_value::<NameRecords>(value) {
+            Ok(d) => Entry {
+                records: d.value,
+                decided_at: d.decided_at,
+            },
+            Err(reason) => {
+                self.bad_value(&key, &reason);
+                match self.zones.get(zone).and_then(|z| z.get(name)) {
+                    Some(old) => old.clone(),
+                    None => return,
+                }
+            }
+        };
+        into.entry(zone.to_owned())
+            .or_default()
+            .insert(name.to_owned(), entry);
+    }
+
+    /// Watches from `last_revision + 1` and applies events until the stream ends.
+    async fn follow(&mut self, client: &Client, backoff: &mut Backoff) -> Stop {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(self.last_revision + 1)
+            .with_progress_notify();
+        let mut watch = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
+        let mut stream = match timed(
+            self.timeout,
+            watch.watch(self.records_prefix.clone(), Some(opts)),
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => return Stop::Broken(format!("cannot open watch: {e}")),
+        };
+        // Bounded by the stream: every iteration consumes one message or returns.
+        loop {
+            let resp = match stream.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Stop::Broken("watch stream ended".into()),
+                Err(e) => return Stop::Broken(format!("watch stream failed: {e}")),
+            };
+            if resp.compact_revision() > 0 {
+                return Stop::Compacted;
+            }
+            if resp.canceled() {
+                return Stop::Broken(format!("watch canceled: {}", resp.cancel_reason()));
+            }
+            if resp.created() {
+                debug!(source = %self.name, from = self.last_revision + 1, "watch open");
+                self.shim.set_source_connected(&self.name, true);
+                backoff.reset();
+            }
+            self.apply_events(&resp).await;
+        }
+    }
+
+    /// Applies a watch response: events of one revision become one patch per zone.
+    async fn apply_events(&mut self, resp: &WatchResponse) {
+        let events = resp.events();
+        let mut i = 0;
+        while i < events.len() {
+            let Some(revision) = events[i].kv().map(|kv| kv.mod_revision()) else {
+                i += 1;
+                continue;
+            };
+            let mut patches: BTreeMap<String, (BTreeMap<String, NameRecords>, Vec<String>)> =
+                BTreeMap::new();
+            let mut decided_at: BTreeMap<String, SystemTime> = BTreeMap::new();
+            while let Some(event) = events.get(i)
+                && let Some(kv) = event.kv()
+                && kv.mod_revision() == revision
+            {
+                i += 1;
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let Some((zone, name)) = parse_record_key(&self.records_prefix, &key) else {
+                    self.bad_value(&key, &"key is not {prefix}/records/{zone}/{name}");
+                    continue;
+                };
+                let (zone, name) = (zone.to_owned(), name.to_owned());
+                match event.event_type() {
+                    EventType::Put => match decode_value::<NameRecords>(kv.value()) {
+                        Ok(d) => {
+                            if let Some(t) = d.decided_at {
+                                let at = decided_at.entry(zone.clone()).or_insert(t);
+                                *at = (*at).max(t);
+                            }
+                            let p = patches.entry(zone.clone()).or_default();
+                            p.1.retain(|n| n != &name);
+                            p.0.insert(name.clone(), d.value.clone());
+                            self.zones.entry(zone.clone()).or_default().insert(
+                                name,
+                                Entry {
+                                    records: d.value,
+                                    decided_at: d.decided_at,
+                                },
+                            );
+                            self.seen_zones.insert(zone);
+                        }
+                        Err(reason) => self.bad_value(&key, &reason),
+                    },
+                    EventType::Delete => {
+                        let p = patches.entry(zone.clone()).or_default();
+                        p.0.remove(&name);
+                        p.1.push(name.clone());
+                        if let Some(z) = self.zones.get_mut(&zone) {
+                            z.remove(&name);
+                        }
+                    }
+                }
+            }
+            let now = SystemTime::now();
+            for (zone, (upsert, delete)) in patches {
+                let patch = ZonePatch {
+                    decided_at: decided_at.get(&zone).copied().unwrap_or(now),
+                    zone,
+                    revision: revision as u64,
+                    upsert,
+                    delete,
+                };
+                self.apply(Update::Patch(patch)).await;
+            }
+            self.last_revision = self.last_revision.max(revision);
+        }
+    }
+
+    /// Applies one update, falling back to a whole-zone replace when the shim has no
+    /// snapshot of the zone to patch yet.
+    async fn apply(&self, update: Update) {
+        let (zone, revision) = (update.zone().to_owned(), update.revision());
+        let is_replace = matches!(update, Update::Replace(_));
+        match self.shim.apply_async(update).await {
+            Ok(a) => {
+                debug!(source = %self.name, zone = %a.zone, revision, rejected = a.rejected.len(), "etcd records applied")
+            }
+            Err(crate::Error::StaleRevision { have, got, .. }) if have == got => {}
+            Err(crate::Error::StaleRevision { have, got, .. }) => {
+                // Normal for a replayed patch; for a replace it means the shim serves a
+                // newer revision than etcd has (a restored or new etcd), which needs an
+                // operator: serving the old data is the safe choice until etcd passes it.
+                if is_replace {
+                    warn!(source = %self.name, %zone, served = have, etcd = got, "shim serves a newer revision than etcd holds; keeping the served data");
+                } else {
+                    debug!(source = %self.name, %zone, served = have, etcd = got, "etcd change not newer than served data");
+                }
+            }
+            Err(crate::Error::NoBase(_)) => {
+                let names = self.zones.get(&zone).cloned().unwrap_or_default();
+                let decided_at = names
+                    .values()
+                    .filter_map(|e| e.decided_at)
+                    .max()
+                    .unwrap_or_else(SystemTime::now);
+                let snapshot = ZoneSnapshot {
+                    names: names.into_iter().map(|(n, e)| (n, e.records)).collect(),
+                    ..ZoneSnapshot::empty(zone.clone(), revision, decided_at)
+                };
+                Box::pin(self.apply(Update::Replace(snapshot))).await;
+            }
+            Err(e) => {
+                warn!(source = %self.name, %zone, revision, error = %e, "etcd records rejected by the shim");
+                count_load_error(&self.shim);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_keys_round_trip_and_reject_other_shapes() {
+        let p = records_prefix("/lifeline/");
+        assert_eq!(p, "/lifeline/records/");
+        let key = record_key("/lifeline", "example.com", "www.example.com");
+        assert_eq!(
+            parse_record_key(&p, &key),
+            Some(("example.com", "www.example.com"))
+        );
+        assert_eq!(parse_record_key(&p, "/lifeline/records/example.com"), None);
+        assert_eq!(parse_record_key(&p, "/lifeline/records/z/a/b"), None);
+        assert_eq!(parse_record_key(&p, "/other/records/z/a"), None);
+    }
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b""), vec![0]);
+    }
+
+    #[test]
+    fn values_are_validated_before_use() {
+        let good = encode_value(&NameRecords::default(), Some(SystemTime::UNIX_EPOCH)).unwrap();
+        let d = decode_value::<NameRecords>(&good).unwrap();
+        assert_eq!(d.value, NameRecords::default());
+        assert_eq!(d.decided_at, Some(SystemTime::UNIX_EPOCH));
+        assert!(matches!(
+            decode_value::<NameRecords>(b"garbage"),
+            Err(BadValue::Envelope(_))
+        ));
+        assert_eq!(
+            decode_value::<NameRecords>(br#"{"format":2,"value":{}}"#),
+            Err(BadValue::Format(2))
+        );
+        assert!(matches!(
+            decode_value::<NameRecords>(br#"{"format":1,"value":{"bogus":1}}"#),
+            Err(BadValue::Value(_))
+        ));
+        let huge = vec![b' '; VALUE_LIMIT + 1];
+        assert_eq!(
+            decode_value::<NameRecords>(&huge),
+            Err(BadValue::TooLarge(VALUE_LIMIT + 1))
+        );
+    }
+}
