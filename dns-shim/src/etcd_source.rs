@@ -528,9 +528,21 @@ impl Feed {
             },
             Err(reason) => {
                 self.bad_value(&key, &reason);
+                // Last good value: what this source read before, else what the shim
+                // serves (a persisted snapshot after a restart); never "no records".
                 match self.zones.get(zone).and_then(|z| z.get(name)) {
                     Some(old) => old.clone(),
-                    None => return,
+                    None => match self
+                        .shim
+                        .snapshot(zone)
+                        .and_then(|s| s.names.get(name).cloned())
+                    {
+                        Some(records) => Entry {
+                            records,
+                            decided_at: None,
+                        },
+                        None => return,
+                    },
                 }
             }
         };

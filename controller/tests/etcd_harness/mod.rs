@@ -26,7 +26,9 @@ use std::{
 };
 
 use etcd_client::{Client, CompactionOptions};
-use lifeline_dns::{DnsConfig, EtcdConnect, Shim, ShimHandle, ZoneConfig};
+use lifeline_dns::{
+    DnsConfig, EtcdConnect, Shim, ShimHandle, ZoneConfig, etcd_source::EtcdTlsFiles,
+};
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
@@ -39,6 +41,8 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
+    /// With TLS: clients must present a certificate signed by the test CA.
+    tls: Option<EtcdTlsFiles>,
 }
 
 fn free_port() -> u16 {
@@ -55,23 +59,38 @@ impl Etcd {
     /// Starts etcd and waits until it answers; `None` (with a message) when the binary
     /// is not installed.
     pub async fn start() -> Option<Etcd> {
+        Self::start_with(false).await
+    }
+
+    /// Like [`Etcd::start`], but clients speak TLS and must present a client
+    /// certificate; [`Etcd::connect`] carries the CA and a client certificate.
+    pub async fn start_tls() -> Option<Etcd> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Option<Etcd> {
+        init_tracing();
         if !std::path::Path::new(ETCD).exists() {
             eprintln!("SKIPPED: {ETCD} is not installed (Debian package etcd-server)");
             return None;
         }
+        let dir = tempfile::tempdir().unwrap();
+        let tls = tls.then(|| write_pki(dir.path()));
         let mut etcd = Etcd {
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             client_port: free_port(),
             peer_port: free_port(),
             child: None,
+            tls,
         };
         etcd.start_again().await;
         Some(etcd)
     }
 
-    /// `http://127.0.0.1:<client port>`.
+    /// `http(s)://127.0.0.1:<client port>`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     pub fn client_addr(&self) -> SocketAddr {
@@ -80,7 +99,10 @@ impl Etcd {
 
     /// Connection options for this etcd.
     pub fn connect(&self) -> EtcdConnect {
-        EtcdConnect::new([self.endpoint()])
+        EtcdConnect {
+            tls: self.tls.clone(),
+            ..EtcdConnect::new([self.endpoint()])
+        }
     }
 
     /// A fresh client.
@@ -102,7 +124,15 @@ impl Etcd {
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .unwrap();
-        let child = Command::new(ETCD)
+        let mut cmd = Command::new(ETCD);
+        if let Some(tls) = &self.tls {
+            let dir = self.dir.path();
+            cmd.arg(format!("--cert-file={}", dir.join("server.pem").display()))
+                .arg(format!("--key-file={}", dir.join("server.key").display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca_file.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls={}", self.endpoint()))
@@ -173,6 +203,47 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Writes a CA, a server certificate for 127.0.0.1 and a client certificate (PEM) into
+/// `dir`; returns the client's files.
+fn write_pki(dir: &std::path::Path) -> EtcdTlsFiles {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "lifeline etcd test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    // Separate leaves: rustls refuses a CA certificate as the server's own.
+    let leaf = |name: &str, file: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+    };
+    leaf("127.0.0.1", "server");
+    leaf("lifeline", "client");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    EtcdTlsFiles {
+        ca_file: dir.join("ca.pem"),
+        cert_file: Some(dir.join("client.pem")),
+        key_file: Some(dir.join("client.key")),
+    }
+}
+
+/// Logs to the test output, filtered by `RUST_LOG` (nothing when unset).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
 }
 
 /// Awaits `f` for at most `limit`; panics with a clear message on timeout.

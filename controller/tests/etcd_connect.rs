@@ -1,0 +1,98 @@
+//! Connection options against a real etcd: TLS with a client certificate, and user
+//! name and password authentication.
+
+mod etcd_harness;
+
+use std::time::{Duration, SystemTime};
+
+use etcd_harness::{Etcd, within};
+use lifeline_controller::{
+    engine::{Override, OverrideAction},
+    etcd::{EtcdConnect, EtcdStore},
+};
+
+fn an_override() -> Override {
+    let now = SystemTime::now();
+    Override {
+        id: "drain-eu".to_owned(),
+        cluster: "eu-west-1".to_owned(),
+        policy: None,
+        action: OverrideAction::Drain,
+        created_at: now,
+        expires_at: now + Duration::from_secs(600),
+        author: "oncall".to_owned(),
+        reason: "maintenance".to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_client_certificate_works_and_without_one_is_refused() {
+    let Some(etcd) = Etcd::start_tls().await else {
+        return;
+    };
+    let store = EtcdStore::connect(&etcd.connect(), "/lifeline")
+        .await
+        .unwrap();
+    within(
+        Duration::from_secs(10),
+        store.put_override(&an_override(), "alice"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.overrides().await.unwrap().len(), 1);
+
+    let mut no_cert = etcd.connect();
+    if let Some(tls) = no_cert.tls.as_mut() {
+        tls.cert_file = None;
+        tls.key_file = None;
+    }
+    no_cert.request_timeout = Some(Duration::from_secs(2));
+    let refused = EtcdStore::connect(&no_cert, "/lifeline").await.unwrap();
+    assert!(
+        within(Duration::from_secs(10), refused.overrides())
+            .await
+            .is_err(),
+        "etcd requires a client certificate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password_are_sent_and_required_once_auth_is_on() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let mut admin = etcd.client().await;
+    admin.user_add("root", "s3cret", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let with_user = EtcdConnect {
+        user: Some(("root".to_owned(), "s3cret".to_owned())),
+        ..etcd.connect()
+    };
+    assert!(
+        !format!("{with_user:?}").contains("s3cret"),
+        "the password never reaches a log line"
+    );
+    let store = within(
+        Duration::from_secs(10),
+        EtcdStore::connect(&with_user, "/lifeline"),
+    )
+    .await
+    .unwrap();
+    store.put_override(&an_override(), "alice").await.unwrap();
+    assert_eq!(store.overrides().await.unwrap().len(), 1);
+
+    let anonymous = EtcdStore::connect(&etcd.connect(), "/lifeline")
+        .await
+        .unwrap();
+    assert!(
+        anonymous.put_override(&an_override(), "eve").await.is_err(),
+        "writes need credentials once auth is on"
+    );
+    let wrong = EtcdConnect {
+        user: Some(("root".to_owned(), "wrong".to_owned())),
+        ..etcd.connect()
+    };
+    assert!(EtcdStore::connect(&wrong, "/lifeline").await.is_err());
+}

@@ -1,0 +1,399 @@
+//! The shim's etcd source against a real etcd and a real shim on loopback: initial
+//! load, per-name patches, watch resumption after an etcd restart, resync after a
+//! compaction, serving through an outage, and bad values.
+
+mod etcd_harness;
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    sync::Arc,
+    time::Duration,
+};
+
+use etcd_client::Client;
+use etcd_harness::{Etcd, Proxy, ZONE, eventually, start_shim, within};
+use hickory_proto::{
+    op::{Message, Query},
+    rr::{Name, RData, RecordType},
+};
+use lifeline_dns::{
+    AddressSet, EtcdConnect, EtcdSource, NameRecords, ShimHandle, Target, ZoneSnapshot,
+    etcd_source::{VALUE_LIMIT, encode_value, record_key},
+    source,
+};
+use parking_lot::Mutex;
+
+const PREFIX: &str = "/lifeline";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// An A record whose address encodes `n`, so a test can read a sequence number back.
+fn numbered(n: u32) -> NameRecords {
+    NameRecords {
+        address: Some(AddressSet {
+            ttl: 30,
+            targets: vec![Target {
+                address: IpAddr::V4(Ipv4Addr::new(10, 0, (n / 256) as u8, (n % 256) as u8)),
+                cluster: "c1".into(),
+                region: "r1".into(),
+                weight: 1,
+            }],
+            max_answers: None,
+            geo: false,
+        }),
+        ..NameRecords::default()
+    }
+}
+
+fn number_of(records: &NameRecords) -> Option<u32> {
+    match records.address.as_ref()?.targets.first()?.address {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            Some(u32::from(o[2]) * 256 + u32::from(o[3]))
+        }
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// Writes `name` = numbered(n) and returns the etcd revision of the write.
+async fn put(client: &mut Client, name: &str, n: u32) -> i64 {
+    let value = encode_value(&numbered(n), Some(std::time::SystemTime::now())).unwrap();
+    let resp = within(
+        Duration::from_secs(5),
+        client.put(record_key(PREFIX, ZONE, name), value, None),
+    )
+    .await
+    .unwrap();
+    resp.header().unwrap().revision()
+}
+
+fn snapshot(shim: &ShimHandle) -> Option<ZoneSnapshot> {
+    shim.snapshot(ZONE)
+}
+
+fn number(shim: &ShimHandle, name: &str) -> Option<u32> {
+    number_of(snapshot(shim)?.names.get(name)?)
+}
+
+fn connected(shim: &ShimHandle) -> Option<bool> {
+    shim.state()
+        .sources
+        .iter()
+        .find(|s| s.name.starts_with("etcd:"))
+        .map(|s| s.connected)
+}
+
+fn spawn_source(shim: &ShimHandle, connect: EtcdConnect) -> tokio::task::JoinHandle<()> {
+    let src = EtcdSource::new(connect, PREFIX)
+        .with_backoff(Duration::from_millis(50), Duration::from_millis(500));
+    source::spawn(Box::new(src), shim.clone())
+}
+
+/// The A addresses the shim answers for `name` over real UDP.
+fn query_a(server: SocketAddr, name: &str) -> Vec<Ipv4Addr> {
+    let mut m = Message::query();
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    sock.send_to(&m.to_vec().unwrap(), server).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).expect("a DNS reply");
+    Message::from_vec(&buf[..n])
+        .unwrap()
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_loads_existing_records_then_applies_changes_as_patches() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let mut client = etcd.client().await;
+    put(&mut client, "www", 1).await;
+    let loaded_rev = put(&mut client, "api", 1).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let shim = start_shim(dir.path()).await;
+    let task = spawn_source(&shim, etcd.connect());
+    let snap = eventually(WAIT, "initial load", || {
+        snapshot(&shim).filter(|s| s.names.len() == 2)
+    })
+    .await;
+    assert_eq!(snap.revision, loaded_rev as u64, "zone revision is etcd's");
+    assert_eq!(connected(&shim), Some(true));
+
+    put(&mut client, "www", 2).await;
+    let resp = client
+        .delete(record_key(PREFIX, ZONE, "api"), None)
+        .await
+        .unwrap();
+    let delete_rev = resp.header().unwrap().revision() as u64;
+    let snap = eventually(WAIT, "patches", || {
+        snapshot(&shim).filter(|s| s.revision == delete_rev)
+    })
+    .await;
+    assert_eq!(snap.names.keys().collect::<Vec<_>>(), ["www"]);
+    assert_eq!(number(&shim, "www"), Some(2));
+    assert_eq!(
+        query_a(shim.udp_addrs()[0], "www.global.example.com."),
+        [Ipv4Addr::new(10, 0, 0, 2)]
+    );
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_resumes_after_an_etcd_restart_and_a_compaction_without_missing_an_update() {
+    let Some(mut etcd) = Etcd::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shim = start_shim(dir.path()).await;
+    let task = spawn_source(&shim, etcd.connect());
+
+    // Every value of "latest" the shim ever serves, sampled; it must never go back.
+    let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let sampler = {
+        let (shim, seen) = (shim.clone(), seen.clone());
+        tokio::spawn(async move {
+            // Bounded by the test: aborted at the end.
+            loop {
+                if let Some(n) = number(&shim, "latest") {
+                    let mut s = seen.lock();
+                    if s.last() != Some(&n) {
+                        s.push(n);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+
+    let mut client = etcd.client().await;
+    let mut last_rev = 0;
+    for i in 0..10 {
+        put(&mut client, &format!("seq-{i}"), i).await;
+        last_rev = put(&mut client, "latest", i).await;
+    }
+    eventually(WAIT, "first ten updates", || {
+        (number(&shim, "latest") == Some(9)).then_some(())
+    })
+    .await;
+
+    etcd.stop();
+    eventually(WAIT, "source reported disconnected", || {
+        (connected(&shim) == Some(false)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        snapshot(&shim).unwrap().names.len(),
+        11,
+        "nothing removed while etcd is down"
+    );
+    etcd.start_again().await;
+
+    let mut client = etcd.client().await;
+    for i in 10..20 {
+        put(&mut client, &format!("seq-{i}"), i).await;
+        last_rev = put(&mut client, "latest", i).await;
+    }
+    etcd.compact(last_rev).await;
+    for i in 20..30 {
+        put(&mut client, &format!("seq-{i}"), i).await;
+        last_rev = put(&mut client, "latest", i).await;
+    }
+
+    let snap = eventually(WAIT, "every update after the restart", || {
+        snapshot(&shim).filter(|s| s.revision == last_rev as u64)
+    })
+    .await;
+    sampler.abort();
+    let expected: BTreeSet<String> = (0..30)
+        .map(|i| format!("seq-{i}"))
+        .chain(["latest".to_owned()])
+        .collect();
+    assert_eq!(
+        snap.names.keys().cloned().collect::<BTreeSet<_>>(),
+        expected
+    );
+    for i in 0..30 {
+        assert_eq!(number(&shim, &format!("seq-{i}")), Some(i));
+    }
+    assert_eq!(number(&shim, "latest"), Some(29));
+    let seen = seen.lock().clone();
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "updates were served out of order: {seen:?}"
+    );
+    assert_eq!(connected(&shim), Some(true));
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_resume_revision_triggers_a_full_resync() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    // The source reaches etcd through a proxy the test can cut, so it is certainly away
+    // while the history it needs is compacted.
+    let proxy = Proxy::start(etcd.client_addr()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shim = start_shim(dir.path()).await;
+    let task = spawn_source(&shim, EtcdConnect::new([proxy.endpoint()]));
+
+    let mut client = etcd.client().await;
+    put(&mut client, "www", 1).await;
+    put(&mut client, "api", 1).await;
+    eventually(WAIT, "initial records", || {
+        snapshot(&shim).filter(|s| s.names.len() == 2)
+    })
+    .await;
+
+    proxy.set_blocked(true);
+    eventually(WAIT, "source reported disconnected", || {
+        (connected(&shim) == Some(false)).then_some(())
+    })
+    .await;
+    put(&mut client, "www", 2).await;
+    put(&mut client, "db", 2).await;
+    let resp = client
+        .delete(record_key(PREFIX, ZONE, "api"), None)
+        .await
+        .unwrap();
+    let rev = resp.header().unwrap().revision();
+    etcd.compact(rev).await;
+    assert_eq!(
+        snapshot(&shim).unwrap().names.len(),
+        2,
+        "nothing changes while the source is cut off"
+    );
+
+    proxy.set_blocked(false);
+    let snap = eventually(WAIT, "resync after compaction", || {
+        snapshot(&shim).filter(|s| s.revision == rev as u64)
+    })
+    .await;
+    assert_eq!(
+        snap.names.keys().collect::<Vec<_>>(),
+        ["db", "www"],
+        "the deletion that happened during the gap is applied by the resync"
+    );
+    assert_eq!(number(&shim, "www"), Some(2));
+    eventually(WAIT, "source reported connected", || {
+        (connected(&shim) == Some(true)).then_some(())
+    })
+    .await;
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shim_keeps_every_record_while_etcd_is_down_and_takes_new_writes_after() {
+    let Some(mut etcd) = Etcd::start().await else {
+        return;
+    };
+    let mut client = etcd.client().await;
+    for i in 0..5 {
+        put(&mut client, &format!("n{i}"), i).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shim = start_shim(dir.path()).await;
+    let task = spawn_source(&shim, etcd.connect());
+    eventually(WAIT, "initial records", || {
+        snapshot(&shim).filter(|s| s.names.len() == 5)
+    })
+    .await;
+
+    etcd.stop();
+    eventually(WAIT, "source reported disconnected", || {
+        (connected(&shim) == Some(false)).then_some(())
+    })
+    .await;
+    // Several reconnect attempts fail meanwhile; answers keep flowing over the wire.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(snapshot(&shim).unwrap().names.len(), 5);
+    let server = shim.udp_addrs()[0];
+    for i in 0..5u8 {
+        let answers = tokio::task::spawn_blocking(move || {
+            query_a(server, &format!("n{i}.global.example.com."))
+        })
+        .await
+        .unwrap();
+        assert_eq!(answers, [Ipv4Addr::new(10, 0, 0, i)]);
+    }
+    assert!(shim.state().ready);
+
+    etcd.start_again().await;
+    let mut client = etcd.client().await;
+    let rev = put(&mut client, "after", 77).await;
+    eventually(WAIT, "the write after the restart", || {
+        snapshot(&shim).filter(|s| s.revision == rev as u64)
+    })
+    .await;
+    assert_eq!(number(&shim, "after"), Some(77));
+    assert_eq!(snapshot(&shim).unwrap().names.len(), 6);
+    assert_eq!(connected(&shim), Some(true));
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_record_values_are_skipped_and_the_last_good_records_stay() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let mut client = etcd.client().await;
+    put(&mut client, "www", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shim = start_shim(dir.path()).await;
+    let task = spawn_source(&shim, etcd.connect());
+    eventually(WAIT, "initial records", || number(&shim, "www")).await;
+    let errors_before = shim.state().load_errors;
+
+    let huge = encode_value(&"x".repeat(VALUE_LIMIT), None).unwrap();
+    let bad: [(&str, Vec<u8>); 4] = [
+        ("www", b"{ not json".to_vec()),
+        ("www", br#"{"format":2,"value":{}}"#.to_vec()),
+        (
+            "api",
+            br#"{"format":1,"value":{"address":"nope"}}"#.to_vec(),
+        ),
+        ("db", huge),
+    ];
+    for (name, bytes) in bad {
+        client
+            .put(record_key(PREFIX, ZONE, name), bytes, None)
+            .await
+            .unwrap();
+    }
+    // A good write after the bad ones: once it is served, the bad ones were processed.
+    put(&mut client, "marker", 5).await;
+    eventually(WAIT, "marker", || number(&shim, "marker")).await;
+    assert_eq!(number(&shim, "www"), Some(1), "last good value kept");
+    let names: Vec<String> = snapshot(&shim).unwrap().names.into_keys().collect();
+    assert_eq!(names, ["marker", "www"]);
+    assert!(
+        shim.state().load_errors >= errors_before + 4,
+        "each bad value is counted"
+    );
+    task.abort();
+
+    // A restarted shim (persisted snapshot) with a fresh source doing a full load keeps
+    // serving the last good "www" although etcd holds garbage for it.
+    shim.shutdown();
+    drop(shim);
+    let shim = start_shim(dir.path()).await;
+    assert_eq!(number(&shim, "www"), Some(1), "served from disk");
+    let task = spawn_source(&shim, etcd.connect());
+    let rev = put(&mut client, "after", 6).await;
+    eventually(WAIT, "full load plus the next write", || {
+        snapshot(&shim).filter(|s| s.revision == rev as u64)
+    })
+    .await;
+    assert_eq!(number(&shim, "www"), Some(1));
+    assert_eq!(number(&shim, "marker"), Some(5));
+    task.abort();
+}
