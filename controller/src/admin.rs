@@ -38,7 +38,7 @@ use serde_json::json;
 
 use crate::{
     engine::{Decision, Health, Override, OverrideAction},
-    store::EmbeddedStore,
+    store::Store,
 };
 
 /// Longest override an operator can set in one request.
@@ -55,7 +55,9 @@ pub trait DemoControl: Send + Sync {
 pub struct AdminState {
     /// The latest decision.
     pub decision: RwLock<Arc<Decision>>,
-    pub store: Arc<EmbeddedStore>,
+    /// Where overrides are kept; `None` until the store is reachable (etcd may be down
+    /// while DNS already answers).
+    pub store: RwLock<Option<Store>>,
     /// Cluster names known from the policy set, to reject overrides for typos.
     pub clusters: RwLock<BTreeSet<String>>,
     /// Bearer token for `/v1` routes.
@@ -289,21 +291,41 @@ pub fn status_of(decision: &Decision, overrides: &[Override], now: SystemTime) -
     }
 }
 
+/// The answer while the store is not connected yet.
+fn not_connected() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the store is not reachable yet; DNS keeps answering meanwhile",
+    )
+}
+
 async fn status(State(state): State<Arc<AdminState>>) -> Response {
     let decision = state.decision.read().clone();
-    let overrides = state.store.overrides();
+    // Status must work while the store is down: overrides are then reported unknown (0).
+    let store = state.store.read().clone();
+    let overrides = match store {
+        Some(store) => store.overrides().await.unwrap_or_default(),
+        None => Vec::new(),
+    };
     Json(status_of(&decision, &overrides, SystemTime::now())).into_response()
 }
 
 async fn list_overrides(State(state): State<Arc<AdminState>>) -> Response {
+    let Some(store) = state.store.read().clone() else {
+        return not_connected();
+    };
     let now = SystemTime::now();
-    let active: Vec<Override> = state
-        .store
-        .overrides()
-        .into_iter()
-        .filter(|o| o.is_active(now))
-        .collect();
-    Json(json!({ "overrides": active, "audit": state.store.audit() })).into_response()
+    let (overrides, audit) = match (store.overrides().await, store.audit().await) {
+        (Ok(o), Ok(a)) => (o, a),
+        (Err(e), _) | (_, Err(e)) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the store: {e}"),
+            );
+        }
+    };
+    let active: Vec<Override> = overrides.into_iter().filter(|o| o.is_active(now)).collect();
+    Json(json!({ "overrides": active, "audit": audit })).into_response()
 }
 
 /// `POST /v1/overrides` body.
@@ -412,7 +434,10 @@ async fn create_override(State(state): State<Arc<AdminState>>, body: Bytes) -> R
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let by = o.author.clone();
-    if let Err(e) = state.store.put_override(o.clone(), &by) {
+    let Some(store) = state.store.read().clone() else {
+        return not_connected();
+    };
+    if let Err(e) = store.put_override(o.clone(), &by).await {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot store override: {e}"),
@@ -424,7 +449,10 @@ async fn create_override(State(state): State<Arc<AdminState>>, body: Bytes) -> R
 }
 
 async fn delete_override(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
-    match state.store.remove_overrides(|o| o.id == id, "admin-api") {
+    let Some(store) = state.store.read().clone() else {
+        return not_connected();
+    };
+    match store.remove_overrides(|o| o.id == id, "admin-api").await {
         Ok(removed) if removed.is_empty() => {
             error(StatusCode::NOT_FOUND, format!("no override with id {id:?}"))
         }
@@ -455,9 +483,12 @@ async fn clear_overrides(
             "cluster: query parameter is required (?cluster=NAME)",
         );
     };
-    match state
-        .store
+    let Some(store) = state.store.read().clone() else {
+        return not_connected();
+    };
+    match store
         .remove_overrides(|o| o.cluster == cluster, "admin-api")
+        .await
     {
         Ok(removed) => {
             tracing::info!(%cluster, count = removed.len(), "overrides cleared");

@@ -95,7 +95,47 @@ pub enum StoreConfig {
         /// Environment variable holding the password (never the password itself).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password_env: Option<String>,
+        /// Leader lease: a replica that stops renewing loses leadership after this long.
+        #[serde(default = "default_lease_ttl")]
+        lease_ttl: Duration,
     },
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::new("10s")
+}
+
+impl StoreConfig {
+    /// How to reach etcd, with the password read from its environment variable.
+    pub fn etcd_connect(&self) -> Option<(lifeline_dns::etcd_source::EtcdConnect, String)> {
+        let StoreConfig::Etcd {
+            endpoints,
+            prefix,
+            tls,
+            username,
+            password_env,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let mut connect = lifeline_dns::etcd_source::EtcdConnect::new(endpoints.clone());
+        connect.tls = tls
+            .as_ref()
+            .map(|t| lifeline_dns::etcd_source::EtcdTlsFiles {
+                ca_file: t.ca_file.clone(),
+                cert_file: t.cert_file.clone(),
+                key_file: t.key_file.clone(),
+            });
+        if let Some(user) = username {
+            let password = password_env
+                .as_ref()
+                .and_then(|v| std::env::var(v).ok())
+                .unwrap_or_default();
+            connect.user = Some((user.clone(), password));
+        }
+        Some((connect, prefix.clone()))
+    }
 }
 
 impl Default for StoreConfig {
@@ -249,9 +289,19 @@ impl Config {
         }
 
         if let StoreConfig::Etcd {
-            endpoints, prefix, ..
+            endpoints,
+            prefix,
+            lease_ttl,
+            ..
         } = &self.store
         {
+            match lease_ttl.parse() {
+                Ok(d) if d < std::time::Duration::from_secs(1) => {
+                    push("store.leaseTtl".into(), "must be at least 1s".into())
+                }
+                Ok(_) => {}
+                Err(e) => push("store.leaseTtl".into(), e),
+            }
             if endpoints.is_empty() {
                 push(
                     "store.endpoints".into(),

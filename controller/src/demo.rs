@@ -235,11 +235,12 @@ async fn print_status(state: Arc<AdminState>) {
     loop {
         tick.tick().await;
         let decision = state.decision.read().clone();
-        let status = crate::admin::status_of(
-            &decision,
-            &state.store.overrides(),
-            std::time::SystemTime::now(),
-        );
+        let store = state.store.read().clone();
+        let overrides = match store {
+            Some(store) => store.overrides().await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let status = crate::admin::status_of(&decision, &overrides, std::time::SystemTime::now());
         let mut table = crate::ctl::render_status(&status);
         // The age line changes every second; compare without it.
         let body = table

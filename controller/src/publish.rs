@@ -34,6 +34,12 @@ impl Publisher {
         }
     }
 
+    /// Treats `records` as already published (a new leader seeds itself with what the
+    /// store holds, so its first publish is a patch, not a rewrite of every name).
+    pub fn seed(&mut self, records: BTreeMap<String, BTreeMap<String, NameRecords>>) {
+        self.published = records;
+    }
+
     /// Records per zone for a decision.
     pub fn records(&self, decision: &Decision) -> BTreeMap<String, BTreeMap<String, NameRecords>> {
         let mut out: BTreeMap<String, BTreeMap<String, NameRecords>> = self

@@ -2,11 +2,22 @@
 //!
 //! Start-up order is what keeps discovery alive across restarts:
 //!
-//! 1. open the store and read the last decision (hysteresis and ramp state included);
-//! 2. start the DNS shim, which loads its persisted snapshot *before* binding sockets,
-//!    so the first query after a restart is answered from disk;
-//! 3. load the policy documents (or the last good set from the store if they are broken);
-//! 4. start the admin API and the prober, then decide and publish in a loop.
+//! 1. start the DNS shim, which loads its persisted snapshot *before* binding sockets,
+//!    so the first query after a restart is answered from disk, before anything else
+//!    (store, etcd, policies) is reachable;
+//! 2. start the admin API;
+//! 3. lead: read the last decision (hysteresis and ramp state included), load the
+//!    policy documents (or the last good set if they are broken), start the prober,
+//!    then decide and publish in a loop.
+//!
+//! ```text
+//!  store: embedded                       store: etcd (every replica)
+//!  ───────────────                       ──────────────────────────
+//!  always the leader                     campaign ─► leader? ─► lead() until the lease is lost
+//!  lead() ─► shim.apply (in process)     lead() ─► fenced writes to etcd
+//!                                        every shim ◄── etcd watch (EtcdSource)
+//!                                        followers: serve DNS + admin, refresh status
+//! ```
 //!
 //! The loop decides whenever probe results arrive (batched per 100 ms), when overrides
 //! change, and at least once a second (hold-downs, ramps and expiries move with time).
@@ -36,11 +47,12 @@ use crate::{
     admin::{self, AdminState, DemoControl},
     config::{Config, PolicySource, StoreConfig},
     documents,
-    engine::{self, Decision, Health, Observation, Signals},
+    engine::{self, Decision, Health, Observation, Override, Signals},
+    etcd::{EtcdStore, Leader, Leadership},
     policies::{self, PolicySet},
     probe::{ProbeResult, Prober},
     publish::Publisher,
-    store::{EmbeddedStore, PolicySnapshot},
+    store::{EmbeddedStore, PolicySnapshot, Store},
 };
 
 /// Where the policy documents come from.
@@ -274,6 +286,82 @@ fn fingerprint(d: &Decision) -> Vec<(String, String, Health, bool)> {
         .collect()
 }
 
+/// Where the leader's results go.
+enum Output<'a> {
+    /// One process: the shim in process, state on local disk.
+    Local {
+        shim: &'a ShimHandle,
+        store: &'a EmbeddedStore,
+    },
+    /// Replicas: every write fenced by the leader's election key.
+    Etcd {
+        store: &'a EtcdStore,
+        leader: &'a Leader,
+    },
+}
+
+impl Output<'_> {
+    async fn publish(&self, update: lifeline_dns::Update) -> anyhow::Result<()> {
+        match self {
+            Output::Local { shim, .. } => {
+                shim.apply_async(update).await?;
+            }
+            Output::Etcd { store, leader } => {
+                store.publish_update(leader, &update).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn save_decision(&self, decision: &Decision) -> anyhow::Result<()> {
+        match self {
+            Output::Local { store, .. } => store.save_decision(decision)?,
+            Output::Etcd { store, leader } => store.save_decision(leader, decision).await?,
+        }
+        Ok(())
+    }
+
+    async fn load_decision(&self) -> anyhow::Result<Option<Decision>> {
+        Ok(match self {
+            Output::Local { store, .. } => store.load_decision(),
+            Output::Etcd { store, .. } => store.load_decision().await?,
+        })
+    }
+
+    async fn save_policies(&self, snapshot: &PolicySnapshot) -> anyhow::Result<()> {
+        match self {
+            Output::Local { store, .. } => store.save_policies(snapshot)?,
+            Output::Etcd { store, leader } => store.mirror_policies(leader, snapshot).await?,
+        }
+        Ok(())
+    }
+
+    async fn load_policies(&self) -> anyhow::Result<Option<PolicySnapshot>> {
+        Ok(match self {
+            Output::Local { store, .. } => store.load_policies(),
+            Output::Etcd { store, .. } => {
+                let s = store.load_policies().await?;
+                (!s.policies.is_empty() || !s.clusters.is_empty()).then_some(s)
+            }
+        })
+    }
+
+    async fn overrides(&self) -> anyhow::Result<Vec<Override>> {
+        Ok(match self {
+            Output::Local { store, .. } => store.overrides(),
+            Output::Etcd { store, .. } => store.overrides().await?,
+        })
+    }
+}
+
+/// What every leadership term shares.
+struct Term {
+    config: Config,
+    metrics: Arc<Metrics>,
+    state: Arc<AdminState>,
+    policy_state: PolicyState,
+}
+
 /// Runs the controller until `shutdown` completes.
 pub async fn run(
     options: Options,
@@ -288,68 +376,13 @@ pub async fn run(
         on_ready,
     } = options;
 
-    // 1. Store and the last decision.
-    let store_dir = match &config.store {
-        StoreConfig::Embedded { data_dir } => data_dir.clone(),
-        StoreConfig::Etcd { .. } => {
-            anyhow::bail!("store type etcd is not supported by this build; use type embedded")
-        }
-    };
-    let store = Arc::new(EmbeddedStore::open(&store_dir).context("opening the store")?);
-    let mut decision = store.load_decision().unwrap_or_default();
-    info!(
-        revision = decision.revision,
-        policies = decision.policies.len(),
-        "resumed the last decision"
-    );
-
-    // 2. DNS from the persisted snapshot, then sockets.
+    // 1. DNS from the persisted snapshot, then sockets: nothing else is needed to answer.
     let shim = Shim::start(&config.dns, &config.zones)
         .await
         .context("starting DNS")?;
-    shim.set_source_connected("controller", true);
-    let start_revision = shim
-        .state()
-        .zones
-        .iter()
-        .filter_map(|z| z.revision)
-        .max()
-        .unwrap_or(0);
-    let mut publisher = Publisher::new(&config.zone_origins(), start_revision);
     info!(udp = ?shim.udp_addrs(), tcp = ?shim.tcp_addrs(), ready = shim.state().ready, "DNS answering");
 
-    // 3. Policies: fresh if valid, else the last good set.
-    let mut policy_state = PolicyState {
-        docs: documents,
-        stamps: Vec::new(),
-        zones: config.zone_origins(),
-    };
-    let mut current = match policy_state.load() {
-        Ok(snapshot) => {
-            store
-                .save_policies(&snapshot)
-                .context("saving the policy set")?;
-            snapshot
-        }
-        Err(problems) => {
-            for p in &problems {
-                warn!(problem = %p, "policy documents are invalid");
-            }
-            store.load_policies().with_context(|| {
-                format!(
-                    "policy documents are invalid ({} problems) and no last good set is stored",
-                    problems.len()
-                )
-            })?
-        }
-    };
-    let mut set: PolicySet =
-        policies::compile(&current.policies, &current.clusters, &BTreeMap::new());
-    for w in &set.warnings {
-        warn!(warning = %w, "policy set");
-    }
-
-    // 4. Admin API and prober.
+    // 2. Admin API.
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -357,9 +390,9 @@ pub async fn run(
     let admin_addr: SocketAddr = admin.local_addr()?;
     let dns_for_ready = shim.clone();
     let state = Arc::new(AdminState {
-        decision: RwLock::new(Arc::new(decision.clone())),
-        store: store.clone(),
-        clusters: RwLock::new(cluster_names(&current)),
+        decision: RwLock::new(Arc::new(Decision::default())),
+        store: RwLock::new(None),
+        clusters: RwLock::new(BTreeSet::new()),
         token: admin_token,
         loopback: admin::is_loopback(&admin_addr),
         decided: Default::default(),
@@ -374,28 +407,258 @@ pub async fn run(
         let _ = admin_stop.wait_for(|s| *s).await;
     }));
     info!(%admin_addr, "admin API listening");
-
-    let (tx, mut results) = mpsc::channel::<ProbeResult>(4096);
-    let prober = Prober::new(config.defaults.probe.concurrency as usize, tx)
-        .context("starting the prober")?;
-    prober.set_targets(set.probes.clone());
-
     if let Some(f) = on_ready {
         f(state.clone(), shim.clone());
     }
 
+    let mut ctx = Term {
+        policy_state: PolicyState {
+            docs: documents,
+            stamps: Vec::new(),
+            zones: config.zone_origins(),
+        },
+        config,
+        metrics,
+        state,
+    };
     let mut shutdown = std::pin::pin!(shutdown);
+    let result = match ctx.config.store.clone() {
+        StoreConfig::Embedded { data_dir } => {
+            run_embedded(&mut ctx, &shim, &data_dir, shutdown.as_mut()).await
+        }
+        StoreConfig::Etcd { lease_ttl, .. } => {
+            let ttl = lease_ttl.parse().unwrap_or(Duration::from_secs(10));
+            run_replica(&mut ctx, &shim, ttl, shutdown.as_mut()).await
+        }
+    };
+
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = admin_task.await;
+    shim.shutdown();
+    result
+}
+
+async fn run_embedded(
+    ctx: &mut Term,
+    shim: &ShimHandle,
+    data_dir: &Path,
+    shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+) -> anyhow::Result<()> {
+    let store = Arc::new(EmbeddedStore::open(data_dir).context("opening the store")?);
+    *ctx.state.store.write() = Some(Store::Embedded(store.clone()));
+    shim.set_source_connected("controller", true);
+    let start_revision = shim
+        .state()
+        .zones
+        .iter()
+        .filter_map(|z| z.revision)
+        .max()
+        .unwrap_or(0);
+    let publisher = Publisher::new(&ctx.config.zone_origins(), start_revision);
+    let output = Output::Local {
+        shim,
+        store: &store,
+    };
+    lead(ctx, &output, publisher, shutdown).await
+}
+
+/// A replica: serves DNS from etcd, campaigns, and leads while elected.
+async fn run_replica(
+    ctx: &mut Term,
+    shim: &ShimHandle,
+    ttl: Duration,
+    mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+) -> anyhow::Result<()> {
+    let (connect, prefix) = ctx
+        .config
+        .store
+        .etcd_connect()
+        .context("etcd store settings")?;
+    // Every replica's shim, the leader's included, is fed from etcd.
+    let source = lifeline_dns::source::spawn(
+        Box::new(lifeline_dns::etcd_source::EtcdSource::new(
+            connect.clone(),
+            prefix.clone(),
+        )),
+        shim.clone(),
+    );
+    let identity = replica_identity();
+    let result = async {
+        // Connecting fails fast while etcd is down; DNS is already answering, so retry.
+        let store = loop {
+            tokio::select! {
+                _ = shutdown.as_mut() => return Ok(()),
+                r = EtcdStore::connect(&connect, &prefix) => match r {
+                    Ok(s) => break s,
+                    Err(e) => {
+                        warn!(error = %e, "cannot reach etcd yet; DNS keeps answering from its snapshot");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+            }
+        };
+        *ctx.state.store.write() = Some(Store::Etcd(store.clone()));
+        let leadership = Leadership::new(&store, identity.clone(), ttl);
+        loop {
+            info!(%identity, "campaigning for leadership");
+            let leader = tokio::select! {
+                _ = shutdown.as_mut() => return Ok(()),
+                l = leadership.campaign() => l?,
+                // Followers keep their status view fresh from the leader's decision.
+                _ = follow_status(&store, &ctx.state) => unreachable!("follow_status never returns"),
+            };
+            info!(%identity, "elected leader");
+            // Seed the publisher with what etcd holds, so the first publish is a patch.
+            let mut publisher = Publisher::new(&ctx.config.zone_origins(), 0);
+            match store.records().await {
+                Ok(records) => publisher.seed(records),
+                Err(e) => warn!(error = %e, "cannot read published records; republishing every zone"),
+            }
+            let (done, term) = {
+                let output = Output::Etcd { store: &store, leader: &leader };
+                let stop = async {
+                    tokio::select! {
+                        _ = shutdown.as_mut() => true,
+                        _ = leader.lost() => false,
+                    }
+                };
+                lead_until(ctx, &output, publisher, stop).await
+            };
+            if let Err(e) = term {
+                warn!(error = %e, "leadership term ended with an error");
+            }
+            if done {
+                let _ = leader.resign().await;
+                return Ok(());
+            }
+            warn!(%identity, "lost leadership; campaigning again");
+        }
+    }
+    .await;
+    source.abort();
+    result
+}
+
+/// Refreshes the admin status from the decision in etcd while this replica follows.
+async fn follow_status(store: &EtcdStore, state: &AdminState) {
+    loop {
+        if let Ok(Some(d)) = store.load_decision().await {
+            *state.decision.write() = Arc::new(d);
+            state.decided.store(true, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+fn replica_identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "lifeline".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Leads until `shutdown` completes (single-process mode).
+async fn lead(
+    ctx: &mut Term,
+    output: &Output<'_>,
+    publisher: Publisher,
+    shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+) -> anyhow::Result<()> {
+    let (_, result) = lead_until(ctx, output, publisher, async {
+        shutdown.await;
+        true
+    })
+    .await;
+    result
+}
+
+/// One leadership term: decide and publish until `stop` completes. Returns `stop`'s
+/// value (true: shut down) with the term's outcome.
+async fn lead_until(
+    ctx: &mut Term,
+    output: &Output<'_>,
+    mut publisher: Publisher,
+    stop: impl Future<Output = bool>,
+) -> (bool, anyhow::Result<()>) {
+    let Term {
+        config,
+        metrics,
+        state,
+        policy_state,
+    } = ctx;
+    let mut stop = std::pin::pin!(stop);
+
+    let mut decision = match output.load_decision().await {
+        Ok(d) => d.unwrap_or_default(),
+        Err(e) => return (false, Err(e.context("reading the last decision"))),
+    };
+    info!(
+        revision = decision.revision,
+        policies = decision.policies.len(),
+        "resumed the last decision"
+    );
+
+    // Policies: fresh if valid, else the last good set.
+    let mut current = match policy_state.load() {
+        Ok(snapshot) => {
+            if let Err(e) = output.save_policies(&snapshot).await {
+                warn!(error = %e, "cannot save the policy set");
+            }
+            snapshot
+        }
+        Err(problems) => {
+            for p in &problems {
+                warn!(problem = %p, "policy documents are invalid");
+            }
+            match output.load_policies().await {
+                Ok(Some(s)) => s,
+                Ok(None) => {
+                    let e = anyhow::anyhow!(
+                        "policy documents are invalid ({} problems) and no last good set is stored",
+                        problems.len()
+                    );
+                    return (false, Err(e));
+                }
+                Err(e) => return (false, Err(e.context("reading the last good policy set"))),
+            }
+        }
+    };
+    let mut set: PolicySet =
+        policies::compile(&current.policies, &current.clusters, &BTreeMap::new());
+    for w in &set.warnings {
+        warn!(warning = %w, "policy set");
+    }
+    *state.clusters.write() = cluster_names(&current);
+
+    let (tx, mut results) = mpsc::channel::<ProbeResult>(4096);
+    let prober = match Prober::new(config.defaults.probe.concurrency as usize, tx) {
+        Ok(p) => p,
+        Err(e) => {
+            return (
+                false,
+                Err(anyhow::Error::new(e).context("starting the prober")),
+            );
+        }
+    };
+    prober.set_targets(set.probes.clone());
+
+    let mut overrides: Vec<Override> = Vec::new();
     let mut signals = Signals::default();
     let mut dirty = true;
     let mut last_decide = tokio::time::Instant::now();
     let mut last_saved = fingerprint(&decision);
     let mut decide_tick = tokio::time::interval(Duration::from_millis(100));
     let mut reload_tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    let done = loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            done = &mut stop => break done,
             Some(r) = results.recv() => {
-                metrics.probes.get_or_create(&ResultLabels { result: if r.ok { "ok".into() } else { "fail".into() } }).inc();
+                let result = if r.ok { "ok" } else { "fail" };
+                metrics.probes.get_or_create(&ResultLabels { result: result.into() }).inc();
                 signals.targets.entry(r.key)
                     .or_default()
                     .observations
@@ -410,7 +673,7 @@ pub async fn run(
                     match policy_state.load() {
                         Ok(snapshot) => {
                             info!(policies = snapshot.policies.len(), clusters = snapshot.clusters.len(), "policy documents reloaded");
-                            if let Err(e) = store.save_policies(&snapshot) {
+                            if let Err(e) = output.save_policies(&snapshot).await {
                                 warn!(error = %e, "cannot save the policy set");
                             }
                             current = snapshot;
@@ -438,9 +701,13 @@ pub async fn run(
                 }
             }
         }
-        // Decide.
+        // Decide. A store that cannot be read keeps the last overrides known: losing a
+        // source must not drop an operator's drain.
+        match output.overrides().await {
+            Ok(o) => overrides = o,
+            Err(e) => warn!(error = %e, "cannot read overrides; using the last ones read"),
+        }
         let now = SystemTime::now();
-        let overrides = store.overrides();
         let next = engine::decide(
             &config.engine,
             &set.policies,
@@ -453,51 +720,56 @@ pub async fn run(
         dirty = false;
         last_decide = tokio::time::Instant::now();
         metrics.decisions.inc();
-        if next.revision != decision.revision {
-            metrics.answer_changes.inc();
-            for (id, p) in &next.policies {
-                let before = decision.policies.get(id).map(|b| &b.answers);
-                if before != Some(&p.answers) {
-                    let answers: Vec<String> =
-                        p.answers.iter().map(|a| a.address.to_string()).collect();
-                    info!(policy = %id, outcome = ?p.outcome, answers = ?answers, "answers changed");
-                }
-            }
-        }
-        for alarm in &next.alarms {
-            if !decision.alarms.iter().any(|a| a.kind == alarm.kind) {
-                warn!(kind = ?alarm.kind, message = %alarm.message, "alarm raised");
-            }
-        }
+        log_changes(&decision, &next);
+        let mut published = true;
         for update in publisher.updates(&next, now) {
             let zone = update.zone().to_owned();
-            if let Err(e) = shim.apply_async(update).await {
+            if let Err(e) = output.publish(update).await {
                 metrics.publish_errors.inc();
-                warn!(%zone, error = %e, "DNS shim refused an update; republishing the whole zone next time");
+                warn!(%zone, error = %e, "publishing failed; republishing the whole zone next time");
                 publisher.reset();
+                published = false;
+                break;
             }
         }
         let print = fingerprint(&next);
         if print != last_saved || next.revision != decision.revision {
-            if let Err(e) = store.save_decision(&next) {
-                warn!(error = %e, "cannot save the decision");
+            match output.save_decision(&next).await {
+                Ok(()) => last_saved = print,
+                Err(e) => warn!(error = %e, "cannot save the decision"),
             }
-            last_saved = print;
         }
         metrics.observe(&next, now);
         decision = next;
+        if !published {
+            // Retry soon rather than waiting for the next change.
+            dirty = true;
+        }
         *state.decision.write() = Arc::new(decision.clone());
         state.decided.store(true, Ordering::Relaxed);
-    }
+    };
 
-    info!("shutting down");
     drop(prober);
-    if let Err(e) = store.save_decision(&decision) {
-        warn!(error = %e, "cannot save the decision");
+    let saved = output.save_decision(&decision).await;
+    (done, saved.context("saving the decision"))
+}
+
+fn log_changes(before: &Decision, after: &Decision) {
+    if after.revision != before.revision {
+        for (id, p) in &after.policies {
+            if before.policies.get(id).map(|b| &b.answers) != Some(&p.answers) {
+                let answers: Vec<String> = p
+                    .answers
+                    .iter()
+                    .map(|a| format!("{}@{}", a.address, a.weight))
+                    .collect();
+                info!(policy = %id, outcome = ?p.outcome, answers = ?answers, "answers changed");
+            }
+        }
     }
-    let _ = stop_tx.send(true);
-    let _ = admin_task.await;
-    let _ = stop_rx;
-    shim.shutdown();
-    Ok(())
+    for alarm in &after.alarms {
+        if !before.alarms.iter().any(|a| a.kind == alarm.kind) {
+            warn!(kind = ?alarm.kind, message = %alarm.message, "alarm raised");
+        }
+    }
 }

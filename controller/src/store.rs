@@ -12,6 +12,7 @@ use std::{
     fs,
     io::Write,
     path::{Path, PathBuf},
+    sync::Arc,
     time::SystemTime,
 };
 
@@ -33,6 +34,8 @@ pub enum Error {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    Etcd(#[from] crate::etcd::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -64,6 +67,52 @@ pub struct AuditEntry {
 pub struct PolicySnapshot {
     pub policies: Vec<lifeline_crds::FailoverPolicy>,
     pub clusters: Vec<lifeline_crds::MemberCluster>,
+}
+
+/// Where overrides live: this process's directory, or etcd shared by every replica and
+/// reachable by `lifeline ctl` without any leader or Kubernetes API.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Embedded(Arc<EmbeddedStore>),
+    Etcd(crate::etcd::EtcdStore),
+}
+
+impl Store {
+    /// Every override (expired ones included; the engine ignores those).
+    pub async fn overrides(&self) -> Result<Vec<Override>> {
+        match self {
+            Store::Embedded(s) => Ok(s.overrides()),
+            Store::Etcd(s) => Ok(s.overrides().await?),
+        }
+    }
+
+    /// Adds or replaces (by id) an override, recording it in the audit trail.
+    pub async fn put_override(&self, o: Override, by: &str) -> Result<()> {
+        match self {
+            Store::Embedded(s) => s.put_override(o, by),
+            Store::Etcd(s) => Ok(s.put_override(&o, by).await?),
+        }
+    }
+
+    /// Removes overrides matching `pred`, recording each in the audit trail.
+    pub async fn remove_overrides(
+        &self,
+        pred: impl Fn(&Override) -> bool,
+        by: &str,
+    ) -> Result<Vec<Override>> {
+        match self {
+            Store::Embedded(s) => s.remove_overrides(pred, by),
+            Store::Etcd(s) => Ok(s.remove_overrides(pred, by).await?),
+        }
+    }
+
+    /// The audit trail, oldest first.
+    pub async fn audit(&self) -> Result<Vec<AuditEntry>> {
+        match self {
+            Store::Embedded(s) => Ok(s.audit()),
+            Store::Etcd(s) => Ok(s.audit().await?),
+        }
+    }
 }
 
 /// A store kept in one directory on local disk.

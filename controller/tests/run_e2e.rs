@@ -116,19 +116,32 @@ fn wait_for(
     panic!("{name}: condition not met within {limit:?}; last answer {last:?}");
 }
 
+/// A temporary directory with the configuration and documents, and the ports they use.
+struct Setup {
+    dir: tempfile::TempDir,
+    port: u16,
+    dns: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let port = free_port(&[primary(), secondary()]);
+    let dns = SocketAddr::new(lo, free_port(&[lo]));
+    let admin = SocketAddr::new(lo, free_port(&[lo]));
+    write_files(dir.path(), dns, admin, port, "");
+    Setup {
+        dir,
+        port,
+        dns,
+        admin,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_primary_fails_over_and_returns_only_after_hold_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port(&[primary(), secondary()]);
-    let dns = SocketAddr::new(
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        free_port(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]),
-    );
-    let admin = SocketAddr::new(
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        free_port(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]),
-    );
-    write_files(dir.path(), dns, admin, port, "");
+    let Setup { dir, port, dns, .. } = setup();
     let mut a = Backend::start(SocketAddr::new(primary(), port)).await;
     let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
     let lifeline = Lifeline::start(&dir.path().join("lifeline.yaml"));
@@ -185,17 +198,7 @@ async fn a_killed_primary_fails_over_and_returns_only_after_hold_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_answers_from_persisted_state_before_probing() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port(&[primary(), secondary()]);
-    let dns = SocketAddr::new(
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        free_port(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]),
-    );
-    let admin = SocketAddr::new(
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        free_port(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]),
-    );
-    write_files(dir.path(), dns, admin, port, "");
+    let Setup { dir, port, dns, .. } = setup();
     let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
     // The primary never starts: the first run settles on the secondary.
     let lifeline = Lifeline::start(&dir.path().join("lifeline.yaml"));
@@ -236,17 +239,12 @@ async fn a_restart_answers_from_persisted_state_before_probing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_policy_edit_keeps_the_last_good_set_and_a_fixed_one_applies() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port(&[primary(), secondary()]);
-    let dns = SocketAddr::new(
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        free_port(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]),
-    );
-    let admin = SocketAddr::new(
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        free_port(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]),
-    );
-    write_files(dir.path(), dns, admin, port, "");
+    let Setup {
+        dir,
+        port,
+        dns,
+        admin,
+    } = setup();
     let _a = Backend::start(SocketAddr::new(primary(), port)).await;
     let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
     let lifeline = Lifeline::start(&dir.path().join("lifeline.yaml"));

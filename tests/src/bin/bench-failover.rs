@@ -216,8 +216,6 @@ apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: second
 apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: app, namespace: bench}}\nspec:\n  hostname: {NAME}\n  ttl: 5\n  targets: [{{cluster: primary, priority: 0}}, {{cluster: secondary, priority: 1}}]\n  healthCheck: {{http: {{port: {port}}}, interval: 250ms, timeout: 200ms, unhealthyThreshold: 2, healthyThreshold: 2}}\n  failback: {{holdDown: 0s, rampDuration: 0s}}\n"
         ),
     )?;
-    let _secondary = backend(SocketAddr::new(secondary, port)).await?;
-    let mut primary_backend = backend(SocketAddr::new(primary, port)).await?;
     let _lifeline = Process(
         Command::new(lifeline)
             .args(["--log", "warn", "run", "--config"])
@@ -226,25 +224,43 @@ apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: app, 
             .spawn()
             .context("starting lifeline run")?,
     );
-    let only = |ip: IpAddr| move |ips: &[IpAddr]| ips == [ip];
-    tokio::task::spawn_blocking(move || poll_until(dns, only(primary), Duration::from_secs(20)))
-        .await??;
+    kill_primary_rounds(
+        dns,
+        primary,
+        secondary,
+        port,
+        rounds,
+        Duration::from_secs(10),
+    )
+    .await
+}
 
+/// Starts both backends, waits for the primary to be answered, then `rounds` times:
+/// kills the primary, measures until DNS answers the secondary, restarts the primary
+/// and waits until it is answered again.
+async fn kill_primary_rounds(
+    dns: SocketAddr,
+    primary: IpAddr,
+    secondary: IpAddr,
+    port: u16,
+    rounds: usize,
+    limit: Duration,
+) -> Result<Vec<Duration>> {
+    let _secondary = backend(SocketAddr::new(secondary, port)).await?;
+    let mut primary_backend = backend(SocketAddr::new(primary, port)).await?;
+    let only = |ip: IpAddr| move |ips: &[IpAddr]| ips == [ip];
+    tokio::task::spawn_blocking(move || poll_until(dns, only(primary), Duration::from_secs(30)))
+        .await??;
     let mut samples = Vec::with_capacity(rounds);
     for round in 0..rounds {
         primary_backend.task.abort();
         let _ = (&mut primary_backend.task).await;
         let killed = Instant::now();
-        let changed = tokio::task::spawn_blocking(move || {
-            poll_until(dns, only(secondary), Duration::from_secs(10))
-        })
-        .await??;
+        let changed =
+            tokio::task::spawn_blocking(move || poll_until(dns, only(secondary), limit)).await??;
         samples.push(changed - killed);
         primary_backend = backend(SocketAddr::new(primary, port)).await?;
-        tokio::task::spawn_blocking(move || {
-            poll_until(dns, only(primary), Duration::from_secs(10))
-        })
-        .await??;
+        tokio::task::spawn_blocking(move || poll_until(dns, only(primary), limit)).await??;
         // Let the probe phase drift so rounds do not all kill at the same point of it.
         tokio::time::sleep(Duration::from_millis(37 * (round as u64 % 7))).await;
     }
@@ -347,9 +363,19 @@ fn decide_cost() {
     }
     times.sort();
     let t = Instant::now();
-    let _quiet = engine::decide(&config, &policies, &Signals::default(), &[], &prev, now + Duration::from_secs(10));
+    let _quiet = engine::decide(
+        &config,
+        &policies,
+        &Signals::default(),
+        &[],
+        &prev,
+        now + Duration::from_secs(10),
+    );
     let quiet = t.elapsed();
-    println!("steady state without observations: {:.1}ms", quiet.as_secs_f64() * 1e3);
+    println!(
+        "steady state without observations: {:.1}ms",
+        quiet.as_secs_f64() * 1e3
+    );
     println!(
         "first decision {:.1}ms; steady state with 100,000 observations: median {:.1}ms, max {:.1}ms (target < 50ms)",
         cold.as_secs_f64() * 1e3,
@@ -476,8 +502,6 @@ socket-dir={}\ndaemon=no\nguardian=no\ndisable-syslog=yes\nloglevel=3\n",
             d.display()
         ),
     )?;
-    let _secondary = backend(SocketAddr::new(secondary, port)).await?;
-    let mut primary_backend = backend(SocketAddr::new(primary, port)).await?;
     let _pdns = Process(
         Command::new(pdns)
             .arg(format!("--config-dir={}", d.display()))
@@ -486,25 +510,13 @@ socket-dir={}\ndaemon=no\nguardian=no\ndisable-syslog=yes\nloglevel=3\n",
             .spawn()
             .context("starting pdns_server")?,
     );
-    let only = |ip: IpAddr| move |ips: &[IpAddr]| ips == [ip];
-    tokio::task::spawn_blocking(move || poll_until(dns, only(primary), Duration::from_secs(30)))
-        .await??;
-    let mut samples = Vec::with_capacity(rounds);
-    for round in 0..rounds {
-        primary_backend.task.abort();
-        let _ = (&mut primary_backend.task).await;
-        let killed = Instant::now();
-        let changed = tokio::task::spawn_blocking(move || {
-            poll_until(dns, only(secondary), Duration::from_secs(30))
-        })
-        .await??;
-        samples.push(changed - killed);
-        primary_backend = backend(SocketAddr::new(primary, port)).await?;
-        tokio::task::spawn_blocking(move || {
-            poll_until(dns, only(primary), Duration::from_secs(30))
-        })
-        .await??;
-        tokio::time::sleep(Duration::from_millis(37 * (round as u64 % 7))).await;
-    }
-    Ok(samples)
+    kill_primary_rounds(
+        dns,
+        primary,
+        secondary,
+        port,
+        rounds,
+        Duration::from_secs(30),
+    )
+    .await
 }
