@@ -62,6 +62,25 @@ pub enum Command {
         /// Bearer token.
         #[arg(long, env = "LIFELINE_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Break-glass: talk to etcd directly (comma-separated endpoints) instead of the
+        /// admin API. Needs no Kubernetes API and no running leader.
+        #[arg(long, env = "LIFELINE_ETCD", value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// Key prefix of Lifeline's data in etcd.
+        #[arg(long, env = "LIFELINE_ETCD_PREFIX", default_value = "/lifeline")]
+        etcd_prefix: String,
+        /// CA bundle for etcd TLS.
+        #[arg(long, env = "LIFELINE_ETCD_CA")]
+        etcd_ca: Option<PathBuf>,
+        /// Client certificate for etcd TLS.
+        #[arg(long, env = "LIFELINE_ETCD_CERT")]
+        etcd_cert: Option<PathBuf>,
+        /// Client key for etcd TLS.
+        #[arg(long, env = "LIFELINE_ETCD_KEY")]
+        etcd_key: Option<PathBuf>,
+        /// etcd user name (the password comes from LIFELINE_ETCD_PASSWORD).
+        #[arg(long, env = "LIFELINE_ETCD_USER")]
+        etcd_user: Option<String>,
         #[command(subcommand)]
         command: ctl::CtlCommand,
     },
@@ -116,11 +135,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Dns { config: path } => {
             let parts = load_dns_parts(&path)?;
+            let mut sources: Vec<Box<dyn lifeline_dns::source::SnapshotSource>> = Vec::new();
+            if let Some((connect, prefix)) = parts.store.as_ref().and_then(|s| s.etcd_connect()) {
+                sources.push(Box::new(lifeline_dns::etcd_source::EtcdSource::new(
+                    connect, prefix,
+                )));
+            }
             runtime()?.block_on(async move {
-                lifeline_dns::standalone::run(
+                lifeline_dns::standalone::run_with_sources(
                     &parts.dns,
                     &parts.zones,
                     Some(parts.admin.listen),
+                    sources,
                     shutdown_signal(),
                 )
                 .await
@@ -148,9 +174,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Ctl {
             admin,
             token,
+            etcd,
+            etcd_prefix,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
+            etcd_user,
             command,
         } => {
-            let out = runtime()?.block_on(ctl::run(&admin, token.as_deref(), command))?;
+            let target = if etcd.is_empty() {
+                ctl::Target::Admin { url: admin, token }
+            } else {
+                let mut connect = lifeline_dns::etcd_source::EtcdConnect::new(etcd);
+                connect.tls = etcd_ca.map(|ca_file| lifeline_dns::etcd_source::EtcdTlsFiles {
+                    ca_file,
+                    cert_file: etcd_cert,
+                    key_file: etcd_key,
+                });
+                connect.user = etcd_user.map(|u| {
+                    let password = std::env::var("LIFELINE_ETCD_PASSWORD").unwrap_or_default();
+                    (u, password)
+                });
+                ctl::Target::Etcd {
+                    connect,
+                    prefix: etcd_prefix,
+                }
+            };
+            let out = runtime()?.block_on(ctl::run_on(target, command))?;
             print!("{out}");
             Ok(ExitCode::SUCCESS)
         }
@@ -206,6 +256,9 @@ struct DnsParts {
     dns: lifeline_dns::DnsConfig,
     #[serde(default)]
     admin: crate::config::AdminConfig,
+    /// With an etcd store, the shim follows the leader's records in etcd.
+    #[serde(default)]
+    store: Option<crate::config::StoreConfig>,
 }
 
 fn load_dns_parts(path: &std::path::Path) -> anyhow::Result<DnsParts> {

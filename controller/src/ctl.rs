@@ -1,12 +1,140 @@
-//! `lifeline ctl`: the operator's client for the admin API of any replica.
+//! `lifeline ctl`: the operator's client. It works through the admin API of any replica
+//! or, for break-glass use, straight against etcd — no Kubernetes API, no running leader.
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::admin::Status;
+use crate::{
+    admin::{self, OverrideRequest, Status},
+    etcd::EtcdStore,
+};
+
+/// Where `ctl` sends its commands.
+#[derive(Debug)]
+pub enum Target {
+    /// A replica's admin API.
+    Admin { url: String, token: Option<String> },
+    /// etcd itself.
+    Etcd {
+        connect: lifeline_dns::etcd_source::EtcdConnect,
+        prefix: String,
+    },
+}
+
+/// Runs a ctl command against `target`.
+pub async fn run_on(target: Target, command: CtlCommand) -> anyhow::Result<String> {
+    match target {
+        Target::Admin { url, token } => run(&url, token.as_deref(), command).await,
+        Target::Etcd { connect, prefix } => run_etcd(&connect, &prefix, command).await,
+    }
+}
+
+/// The request an override command makes.
+fn request(action: &str, args: OverrideArgs, weight: Option<u32>) -> OverrideRequest {
+    OverrideRequest {
+        cluster: args.cluster,
+        policy: args.policy,
+        action: action.to_owned(),
+        weight,
+        duration: args.duration,
+        author: args.author,
+        reason: args.reason,
+    }
+}
+
+fn set_line(o: &crate::engine::Override) -> String {
+    format!(
+        "override {} set: {:?} {} until {}\n",
+        o.id,
+        o.action,
+        o.cluster,
+        humantime::format_rfc3339_seconds(o.expires_at)
+    )
+}
+
+/// Break-glass: the same commands, written to and read from etcd directly.
+async fn run_etcd(
+    connect: &lifeline_dns::etcd_source::EtcdConnect,
+    prefix: &str,
+    command: CtlCommand,
+) -> anyhow::Result<String> {
+    let store = EtcdStore::connect(connect, prefix)
+        .await
+        .with_context(|| format!("cannot reach etcd at {}", connect.endpoints.join(",")))?;
+    let now = std::time::SystemTime::now();
+    let set = |req: OverrideRequest| async {
+        // Clusters the mirrored policies know; empty (nothing mirrored yet) accepts any.
+        let known: BTreeSet<String> = store
+            .load_policies()
+            .await
+            .map(|p| {
+                p.clusters
+                    .iter()
+                    .filter_map(|c| c.metadata.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let o = admin::override_from_request(req, &known, now).map_err(anyhow::Error::msg)?;
+        let by = o.author.clone();
+        store
+            .put_override(&o, &by)
+            .await
+            .context("writing the override")?;
+        Ok::<String, anyhow::Error>(set_line(&o))
+    };
+    match command {
+        CtlCommand::Status => {
+            let decision = store.load_decision().await?.unwrap_or_default();
+            let overrides = store.overrides().await?;
+            let leader = store
+                .leader_identity()
+                .await?
+                .unwrap_or_else(|| "none".to_owned());
+            Ok(format!(
+                "leader: {leader}\n{}",
+                render_status(&admin::status_of(&decision, &overrides, now))
+            ))
+        }
+        CtlCommand::Overrides => {
+            let overrides: Vec<Value> = store
+                .overrides()
+                .await?
+                .into_iter()
+                .filter(|o| o.is_active(now))
+                .map(|o| serde_json::to_value(o).unwrap_or_default())
+                .collect();
+            let audit: Vec<Value> = store
+                .audit()
+                .await?
+                .into_iter()
+                .map(|e| serde_json::to_value(e).unwrap_or_default())
+                .collect();
+            Ok(render_overrides(
+                &json!({ "overrides": overrides, "audit": audit }),
+            ))
+        }
+        CtlCommand::Drain(args) => set(request("drain", args, None)).await,
+        CtlCommand::Pin(args) => set(request("pin", args, None)).await,
+        CtlCommand::Weight { args, weight } => set(request("weight", args, Some(weight))).await,
+        CtlCommand::Clear { cluster, id } => {
+            let by = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
+            let removed = store
+                .remove_overrides(
+                    |o| match (&id, &cluster) {
+                        (Some(id), _) => &o.id == id,
+                        (None, Some(c)) => &o.cluster == c,
+                        (None, None) => false,
+                    },
+                    &by,
+                )
+                .await?;
+            Ok(format!("cleared {} override(s)\n", removed.len()))
+        }
+    }
+}
 
 /// Operator commands.
 #[derive(Debug, Subcommand)]
@@ -85,10 +213,7 @@ pub async fn run(admin: &str, token: Option<&str>, command: CtlCommand) -> anyho
         Ok::<Value, anyhow::Error>(body)
     };
     let set = |action: &str, args: OverrideArgs, weight: Option<u32>| {
-        json!({
-            "cluster": args.cluster, "policy": args.policy, "action": action, "weight": weight,
-            "for": args.duration, "author": args.author, "reason": args.reason,
-        })
+        serde_json::to_value(request(action, args, weight)).unwrap_or_default()
     };
     let created = |v: Value| {
         format!(
@@ -107,29 +232,7 @@ pub async fn run(admin: &str, token: Option<&str>, command: CtlCommand) -> anyho
         }
         CtlCommand::Overrides => {
             let v = send(client.get(format!("{base}/v1/overrides"))).await?;
-            let mut out = String::from("ACTIVE OVERRIDES\n");
-            for o in v["overrides"].as_array().into_iter().flatten() {
-                out += &format!(
-                    "  {:<36} {:<7} {:<16} until {}  by {}: {}\n",
-                    o["id"].as_str().unwrap_or(""),
-                    o["action"]["type"].as_str().unwrap_or(""),
-                    o["cluster"].as_str().unwrap_or(""),
-                    o["expiresAt"].as_str().unwrap_or(""),
-                    o["author"].as_str().unwrap_or(""),
-                    o["reason"].as_str().unwrap_or("")
-                );
-            }
-            out += "AUDIT\n";
-            for e in v["audit"].as_array().into_iter().flatten() {
-                out += &format!(
-                    "  {} {:<8} {} by {}\n",
-                    e["at"].as_str().unwrap_or(""),
-                    e["action"].as_str().unwrap_or(""),
-                    e["override"]["id"].as_str().unwrap_or(""),
-                    e["by"].as_str().unwrap_or("")
-                );
-            }
-            Ok(out)
+            Ok(render_overrides(&v))
         }
         CtlCommand::Drain(args) => Ok(created(
             send(
@@ -170,6 +273,33 @@ pub async fn run(admin: &str, token: Option<&str>, command: CtlCommand) -> anyho
             Ok(format!("cleared {n} override(s)\n"))
         }
     }
+}
+
+/// A readable list of `{"overrides": [...], "audit": [...]}` as the admin API returns it.
+fn render_overrides(v: &Value) -> String {
+    let mut out = String::from("ACTIVE OVERRIDES\n");
+    for o in v["overrides"].as_array().into_iter().flatten() {
+        out += &format!(
+            "  {:<36} {:<7} {:<16} until {}  by {}: {}\n",
+            o["id"].as_str().unwrap_or(""),
+            o["action"]["type"].as_str().unwrap_or(""),
+            o["cluster"].as_str().unwrap_or(""),
+            o["expiresAt"].as_str().unwrap_or(""),
+            o["author"].as_str().unwrap_or(""),
+            o["reason"].as_str().unwrap_or("")
+        );
+    }
+    out += "AUDIT\n";
+    for e in v["audit"].as_array().into_iter().flatten() {
+        out += &format!(
+            "  {} {:<8} {} by {}\n",
+            e["at"].as_str().unwrap_or(""),
+            e["action"].as_str().unwrap_or(""),
+            e["override"]["id"].as_str().unwrap_or(""),
+            e["by"].as_str().unwrap_or("")
+        );
+    }
+    out
 }
 
 /// A readable table of the status document.

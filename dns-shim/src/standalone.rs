@@ -24,6 +24,18 @@ pub async fn run(
     admin: Option<SocketAddr>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    run_with_sources(dns, zones, admin, Vec::new(), shutdown).await
+}
+
+/// [`run`] with further sources (a store watch, for instance) besides `dns.sourceDir`.
+/// They start after the persisted snapshot is served and the sockets are open.
+pub async fn run_with_sources(
+    dns: &DnsConfig,
+    zones: &[ZoneConfig],
+    admin: Option<SocketAddr>,
+    sources: Vec<Box<dyn source::SnapshotSource>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let shim = Shim::start(dns, zones).await?;
     let mut tasks = Vec::new();
     if let Some(dir) = &dns.source_dir {
@@ -31,8 +43,11 @@ pub async fn run(
             Box::new(DirectorySource::new(dir.clone())),
             shim.clone(),
         ));
-    } else {
-        warn!("no dns.sourceDir: serving persisted snapshots only");
+    } else if sources.is_empty() {
+        warn!("no dns.sourceDir and no store: serving persisted snapshots only");
+    }
+    for s in sources {
+        tasks.push(source::spawn(s, shim.clone()));
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_task = match admin {
