@@ -1,2 +1,4 @@
 //! Lifeline's test support: harnesses that start real servers on loopback, and helpers
 //! shared by the end-to-end tests and benchmarks.
+
+pub mod kube;
