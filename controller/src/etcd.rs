@@ -667,8 +667,12 @@ impl Leadership {
 /// lease is gone or no renewal succeeded before the lease would have expired.
 async fn keep_alive(client: Client, lease: i64, ttl: Duration, state: Arc<watch::Sender<bool>>) {
     let every = ttl / 3;
-    // Counted from before the grant's answer reached us, so it errs on the early side.
-    let mut deadline = Instant::now() + ttl - every.min(Duration::from_millis(500));
+    // Give up a little before etcd can expire the lease, so a partitioned leader stops
+    // acting before a successor starts (writes are fenced anyway; this covers the
+    // leader's other side effects). Times are taken before each request is sent, which
+    // also errs on the early side.
+    let margin = (ttl / 6).min(Duration::from_secs(1));
+    let mut deadline = Instant::now() + ttl - margin;
     let mut stream = None;
     loop {
         let now = Instant::now();
@@ -702,7 +706,7 @@ async fn keep_alive(client: Client, lease: i64, ttl: Duration, state: Arc<watch:
             .await;
             match renewed {
                 Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
-                    deadline = sent + Duration::from_secs(resp.ttl() as u64);
+                    deadline = sent + Duration::from_secs(resp.ttl() as u64) - margin;
                 }
                 Ok(Ok(Some(_))) => {
                     warn!(lease, "lease expired or revoked; leadership lost");
@@ -776,7 +780,9 @@ impl Leader {
     }
 
     /// Gives leadership up now by revoking the lease (its election key goes with it).
-    pub async fn resign(self) -> Result<()> {
+    /// Takes `&self` so a caller can resign while other borrows of the leader (a term
+    /// that just ended) are still in scope; the handle is useless afterwards.
+    pub async fn resign(&self) -> Result<()> {
         self.keeper.abort();
         self.mark_lost();
         let mut leases = self.client.lease_client();

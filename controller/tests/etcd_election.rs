@@ -5,7 +5,7 @@ mod etcd_harness;
 
 use std::time::Duration;
 
-use etcd_harness::{Etcd, within};
+use etcd_harness::{Etcd, Proxy, within};
 use lifeline_controller::etcd::{EtcdStore, Leadership};
 use tokio::time::Instant;
 
@@ -149,4 +149,59 @@ async fn a_leader_keeps_its_lease_alive_well_past_the_ttl() {
         a.leader_identity().await.unwrap().as_deref(),
         Some("replica-a")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_etcd_steps_down_before_another_can_take_over() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    // A reaches etcd through a proxy the test cuts: a partition, not a crash.
+    let proxy = Proxy::start(etcd.client_addr()).await;
+    let mut via_proxy = etcd.connect();
+    via_proxy.endpoints = vec![proxy.endpoint()];
+    via_proxy.request_timeout = Some(Duration::from_millis(500));
+    let a = EtcdStore::connect(&via_proxy, "/lifeline").await.unwrap();
+    let b = store(&etcd).await;
+    let leader_a = within(
+        Duration::from_secs(10),
+        Leadership::new(&a, "replica-a", TTL).campaign(),
+    )
+    .await
+    .unwrap();
+    let candidate_b = Leadership::new(&b, "replica-b", TTL);
+    let campaign_b = tokio::spawn(async move {
+        let leader = candidate_b.campaign().await;
+        (leader, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let cut_at = Instant::now();
+    proxy.set_blocked(true);
+    within(Duration::from_secs(10), leader_a.lost()).await;
+    let a_stepped_down = Instant::now();
+    let (leader_b, b_elected) = within(Duration::from_secs(10), campaign_b).await.unwrap();
+    let leader_b = leader_b.unwrap();
+    println!(
+        "partitioned leader stepped down after {:?}; new leader elected after {:?}",
+        a_stepped_down - cut_at,
+        b_elected - cut_at
+    );
+    assert!(
+        a_stepped_down <= b_elected,
+        "the old leader must give up before the new one starts"
+    );
+
+    // Healed: the old leader's writes are fenced off, the new leader's go through.
+    proxy.set_blocked(false);
+    let err = within(
+        Duration::from_secs(10),
+        a.save_decision(&leader_a, &Default::default()),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_not_leader(), "expected NotLeader, got {err}");
+    b.save_decision(&leader_b, &Default::default())
+        .await
+        .unwrap();
 }
