@@ -12,6 +12,7 @@ use etcd_harness::{Etcd, within};
 use lifeline_controller::{
     engine::{Decision, Override, OverrideAction},
     etcd::{EtcdStore, Leadership},
+    store::PolicySnapshot,
 };
 use lifeline_dns::{
     NameRecords, TxtSet, Update, ZoneSnapshot,
@@ -315,4 +316,62 @@ async fn bad_values_are_reported_and_ignored_and_the_last_good_value_is_kept() {
         .await
         .unwrap();
     assert_eq!(fresh.overrides().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrored_policies_let_a_replica_start_without_the_management_cluster() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let loaded = lifeline_controller::documents::load(
+        &[
+            examples.join("lifeline.yaml"),
+            examples.join("clusters.yaml"),
+            examples.join("policies.yaml"),
+        ],
+        &[],
+    );
+    assert!(loaded.is_valid(), "{:?}", loaded.problems);
+    let snapshot = PolicySnapshot {
+        policies: loaded.policies.into_iter().map(|(_, p)| p).collect(),
+        clusters: loaded.clusters.into_iter().map(|(_, c)| c).collect(),
+    };
+    assert!(!snapshot.policies.is_empty() && !snapshot.clusters.is_empty());
+    let json = |s: &PolicySnapshot| {
+        let mut v: Vec<String> = s
+            .policies
+            .iter()
+            .map(|p| serde_json::to_string(p).unwrap())
+            .chain(s.clusters.iter().map(|c| serde_json::to_string(c).unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+
+    let s = store(&etcd).await;
+    let leader = within(
+        Duration::from_secs(10),
+        Leadership::new(&s, "replica-a", TTL).campaign(),
+    )
+    .await
+    .unwrap();
+    s.mirror_policies(&leader, &snapshot).await.unwrap();
+    let replica = store(&etcd).await;
+    assert_eq!(
+        json(&replica.load_policies().await.unwrap()),
+        json(&snapshot)
+    );
+
+    // A document that disappears from the source disappears from the mirror.
+    let mut fewer = snapshot.clone();
+    fewer.policies.pop();
+    s.mirror_policies(&leader, &fewer).await.unwrap();
+    assert_eq!(json(&replica.load_policies().await.unwrap()), json(&fewer));
+
+    // Only the leader mirrors.
+    leader.resign().await.unwrap();
+    let err = s.mirror_policies(&leader, &snapshot).await.unwrap_err();
+    assert!(err.is_not_leader(), "expected NotLeader, got {err}");
+    assert_eq!(json(&replica.load_policies().await.unwrap()), json(&fewer));
 }
