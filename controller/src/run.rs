@@ -647,6 +647,7 @@ async fn lead_until(
     prober.set_targets(set.probes.clone());
 
     let mut overrides: Vec<Override> = Vec::new();
+    let mut overrides_ok = true;
     let mut signals = Signals::default();
     let mut dirty = true;
     let mut last_decide = tokio::time::Instant::now();
@@ -704,8 +705,19 @@ async fn lead_until(
         // Decide. A store that cannot be read keeps the last overrides known: losing a
         // source must not drop an operator's drain.
         match output.overrides().await {
-            Ok(o) => overrides = o,
-            Err(e) => warn!(error = %e, "cannot read overrides; using the last ones read"),
+            Ok(o) => {
+                if !overrides_ok {
+                    info!("overrides readable again");
+                }
+                overrides_ok = true;
+                overrides = o;
+            }
+            // Logged once per outage, not once per decision.
+            Err(e) if overrides_ok => {
+                overrides_ok = false;
+                warn!(error = %e, "cannot read overrides; using the last ones read");
+            }
+            Err(_) => {}
         }
         let now = SystemTime::now();
         let next = engine::decide(

@@ -1,0 +1,278 @@
+//! Replicas of `lifeline run` sharing a real etcd: one leader, fenced; a kill -9 of the
+//! leader hands over within the lease TTL without changing answers; an etcd outage
+//! never fails or empties an answer; break-glass control works with no leader.
+
+mod common;
+mod etcd_harness;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::{Backend, free_port, query_a};
+use etcd_harness::Etcd;
+use lifeline_controller::etcd::EtcdStore;
+
+const ZONE: &str = "rep.lifeline.test";
+const NAME: &str = "web.rep.lifeline.test";
+const PREFIX: &str = "/lifeline-replicas";
+
+fn primary() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))
+}
+fn secondary() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3))
+}
+fn lo() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+/// A `lifeline` process; killed (SIGKILL) on drop.
+struct Process(Child);
+
+impl Process {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Replica {
+    dns: SocketAddr,
+    config: PathBuf,
+}
+
+/// Shared policy documents, and one configuration per replica.
+fn write_replicas(dir: &Path, etcd: &str, port: u16, count: usize) -> Vec<Replica> {
+    std::fs::write(
+        dir.join("docs.yaml"),
+        format!(
+            "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: primary}}\nspec: {{region: a, addressSource: Static, addresses: [\"{p}\"]}}\n---\n\
+apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: secondary}}\nspec: {{region: b, addressSource: Static, addresses: [\"{s}\"]}}\n---\n\
+apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hostname: {NAME}\n  ttl: 5\n  targets: [{{cluster: primary, priority: 0}}, {{cluster: secondary, priority: 1}}]\n  healthCheck: {{http: {{port: {port}}}, interval: 200ms, timeout: 150ms, unhealthyThreshold: 2, healthyThreshold: 2}}\n  failback: {{holdDown: 1s, rampDuration: 0s}}\n",
+            p = primary(),
+            s = secondary()
+        ),
+    )
+    .unwrap();
+    (0..count)
+        .map(|i| {
+            let dns = SocketAddr::new(lo(), free_port(&[lo()]));
+            let admin = SocketAddr::new(lo(), free_port(&[lo()]));
+            let config = dir.join(format!("replica-{i}.yaml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
+dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap-{i}}}\n\
+admin: {{listen: \"{admin}\"}}\n\
+store: {{type: etcd, endpoints: [\"{etcd}\"], prefix: {PREFIX}, leaseTtl: 2s}}\n\
+policySource: {{type: files, paths: [docs.yaml]}}\n",
+                    d = dir.display()
+                ),
+            )
+            .unwrap();
+            Replica { dns, config }
+        })
+        .collect()
+}
+
+fn start(args: &[&str], config: &Path) -> Process {
+    Process(
+        Command::new(env!("CARGO_BIN_EXE_lifeline"))
+            .args(["--log", "info"])
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start lifeline"),
+    )
+}
+
+async fn wait_for(dns: SocketAddr, limit: Duration, want: IpAddr) {
+    tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < limit {
+            last = query_a(dns, NAME);
+            if last.as_ref().is_some_and(|(_, ips)| ips == &[want]) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{dns}: answer never became {want} within {limit:?}; last {last:?}");
+    })
+    .await
+    .unwrap();
+}
+
+async fn leader_pid(store: &EtcdStore) -> Option<u32> {
+    let identity = store.leader_identity().await.ok()??;
+    identity.rsplit('-').next()?.parse().ok()
+}
+
+/// Queries every `dns` address in a loop until stopped; counts answers, and failures
+/// (no reply, an error code, or an empty answer).
+struct Watcher {
+    stop: Arc<AtomicBool>,
+    queries: Arc<AtomicU64>,
+    failures: Arc<parking_lot::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watcher {
+    fn start(servers: Vec<SocketAddr>) -> Watcher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let queries = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (s, q, f) = (stop.clone(), queries.clone(), failures.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            // Bounded: at most ~10 minutes of 20 ms rounds even if never stopped.
+            for _ in 0..30_000 {
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                for server in &servers {
+                    q.fetch_add(1, Ordering::Relaxed);
+                    match query_a(*server, NAME) {
+                        Some((rcode, ips)) if rcode == "NoError" && !ips.is_empty() => {}
+                        other => f.lock().push(format!("{server}: {other:?}")),
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Watcher {
+            stop,
+            queries,
+            failures,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        (
+            self.queries.load(Ordering::Relaxed),
+            self.failures.lock().clone(),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_leads_and_a_kill_9_hands_over_without_changing_answers() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port(&[primary(), secondary()]);
+    let _a = Backend::start(SocketAddr::new(primary(), port)).await;
+    let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
+    let replicas = write_replicas(dir.path(), &etcd.endpoint(), port, 2);
+    let mut procs = vec![Some(start(&["run"], &replicas[0].config))];
+    wait_for(replicas[0].dns, Duration::from_secs(20), primary()).await;
+    procs.push(Some(start(&["run"], &replicas[1].config)));
+    wait_for(replicas[1].dns, Duration::from_secs(20), primary()).await;
+
+    let store = EtcdStore::connect(&etcd.connect(), PREFIX).await.unwrap();
+    let pids: Vec<u32> = procs.iter().flatten().map(Process::pid).collect();
+    let leader = leader_pid(&store).await.expect("a leader");
+    assert!(pids.contains(&leader), "leader {leader} is one of {pids:?}");
+    let (leader_idx, follower_idx) = if pids[0] == leader { (0, 1) } else { (1, 0) };
+
+    let watcher = Watcher::start(vec![replicas[follower_idx].dns]);
+    let killed = Instant::now();
+    drop(procs[leader_idx].take()); // SIGKILL: the lease is left to expire
+    let follower = pids[follower_idx];
+    let took = loop {
+        if leader_pid(&store).await == Some(follower) {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "no takeover within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("takeover after kill -9: {took:?} (lease TTL 2s)");
+    assert!(took < Duration::from_secs(2 + 5), "takeover took {took:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (queries, failures) = watcher.finish().await;
+    assert!(queries > 0);
+    assert!(
+        failures.is_empty(),
+        "failed or empty answers during takeover: {failures:?}"
+    );
+    assert_eq!(
+        query_a(replicas[follower_idx].dns, NAME).unwrap().1,
+        [primary()]
+    );
+
+    // The new leader steers: the primary dies, the answer moves.
+    drop(_a);
+    wait_for(
+        replicas[follower_idx].dns,
+        Duration::from_secs(10),
+        secondary(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_outage_never_fails_or_empties_an_answer_and_changes_flow_after() {
+    let outage = std::env::var("LIFELINE_ETCD_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15u64);
+    let Some(mut etcd) = Etcd::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port(&[primary(), secondary()]);
+    let mut a = Backend::start(SocketAddr::new(primary(), port)).await;
+    let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
+    let replicas = write_replicas(dir.path(), &etcd.endpoint(), port, 2);
+    let _r0 = start(&["run"], &replicas[0].config);
+    let _r1 = start(&["run"], &replicas[1].config);
+    for r in &replicas {
+        wait_for(r.dns, Duration::from_secs(20), primary()).await;
+    }
+
+    let watcher = Watcher::start(replicas.iter().map(|r| r.dns).collect());
+    etcd.stop();
+    tokio::time::sleep(Duration::from_secs(outage)).await;
+    etcd.start_again().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (queries, failures) = watcher.finish().await;
+    eprintln!(
+        "{queries} queries during a {outage}s etcd outage, {} failed or empty",
+        failures.len()
+    );
+    assert!(
+        queries > outage * 20,
+        "the watcher kept querying ({queries})"
+    );
+    assert!(failures.is_empty(), "failed or empty answers: {failures:?}");
+
+    // After etcd returns, a leader is elected again and its change reaches both shims.
+    a.kill().await;
+    for r in &replicas {
+        wait_for(r.dns, Duration::from_secs(30), secondary()).await;
+    }
+}
