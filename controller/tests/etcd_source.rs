@@ -19,7 +19,7 @@ use hickory_proto::{
 };
 use lifeline_dns::{
     AddressSet, EtcdConnect, EtcdSource, NameRecords, ShimHandle, Target, ZoneSnapshot,
-    etcd_source::{VALUE_LIMIT, encode_value, record_key},
+    etcd_source::{EtcdSourceStats, VALUE_LIMIT, encode_value, record_key},
     source,
 };
 use parking_lot::Mutex;
@@ -83,10 +83,14 @@ fn connected(shim: &ShimHandle) -> Option<bool> {
         .map(|s| s.connected)
 }
 
-fn spawn_source(shim: &ShimHandle, connect: EtcdConnect) -> tokio::task::JoinHandle<()> {
+fn spawn_source(
+    shim: &ShimHandle,
+    connect: EtcdConnect,
+) -> (tokio::task::JoinHandle<()>, Arc<EtcdSourceStats>) {
     let src = EtcdSource::new(connect, PREFIX)
         .with_backoff(Duration::from_millis(50), Duration::from_millis(500));
-    source::spawn(Box::new(src), shim.clone())
+    let stats = src.stats();
+    (source::spawn(Box::new(src), shim.clone()), stats)
 }
 
 /// The A addresses the shim answers for `name` over real UDP.
@@ -120,7 +124,7 @@ async fn the_source_loads_existing_records_then_applies_changes_as_patches() {
 
     let dir = tempfile::tempdir().unwrap();
     let shim = start_shim(dir.path()).await;
-    let task = spawn_source(&shim, etcd.connect());
+    let (task, stats) = spawn_source(&shim, etcd.connect());
     let snap = eventually(WAIT, "initial load", || {
         snapshot(&shim).filter(|s| s.names.len() == 2)
     })
@@ -144,6 +148,8 @@ async fn the_source_loads_existing_records_then_applies_changes_as_patches() {
         query_a(shim.udp_addrs()[0], "www.global.example.com."),
         [Ipv4Addr::new(10, 0, 0, 2)]
     );
+    assert_eq!(stats.full_loads(), 1);
+    assert_eq!(stats.events(), 2, "one put and one delete event");
     task.abort();
 }
 
@@ -154,7 +160,7 @@ async fn the_watch_resumes_after_an_etcd_restart_and_a_compaction_without_missin
     };
     let dir = tempfile::tempdir().unwrap();
     let shim = start_shim(dir.path()).await;
-    let task = spawn_source(&shim, etcd.connect());
+    let (task, stats) = spawn_source(&shim, etcd.connect());
 
     // Every value of "latest" the shim ever serves, sampled; it must never go back.
     let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
@@ -202,6 +208,11 @@ async fn the_watch_resumes_after_an_etcd_restart_and_a_compaction_without_missin
         put(&mut client, &format!("seq-{i}"), i).await;
         last_rev = put(&mut client, "latest", i).await;
     }
+    eventually(WAIT, "updates written after the restart", || {
+        (number(&shim, "latest") == Some(19)).then_some(())
+    })
+    .await;
+    // Compacting history the source has already seen must not disturb its watch.
     etcd.compact(last_rev).await;
     for i in 20..30 {
         put(&mut client, &format!("seq-{i}"), i).await;
@@ -231,6 +242,12 @@ async fn the_watch_resumes_after_an_etcd_restart_and_a_compaction_without_missin
         "updates were served out of order: {seen:?}"
     );
     assert_eq!(connected(&shim), Some(true));
+    assert_eq!(
+        stats.full_loads(),
+        1,
+        "the restart was bridged by resuming the watch, not by reloading"
+    );
+    assert!(stats.watches_opened() >= 2, "the watch was re-opened");
     task.abort();
 }
 
@@ -244,7 +261,7 @@ async fn a_compacted_resume_revision_triggers_a_full_resync() {
     let proxy = Proxy::start(etcd.client_addr()).await;
     let dir = tempfile::tempdir().unwrap();
     let shim = start_shim(dir.path()).await;
-    let task = spawn_source(&shim, EtcdConnect::new([proxy.endpoint()]));
+    let (task, stats) = spawn_source(&shim, EtcdConnect::new([proxy.endpoint()]));
 
     let mut client = etcd.client().await;
     put(&mut client, "www", 1).await;
@@ -288,6 +305,7 @@ async fn a_compacted_resume_revision_triggers_a_full_resync() {
         (connected(&shim) == Some(true)).then_some(())
     })
     .await;
+    assert_eq!(stats.full_loads(), 2, "one initial load, one resync");
     task.abort();
 }
 
@@ -302,7 +320,7 @@ async fn the_shim_keeps_every_record_while_etcd_is_down_and_takes_new_writes_aft
     }
     let dir = tempfile::tempdir().unwrap();
     let shim = start_shim(dir.path()).await;
-    let task = spawn_source(&shim, etcd.connect());
+    let (task, stats) = spawn_source(&shim, etcd.connect());
     eventually(WAIT, "initial records", || {
         snapshot(&shim).filter(|s| s.names.len() == 5)
     })
@@ -337,6 +355,7 @@ async fn the_shim_keeps_every_record_while_etcd_is_down_and_takes_new_writes_aft
     assert_eq!(number(&shim, "after"), Some(77));
     assert_eq!(snapshot(&shim).unwrap().names.len(), 6);
     assert_eq!(connected(&shim), Some(true));
+    assert_eq!(stats.full_loads(), 1, "resumed, not reloaded");
     task.abort();
 }
 
@@ -349,7 +368,7 @@ async fn bad_record_values_are_skipped_and_the_last_good_records_stay() {
     put(&mut client, "www", 1).await;
     let dir = tempfile::tempdir().unwrap();
     let shim = start_shim(dir.path()).await;
-    let task = spawn_source(&shim, etcd.connect());
+    let (task, stats) = spawn_source(&shim, etcd.connect());
     eventually(WAIT, "initial records", || number(&shim, "www")).await;
     let errors_before = shim.state().load_errors;
 
@@ -379,6 +398,7 @@ async fn bad_record_values_are_skipped_and_the_last_good_records_stay() {
         shim.state().load_errors >= errors_before + 4,
         "each bad value is counted"
     );
+    assert_eq!(stats.bad_values(), 4);
     task.abort();
 
     // A restarted shim (persisted snapshot) with a fresh source doing a full load keeps
@@ -387,7 +407,7 @@ async fn bad_record_values_are_skipped_and_the_last_good_records_stay() {
     drop(shim);
     let shim = start_shim(dir.path()).await;
     assert_eq!(number(&shim, "www"), Some(1), "served from disk");
-    let task = spawn_source(&shim, etcd.connect());
+    let (task, stats) = spawn_source(&shim, etcd.connect());
     let rev = put(&mut client, "after", 6).await;
     eventually(WAIT, "full load plus the next write", || {
         snapshot(&shim).filter(|s| s.revision == rev as u64)
@@ -395,5 +415,9 @@ async fn bad_record_values_are_skipped_and_the_last_good_records_stay() {
     .await;
     assert_eq!(number(&shim, "www"), Some(1));
     assert_eq!(number(&shim, "marker"), Some(5));
+    assert!(
+        stats.bad_values() >= 2,
+        "the full load met the bad values too"
+    );
     task.abort();
 }

@@ -31,6 +31,10 @@ use std::{
     future::Future,
     path::PathBuf,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -333,6 +337,44 @@ pub struct EtcdSource {
     connect: EtcdConnect,
     prefix: String,
     backoff: (Duration, Duration),
+    stats: Arc<EtcdSourceStats>,
+}
+
+/// What a running [`EtcdSource`] has done, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct EtcdSourceStats {
+    full_loads: AtomicU64,
+    watches_opened: AtomicU64,
+    events: AtomicU64,
+    bad_values: AtomicU64,
+    revision: AtomicI64,
+}
+
+impl EtcdSourceStats {
+    /// Full reads of every record (the first one, and one per compacted resume).
+    pub fn full_loads(&self) -> u64 {
+        self.full_loads.load(Ordering::Relaxed)
+    }
+
+    /// Watches opened (the first, and one per resume after a broken stream).
+    pub fn watches_opened(&self) -> u64 {
+        self.watches_opened.load(Ordering::Relaxed)
+    }
+
+    /// Watch events received.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    /// Values skipped because they were bad.
+    pub fn bad_values(&self) -> u64 {
+        self.bad_values.load(Ordering::Relaxed)
+    }
+
+    /// Newest etcd revision reflected in what the source fed the shim.
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::Relaxed)
+    }
 }
 
 impl EtcdSource {
@@ -342,7 +384,13 @@ impl EtcdSource {
             connect,
             prefix: prefix.into(),
             backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+            stats: Arc::default(),
         }
+    }
+
+    /// Counters of this source; keep a clone before handing the source to the shim.
+    pub fn stats(&self) -> Arc<EtcdSourceStats> {
+        self.stats.clone()
     }
 
     /// Reconnect backoff bounds (default 100 ms to 5 s, with jitter).
@@ -369,6 +417,7 @@ impl SnapshotSource for EtcdSource {
                 last_revision: 0,
                 needs_load: true,
                 timeout: self.connect.request_timeout(),
+                stats: self.stats.clone(),
             };
             let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
             let mut client: Option<Client> = None;
@@ -441,6 +490,7 @@ struct Feed {
     last_revision: i64,
     needs_load: bool,
     timeout: Duration,
+    stats: Arc<EtcdSourceStats>,
 }
 
 impl Feed {
@@ -451,6 +501,7 @@ impl Feed {
 
     fn bad_value(&self, key: &str, reason: &dyn fmt::Display) {
         warn!(source = %self.name, %key, %reason, "bad record value in etcd ignored; the last good value is kept");
+        self.stats.bad_values.fetch_add(1, Ordering::Relaxed);
         count_load_error(&self.shim);
     }
 
@@ -504,6 +555,8 @@ impl Feed {
         self.zones = next;
         self.last_revision = revision;
         self.needs_load = false;
+        self.stats.full_loads.fetch_add(1, Ordering::Relaxed);
+        self.stats.revision.store(revision, Ordering::Relaxed);
         self.shim.set_source_connected(&self.name, true);
         Ok(())
     }
@@ -581,7 +634,8 @@ impl Feed {
                 return Stop::Broken(format!("watch canceled: {}", resp.cancel_reason()));
             }
             if resp.created() {
-                debug!(source = %self.name, from = self.last_revision + 1, "watch open");
+                info!(source = %self.name, from = self.last_revision + 1, "watching etcd records");
+                self.stats.watches_opened.fetch_add(1, Ordering::Relaxed);
                 self.shim.set_source_connected(&self.name, true);
                 backoff.reset();
             }
@@ -592,6 +646,9 @@ impl Feed {
     /// Applies a watch response: events of one revision become one patch per zone.
     async fn apply_events(&mut self, resp: &WatchResponse) {
         let events = resp.events();
+        self.stats
+            .events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
         let mut i = 0;
         while i < events.len() {
             let Some(revision) = events[i].kv().map(|kv| kv.mod_revision()) else {
@@ -655,6 +712,9 @@ impl Feed {
                 self.apply(Update::Patch(patch)).await;
             }
             self.last_revision = self.last_revision.max(revision);
+            self.stats
+                .revision
+                .store(self.last_revision, Ordering::Relaxed);
         }
     }
 
