@@ -57,6 +57,7 @@ pub mod engine;
 pub mod etcd_source;
 pub mod metrics;
 pub mod model;
+pub mod overrides;
 pub mod net;
 pub mod persist;
 pub mod rrl;

@@ -201,46 +201,9 @@ pub enum SourceState {
     },
 }
 
-/// An operator override, from the admin API or the store.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Override {
-    pub id: String,
-    pub cluster: String,
-    /// Limit to one policy; all policies targeting the cluster when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<PolicyId>,
-    pub action: OverrideAction,
-    #[serde(with = "time_text")]
-    pub created_at: SystemTime,
-    #[serde(with = "time_text")]
-    pub expires_at: SystemTime,
-    pub author: String,
-    pub reason: String,
-}
-
-impl Override {
-    /// An expired override has no effect.
-    pub fn is_active(&self, now: SystemTime) -> bool {
-        now < self.expires_at
-    }
-
-    fn applies_to(&self, policy: &str, cluster: &str) -> bool {
-        self.cluster == cluster && self.policy.as_deref().is_none_or(|p| p == policy)
-    }
-}
-
-/// What an override does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "type", content = "weight")]
-pub enum OverrideAction {
-    /// Take the cluster out of answers.
-    Drain,
-    /// Answer only the pinned cluster(s), whatever their health.
-    Pin,
-    /// Replace the cluster's weight.
-    Weight(u32),
-}
+/// Operator overrides (from the admin API or the store). The type is shared with the
+/// DNS shim, which applies cluster-wide ones by itself when no leader is running.
+pub use lifeline_dns::overrides::{Override, OverrideAction};
 
 /// The engine's output, and its memory: the next call receives it as `previous`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

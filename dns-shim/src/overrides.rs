@@ -1,0 +1,251 @@
+//! Operator overrides: the record the controller's engine obeys, and the part of it the
+//! shim can apply on its own when no leader is running (break-glass).
+//!
+//! ```text
+//!  lifeline ctl --etcd drain eu-west-1 ─► {prefix}/overrides/{id}
+//!        │                                   │
+//!        ▼ (leader running)                  ▼ (every shim, leader or not)
+//!  engine::decide honours it:          apply(): drop / pin / reweight that cluster's
+//!  health-aware, per policy            targets in the served snapshot, never emptying
+//!                                      a name
+//! ```
+//!
+//! The shim only sees what the leader last published, so on its own it can take a
+//! cluster out (drain), narrow a name to a cluster already in its answer (pin), or
+//! change a weight; it cannot bring in a target the leader had left out, and it applies
+//! only cluster-wide overrides (a policy-scoped one needs the leader, which knows which
+//! names a policy owns). Applying an override the leader already applied changes
+//! nothing, so both layers can act at once.
+
+use std::{borrow::Cow, time::SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{NameRecords, ZoneSnapshot};
+
+/// An operator override, with expiry and an audit trail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Override {
+    pub id: String,
+    pub cluster: String,
+    /// Limit to one policy (`namespace/name`); all policies targeting the cluster when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    pub action: OverrideAction,
+    #[serde(with = "crate::model::rfc3339")]
+    pub created_at: SystemTime,
+    #[serde(with = "crate::model::rfc3339")]
+    pub expires_at: SystemTime,
+    pub author: String,
+    pub reason: String,
+}
+
+impl Override {
+    /// An expired override has no effect.
+    pub fn is_active(&self, now: SystemTime) -> bool {
+        now < self.expires_at
+    }
+
+    /// True when it applies to `cluster` as a target of `policy`.
+    pub fn applies_to(&self, policy: &str, cluster: &str) -> bool {
+        self.cluster == cluster && self.policy.as_deref().is_none_or(|p| p == policy)
+    }
+}
+
+/// What an override does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type", content = "weight")]
+pub enum OverrideAction {
+    /// Take the cluster out of answers.
+    Drain,
+    /// Answer only the pinned cluster(s), whatever their health.
+    Pin,
+    /// Replace the cluster's weight.
+    Weight(u32),
+}
+
+/// The snapshot with the active cluster-wide overrides applied; borrowed unchanged when
+/// none applies. Weights are in the controller's scale (thousandths of a target weight).
+pub fn apply<'a>(
+    snapshot: &'a ZoneSnapshot,
+    overrides: &[Override],
+    now: SystemTime,
+) -> Cow<'a, ZoneSnapshot> {
+    let active: Vec<&Override> = overrides
+        .iter()
+        .filter(|o| o.policy.is_none() && o.is_active(now))
+        .collect();
+    if active.is_empty() {
+        return Cow::Borrowed(snapshot);
+    }
+    let mut out = snapshot.clone();
+    for records in out.names.values_mut() {
+        apply_name(records, &active);
+    }
+    if out == *snapshot {
+        Cow::Borrowed(snapshot)
+    } else {
+        Cow::Owned(out)
+    }
+}
+
+fn apply_name(records: &mut NameRecords, active: &[&Override]) {
+    let Some(set) = records.address.as_mut() else {
+        return;
+    };
+    let has = |t: &crate::model::Target, action: fn(&OverrideAction) -> bool| {
+        active
+            .iter()
+            .any(|o| o.cluster == t.cluster && action(&o.action))
+    };
+    // Pins: keep only pinned clusters, if any of them is in the answer.
+    if set
+        .targets
+        .iter()
+        .any(|t| has(t, |a| *a == OverrideAction::Pin))
+    {
+        set.targets
+            .retain(|t| has(t, |a| *a == OverrideAction::Pin));
+    }
+    // Drains: take the cluster out, unless nothing would be left.
+    if set
+        .targets
+        .iter()
+        .any(|t| !has(t, |a| *a == OverrideAction::Drain))
+    {
+        set.targets
+            .retain(|t| !has(t, |a| *a == OverrideAction::Drain));
+    }
+    for t in &mut set.targets {
+        let weight = active.iter().rev().find_map(|o| match o.action {
+            OverrideAction::Weight(w) if o.cluster == t.cluster => Some(w),
+            _ => None,
+        });
+        if let Some(w) = weight {
+            t.weight = w.saturating_mul(1000);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::IpAddr, time::Duration};
+
+    use super::*;
+    use crate::model::{AddressSet, Target};
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn snapshot() -> ZoneSnapshot {
+        let target = |cluster: &str, last: u8| Target {
+            address: IpAddr::from([127, 0, 0, last]),
+            cluster: cluster.to_owned(),
+            region: String::new(),
+            weight: 100_000,
+        };
+        let mut s = ZoneSnapshot::empty("z.test", 1, now());
+        s.names.insert(
+            "web".to_owned(),
+            NameRecords {
+                address: Some(AddressSet {
+                    ttl: 30,
+                    targets: vec![target("a", 2), target("b", 3)],
+                    max_answers: None,
+                    geo: false,
+                }),
+                ..NameRecords::default()
+            },
+        );
+        s
+    }
+
+    fn ovr(cluster: &str, action: OverrideAction, expires_in: u64) -> Override {
+        Override {
+            id: format!("{cluster}-{action:?}"),
+            cluster: cluster.to_owned(),
+            policy: None,
+            action,
+            created_at: now(),
+            expires_at: now() + Duration::from_secs(expires_in),
+            author: "oncall".to_owned(),
+            reason: "test".to_owned(),
+        }
+    }
+
+    fn clusters(s: &ZoneSnapshot) -> Vec<(String, u32)> {
+        s.names["web"]
+            .address
+            .as_ref()
+            .unwrap()
+            .targets
+            .iter()
+            .map(|t| (t.cluster.clone(), t.weight))
+            .collect()
+    }
+
+    #[test]
+    fn a_drain_removes_the_cluster_but_never_empties_a_name() {
+        let s = snapshot();
+        let out = apply(&s, &[ovr("a", OverrideAction::Drain, 60)], now());
+        assert_eq!(clusters(&out), [("b".to_owned(), 100_000)]);
+        let both = [
+            ovr("a", OverrideAction::Drain, 60),
+            ovr("b", OverrideAction::Drain, 60),
+        ];
+        assert_eq!(
+            clusters(&apply(&s, &both, now())).len(),
+            2,
+            "draining everything changes nothing"
+        );
+    }
+
+    #[test]
+    fn a_pin_keeps_only_that_cluster_when_it_is_answered() {
+        let s = snapshot();
+        assert_eq!(
+            clusters(&apply(&s, &[ovr("b", OverrideAction::Pin, 60)], now())),
+            [("b".to_owned(), 100_000)]
+        );
+        assert_eq!(
+            clusters(&apply(&s, &[ovr("zz", OverrideAction::Pin, 60)], now())).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn weights_are_replaced_in_the_controllers_scale() {
+        let s = snapshot();
+        let out = apply(&s, &[ovr("a", OverrideAction::Weight(5), 60)], now());
+        assert_eq!(
+            clusters(&out),
+            [("a".to_owned(), 5_000), ("b".to_owned(), 100_000)]
+        );
+    }
+
+    #[test]
+    fn expired_and_policy_scoped_overrides_are_ignored() {
+        let s = snapshot();
+        let expired = ovr("a", OverrideAction::Drain, 0);
+        let mut scoped = ovr("a", OverrideAction::Drain, 60);
+        scoped.policy = Some("shop/web".to_owned());
+        assert!(matches!(
+            apply(&s, &[expired, scoped], now()),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn overrides_round_trip_through_json_in_the_stored_shape() {
+        let o = ovr("a", OverrideAction::Weight(7), 60);
+        let text = serde_json::to_string(&o).unwrap();
+        assert!(
+            text.contains(r#""action":{"type":"weight","weight":7}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Override>(&text).unwrap(), o);
+    }
+}
