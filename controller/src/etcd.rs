@@ -5,7 +5,10 @@
 //!
 //! ```text
 //!  {prefix}/records/{zone}/{name}     NameRecords of one DNS name   (leader, fenced)
-//!  {prefix}/decision                  engine Decision: hysteresis,  (leader, fenced)
+//!  {prefix}/decision                  Decision head: revision, time (leader, fenced)
+//!                                     and alarms
+//!  {prefix}/decision/policies/{ns}/{name}                            (leader, fenced)
+//!                                     one policy's PolicyDecision: hysteresis and
 //!                                     ramps survive a leader change
 //!  {prefix}/policies/{ns}/{name}      mirrored FailoverPolicy       (leader, fenced)
 //!  {prefix}/clusters/{name}           mirrored MemberCluster        (leader, fenced)
@@ -71,7 +74,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 pub use lifeline_dns::etcd_source::{BadValue, EtcdConnect, EtcdTlsFiles, VALUE_LIMIT};
 
 use crate::{
-    engine::{Decision, Override},
+    engine::{Decision, Override, PolicyDecision},
     store::{AuditEntry, PolicySnapshot},
 };
 
@@ -128,7 +131,13 @@ pub struct EtcdStore {
     /// Last good encoded value per key read by this process: the fallback when a key's
     /// current value is bad and etcd's history no longer has an older good one.
     last_good: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    /// What this process last saved of the decision, per policy key, and under which
+    /// leadership (election key revision): the base of the next save's diff.
+    saved_decision: Arc<Mutex<Option<(i64, EncodedValues)>>>,
 }
+
+/// Encoded values by key.
+type EncodedValues = HashMap<String, Vec<u8>>;
 
 impl fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -155,6 +164,7 @@ impl EtcdStore {
             timeout,
             bad_values: Arc::default(),
             last_good: Arc::default(),
+            saved_decision: Arc::default(),
         }
     }
 
@@ -383,18 +393,96 @@ impl EtcdStore {
         Ok(out)
     }
 
-    /// Saves the engine's decision (fenced).
-    pub async fn save_decision(&self, leader: &Leader, decision: &Decision) -> Result<()> {
-        let key = self.key(&["decision"])?;
-        let value = Self::encode(&key, decision, None)?;
-        self.fenced(leader, vec![TxnOp::put(key, value, None)])
-            .await
-            .map(drop)
+    /// Key of one policy's part of the decision; a policy id is `namespace/name`.
+    fn decision_policy_key(&self, id: &str) -> Result<String> {
+        let mut parts = vec!["decision", "policies"];
+        parts.extend(id.split('/'));
+        self.key(&parts)
     }
 
-    /// The last decision, if a good one exists.
+    /// Saves the engine's decision (fenced), split so no value nears etcd's request
+    /// limit however many policies there are: `{prefix}/decision/policies/{ns}/{name}`
+    /// per policy, written only when it changed since this leader's last save, then
+    /// the head `{prefix}/decision` (revision, time, alarms) last. A save cut short
+    /// leaves some policies newer than the head, which is harmless: each policy's state
+    /// stands on its own.
+    pub async fn save_decision(&self, leader: &Leader, decision: &Decision) -> Result<()> {
+        let dir = format!("{}/", self.key(&["decision", "policies"])?);
+        let primed =
+            matches!(&*self.saved_decision.lock(), Some((rev, _)) if *rev == leader.revision);
+        let saved = if primed {
+            self.saved_decision
+                .lock()
+                .take()
+                .map(|(_, saved)| saved)
+                .unwrap_or_default()
+        } else {
+            // New term: learn what etcd holds so unchanged policies are not rewritten
+            // and policies that are gone get deleted.
+            let resp = self
+                .get(&dir, Some(GetOptions::new().with_prefix()))
+                .await?;
+            resp.kvs()
+                .iter()
+                .map(|kv| {
+                    (
+                        String::from_utf8_lossy(kv.key()).into_owned(),
+                        kv.value().to_vec(),
+                    )
+                })
+                .collect()
+        };
+        let mut wanted: HashMap<String, Vec<u8>> = HashMap::with_capacity(decision.policies.len());
+        let mut ops = Vec::new();
+        for (id, pd) in &decision.policies {
+            let key = self.decision_policy_key(id)?;
+            let value = Self::encode(&key, pd, None)?;
+            if saved.get(&key) != Some(&value) {
+                ops.push(TxnOp::put(key.clone(), value.clone(), None));
+            }
+            wanted.insert(key, value);
+        }
+        for key in saved.keys().filter(|k| !wanted.contains_key(*k)) {
+            ops.push(TxnOp::delete(key.clone(), None));
+        }
+        let head_key = self.key(&["decision"])?;
+        let head = Decision {
+            revision: decision.revision,
+            changed_at: decision.changed_at,
+            policies: BTreeMap::new(),
+            alarms: decision.alarms.clone(),
+        };
+        let changed = ops.len();
+        ops.push(TxnOp::put(
+            head_key.clone(),
+            Self::encode(&head_key, &head, None)?,
+            None,
+        ));
+        self.fenced(leader, ops).await?;
+        debug!(
+            revision = decision.revision,
+            changed, "decision saved to etcd"
+        );
+        *self.saved_decision.lock() = Some((leader.revision, wanted));
+        Ok(())
+    }
+
+    /// The last decision, if a good one exists: the head and every policy's part (a
+    /// bad part falls back to its last good value, or is left out and starts fresh).
     pub async fn load_decision(&self) -> Result<Option<Decision>> {
-        self.read(&self.key(&["decision"])?).await
+        let head: Option<Decision> = self.read(&self.key(&["decision"])?).await?;
+        let dir = format!("{}/", self.key(&["decision", "policies"])?);
+        let parts = self.read_dir::<PolicyDecision>(&dir).await?;
+        if head.is_none() && parts.is_empty() {
+            return Ok(None);
+        }
+        let mut decision = head.unwrap_or_default();
+        for (key, pd) in parts {
+            if let Some(id) = key.strip_prefix(&dir) {
+                decision.policies.insert(id.to_owned(), pd);
+            }
+        }
+        Ok(Some(decision))
     }
 
     /// Mirrors the policy documents (fenced): changed documents are written, documents

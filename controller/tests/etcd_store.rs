@@ -10,7 +10,9 @@ use std::{
 
 use etcd_harness::{Etcd, within};
 use lifeline_controller::{
-    engine::{Decision, Override, OverrideAction},
+    engine::{
+        Answer, Decision, Health, Outcome, Override, OverrideAction, PolicyDecision, TargetState,
+    },
     etcd::{EtcdStore, Leadership},
     store::PolicySnapshot,
 };
@@ -43,6 +45,58 @@ fn names(pairs: &[(&str, &str)]) -> BTreeMap<String, NameRecords> {
         .iter()
         .map(|(n, t)| ((*n).to_owned(), txt(t)))
         .collect()
+}
+
+/// A decision over `n` policies with three targets each; `bump` changes one policy.
+fn big_decision(n: usize, bump: Option<usize>) -> Decision {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let policies = (0..n)
+        .map(|i| {
+            let answers: Vec<Answer> = (0..3u8)
+                .map(|c| Answer {
+                    cluster: format!("cluster-{c}"),
+                    address: format!("10.{c}.{}.{}", i / 256, i % 256).parse().unwrap(),
+                    region: format!("region-{c}"),
+                    weight: 1000,
+                })
+                .collect();
+            let targets = (0..3)
+                .map(|c| {
+                    (
+                        format!("cluster-{c}"),
+                        TargetState {
+                            health: Health::Healthy,
+                            since: at,
+                            reason: "probe ok".into(),
+                            ok_streak: if bump == Some(i) { 99 } else { 3 },
+                            fail_streak: 0,
+                            ramp_started: None,
+                            share: 1000,
+                            drained: false,
+                            last_detail: "HTTP 200 in 3 ms".into(),
+                        },
+                    )
+                })
+                .collect();
+            let pd = PolicyDecision {
+                hostname: format!("svc-{i}.global.example.com"),
+                ttl: 30,
+                strategy: lifeline_crds::Strategy::Failover,
+                answers: answers.clone(),
+                outcome: Outcome::Normal,
+                targets,
+                last_good: answers,
+                changed_at: at,
+            };
+            (format!("team-{}/svc-{i}", i % 7), pd)
+        })
+        .collect();
+    Decision {
+        revision: 5,
+        changed_at: Some(at),
+        policies,
+        alarms: Vec::new(),
+    }
 }
 
 fn an_override(id: &str) -> Override {
@@ -145,8 +199,7 @@ async fn the_decision_survives_a_leader_change() {
     .unwrap();
     let decision = Decision {
         revision: 42,
-        changed_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
-        ..Decision::default()
+        ..big_decision(3, None)
     };
     a.save_decision(&leader, &decision).await.unwrap();
     within(Duration::from_secs(5), leader.resign())
@@ -160,6 +213,15 @@ async fn the_decision_survives_a_leader_change() {
     .unwrap();
     assert!(next.is_current());
     assert_eq!(b.load_decision().await.unwrap(), Some(decision));
+
+    // The new leader's first save also removes what the old one saved and it no
+    // longer has.
+    let smaller = Decision {
+        revision: 43,
+        ..big_decision(2, Some(1))
+    };
+    b.save_decision(&next, &smaller).await.unwrap();
+    assert_eq!(a.load_decision().await.unwrap(), Some(smaller));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,4 +436,62 @@ async fn mirrored_policies_let_a_replica_start_without_the_management_cluster() 
     let err = s.mirror_policies(&leader, &snapshot).await.unwrap_err();
     assert!(err.is_not_leader(), "expected NotLeader, got {err}");
     assert_eq!(json(&replica.load_policies().await.unwrap()), json(&fewer));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_decision_is_saved_in_parts_and_only_changed_policies_are_rewritten() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let s = store(&etcd).await;
+    let leader = within(
+        Duration::from_secs(10),
+        Leadership::new(&s, "replica-a", TTL).campaign(),
+    )
+    .await
+    .unwrap();
+    // Far over etcd's 1.5 MiB request limit as one value.
+    let decision = big_decision(3000, None);
+    let size = serde_json::to_vec(&decision).unwrap().len();
+    assert!(size > 2 << 20, "the test decision is {size} bytes");
+    within(Duration::from_secs(60), s.save_decision(&leader, &decision))
+        .await
+        .unwrap();
+    let replica = store(&etcd).await;
+    assert_eq!(replica.load_decision().await.unwrap(), Some(decision));
+
+    // One policy changes, one disappears: two policy keys and the head are written.
+    let mut next = big_decision(3000, Some(17));
+    next.policies.remove("team-0/svc-0");
+    next.revision = 6;
+    let mut client = etcd.client().await;
+    let before = client
+        .get("/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    s.save_decision(&leader, &next).await.unwrap();
+    let resp = client
+        .get(
+            "/lifeline/decision",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let rewritten: Vec<String> = resp
+        .kvs()
+        .iter()
+        .filter(|kv| kv.mod_revision() > before)
+        .map(|kv| kv.key_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        rewritten,
+        [
+            "/lifeline/decision",
+            "/lifeline/decision/policies/team-3/svc-17"
+        ]
+    );
+    assert_eq!(replica.load_decision().await.unwrap(), Some(next));
 }
