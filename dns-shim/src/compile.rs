@@ -207,6 +207,49 @@ pub struct ZoneTable {
     pub name_count: usize,
     /// TTLs are capped because the data is stale.
     pub ttl_capped: bool,
+    /// Set while `names` is not built yet: answers are built per query from the
+    /// snapshot instead (see [`index_zone`]).
+    pub lazy: Option<Lazy>,
+}
+
+/// What a lazily compiled zone answers from: an index from wire name to snapshot key.
+#[derive(Debug)]
+pub struct Lazy {
+    snapshot: Arc<ZoneSnapshot>,
+    /// Wire name → key in `snapshot.names`; `None` for empty non-terminals and the apex
+    /// without records.
+    index: NameMap<Option<Box<str>>>,
+    zone: ZoneConfig,
+    geo: Arc<GeoTable>,
+    opts: CompileOptions,
+}
+
+impl Lazy {
+    fn records(&self, name: &[u8]) -> Option<&NameRecords> {
+        let key = self.index.get(name)?.as_deref()?;
+        self.snapshot.names.get(key)
+    }
+}
+
+impl ZoneTable {
+    /// The entry of `name`: from the compiled tables, or built now for a lazy table.
+    pub fn entry(&self, name: &[u8]) -> Option<std::borrow::Cow<'_, NameEntry>> {
+        if let Some(e) = self.names.get(name) {
+            return Some(std::borrow::Cow::Borrowed(e));
+        }
+        let lazy = self.lazy.as_ref()?;
+        lazy.index.get(name)?;
+        let lookup = |w: &[u8]| lazy.records(w);
+        let cx = Cx {
+            zone: &lazy.zone,
+            apex: &self.apex,
+            soa_rdata: &self.soa_rdata,
+            geo: &lazy.geo,
+            opts: lazy.opts,
+            lookup: &lookup,
+        };
+        Some(std::borrow::Cow::Owned(cx.entry(name, lazy.records(name))))
+    }
 }
 
 /// Knobs that change the bytes of answers.
@@ -222,27 +265,35 @@ impl CompileOptions {
     }
 }
 
-/// Compiles one zone. Never fails: a name that cannot be served is skipped and listed in
-/// `rejected`, so one bad record cannot take the rest of the zone down.
-pub fn compile_zone(
+/// The parts of a zone shared by the full and the lazy build.
+struct Prepared<'s> {
+    origin: String,
+    apex: Box<[u8]>,
+    /// Servable names: wire form → (snapshot key, records).
+    records: NameMap<(&'s str, &'s NameRecords)>,
+    rejected: Vec<(String, String)>,
+    soa_rdata: Vec<u8>,
+    negative_ttl: u32,
+}
+
+fn prepare<'s>(
     zone: &ZoneConfig,
-    snapshot: &ZoneSnapshot,
-    geo: &GeoTable,
+    snapshot: &'s ZoneSnapshot,
     opts: CompileOptions,
-) -> ZoneTable {
+) -> Prepared<'s> {
     let origin = wire::normalize_name(&zone.origin, "").unwrap_or_default();
     let apex: Box<[u8]> = wire::to_wire(&origin).unwrap_or_else(|_| vec![0]).into();
     let mut rejected = Vec::new();
 
     // Normalise names first: the same name may appear in two spellings.
-    let mut records: NameMap<&NameRecords> = NameMap::default();
+    let mut records: NameMap<(&str, &NameRecords)> = NameMap::default();
     records.reserve(snapshot.names.len());
     for (name, recs) in &snapshot.names {
         match wire::owner_to_wire(name, &apex) {
             Ok(w) => {
                 if let Some(problem) = check_records(recs, w == apex) {
                     rejected.push((name.clone(), problem));
-                } else if records.insert(w, recs).is_some() {
+                } else if records.insert(w, (name.as_str(), recs)).is_some() {
                     rejected.push((name.clone(), "duplicate name".into()));
                 }
             }
@@ -267,36 +318,110 @@ pub fn compile_zone(
         soa_rdata.extend_from_slice(&v.to_be_bytes());
     }
     let negative_ttl = opts.ttl(zone.ttl.min(zone.negative_ttl));
+    Prepared {
+        origin,
+        apex,
+        records,
+        rejected,
+        soa_rdata,
+        negative_ttl,
+    }
+}
 
+/// Compiles one zone. Never fails: a name that cannot be served is skipped and listed in
+/// `rejected`, so one bad record cannot take the rest of the zone down.
+pub fn compile_zone(
+    zone: &ZoneConfig,
+    snapshot: &ZoneSnapshot,
+    geo: &GeoTable,
+    opts: CompileOptions,
+) -> ZoneTable {
+    let p = prepare(zone, snapshot, opts);
+    let lookup = |w: &[u8]| p.records.get(w).map(|(_, r)| *r);
     let cx = Cx {
         zone,
-        apex: &apex,
-        soa_rdata: &soa_rdata,
+        apex: &p.apex,
+        soa_rdata: &p.soa_rdata,
         geo,
         opts,
-        records: &records,
+        lookup: &lookup,
     };
-
-    let names = build_entries(&cx, &records, &apex);
+    let names = build_entries(&cx, &p.records, &p.apex);
     ZoneTable {
-        origin,
-        apex: apex.clone(),
+        origin: p.origin,
+        apex: p.apex.clone(),
         revision: snapshot.revision,
         decided_at: snapshot.decided_at,
-        soa_rdata: soa_rdata.into(),
-        negative_ttl,
+        soa_rdata: p.soa_rdata.into(),
+        negative_ttl: p.negative_ttl,
         names,
-        rejected,
+        rejected: p.rejected,
         name_count: snapshot.names.len(),
         ttl_capped: opts.ttl_cap.is_some(),
+        lazy: None,
+    }
+}
+
+/// Indexes a zone without pre-serialising its answers: a fraction of the work of
+/// [`compile_zone`], so a restarted shim with a large zone answers sooner. Answers are
+/// then built per query (slower, same bytes) until a full compile replaces the table.
+pub fn index_zone(
+    zone: &ZoneConfig,
+    snapshot: Arc<ZoneSnapshot>,
+    geo: Arc<GeoTable>,
+    opts: CompileOptions,
+) -> ZoneTable {
+    let p = prepare(zone, &snapshot, opts);
+    let mut index: NameMap<Option<Box<str>>> = NameMap::default();
+    index.reserve(p.records.len() + 1);
+    for (w, (key, _)) in &p.records {
+        index.insert(w.clone(), Some((*key).into()));
+    }
+    index.entry(p.apex.clone()).or_insert(None);
+    for name in p.records.keys() {
+        let mut cur: &[u8] = name;
+        while let Some(parent) = wire::parent(cur) {
+            if parent.len() < p.apex.len() || index.contains_key(parent) {
+                break;
+            }
+            index.insert(parent.into(), None);
+            cur = parent;
+        }
+    }
+    let table = ZoneTable {
+        origin: p.origin,
+        apex: p.apex,
+        revision: snapshot.revision,
+        decided_at: snapshot.decided_at,
+        soa_rdata: p.soa_rdata.into(),
+        negative_ttl: p.negative_ttl,
+        names: NameMap::default(),
+        rejected: p.rejected,
+        name_count: snapshot.names.len(),
+        ttl_capped: opts.ttl_cap.is_some(),
+        lazy: None,
+    };
+    ZoneTable {
+        lazy: Some(Lazy {
+            snapshot,
+            index,
+            zone: zone.clone(),
+            geo,
+            opts,
+        }),
+        ..table
     }
 }
 
 /// Zones this large are compiled on two threads: it halves warm start on big zones.
 const PARALLEL_FROM: usize = 20_000;
 
-fn build_entries(cx: &Cx<'_>, records: &NameMap<&NameRecords>, apex: &[u8]) -> NameMap<NameEntry> {
-    let all: Vec<(&[u8], &NameRecords)> = records.iter().map(|(n, r)| (&n[..], *r)).collect();
+fn build_entries(
+    cx: &Cx<'_>,
+    records: &NameMap<(&str, &NameRecords)>,
+    apex: &[u8],
+) -> NameMap<NameEntry> {
+    let all: Vec<(&[u8], &NameRecords)> = records.iter().map(|(n, (_, r))| (&n[..], *r)).collect();
     let compile = |part: &[(&[u8], &NameRecords)]| -> Vec<(Box<[u8]>, NameEntry)> {
         part.iter()
             .map(|(name, recs)| ((*name).into(), cx.entry(name, Some(recs))))
@@ -373,7 +498,8 @@ struct Cx<'a> {
     soa_rdata: &'a [u8],
     geo: &'a GeoTable,
     opts: CompileOptions,
-    records: &'a NameMap<&'a NameRecords>,
+    /// Records of another name of the zone (for following a CNAME).
+    lookup: &'a (dyn Fn(&[u8]) -> Option<&'a NameRecords> + Sync),
 }
 
 /// Offset of the question name in every response.
@@ -497,7 +623,7 @@ impl Cx<'_> {
         let answer = positive(1, cname.clone());
         *other = Some(answer.clone());
         typed.push((TYPE_CNAME, answer));
-        let Some(recs) = self.records.get(target.as_slice()) else {
+        let Some(recs) = (self.lookup)(target.as_slice()) else {
             return;
         };
         if recs.cname.is_some() {

@@ -173,7 +173,8 @@ impl Engine {
         };
 
         // NXDOMAIN and NODATA carry only the zone's SOA, written straight into `out`.
-        let (rcode, tail, geo_scope) = match zone.names.get(name) {
+        let entry = zone.entry(name);
+        let (rcode, tail, geo_scope) = match entry.as_deref() {
             Some(entry) => match entry.answer(q.qtype) {
                 Some(answer) => {
                     let (region, scope) = if answer.choice.is_geo() {

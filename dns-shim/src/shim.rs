@@ -27,6 +27,9 @@ use crate::{
     wire,
 };
 
+/// Zones with at least this many names are indexed at start and compiled afterwards.
+const LAZY_FROM: usize = 10_000;
+
 /// Entry point: `Shim::start` loads persisted snapshots, then opens sockets.
 #[derive(Debug)]
 pub struct Shim;
@@ -78,6 +81,16 @@ impl Shim {
                 source,
             })?);
             tasks.push(net::spawn_tcp(listener, inner.engine.clone()));
+        }
+        if inner
+            .writer
+            .lock()
+            .tables
+            .values()
+            .any(|t| t.lazy.is_some())
+        {
+            let inner = inner.clone();
+            tokio::task::spawn_blocking(move || inner.finish_lazy());
         }
         // Re-evaluates staleness once a second; TTLs drop to `staleTtl` when it flips.
         let ticker = {
@@ -169,7 +182,12 @@ impl ShimHandle {
     /// The current snapshot of a zone, if any.
     pub fn snapshot(&self, zone: &str) -> Option<ZoneSnapshot> {
         let origin = wire::normalize_name(zone, "").ok()?;
-        self.inner.writer.lock().snapshots.get(&origin).cloned()
+        self.inner
+            .writer
+            .lock()
+            .snapshots
+            .get(&origin)
+            .map(|s| (**s).clone())
     }
 
     /// Metrics to register in a prometheus-client registry.
@@ -267,7 +285,7 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Writer {
     /// Current snapshot per zone origin.
-    snapshots: BTreeMap<String, ZoneSnapshot>,
+    snapshots: BTreeMap<String, Arc<ZoneSnapshot>>,
     tables: BTreeMap<String, Arc<ZoneTable>>,
     /// Last moment a source vouched for the data (connected or delivered an update).
     confirmed_at: Option<SystemTime>,
@@ -333,7 +351,20 @@ impl Inner {
             match loaded.snapshot {
                 Some((snapshot, path)) => {
                     info!(zone = %zone.origin, revision = snapshot.revision, path = %path.display(), "persisted snapshot loaded");
-                    let table = self.compile(zone, &snapshot, self.is_stale(&w, &snapshot));
+                    let snapshot = Arc::new(snapshot);
+                    let stale = self.is_stale(&w, &snapshot);
+                    // Large zones are only indexed now and compiled once sockets are open:
+                    // answering sooner beats answering faster during a restart.
+                    let table = if snapshot.names.len() >= LAZY_FROM {
+                        compile::index_zone(
+                            zone,
+                            snapshot.clone(),
+                            self.geo.clone(),
+                            self.compile_options(stale),
+                        )
+                    } else {
+                        self.compile(zone, &snapshot, stale)
+                    };
                     w.tables.insert(zone.origin.clone(), Arc::new(table));
                     w.snapshots.insert(zone.origin.clone(), snapshot);
                 }
@@ -345,11 +376,42 @@ impl Inner {
         self.publish(&w);
     }
 
-    fn compile(&self, zone: &ZoneConfig, snapshot: &ZoneSnapshot, stale: bool) -> ZoneTable {
-        let opts = CompileOptions {
+    fn compile_options(&self, stale: bool) -> CompileOptions {
+        CompileOptions {
             ttl_cap: stale.then_some(self.stale_ttl),
+        }
+    }
+
+    fn compile(&self, zone: &ZoneConfig, snapshot: &ZoneSnapshot, stale: bool) -> ZoneTable {
+        compile::compile_zone(zone, snapshot, &self.geo, self.compile_options(stale))
+    }
+
+    /// Replaces lazily indexed tables with fully compiled ones. The compile runs without
+    /// the writer lock; a table that changed meanwhile (an update arrived) is left alone.
+    fn finish_lazy(&self) {
+        let lazy: Vec<(Arc<ZoneTable>, Arc<ZoneSnapshot>)> = {
+            let w = self.writer.lock();
+            w.tables
+                .iter()
+                .filter(|(_, t)| t.lazy.is_some())
+                .filter_map(|(o, t)| Some((t.clone(), w.snapshots.get(o)?.clone())))
+                .collect()
         };
-        compile::compile_zone(zone, snapshot, &self.geo, opts)
+        for (table, snapshot) in lazy {
+            let Some(zone) = self.zones.iter().find(|z| z.origin == table.origin) else {
+                continue;
+            };
+            let full = self.compile(zone, &snapshot, table.ttl_capped);
+            let mut w = self.writer.lock();
+            if w.tables
+                .get(&table.origin)
+                .is_some_and(|cur| Arc::ptr_eq(cur, &table))
+            {
+                w.tables.insert(table.origin.clone(), Arc::new(full));
+                self.publish(&w);
+                info!(zone = %table.origin, "zone fully compiled");
+            }
+        }
     }
 
     /// Whether a zone's data is stale: no source has vouched for it for `staleAfter`.
@@ -420,7 +482,7 @@ impl Inner {
         let rejected = table.rejected.clone();
         w.tables.insert(origin.clone(), Arc::new(table));
         let revision = next.revision;
-        w.snapshots.insert(origin.clone(), next);
+        w.snapshots.insert(origin.clone(), Arc::new(next));
         self.publish(&w);
         let snapshot = &w.snapshots[&origin];
         // Served first, persisted second: a slow disk must not delay new answers.

@@ -551,3 +551,127 @@ fn large_snapshots_round_trip_through_the_parallel_paths() {
         )
     );
 }
+
+#[test]
+fn a_lazily_indexed_zone_answers_exactly_like_a_compiled_one() {
+    use lifeline_dns::compile::{CompileOptions, Compiled, GeoTable, compile_zone, index_zone};
+    let snap = snapshot(5);
+    let geo = std::sync::Arc::new(GeoTable::default());
+    let engine = |table| {
+        lifeline_dns::Engine::new(
+            Compiled {
+                zones: vec![std::sync::Arc::new(table)],
+                geo: geo.clone(),
+                stale: false,
+                pending: vec![],
+            },
+            None,
+            1232,
+        )
+    };
+    let full = engine(compile_zone(
+        &zone_config(),
+        &snap,
+        &geo,
+        CompileOptions::default(),
+    ));
+    let lazy_table = index_zone(
+        &zone_config(),
+        std::sync::Arc::new(snap.clone()),
+        geo.clone(),
+        CompileOptions::default(),
+    );
+    assert!(lazy_table.lazy.is_some() && lazy_table.names.is_empty());
+    let lazy = engine(lazy_table);
+    let src = "127.0.0.1:5300".parse().unwrap();
+    let mut compared = 0;
+    // Names whose answer does not rotate, every type and outcome.
+    for name in [
+        "www",
+        "dual",
+        "alias",
+        "_http._tcp.svc",
+        "info",
+        "deep.under.ent",
+        "under.ent",
+        "ent",
+        "nope",
+        "",
+        "x.nope",
+    ] {
+        let fqdn = if name.is_empty() {
+            format!("{ZONE}.")
+        } else {
+            format!("{name}.{ZONE}.")
+        };
+        for t in [
+            RecordType::A,
+            RecordType::AAAA,
+            RecordType::SRV,
+            RecordType::TXT,
+            RecordType::CNAME,
+            RecordType::SOA,
+            RecordType::NS,
+            RecordType::ANY,
+            RecordType::MX,
+        ] {
+            let q = message(&fqdn, t, &Ask::default()).to_vec().unwrap();
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            assert!(full.respond(&q, src, lifeline_dns::Transport::Udp, &mut a));
+            assert!(lazy.respond(&q, src, lifeline_dns::Transport::Udp, &mut b));
+            assert_eq!(a, b, "{fqdn} {t}");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 99);
+}
+
+#[test]
+fn a_restart_with_a_large_zone_answers_at_once_and_compiles_in_the_background() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = snapshot(8);
+    for i in 0..12_000u32 {
+        let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 0xFF, i & 0xFF);
+        s.names.insert(
+            format!("host{i}"),
+            address(300, vec![target(&ip, "c1", "eu-west", 1)]),
+        );
+    }
+    persist::write(dir.path(), &s).unwrap();
+    let shim = rt
+        .block_on(Shim::start(&dns_config(dir.path()), &[zone_config()]))
+        .unwrap();
+    assert!(shim.state().ready);
+    let m = udp(
+        &shim,
+        "host11999.global.example.com.",
+        RecordType::A,
+        &Ask::default(),
+    );
+    assert_eq!(
+        addresses(&m),
+        vec!["10.0.46.223".parse::<IpAddr>().unwrap()]
+    );
+    assert!(eventually(Duration::from_secs(20), || {
+        shim.engine().compiled().zones[0].lazy.is_none()
+    }));
+    let m = udp(
+        &shim,
+        "host11999.global.example.com.",
+        RecordType::A,
+        &Ask::default(),
+    );
+    assert_eq!(
+        addresses(&m),
+        vec!["10.0.46.223".parse::<IpAddr>().unwrap()]
+    );
+    let nx = udp(
+        &shim,
+        "host12000.global.example.com.",
+        RecordType::A,
+        &Ask::default(),
+    );
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    shim.shutdown();
+}

@@ -40,6 +40,8 @@ struct Args {
     p99_qps: u64,
     /// Only the snapshot swap and warm start measurements.
     lifecycle_only: bool,
+    /// Serve with this executable's `--serve` mode even if `lifeline` exists.
+    self_serve: bool,
 }
 
 fn args() -> Result<Args> {
@@ -49,6 +51,7 @@ fn args() -> Result<Args> {
         warm_names: 100_000,
         p99_qps: 50_000,
         lifecycle_only: false,
+        self_serve: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -63,8 +66,11 @@ fn args() -> Result<Args> {
             "--warm-names" => a.warm_names = value()? as usize,
             "--p99-qps" => a.p99_qps = value()?,
             "--lifecycle-only" => a.lifecycle_only = true,
+            "--self-serve" => a.self_serve = true,
             "-h" | "--help" => {
-                println!("bench-dns [--names N] [--seconds S] [--warm-names N] [--p99-qps Q] [--lifecycle-only]");
+                println!(
+                    "bench-dns [--names N] [--seconds S] [--warm-names N] [--p99-qps Q] [--lifecycle-only] [--self-serve]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}"),
@@ -312,10 +318,24 @@ enum Shim {
     SelfServe(PathBuf),
 }
 
-fn shim_command() -> Result<Shim> {
+fn shim_command(self_serve: bool) -> Result<Shim> {
     let exe = std::env::current_exe()?;
+    if self_serve {
+        println!("serving with this benchmark's own --serve mode (--self-serve)");
+        return Ok(Shim::SelfServe(exe));
+    }
     let dir = exe.parent().context("no exe dir")?;
     let bin = dir.join("lifeline");
+    // A `lifeline` older than this benchmark may carry an older shim (or file format).
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(ours), Some(theirs)) = (modified(&exe), modified(&bin))
+        && theirs < ours
+    {
+        println!(
+            "warning: {} is older than this benchmark; rebuild it with `cargo build --release -p lifeline-controller`",
+            bin.display()
+        );
+    }
     let works = Command::new(&bin)
         .args(["dns", "--help"])
         .stdout(Stdio::null())
@@ -603,6 +623,7 @@ fn p99(port: u16, queries: &Path, qps: u64) -> Result<f64> {
     }
     child.wait()?;
     if lat.is_empty() {
+        // No verbose lines: report "not measured" rather than a made-up number.
         return Ok(f64::NAN);
     }
     lat.sort_by(|a, b| a.total_cmp(b));
@@ -655,12 +676,13 @@ fn swap_cost(names: usize) -> Result<()> {
     Ok(())
 }
 
-fn warm_start(work: &Path, names: usize, shim: &Shim) -> Result<()> {
+fn warm_start(work: &Path, names: usize, shim: &Shim, ticks: f64) -> Result<()> {
     let snap = snapshot(names);
     let dir = work.join("warm");
     std::fs::create_dir_all(&dir)?;
     persist::write(&dir.join("data"), &snap)?;
     let mut times = Vec::new();
+    let mut cpu = Vec::new();
     for _ in 0..3 {
         let port = free_port()?;
         let mut command = shim.command(&dir, port, free_port()?, None)?;
@@ -676,13 +698,16 @@ fn warm_start(work: &Path, names: usize, shim: &Shim) -> Result<()> {
         };
         let at = wait_answer(port, Duration::from_secs(30), Duration::from_millis(1))?;
         times.push(at.duration_since(start).as_secs_f64() * 1e3);
+        cpu.push(tree_cpu(_guard.child.id(), ticks) * 1e3);
     }
+    cpu.sort_by(|a, b| a.total_cmp(b));
     times.sort_by(|a, b| a.total_cmp(b));
     println!(
-        "warm start with {names} names (exec → first correct answer): min {:.1} ms, median {:.1} ms, max {:.1} ms (target ≤ 100 ms)",
+        "warm start with {names} names (exec → first correct answer): min {:.1} ms, median {:.1} ms, max {:.1} ms (target ≤ 100 ms); CPU used by then: median {:.0} ms",
         times[0],
         times[times.len() / 2],
-        times[times.len() - 1]
+        times[times.len() - 1],
+        cpu[cpu.len() / 2]
     );
     Ok(())
 }
@@ -698,7 +723,7 @@ fn main() -> Result<()> {
         ));
     }
     let args = args()?;
-    let shim = shim_command()?;
+    let shim = shim_command(args.self_serve)?;
     let ticks = clock_ticks();
     let work = tempfile::tempdir()?;
     let queries = work.path().join("queries.txt");
@@ -757,6 +782,6 @@ fn main() -> Result<()> {
         }
     }
     swap_cost(args.warm_names)?;
-    warm_start(work.path(), args.warm_names, &shim)?;
+    warm_start(work.path(), args.warm_names, &shim, ticks)?;
     Ok(())
 }

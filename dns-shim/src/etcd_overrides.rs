@@ -1,0 +1,82 @@
+//! Break-glass overrides from etcd, applied by the shim itself.
+//!
+//! Every replica's shim reads `{prefix}/overrides/` every couple of seconds and hands
+//! the set to [`ShimHandle::set_overrides`], which applies the active cluster-wide ones
+//! to what it serves (see [`crate::overrides`]). So `lifeline ctl --etcd drain X`
+//! changes answers even when no leader is running, as long as etcd is.
+//!
+//! Polling, not a watch: overrides change rarely, a small range read every 2 s per
+//! replica is negligible load, expiry needs a periodic look anyway, and a poll has no
+//! stream to resume after an etcd restart. While etcd is unreachable the last set read
+//! stays in force; a bad value is reported and skipped.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use etcd_client::{Client, GetOptions};
+use tracing::{debug, info, warn};
+
+use crate::{
+    etcd_source::{EtcdConnect, decode_value, timed},
+    overrides::Override,
+    shim::ShimHandle,
+};
+
+/// How often overrides are read.
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// Keeps `shim`'s overrides in step with etcd until the task is dropped.
+pub fn spawn(connect: EtcdConnect, prefix: &str, shim: ShimHandle) -> tokio::task::JoinHandle<()> {
+    let dir = format!("{}/overrides/", prefix.trim_end_matches('/'));
+    tokio::spawn(async move {
+        let mut client: Option<Client> = None;
+        let mut last: Option<BTreeMap<String, Override>> = None;
+        let mut tick = tokio::time::interval(POLL);
+        loop {
+            tick.tick().await;
+            if client.is_none() {
+                match connect.connect().await {
+                    Ok(c) => client = Some(c),
+                    Err(e) => {
+                        debug!(error = %e, "etcd unreachable; keeping the overrides already read");
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = client.as_mut() else { continue };
+            let read = timed(
+                connect.request_timeout(),
+                c.get(dir.as_bytes(), Some(GetOptions::new().with_prefix())),
+            )
+            .await;
+            let resp = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(error = %e, "cannot read overrides; keeping the ones already read");
+                    client = None;
+                    continue;
+                }
+            };
+            let mut current = BTreeMap::new();
+            for kv in resp.kvs() {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                match decode_value::<Override>(kv.value()) {
+                    Ok(d) => {
+                        current.insert(key, d.value);
+                    }
+                    Err(e) => {
+                        // The last good value of that key stays, if there was one.
+                        warn!(%key, error = %e, "bad override value in etcd; ignored");
+                        if let Some(old) = last.as_ref().and_then(|l| l.get(&key)) {
+                            current.insert(key, old.clone());
+                        }
+                    }
+                }
+            }
+            if last.as_ref() != Some(&current) {
+                info!(count = current.len(), "overrides from etcd changed");
+                shim.set_overrides(current.values().cloned().collect());
+                last = Some(current);
+            }
+        }
+    })
+}
