@@ -5,10 +5,15 @@ mod etcd_harness;
 
 use std::time::{Duration, SystemTime};
 
-use etcd_harness::{Etcd, within};
+use etcd_harness::{Etcd, ZONE, eventually, start_shim, within};
 use lifeline_controller::{
     engine::{Override, OverrideAction},
     etcd::{EtcdConnect, EtcdStore},
+};
+use lifeline_dns::{
+    EtcdSource, NameRecords, TxtSet,
+    etcd_source::{encode_value, record_key},
+    source,
 };
 
 fn an_override() -> Override {
@@ -95,4 +100,36 @@ async fn user_and_password_are_sent_and_required_once_auth_is_on() {
         ..etcd.connect()
     };
     assert!(EtcdStore::connect(&wrong, "/lifeline").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shim_source_reads_records_over_tls() {
+    let Some(etcd) = Etcd::start_tls().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shim = start_shim(dir.path()).await;
+    let source = EtcdSource::new(etcd.connect(), "/lifeline");
+    let task = source::spawn(Box::new(source), shim.clone());
+    let mut client = etcd.client().await;
+    let value = encode_value(
+        &NameRecords {
+            txt: Some(TxtSet {
+                ttl: 30,
+                records: vec!["over tls".to_owned()],
+            }),
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
+    client
+        .put(record_key("/lifeline", ZONE, "www"), value, None)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "record over TLS", || {
+        shim.snapshot(ZONE).filter(|s| s.names.contains_key("www"))
+    })
+    .await;
+    task.abort();
 }
