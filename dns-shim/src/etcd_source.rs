@@ -5,7 +5,7 @@
 //!    │
 //!    ├─ full load: paged range read at one revision R ──► Update::Replace per zone (rev R)
 //!    │
-//!    └─ watch from R+1 ─► events grouped by mod_revision ──► Update::Patch per zone (rev)
+//!    └─ watch from R+1 ─► each response folded ──► Update::Patch per zone (newest rev)
 //!          │
 //!          ├─ stream ends / errors (etcd restart, network): source "disconnected",
 //!          │   backoff with jitter, re-open from last seen revision + 1
@@ -470,6 +470,14 @@ struct Entry {
     decided_at: Option<SystemTime>,
 }
 
+/// One zone's changes folded from a watch response.
+#[derive(Default)]
+struct Pending {
+    upsert: BTreeMap<String, NameRecords>,
+    delete: BTreeSet<String>,
+    decided_at: Option<SystemTime>,
+}
+
 /// Why following the watch stopped.
 enum Stop {
     Compacted,
@@ -533,6 +541,9 @@ impl Feed {
                 _ => break,
             }
         }
+        // Counted once read, before the shim sees it, so whoever observes the shim's
+        // new data also observes the count.
+        self.stats.full_loads.fetch_add(1, Ordering::Relaxed);
         self.seen_zones.extend(next.keys().cloned());
         let now = SystemTime::now();
         for zone in self.seen_zones.clone() {
@@ -555,7 +566,6 @@ impl Feed {
         self.zones = next;
         self.last_revision = revision;
         self.needs_load = false;
-        self.stats.full_loads.fetch_add(1, Ordering::Relaxed);
         self.stats.revision.store(revision, Ordering::Relaxed);
         self.shim.set_source_connected(&self.name, true);
         Ok(())
@@ -639,83 +649,82 @@ impl Feed {
                 self.shim.set_source_connected(&self.name, true);
                 backoff.reset();
             }
+            if resp.events().is_empty() && !resp.created() {
+                // A progress notification: everything up to the header's revision has
+                // been delivered, so a later resume can start there and is less likely
+                // to land on compacted history.
+                if let Some(h) = resp.header() {
+                    self.last_revision = self.last_revision.max(h.revision());
+                }
+                continue;
+            }
             self.apply_events(&resp).await;
         }
     }
 
-    /// Applies a watch response: events of one revision become one patch per zone.
+    /// Applies a watch response as one patch per zone at the response's newest
+    /// revision. A response holds many revisions when the watch catches up (after a
+    /// reconnect, or a burst of writes); folding them into one patch compiles and
+    /// persists each zone once instead of once per revision, and the end state is the
+    /// same because later events on a name replace earlier ones.
     async fn apply_events(&mut self, resp: &WatchResponse) {
         let events = resp.events();
         self.stats
             .events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
-        let mut i = 0;
-        while i < events.len() {
-            let Some(revision) = events[i].kv().map(|kv| kv.mod_revision()) else {
-                i += 1;
+        let mut patches: BTreeMap<String, Pending> = BTreeMap::new();
+        let mut revision = self.last_revision;
+        for event in events {
+            let Some(kv) = event.kv() else { continue };
+            revision = revision.max(kv.mod_revision());
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let Some((zone, name)) = parse_record_key(&self.records_prefix, &key) else {
+                self.bad_value(&key, &"key is not {prefix}/records/{zone}/{name}");
                 continue;
             };
-            let mut patches: BTreeMap<String, (BTreeMap<String, NameRecords>, Vec<String>)> =
-                BTreeMap::new();
-            let mut decided_at: BTreeMap<String, SystemTime> = BTreeMap::new();
-            while let Some(event) = events.get(i)
-                && let Some(kv) = event.kv()
-                && kv.mod_revision() == revision
-            {
-                i += 1;
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                let Some((zone, name)) = parse_record_key(&self.records_prefix, &key) else {
-                    self.bad_value(&key, &"key is not {prefix}/records/{zone}/{name}");
-                    continue;
-                };
-                let (zone, name) = (zone.to_owned(), name.to_owned());
-                match event.event_type() {
-                    EventType::Put => match decode_value::<NameRecords>(kv.value()) {
-                        Ok(d) => {
-                            if let Some(t) = d.decided_at {
-                                let at = decided_at.entry(zone.clone()).or_insert(t);
-                                *at = (*at).max(t);
-                            }
-                            let p = patches.entry(zone.clone()).or_default();
-                            p.1.retain(|n| n != &name);
-                            p.0.insert(name.clone(), d.value.clone());
-                            self.zones.entry(zone.clone()).or_default().insert(
-                                name,
-                                Entry {
-                                    records: d.value,
-                                    decided_at: d.decided_at,
-                                },
-                            );
-                            self.seen_zones.insert(zone);
-                        }
-                        Err(reason) => self.bad_value(&key, &reason),
-                    },
-                    EventType::Delete => {
+            let (zone, name) = (zone.to_owned(), name.to_owned());
+            match event.event_type() {
+                EventType::Put => match decode_value::<NameRecords>(kv.value()) {
+                    Ok(d) => {
                         let p = patches.entry(zone.clone()).or_default();
-                        p.0.remove(&name);
-                        p.1.push(name.clone());
-                        if let Some(z) = self.zones.get_mut(&zone) {
-                            z.remove(&name);
-                        }
+                        p.delete.remove(&name);
+                        p.upsert.insert(name.clone(), d.value.clone());
+                        p.decided_at = p.decided_at.max(d.decided_at);
+                        self.zones.entry(zone.clone()).or_default().insert(
+                            name,
+                            Entry {
+                                records: d.value,
+                                decided_at: d.decided_at,
+                            },
+                        );
+                        self.seen_zones.insert(zone);
+                    }
+                    // The name keeps its last good records: nothing to patch.
+                    Err(reason) => self.bad_value(&key, &reason),
+                },
+                EventType::Delete => {
+                    let p = patches.entry(zone.clone()).or_default();
+                    p.upsert.remove(&name);
+                    p.delete.insert(name.clone());
+                    if let Some(z) = self.zones.get_mut(&zone) {
+                        z.remove(&name);
                     }
                 }
             }
-            let now = SystemTime::now();
-            for (zone, (upsert, delete)) in patches {
-                let patch = ZonePatch {
-                    decided_at: decided_at.get(&zone).copied().unwrap_or(now),
-                    zone,
-                    revision: revision as u64,
-                    upsert,
-                    delete,
-                };
-                self.apply(Update::Patch(patch)).await;
-            }
-            self.last_revision = self.last_revision.max(revision);
-            self.stats
-                .revision
-                .store(self.last_revision, Ordering::Relaxed);
         }
+        let now = SystemTime::now();
+        for (zone, p) in patches {
+            let patch = ZonePatch {
+                decided_at: p.decided_at.unwrap_or(now),
+                zone,
+                revision: revision as u64,
+                upsert: p.upsert,
+                delete: p.delete.into_iter().collect(),
+            };
+            self.apply(Update::Patch(patch)).await;
+        }
+        self.last_revision = revision;
+        self.stats.revision.store(revision, Ordering::Relaxed);
     }
 
     /// Applies one update, falling back to a whole-zone replace when the shim has no
