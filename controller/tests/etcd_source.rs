@@ -421,3 +421,47 @@ async fn bad_record_values_are_skipped_and_the_last_good_records_stay() {
     );
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaders_fenced_publish_reaches_the_shim_within_a_fraction_of_a_second() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let store = lifeline_controller::etcd::EtcdStore::connect(&etcd.connect(), PREFIX)
+        .await
+        .unwrap();
+    let leader = within(
+        Duration::from_secs(10),
+        lifeline_controller::etcd::Leadership::new(&store, "replica-a", Duration::from_secs(5))
+            .campaign(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let shim = start_shim(dir.path()).await;
+    let (task, _stats) = spawn_source(&shim, etcd.connect());
+
+    let mut latencies = Vec::new();
+    for n in 0..20u32 {
+        let upsert = [("www".to_owned(), numbered(n))].into_iter().collect();
+        let started = tokio::time::Instant::now();
+        store
+            .publish_records(&leader, ZONE, &upsert, &[], std::time::SystemTime::now())
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(5), "published change", || {
+            (number(&shim, "www") == Some(n)).then_some(())
+        })
+        .await;
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "publish → shim serving: median {:?}, max {:?} over {} changes (debug build, 20 ms polling)",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+        latencies.len()
+    );
+    assert!(latencies[latencies.len() - 1] < Duration::from_secs(2));
+    task.abort();
+}
