@@ -33,6 +33,7 @@
 
 mod faults;
 mod patch;
+mod protobuf;
 mod selector;
 mod server;
 mod store;

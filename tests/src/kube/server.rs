@@ -36,7 +36,7 @@ use tracing::Instrument as _;
 use super::faults::{FaultId, FaultRule, Faults, RequestKey, Verb, Verdict};
 use super::selector::{FieldSelector, LabelSelector};
 use super::store::{ApiError, ApiResult, Event, EventKind, Object, PatchType, ResourceDef, Store};
-use super::{EmulatorConfig, Error, table};
+use super::{EmulatorConfig, Error, protobuf, table};
 
 /// State shared by the accept loop, every connection and the [`super::Emulator`] handle.
 pub(crate) struct Shared {
@@ -633,6 +633,18 @@ async fn read_body(body: Incoming, limit: usize) -> ApiResult<Bytes> {
 
 /// Parses a body as JSON, or as YAML when the content type says so (or JSON fails).
 fn parse_body(bytes: &[u8], content_type: &str) -> ApiResult<Value> {
+    if content_type.contains("protobuf") {
+        return protobuf::decode(bytes).map_err(|e| ApiError::new(415, "UnsupportedMediaType", e));
+    }
+    if content_type.contains("cbor") {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml ({content_type})"
+            ),
+        ));
+    }
     let text = std::str::from_utf8(bytes)
         .map_err(|_| ApiError::bad_request("the request body is not UTF-8"))?;
     if text.trim().is_empty() {

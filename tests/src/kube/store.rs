@@ -1045,10 +1045,10 @@ impl Store {
             return Ok(Arc::new(obj));
         }
         let finalized = obj.pointer("/metadata/deletionTimestamp").is_some()
-            && !obj
+            && obj
                 .pointer("/metadata/finalizers")
                 .and_then(Value::as_array)
-                .is_some_and(|f| !f.is_empty());
+                .is_none_or(|f| f.is_empty());
         let rv = inner.bump();
         set_meta(&mut obj, "resourceVersion", json!(rv.to_string()));
         let obj = Arc::new(obj);
