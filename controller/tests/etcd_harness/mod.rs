@@ -105,9 +105,20 @@ impl Etcd {
         }
     }
 
-    /// A fresh client.
+    /// A fresh client for the test's own calls; each request times out after 5 s so a
+    /// test fails instead of hanging.
     pub async fn client(&self) -> Client {
-        self.connect().connect().await.unwrap()
+        let connect = self.connect();
+        let opts = connect
+            .options()
+            .unwrap()
+            .with_timeout(Duration::from_secs(5));
+        within(
+            Duration::from_secs(10),
+            Client::connect(&connect.endpoints, Some(opts)),
+        )
+        .await
+        .unwrap()
     }
 
     fn data_dir(&self) -> PathBuf {
