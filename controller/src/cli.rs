@@ -138,6 +138,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let mut sources: Vec<Box<dyn lifeline_dns::source::SnapshotSource>> = Vec::new();
             if let Some((connect, prefix)) = parts.store.as_ref().and_then(|s| s.etcd_connect()) {
                 sources.push(Box::new(lifeline_dns::etcd_source::EtcdSource::new(
+                    connect.clone(),
+                    prefix.clone(),
+                )));
+                sources.push(Box::new(lifeline_dns::etcd_overrides::EtcdOverrides::new(
                     connect, prefix,
                 )));
             }

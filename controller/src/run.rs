@@ -483,6 +483,14 @@ async fn run_replica(
         )),
         shim.clone(),
     );
+    // And applies break-glass overrides itself, so they hold with no leader.
+    let overrides_source = lifeline_dns::source::spawn(
+        Box::new(lifeline_dns::etcd_overrides::EtcdOverrides::new(
+            connect.clone(),
+            prefix.clone(),
+        )),
+        shim.clone(),
+    );
     let identity = replica_identity();
     let result = async {
         // Connecting fails fast while etcd is down; DNS is already answering, so retry.
@@ -537,6 +545,7 @@ async fn run_replica(
     }
     .await;
     source.abort();
+    overrides_source.abort();
     result
 }
 

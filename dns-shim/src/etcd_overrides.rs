@@ -10,7 +10,7 @@
 //! stream to resume after an etcd restart. While etcd is unreachable the last set read
 //! stays in force; a bad value is reported and skipped.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, future::Future, pin::Pin, time::Duration};
 
 use etcd_client::{Client, GetOptions};
 use tracing::{debug, info, warn};
@@ -19,64 +19,91 @@ use crate::{
     etcd_source::{EtcdConnect, decode_value, timed},
     overrides::Override,
     shim::ShimHandle,
+    source::SnapshotSource,
 };
 
 /// How often overrides are read.
 pub const POLL: Duration = Duration::from_secs(2);
 
-/// Keeps `shim`'s overrides in step with etcd until the task is dropped.
-pub fn spawn(connect: EtcdConnect, prefix: &str, shim: ShimHandle) -> tokio::task::JoinHandle<()> {
+/// Keeps a shim's overrides in step with etcd. It runs beside the record source (see
+/// [`crate::source::spawn`]) but does not vouch for the records' freshness, so it never
+/// reports itself connected.
+#[derive(Debug, Clone)]
+pub struct EtcdOverrides {
+    connect: EtcdConnect,
+    prefix: String,
+}
+
+impl EtcdOverrides {
+    /// Overrides under `{prefix}/overrides/`.
+    pub fn new(connect: EtcdConnect, prefix: impl Into<String>) -> Self {
+        Self {
+            connect,
+            prefix: prefix.into(),
+        }
+    }
+}
+
+impl SnapshotSource for EtcdOverrides {
+    fn name(&self) -> String {
+        format!("etcd-overrides:{}", self.prefix.trim_end_matches('/'))
+    }
+
+    fn run(self: Box<Self>, shim: ShimHandle) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(poll(self.connect, self.prefix, shim))
+    }
+}
+
+async fn poll(connect: EtcdConnect, prefix: String, shim: ShimHandle) {
     let dir = format!("{}/overrides/", prefix.trim_end_matches('/'));
-    tokio::spawn(async move {
-        let mut client: Option<Client> = None;
-        let mut last: Option<BTreeMap<String, Override>> = None;
-        let mut tick = tokio::time::interval(POLL);
-        loop {
-            tick.tick().await;
-            if client.is_none() {
-                match connect.connect().await {
-                    Ok(c) => client = Some(c),
-                    Err(e) => {
-                        debug!(error = %e, "etcd unreachable; keeping the overrides already read");
-                        continue;
-                    }
-                }
-            }
-            let Some(c) = client.as_mut() else { continue };
-            let read = timed(
-                connect.request_timeout(),
-                c.get(dir.as_bytes(), Some(GetOptions::new().with_prefix())),
-            )
-            .await;
-            let resp = match read {
-                Ok(r) => r,
+    let mut client: Option<Client> = None;
+    let mut last: Option<BTreeMap<String, Override>> = None;
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        tick.tick().await;
+        if client.is_none() {
+            match connect.connect().await {
+                Ok(c) => client = Some(c),
                 Err(e) => {
-                    debug!(error = %e, "cannot read overrides; keeping the ones already read");
-                    client = None;
+                    debug!(error = %e, "etcd unreachable; keeping the overrides already read");
                     continue;
                 }
-            };
-            let mut current = BTreeMap::new();
-            for kv in resp.kvs() {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                match decode_value::<Override>(kv.value()) {
-                    Ok(d) => {
-                        current.insert(key, d.value);
-                    }
-                    Err(e) => {
-                        // The last good value of that key stays, if there was one.
-                        warn!(%key, error = %e, "bad override value in etcd; ignored");
-                        if let Some(old) = last.as_ref().and_then(|l| l.get(&key)) {
-                            current.insert(key, old.clone());
-                        }
+            }
+        }
+        let Some(c) = client.as_mut() else { continue };
+        let read = timed(
+            connect.request_timeout(),
+            c.get(dir.as_bytes(), Some(GetOptions::new().with_prefix())),
+        )
+        .await;
+        let resp = match read {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(error = %e, "cannot read overrides; keeping the ones already read");
+                client = None;
+                continue;
+            }
+        };
+        let mut current = BTreeMap::new();
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            match decode_value::<Override>(kv.value()) {
+                Ok(d) => {
+                    current.insert(key, d.value);
+                }
+                Err(e) => {
+                    // The last good value of that key stays, if there was one.
+                    warn!(%key, error = %e, "bad override value in etcd; ignored");
+                    if let Some(old) = last.as_ref().and_then(|l| l.get(&key)) {
+                        current.insert(key, old.clone());
                     }
                 }
             }
-            if last.as_ref() != Some(&current) {
-                info!(count = current.len(), "overrides from etcd changed");
-                shim.set_overrides(current.values().cloned().collect());
-                last = Some(current);
-            }
         }
-    })
+        if last.as_ref() != Some(&current) {
+            info!(count = current.len(), "overrides from etcd changed");
+            shim.set_overrides(current.values().cloned().collect());
+            last = Some(current);
+        }
+    }
 }

@@ -172,6 +172,13 @@ impl ShimHandle {
         self.inner.state()
     }
 
+    /// Replaces the operator overrides the shim applies by itself (the active,
+    /// cluster-wide ones; see [`crate::overrides`]) and recompiles what it serves.
+    /// Expiries are noticed within a second.
+    pub fn set_overrides(&self, overrides: Vec<crate::overrides::Override>) {
+        self.inner.set_overrides(overrides);
+    }
+
     /// Records whether a snapshot source is connected. While any source is connected
     /// the data counts as current; when all are gone the age keeps growing from the
     /// last moment one was, and answers turn stale after `staleAfter`.
@@ -279,6 +286,11 @@ struct Inner {
     writer: Mutex<Writer>,
     sources: Mutex<BTreeMap<String, SourceState>>,
     load_errors: AtomicU64,
+    /// Operator overrides from the store; the active cluster-wide ones are applied at
+    /// compile time (break-glass without a leader).
+    overrides: Mutex<Vec<crate::overrides::Override>>,
+    /// Ids of the overrides active at the last compile, to notice expiries.
+    overrides_applied: Mutex<Vec<String>>,
 }
 
 /// Writer-side state; only `apply` and the staleness ticker take this lock, never a query.
@@ -337,6 +349,8 @@ impl Inner {
             writer: Mutex::new(Writer::default()),
             sources: Mutex::new(BTreeMap::new()),
             load_errors: AtomicU64::new(0),
+            overrides: Mutex::new(Vec::new()),
+            overrides_applied: Mutex::new(Vec::new()),
         })
     }
 
@@ -383,7 +397,43 @@ impl Inner {
     }
 
     fn compile(&self, zone: &ZoneConfig, snapshot: &ZoneSnapshot, stale: bool) -> ZoneTable {
-        compile::compile_zone(zone, snapshot, &self.geo, self.compile_options(stale))
+        let effective = {
+            let overrides = self.overrides.lock();
+            crate::overrides::apply(snapshot, &overrides, SystemTime::now()).into_owned()
+        };
+        compile::compile_zone(zone, &effective, &self.geo, self.compile_options(stale))
+    }
+
+    /// Ids of the overrides in force now.
+    fn active_override_ids(&self) -> Vec<String> {
+        let now = SystemTime::now();
+        self.overrides
+            .lock()
+            .iter()
+            .filter(|o| o.policy.is_none() && o.is_active(now))
+            .map(|o| o.id.clone())
+            .collect()
+    }
+
+    /// Recompiles every zone (overrides changed or expired).
+    fn recompile_all(&self) {
+        *self.overrides_applied.lock() = self.active_override_ids();
+        let mut w = self.writer.lock();
+        let origins: Vec<String> = w.snapshots.keys().cloned().collect();
+        for origin in origins {
+            let Some(zone) = self.zones.iter().find(|z| z.origin == origin) else {
+                continue;
+            };
+            let stale = self.is_stale(&w, &w.snapshots[&origin]);
+            let table = self.compile(zone, &w.snapshots[&origin], stale);
+            w.tables.insert(origin, Arc::new(table));
+        }
+        self.publish(&w);
+    }
+
+    fn set_overrides(&self, overrides: Vec<crate::overrides::Override>) {
+        *self.overrides.lock() = overrides;
+        self.recompile_all();
     }
 
     /// Replaces lazily indexed tables with fully compiled ones. The compile runs without
@@ -504,6 +554,10 @@ impl Inner {
 
     /// Recompiles zones whose staleness changed (TTL cap on or off).
     fn refresh_staleness(&self) {
+        if self.active_override_ids() != *self.overrides_applied.lock() {
+            info!("an override started or expired; recompiling");
+            self.recompile_all();
+        }
         let mut w = self.writer.lock();
         let mut changed = false;
         let origins: Vec<String> = w.snapshots.keys().cloned().collect();

@@ -1,0 +1,176 @@
+//! Break-glass: with no leader and no Kubernetes API, `lifeline ctl --etcd drain` changes
+//! what a standalone `lifeline dns` replica answers, and `clear` undoes it.
+
+mod common;
+mod etcd_harness;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{Backend, free_port, query_a};
+use etcd_harness::Etcd;
+use lifeline_controller::etcd::EtcdStore;
+
+const ZONE: &str = "bg.lifeline.test";
+const NAME: &str = "web.bg.lifeline.test";
+const PREFIX: &str = "/lifeline-breakglass";
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn lifeline(args: &[&str], config: &Path) -> Process {
+    Process(
+        Command::new(env!("CARGO_BIN_EXE_lifeline"))
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start lifeline"),
+    )
+}
+
+fn ctl(etcd: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_lifeline"))
+        .args(["ctl", "--etcd", etcd, "--etcd-prefix", PREFIX])
+        .args(args)
+        .output()
+        .expect("run lifeline ctl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "ctl {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Waits until the answer holds exactly the addresses in `want` (in any order).
+async fn wait_for(dns: SocketAddr, want: &[IpAddr], limit: Duration) {
+    let mut want = want.to_vec();
+    want.sort();
+    tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < limit {
+            last = query_a(dns, NAME);
+            if let Some((_, ips)) = &last {
+                let mut ips = ips.clone();
+                ips.sort();
+                if ips == want {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{dns}: answer never became {want:?}; last {last:?}");
+    })
+    .await
+    .unwrap();
+}
+
+fn config(dir: &Path, name: &str, etcd: &str, port: u16) -> (SocketAddr, std::path::PathBuf) {
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let dns = SocketAddr::new(lo, free_port(&[lo]));
+    let admin = SocketAddr::new(lo, free_port(&[lo]));
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
+dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap-{name}}}\n\
+admin: {{listen: \"{admin}\"}}\n\
+store: {{type: etcd, endpoints: [\"{etcd}\"], prefix: {PREFIX}, leaseTtl: 2s}}\n\
+policySource: {{type: files, paths: [docs.yaml]}}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("docs.yaml"),
+        format!(
+            "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: primary}}\nspec: {{region: a, addressSource: Static, addresses: [\"{}\"]}}\n---\n\
+apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: secondary}}\nspec: {{region: b, addressSource: Static, addresses: [\"{}\"]}}\n---\n\
+apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hostname: {NAME}\n  strategy: Weighted\n  targets: [{{cluster: primary, weight: 50}}, {{cluster: secondary, weight: 50}}]\n  healthCheck: {{http: {{port: {port}}}, interval: 200ms, timeout: 150ms}}\n",
+            ip(2),
+            ip(3)
+        ),
+    )
+    .unwrap();
+    (dns, path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_against_etcd_drains_a_cluster_on_a_standalone_dns_replica_with_no_leader() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let endpoint = etcd.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port(&[ip(2), ip(3)]);
+    let _a = Backend::start(SocketAddr::new(ip(2), port)).await;
+    let _b = Backend::start(SocketAddr::new(ip(3), port)).await;
+    let (run_dns, run_config) = config(dir.path(), "run", &endpoint, port);
+    let (edge_dns, edge_config) = config(dir.path(), "edge", &endpoint, port);
+
+    // A leader publishes the records once, then goes away for good.
+    let leader = lifeline(&["run"], &run_config);
+    wait_for(run_dns, &[ip(2), ip(3)], Duration::from_secs(20)).await;
+    let edge = lifeline(&["dns"], &edge_config);
+    wait_for(edge_dns, &[ip(2), ip(3)], Duration::from_secs(20)).await;
+    drop(leader);
+    let store = EtcdStore::connect(&etcd.connect(), PREFIX).await.unwrap();
+    let start = Instant::now();
+    while store.leader_identity().await.unwrap().is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the leader's lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Break glass: drain the primary straight through etcd.
+    let out = ctl(
+        &endpoint,
+        &[
+            "drain",
+            "primary",
+            "--for",
+            "10m",
+            "--reason",
+            "api servers down",
+            "--author",
+            "oncall",
+        ],
+    );
+    assert!(out.contains("override drain-primary-"), "{out}");
+    wait_for(edge_dns, &[ip(3)], Duration::from_secs(10)).await;
+    let listed = ctl(&endpoint, &["overrides"]);
+    assert!(
+        listed.contains("primary") && listed.contains("api servers down"),
+        "{listed}"
+    );
+    let status = ctl(&endpoint, &["status"]);
+    assert!(status.starts_with("leader: none"), "{status}");
+
+    // And back.
+    let out = ctl(&endpoint, &["clear", "primary"]);
+    assert_eq!(out.trim(), "cleared 1 override(s)");
+    wait_for(edge_dns, &[ip(2), ip(3)], Duration::from_secs(10)).await;
+    drop(edge);
+}
