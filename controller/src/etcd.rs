@@ -649,6 +649,26 @@ impl EtcdStore {
             .collect())
     }
 
+    /// Deletes audit entries older than `before` (the trail otherwise grows forever);
+    /// returns how many went. Keys start with the zero-padded time, so this is one
+    /// range delete.
+    pub async fn prune_audit(&self, before: SystemTime) -> Result<i64> {
+        let dir = format!("{}/", self.key(&["audit"])?);
+        let millis = before
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let end = format!("{dir}{millis:013}");
+        let mut kv = self.client.kv_client();
+        let resp = timed(
+            self.timeout,
+            kv.delete(dir, Some(DeleteOptions::new().with_range(end))),
+        )
+        .await?;
+        info!(deleted = resp.deleted(), "audit entries pruned");
+        Ok(resp.deleted())
+    }
+
     /// Identity of the current leader, if any.
     pub async fn leader_identity(&self) -> Result<Option<String>> {
         let mut election = self.client.election_client();

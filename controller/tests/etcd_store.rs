@@ -295,6 +295,18 @@ async fn overrides_are_audited_and_need_no_leader() {
             .await
             .is_err()
     );
+
+    // Pruning keeps entries at or after the cut-off.
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    assert_eq!(s.prune_audit(hour_ago).await.unwrap(), 0);
+    let soon = SystemTime::now() + Duration::from_secs(1);
+    assert_eq!(s.prune_audit(soon).await.unwrap(), 3);
+    assert!(s.audit().await.unwrap().is_empty());
+    assert_eq!(
+        ids(s.overrides().await.unwrap()),
+        ["b"],
+        "overrides untouched"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
