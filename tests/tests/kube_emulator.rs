@@ -167,19 +167,6 @@ fn service(name: &str, app: &str) -> Service {
     .expect("a valid Service")
 }
 
-/// Loads our generated CRDs into the emulator without HTTP.
-fn install_crds(emu: &Emulator) -> Result<()> {
-    for file in [
-        "failoverpolicies.lifeline.dev.yaml",
-        "memberclusters.lifeline.dev.yaml",
-    ] {
-        let text = std::fs::read_to_string(repo_root().join("crds").join(file))?;
-        let crd: Value = serde_saphyr::from_str(&text)?;
-        emu.create(crd)?;
-    }
-    Ok(())
-}
-
 fn names(list: &[Service]) -> Vec<String> {
     list.iter()
         .filter_map(|s| s.metadata.name.clone())
@@ -584,7 +571,7 @@ async fn a_watch_resumed_after_the_history_is_trimmed_gets_410_and_the_watcher_r
 async fn custom_resources_keep_status_behind_the_subresource_and_bump_generation_on_spec()
 -> Result<()> {
     let emu = Emulator::start(EmulatorConfig::http()).await?;
-    install_crds(&emu)?;
+    emu.install_lifeline_crds()?;
     let gvk = GroupVersionKind::gvk("lifeline.dev", "v1alpha1", "MemberCluster");
     let api: Api<DynamicObject> = Api::all_with(emu.client().await?, &ApiResource::from_gvk(&gvk));
     let mut mc: DynamicObject = serde_json::from_value(json!({
@@ -1130,5 +1117,181 @@ async fn bad_input_gets_a_4xx_status_and_the_server_keeps_serving() -> Result<()
         again.body
     );
     ensure!(get(&emu, "/version", "t").await?.json()["major"] == "1");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_manages_services_endpointslices_and_namespaces() -> Result<()> {
+    if !kubectl_available() {
+        return Ok(());
+    }
+    let emu = Emulator::start(EmulatorConfig::http()).await?;
+    let k = Kubectl::new(&emu)?;
+    k.run(&["create", "namespace", "shop"]).await?;
+    let dir = tempfile::tempdir()?;
+    let manifest = dir.path().join("svc.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: checkout, namespace: shop, labels: {app: checkout}}\n\
+         spec: {ports: [{port: 80, name: http}]}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {name: checkout-abc, namespace: shop, labels: {kubernetes.io/service-name: checkout}}\n\
+         addressType: IPv4\nendpoints: [{addresses: [\"10.0.0.5\"], conditions: {ready: true}}]\n\
+         ports: [{name: http, port: 8080}]\n",
+    )?;
+    let out = k
+        .run(&[
+            "apply",
+            "--validate=false",
+            "-f",
+            &manifest.display().to_string(),
+        ])
+        .await?;
+    ensure!(
+        out.contains("service/checkout created")
+            && out.contains("endpointslice.discovery.k8s.io/checkout-abc created"),
+        "{out}"
+    );
+    let out = k
+        .run(&["get", "svc", "-n", "shop", "-l", "app=checkout"])
+        .await?;
+    ensure!(out.contains("checkout"), "{out}");
+    let out = k
+        .run(&[
+            "get",
+            "svc",
+            "checkout",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .await?;
+    ensure!(
+        out.starts_with("10.96."),
+        "a ClusterIP is allocated: {out:?}"
+    );
+    let out = k
+        .run(&[
+            "get",
+            "endpointslices",
+            "-n",
+            "shop",
+            "-l",
+            "kubernetes.io/service-name=checkout",
+            "-o",
+            "jsonpath={.items[0].endpoints[0].addresses[0]}",
+        ])
+        .await?;
+    ensure!(out == "10.0.0.5", "{out:?}");
+    k.run(&[
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "-n",
+        "shop",
+        "--from-literal=token=abc",
+    ])
+    .await?;
+    let out = k
+        .run(&[
+            "get",
+            "secret",
+            "creds",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.data.token}",
+        ])
+        .await?;
+    ensure!(out == "YWJj", "secret data is base64: {out:?}");
+    // Deleting the namespace takes its objects with it.
+    k.run(&["delete", "namespace", "shop"]).await?;
+    let (ok, _, stderr) = k.output(&["get", "svc", "checkout", "-n", "shop"]).await?;
+    ensure!(!ok && stderr.contains("NotFound"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_examples_apply_through_the_library_and_a_streaming_list_watcher_sees_them()
+-> Result<()> {
+    let emu = Emulator::start(EmulatorConfig::http()).await?;
+    emu.install_lifeline_crds()?;
+    emu.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n")?;
+    let root = repo_root();
+    for file in [
+        "deploy/examples/clusters.yaml",
+        "deploy/examples/policies.yaml",
+    ] {
+        emu.apply_yaml(&std::fs::read_to_string(root.join(file))?)?;
+    }
+    let gvk = GroupVersionKind::gvk("lifeline.dev", "v1alpha1", "FailoverPolicy");
+    let api: Api<DynamicObject> = Api::all_with(emu.client().await?, &ApiResource::from_gvk(&gvk));
+    // The streaming-list protocol: sendInitialEvents, then a bookmark ends the initial set.
+    let mut events = watcher(api, watcher::Config::default().streaming_lists()).boxed();
+    let mut initial = Vec::new();
+    loop {
+        match timeout(STEP, events.try_next())
+            .await??
+            .context("watcher ended")?
+        {
+            watcher::Event::Init => {}
+            watcher::Event::InitApply(o) => initial.push(o.metadata.name.unwrap_or_default()),
+            watcher::Event::InitDone => break,
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    initial.sort();
+    ensure!(
+        initial == ["api", "assets", "checkout", "search"],
+        "{initial:?}"
+    );
+    ensure!(
+        emu.counts().count(Some(Verb::List), None, None) == 0,
+        "no list with streaming lists"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn deletecollection_removes_only_selected_objects_and_a_timed_outage_ends_by_itself()
+-> Result<()> {
+    let emu = Emulator::start(EmulatorConfig::http()).await?;
+    let api: Api<Service> = Api::namespaced(emu.client().await?, "default");
+    for (n, app) in [("a", "x"), ("b", "x"), ("c", "y")] {
+        api.create(&PostParams::default(), &service(n, app)).await?;
+    }
+    api.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("app=x"),
+    )
+    .await?;
+    ensure!(names(&api.list(&ListParams::default()).await?.items) == ["c"]);
+
+    let r = send_json(
+        &emu,
+        "POST",
+        "/_emulator/outage?seconds=1",
+        "application/json",
+        b"",
+    )
+    .await?;
+    ensure!(r.status == 200, "{}", r.body);
+    let mut saw_down = false;
+    let mut back = false;
+    // Bounded: poll for up to ten seconds.
+    for _ in 0..200 {
+        match TcpStream::connect(emu.addr()).await {
+            Err(_) => saw_down = true,
+            Ok(_) if saw_down => {
+                back = true;
+                break;
+            }
+            Ok(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(saw_down && back, "down: {saw_down}, back: {back}");
     Ok(())
 }
