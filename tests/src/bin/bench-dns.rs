@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release -p lifeline-controller
-//! cargo run --release -p lifeline-tests --bin bench-dns -- [--names 1000] [--seconds 10]
+//! cargo run --release -p lifeline-tests --bin bench-dns -- [--names 1000] [--seconds 10] [--rounds 3]
 //! ```
 //!
 //! Each server is pinned to CPU 0 and dnsperf to CPU 1 (taskset). Reported per server:
@@ -42,6 +42,8 @@ struct Args {
     lifecycle_only: bool,
     /// Serve with this executable's `--serve` mode even if `lifeline` exists.
     self_serve: bool,
+    /// Throughput runs per server, interleaved.
+    rounds: usize,
 }
 
 fn args() -> Result<Args> {
@@ -52,6 +54,7 @@ fn args() -> Result<Args> {
         p99_qps: 50_000,
         lifecycle_only: false,
         self_serve: false,
+        rounds: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,9 +70,10 @@ fn args() -> Result<Args> {
             "--p99-qps" => a.p99_qps = value()?,
             "--lifecycle-only" => a.lifecycle_only = true,
             "--self-serve" => a.self_serve = true,
+            "--rounds" => a.rounds = value()?.max(1) as usize,
             "-h" | "--help" => {
                 println!(
-                    "bench-dns [--names N] [--seconds S] [--warm-names N] [--p99-qps Q] [--lifecycle-only] [--self-serve]"
+                    "bench-dns [--names N] [--seconds S] [--warm-names N] [--p99-qps Q] [--rounds R] [--lifecycle-only] [--self-serve]"
                 );
                 std::process::exit(0);
             }
@@ -580,13 +584,10 @@ fn measure(server: &Server, queries: &Path, args: &Args, ticks: f64) -> Result<M
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let avg_ms = field(&out, "Average Latency (s):").unwrap_or(0.0) * 1000.0;
-
-    // Verbose run at a fixed rate: one line per query with its latency in seconds.
-    let p99_ms = p99(server.port, queries, args.p99_qps)?;
     Ok(Measured {
         qps,
         avg_ms,
-        p99_ms,
+        p99_ms: f64::NAN,
         lost,
         per_cpu_second: if cpu > 0.0 { completed / cpu } else { 0.0 },
     })
@@ -734,11 +735,11 @@ fn main() -> Result<()> {
         bail!("dnsperf is not installed");
     }
     println!(
-        "zone: {} names; mix 80% hit / 10% NXDOMAIN / 10% NODATA; server on CPU 0, dnsperf on CPU 1; {} s per server",
+        "zone: {} names; mix 80% hit / 10% NXDOMAIN / 10% NODATA; server on CPU 0, dnsperf on CPU 1; {} rounds of {} s per server",
         args.names + 1,
+        args.rounds,
         args.seconds
     );
-    let mut results: Vec<(&'static str, Measured)> = Vec::new();
     let starters: [(&str, Box<Starter>); 3] = [
         (
             "lifeline",
@@ -747,21 +748,51 @@ fn main() -> Result<()> {
         ("nsd", Box::new(|| start_nsd(work.path(), &zone))),
         ("knot", Box::new(|| start_knot(work.path(), &zone))),
     ];
+    let mut servers = Vec::new();
     for (name, start) in starters {
         if args.lifecycle_only {
             break;
         }
-        let server = match start() {
-            Ok(Some(s)) => s,
-            Ok(None) => continue,
-            Err(e) => {
-                println!("{name}: could not start: {e:#}");
-                continue;
+        match start() {
+            Ok(Some(s)) => servers.push(s),
+            Ok(None) => {}
+            Err(e) => println!("{name}: could not start: {e:#}"),
+        }
+    }
+    // Rounds interleave the servers so a burst of other load on the machine hits all of
+    // them alike; each figure is the median over rounds.
+    let mut rounds: Vec<Vec<Measured>> = servers.iter().map(|_| Vec::new()).collect();
+    for round in 0..if servers.is_empty() { 0 } else { args.rounds } {
+        for (server, runs) in servers.iter().zip(&mut rounds) {
+            if round == 0 {
+                // Warm-up so caches and page tables are hot.
+                let _ = dnsperf(server.port, &queries, 1, &[])?;
             }
+            let m = measure(server, &queries, &args, ticks)?;
+            println!(
+                "  round {} {:<9} {:>8.0} q/s  {:>8.0} q per server CPU-s",
+                round + 1,
+                server.name,
+                m.qps,
+                m.per_cpu_second
+            );
+            runs.push(m);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let mut results: Vec<(&'static str, Measured)> = Vec::new();
+    for (server, runs) in servers.iter().zip(&rounds) {
+        let m = Measured {
+            qps: median(&mut runs.iter().map(|m| m.qps).collect()),
+            avg_ms: median(&mut runs.iter().map(|m| m.avg_ms).collect()),
+            // Verbose run at a fixed rate: one line per query with its latency.
+            p99_ms: p99(server.port, &queries, args.p99_qps)?,
+            lost: runs.iter().map(|m| m.lost).sum(),
+            per_cpu_second: median(&mut runs.iter().map(|m| m.per_cpu_second).collect()),
         };
-        // Warm-up so caches and page tables are hot.
-        let _ = dnsperf(server.port, &queries, 1, &[])?;
-        let m = measure(&server, &queries, &args, ticks)?;
         println!(
             "{:<9} {:>10.0} q/s  avg {:>6.3} ms  p99 {:>6.3} ms (at {} q/s)  lost {:>5}  {:>9.0} q per server CPU-s",
             server.name, m.qps, m.avg_ms, m.p99_ms, args.p99_qps, m.lost, m.per_cpu_second
