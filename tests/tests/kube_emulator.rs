@@ -194,6 +194,13 @@ async fn kubectl_applies_our_crds_and_examples_then_gets_patches_watches_and_del
         "{out}"
     );
     ensure!(out.contains("memberclusters.lifeline.dev created"), "{out}");
+    let out = k
+        .run(&["apply", "--validate=false", "-f", &path("crds")])
+        .await?;
+    ensure!(
+        out.contains("failoverpolicies.lifeline.dev unchanged"),
+        "{out}"
+    );
     for ns in ["shop", "web"] {
         let out = k.run(&["create", "namespace", ns]).await?;
         ensure!(out.contains(&format!("namespace/{ns} created")), "{out}");
@@ -1293,5 +1300,32 @@ async fn deletecollection_removes_only_selected_objects_and_a_timed_outage_ends_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ensure!(saw_down && back, "down: {saw_down}, back: {back}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_watch_ends_after_its_timeout_seconds() -> Result<()> {
+    let emu = Emulator::start(EmulatorConfig::http()).await?;
+    let started = tokio::time::Instant::now();
+    let r = get(
+        &emu,
+        "/api/v1/namespaces/default/services?watch=true&timeoutSeconds=1",
+        "t",
+    )
+    .await?;
+    let took = started.elapsed();
+    ensure!(r.status == 200, "{}", r.status);
+    ensure!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "took {took:?}"
+    );
+    // Bounded: the watch task may finish a moment after the response ends.
+    for _ in 0..100 {
+        if emu.open_watches() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ensure!(emu.open_watches() == 0);
     Ok(())
 }

@@ -1003,9 +1003,11 @@ fn watch_response(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
     let span =
         tracing::debug_span!("watch", resource = %ctx.rr.def.group_resource().qualified(), ?from);
     let interval = ctx.shared.config.bookmark_interval;
+    // Counted from here, so the count is right as soon as the response is on its way.
+    let open = OpenWatch::new(ctx.shared.clone());
     tokio::spawn(
         async move {
-            let _open = OpenWatch::new(task.shared.clone());
+            let _open = open;
             let mut dropped = task.shared.drop_watches.subscribe();
             let start = match start {
                 Ok(s) => s,

@@ -818,7 +818,7 @@ impl Store {
         let mut inner = self.inner.lock();
         let old = match inner.lookup(def, namespace, name) {
             Ok(old) => old,
-            Err(e) if kind == PatchType::Apply && !status_only => {
+            Err(_) if kind == PatchType::Apply && !status_only => {
                 drop(inner);
                 let mut obj = body.clone();
                 if !obj.is_object() {
@@ -834,7 +834,6 @@ impl Store {
                     }
                     _ => set_meta(&mut obj, "name", json!(name)),
                 }
-                let _ = e;
                 return self.create(def, namespace, obj, dry_run).map(|o| (o, true));
             }
             Err(e) => return Err(e),
@@ -1308,32 +1307,63 @@ impl Inner {
                 }
             }
             ("", "secrets") => fold_string_data(obj),
-            CRDS => self.register_crd(def, obj)?,
+            CRDS => self.register_crd(def, obj, None)?,
             _ => {}
         }
         Ok(())
     }
 
-    fn on_update(&mut self, def: &ResourceDef, _old: &Object, obj: &mut Object) -> ApiResult<()> {
+    fn on_update(&mut self, def: &ResourceDef, old: &Object, obj: &mut Object) -> ApiResult<()> {
         match (def.group.as_str(), def.plural.as_str()) {
             ("", "secrets") => fold_string_data(obj),
-            CRDS => self.register_crd(def, obj)?,
+            // A replacement that leaves the allocated cluster IP out keeps it, as the real
+            // server does; clients rarely echo it back.
+            ("", "services") => {
+                for field in ["clusterIP", "clusterIPs"] {
+                    let missing = obj
+                        .pointer(&format!("/spec/{field}"))
+                        .is_none_or(Value::is_null);
+                    if let (true, Some(ip), Some(spec)) = (
+                        missing,
+                        old.pointer(&format!("/spec/{field}")),
+                        obj.get_mut("spec").and_then(Value::as_object_mut),
+                    ) {
+                        spec.insert(field.to_owned(), ip.clone());
+                    }
+                }
+            }
+            CRDS => self.register_crd(def, obj, Some(old))?,
             _ => {}
         }
         Ok(())
     }
 
-    /// Serves the resource a CRD defines and marks the CRD established.
-    fn register_crd(&mut self, def: &ResourceDef, obj: &mut Object) -> ApiResult<()> {
+    /// Serves the resource a CRD defines and marks the CRD established. An update keeps
+    /// the conditions it already has, so re-applying an unchanged CRD is a no-op.
+    fn register_crd(
+        &mut self,
+        def: &ResourceDef,
+        obj: &mut Object,
+        old: Option<&Object>,
+    ) -> ApiResult<()> {
         let name = meta(obj, "name").unwrap_or_default();
         let resource =
             crd_resource(obj).map_err(|e| ApiError::invalid(&def.group_resource(), &name, e))?;
         let now = now_rfc3339();
         let condition = |t: &str, reason: &str| json!({"type": t, "status": "True", "reason": reason, "message": "", "lastTransitionTime": now});
+        let conditions = old
+            .and_then(|o| o.pointer("/status/conditions"))
+            .cloned()
+            .unwrap_or_else(|| {
+                json!([
+                    condition("NamesAccepted", "NoConflicts"),
+                    condition("Established", "InitialNamesAccepted")
+                ])
+            });
         obj["status"] = json!({
             "acceptedNames": obj.pointer("/spec/names").cloned().unwrap_or_default(),
             "storedVersions": [resource.preferred_version()],
-            "conditions": [condition("NamesAccepted", "NoConflicts"), condition("Established", "InitialNamesAccepted")],
+            "conditions": conditions,
         });
         let gr = resource.group_resource();
         self.resources
