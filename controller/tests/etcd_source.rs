@@ -465,3 +465,84 @@ async fn a_leaders_fenced_publish_reaches_the_shim_within_a_fraction_of_a_second
     assert!(latencies[latencies.len() - 1] < Duration::from_secs(2));
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shim_follows_an_etcd_restored_with_lower_revisions_instead_of_freezing() {
+    let Some(old) = Etcd::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shim = start_shim(dir.path()).await;
+    let (task, _) = spawn_source(&shim, old.connect());
+    let mut client = old.client().await;
+    let mut rev = 0;
+    for n in 0..30 {
+        rev = put(&mut client, "www", n).await;
+    }
+    eventually(WAIT, "old etcd's records", || {
+        snapshot(&shim).filter(|s| s.revision == rev as u64)
+    })
+    .await;
+    task.abort();
+    drop(old);
+
+    // A new etcd (as after a restore from an older backup): revisions start again.
+    let Some(new) = Etcd::start().await else {
+        return;
+    };
+    let mut client = new.client().await;
+    let low = put(&mut client, "www", 500).await;
+    assert!((low as u64) < snapshot(&shim).unwrap().revision);
+    let (task, _) = spawn_source(&shim, new.connect());
+    eventually(WAIT, "the new etcd's value", || {
+        (number(&shim, "www") == Some(500)).then_some(())
+    })
+    .await;
+    // And it keeps following it.
+    put(&mut client, "api", 501).await;
+    eventually(WAIT, "a later write", || number(&shim, "api")).await;
+    assert_eq!(number(&shim, "www"), Some(500));
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_source_notices_another_etcd_behind_its_endpoint_and_reloads() {
+    let Some(first) = Etcd::start().await else {
+        return;
+    };
+    let Some(second) = Etcd::start().await else {
+        return;
+    };
+    let proxy = Proxy::start(first.client_addr()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shim = start_shim(dir.path()).await;
+    let (task, stats) = spawn_source(&shim, EtcdConnect::new([proxy.endpoint()]));
+
+    let mut a = first.client().await;
+    let mut rev = 0;
+    for n in 0..20 {
+        rev = put(&mut a, "www", n).await;
+    }
+    eventually(WAIT, "first etcd's records", || {
+        snapshot(&shim).filter(|s| s.revision == rev as u64)
+    })
+    .await;
+
+    // The second etcd has a short history of its own: resuming there by revision
+    // would wait for revisions it will not reach for a long time.
+    let mut b = second.client().await;
+    put(&mut b, "www", 700).await;
+    put(&mut b, "db", 701).await;
+    proxy.set_target(second.client_addr());
+    eventually(WAIT, "the second etcd's records", || {
+        (number(&shim, "www") == Some(700) && number(&shim, "db") == Some(701)).then_some(())
+    })
+    .await;
+    assert_eq!(stats.full_loads(), 2);
+    put(&mut b, "api", 702).await;
+    eventually(WAIT, "a later write to the second etcd", || {
+        number(&shim, "api")
+    })
+    .await;
+    task.abort();
+}

@@ -9,11 +9,16 @@
 //!          │
 //!          ├─ stream ends / errors (etcd restart, network): source "disconnected",
 //!          │   backoff with jitter, re-open from last seen revision + 1
-//!          └─ start revision compacted: full load again (the only time we resync)
+//!          └─ start revision compacted, or another etcd (cluster id changed, revision
+//!             went back): full load again (the only times we resync)
 //! ```
 //!
 //! The shim's revision for a zone is the etcd revision of the newest change applied, so
-//! it only ever grows and a replayed event is refused by [`ShimHandle::apply`].
+//! it only ever grows and a replayed event is refused by [`ShimHandle::apply`]. One
+//! exception: when a full load finds etcd's current revision below what the shim serves
+//! (etcd restored from a backup or replaced, so its revisions restarted), the source
+//! follows the new etcd with its revisions shifted above the served one rather than
+//! freezing DNS until etcd's counter catches up.
 //!
 //! Nothing here ever removes a served record because etcd is unreachable: a broken
 //! connection only flips the source to disconnected. Deletions reach the shim only as
@@ -416,6 +421,8 @@ impl SnapshotSource for EtcdSource {
                 seen_zones: BTreeSet::new(),
                 last_revision: 0,
                 needs_load: true,
+                offset: 0,
+                cluster_id: None,
                 timeout: self.connect.request_timeout(),
                 stats: self.stats.clone(),
             };
@@ -445,11 +452,12 @@ impl SnapshotSource for EtcdSource {
                     backoff.reset();
                 }
                 match feed.follow(&c, &mut backoff).await {
-                    Stop::Compacted => {
+                    Stop::Reload(reason) => {
                         info!(
                             source = %feed.name,
                             revision = feed.last_revision,
-                            "resume revision was compacted; loading everything again"
+                            %reason,
+                            "cannot resume the watch; loading everything again"
                         );
                         feed.needs_load = true;
                     }
@@ -480,7 +488,8 @@ struct Pending {
 
 /// Why following the watch stopped.
 enum Stop {
-    Compacted,
+    /// The history to resume from is gone (compacted) or is another etcd's.
+    Reload(&'static str),
     Broken(String),
 }
 
@@ -497,6 +506,11 @@ struct Feed {
     /// Newest etcd revision reflected in `zones`.
     last_revision: i64,
     needs_load: bool,
+    /// Added to etcd revisions to make shim revisions; non-zero only after etcd was
+    /// found behind the served data (see `full_load`). Never decreases.
+    offset: u64,
+    /// Cluster id of the etcd the data came from, checked when a watch resumes.
+    cluster_id: Option<u64>,
     timeout: Duration,
     stats: Arc<EtcdSourceStats>,
 }
@@ -529,6 +543,7 @@ impl Feed {
             let resp = timed(self.timeout, kv.get(start.clone(), Some(opts))).await?;
             if revision == 0 {
                 revision = resp.header().map_or(0, |h| h.revision());
+                self.cluster_id = resp.header().map(|h| h.cluster_id());
             }
             for kv in resp.kvs() {
                 self.load_kv(&mut next, kv.key(), kv.value());
@@ -545,6 +560,22 @@ impl Feed {
         // new data also observes the count.
         self.stats.full_loads.fetch_add(1, Ordering::Relaxed);
         self.seen_zones.extend(next.keys().cloned());
+        // etcd's revision never goes down, so a zone served at a revision above etcd's
+        // current one was fed by another etcd (restored from a backup, or replaced).
+        // Refusing etcd until it catches up would freeze DNS for as long; follow it
+        // instead, with the shim's revisions shifted above what is served.
+        let served = self
+            .seen_zones
+            .iter()
+            .filter_map(|z| self.shim.snapshot(z))
+            .map(|s| s.revision)
+            .max()
+            .unwrap_or(0);
+        if served > revision as u64 + self.offset {
+            let offset = served - revision as u64 + 1;
+            warn!(source = %self.name, served, etcd = revision, offset, "etcd is behind the served data (restored or replaced); following it with a revision offset");
+            self.offset = offset;
+        }
         let now = SystemTime::now();
         for zone in self.seen_zones.clone() {
             let names = next.get(&zone).cloned().unwrap_or_default();
@@ -558,7 +589,7 @@ impl Feed {
                     .iter()
                     .map(|(n, e)| (n.clone(), e.records.clone()))
                     .collect(),
-                ..ZoneSnapshot::empty(zone.clone(), revision as u64, decided_at)
+                ..ZoneSnapshot::empty(zone.clone(), revision as u64 + self.offset, decided_at)
             };
             self.apply(Update::Replace(snapshot)).await;
         }
@@ -638,12 +669,22 @@ impl Feed {
                 Err(e) => return Stop::Broken(format!("watch stream failed: {e}")),
             };
             if resp.compact_revision() > 0 {
-                return Stop::Compacted;
+                return Stop::Reload("the resume revision was compacted");
             }
             if resp.canceled() {
                 return Stop::Broken(format!("watch canceled: {}", resp.cancel_reason()));
             }
             if resp.created() {
+                // Resuming by revision is only sound on the same etcd history: a
+                // replaced cluster has another id, a restored one a lower revision.
+                if let Some(h) = resp.header() {
+                    if self.cluster_id.is_some_and(|id| id != h.cluster_id()) {
+                        return Stop::Reload("etcd cluster id changed (replaced)");
+                    }
+                    if h.revision() < self.last_revision {
+                        return Stop::Reload("etcd revision went back (restored)");
+                    }
+                }
                 info!(source = %self.name, from = self.last_revision + 1, "watching etcd records");
                 self.stats.watches_opened.fetch_add(1, Ordering::Relaxed);
                 self.shim.set_source_connected(&self.name, true);
@@ -717,7 +758,7 @@ impl Feed {
             let patch = ZonePatch {
                 decided_at: p.decided_at.unwrap_or(now),
                 zone,
-                revision: revision as u64,
+                revision: revision as u64 + self.offset,
                 upsert: p.upsert,
                 delete: p.delete.into_iter().collect(),
             };

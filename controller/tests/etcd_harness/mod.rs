@@ -288,6 +288,7 @@ pub async fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() 
 #[derive(Debug)]
 pub struct Proxy {
     addr: SocketAddr,
+    target: Arc<Mutex<SocketAddr>>,
     blocked: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
@@ -299,16 +300,18 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let blocked = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let target = Arc::new(Mutex::new(target));
         let accept = {
-            let (blocked, conns) = (blocked.clone(), conns.clone());
+            let (blocked, conns, target) = (blocked.clone(), conns.clone(), target.clone());
             tokio::spawn(async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
                     if blocked.load(Ordering::SeqCst) {
                         drop(inbound);
                         continue;
                     }
+                    let to = *target.lock();
                     conns.lock().push(tokio::spawn(async move {
-                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
                             let _ =
                                 tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         }
@@ -318,6 +321,7 @@ impl Proxy {
         };
         Proxy {
             addr,
+            target,
             blocked,
             conns,
             accept,
@@ -326,6 +330,15 @@ impl Proxy {
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Sends new connections to `target` and drops the open ones (another etcd
+    /// appearing behind the same endpoint).
+    pub fn set_target(&self, target: SocketAddr) {
+        *self.target.lock() = target;
+        for c in self.conns.lock().drain(..) {
+            c.abort();
+        }
     }
 
     /// Blocking drops every open connection and refuses new ones.
