@@ -460,6 +460,9 @@ impl SnapshotSource for EtcdSource {
                             "cannot resume the watch; loading everything again"
                         );
                         feed.needs_load = true;
+                        // Paced like a reconnect, so a reload that keeps failing to
+                        // resume cannot spin.
+                        tokio::time::sleep(backoff.next_delay()).await;
                     }
                     Stop::Broken(reason) => {
                         feed.disconnected(&reason);
