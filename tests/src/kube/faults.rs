@@ -40,7 +40,11 @@ pub enum Verb {
 
 /// What a matching request suffers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum Fault {
     /// Delay the answer (cumulative with other latency rules).
     Latency {
@@ -354,6 +358,28 @@ mod tests {
         assert!(!f.matches(&key(Verb::List, "services")));
         let ua = FaultRule::new(Fault::Hang).user_agent("kubectl").filter;
         assert!(ua.matches(&key(Verb::Get, "x")));
+    }
+
+    #[test]
+    fn rules_read_from_the_control_endpoints_json() {
+        let rule: FaultRule = serde_json::from_str(
+            r#"{"fault":{"type":"tooManyRequests","retryAfterSeconds":2},"filter":{"verbs":["list","watch"],"userAgent":"kubectl"},"times":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            rule,
+            FaultRule::new(Fault::TooManyRequests {
+                retry_after_seconds: 2
+            })
+            .verbs([Verb::List, Verb::Watch])
+            .user_agent("kubectl")
+            .times(1)
+        );
+        let hang: FaultRule = serde_json::from_str(r#"{"fault":{"type":"hang"}}"#).unwrap();
+        assert_eq!(hang, FaultRule::new(Fault::Hang));
+        let latency: FaultRule =
+            serde_json::from_str(r#"{"fault":{"type":"latency","millis":5}}"#).unwrap();
+        assert_eq!(latency.fault, Fault::Latency { millis: 5 });
     }
 
     #[tokio::test]
