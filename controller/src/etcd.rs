@@ -806,6 +806,7 @@ async fn keep_alive(client: Client, lease: i64, ttl: Duration, state: Arc<watch:
             }
         }
         let sent = Instant::now();
+        let mut renewed_ok = false;
         if let Some((keeper, responses)) = stream.as_mut() {
             let renewed = tokio::time::timeout(every, async {
                 keeper.keep_alive().await?;
@@ -815,6 +816,7 @@ async fn keep_alive(client: Client, lease: i64, ttl: Duration, state: Arc<watch:
             match renewed {
                 Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
                     deadline = sent + Duration::from_secs(resp.ttl() as u64) - margin;
+                    renewed_ok = true;
                 }
                 Ok(Ok(Some(_))) => {
                     warn!(lease, "lease expired or revoked; leadership lost");
@@ -824,7 +826,13 @@ async fn keep_alive(client: Client, lease: i64, ttl: Duration, state: Arc<watch:
                 _ => stream = None,
             }
         }
-        tokio::time::sleep_until((sent + every).min(deadline)).await;
+        // After a failure, retry sooner: a short blip should not cost the lease.
+        let pause = if renewed_ok {
+            every
+        } else {
+            (every / 4).max(Duration::from_millis(100))
+        };
+        tokio::time::sleep_until((sent + pause).min(deadline)).await;
     }
 }
 
