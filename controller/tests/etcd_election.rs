@@ -205,3 +205,34 @@ async fn a_leader_cut_off_from_etcd_steps_down_before_another_can_take_over() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_keeps_leadership_through_a_quick_etcd_restart() {
+    let Some(mut etcd) = Etcd::start().await else {
+        return;
+    };
+    let ttl = Duration::from_secs(6);
+    let a = store(&etcd).await;
+    let leader = within(
+        Duration::from_secs(10),
+        Leadership::new(&a, "replica-a", ttl).campaign(),
+    )
+    .await
+    .unwrap();
+    let stopped_at = Instant::now();
+    etcd.stop();
+    etcd.start_again().await;
+    println!("etcd was down for {:?}", stopped_at.elapsed());
+    // etcd renews every lease when it comes back, and the keeper reconnects.
+    tokio::time::sleep(ttl).await;
+    assert!(
+        leader.is_current(),
+        "a short etcd outage must not cost leadership"
+    );
+    within(
+        Duration::from_secs(10),
+        a.save_decision(&leader, &Default::default()),
+    )
+    .await
+    .unwrap();
+}
