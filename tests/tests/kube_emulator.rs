@@ -220,6 +220,20 @@ async fn kubectl_applies_our_crds_and_examples_then_gets_patches_watches_and_del
         "{out}"
     );
 
+    // Schema defaults are filled in, as the real server does for custom resources.
+    let out = k
+        .run(&[
+            "get",
+            "fp",
+            "search",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.failback.rampSteps}",
+        ])
+        .await?;
+    ensure!(out == "4", "defaulted rampSteps: {out:?}");
+
     // Server-side printing from the CRD's printer columns; kubectl adds NAMESPACE.
     let out = k.run(&["get", "fp", "-A"]).await?;
     let header = out.lines().next().unwrap_or_default();
@@ -265,6 +279,20 @@ async fn kubectl_applies_our_crds_and_examples_then_gets_patches_watches_and_del
         ])
         .await?;
     ensure!(out == "45 2", "after patch: {out:?}");
+    // Re-applying: kubectl sends list fields again (the server defaulted their items),
+    // but a patch that changes nothing leaves the resourceVersion alone.
+    let rv_of_search = || {
+        k.run(&[
+            "get",
+            "fp",
+            "search",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ])
+    };
+    let before = rv_of_search().await?;
     let out = k
         .run(&[
             "apply",
@@ -273,7 +301,12 @@ async fn kubectl_applies_our_crds_and_examples_then_gets_patches_watches_and_del
             &path("deploy/examples/policies.yaml"),
         ])
         .await?;
-    ensure!(out.contains("search unchanged"), "{out}");
+    ensure!(out.contains("checkout configured"), "{out}");
+    let after = rv_of_search().await?;
+    ensure!(
+        before == after,
+        "a no-op re-apply changed the resourceVersion: {before} -> {after}"
+    );
 
     // A status patch goes through the subresource and leaves the generation alone.
     k.run(&[

@@ -89,6 +89,8 @@ pub struct ResourceDef {
     pub columns: Vec<PrinterColumn>,
     /// Registered from a CRD (removed with it) rather than built in.
     pub custom: bool,
+    /// The CRD's OpenAPI v3 schema of the storage version, for defaulting.
+    pub schema: Option<Value>,
 }
 
 impl ResourceDef {
@@ -105,6 +107,7 @@ impl ResourceDef {
             status_subresource: false,
             columns: Vec::new(),
             custom: false,
+            schema: None,
         }
     }
 
@@ -500,7 +503,40 @@ fn crd_resource(crd: &Object) -> Result<ResourceDef, String> {
         namespaced,
         columns,
         custom: true,
+        schema: storage.pointer("/schema/openAPIV3Schema").cloned(),
     })
+}
+
+/// Fills in the `default`s of a structural schema where the object lacks the field, as
+/// the API server does for custom resources on every write.
+fn apply_defaults(obj: &mut Value, schema: &Value) {
+    match obj {
+        Value::Object(map) => {
+            if let Some(Value::Object(props)) = schema.get("properties") {
+                for (name, prop) in props {
+                    if let (None, Some(default)) = (map.get(name), prop.get("default")) {
+                        map.insert(name.clone(), default.clone());
+                    }
+                    if let Some(child) = map.get_mut(name) {
+                        apply_defaults(child, prop);
+                    }
+                }
+            }
+            if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                for child in map.values_mut() {
+                    apply_defaults(child, extra);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for item in items {
+                    apply_defaults(item, item_schema);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 impl Store {
@@ -740,6 +776,9 @@ impl Store {
             obj.as_object_mut().map(|m| m.remove("status"));
         }
         inner.on_create(def, &mut obj)?;
+        if let Some(schema) = &def.schema {
+            apply_defaults(&mut obj, schema);
+        }
         if dry_run {
             return Ok(Arc::new(obj));
         }
@@ -1030,6 +1069,9 @@ impl Store {
         obj["kind"] = json!(def.kind);
         set_meta(&mut obj, "resourceVersion", json!(old_rv));
         inner.on_update(def, &old, &mut obj)?;
+        if let Some(schema) = &def.schema {
+            apply_defaults(&mut obj, schema);
+        }
         if comparable(&obj) == comparable(&old) {
             return Ok(old);
         }
@@ -1435,6 +1477,22 @@ mod tests {
         assert_eq!(store.watch(&def, Some(start)).unwrap_err().code, 410);
         let recent = store.current_rv() - 1;
         assert_eq!(store.watch(&def, Some(recent)).unwrap().replay.len(), 1);
+    }
+
+    #[test]
+    fn custom_resources_get_their_schema_defaults() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "ttl": {"type": "integer", "default": 30},
+            "failback": {"type": "object", "default": {}, "properties": {"holdDown": {"type": "string", "default": "60s"}}},
+            "targets": {"type": "array", "items": {"type": "object", "properties": {"weight": {"type": "integer", "default": 100}}}},
+        }}}});
+        let mut obj = json!({"spec": {"ttl": 5, "targets": [{"cluster": "a"}, {"weight": 1}]}});
+        apply_defaults(&mut obj, &schema);
+        assert_eq!(
+            obj,
+            json!({"spec": {"ttl": 5, "failback": {"holdDown": "60s"},
+            "targets": [{"cluster": "a", "weight": 100}, {"weight": 1}]}})
+        );
     }
 
     #[test]
