@@ -266,34 +266,35 @@ impl CompileOptions {
 }
 
 /// The parts of a zone shared by the full and the lazy build.
-struct Prepared<'s> {
+struct Prepared<V> {
     origin: String,
     apex: Box<[u8]>,
-    /// Servable names: wire form → (snapshot key, records).
-    records: NameMap<(&'s str, &'s NameRecords)>,
+    /// Servable names by wire form, each with what `prepare`'s caller keeps of it.
+    records: NameMap<V>,
     rejected: Vec<(String, String)>,
     soa_rdata: Vec<u8>,
     negative_ttl: u32,
 }
 
-fn prepare<'s>(
+fn prepare<'s, V>(
     zone: &ZoneConfig,
     snapshot: &'s ZoneSnapshot,
     opts: CompileOptions,
-) -> Prepared<'s> {
+    keep: impl Fn(&'s str, &'s NameRecords) -> V,
+) -> Prepared<V> {
     let origin = wire::normalize_name(&zone.origin, "").unwrap_or_default();
     let apex: Box<[u8]> = wire::to_wire(&origin).unwrap_or_else(|_| vec![0]).into();
     let mut rejected = Vec::new();
 
     // Normalise names first: the same name may appear in two spellings.
-    let mut records: NameMap<(&str, &NameRecords)> = NameMap::default();
-    records.reserve(snapshot.names.len());
+    let mut records: NameMap<V> = NameMap::default();
+    records.reserve(snapshot.names.len() + 1);
     for (name, recs) in &snapshot.names {
         match wire::owner_to_wire(name, &apex) {
             Ok(w) => {
                 if let Some(problem) = check_records(recs, w == apex) {
                     rejected.push((name.clone(), problem));
-                } else if records.insert(w, (name.as_str(), recs)).is_some() {
+                } else if records.insert(w, keep(name, recs)).is_some() {
                     rejected.push((name.clone(), "duplicate name".into()));
                 }
             }
@@ -336,8 +337,8 @@ pub fn compile_zone(
     geo: &GeoTable,
     opts: CompileOptions,
 ) -> ZoneTable {
-    let p = prepare(zone, snapshot, opts);
-    let lookup = |w: &[u8]| p.records.get(w).map(|(_, r)| *r);
+    let p = prepare(zone, snapshot, opts, |_, recs| recs);
+    let lookup = |w: &[u8]| p.records.get(w).copied();
     let cx = Cx {
         zone,
         apex: &p.apex,
@@ -371,15 +372,18 @@ pub fn index_zone(
     geo: Arc<GeoTable>,
     opts: CompileOptions,
 ) -> ZoneTable {
-    let p = prepare(zone, &snapshot, opts);
-    let mut index: NameMap<Option<Box<str>>> = NameMap::default();
-    index.reserve(p.records.len() + 1);
-    for (w, (key, _)) in &p.records {
-        index.insert(w.clone(), Some((*key).into()));
-    }
+    let p = prepare(zone, &snapshot, opts, |key, _| Some(Box::<str>::from(key)));
+    let mut index = p.records;
     index.entry(p.apex.clone()).or_insert(None);
-    for name in p.records.keys() {
-        let mut cur: &[u8] = name;
+    let owners: Vec<Box<[u8]>> = index
+        .keys()
+        .filter(|k| k.len() > p.apex.len() + 1)
+        .filter(|k| wire::parent(k).is_some_and(|parent| !index.contains_key(parent)))
+        .cloned()
+        .collect();
+    // Empty non-terminals: the few owners whose parent is not a name themselves.
+    for name in owners {
+        let mut cur: &[u8] = &name;
         while let Some(parent) = wire::parent(cur) {
             if parent.len() < p.apex.len() || index.contains_key(parent) {
                 break;
@@ -390,7 +394,7 @@ pub fn index_zone(
     }
     let table = ZoneTable {
         origin: p.origin,
-        apex: p.apex,
+        apex: p.apex.clone(),
         revision: snapshot.revision,
         decided_at: snapshot.decided_at,
         soa_rdata: p.soa_rdata.into(),
@@ -416,12 +420,8 @@ pub fn index_zone(
 /// Zones this large are compiled on two threads: it halves warm start on big zones.
 const PARALLEL_FROM: usize = 20_000;
 
-fn build_entries(
-    cx: &Cx<'_>,
-    records: &NameMap<(&str, &NameRecords)>,
-    apex: &[u8],
-) -> NameMap<NameEntry> {
-    let all: Vec<(&[u8], &NameRecords)> = records.iter().map(|(n, (_, r))| (&n[..], *r)).collect();
+fn build_entries(cx: &Cx<'_>, records: &NameMap<&NameRecords>, apex: &[u8]) -> NameMap<NameEntry> {
+    let all: Vec<(&[u8], &NameRecords)> = records.iter().map(|(n, r)| (&n[..], *r)).collect();
     let compile = |part: &[(&[u8], &NameRecords)]| -> Vec<(Box<[u8]>, NameEntry)> {
         part.iter()
             .map(|(name, recs)| ((*name).into(), cx.entry(name, Some(recs))))

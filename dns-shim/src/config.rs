@@ -130,6 +130,12 @@ pub struct GeoPrefix {
 }
 
 /// Response-rate limiting: responses per second allowed per client prefix.
+///
+/// Off unless `dns.rateLimit` is present. Applies to UDP only (TCP cannot be spoofed
+/// for reflection and is never limited). Over the limit, responses are dropped, except
+/// that every second one "slips" out truncated (TC set, no records) so a legitimate
+/// client sharing a busy prefix retries over TCP. Example:
+/// `rateLimit: {responsesPerSecond: 50, ipv4PrefixLen: 24, ipv6PrefixLen: 56}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimitConfig {
