@@ -700,6 +700,54 @@ async fn custom_resources_keep_status_behind_the_subresource_and_bump_generation
 }
 
 #[tokio::test]
+async fn unknown_fields_of_custom_resources_fail_strict_validation_and_are_pruned_otherwise()
+-> Result<()> {
+    let emu = Emulator::start(EmulatorConfig::http()).await?;
+    emu.install_lifeline_crds()?;
+    emu.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n")?;
+    let text =
+        std::fs::read_to_string(repo_root().join("deploy/examples/invalid/unknown-field.yaml"))?;
+    let doc: Value = serde_saphyr::from_str(&text)?;
+    let body = serde_json::to_vec(&doc)?;
+    let path = "/apis/lifeline.dev/v1alpha1/namespaces/shop/failoverpolicies";
+    let strict = send_json(
+        &emu,
+        "POST",
+        &format!("{path}?fieldValidation=Strict"),
+        "application/json",
+        &body,
+    )
+    .await?;
+    ensure!(
+        strict.status == 400 && strict.body.contains(r#"unknown field \"spec.helthCheck\""#),
+        "{}",
+        strict.body
+    );
+    let warn = send_json(
+        &emu,
+        "POST",
+        &format!("{path}?fieldValidation=Warn"),
+        "application/json",
+        &body,
+    )
+    .await?;
+    ensure!(warn.status == 201, "{}", warn.body);
+    // Header names and values are lower-cased by the helper.
+    ensure!(
+        warn.headers
+            .contains(r#"warning: 299 - "unknown field \"spec.helthcheck\"""#),
+        "{}",
+        warn.headers
+    );
+    let stored = warn.json();
+    ensure!(
+        stored["spec"].get("helthCheck").is_none()
+            && stored["spec"]["hostname"] == "a.global.example.com"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn lists_page_with_limit_and_continue() -> Result<()> {
     let emu = Emulator::start(EmulatorConfig::http()).await?;
     let api: Api<Service> = Api::namespaced(emu.client().await?, "default");

@@ -35,7 +35,9 @@ use tracing::Instrument as _;
 
 use super::faults::{FaultId, FaultRule, Faults, RequestKey, Verb, Verdict};
 use super::selector::{FieldSelector, LabelSelector};
-use super::store::{ApiError, ApiResult, Event, EventKind, Object, PatchType, ResourceDef, Store};
+use super::store::{
+    self, ApiError, ApiResult, Event, EventKind, Object, PatchType, ResourceDef, Store,
+};
 use super::{EmulatorConfig, Error, protobuf, table};
 
 /// State shared by the accept loop, every connection and the [`super::Emulator`] handle.
@@ -186,6 +188,17 @@ fn json_response(code: u16, body: &Value) -> Response<Body> {
     *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Adds a `Warning` header per unknown field, which kubectl prints.
+fn with_warnings(mut resp: Response<Body>, unknown: &[String]) -> Response<Body> {
+    for field in unknown {
+        let text = format!("299 - \"unknown field \\\"{field}\\\"\"");
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            resp.headers_mut().append("warning", v);
+        }
+    }
     resp
 }
 
@@ -585,6 +598,30 @@ impl Ctx<'_> {
         }
     }
 
+    /// Field validation of a custom resource body (`fieldValidation=Strict|Warn|Ignore`):
+    /// fields the schema does not know fail a strict request and are warnings otherwise.
+    /// They are pruned from the stored object either way.
+    fn check_fields(&self, body: &Value) -> ApiResult<Vec<String>> {
+        let (Some(schema), false) = (
+            &self.rr.def.schema,
+            self.q("fieldValidation") == Some("Ignore"),
+        ) else {
+            return Ok(Vec::new());
+        };
+        let unknown = store::prune_unknown(&mut body.clone(), schema);
+        if !unknown.is_empty() && self.q("fieldValidation") == Some("Strict") {
+            let list: Vec<String> = unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect();
+            return Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                list.join(", ")
+            )));
+        }
+        Ok(unknown)
+    }
+
     fn full_object(&self) -> bool {
         self.q("includeObject") == Some("Object")
     }
@@ -707,14 +744,16 @@ async fn serve_resource(
                 return Err(ApiError::no_route());
             }
             let obj = parse_body(&read_body(body, limit).await?, content_type)?;
+            let warnings = ctx.check_fields(&obj)?;
             let created = store.create(&def, ctx.ns(), obj, ctx.dry_run())?;
-            Ok(ctx.single(201, &created))
+            Ok(with_warnings(ctx.single(201, &created), &warnings))
         }
         Verb::Update => {
             let name = needs_name()?;
             let obj = parse_body(&read_body(body, limit).await?, content_type)?;
+            let warnings = ctx.check_fields(&obj)?;
             let updated = store.update(&def, ctx.ns(), &name, obj, ctx.rr.status, ctx.dry_run())?;
-            Ok(ctx.single(200, &updated))
+            Ok(with_warnings(ctx.single(200, &updated), &warnings))
         }
         Verb::Patch => {
             let name = needs_name()?;
@@ -745,6 +784,11 @@ async fn serve_resource(
                     "json"
                 },
             )?;
+            let warnings = if kind == PatchType::Json {
+                Vec::new()
+            } else {
+                ctx.check_fields(&patch)?
+            };
             let (obj, created) = store.patch(
                 &def,
                 ctx.ns(),
@@ -754,7 +798,10 @@ async fn serve_resource(
                 ctx.rr.status,
                 ctx.dry_run(),
             )?;
-            Ok(ctx.single(if created { 201 } else { 200 }, &obj))
+            Ok(with_warnings(
+                ctx.single(if created { 201 } else { 200 }, &obj),
+                &warnings,
+            ))
         }
         Verb::Delete => {
             let name = needs_name()?;

@@ -507,6 +507,66 @@ fn crd_resource(crd: &Object) -> Result<ResourceDef, String> {
     })
 }
 
+/// Removes fields a structural schema does not know (`metadata`, `apiVersion` and `kind`
+/// excepted) and returns their paths, as the API server prunes custom resources. A node
+/// with `x-kubernetes-preserve-unknown-fields`, or with neither `properties` nor
+/// `additionalProperties`, keeps everything (the latter is more lenient than Kubernetes).
+pub fn prune_unknown(obj: &mut Value, schema: &Value) -> Vec<String> {
+    fn walk(v: &mut Value, schema: &Value, path: &str, top: bool, unknown: &mut Vec<String>) {
+        let preserve =
+            schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+        match v {
+            Value::Object(map) => {
+                let props = schema.get("properties").and_then(Value::as_object);
+                let extra = schema
+                    .get("additionalProperties")
+                    .filter(|a| !a.is_boolean() || **a == Value::Bool(true));
+                if let Some(props) = props
+                    && extra.is_none()
+                    && !preserve
+                {
+                    let keep = |k: &str| {
+                        props.contains_key(k)
+                            || (top && matches!(k, "apiVersion" | "kind" | "metadata"))
+                    };
+                    let drop: Vec<String> = map.keys().filter(|k| !keep(k)).cloned().collect();
+                    for k in drop {
+                        map.remove(&k);
+                        unknown.push(if path.is_empty() {
+                            k
+                        } else {
+                            format!("{path}.{k}")
+                        });
+                    }
+                }
+                for (k, child) in map.iter_mut() {
+                    let child_path = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    if let Some(p) = props.and_then(|p| p.get(k)) {
+                        walk(child, p, &child_path, false, unknown);
+                    } else if let Some(extra) = extra.filter(|e| e.is_object()) {
+                        walk(child, extra, &child_path, false, unknown);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                if let Some(item_schema) = schema.get("items") {
+                    for (i, item) in items.iter_mut().enumerate() {
+                        walk(item, item_schema, &format!("{path}[{i}]"), false, unknown);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut unknown = Vec::new();
+    walk(obj, schema, "", true, &mut unknown);
+    unknown
+}
+
 /// Fills in the `default`s of a structural schema where the object lacks the field, as
 /// the API server does for custom resources on every write.
 fn apply_defaults(obj: &mut Value, schema: &Value) {
@@ -777,6 +837,7 @@ impl Store {
         }
         inner.on_create(def, &mut obj)?;
         if let Some(schema) = &def.schema {
+            prune_unknown(&mut obj, schema);
             apply_defaults(&mut obj, schema);
         }
         if dry_run {
@@ -1070,6 +1131,7 @@ impl Store {
         set_meta(&mut obj, "resourceVersion", json!(old_rv));
         inner.on_update(def, &old, &mut obj)?;
         if let Some(schema) = &def.schema {
+            prune_unknown(&mut obj, schema);
             apply_defaults(&mut obj, schema);
         }
         if comparable(&obj) == comparable(&old) {
@@ -1492,6 +1554,27 @@ mod tests {
             obj,
             json!({"spec": {"ttl": 5, "failback": {"holdDown": "60s"},
             "targets": [{"cluster": "a", "weight": 100}, {"weight": 1}]}})
+        );
+    }
+
+    #[test]
+    fn custom_resources_lose_fields_their_schema_does_not_know() {
+        let schema = json!({"type": "object", "properties": {
+            "spec": {"type": "object", "properties": {
+                "a": {"type": "string"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                "list": {"type": "array", "items": {"type": "object", "properties": {"x": {"type": "integer"}}}},
+            }},
+        }});
+        let mut obj = json!({"apiVersion": "v", "kind": "K", "metadata": {"name": "n"}, "extra": 1,
+            "spec": {"a": "1", "typo": 2, "labels": {"any": "x"}, "free": {"any": {"deep": 1}}, "list": [{"x": 1, "y": 2}]}});
+        let unknown = prune_unknown(&mut obj, &schema);
+        assert_eq!(unknown, ["extra", "spec.typo", "spec.list[0].y"]);
+        assert_eq!(
+            obj,
+            json!({"apiVersion": "v", "kind": "K", "metadata": {"name": "n"},
+            "spec": {"a": "1", "labels": {"any": "x"}, "free": {"any": {"deep": 1}}, "list": [{"x": 1}]}})
         );
     }
 
