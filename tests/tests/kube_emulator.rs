@@ -933,6 +933,25 @@ async fn dropping_watches_ends_a_kube_rs_watch_stream() -> Result<()> {
 }
 
 #[tokio::test]
+async fn dropped_connections_cut_a_watch_and_the_client_reconnects() -> Result<()> {
+    let emu = Emulator::start(EmulatorConfig::https()).await?;
+    let api: Api<Service> = Api::namespaced(emu.client().await?, "default");
+    let mut stream = api.watch(&WatchParams::default(), "0").await?.boxed();
+    emu.drop_connections();
+    // Bounded: the stream ends (or errors) once the connection is cut.
+    let ended = timeout(STEP, async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+    ensure!(ended.is_ok(), "the watch survived its connection");
+    ensure!(!emu.is_down(), "the port stays open");
+    api.create(&PostParams::default(), &service("after", "x"))
+        .await?;
+    ensure!(names(&api.list(&ListParams::default()).await?.items) == ["after"]);
+    Ok(())
+}
+
+#[tokio::test]
 async fn watches_from_a_compacted_resource_version_get_a_410_status_event() -> Result<()> {
     let emu = Emulator::start(EmulatorConfig::http().history(2)).await?;
     let api: Api<Service> = Api::namespaced(emu.client().await?, "default");

@@ -8,7 +8,10 @@
 //! curl -s -XPOST localhost:6443/_emulator/faults -d '{"fault":{"type":"tooManyRequests","retryAfterSeconds":2}}'
 //! curl -s -XDELETE localhost:6443/_emulator/faults   # clear
 //! curl -s -XPOST 'localhost:6443/_emulator/outage?seconds=10'
-//! curl -s -XPOST localhost:6443/_emulator/drop-watches
+//! curl -s -XPOST localhost:6443/_emulator/drop-watches      # end watch streams cleanly
+//! curl -s -XPOST localhost:6443/_emulator/drop-connections  # cut every connection
+//! curl -s -XPOST localhost:6443/_emulator/compact           # old resourceVersions -> 410
+//! curl -s localhost:6443/_emulator/watches                  # open watch streams
 //! ```
 
 use std::net::SocketAddr;

@@ -221,15 +221,20 @@ impl Emulator {
         Ok(())
     }
 
-    /// A kube client configured from this emulator's kubeconfig.
-    pub async fn client(&self) -> Result<kube::Client> {
+    /// The kube client configuration for this emulator, to adjust before building a
+    /// client (kube 5 retries 429/503/504 by itself unless `default_retry` is turned off).
+    pub async fn kube_config(&self) -> Result<kube::Config> {
         install_crypto_provider();
         let kc = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml())
             .map_err(|e| Error::Client(e.to_string()))?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| Error::Client(e.to_string()))?;
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| Error::Client(e.to_string()))
+    }
+
+    /// A kube client configured from this emulator's kubeconfig.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let config = self.kube_config().await?;
         kube::Client::try_from(config).map_err(|e| Error::Client(e.to_string()))
     }
 
@@ -364,6 +369,12 @@ impl Emulator {
     /// Ends every open watch stream (clients see the stream close and must re-watch).
     pub fn drop_watches(&self) {
         self.shared.drop_watches.send_modify(|g| *g += 1);
+    }
+
+    /// Cuts every open connection abruptly (watches included) without closing the port:
+    /// clients see a reset mid-stream and reconnect.
+    pub fn drop_connections(&self) {
+        self.shared.kill_connections.send_modify(|g| *g += 1);
     }
 
     /// Watch streams open right now.

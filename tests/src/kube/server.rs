@@ -1192,6 +1192,15 @@ async fn control(
             shared.drop_watches.send_modify(|g| *g += 1);
             ok(json!({}))
         }
+        (&Method::POST, "drop-connections") => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                // Let this response reach the client before its connection is cut too.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                shared.kill_connections.send_modify(|g| *g += 1);
+            });
+            ok(json!({}))
+        }
         (&Method::POST, "compact") => {
             shared.store.compact();
             ok(json!({"compactedResourceVersion": shared.store.compacted_rv().to_string()}))
