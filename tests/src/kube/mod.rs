@@ -25,11 +25,20 @@
 //! # let _ = (client, lists); Ok(()) }
 //! ```
 //!
-//! What is approximate: no OpenAPI documents (kubectl needs `--validate=false`), no schema
-//! validation or defaulting of custom resources, server-side apply merges the applied
-//! fields without field ownership, strategic merge patch behaves like a merge patch,
-//! lists are served from the current state whatever resourceVersion they ask for (a
-//! compacted one still gets `410`), and deleting a namespace removes its objects at once.
+//! Faithful enough to rely on: discovery with short names, one global resourceVersion,
+//! optimistic concurrency, watches that resume from a resourceVersion or get `410 Gone`,
+//! bookmarks, label/field selectors (also turning MODIFIED into ADDED/DELETED as objects
+//! enter or leave a selection), paging, the status subresource, generation, finalizers,
+//! schema defaults and pruning of unknown fields for custom resources, server-side
+//! printing from printer columns, and `Status` errors.
+//!
+//! What is approximate: no OpenAPI documents (kubectl needs `--validate=false`), no
+//! schema validation of values (types, patterns, CEL rules), server-side apply merges the
+//! applied fields without field ownership or conflicts, strategic merge patch behaves like
+//! a merge patch, lists are served from the current state whatever resourceVersion they
+//! ask for (a compacted one still gets `410`), deleting a namespace removes its objects at
+//! once, protobuf request bodies are understood only for Namespace, ConfigMap and Secret
+//! (what kubectl's typed `create` commands send), and responses are always JSON.
 
 mod faults;
 mod patch;
