@@ -276,3 +276,151 @@ async fn an_etcd_outage_never_fails_or_empties_an_answer_and_changes_flow_after(
         wait_for(r.dns, Duration::from_secs(30), secondary()).await;
     }
 }
+
+fn percentiles(mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
+    format!(
+        "n={} p50={:.0}ms p99={:.0}ms max={:.0}ms",
+        samples.len(),
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        samples[samples.len() - 1].as_secs_f64() * 1e3
+    )
+}
+
+/// A measurement, not a check: prints leader takeover time over repeated kill -9s
+/// (lease TTL 2 s). Run with
+/// `cargo test --release -p lifeline-controller --test replicas -- --ignored --nocapture bench_`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; prints figures"]
+async fn bench_leader_takeover_after_kill_9() {
+    let kills: usize = std::env::var("LIFELINE_BENCH_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port(&[primary(), secondary()]);
+    let _a = Backend::start(SocketAddr::new(primary(), port)).await;
+    let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
+    let replicas = write_replicas(dir.path(), &etcd.endpoint(), port, 2);
+    let mut procs: Vec<Process> = replicas
+        .iter()
+        .map(|r| start(&["run"], &r.config))
+        .collect();
+    for r in &replicas {
+        wait_for(r.dns, Duration::from_secs(20), primary()).await;
+    }
+    let store = EtcdStore::connect(&etcd.connect(), PREFIX).await.unwrap();
+    let mut samples = Vec::new();
+    for _ in 0..kills {
+        let leader = loop {
+            if let Some(pid) = leader_pid(&store).await {
+                break pid;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let idx = procs
+            .iter()
+            .position(|p| p.pid() == leader)
+            .expect("leader is ours");
+        let other = procs[1 - idx].pid();
+        let killed = Instant::now();
+        drop(procs.remove(idx));
+        loop {
+            if leader_pid(&store).await == Some(other) {
+                break;
+            }
+            assert!(killed.elapsed() < Duration::from_secs(20), "no takeover");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        samples.push(killed.elapsed());
+        // Bring the killed replica back as a follower.
+        procs.insert(idx, start(&["run"], &replicas[idx].config));
+        wait_for(replicas[idx].dns, Duration::from_secs(20), primary()).await;
+    }
+    println!(
+        "leader takeover after kill -9 (lease TTL 2s): {}",
+        percentiles(samples)
+    );
+}
+
+/// A measurement, not a check: prints how long a record written (fenced) to etcd takes
+/// to be answered by two `lifeline dns` replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; prints figures"]
+async fn bench_record_propagation_to_replicas() {
+    let rounds: usize = std::env::var("LIFELINE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = write_replicas(dir.path(), &etcd.endpoint(), 9, 2);
+    let _procs: Vec<Process> = replicas
+        .iter()
+        .map(|r| start(&["dns"], &r.config))
+        .collect();
+    let store = EtcdStore::connect(&etcd.connect(), PREFIX).await.unwrap();
+    let leader =
+        lifeline_controller::etcd::Leadership::new(&store, "bench", Duration::from_secs(5))
+            .campaign()
+            .await
+            .unwrap();
+    let mut samples = Vec::new();
+    for round in 0..rounds {
+        let want = IpAddr::V4(Ipv4Addr::new(
+            10,
+            9,
+            (round / 200) as u8,
+            (round % 200) as u8 + 1,
+        ));
+        let mut upsert = std::collections::BTreeMap::new();
+        upsert.insert(
+            NAME.to_owned(),
+            lifeline_dns::NameRecords {
+                address: Some(lifeline_dns::AddressSet {
+                    ttl: 5,
+                    targets: vec![lifeline_dns::Target {
+                        address: want,
+                        cluster: "c".to_owned(),
+                        region: String::new(),
+                        weight: 1,
+                    }],
+                    max_answers: None,
+                    geo: false,
+                }),
+                ..Default::default()
+            },
+        );
+        let written = Instant::now();
+        store
+            .publish_records(&leader, ZONE, &upsert, &[], std::time::SystemTime::now())
+            .await
+            .unwrap();
+        for r in &replicas {
+            let dns = r.dns;
+            tokio::task::spawn_blocking(move || {
+                while query_a(dns, NAME).is_none_or(|(_, ips)| ips != [want]) {
+                    assert!(
+                        written.elapsed() < Duration::from_secs(10),
+                        "record never arrived"
+                    );
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+            .await
+            .unwrap();
+        }
+        samples.push(written.elapsed());
+    }
+    println!(
+        "record propagation etcd -> both replicas answering: {}",
+        percentiles(samples)
+    );
+}
