@@ -40,6 +40,9 @@
 //! once, protobuf request bodies are understood only for Namespace, ConfigMap and Secret
 //! (what kubectl's typed `create` commands send), and responses are always JSON.
 
+mod control;
+mod crd;
+mod discovery;
 mod faults;
 mod patch;
 mod protobuf;
@@ -48,6 +51,7 @@ mod server;
 mod store;
 mod table;
 mod tls;
+mod watching;
 
 use std::net::SocketAddr;
 use std::path::Path;

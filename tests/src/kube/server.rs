@@ -10,15 +10,14 @@
 //!                          └─ verb                  store call -> JSON / Table / watch stream
 //! ```
 //!
-//! A watch is a spawned task that writes newline-delimited JSON events into a channel
-//! the response body reads from. It ends when the client goes away, on `timeoutSeconds`,
-//! when watches are dropped on command, or when it falls too far behind.
+//! Discovery documents live in `discovery`, watch streams in `watching`, and the control
+//! endpoints in `control`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -29,16 +28,17 @@ use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-use super::faults::{FaultId, FaultRule, Faults, RequestKey, Verb, Verdict};
+use super::control::control;
+use super::discovery::{api_group, api_groups, resource_list, version};
+use super::faults::{Faults, RequestKey, Verb, Verdict};
 use super::selector::{FieldSelector, LabelSelector};
-use super::store::{
-    self, ApiError, ApiResult, Event, EventKind, Object, PatchType, ResourceDef, Store,
-};
-use super::{EmulatorConfig, Error, protobuf, table};
+use super::store::{ApiError, ApiResult, Object, PatchType, ResourceDef, Store};
+use super::watching::watch_response;
+use super::{EmulatorConfig, Error, crd, protobuf, table};
 
 /// State shared by the accept loop, every connection and the [`super::Emulator`] handle.
 pub(crate) struct Shared {
@@ -183,7 +183,7 @@ where
 
 // === responses ===
 
-fn json_response(code: u16, body: &Value) -> Response<Body> {
+pub(super) fn json_response(code: u16, body: &Value) -> Response<Body> {
     let mut resp = Response::new(Body::from(body.to_string()));
     *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut()
@@ -192,7 +192,7 @@ fn json_response(code: u16, body: &Value) -> Response<Body> {
 }
 
 /// Adds a `Warning` header per unknown field, which kubectl prints.
-fn with_warnings(mut resp: Response<Body>, unknown: &[String]) -> Response<Body> {
+pub(super) fn with_warnings(mut resp: Response<Body>, unknown: &[String]) -> Response<Body> {
     for field in unknown {
         let text = format!("299 - \"unknown field \\\"{field}\\\"\"");
         if let Ok(v) = HeaderValue::from_str(&text) {
@@ -202,11 +202,11 @@ fn with_warnings(mut resp: Response<Body>, unknown: &[String]) -> Response<Body>
     resp
 }
 
-fn error_response(e: &ApiError) -> Response<Body> {
+pub(super) fn error_response(e: &ApiError) -> Response<Body> {
     json_response(e.code, &e.to_status())
 }
 
-fn reason_for(code: u16) -> &'static str {
+pub(super) fn reason_for(code: u16) -> &'static str {
     match code {
         400 => "BadRequest",
         401 => "Unauthorized",
@@ -249,7 +249,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-type Query = HashMap<String, String>;
+pub(super) type Query = HashMap<String, String>;
 
 fn parse_query(q: Option<&str>) -> Query {
     q.unwrap_or_default()
@@ -264,9 +264,9 @@ fn parse_query(q: Option<&str>) -> Query {
 
 /// A request for a resource, once the path is understood.
 #[derive(Debug, Clone)]
-struct ResourceRequest {
-    def: Arc<ResourceDef>,
-    version: String,
+pub(super) struct ResourceRequest {
+    pub(super) def: Arc<ResourceDef>,
+    pub(super) version: String,
     namespace: Option<String>,
     name: Option<String>,
     status: bool,
@@ -450,112 +450,18 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     result.unwrap_or_else(|e| error_response(&e))
 }
 
-// === discovery ===
-
-fn version() -> Value {
-    json!({
-        "major": "1", "minor": "32", "gitVersion": "v1.32.0-lifeline-emulator",
-        "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
-        "buildDate": "2026-01-01T00:00:00Z", "goVersion": "none", "compiler": "rustc",
-        "platform": "linux/amd64",
-    })
-}
-
-fn group_json(group: &str, resources: &[Arc<ResourceDef>]) -> Value {
-    let mut versions: Vec<String> = Vec::new();
-    let mut preferred = None;
-    for r in resources.iter().filter(|r| r.group == group) {
-        preferred.get_or_insert_with(|| r.preferred_version().to_owned());
-        for v in &r.versions {
-            if !versions.contains(v) {
-                versions.push(v.clone());
-            }
-        }
-    }
-    let gv = |v: &str| json!({"groupVersion": format!("{group}/{v}"), "version": v});
-    json!({
-        "kind": "APIGroup",
-        "apiVersion": "v1",
-        "name": group,
-        "versions": versions.iter().map(|v| gv(v)).collect::<Vec<_>>(),
-        "preferredVersion": gv(preferred.as_deref().unwrap_or("v1")),
-    })
-}
-
-fn api_groups(store: &Store) -> Value {
-    let resources = store.resources();
-    let mut groups: Vec<&str> = Vec::new();
-    for r in &resources {
-        if !r.group.is_empty() && !groups.contains(&r.group.as_str()) {
-            groups.push(&r.group);
-        }
-    }
-    json!({
-        "kind": "APIGroupList",
-        "apiVersion": "v1",
-        "groups": groups.iter().map(|g| group_json(g, &resources)).collect::<Vec<_>>(),
-    })
-}
-
-fn api_group(store: &Store, group: &str) -> ApiResult<Value> {
-    let resources = store.resources();
-    if !resources.iter().any(|r| r.group == group) {
-        return Err(ApiError::no_route());
-    }
-    Ok(group_json(group, &resources))
-}
-
-fn resource_list(store: &Store, group: &str, version: &str) -> ApiResult<Value> {
-    let defs: Vec<Arc<ResourceDef>> = store
-        .resources()
-        .into_iter()
-        .filter(|r| r.group == group && r.versions.iter().any(|v| v == version))
-        .collect();
-    if defs.is_empty() {
-        return Err(ApiError::no_route());
-    }
-    let mut resources = Vec::new();
-    for d in &defs {
-        let mut r = json!({
-            "name": d.plural, "singularName": d.singular, "namespaced": d.namespaced, "kind": d.kind,
-            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
-        });
-        if !d.short_names.is_empty() {
-            r["shortNames"] = json!(d.short_names);
-        }
-        if !d.categories.is_empty() {
-            r["categories"] = json!(d.categories);
-        }
-        resources.push(r);
-        if d.status_subresource {
-            resources.push(json!({
-                "name": format!("{}/status", d.plural), "singularName": "", "namespaced": d.namespaced,
-                "kind": d.kind, "verbs": ["get", "patch", "update"],
-            }));
-        }
-    }
-    let gv = if group.is_empty() {
-        version.to_owned()
-    } else {
-        format!("{group}/{version}")
-    };
-    Ok(
-        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
-    )
-}
-
 // === resources ===
 
-struct Ctx<'a> {
-    shared: &'a Arc<Shared>,
-    rr: ResourceRequest,
+pub(super) struct Ctx<'a> {
+    pub(super) shared: &'a Arc<Shared>,
+    pub(super) rr: ResourceRequest,
     query: &'a Query,
     /// The client asked for a `Table` (kubectl's human-readable output).
-    table: bool,
+    pub(super) table: bool,
 }
 
 impl Ctx<'_> {
-    fn q(&self, k: &str) -> Option<&str> {
+    pub(super) fn q(&self, k: &str) -> Option<&str> {
         self.query
             .get(k)
             .map(String::as_str)
@@ -608,7 +514,7 @@ impl Ctx<'_> {
         ) else {
             return Ok(Vec::new());
         };
-        let unknown = store::prune_unknown(&mut body.clone(), schema);
+        let unknown = crd::prune_unknown(&mut body.clone(), schema);
         if !unknown.is_empty() && self.q("fieldValidation") == Some("Strict") {
             let list: Vec<String> = unknown
                 .iter()
@@ -622,12 +528,12 @@ impl Ctx<'_> {
         Ok(unknown)
     }
 
-    fn full_object(&self) -> bool {
+    pub(super) fn full_object(&self) -> bool {
         self.q("includeObject") == Some("Object")
     }
 
     /// Namespace plus label and field selectors as one predicate.
-    fn filter(&self) -> ApiResult<impl Fn(&Object) -> bool + Send + Sync + 'static> {
+    pub(super) fn filter(&self) -> ApiResult<impl Fn(&Object) -> bool + Send + Sync + 'static> {
         let labels = LabelSelector::parse(self.q("labelSelector").unwrap_or_default())
             .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
         let mut fields = self.q("fieldSelector").unwrap_or_default().to_owned();
@@ -649,7 +555,7 @@ impl Ctx<'_> {
     }
 }
 
-async fn read_body(body: Incoming, limit: usize) -> ApiResult<Bytes> {
+pub(super) async fn read_body(body: Incoming, limit: usize) -> ApiResult<Bytes> {
     axum::body::to_bytes(Body::new(body), limit)
         .await
         .map_err(|e| {
@@ -669,7 +575,7 @@ async fn read_body(body: Incoming, limit: usize) -> ApiResult<Bytes> {
 }
 
 /// Parses a body as JSON, or as YAML when the content type says so (or JSON fails).
-fn parse_body(bytes: &[u8], content_type: &str) -> ApiResult<Value> {
+pub(super) fn parse_body(bytes: &[u8], content_type: &str) -> ApiResult<Value> {
     if content_type.contains("protobuf") {
         return protobuf::decode(bytes).map_err(|e| ApiError::new(415, "UnsupportedMediaType", e));
     }
@@ -931,304 +837,6 @@ fn list(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
             "items": items,
         }),
     ))
-}
-
-// === watch ===
-
-/// Counts a watch as open for as long as its task lives.
-struct OpenWatch(Arc<Shared>);
-
-impl OpenWatch {
-    fn new(shared: Arc<Shared>) -> Self {
-        shared.open_watches.fetch_add(1, Ordering::SeqCst);
-        Self(shared)
-    }
-}
-
-impl Drop for OpenWatch {
-    fn drop(&mut self) {
-        self.0.open_watches.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-struct WatchTask {
-    shared: Arc<Shared>,
-    def: Arc<ResourceDef>,
-    api_version: String,
-    filter: Box<dyn Fn(&Object) -> bool + Send + Sync>,
-    table: bool,
-    full_object: bool,
-    tx: mpsc::Sender<Bytes>,
-}
-
-impl WatchTask {
-    async fn send(&self, kind: &str, object: Value) -> bool {
-        let line = format!("{}\n", json!({"type": kind, "object": object}));
-        self.tx.send(Bytes::from(line)).await.is_ok()
-    }
-
-    async fn send_object(&self, kind: EventKind, obj: &Object) -> bool {
-        let mut o = obj.clone();
-        o["apiVersion"] = json!(self.api_version);
-        let o = if self.table {
-            let rv = o
-                .pointer("/metadata/resourceVersion")
-                .cloned()
-                .unwrap_or_default();
-            table::table(
-                &self.def,
-                [&o],
-                json!({"resourceVersion": rv}),
-                self.full_object,
-            )
-        } else {
-            o
-        };
-        self.send(kind.as_str(), o).await
-    }
-
-    async fn bookmark(&self, rv: u64, initial_events_end: bool) -> bool {
-        let mut metadata = json!({"resourceVersion": rv.to_string()});
-        if initial_events_end {
-            metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-        }
-        let kind = self.def.kind.clone();
-        self.send(
-            "BOOKMARK",
-            json!({"kind": kind, "apiVersion": self.api_version, "metadata": metadata}),
-        )
-        .await
-    }
-
-    /// Sends what a change means to this watch's selection: a MODIFIED that enters the
-    /// selection is an ADDED, one that leaves it a DELETED.
-    async fn event(&self, ev: &Event) -> bool {
-        let now = (self.filter)(&ev.object);
-        let before = ev.previous.as_ref().is_some_and(|p| (self.filter)(p));
-        let kind = match (ev.kind, before, now) {
-            (EventKind::Added, _, true) => EventKind::Added,
-            (EventKind::Deleted, true, _) | (EventKind::Deleted, _, true) => EventKind::Deleted,
-            (EventKind::Modified, true, true) => EventKind::Modified,
-            (EventKind::Modified, false, true) => EventKind::Added,
-            (EventKind::Modified, true, false) => EventKind::Deleted,
-            _ => return true,
-        };
-        self.send_object(kind, &ev.object).await
-    }
-}
-
-fn watch_response(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
-    let filter = ctx.filter()?;
-    let from = match ctx.q("resourceVersion") {
-        None | Some("0") => None,
-        Some(rv) => Some(
-            rv.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?,
-        ),
-    };
-    let timeout = ctx
-        .q("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let bookmarks = ctx.q("allowWatchBookmarks") == Some("true");
-    let send_initial = ctx.q("sendInitialEvents") == Some("true");
-    // Subscribing now (not in the task) makes the watch start exactly at this request.
-    let start = ctx
-        .shared
-        .store
-        .watch(&ctx.rr.def, if send_initial { None } else { from });
-    let (tx, rx) = mpsc::channel::<Bytes>(256);
-    let task = WatchTask {
-        shared: ctx.shared.clone(),
-        def: ctx.rr.def.clone(),
-        api_version: ctx.rr.def.api_version(&ctx.rr.version),
-        filter: Box::new(filter),
-        table: ctx.table,
-        full_object: ctx.full_object(),
-        tx,
-    };
-    let span =
-        tracing::debug_span!("watch", resource = %ctx.rr.def.group_resource().qualified(), ?from);
-    let interval = ctx.shared.config.bookmark_interval;
-    // Counted from here, so the count is right as soon as the response is on its way.
-    let open = OpenWatch::new(ctx.shared.clone());
-    tokio::spawn(
-        async move {
-            let _open = open;
-            let mut dropped = task.shared.drop_watches.subscribe();
-            let start = match start {
-                Ok(s) => s,
-                Err(e) => {
-                    task.send("ERROR", e.to_status()).await;
-                    return;
-                }
-            };
-            let mut last_rv = start.start_rv;
-            for obj in &start.initial {
-                if (task.filter)(obj) && !task.send_object(EventKind::Added, obj).await {
-                    return;
-                }
-            }
-            if send_initial && bookmarks && !task.bookmark(last_rv, true).await {
-                return;
-            }
-            for ev in &start.replay {
-                last_rv = last_rv.max(ev.rv);
-                if !task.event(ev).await {
-                    return;
-                }
-            }
-            let mut live = start.live;
-            let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-            // Bounded by the client, the timeout, drops, and the broadcast closing.
-            loop {
-                tokio::select! {
-                    _ = task.tx.closed() => break,
-                    _ = dropped.changed() => {
-                        tracing::debug!("watch dropped on command");
-                        break;
-                    }
-                    _ = sleep_until(deadline) => break,
-                    _ = ticker.tick(), if bookmarks => {
-                        if !task.bookmark(last_rv, false).await {
-                            break;
-                        }
-                    }
-                    r = live.recv() => match r {
-                        Ok(ev) => {
-                            if ev.rv <= last_rv {
-                                continue;
-                            }
-                            last_rv = ev.rv;
-                            if ev.gr == task.def.group_resource() && !task.event(&ev).await {
-                                break;
-                            }
-                        }
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::warn!(missed = n, "watch fell behind");
-                            let e = ApiError::gone(format!("watch fell behind by {n} events; relist"));
-                            task.send("ERROR", e.to_status()).await;
-                            break;
-                        }
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    }
-                }
-            }
-        }
-        .instrument(span),
-    );
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-    });
-    let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(resp)
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-// === control endpoints ===
-
-async fn control(
-    shared: &Arc<Shared>,
-    method: &Method,
-    rest: &str,
-    query: &Query,
-    body: Incoming,
-) -> Response<Body> {
-    let ok = |v: Value| json_response(200, &v);
-    match (method, rest) {
-        (&Method::GET, "requests") => {
-            let counts = shared.faults.counts();
-            let rows: Vec<Value> = counts
-                .0
-                .iter()
-                .map(|(k, n)| json!({"verb": k.verb, "resource": k.resource, "userAgent": k.user_agent, "count": n}))
-                .collect();
-            ok(json!({"total": counts.total(), "requests": rows}))
-        }
-        (&Method::DELETE, "requests") => {
-            shared.faults.reset_counts();
-            ok(json!({}))
-        }
-        (&Method::GET, "faults") => {
-            let rules: Vec<Value> = shared
-                .faults
-                .rules()
-                .into_iter()
-                .map(|(id, r)| json!({"id": id.0, "rule": r}))
-                .collect();
-            ok(json!({"faults": rules}))
-        }
-        (&Method::POST, "faults") => {
-            let parsed = match read_body(body, shared.config.max_body_bytes).await {
-                Ok(bytes) => serde_json::from_slice::<FaultRule>(&bytes)
-                    .map_err(|e| ApiError::bad_request(format!("invalid fault rule: {e}"))),
-                Err(e) => Err(e),
-            };
-            match parsed {
-                Ok(rule) => ok(json!({"id": shared.faults.inject(rule).0})),
-                Err(e) => error_response(&e),
-            }
-        }
-        (&Method::DELETE, "faults") => {
-            shared.faults.clear_all();
-            ok(json!({}))
-        }
-        (&Method::DELETE, r) if r.starts_with("faults/") => {
-            match r["faults/".len()..].parse::<u64>() {
-                Ok(id) if shared.faults.clear(FaultId(id)) => ok(json!({})),
-                _ => error_response(&ApiError::new(404, "NotFound", "no such fault")),
-            }
-        }
-        (&Method::POST, "drop-watches") => {
-            shared.drop_watches.send_modify(|g| *g += 1);
-            ok(json!({}))
-        }
-        (&Method::POST, "drop-connections") => {
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                // Let this response reach the client before its connection is cut too.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                shared.kill_connections.send_modify(|g| *g += 1);
-            });
-            ok(json!({}))
-        }
-        (&Method::POST, "compact") => {
-            shared.store.compact();
-            ok(json!({"compactedResourceVersion": shared.store.compacted_rv().to_string()}))
-        }
-        (&Method::GET, "watches") => {
-            ok(json!({"open": shared.open_watches.load(Ordering::SeqCst)}))
-        }
-        (&Method::POST, "outage") => {
-            // The control endpoint goes down with the port, so the outage ends by itself.
-            let secs = query
-                .get("seconds")
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(5)
-                .min(3600);
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                // Let this response reach the client before the connection is cut.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                shared.outage().await;
-                tokio::time::sleep(Duration::from_secs(secs)).await;
-                if let Err(error) = shared.restore().await {
-                    tracing::error!(%error, "could not restore after outage");
-                }
-            });
-            ok(json!({"outageSeconds": secs}))
-        }
-        _ => error_response(&ApiError::no_route()),
-    }
 }
 
 #[cfg(test)]

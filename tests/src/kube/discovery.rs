@@ -1,0 +1,101 @@
+//! Discovery documents: `/version`, `/api`, `/apis`, `/apis/{group}` and the
+//! APIResourceLists kubectl reads short names, scopes and verbs from. Built from the
+//! store's registry on every request, so a new CRD is discoverable at once.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::store::{ApiError, ApiResult, ResourceDef, Store};
+
+pub(super) fn version() -> Value {
+    json!({
+        "major": "1", "minor": "32", "gitVersion": "v1.32.0-lifeline-emulator",
+        "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z", "goVersion": "none", "compiler": "rustc",
+        "platform": "linux/amd64",
+    })
+}
+
+fn group_json(group: &str, resources: &[Arc<ResourceDef>]) -> Value {
+    let mut versions: Vec<String> = Vec::new();
+    let mut preferred = None;
+    for r in resources.iter().filter(|r| r.group == group) {
+        preferred.get_or_insert_with(|| r.preferred_version().to_owned());
+        for v in &r.versions {
+            if !versions.contains(v) {
+                versions.push(v.clone());
+            }
+        }
+    }
+    let gv = |v: &str| json!({"groupVersion": format!("{group}/{v}"), "version": v});
+    json!({
+        "kind": "APIGroup",
+        "apiVersion": "v1",
+        "name": group,
+        "versions": versions.iter().map(|v| gv(v)).collect::<Vec<_>>(),
+        "preferredVersion": gv(preferred.as_deref().unwrap_or("v1")),
+    })
+}
+
+pub(super) fn api_groups(store: &Store) -> Value {
+    let resources = store.resources();
+    let mut groups: Vec<&str> = Vec::new();
+    for r in &resources {
+        if !r.group.is_empty() && !groups.contains(&r.group.as_str()) {
+            groups.push(&r.group);
+        }
+    }
+    json!({
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": groups.iter().map(|g| group_json(g, &resources)).collect::<Vec<_>>(),
+    })
+}
+
+pub(super) fn api_group(store: &Store, group: &str) -> ApiResult<Value> {
+    let resources = store.resources();
+    if !resources.iter().any(|r| r.group == group) {
+        return Err(ApiError::no_route());
+    }
+    Ok(group_json(group, &resources))
+}
+
+pub(super) fn resource_list(store: &Store, group: &str, version: &str) -> ApiResult<Value> {
+    let defs: Vec<Arc<ResourceDef>> = store
+        .resources()
+        .into_iter()
+        .filter(|r| r.group == group && r.versions.iter().any(|v| v == version))
+        .collect();
+    if defs.is_empty() {
+        return Err(ApiError::no_route());
+    }
+    let mut resources = Vec::new();
+    for d in &defs {
+        let mut r = json!({
+            "name": d.plural, "singularName": d.singular, "namespaced": d.namespaced, "kind": d.kind,
+            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+        });
+        if !d.short_names.is_empty() {
+            r["shortNames"] = json!(d.short_names);
+        }
+        if !d.categories.is_empty() {
+            r["categories"] = json!(d.categories);
+        }
+        resources.push(r);
+        if d.status_subresource {
+            resources.push(json!({
+                "name": format!("{}/status", d.plural), "singularName": "", "namespaced": d.namespaced,
+                "kind": d.kind, "verbs": ["get", "patch", "update"],
+            }));
+        }
+    }
+    let gv = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
+    Ok(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
+}
