@@ -43,6 +43,22 @@ fn the_example_configuration_and_policies_are_valid() {
 }
 
 #[test]
+fn the_replicated_configuration_example_is_valid() {
+    let set: Vec<PathBuf> = ["lifeline-ha.yaml", "clusters.yaml", "policies.yaml"]
+        .iter()
+        .map(|f| examples().join(f))
+        .collect();
+    let loaded = documents::load(&set, &[]);
+    let problems: Vec<String> = loaded.problems.iter().map(ToString::to_string).collect();
+    assert!(problems.is_empty(), "{problems:#?}");
+    let config = &loaded.configs[0].1;
+    let (connect, prefix) = config.store.etcd_connect().expect("an etcd store");
+    assert_eq!(connect.endpoints.len(), 3);
+    assert_eq!(prefix, "/lifeline");
+    assert!(connect.tls.is_some() && connect.user.is_some());
+}
+
+#[test]
 fn validate_command_exits_zero_on_the_examples() {
     let args: Vec<_> = valid_set()
         .into_iter()
