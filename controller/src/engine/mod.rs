@@ -342,8 +342,11 @@ pub fn decide(
         .map(|(k, v)| ((k.policy.as_str(), k.cluster.as_str()), v))
         .collect();
 
-    let previous_of: HashMap<&str, &PolicyDecision> =
-        previous.policies.iter().map(|(id, p)| (id.as_str(), p)).collect();
+    let previous_of: HashMap<&str, &PolicyDecision> = previous
+        .policies
+        .iter()
+        .map(|(id, p)| (id.as_str(), p))
+        .collect();
 
     // 1. Fold new evidence into each target's state (hysteresis, source freeze).
     //    `states[p][t]` is target `t` of `policies[p]`, with its previous health.
