@@ -1085,6 +1085,86 @@ async fn the_control_endpoint_injects_and_clears_faults() -> Result<()> {
 }
 
 #[tokio::test]
+async fn random_requests_never_break_the_server() -> Result<()> {
+    use rand::prelude::*;
+    let emu = Emulator::start(EmulatorConfig {
+        max_body_bytes: 64 * 1024,
+        ..EmulatorConfig::http()
+    })
+    .await?;
+    emu.install_lifeline_crds()?;
+    let mut rng = StdRng::seed_from_u64(7);
+    let methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+    let paths = [
+        "/api/v1/namespaces/default/services",
+        "/api/v1/namespaces/default/services/a",
+        "/api/v1/namespaces/default/services/a/status",
+        "/api/v1/namespaces/default/services/a/bogus",
+        "/api/v1/namespaces",
+        "/api/v1/namespaces/default",
+        "/api/v1/watch/namespaces/default/services",
+        "/apis/lifeline.dev/v1alpha1/namespaces/default/failoverpolicies",
+        "/apis/lifeline.dev/v1alpha1/memberclusters/m",
+        "/apis/lifeline.dev/v1alpha1/namespaces/x/memberclusters",
+        "/apis/discovery.k8s.io/v1/endpointslices?labelSelector=%28%28",
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        "/apis/nope/v9/x/y/z/w",
+        "/api/v1/services?limit=abc&continue=%%%",
+        "/../../etc/passwd",
+        "/",
+    ];
+    let types = [
+        "application/json",
+        "application/merge-patch+json",
+        "application/json-patch+json",
+        "application/apply-patch+yaml",
+        "application/strategic-merge-patch+json",
+        "application/vnd.kubernetes.protobuf",
+        "",
+    ];
+    let bodies: [&[u8]; 8] = [
+        b"",
+        b"{",
+        b"null",
+        br#"{"metadata":{"name":"a"},"spec":{"ports":[{"port":80}]}}"#,
+        br#"[{"op":"remove","path":"/"}]"#,
+        b"a: [b, {c: d",
+        b"k8s\0\x0a\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80",
+        br#"{"apiVersion":"lifeline.dev/v1alpha1","kind":"MemberCluster","metadata":{"name":"m"},"spec":{"region":1}}"#,
+    ];
+    // Bounded: a fixed number of requests, each under a timeout.
+    for i in 0..300 {
+        let method = methods[rng.random_range(0..methods.len())];
+        let mut path = paths[rng.random_range(0..paths.len())].to_owned();
+        if path.contains("watch") {
+            path.push_str("?timeoutSeconds=1");
+        }
+        let ct = types[rng.random_range(0..types.len())];
+        let mut body = bodies[rng.random_range(0..bodies.len())].to_vec();
+        if rng.random_bool(0.1) {
+            body = (0..rng.random_range(1..512))
+                .map(|_| rng.random())
+                .collect();
+        }
+        let r = timeout(
+            STEP,
+            raw(&emu, method, &path, &[("Content-Type", ct)], &body),
+        )
+        .await
+        .with_context(|| format!("request {i} ({method} {path}) timed out"))?
+        .with_context(|| format!("request {i} ({method} {path}) got no answer"))?;
+        ensure!(
+            r.status < 500,
+            "request {i}: {method} {path} [{ct}] -> {} {}",
+            r.status,
+            r.body
+        );
+    }
+    ensure!(get(&emu, "/version", "t").await?.status == 200);
+    Ok(())
+}
+
+#[tokio::test]
 async fn bad_input_gets_a_4xx_status_and_the_server_keeps_serving() -> Result<()> {
     let config = EmulatorConfig {
         max_body_bytes: 4096,

@@ -114,9 +114,11 @@ pub(super) fn watch_response(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?,
         ),
     };
+    // Zero means "the server's default", which here is no limit.
     let timeout = ctx
         .q("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
+        .filter(|t| *t > 0)
         .map(Duration::from_secs);
     let bookmarks = ctx.q("allowWatchBookmarks") == Some("true");
     let send_initial = ctx.q("sendInitialEvents") == Some("true");
