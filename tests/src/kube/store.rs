@@ -117,6 +117,11 @@ impl ResourceDef {
         self
     }
 
+    fn in_categories(mut self, categories: &[&str]) -> Self {
+        self.categories = categories.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
     fn with_status(mut self) -> Self {
         self.status_subresource = true;
         self
@@ -348,6 +353,7 @@ fn builtin_resources() -> Vec<ResourceDef> {
             .with_status(),
         ResourceDef::builtin("", "v1", "Service", "services", true)
             .short(&["svc"])
+            .in_categories(&["all"])
             .with_status(),
         ResourceDef::builtin("", "v1", "Secret", "secrets", true),
         ResourceDef::builtin("", "v1", "ConfigMap", "configmaps", true).short(&["cm"]),
@@ -721,6 +727,8 @@ impl Store {
     }
 
     /// Patches an object; a server-side apply of an absent object creates it.
+    // The arguments mirror the parts of a PATCH request one for one; bundling them in a
+    // struct would only move the same list elsewhere.
     #[allow(clippy::too_many_arguments)]
     pub fn patch(
         &self,
@@ -881,6 +889,7 @@ impl Store {
 
     // === writes under the lock ===
 
+    // Shared by update and patch, which both arrive with all of these.
     #[allow(clippy::too_many_arguments)]
     fn write(
         &self,
