@@ -40,6 +40,14 @@
 //! configured prefix table) narrows the choice to that region's targets when it has
 //! any. The controller lists only healthy targets, so "fall back to all" is safe.
 //!
+//! # Start-up
+//!
+//! At start the newest valid generation of each zone is read from disk (a corrupt or
+//! truncated file is reported and the previous generation used), installed, and only
+//! then are sockets opened. Large zones are merely indexed at this point and answered
+//! by building each answer on demand; a background compile then swaps in the
+//! pre-serialised tables. Either way the first query after start is answered from disk.
+//!
 //! # Staleness
 //!
 //! Data is current while a source is connected. Once none has been for `staleAfter`,
