@@ -186,17 +186,13 @@ async fn kubectl_applies_our_crds_and_examples_then_gets_patches_watches_and_del
     let root = repo_root();
     let path = |p: &str| root.join(p).display().to_string();
 
-    let out = k
-        .run(&["apply", "--validate=false", "-f", &path("crds")])
-        .await?;
+    let out = k.run(&["apply", "-f", &path("crds")]).await?;
     ensure!(
         out.contains("failoverpolicies.lifeline.dev created"),
         "{out}"
     );
     ensure!(out.contains("memberclusters.lifeline.dev created"), "{out}");
-    let out = k
-        .run(&["apply", "--validate=false", "-f", &path("crds")])
-        .await?;
+    let out = k.run(&["apply", "-f", &path("crds")]).await?;
     ensure!(
         out.contains("failoverpolicies.lifeline.dev unchanged"),
         "{out}"
@@ -208,7 +204,6 @@ async fn kubectl_applies_our_crds_and_examples_then_gets_patches_watches_and_del
     let out = k
         .run(&[
             "apply",
-            "--validate=false",
             "-f",
             &path("deploy/examples/clusters.yaml"),
             "-f",
@@ -218,6 +213,18 @@ async fn kubectl_applies_our_crds_and_examples_then_gets_patches_watches_and_del
     ensure!(
         out.contains("failoverpolicy.lifeline.dev/checkout created"),
         "{out}"
+    );
+    // kubectl leaves field validation to the server, which rejects unknown fields.
+    let (ok, _, stderr) = k
+        .output(&[
+            "apply",
+            "-f",
+            &path("deploy/examples/invalid/unknown-field.yaml"),
+        ])
+        .await?;
+    ensure!(
+        !ok && stderr.contains(r#"strict decoding error: unknown field "spec.helthCheck""#),
+        "{stderr}"
     );
 
     // Schema defaults are filled in, as the real server does for custom resources.
@@ -294,12 +301,7 @@ async fn kubectl_applies_our_crds_and_examples_then_gets_patches_watches_and_del
     };
     let before = rv_of_search().await?;
     let out = k
-        .run(&[
-            "apply",
-            "--validate=false",
-            "-f",
-            &path("deploy/examples/policies.yaml"),
-        ])
+        .run(&["apply", "-f", &path("deploy/examples/policies.yaml")])
         .await?;
     ensure!(out.contains("checkout configured"), "{out}");
     let after = rv_of_search().await?;
@@ -385,13 +387,10 @@ async fn kubectl_applies_our_crds_and_examples_then_gets_patches_watches_and_del
     };
     std::fs::write(&manifest, doc("sa-east"))?;
     let m = manifest.display().to_string();
-    let out = k
-        .run(&["apply", "--server-side", "--validate=false", "-f", &m])
-        .await?;
+    let out = k.run(&["apply", "--server-side", "-f", &m]).await?;
     ensure!(out.contains("sa-east-1 serverside-applied"), "{out}");
     std::fs::write(&manifest, doc("sa-east-2"))?;
-    k.run(&["apply", "--server-side", "--validate=false", "-f", &m])
-        .await?;
+    k.run(&["apply", "--server-side", "-f", &m]).await?;
     let out = k
         .run(&[
             "get",
@@ -1327,12 +1326,7 @@ async fn kubectl_manages_services_endpointslices_and_namespaces() -> Result<()> 
          ports: [{name: http, port: 8080}]\n",
     )?;
     let out = k
-        .run(&[
-            "apply",
-            "--validate=false",
-            "-f",
-            &manifest.display().to_string(),
-        ])
+        .run(&["apply", "-f", &manifest.display().to_string()])
         .await?;
     ensure!(
         out.contains("service/checkout created")

@@ -32,7 +32,8 @@
 //! schema defaults and pruning of unknown fields for custom resources, server-side
 //! printing from printer columns, and `Status` errors.
 //!
-//! What is approximate: no OpenAPI documents (kubectl needs `--validate=false`), no
+//! What is approximate: `/openapi/v3` only declares that the server validates fields
+//! (so kubectl leaves validation to it; there are no schemas, `/openapi/v2` is 404), no
 //! schema validation of values (types, patterns, CEL rules), server-side apply merges the
 //! applied fields without field ownership or conflicts, strategic merge patch behaves like
 //! a merge patch, lists are served from the current state whatever resourceVersion they

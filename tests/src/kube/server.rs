@@ -33,7 +33,9 @@ use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 use super::control::control;
-use super::discovery::{api_group, api_groups, resource_list, version};
+use super::discovery::{
+    api_group, api_groups, openapi_group_version, openapi_root, resource_list, version,
+};
 use super::faults::{Faults, RequestKey, Verb, Verdict};
 use super::selector::{FieldSelector, LabelSelector};
 use super::store::{ApiError, ApiResult, Object, PatchType, ResourceDef, Store};
@@ -276,6 +278,8 @@ pub(super) struct ResourceRequest {
 #[derive(Debug)]
 enum Route {
     Version,
+    OpenApiRoot,
+    OpenApi(String, String),
     Api,
     Apis,
     Group(String),
@@ -291,6 +295,11 @@ fn route(store: &Store, path: &str) -> ApiResult<Route> {
         .collect();
     let (group, version, rest) = match segs.as_slice() {
         ["version"] => return Ok(Route::Version),
+        ["openapi", "v3"] => return Ok(Route::OpenApiRoot),
+        ["openapi", "v3", "api", v] => return Ok(Route::OpenApi(String::new(), (*v).to_owned())),
+        ["openapi", "v3", "apis", g, v] => {
+            return Ok(Route::OpenApi((*g).to_owned(), (*v).to_owned()));
+        }
         ["api"] => return Ok(Route::Api),
         ["apis"] => return Ok(Route::Apis),
         ["apis", g] => return Ok(Route::Group((*g).to_owned())),
@@ -423,6 +432,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     }
     let result = match routed {
         Ok(Route::Version) => Ok(json_response(200, &version())),
+        Ok(Route::OpenApiRoot) => Ok(json_response(200, &openapi_root(&shared.store))),
+        Ok(Route::OpenApi(g, v)) => {
+            openapi_group_version(&shared.store, &g, &v).map(|d| json_response(200, &d))
+        }
         Ok(Route::Api) => Ok(json_response(
             200,
             &json!({
