@@ -46,9 +46,14 @@ impl Shim {
         let inner = Arc::new(Inner::new(dns, zones)?);
         inner.load_persisted();
 
-        let stop = Arc::new(AtomicBool::new(false));
+        // Owns what is started from here on: if a later bind fails, dropping it stops
+        // the sockets already serving.
+        let running = Arc::new(Running {
+            stop: Arc::new(AtomicBool::new(false)),
+            tasks: Mutex::new(Vec::new()),
+            threads: Mutex::new(Vec::new()),
+        });
         let mut udp_addrs = Vec::new();
-        let mut threads = Vec::new();
         for addr in &dns.udp {
             let socket = net::bind_udp(*addr).map_err(|source| Error::Bind {
                 addr: *addr,
@@ -58,17 +63,14 @@ impl Shim {
                 addr: *addr,
                 source,
             })?);
-            threads.push(
-                net::spawn_udp(socket, inner.engine.clone(), stop.clone()).map_err(|source| {
-                    Error::Bind {
-                        addr: *addr,
-                        source,
-                    }
-                })?,
-            );
+            let thread = net::spawn_udp(socket, inner.engine.clone(), running.stop.clone())
+                .map_err(|source| Error::Bind {
+                    addr: *addr,
+                    source,
+                })?;
+            running.threads.lock().push(thread);
         }
         let mut tcp_addrs = Vec::new();
-        let mut tasks = Vec::new();
         for addr in &dns.tcp {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -80,7 +82,10 @@ impl Shim {
                 addr: *addr,
                 source,
             })?);
-            tasks.push(net::spawn_tcp(listener, inner.engine.clone()));
+            running
+                .tasks
+                .lock()
+                .push(net::spawn_tcp(listener, inner.engine.clone()));
         }
         if inner
             .writer
@@ -104,13 +109,8 @@ impl Shim {
                 }
             })
         };
-        tasks.push(ticker);
+        running.tasks.lock().push(ticker);
         info!(udp = ?udp_addrs, tcp = ?tcp_addrs, ready = inner.state().ready, "dns shim listening");
-        let running = Arc::new(Running {
-            stop,
-            tasks: Mutex::new(tasks),
-            threads: Mutex::new(threads),
-        });
         Ok(ShimHandle {
             inner,
             running,

@@ -675,3 +675,26 @@ fn a_restart_with_a_large_zone_answers_at_once_and_compiles_in_the_background() 
     assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
     shim.shutdown();
 }
+
+#[test]
+fn a_failed_start_releases_the_sockets_it_already_opened() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut dns = dns_config(dir.path());
+    dns.udp = vec![format!("127.0.0.1:{udp_port}").parse().unwrap()];
+    dns.tcp = vec![taken.local_addr().unwrap()];
+    let err = rt
+        .block_on(Shim::start(&dns, &[zone_config()]))
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot listen"), "{err}");
+    // The UDP socket bound before the failure is closed again (its thread polls).
+    assert!(eventually(Duration::from_secs(3), || {
+        std::net::UdpSocket::bind(("127.0.0.1", udp_port)).is_ok()
+    }));
+}
