@@ -428,6 +428,67 @@ async fn kubectl_applies_our_crds_and_examples_then_gets_patches_watches_and_del
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_is_refused_the_invalid_examples_that_the_crd_schema_catches() -> Result<()> {
+    if !kubectl_available() {
+        return Ok(());
+    }
+    let emu = Emulator::start(EmulatorConfig::http()).await?;
+    emu.install_lifeline_crds()?;
+    emu.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n")?;
+    let k = Kubectl::new(&emu)?;
+    // CEL rules and cross-object checks are `lifeline validate`'s job; these need only
+    // the OpenAPI schema.
+    let cases = [
+        (
+            "duration-in-words",
+            "spec.healthCheck.interval: Invalid value: \"5 minutes\"",
+        ),
+        (
+            "empty-targets",
+            "spec.targets in body should have at least 1 items",
+        ),
+        (
+            "healthy-threshold-zero",
+            "spec.healthCheck.healthyThreshold in body should be greater than or equal to 1",
+        ),
+        (
+            "negative-duration",
+            "spec.healthCheck.timeout: Invalid value: \"-1s\"",
+        ),
+        (
+            "ttl-too-large",
+            "spec.ttl in body should be less than or equal to 86400",
+        ),
+        (
+            "unknown-strategy",
+            "spec.strategy: Unsupported value: \"Fastest\"",
+        ),
+        (
+            "weight-out-of-range",
+            "spec.targets[1].weight in body should be less than or equal to 1000",
+        ),
+        (
+            "wrong-type-weight",
+            "spec.targets[0].weight in body must be of type integer",
+        ),
+        (
+            "unknown-field",
+            "strict decoding error: unknown field \"spec.helthCheck\"",
+        ),
+    ];
+    for (name, expected) in cases {
+        let file = repo_root().join(format!("deploy/examples/invalid/{name}.yaml"));
+        let (ok, _, stderr) = k
+            .output(&["apply", "-f", &file.display().to_string()])
+            .await?;
+        ensure!(!ok && stderr.contains(expected), "{name}: {stderr}");
+    }
+    let out = k.run(&["get", "fp", "-A", "-o", "name"]).await?;
+    ensure!(out.trim().is_empty(), "nothing invalid was stored: {out}");
+    Ok(())
+}
+
 // === kube-rs over HTTPS ===
 
 #[tokio::test]

@@ -1,7 +1,13 @@
 //! Custom resources: reading a CustomResourceDefinition into the resource it serves, and
-//! the two things the API server does with its structural schema on every write —
-//! pruning fields the schema does not know, and filling in defaults.
+//! what the API server does with its structural schema on every write — pruning fields
+//! the schema does not know, filling in defaults, and validating values (type, enum,
+//! bounds, lengths, item counts, required fields, patterns). CEL rules
+//! (`x-kubernetes-validations`) and formats are not evaluated.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use parking_lot::Mutex;
 use serde_json::Value;
 
 use super::store::{PrinterColumn, ResourceDef};
@@ -188,6 +194,153 @@ pub(super) fn apply_defaults(obj: &mut Value, schema: &Value) {
     }
 }
 
+/// Validates a custom resource against its schema; returns one message per violation,
+/// worded like the API server's (`spec.ttl: Invalid value: 100000: spec.ttl in body
+/// should be less than or equal to 86400`). `metadata` is not checked.
+pub(super) fn validate(obj: &Value, schema: &Value) -> Vec<String> {
+    let mut errors = Vec::new();
+    if let (Value::Object(map), Some(Value::Object(props))) = (obj, schema.get("properties")) {
+        for (k, v) in map {
+            if let (Some(p), false) = (
+                props.get(k),
+                matches!(k.as_str(), "metadata" | "apiVersion" | "kind"),
+            ) {
+                check(v, p, k, &mut errors);
+            }
+        }
+    }
+    errors
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Object(_) | Value::Array(_) => format!("\"{}\"", type_name(v)),
+        other => other.to_string(),
+    }
+}
+
+/// Compiled patterns, shared: schemas are few and validations many.
+static PATTERNS: LazyLock<Mutex<HashMap<String, Option<regex::Regex>>>> =
+    LazyLock::new(Default::default);
+
+fn matches_pattern(pattern: &str, text: &str) -> bool {
+    let mut cache = PATTERNS.lock();
+    let re = cache
+        .entry(pattern.to_owned())
+        .or_insert_with(|| regex::Regex::new(pattern).ok());
+    // A pattern the regex engine cannot compile is not held against the object.
+    re.as_ref().is_none_or(|re| re.is_match(text))
+}
+
+fn check(v: &Value, schema: &Value, path: &str, errors: &mut Vec<String>) {
+    let invalid =
+        |why: String| format!("{path}: Invalid value: {}: {path} in body {why}", shown(v));
+    if v.is_null() {
+        if schema.get("nullable") != Some(&Value::Bool(true)) && schema.get("type").is_some() {
+            let want = schema["type"].as_str().unwrap_or_default().to_owned();
+            errors.push(invalid(format!("must be of type {want}: \"null\"")));
+        }
+        return;
+    }
+    let int_or_string = schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
+    if let Some(want) = schema
+        .get("type")
+        .and_then(Value::as_str)
+        .filter(|_| !int_or_string)
+    {
+        let have = type_name(v);
+        let ok = have == want || (want == "number" && have == "integer");
+        if !ok {
+            errors.push(invalid(format!("must be of type {want}: \"{have}\"")));
+            return;
+        }
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(v)
+    {
+        let list: Vec<String> = allowed.iter().map(shown).collect();
+        errors.push(format!(
+            "{path}: Unsupported value: {}: supported values: {}",
+            shown(v),
+            list.join(", ")
+        ));
+    }
+    let num = |k: &str| schema.get(k).and_then(Value::as_f64);
+    if let Some(x) = v.as_f64() {
+        if let Some(min) = num("minimum").filter(|m| x < *m) {
+            errors.push(invalid(format!("should be greater than or equal to {min}")));
+        }
+        if let Some(max) = num("maximum").filter(|m| x > *m) {
+            errors.push(invalid(format!("should be less than or equal to {max}")));
+        }
+    }
+    if let Some(s) = v.as_str() {
+        let len = s.chars().count() as f64;
+        if let Some(min) = num("minLength").filter(|m| len < *m) {
+            errors.push(invalid(format!("should be at least {min} chars long")));
+        }
+        if let Some(max) = num("maxLength").filter(|m| len > *m) {
+            errors.push(invalid(format!("may not be longer than {max}")));
+        }
+        if let Some(p) = schema.get("pattern").and_then(Value::as_str)
+            && !matches_pattern(p, s)
+        {
+            errors.push(invalid(format!("should match '{p}'")));
+        }
+    }
+    match v {
+        Value::Array(items) => {
+            let n = items.len() as f64;
+            if let Some(min) = num("minItems").filter(|m| n < *m) {
+                errors.push(invalid(format!("should have at least {min} items")));
+            }
+            if let Some(max) = num("maxItems").filter(|m| n > *m) {
+                errors.push(invalid(format!("should have at most {max} items")));
+            }
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    check(item, item_schema, &format!("{path}[{i}]"), errors);
+                }
+            }
+        }
+        Value::Object(map) => {
+            for req in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(field) = req.as_str().filter(|f| !map.contains_key(*f)) {
+                    errors.push(format!("{path}.{field}: Required value"));
+                }
+            }
+            let props = schema.get("properties").and_then(Value::as_object);
+            let extra = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (k, child) in map {
+                if let Some(p) = props.and_then(|p| p.get(k)) {
+                    check(child, p, &format!("{path}.{k}"), errors);
+                } else if let Some(extra) = extra {
+                    check(child, extra, &format!("{path}.{k}"), errors);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +380,41 @@ mod tests {
             obj,
             json!({"apiVersion": "v", "kind": "K", "metadata": {"name": "n"},
             "spec": {"a": "1", "labels": {"any": "x"}, "free": {"any": {"deep": 1}}, "list": [{"x": 1}]}})
+        );
+    }
+
+    #[test]
+    fn values_are_checked_against_types_enums_bounds_patterns_and_required_fields() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "required": ["hostname"], "properties": {
+            "hostname": {"type": "string"},
+            "ttl": {"type": "integer", "minimum": 1.0, "maximum": 86400.0},
+            "strategy": {"type": "string", "enum": ["Failover", "Weighted"]},
+            "interval": {"type": "string", "pattern": "^[0-9]+s$"},
+            "targets": {"type": "array", "minItems": 1, "items": {"type": "object", "properties": {"weight": {"type": "integer"}}}},
+            "note": {"type": "string", "nullable": true},
+        }}}});
+        let good = json!({"metadata": {"name": 5}, "spec": {"hostname": "a", "ttl": 30, "strategy": "Weighted", "interval": "5s", "targets": [{"weight": 1}], "note": null}});
+        assert!(
+            validate(&good, &schema).is_empty(),
+            "{:?}",
+            validate(&good, &schema)
+        );
+        let bad = json!({"spec": {"ttl": 100000, "strategy": "Fastest", "interval": "5 minutes", "targets": [{"weight": "heavy"}]}});
+        assert_eq!(
+            validate(&bad, &schema),
+            [
+                "spec.hostname: Required value",
+                "spec.interval: Invalid value: \"5 minutes\": spec.interval in body should match '^[0-9]+s$'",
+                "spec.strategy: Unsupported value: \"Fastest\": supported values: \"Failover\", \"Weighted\"",
+                "spec.targets[0].weight: Invalid value: \"heavy\": spec.targets[0].weight in body must be of type integer: \"string\"",
+                "spec.ttl: Invalid value: 100000: spec.ttl in body should be less than or equal to 86400",
+            ]
+        );
+        assert_eq!(
+            validate(&json!({"spec": {"hostname": "a", "targets": []}}), &schema),
+            [
+                "spec.targets: Invalid value: \"array\": spec.targets in body should have at least 1 items"
+            ]
         );
     }
 }

@@ -25,7 +25,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use super::crd::{apply_defaults, crd_resource, prune_unknown};
+use super::crd::{apply_defaults, crd_resource, prune_unknown, validate};
 use super::patch;
 
 /// A stored object.
@@ -669,8 +669,7 @@ impl Store {
         }
         inner.on_create(def, &mut obj)?;
         if let Some(schema) = &def.schema {
-            prune_unknown(&mut obj, schema);
-            apply_defaults(&mut obj, schema);
+            conform(def, &mut obj, schema)?;
         }
         if dry_run {
             return Ok(Arc::new(obj));
@@ -966,8 +965,7 @@ impl Store {
         set_meta(&mut obj, "resourceVersion", json!(old_rv));
         inner.on_update(def, &old, &mut obj)?;
         if let Some(schema) = &def.schema {
-            prune_unknown(&mut obj, schema);
-            apply_defaults(&mut obj, schema);
+            conform(def, &mut obj, schema)?;
         }
         if comparable(&obj) == comparable(&old) {
             return Ok(old);
@@ -1091,6 +1089,38 @@ impl Store {
         // No receivers is fine: nobody is watching.
         let _ = self.events.send(event);
     }
+}
+
+/// Prunes, defaults and validates a custom resource, as the API server does on writes.
+fn conform(def: &ResourceDef, obj: &mut Object, schema: &Value) -> ApiResult<()> {
+    prune_unknown(obj, schema);
+    apply_defaults(obj, schema);
+    let errors = validate(obj, schema);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let name = meta(obj, "name").unwrap_or_default();
+    let listed = if errors.len() == 1 {
+        errors[0].clone()
+    } else {
+        format!("[{}]", errors.join(", "))
+    };
+    // kubectl prints each cause as `field: message`.
+    let causes: Vec<Value> = errors
+        .iter()
+        .map(|e| {
+            let (field, message) = e.split_once(": ").unwrap_or(("", e));
+            json!({"reason": "FieldValueInvalid", "field": field, "message": message})
+        })
+        .collect();
+    let mut err = ApiError::new(
+        422,
+        "Invalid",
+        format!("{}.{} \"{name}\" is invalid: {listed}", def.kind, def.group),
+    );
+    err.details =
+        Some(json!({"name": name, "group": def.group, "kind": def.kind, "causes": causes}));
+    Err(err)
 }
 
 fn gr_namespaces() -> GroupResource {
