@@ -29,17 +29,18 @@
 //! optimistic concurrency, watches that resume from a resourceVersion or get `410 Gone`,
 //! bookmarks, label/field selectors (also turning MODIFIED into ADDED/DELETED as objects
 //! enter or leave a selection), paging, the status subresource, generation, finalizers,
-//! schema defaults and pruning of unknown fields for custom resources, server-side
-//! printing from printer columns, and `Status` errors.
+//! custom resources pruned, defaulted and validated against their CRD's OpenAPI schema
+//! (`fieldValidation=Strict` rejects unknown fields), server-side printing from printer
+//! columns, and `Status` errors worded like the real server's.
 //!
 //! What is approximate: `/openapi/v3` only declares that the server validates fields
-//! (so kubectl leaves validation to it; there are no schemas, `/openapi/v2` is 404), no
-//! schema validation of values (types, patterns, CEL rules), server-side apply merges the
-//! applied fields without field ownership or conflicts, strategic merge patch behaves like
-//! a merge patch, lists are served from the current state whatever resourceVersion they
-//! ask for (a compacted one still gets `410`), deleting a namespace removes its objects at
-//! once, protobuf request bodies are understood only for Namespace, ConfigMap and Secret
-//! (what kubectl's typed `create` commands send), and responses are always JSON.
+//! (so kubectl leaves validation to it; it has no schemas, `/openapi/v2` is 404), CEL
+//! rules and formats are not evaluated, server-side apply merges the applied fields
+//! without field ownership or conflicts, strategic merge patch behaves like a merge patch,
+//! lists are served from the current state whatever resourceVersion they ask for (a
+//! compacted one still gets `410`), deleting a namespace removes its objects at once,
+//! protobuf request bodies are understood only for Namespace, ConfigMap and Secret (what
+//! kubectl's typed `create` commands send), and responses are always JSON.
 
 mod control;
 mod crd;
