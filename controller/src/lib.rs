@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod ctl;
@@ -25,6 +26,7 @@ pub mod demo;
 pub mod documents;
 pub mod engine;
 pub mod etcd;
+pub mod member;
 pub mod policies;
 pub mod probe;
 pub mod publish;

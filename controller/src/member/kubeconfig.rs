@@ -1,0 +1,126 @@
+//! Member kubeconfigs, from a Secret's bytes or a file, checked strictly enough that a
+//! broken one is reported by what is wrong with it rather than by a connection failure
+//! much later.
+//!
+//! ```text
+//!  bytes ─► UTF-8 ─► YAML (kube's Kubeconfig) ─► context ─► cluster.server (http/https URL)
+//!                                                   └────► user (must exist if named)
+//!        ─► kube::Config for exactly that context
+//! ```
+
+use std::path::Path;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use super::Error;
+
+/// Reads a kubeconfig file (`spec.kubeconfigPath`).
+pub async fn kube_config_from_path(path: &Path) -> Result<kube::Config, Error> {
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|source| Error::KubeconfigFile {
+            path: path.to_owned(),
+            source,
+        })?;
+    kube_config_from_bytes(&bytes).await
+}
+
+/// Parses a kubeconfig (YAML) held in memory, e.g. a Secret's `data.kubeconfig`. The
+/// context used is `current-context`, or the only context when there is one.
+pub async fn kube_config_from_bytes(bytes: &[u8]) -> Result<kube::Config, Error> {
+    let bad = |reason: String| Error::Kubeconfig(reason);
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        bad(format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
+    })?;
+    if text.trim().is_empty() {
+        return Err(bad("empty document".to_owned()));
+    }
+    let kc = Kubeconfig::from_yaml(text).map_err(|e| bad(format!("not a kubeconfig: {e}")))?;
+    let context_name = match (&kc.current_context, kc.contexts.as_slice()) {
+        (Some(c), _) if !c.is_empty() => c.clone(),
+        (_, [only]) => only.name.clone(),
+        (_, []) => return Err(bad("no contexts defined".to_owned())),
+        (_, many) => {
+            return Err(bad(format!(
+                "current-context is not set and there are {} contexts to choose from",
+                many.len()
+            )));
+        }
+    };
+    let context = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .ok_or_else(|| {
+            bad(format!(
+                "current-context {context_name:?} is not among the contexts"
+            ))
+        })?
+        .context
+        .as_ref()
+        .ok_or_else(|| bad(format!("context {context_name:?} is empty")))?;
+    let cluster_name = &context.cluster;
+    if cluster_name.is_empty() {
+        return Err(bad(format!("context {context_name:?} names no cluster")));
+    }
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| &c.name == cluster_name)
+        .ok_or_else(|| {
+            bad(format!(
+                "context {context_name:?} refers to cluster {cluster_name:?}, which is not defined"
+            ))
+        })?;
+    let server = cluster
+        .cluster
+        .as_ref()
+        .and_then(|c| c.server.as_deref())
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| bad(format!("cluster {cluster_name:?} has no server URL")))?;
+    let uri: http::Uri = server.parse().map_err(|e| {
+        bad(format!(
+            "cluster {cluster_name:?} server {server:?} is not a URL: {e}"
+        ))
+    })?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(bad(format!(
+            "cluster {cluster_name:?} server {server:?} must be an http:// or https:// URL with a host"
+        )));
+    }
+    if let Some(user) = context.user.as_deref().filter(|u| !u.is_empty())
+        && !kc.auth_infos.iter().any(|a| a.name == user)
+    {
+        return Err(bad(format!(
+            "context {context_name:?} refers to user {user:?}, which is not defined"
+        )));
+    }
+    let options = KubeConfigOptions {
+        context: Some(context_name.clone()),
+        ..KubeConfigOptions::default()
+    };
+    // What remains (certificate and key material, auth plugins) kube checks itself; its
+    // message is kept whole, with the context it concerns.
+    kube::Config::from_custom_kubeconfig(kc, &options)
+        .await
+        .map_err(|e| bad(format!("context {context_name:?}: {}", error_chain(&e))))
+}
+
+/// An error and its sources on one line: kube's top-level messages hide the cause.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    // Bounded by the chain's length; error chains are short and finite.
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    out
+}
