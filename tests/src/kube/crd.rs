@@ -134,6 +134,16 @@ pub fn prune_unknown(obj: &mut Value, schema: &Value) -> Vec<String> {
                         });
                     }
                 }
+                // A null where the schema does not allow one is dropped, not rejected
+                // (and may then be defaulted), as the real server does.
+                if let Some(props) = props {
+                    map.retain(|k, v| {
+                        !v.is_null()
+                            || props
+                                .get(k)
+                                .is_none_or(|p| p.get("nullable") == Some(&Value::Bool(true)))
+                    });
+                }
                 for (k, child) in map.iter_mut() {
                     let child_path = if path.is_empty() {
                         k.clone()
@@ -373,13 +383,13 @@ mod tests {
             }},
         }});
         let mut obj = json!({"apiVersion": "v", "kind": "K", "metadata": {"name": "n"}, "extra": 1,
-            "spec": {"a": "1", "typo": 2, "labels": {"any": "x"}, "free": {"any": {"deep": 1}}, "list": [{"x": 1, "y": 2}]}});
+            "spec": {"a": null, "typo": 2, "labels": {"any": "x"}, "free": {"any": {"deep": 1}}, "list": [{"x": 1, "y": 2}]}});
         let unknown = prune_unknown(&mut obj, &schema);
         assert_eq!(unknown, ["extra", "spec.typo", "spec.list[0].y"]);
         assert_eq!(
             obj,
             json!({"apiVersion": "v", "kind": "K", "metadata": {"name": "n"},
-            "spec": {"a": "1", "labels": {"any": "x"}, "free": {"any": {"deep": 1}}, "list": [{"x": 1}]}})
+            "spec": {"labels": {"any": "x"}, "free": {"any": {"deep": 1}}, "list": [{"x": 1}]}})
         );
     }
 
