@@ -615,6 +615,69 @@ async fn kube_runtime_watcher_sees_adds_modifies_and_deletes() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_converges_on_the_stored_state_under_concurrent_writes() -> Result<()> {
+    let emu = std::sync::Arc::new(Emulator::start(EmulatorConfig::http()).await?);
+    let api: Api<Service> = Api::namespaced(emu.client().await?, "default");
+    for n in 0..4 {
+        emu.create(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("s{n}"), "namespace": "default"}, "spec": {}}))?;
+    }
+    let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
+    // Writers start while the watcher is still listing, to race its list and watch.
+    let writers: Vec<_> = (0..4)
+        .map(|n| {
+            let emu = emu.clone();
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    let patch = json!({"metadata": {"labels": {"i": i.to_string()}}});
+                    emu.merge_patch(
+                        "v1",
+                        "Service",
+                        Some("default"),
+                        &format!("s{n}"),
+                        &patch,
+                        false,
+                    )?;
+                    tokio::task::yield_now().await;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    let mut seen = std::collections::BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + STEP;
+    // Bounded by the deadline: stop once every object shows its last write.
+    loop {
+        let done = seen.len() == 4 && seen.values().all(|v: &String| v == "49");
+        if done {
+            break;
+        }
+        let next = tokio::time::timeout_at(deadline, events.try_next())
+            .await
+            .context("watcher did not converge")??;
+        match next.context("watcher ended")? {
+            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                let label = s
+                    .metadata
+                    .labels
+                    .unwrap_or_default()
+                    .get("i")
+                    .cloned()
+                    .unwrap_or_default();
+                seen.insert(s.metadata.name.unwrap_or_default(), label);
+            }
+            _ => {}
+        }
+    }
+    for w in writers {
+        w.await??;
+    }
+    let listed = api.list(&ListParams::default()).await?;
+    ensure!(listed.items.len() == 4);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_watch_resumed_after_the_history_is_trimmed_gets_410_and_the_watcher_relists()
 -> Result<()> {
