@@ -742,6 +742,10 @@ async fn lead_until(
         last_decide = tokio::time::Instant::now();
         metrics.decisions.inc();
         log_changes(&decision, &next);
+        // Status shows the decision before it is published, so the admin API never
+        // lags behind what DNS answers.
+        *state.decision.write() = Arc::new(next.clone());
+        state.decided.store(true, Ordering::Relaxed);
         let mut published = true;
         for update in publisher.updates(&next, now) {
             let zone = update.zone().to_owned();
@@ -766,8 +770,6 @@ async fn lead_until(
             // Retry soon rather than waiting for the next change.
             dirty = true;
         }
-        *state.decision.write() = Arc::new(decision.clone());
-        state.decided.store(true, Ordering::Relaxed);
     };
 
     drop(prober);

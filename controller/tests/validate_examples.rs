@@ -191,3 +191,27 @@ fn crds_command_prints_the_committed_crd_files() {
     .join("---\n");
     assert_eq!(String::from_utf8(out.stdout).unwrap(), committed);
 }
+
+#[test]
+fn a_file_with_thousands_of_small_documents_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("many.yaml");
+    let mut text = String::from(
+        "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {name: c}\nspec: {region: r, addressSource: Static, addresses: [\"192.0.2.1\"]}\n",
+    );
+    for i in 0..3000 {
+        text += &format!(
+            "---\napiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: p{i}}}\nspec: {{hostname: p{i}.global.example.com, targets: [{{cluster: c}}]}}\n"
+        );
+    }
+    assert!(text.len() < 1024 * 1024);
+    std::fs::write(&file, text).unwrap();
+    let loaded = documents::load(&[examples().join("lifeline.yaml"), file], &[]);
+    let problems: Vec<String> = loaded.problems.iter().map(ToString::to_string).collect();
+    assert!(
+        problems.is_empty(),
+        "{:?}",
+        &problems[..problems.len().min(3)]
+    );
+    assert_eq!(loaded.policies.len(), 3000);
+}

@@ -56,8 +56,15 @@ pub fn check_size(bytes: &[u8]) -> Result<(), Problem> {
 /// Parses a YAML stream into one JSON value per document. Syntax errors carry the
 /// line and column.
 pub fn parse_yaml_stream(text: &str) -> Result<Vec<Value>, Problem> {
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(text).map_err(|e| Problem::new("", yaml_error(&e)))?;
+    // The parser's default budget stops at 1,024 documents; a policy file of many small
+    // documents is legitimate, and the 1 MiB file limit already bounds the work.
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = 65_536;
+    budget.max_nodes = 1_000_000;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, options)
+        .map_err(|e| Problem::new("", yaml_error(&e)))?;
     let docs: Vec<Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
     if docs.is_empty() {
         return Err(Problem::new(
