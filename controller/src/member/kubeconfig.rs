@@ -62,14 +62,14 @@ pub async fn kube_config_from_bytes(bytes: &[u8]) -> Result<kube::Config, Error>
         .context
         .as_ref()
         .ok_or_else(|| bad(format!("context {context_name:?} is empty")))?;
-    let cluster_name = &context.cluster;
+    let cluster_name = context.cluster.clone();
     if cluster_name.is_empty() {
         return Err(bad(format!("context {context_name:?} names no cluster")));
     }
     let cluster = kc
         .clusters
         .iter()
-        .find(|c| &c.name == cluster_name)
+        .find(|c| c.name == cluster_name)
         .ok_or_else(|| {
             bad(format!(
                 "context {context_name:?} refers to cluster {cluster_name:?}, which is not defined"
@@ -104,9 +104,32 @@ pub async fn kube_config_from_bytes(bytes: &[u8]) -> Result<kube::Config, Error>
     };
     // What remains (certificate and key material, auth plugins) kube checks itself; its
     // message is kept whole, with the context it concerns.
-    kube::Config::from_custom_kubeconfig(kc, &options)
+    let config = kube::Config::from_custom_kubeconfig(kc, &options)
         .await
-        .map_err(|e| bad(format!("context {context_name:?}: {}", error_chain(&e))))
+        .map_err(|e| bad(format!("context {context_name:?}: {}", error_chain(&e))))?;
+    if config
+        .root_cert
+        .as_ref()
+        .is_some_and(|certs| certs.is_empty())
+    {
+        // A CA field whose text holds no PEM block would leave nothing to trust.
+        return Err(bad(format!(
+            "cluster {cluster_name:?}: certificate-authority(-data) holds no PEM certificate"
+        )));
+    }
+    if uri.scheme_str() == Some("https") {
+        // kube parses certificates only when a client is built; building the TLS
+        // configuration now turns a bad CA or client key into this error, not a
+        // connection failure later. The provider is process-wide; one may be installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        kube::client::ConfigExt::rustls_client_config(&config).map_err(|e| {
+            bad(format!(
+                "context {context_name:?}: TLS material: {}",
+                error_chain(&e)
+            ))
+        })?;
+    }
+    Ok(config)
 }
 
 /// An error and its sources on one line: kube's top-level messages hide the cause.
