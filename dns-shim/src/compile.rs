@@ -212,23 +212,86 @@ pub struct ZoneTable {
     pub lazy: Option<Lazy>,
 }
 
-/// What a lazily compiled zone answers from: an index from wire name to snapshot key.
+/// What a lazily compiled zone answers from: the snapshot, and a way from a query name
+/// to its key there.
 #[derive(Debug)]
 pub struct Lazy {
     snapshot: Arc<ZoneSnapshot>,
-    /// Wire name → key in `snapshot.names`; `None` for empty non-terminals and the apex
-    /// without records.
-    index: NameMap<Option<Box<str>>>,
+    keys: Keys,
     zone: ZoneConfig,
     geo: Arc<GeoTable>,
     opts: CompileOptions,
 }
 
+#[derive(Debug)]
+enum Keys {
+    /// Every key is in canonical form (lowercase, relative to the zone, no trailing
+    /// dot), so a query name turns into its key by text and no index is needed: the
+    /// cheapest start. Holds the empty non-terminals (wire form).
+    Canonical { ents: NameMap<()> },
+    /// Wire name → key; `None` for empty non-terminals and the bare apex.
+    Index(NameMap<Option<Box<str>>>),
+}
+
 impl Lazy {
-    fn records(&self, name: &[u8]) -> Option<&NameRecords> {
-        let key = self.index.get(name)?.as_deref()?;
-        self.snapshot.names.get(key)
+    fn records(&self, name: &[u8], apex: &[u8]) -> Option<&NameRecords> {
+        match &self.keys {
+            Keys::Index(index) => self.snapshot.names.get(index.get(name)?.as_deref()?),
+            Keys::Canonical { .. } => {
+                let recs = self.snapshot.names.get(&relative_key(name, apex)?)?;
+                check_records(recs, false).is_none().then_some(recs)
+            }
+        }
     }
+
+    fn exists(&self, name: &[u8], apex: &[u8]) -> bool {
+        match &self.keys {
+            Keys::Index(index) => index.contains_key(name),
+            Keys::Canonical { ents } => {
+                name == apex || ents.contains_key(name) || self.records(name, apex).is_some()
+            }
+        }
+    }
+}
+
+/// The canonical snapshot key of a wire name inside `apex` ("www" for www.<apex>).
+fn relative_key(name: &[u8], apex: &[u8]) -> Option<String> {
+    let rel = name.get(..name.len().checked_sub(apex.len())?)?;
+    let mut key = String::with_capacity(rel.len());
+    let mut i = 0;
+    while i < rel.len() {
+        let len = usize::from(rel[i]);
+        let label = std::str::from_utf8(rel.get(i + 1..i + 1 + len)?).ok()?;
+        // A dot inside a label cannot be spelled as a key.
+        if label.contains('.') {
+            return None;
+        }
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(label);
+        i += 1 + len;
+    }
+    (!key.is_empty()).then_some(key)
+}
+
+/// Whether `key` is spelled exactly as [`relative_key`] would produce it for a name in
+/// the zone `origin` (so both directions agree without normalising).
+fn is_canonical(key: &str, origin: &str) -> bool {
+    !key.is_empty()
+        && key.len() + origin.len() + 3 <= wire::MAX_NAME
+        && key.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|c| {
+                    c.is_ascii_graphic() && !c.is_ascii_uppercase() && c != b'\\' && c != b'"'
+                })
+        })
+        && key != "@"
+        && key != origin
+        && !(key.len() > origin.len()
+            && key.ends_with(origin)
+            && key.as_bytes()[key.len() - origin.len() - 1] == b'.')
 }
 
 impl ZoneTable {
@@ -238,8 +301,10 @@ impl ZoneTable {
             return Some(std::borrow::Cow::Borrowed(e));
         }
         let lazy = self.lazy.as_ref()?;
-        lazy.index.get(name)?;
-        let lookup = |w: &[u8]| lazy.records(w);
+        if !lazy.exists(name, &self.apex) {
+            return None;
+        }
+        let lookup = |w: &[u8]| lazy.records(w, &self.apex);
         let cx = Cx {
             zone: &lazy.zone,
             apex: &self.apex,
@@ -248,7 +313,9 @@ impl ZoneTable {
             opts: lazy.opts,
             lookup: &lookup,
         };
-        Some(std::borrow::Cow::Owned(cx.entry(name, lazy.records(name))))
+        Some(std::borrow::Cow::Owned(
+            cx.entry(name, lazy.records(name, &self.apex)),
+        ))
     }
 }
 
@@ -372,6 +439,11 @@ pub fn index_zone(
     geo: Arc<GeoTable>,
     opts: CompileOptions,
 ) -> ZoneTable {
+    let origin = wire::normalize_name(&zone.origin, "").unwrap_or_default();
+    let canonical = snapshot.names.keys().all(|k| is_canonical(k, &origin));
+    if canonical {
+        return index_canonical(zone, snapshot, geo, opts, origin);
+    }
     let p = prepare(zone, &snapshot, opts, |key, _| Some(Box::<str>::from(key)));
     let mut index = p.records;
     index.entry(p.apex.clone()).or_insert(None);
@@ -392,9 +464,9 @@ pub fn index_zone(
             cur = parent;
         }
     }
-    let table = ZoneTable {
+    ZoneTable {
         origin: p.origin,
-        apex: p.apex.clone(),
+        apex: p.apex,
         revision: snapshot.revision,
         decided_at: snapshot.decided_at,
         soa_rdata: p.soa_rdata.into(),
@@ -403,17 +475,68 @@ pub fn index_zone(
         rejected: p.rejected,
         name_count: snapshot.names.len(),
         ttl_capped: opts.ttl_cap.is_some(),
-        lazy: None,
-    };
-    ZoneTable {
         lazy: Some(Lazy {
             snapshot,
-            index,
+            keys: Keys::Index(index),
             zone: zone.clone(),
             geo,
             opts,
         }),
-        ..table
+    }
+}
+
+/// [`index_zone`] for a snapshot whose keys are all canonical: only the empty
+/// non-terminals are computed (none in a flat zone); names are looked up by text.
+fn index_canonical(
+    zone: &ZoneConfig,
+    snapshot: Arc<ZoneSnapshot>,
+    geo: Arc<GeoTable>,
+    opts: CompileOptions,
+    origin: String,
+) -> ZoneTable {
+    let empty = ZoneSnapshot::empty(
+        snapshot.zone.clone(),
+        snapshot.revision,
+        snapshot.decided_at,
+    );
+    // SOA and negative TTL come from the zone alone; no names needed.
+    let p = prepare(zone, &empty, opts, |_, _| ());
+    let servable = |key: &str| {
+        snapshot
+            .names
+            .get(key)
+            .is_some_and(|r| check_records(r, false).is_none())
+    };
+    let mut ents: NameMap<()> = NameMap::default();
+    for key in snapshot.names.keys().filter(|k| k.contains('.')) {
+        let mut rest = key.as_str();
+        while let Some((_, parent)) = rest.split_once('.') {
+            if !servable(parent)
+                && let Ok(w) = wire::owner_to_wire(parent, &p.apex)
+            {
+                ents.insert(w, ());
+            }
+            rest = parent;
+        }
+    }
+    ZoneTable {
+        origin,
+        apex: p.apex,
+        revision: snapshot.revision,
+        decided_at: snapshot.decided_at,
+        soa_rdata: p.soa_rdata.into(),
+        negative_ttl: p.negative_ttl,
+        names: NameMap::default(),
+        rejected: Vec::new(),
+        name_count: snapshot.names.len(),
+        ttl_capped: opts.ttl_cap.is_some(),
+        lazy: Some(Lazy {
+            snapshot,
+            keys: Keys::Canonical { ents },
+            zone: zone.clone(),
+            geo,
+            opts,
+        }),
     }
 }
 
