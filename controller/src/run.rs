@@ -49,6 +49,7 @@ use crate::{
     documents,
     engine::{self, Decision, Health, Observation, Override, Signals},
     etcd::{EtcdStore, Leader, Leadership},
+    management::{ManagementSource, ManagementView},
     policies::{self, PolicySet},
     probe::{ProbeResult, Prober},
     publish::Publisher,
@@ -64,6 +65,12 @@ pub enum Documents {
     Inline {
         policies: Vec<FailoverPolicy>,
         clusters: Vec<MemberCluster>,
+    },
+    /// CRs in the management cluster, watched from `run` (in-cluster configuration
+    /// when no kubeconfig is given).
+    Kubernetes {
+        kubeconfig: Option<PathBuf>,
+        namespace: Option<String>,
     },
 }
 
@@ -103,10 +110,15 @@ pub fn documents_of(config: &Config, config_path: &Path) -> anyhow::Result<Docum
                 paths.iter().map(|p| base.join(p)).collect(),
             ))
         }
-        PolicySource::Kubernetes { .. } => {
-            anyhow::bail!(
-                "policySource type kubernetes is not supported by this build; use type files"
-            )
+        PolicySource::Kubernetes {
+            kubeconfig,
+            namespace,
+        } => {
+            let base = config_path.parent().unwrap_or(Path::new("."));
+            Ok(Documents::Kubernetes {
+                kubeconfig: kubeconfig.as_ref().map(|p| base.join(p)),
+                namespace: namespace.clone(),
+            })
         }
     }
 }
@@ -219,6 +231,11 @@ struct PolicyState {
     /// Modification stamps of the files at the last load.
     stamps: Vec<Option<(SystemTime, u64)>>,
     zones: Vec<String>,
+    /// The management cluster's view, for `Documents::Kubernetes`.
+    management: Option<(
+        ManagementSource,
+        tokio::sync::watch::Receiver<ManagementView>,
+    )>,
 }
 
 impl PolicyState {
@@ -251,6 +268,31 @@ impl PolicyState {
                     clusters: loaded.clusters.into_iter().map(|(_, c)| c).collect(),
                 })
             }
+            Documents::Kubernetes { .. } => {
+                let Some((_, view)) = self.management.as_mut() else {
+                    return Err(vec![
+                        "the management cluster is not being watched".to_owned(),
+                    ]);
+                };
+                let view = view.borrow_and_update().clone();
+                if !view.synced {
+                    return Err(vec![format!(
+                        "the management cluster has not been listed yet (reachable: {})",
+                        view.connected
+                    )]);
+                }
+                // Invalid objects keep their last good version in the view; they are
+                // reported, not fatal to the rest of the set.
+                for (object, problems) in &view.problems {
+                    for p in problems {
+                        warn!(%object, problem = %p, "invalid object in the management cluster");
+                    }
+                }
+                Ok(PolicySnapshot {
+                    policies: view.policies.into_values().collect(),
+                    clusters: view.clusters.into_values().collect(),
+                })
+            }
         }
     }
 
@@ -261,6 +303,10 @@ impl PolicyState {
         match &self.docs {
             Documents::Files(paths) => Self::stamp(paths) != self.stamps,
             Documents::Inline { .. } => false,
+            Documents::Kubernetes { .. } => self
+                .management
+                .as_ref()
+                .is_some_and(|(_, view)| view.has_changed().unwrap_or(false)),
         }
     }
 }
@@ -413,6 +459,18 @@ pub async fn run(
 
     let mut ctx = Term {
         policy_state: PolicyState {
+            management: match &documents {
+                Documents::Kubernetes {
+                    kubeconfig,
+                    namespace,
+                } => {
+                    let client = management_client(kubeconfig.as_deref(), &config).await?;
+                    let source = ManagementSource::spawn(client, namespace.clone());
+                    let view = source.view();
+                    Some((source, view))
+                }
+                _ => None,
+            },
             docs: documents,
             stamps: Vec::new(),
             zones: config.zone_origins(),
@@ -549,6 +607,27 @@ async fn run_replica(
     result
 }
 
+/// A client for the management cluster, under the same API budget as member clusters.
+async fn management_client(
+    kubeconfig: Option<&Path>,
+    config: &Config,
+) -> anyhow::Result<kube::Client> {
+    let kube_config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the management kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using the management kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::incluster()
+            .context("in-cluster configuration for the management cluster")?,
+    };
+    let budget = crate::budget::Budget::new((&config.defaults.api_budget).into())
+        .context("management API budget")?;
+    budget.client(kube_config).context("management API client")
+}
+
 /// Refreshes the admin status from the decision in etcd while this replica follows.
 async fn follow_status(store: &EtcdStore, state: &AdminState) {
     loop {
@@ -611,28 +690,38 @@ async fn lead_until(
         "resumed the last decision"
     );
 
-    // Policies: fresh if valid, else the last good set.
-    let mut current = match policy_state.load() {
-        Ok(snapshot) => {
-            if let Err(e) = output.save_policies(&snapshot).await {
-                warn!(error = %e, "cannot save the policy set");
-            }
-            snapshot
-        }
-        Err(problems) => {
-            for p in &problems {
-                warn!(problem = %p, "policy documents are invalid");
-            }
-            match output.load_policies().await {
-                Ok(Some(s)) => s,
-                Ok(None) => {
-                    let e = anyhow::anyhow!(
-                        "policy documents are invalid ({} problems) and no last good set is stored",
-                        problems.len()
-                    );
-                    return (false, Err(e));
+    // Policies: fresh if valid, else the last good set; with neither, wait (DNS keeps
+    // answering from its snapshot) rather than publish an empty set.
+    let mut waiting_logged = false;
+    let mut current = loop {
+        match policy_state.load() {
+            Ok(snapshot) => {
+                if let Err(e) = output.save_policies(&snapshot).await {
+                    warn!(error = %e, "cannot save the policy set");
                 }
-                Err(e) => return (false, Err(e.context("reading the last good policy set"))),
+                break snapshot;
+            }
+            Err(problems) => {
+                match output.load_policies().await {
+                    Ok(Some(s)) => {
+                        for p in &problems {
+                            warn!(problem = %p, "policy documents unavailable; using the last good set");
+                        }
+                        break s;
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(error = %e, "cannot read the last good policy set"),
+                }
+                if !waiting_logged {
+                    for p in &problems {
+                        warn!(problem = %p, "no usable policy set yet; DNS keeps answering from its snapshot");
+                    }
+                    waiting_logged = true;
+                }
+                tokio::select! {
+                    done = &mut stop => return (done, Ok(())),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
         }
     };

@@ -1,0 +1,252 @@
+//! The `kubernetes` policy source against the Kubernetes API emulator: policies come from
+//! CRs, an invalid CR keeps its last good version, and with the management API down a
+//! restarted `lifeline run` keeps serving and steering on the policies it had, then
+//! catches up when the API returns.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use hickory_proto::{
+    op::{Message, Query},
+    rr::{Name, RData, RecordType},
+};
+use lifeline_controller::{
+    config::Config,
+    run::{self, Documents},
+};
+use lifeline_tests::kube::{Emulator, EmulatorConfig, install_crypto_provider};
+use serde_json::json;
+
+const ZONE: &str = "mgmt.lifeline.test";
+const NAME: &str = "web.mgmt.lifeline.test";
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+fn free_port(ip: IpAddr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn query_a(server: SocketAddr, name: &str) -> Option<Vec<IpAddr>> {
+    let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .ok()?;
+    let mut msg = Message::query();
+    msg.metadata.id = 7;
+    msg.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
+    socket.send_to(&msg.to_vec().ok()?, server).ok()?;
+    let mut buf = [0u8; 2048];
+    let (n, _) = socket.recv_from(&mut buf).ok()?;
+    let resp = Message::from_vec(&buf[..n]).ok()?;
+    Some(
+        resp.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+async fn wait_for(dns: SocketAddr, name: &'static str, want: IpAddr, limit: Duration) {
+    tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < limit {
+            last = query_a(dns, name);
+            if last.as_deref() == Some(&[want]) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{name}: answer never became {want} within {limit:?}; last {last:?}");
+    })
+    .await
+    .unwrap();
+}
+
+struct Backend(tokio::task::JoinHandle<()>);
+
+impl Backend {
+    async fn start(addr: SocketAddr) -> Backend {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+        Backend(tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        }))
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("lifeline stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn start_lifeline(dir: &Path, dns: SocketAddr) -> Running {
+    let config = Config::from_bytes(
+        format!(
+            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
+dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\n\
+store: {{type: embedded, dataDir: {d}/store}}\n\
+policySource: {{type: kubernetes, kubeconfig: {d}/kubeconfig.yaml}}\n",
+            d = dir.display()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let documents = run::documents_of(&config, &dir.join("lifeline.yaml")).unwrap();
+    assert!(matches!(documents, Documents::Kubernetes { .. }));
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let options = run::Options {
+        config,
+        documents,
+        admin,
+        admin_token: None,
+        demo: None,
+        on_ready: None,
+    };
+    let task = tokio::spawn(run::run(options, async move {
+        let _ = rx.await;
+    }));
+    Running { stop, task }
+}
+
+fn policy(port: u16, primary_priority: u32, tcp_too: bool) -> serde_json::Value {
+    let mut check = json!({"http": {"port": port}, "interval": "200ms", "timeout": "150ms",
+        "unhealthyThreshold": 2, "healthyThreshold": 2});
+    if tcp_too {
+        check["tcp"] = json!({"port": port});
+    }
+    json!({
+        "apiVersion": "lifeline.dev/v1alpha1", "kind": "FailoverPolicy",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {
+            "hostname": NAME,
+            "targets": [
+                {"cluster": "one", "priority": primary_priority},
+                {"cluster": "two", "priority": 1}
+            ],
+            "healthCheck": check,
+            "failback": {"holdDown": "0s", "rampDuration": "0s"}
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_come_from_crs_and_survive_a_management_outage_and_a_restart() {
+    install_crypto_provider();
+    let emu = Emulator::start(EmulatorConfig::http()).await.unwrap();
+    emu.install_lifeline_crds().unwrap();
+    emu.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))
+        .unwrap();
+    for (name, last) in [("one", 7u8), ("two", 8u8)] {
+        emu.create(json!({
+            "apiVersion": "lifeline.dev/v1alpha1", "kind": "MemberCluster",
+            "metadata": {"name": name},
+            "spec": {"region": name, "addressSource": "Static", "addresses": [ip(last).to_string()]}
+        }))
+        .unwrap();
+    }
+    let port = free_port(ip(7));
+    emu.create(policy(port, 0, false)).unwrap();
+    let one = Backend::start(SocketAddr::new(ip(7), port)).await;
+    let two = Backend::start(SocketAddr::new(ip(8), port)).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    emu.write_kubeconfig(&dir.path().join("kubeconfig.yaml"))
+        .unwrap();
+    let dns = SocketAddr::new(ip(1), free_port(ip(1)));
+    let lifeline = start_lifeline(dir.path(), dns).await;
+    wait_for(dns, NAME, ip(7), Duration::from_secs(20)).await;
+
+    // An edit the API server accepts but Lifeline's rules reject (both http and tcp,
+    // a CEL rule the emulator does not run) is ignored: the last good version stays.
+    emu.apply_yaml(&serde_json::to_string(&policy(port, 5, true)).unwrap())
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(query_a(dns, NAME).as_deref(), Some(&[ip(7)][..]));
+    // A valid edit applies: "one" moves below "two".
+    emu.merge_patch(
+        "lifeline.dev/v1alpha1",
+        "FailoverPolicy",
+        Some("shop"),
+        "web",
+        &json!({"spec": {"healthCheck": {"tcp": null}}}),
+        false,
+    )
+    .unwrap();
+    wait_for(dns, NAME, ip(8), Duration::from_secs(10)).await;
+
+    // The management API goes away and Lifeline restarts meanwhile.
+    emu.outage().await;
+    lifeline.stop().await;
+    let lifeline = start_lifeline(dir.path(), dns).await;
+    assert_eq!(
+        tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            loop {
+                if let Some(ips) = query_a(dns, NAME) {
+                    return ips;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "no answer after restart"
+                );
+            }
+        })
+        .await
+        .unwrap(),
+        [ip(8)],
+        "answers come from the persisted snapshot"
+    );
+    // ...and it still steers, on the policies it had: "two" dies, "one" takes over.
+    drop(two);
+    wait_for(dns, NAME, ip(7), Duration::from_secs(10)).await;
+
+    // The API returns: a new policy is picked up.
+    emu.restore().await.unwrap();
+    let _two = Backend::start(SocketAddr::new(ip(8), port)).await;
+    emu.create(json!({
+        "apiVersion": "lifeline.dev/v1alpha1", "kind": "FailoverPolicy",
+        "metadata": {"name": "api", "namespace": "shop"},
+        "spec": {"hostname": format!("api.{ZONE}"), "targets": [{"cluster": "two"}]}
+    }))
+    .unwrap();
+    wait_for(
+        dns,
+        "api.mgmt.lifeline.test",
+        ip(8),
+        Duration::from_secs(30),
+    )
+    .await;
+    lifeline.stop().await;
+    drop(one);
+}
