@@ -189,6 +189,20 @@ impl Arrivals {
     }
 }
 
+/// Ends every open watch. A watch whose server-side task has not started yet can miss a
+/// single drop command, so this repeats (bounded) until the emulator has none open;
+/// a fault must keep new watches from opening (429, 5xx or hang).
+async fn drop_all_watches(emu: &Emulator) -> Result<()> {
+    for _ in 0..50 {
+        emu.drop_watches();
+        sleep(Duration::from_millis(20)).await;
+        if emu.open_watches() == 0 {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("{} watches stayed open", emu.open_watches())
+}
+
 // === tests ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,7 +486,7 @@ async fn a_429_storm_gets_no_request_before_each_retry_after_has_elapsed() -> Re
         let fault = shared.inject(FaultRule::new(Fault::TooManyRequests {
             retry_after_seconds: RETRY_AFTER,
         }));
-        shared.drop_watches();
+        drop_all_watches(&shared).await?;
         sleep(STORM).await;
         let log = arrivals.stop();
         shared.clear_fault(fault);
@@ -616,5 +630,80 @@ async fn rescoping_reopens_the_streams_and_relists_once_and_endpointslice_cluste
         emu.open_watches() == 0,
         "dropping the handle closes its watches"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_requests_and_5xx_answers_count_as_failures_and_open_the_circuit() -> Result<()> {
+    init();
+    const PROBE: Duration = Duration::from_secs(2);
+    const WINDOW: Duration = Duration::from_secs(8);
+    let emu = emulator().await?;
+    namespace(&emu, "shop")?;
+    let scope: BTreeSet<ServiceKey> = (0..3).map(|i| key("shop", &format!("web-{i}"))).collect();
+    for (i, (ns, name)) in scope.iter().enumerate() {
+        service(&emu, ns, name, true, &format!("192.0.2.{i}"), 2)?;
+    }
+    let budget = BudgetConfig {
+        probe_interval: PROBE,
+        failure_threshold: 3,
+        request_timeout: Duration::from_millis(500),
+        ..BudgetConfig::default()
+    };
+    let h = spawn(&emu, "hang", budget, scope, fast_options()).await?;
+    let mut rx = h.view();
+    let synced = wait_view(&mut rx, Duration::from_secs(20), "initial sync", |v| {
+        v.synced && v.watches_open == 2
+    })
+    .await?;
+
+    for (what, fault) in [
+        ("hang", Fault::Hang),
+        ("503", Fault::Error { code: 503 }),
+        ("500", Fault::Error { code: 500 }),
+    ] {
+        emu.reset_counts();
+        let id = emu.inject(FaultRule::new(fault));
+        drop_all_watches(&emu).await?;
+        let down = wait_view(&mut rx, Duration::from_secs(10), "Unreachable", |v| {
+            matches!(v.control_plane, ControlPlane::Unreachable { .. })
+        })
+        .await?;
+        ensure!(
+            down.services == synced.services,
+            "{what}: the view keeps the last known services"
+        );
+        let start = h.budget().requests();
+        sleep(WINDOW).await;
+        let attempts = h.budget().requests() - start;
+        let at_emulator = emu.counts().total();
+        emu.clear_fault(id);
+        println!(
+            "{what}: {attempts} attempts over {WINDOW:?} once unreachable ({at_emulator} reached the emulator), circuit open: {}",
+            h.budget().circuit_open()
+        );
+        ensure!(
+            h.budget().circuit_open(),
+            "{what}: {:?}",
+            h.budget().stats()
+        );
+        let bound = 3 + WINDOW.as_secs() / PROBE.as_secs() + 1;
+        ensure!(
+            attempts <= bound,
+            "{what}: {attempts} attempts, bound {bound}"
+        );
+        wait_view(
+            &mut rx,
+            PROBE * 2 + Duration::from_secs(3),
+            "recovery",
+            |v| v.control_plane == ControlPlane::Reachable && v.watches_open == 2,
+        )
+        .await?;
+        ensure!(
+            emu.counts().count(Some(Verb::List), None, None) == 0,
+            "{what}: recovery must not relist: {:?}",
+            emu.counts()
+        );
+    }
     Ok(())
 }

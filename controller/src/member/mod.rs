@@ -116,6 +116,9 @@ pub struct WatchOptions {
     pub min_watch_life: Duration,
     /// Page size of the initial lists.
     pub page_size: u32,
+    /// Longest time a whole list (every page, bodies included) may take; the budget
+    /// times only response heads.
+    pub list_timeout: Duration,
 }
 
 impl Default for WatchOptions {
@@ -128,6 +131,7 @@ impl Default for WatchOptions {
             backoff_max: Duration::from_secs(60),
             min_watch_life: Duration::from_secs(1),
             page_size: 500,
+            list_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -572,7 +576,13 @@ async fn run_stream<K: Indexed>(
     loop {
         let rv = match version.clone() {
             Some(rv) => rv,
-            None => match list::<K>(&api, selector, options.page_size).await {
+            None => match tokio::time::timeout(
+                options.list_timeout,
+                list::<K>(&api, selector, options.page_size),
+            )
+            .await
+            .unwrap_or_else(|_| Err(kube::Error::Service("list timed out".into())))
+            {
                 Ok((items, rv)) => {
                     info!(kind, objects = items.len(), %rv, "listed");
                     K::reset(&mut shared.index.lock(), &items);
