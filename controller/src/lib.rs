@@ -25,6 +25,7 @@ pub mod ctl;
 pub mod demo;
 pub mod documents;
 pub mod engine;
+pub mod fleet;
 pub mod management;
 pub mod etcd;
 pub mod member;

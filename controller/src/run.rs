@@ -49,6 +49,7 @@ use crate::{
     documents,
     engine::{self, Decision, Health, Observation, Override, Signals},
     etcd::{EtcdStore, Leader, Leadership},
+    fleet::Fleet,
     management::{ManagementSource, ManagementView},
     policies::{self, PolicySet},
     probe::{ProbeResult, Prober},
@@ -725,8 +726,11 @@ async fn lead_until(
             }
         }
     };
-    let mut set: PolicySet =
-        policies::compile(&current.policies, &current.clusters, &BTreeMap::new());
+    // Member clusters that need API access get a watcher (leader only).
+    let mut fleet = Fleet::default();
+    fleet.reconcile(&current).await;
+    let mut discovered = fleet.discovered(&current);
+    let mut set: PolicySet = policies::compile(&current.policies, &current.clusters, &discovered);
     for w in &set.warnings {
         warn!(warning = %w, "policy set");
     }
@@ -776,7 +780,9 @@ async fn lead_until(
                                 warn!(error = %e, "cannot save the policy set");
                             }
                             current = snapshot;
-                            set = policies::compile(&current.policies, &current.clusters, &BTreeMap::new());
+                            fleet.reconcile(&current).await;
+                            discovered = fleet.discovered(&current);
+                            set = policies::compile(&current.policies, &current.clusters, &discovered);
                             for w in &set.warnings {
                                 warn!(warning = %w, "policy set");
                             }
@@ -791,6 +797,20 @@ async fn lead_until(
                             }
                         }
                     }
+                }
+                // Member views: new addresses recompile the set; readiness becomes
+                // observations for policies without a health check.
+                if fleet.changed() {
+                    let now_discovered = fleet.discovered(&current);
+                    if now_discovered != discovered {
+                        discovered = now_discovered;
+                        set = policies::compile(&current.policies, &current.clusters, &discovered);
+                        prober.set_targets(set.probes.clone());
+                    }
+                    for (key, obs) in fleet.hints(&current, SystemTime::now()) {
+                        signals.targets.entry(key).or_default().observations.push(obs);
+                    }
+                    dirty = true;
                 }
                 continue;
             }
@@ -818,6 +838,9 @@ async fn lead_until(
             Err(_) => {}
         }
         let now = SystemTime::now();
+        for (key, source) in fleet.sources(&current) {
+            signals.targets.entry(key).or_default().source = source;
+        }
         let next = engine::decide(
             &config.engine,
             &set.policies,

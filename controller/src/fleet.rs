@@ -1,0 +1,243 @@
+//! The leader's member clusters: one watcher per MemberCluster that needs API access,
+//! and what their views mean for the engine.
+//!
+//! ```text
+//!  policy set ─► reconcile() ─► MemberWatcher per cluster (scoped to referenced services)
+//!                                   │ MemberView (addresses, readiness, control plane)
+//!                                   ▼
+//!          discovered()  addresses for targets whose cluster is not Static
+//!          hints()       readiness observations, only for policies without a health
+//!                        check (with one, probes of the data plane decide)
+//!          sources()     control-plane reachability of hint-only targets, which feeds
+//!                        `onSourceUnavailable` (freeze, or give up after maxStale)
+//! ```
+//!
+//! Static clusters need no watcher. A cluster whose kubeconfig cannot be loaded is
+//! reported and left without a watcher; its targets keep their last known state.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::SystemTime,
+};
+
+use lifeline_crds::{AddressSource, FailoverPolicy, MemberCluster};
+use tracing::{info, warn};
+
+use crate::{
+    budget::BudgetConfig,
+    engine::{Observation, SourceState, TargetKey},
+    member::{self, MemberHandle, MemberView, MemberWatcher, ServiceKey, WatchOptions},
+    policies::policy_id,
+    store::PolicySnapshot,
+};
+
+/// Watchers of the member clusters, owned by the leader.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    watchers: BTreeMap<String, Watched>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    /// What the watcher was started from; a change restarts it.
+    spec: lifeline_crds::MemberClusterSpec,
+    handle: MemberHandle,
+    view: tokio::sync::watch::Receiver<MemberView>,
+}
+
+/// The service a policy looks for, as `(namespace, name)`.
+fn service_of(p: &FailoverPolicy) -> Option<ServiceKey> {
+    let s = p.spec.service.as_ref()?;
+    let ns = s
+        .namespace
+        .clone()
+        .or_else(|| p.metadata.namespace.clone())
+        .unwrap_or_else(|| "default".to_owned());
+    Some((ns, s.name.clone()))
+}
+
+fn needs_watcher(c: &MemberCluster) -> bool {
+    c.spec.address_source != AddressSource::Static
+}
+
+impl Fleet {
+    /// Starts, re-scopes and stops watchers to match the policy set.
+    pub async fn reconcile(&mut self, snapshot: &PolicySnapshot) {
+        let mut wanted: BTreeMap<String, (&MemberCluster, BTreeSet<ServiceKey>)> = BTreeMap::new();
+        for c in snapshot.clusters.iter().filter(|c| needs_watcher(c)) {
+            if let Some(name) = &c.metadata.name {
+                wanted.insert(name.clone(), (c, BTreeSet::new()));
+            }
+        }
+        for p in &snapshot.policies {
+            let Some(service) = service_of(p) else {
+                continue;
+            };
+            for t in p.spec.targets.iter().flatten() {
+                if let Some((_, services)) = wanted.get_mut(&t.cluster) {
+                    services.insert(service.clone());
+                }
+            }
+        }
+        self.watchers.retain(|name, w| {
+            let keep = wanted.get(name).is_some_and(|(c, _)| c.spec == w.spec);
+            if !keep {
+                info!(cluster = %name, "member cluster watcher stopped");
+            }
+            keep
+        });
+        for (name, (cluster, services)) in wanted {
+            if let Some(w) = self.watchers.get(&name) {
+                w.handle.set_services(services);
+                continue;
+            }
+            let config = match (
+                &cluster.spec.kubeconfig_path,
+                &cluster.spec.kubeconfig_secret_ref,
+            ) {
+                (Some(path), _) => member::kube_config_from_path(std::path::Path::new(path)).await,
+                (None, Some(_)) => {
+                    warn!(cluster = %name, "kubeconfigSecretRef is not read yet; give kubeconfigPath");
+                    continue;
+                }
+                (None, None) => {
+                    warn!(cluster = %name, "no kubeconfig for a cluster that needs API access");
+                    continue;
+                }
+            };
+            let config = match config {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(cluster = %name, error = %e, "cannot load the member kubeconfig");
+                    continue;
+                }
+            };
+            let options = WatchOptions::for_address_source(cluster.spec.address_source);
+            let budget = BudgetConfig::from(&cluster.spec.api_budget);
+            match MemberWatcher::spawn(name.clone(), config, budget, services, options) {
+                Ok(handle) => {
+                    info!(cluster = %name, "member cluster watcher started");
+                    let view = handle.view();
+                    self.watchers.insert(
+                        name,
+                        Watched {
+                            spec: cluster.spec.clone(),
+                            handle,
+                            view,
+                        },
+                    );
+                }
+                Err(e) => warn!(cluster = %name, error = %e, "cannot start the member watcher"),
+            }
+        }
+    }
+
+    /// True when any view changed since the last call.
+    pub fn changed(&mut self) -> bool {
+        let mut any = false;
+        for w in self.watchers.values_mut() {
+            if w.view.has_changed().unwrap_or(false) {
+                w.view.borrow_and_update();
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// The views, by cluster name.
+    pub fn views(&self) -> BTreeMap<String, MemberView> {
+        self.watchers
+            .iter()
+            .map(|(n, w)| (n.clone(), w.view.borrow().clone()))
+            .collect()
+    }
+
+    /// Addresses found through the APIs, by `(cluster, policy id)`.
+    pub fn discovered(&self, snapshot: &PolicySnapshot) -> BTreeMap<(String, String), Vec<IpAddr>> {
+        let views = self.views();
+        let mut out = BTreeMap::new();
+        for p in &snapshot.policies {
+            let Some(service) = service_of(p) else {
+                continue;
+            };
+            for t in p.spec.targets.iter().flatten() {
+                let (Some(view), Some(cluster)) = (
+                    views.get(&t.cluster),
+                    snapshot
+                        .clusters
+                        .iter()
+                        .find(|c| c.metadata.name.as_deref() == Some(&t.cluster)),
+                ) else {
+                    continue;
+                };
+                let Some(s) = view.services.get(&service) else {
+                    continue;
+                };
+                let addresses: Vec<IpAddr> = match cluster.spec.address_source {
+                    AddressSource::LoadBalancer => s.load_balancer_ips.iter().copied().collect(),
+                    AddressSource::EndpointSlice => s.ready_addresses.iter().copied().collect(),
+                    AddressSource::Static => continue,
+                };
+                out.insert((t.cluster.clone(), policy_id(p)), addresses);
+            }
+        }
+        out
+    }
+
+    /// Readiness hints as observations, for targets of policies without a health check.
+    pub fn hints(
+        &self,
+        snapshot: &PolicySnapshot,
+        at: SystemTime,
+    ) -> Vec<(TargetKey, Observation)> {
+        let views = self.views();
+        let mut out = Vec::new();
+        for p in snapshot
+            .policies
+            .iter()
+            .filter(|p| p.spec.health_check.is_none())
+        {
+            let Some(service) = service_of(p) else {
+                continue;
+            };
+            for t in p.spec.targets.iter().flatten() {
+                let Some(s) = views.get(&t.cluster).and_then(|v| v.services.get(&service)) else {
+                    continue;
+                };
+                let ok = !s.unhealthy_hint();
+                out.push((
+                    TargetKey::new(policy_id(p), &t.cluster),
+                    Observation {
+                        at,
+                        ok,
+                        detail: format!("{} ready endpoints", s.ready_endpoints),
+                    },
+                ));
+            }
+        }
+        out
+    }
+
+    /// Control-plane reachability of hint-only targets (targets with a health check are
+    /// judged by the data plane, which an API outage does not stop).
+    pub fn sources(&self, snapshot: &PolicySnapshot) -> BTreeMap<TargetKey, SourceState> {
+        let views = self.views();
+        let mut out = BTreeMap::new();
+        for p in snapshot
+            .policies
+            .iter()
+            .filter(|p| p.spec.health_check.is_none())
+        {
+            for t in p.spec.targets.iter().flatten() {
+                if let Some(view) = views.get(&t.cluster) {
+                    out.insert(
+                        TargetKey::new(policy_id(p), &t.cluster),
+                        view.control_plane.source_state(),
+                    );
+                }
+            }
+        }
+        out
+    }
+}
