@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use lifeline_controller::budget::{BudgetConfig, ControlPlane};
 use lifeline_controller::member::{
     MemberHandle, MemberView, MemberWatcher, ServiceKey, WatchOptions, kube_config_from_bytes,
@@ -235,14 +235,17 @@ async fn three_clusters_list_only_referenced_services_and_stay_silent_in_steady_
     }
     let mut handles = Vec::new();
     for (c, emu) in emus.iter().enumerate() {
-        let h = spawn(
-            emu,
-            &format!("cluster-{c}"),
-            BudgetConfig::default(),
-            scope.clone(),
-            WatchOptions::default(),
-        )
-        .await?;
+        // The production path: a MemberCluster (default apiBudget qps 2, burst 5) and its
+        // kubeconfig bytes.
+        let mc: lifeline_crds::MemberCluster = serde_json::from_value(json!({
+            "apiVersion": "lifeline.dev/v1alpha1", "kind": "MemberCluster",
+            "metadata": {"name": format!("cluster-{c}")},
+            "spec": {"region": "test", "kubeconfigPath": "/unused", "addressSource": "LoadBalancer"},
+        }))?;
+        let config = kube_config_from_bytes(emu.kubeconfig_yaml().as_bytes()).await?;
+        let h = MemberWatcher::spawn_for(&mc, config, scope.clone())?
+            .context("a LoadBalancer cluster gets a watcher")?;
+        ensure!(h.budget().config().qps == 2.0 && h.budget().config().burst == 5);
         handles.push(h);
     }
     for (c, (h, emu)) in handles.iter().zip(&emus).enumerate() {

@@ -298,6 +298,29 @@ impl MemberWatcher {
             task,
         })
     }
+
+    /// Starts the watcher a MemberCluster asks for: its `apiBudget` (default circuit and
+    /// timeouts) and the Service stream only for `addressSource: LoadBalancer`. `None`
+    /// for a `Static` cluster, which needs no API access.
+    pub fn spawn_for(
+        cluster: &lifeline_crds::MemberCluster,
+        config: kube::Config,
+        services: BTreeSet<ServiceKey>,
+    ) -> Result<Option<MemberHandle>> {
+        use kube::ResourceExt as _;
+        let spec = &cluster.spec;
+        if spec.address_source == AddressSource::Static {
+            return Ok(None);
+        }
+        Self::spawn(
+            cluster.name_any(),
+            config,
+            BudgetConfig::from(&spec.api_budget),
+            services,
+            WatchOptions::for_address_source(spec.address_source),
+        )
+        .map(Some)
+    }
 }
 
 // === Supervisor ===
@@ -385,13 +408,15 @@ async fn supervise(
         {
             let streams = run_plan(&shared, &client, &plan, &options);
             tokio::pin!(streams);
+            let mut ended = false;
             // Bounded: ends when the scope changes or the handle is dropped.
             loop {
                 tokio::select! {
-                    () = &mut streams => {
-                        // Stream loops never end; an empty plan waits forever instead.
+                    () = &mut streams, if !ended => {
+                        // Stream loops never end (an empty plan waits forever); should
+                        // one ever return, say so and keep serving scope changes.
                         warn!("member streams ended unexpectedly");
-                        std::future::pending::<()>().await;
+                        ended = true;
                     }
                     changed = scope_rx.changed() => {
                         if changed.is_err() {
@@ -723,5 +748,53 @@ async fn follow<K: Indexed>(
             }
         }
         shared.publish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(keys: &[(&str, &str)]) -> BTreeSet<ServiceKey> {
+        keys.iter()
+            .map(|(ns, n)| ((*ns).to_owned(), (*n).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn one_namespace_gives_namespaced_streams_selected_by_name() {
+        let plan = Plan::new(
+            &scope(&[("shop", "web"), ("shop", "api")]),
+            &WatchOptions::default(),
+        );
+        assert_eq!(plan.namespace.as_deref(), Some("shop"));
+        assert_eq!(
+            plan.slices.as_deref(),
+            Some("kubernetes.io/service-name in (api,web)")
+        );
+        assert_eq!(plan.services.as_deref(), Some("lifeline.dev/global=true"));
+        assert_eq!(plan.streams(), 2);
+    }
+
+    #[test]
+    fn several_namespaces_watch_cluster_wide_with_each_name_once() {
+        let plan = Plan::new(
+            &scope(&[("a", "web"), ("b", "web"), ("b", "db")]),
+            &WatchOptions::for_address_source(AddressSource::EndpointSlice),
+        );
+        assert_eq!(plan.namespace, None);
+        assert_eq!(
+            plan.slices.as_deref(),
+            Some("kubernetes.io/service-name in (db,web)")
+        );
+        assert_eq!((plan.services.as_deref(), plan.streams()), (None, 1));
+    }
+
+    #[test]
+    fn an_empty_scope_opens_no_stream() {
+        assert_eq!(
+            Plan::new(&BTreeSet::new(), &WatchOptions::default()).streams(),
+            0
+        );
     }
 }
