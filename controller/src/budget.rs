@@ -475,12 +475,13 @@ impl Budget {
                         continue;
                     }
                     let mut s = inner.state.lock();
+                    // Still open (a watch event may have closed it meanwhile): this
+                    // request is the probe, and the next one waits a full interval.
                     if let Circuit::Open { next_probe } = &mut s.circuit {
                         *next_probe = Instant::now() + inner.config.probe_interval;
+                        inner.probes.fetch_add(1, Ordering::Relaxed);
+                        permit = Some(p);
                     }
-                    drop(s);
-                    inner.probes.fetch_add(1, Ordering::Relaxed);
-                    permit = Some(p);
                 }
             }
             // Bounded: governor names the instant a token is due; tokio sleeps until then.
