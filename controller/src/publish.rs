@@ -76,8 +76,15 @@ impl Publisher {
                 }),
                 ..NameRecords::default()
             };
+            // Keys relative to the zone and lower-case (`checkout`, not
+            // `checkout.global.example.com`): the shim starts fastest from canonical keys.
+            let key = pd
+                .hostname
+                .strip_suffix(zone.as_str())
+                .and_then(|rest| rest.strip_suffix('.'))
+                .map_or_else(|| pd.hostname.clone(), str::to_owned);
             if let Some(names) = out.get_mut(zone) {
-                names.insert(pd.hostname.clone(), records);
+                names.insert(key, records);
             }
         }
         out
