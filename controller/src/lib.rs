@@ -33,4 +33,5 @@ pub mod policies;
 pub mod probe;
 pub mod publish;
 pub mod run;
+pub mod status;
 pub mod store;

@@ -50,10 +50,16 @@ pub struct ManagementView {
 }
 
 /// Watches the management cluster until dropped.
-#[derive(Debug)]
 pub struct ManagementSource {
+    client: Client,
     view: watch::Receiver<ManagementView>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ManagementSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagementSource").finish_non_exhaustive()
+    }
 }
 
 impl Drop for ManagementSource {
@@ -76,7 +82,7 @@ impl ManagementSource {
             Some(ns) => Api::namespaced_with(client.clone(), ns, &policy_ar),
             None => Api::all_with(client.clone(), &policy_ar),
         };
-        let clusters: Api<DynamicObject> = Api::all_with(client, &cluster_ar);
+        let clusters: Api<DynamicObject> = Api::all_with(client.clone(), &cluster_ar);
         let tasks = vec![
             tokio::spawn(run_watch(
                 policies,
@@ -86,7 +92,16 @@ impl ManagementSource {
             )),
             tokio::spawn(run_watch(clusters, Kind::Cluster, tx, synced)),
         ];
-        Self { view, tasks }
+        Self {
+            client,
+            view,
+            tasks,
+        }
+    }
+
+    /// The management cluster's client (for writing status).
+    pub fn client(&self) -> Client {
+        self.client.clone()
     }
 
     /// The view; changes are signalled through the receiver.

@@ -728,6 +728,10 @@ async fn lead_until(
     };
     // Member clusters that need API access get a watcher (leader only).
     let mut fleet = Fleet::default();
+    // With CRs as the source, the leader writes their status (rate-limited, best effort).
+    let mut status_writer = policy_state.management.as_ref().map(|(source, _)| {
+        crate::status::StatusWriter::new(source.client(), Duration::from_secs(5))
+    });
     fleet.reconcile(&current).await;
     let mut discovered = fleet.discovered(&current);
     let mut set: PolicySet = policies::compile(&current.policies, &current.clusters, &discovered);
@@ -797,6 +801,14 @@ async fn lead_until(
                             }
                         }
                     }
+                }
+                if let (Some(writer), Some((_, view))) =
+                    (status_writer.as_mut(), policy_state.management.as_ref())
+                {
+                    let view = view.borrow().clone();
+                    let policies: Vec<FailoverPolicy> = view.policies.into_values().collect();
+                    let clusters: Vec<MemberCluster> = view.clusters.into_values().collect();
+                    writer.write(&decision, &policies, &clusters, &view.problems, &fleet.views()).await;
                 }
                 // Member views: new addresses recompile the set; readiness becomes
                 // observations for policies without a health check.

@@ -75,6 +75,21 @@ async fn wait_for(dns: SocketAddr, name: &'static str, want: IpAddr, limit: Dura
     .unwrap();
 }
 
+/// Polls `check` every 100 ms for up to 15 s.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(check: impl Fn() -> F) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "condition not met within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 struct Backend(tokio::task::JoinHandle<()>);
 
 impl Backend {
@@ -187,12 +202,57 @@ async fn policies_come_from_crs_and_survive_a_management_outage_and_a_restart() 
     let lifeline = start_lifeline(dir.path(), dns).await;
     wait_for(dns, NAME, ip(7), Duration::from_secs(20)).await;
 
+    // The leader writes what it decided into the CR's status.
+    let client = emu.client().await.unwrap();
+    let policies: kube::Api<lifeline_crds::FailoverPolicy> =
+        kube::Api::namespaced(client.clone(), "shop");
+    let ready = |p: &lifeline_crds::FailoverPolicy| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned())
+    };
+    let status = eventually(|| async {
+        let p = policies.get("web").await.ok()?;
+        (p.status.as_ref()?.answers == ["127.0.0.7"]).then_some(p)
+    })
+    .await;
+    assert_eq!(ready(&status).unwrap().status, "True");
+    let targets = &status.status.as_ref().unwrap().targets;
+    assert_eq!(targets.len(), 2);
+    assert!(
+        targets
+            .iter()
+            .all(|t| t.state == lifeline_crds::TargetState::Healthy),
+        "{targets:?}"
+    );
+    let clusters: kube::Api<lifeline_crds::MemberCluster> = kube::Api::all(client.clone());
+    eventually(|| async {
+        let c = clusters.get("one").await.ok()?;
+        (c.status?.conditions.first()?.reason == "Static").then_some(())
+    })
+    .await;
+
     // An edit the API server accepts but Lifeline's rules reject (both http and tcp,
     // a CEL rule the emulator does not run) is ignored: the last good version stays.
     emu.apply_yaml(&serde_json::to_string(&policy(port, 5, true)).unwrap())
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(query_a(dns, NAME).as_deref(), Some(&[ip(7)][..]));
+    // ...and the CR says why: Ready=False with the field path.
+    let invalid = eventually(|| async {
+        let p = policies.get("web").await.ok()?;
+        let c = ready(&p)?;
+        (c.status == "False").then_some(c)
+    })
+    .await;
+    assert_eq!(invalid.reason, "InvalidSpec");
+    assert!(
+        invalid
+            .message
+            .contains("spec.healthCheck: exactly one of http or tcp must be set"),
+        "{}",
+        invalid.message
+    );
     // A valid edit applies: "one" moves below "two".
     emu.merge_patch(
         "lifeline.dev/v1alpha1",

@@ -1,0 +1,329 @@
+//! Writes what Lifeline decided back to the FailoverPolicy and MemberCluster CRs.
+//!
+//! Best effort and gentle on the management API: a status is written with server-side
+//! apply (field manager `lifeline`) only when it changed, at most once per object per
+//! `min_interval`; a failed write is retried on a later call. Steering never waits on it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, SystemTime},
+};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
+use lifeline_crds::{
+    FailoverPolicy, FailoverPolicyStatus, MemberCluster, MemberClusterStatus, TargetState,
+    TargetStatus, validate::Problem,
+};
+use serde_json::{Value, json};
+use tracing::{debug, warn};
+
+use crate::{
+    engine::{AlarmKind, Decision, Health, Outcome},
+    member::MemberView,
+    policies::policy_id,
+};
+
+/// Coalesces and rate-limits status writes.
+pub struct StatusWriter {
+    client: Client,
+    min_interval: Duration,
+    /// Per object: the status last written and when.
+    written: HashMap<String, (Value, tokio::time::Instant)>,
+}
+
+impl std::fmt::Debug for StatusWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusWriter")
+            .field("written", &self.written.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn time(t: SystemTime) -> Time {
+    Time(
+        k8s_openapi::jiff::Timestamp::try_from(t)
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    )
+}
+
+fn condition(
+    kind: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    since: SystemTime,
+) -> Condition {
+    Condition {
+        type_: kind.to_owned(),
+        status: if ok { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: time(since),
+    }
+}
+
+/// The status of one policy from the decision (or from its problems when invalid).
+pub fn policy_status(
+    p: &FailoverPolicy,
+    decision: &Decision,
+    problems: Option<&Vec<Problem>>,
+) -> FailoverPolicyStatus {
+    let generation = p.metadata.generation;
+    let now = SystemTime::now();
+    if let Some(problems) = problems {
+        let message = problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        return FailoverPolicyStatus {
+            conditions: vec![condition(
+                "Ready",
+                false,
+                "InvalidSpec",
+                message,
+                generation,
+                now,
+            )],
+            observed_generation: generation,
+            ..FailoverPolicyStatus::default()
+        };
+    }
+    let Some(pd) = decision.policies.get(&policy_id(p)) else {
+        return FailoverPolicyStatus {
+            conditions: vec![condition(
+                "Ready",
+                false,
+                "Pending",
+                "not decided yet".to_owned(),
+                generation,
+                now,
+            )],
+            observed_generation: generation,
+            ..FailoverPolicyStatus::default()
+        };
+    };
+    let answers: Vec<String> = pd.answers.iter().map(|a| a.address.to_string()).collect();
+    let mut summary = answers.join(",");
+    if summary.len() > 60 {
+        summary.truncate(57);
+        summary.push_str("...");
+    }
+    let unhealthy = pd
+        .targets
+        .values()
+        .filter(|t| t.health == Health::Unhealthy)
+        .count();
+    let ready = !pd.answers.is_empty() && matches!(pd.outcome, Outcome::Normal | Outcome::Pinned);
+    let systemic = decision
+        .alarms
+        .iter()
+        .find(|a| a.kind == AlarmKind::SystemicFailureSuspected);
+    let mut conditions = vec![
+        condition(
+            "Ready",
+            ready,
+            &format!("{:?}", pd.outcome),
+            format!(
+                "answering {}",
+                if summary.is_empty() {
+                    "nothing"
+                } else {
+                    &summary
+                }
+            ),
+            generation,
+            pd.changed_at,
+        ),
+        condition(
+            "Degraded",
+            unhealthy > 0,
+            if unhealthy > 0 {
+                "TargetsUnhealthy"
+            } else {
+                "AllTargetsHealthy"
+            },
+            format!("{unhealthy} of {} targets unhealthy", pd.targets.len()),
+            generation,
+            pd.changed_at,
+        ),
+    ];
+    if let Some(a) = systemic {
+        conditions.push(condition(
+            "SystemicFailureSuspected",
+            true,
+            "BlastRadius",
+            a.message.clone(),
+            generation,
+            a.since,
+        ));
+    }
+    FailoverPolicyStatus {
+        targets: pd
+            .targets
+            .iter()
+            .map(|(cluster, t)| TargetStatus {
+                cluster: cluster.clone(),
+                state: if t.drained {
+                    TargetState::Draining
+                } else {
+                    match t.health {
+                        Health::Healthy => TargetState::Healthy,
+                        Health::Unhealthy => TargetState::Unhealthy,
+                        Health::Unknown => TargetState::Unknown,
+                        Health::Recovering | Health::Ramping => TargetState::Recovering,
+                    }
+                },
+                reason: t.reason.to_string(),
+                last_transition_time: Some(time(t.since)),
+                details: BTreeMap::new(),
+            })
+            .collect(),
+        answers,
+        answer_summary: Some(summary),
+        decision_revision: Some(decision.revision),
+        decided_at: Some(time(pd.changed_at)),
+        conditions,
+        observed_generation: generation,
+    }
+}
+
+/// The status of one member cluster from its watcher's view (`None`: a static cluster).
+pub fn cluster_status(c: &MemberCluster, view: Option<&MemberView>) -> MemberClusterStatus {
+    let generation = c.metadata.generation;
+    let now = SystemTime::now();
+    let Some(view) = view else {
+        return MemberClusterStatus {
+            conditions: vec![condition(
+                "Ready",
+                true,
+                "Static",
+                "addresses are listed; no API access needed".to_owned(),
+                generation,
+                now,
+            )],
+            observed_generation: generation,
+            ..MemberClusterStatus::default()
+        };
+    };
+    let since = match view.control_plane {
+        crate::budget::ControlPlane::Unreachable { since } => Some(time(since)),
+        _ => None,
+    };
+    let reachable = matches!(view.control_plane, crate::budget::ControlPlane::Reachable);
+    MemberClusterStatus {
+        control_plane: Some(view.control_plane.into()),
+        since,
+        last_contact: view.last_contact.map(time),
+        watches_open: view.watches_open,
+        api_requests: view.requests,
+        conditions: vec![condition(
+            "Ready",
+            reachable && view.synced,
+            if reachable {
+                "Reachable"
+            } else {
+                "Unreachable"
+            },
+            format!("{} watch streams open", view.watches_open),
+            generation,
+            now,
+        )],
+        observed_generation: generation,
+    }
+}
+
+impl StatusWriter {
+    pub fn new(client: Client, min_interval: Duration) -> Self {
+        Self {
+            client,
+            min_interval,
+            written: HashMap::new(),
+        }
+    }
+
+    /// Writes the statuses that changed and are due.
+    pub async fn write(
+        &mut self,
+        decision: &Decision,
+        policies: &[FailoverPolicy],
+        clusters: &[MemberCluster],
+        problems: &BTreeMap<String, Vec<Problem>>,
+        views: &BTreeMap<String, MemberView>,
+    ) {
+        for p in policies {
+            let id = policy_id(p);
+            let status = policy_status(p, decision, problems.get(&format!("FailoverPolicy {id}")));
+            let api: Api<FailoverPolicy> = Api::namespaced(
+                self.client.clone(),
+                p.metadata.namespace.as_deref().unwrap_or("default"),
+            );
+            let name = p.metadata.name.clone().unwrap_or_default();
+            self.write_one(
+                &format!("fp/{id}"),
+                api,
+                &name,
+                "FailoverPolicy",
+                serde_json::to_value(status).unwrap_or_default(),
+            )
+            .await;
+        }
+        for c in clusters {
+            let name = c.metadata.name.clone().unwrap_or_default();
+            let status = cluster_status(c, views.get(&name));
+            let api: Api<MemberCluster> = Api::all(self.client.clone());
+            self.write_one(
+                &format!("mc/{name}"),
+                api,
+                &name,
+                "MemberCluster",
+                serde_json::to_value(status).unwrap_or_default(),
+            )
+            .await;
+        }
+    }
+
+    async fn write_one<K>(&mut self, key: &str, api: Api<K>, name: &str, kind: &str, status: Value)
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        // Times inside conditions move on every call for some states; compare without
+        // them so "unchanged" means unchanged.
+        let comparable = strip_times(&status);
+        if let Some((last, at)) = self.written.get(key)
+            && (strip_times(last) == comparable || at.elapsed() < self.min_interval)
+        {
+            return;
+        }
+        let body =
+            json!({"apiVersion": lifeline_crds::API_VERSION, "kind": kind, "status": status});
+        let params = PatchParams::apply("lifeline").force();
+        match api.patch_status(name, &params, &Patch::Apply(&body)).await {
+            Ok(_) => {
+                debug!(object = %key, "status written");
+                self.written
+                    .insert(key.to_owned(), (status, tokio::time::Instant::now()));
+            }
+            Err(e) => warn!(object = %key, error = %e, "cannot write status; will retry"),
+        }
+    }
+}
+
+fn strip_times(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !k.ends_with("Time") && k.as_str() != "since")
+                .map(|(k, v)| (k.clone(), strip_times(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(strip_times).collect()),
+        other => other.clone(),
+    }
+}
