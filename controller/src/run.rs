@@ -728,9 +728,14 @@ async fn lead_until(
     };
     // Member clusters that need API access get a watcher (leader only).
     let mut fleet = Fleet::default();
-    // With CRs as the source, the leader writes their status (rate-limited, best effort).
-    let mut status_writer = policy_state.management.as_ref().map(|(source, _)| {
-        crate::status::StatusWriter::new(source.client(), Duration::from_secs(5))
+    // With CRs as the source, the leader writes their status and Events, in a task of
+    // their own so a hanging management API cannot hold up a decision.
+    let status_task = policy_state.management.as_ref().map(|(source, _)| {
+        crate::status::StatusTask::spawn(
+            source.client(),
+            Duration::from_secs(5),
+            replica_identity(),
+        )
     });
     fleet.reconcile(&current).await;
     let mut discovered = fleet.discovered(&current);
@@ -802,13 +807,17 @@ async fn lead_until(
                         }
                     }
                 }
-                if let (Some(writer), Some((_, view))) =
-                    (status_writer.as_mut(), policy_state.management.as_ref())
+                if let (Some(task), Some((_, view))) =
+                    (status_task.as_ref(), policy_state.management.as_ref())
                 {
                     let view = view.borrow().clone();
-                    let policies: Vec<FailoverPolicy> = view.policies.into_values().collect();
-                    let clusters: Vec<MemberCluster> = view.clusters.into_values().collect();
-                    writer.write(&decision, &policies, &clusters, &view.problems, &fleet.views()).await;
+                    task.update(crate::status::StatusInput {
+                        decision: Arc::new(decision.clone()),
+                        policies: view.policies.into_values().collect(),
+                        clusters: view.clusters.into_values().collect(),
+                        problems: view.problems,
+                        views: fleet.views(),
+                    });
                 }
                 // Member views: new addresses recompile the set; readiness becomes
                 // observations for policies without a health check.
@@ -866,6 +875,12 @@ async fn lead_until(
         last_decide = tokio::time::Instant::now();
         metrics.decisions.inc();
         log_changes(&decision, &next);
+        if let (Some(task), Some((_, view))) =
+            (status_task.as_ref(), policy_state.management.as_ref())
+            && next.revision != decision.revision
+        {
+            task.record_changes(&decision, &next, &view.borrow().policies);
+        }
         // Status shows the decision before it is published, so the admin API never
         // lags behind what DNS answers.
         *state.decision.write() = Arc::new(next.clone());

@@ -6,6 +6,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -325,5 +326,174 @@ fn strip_times(v: &Value) -> Value {
         ),
         Value::Array(a) => Value::Array(a.iter().map(strip_times).collect()),
         other => other.clone(),
+    }
+}
+
+/// What the status task needs from one decision.
+#[derive(Debug, Clone, Default)]
+pub struct StatusInput {
+    pub decision: Arc<Decision>,
+    pub policies: Vec<FailoverPolicy>,
+    pub clusters: Vec<MemberCluster>,
+    pub problems: BTreeMap<String, Vec<Problem>>,
+    pub views: BTreeMap<String, MemberView>,
+}
+
+/// An Event to publish about a policy.
+#[derive(Debug, Clone)]
+pub struct PolicyEvent {
+    pub policy: FailoverPolicy,
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// Status and Events run in their own task: a slow or hanging management API must
+/// never hold up a decision. The newest input replaces an unwritten older one; events
+/// beyond the queue's capacity are dropped (and logged), never waited for.
+#[derive(Debug)]
+pub struct StatusTask {
+    input: tokio::sync::watch::Sender<StatusInput>,
+    events: tokio::sync::mpsc::Sender<PolicyEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StatusTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl StatusTask {
+    /// Starts the task; statuses are written at most every `min_interval` per object.
+    pub fn spawn(client: Client, min_interval: Duration, identity: String) -> Self {
+        let (input, mut rx) = tokio::sync::watch::channel(StatusInput::default());
+        let (events, mut events_rx) = tokio::sync::mpsc::channel::<PolicyEvent>(64);
+        let recorder = kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "lifeline".to_owned(),
+                instance: Some(identity),
+            },
+        );
+        let mut writer = StatusWriter::new(client, min_interval);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let input = rx.borrow_and_update().clone();
+                        if !input.policies.is_empty() || !input.clusters.is_empty() {
+                            writer
+                                .write(&input.decision, &input.policies, &input.clusters, &input.problems, &input.views)
+                                .await;
+                        }
+                    }
+                    Some(ev) = events_rx.recv() => {
+                        let event = kube::runtime::events::Event {
+                            type_: if ev.warning {
+                                kube::runtime::events::EventType::Warning
+                            } else {
+                                kube::runtime::events::EventType::Normal
+                            },
+                            reason: ev.reason.to_owned(),
+                            note: Some(ev.note.chars().take(1000).collect()),
+                            action: "Steer".to_owned(),
+                            secondary: None,
+                        };
+                        let reference = kube::Resource::object_ref(&ev.policy, &());
+                        if let Err(e) = recorder.publish(&event, &reference).await {
+                            warn!(error = %e, reason = ev.reason, "cannot publish an event");
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            input,
+            events,
+            task,
+        }
+    }
+
+    /// Hands over the newest state to write.
+    pub fn update(&self, input: StatusInput) {
+        self.input.send_replace(input);
+    }
+
+    /// Queues Events for what changed between two decisions (failover, failback, all
+    /// unhealthy, systemic failure), without waiting.
+    pub fn record_changes(
+        &self,
+        before: &Decision,
+        after: &Decision,
+        policies: &BTreeMap<String, FailoverPolicy>,
+    ) {
+        let queue = |policy: &FailoverPolicy, warning: bool, reason: &'static str, note: String| {
+            let event = PolicyEvent {
+                policy: policy.clone(),
+                warning,
+                reason,
+                note,
+            };
+            if self.events.try_send(event).is_err() {
+                debug!(reason, "event queue full; event dropped");
+            }
+        };
+        for (id, pd) in &after.policies {
+            let Some(policy) = policies.get(id) else {
+                continue;
+            };
+            let Some(old) = before.policies.get(id) else {
+                continue;
+            };
+            if old.answers == pd.answers {
+                continue;
+            }
+            let list = |p: &crate::engine::PolicyDecision| {
+                p.answers
+                    .iter()
+                    .map(|a| a.address.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let note = format!("answers {} -> {} ({:?})", list(old), list(pd), pd.outcome);
+            let went_down = pd.targets.iter().any(|(c, t)| {
+                t.health == Health::Unhealthy
+                    && old
+                        .targets
+                        .get(c)
+                        .is_some_and(|o| o.health != Health::Unhealthy)
+            });
+            let came_back = pd.targets.iter().any(|(c, t)| {
+                matches!(t.health, Health::Healthy | Health::Ramping)
+                    && old
+                        .targets
+                        .get(c)
+                        .is_some_and(|o| matches!(o.health, Health::Unhealthy | Health::Recovering))
+            });
+            match pd.outcome {
+                Outcome::ServeAll | Outcome::Empty | Outcome::Fallback | Outcome::LastKnownGood => {
+                    queue(policy, true, "AllTargetsUnhealthy", note)
+                }
+                _ if went_down => queue(policy, true, "Failover", note),
+                _ if came_back => queue(policy, false, "Failback", note),
+                _ => queue(policy, false, "AnswersChanged", note),
+            }
+        }
+        for alarm in &after.alarms {
+            if before.alarms.iter().any(|a| a.kind == alarm.kind) {
+                continue;
+            }
+            // One event for the fleet-wide alarm, on the first policy, not one per policy.
+            if let Some(policy) = policies.values().next() {
+                queue(
+                    policy,
+                    true,
+                    "SystemicFailureSuspected",
+                    alarm.message.clone(),
+                );
+            }
+        }
     }
 }

@@ -264,6 +264,28 @@ async fn policies_come_from_crs_and_survive_a_management_outage_and_a_restart() 
     )
     .unwrap();
     wait_for(dns, NAME, ip(8), Duration::from_secs(10)).await;
+    // The change is told as an Event on the policy.
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(client.clone(), "shop");
+    let event = eventually(|| async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("AnswersChanged"))
+    })
+    .await;
+    assert_eq!(
+        event.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("web")
+    );
+    assert!(
+        event
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("127.0.0.7 -> 127.0.0.8"),
+        "{event:?}"
+    );
 
     // The management API goes away and Lifeline restarts meanwhile.
     emu.outage().await;
