@@ -33,9 +33,54 @@ use crate::{
 };
 
 /// Watchers of the member clusters, owned by the leader.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Fleet {
     watchers: BTreeMap<String, Watched>,
+    /// The management cluster's client, to read `kubeconfigSecretRef` Secrets.
+    management: Option<kube::Client>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("watchers", &self.watchers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The namespace Lifeline runs in (for Secrets without one): the pod's namespace when
+/// in a cluster, else `lifeline-system`.
+fn own_namespace() -> String {
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok()
+        })
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "lifeline-system".to_owned())
+}
+
+/// Reads a member kubeconfig from a Secret in the management cluster.
+async fn kubeconfig_from_secret(
+    client: &kube::Client,
+    r: &lifeline_crds::SecretKeyRef,
+) -> Result<kube::Config, String> {
+    let ns = r.namespace.clone().unwrap_or_else(own_namespace);
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), &ns);
+    let secret = secrets
+        .get(&r.name)
+        .await
+        .map_err(|e| format!("cannot read Secret {ns}/{}: {e}", r.name))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .ok_or_else(|| format!("Secret {ns}/{} has no key {:?}", r.name, r.key))?;
+    member::kube_config_from_bytes(&bytes.0)
+        .await
+        .map_err(|e| format!("Secret {ns}/{} key {:?}: {e}", r.name, r.key))
 }
 
 #[derive(Debug)]
@@ -62,6 +107,14 @@ fn needs_watcher(c: &MemberCluster) -> bool {
 }
 
 impl Fleet {
+    /// A fleet that can read member kubeconfigs from Secrets through `management`.
+    pub fn with_management(management: Option<kube::Client>) -> Self {
+        Self {
+            watchers: BTreeMap::new(),
+            management,
+        }
+    }
+
     /// Starts, re-scopes and stops watchers to match the policy set.
     pub async fn reconcile(&mut self, snapshot: &PolicySnapshot) {
         let mut wanted: BTreeMap<String, (&MemberCluster, BTreeSet<ServiceKey>)> = BTreeMap::new();
@@ -97,10 +150,19 @@ impl Fleet {
                 &cluster.spec.kubeconfig_secret_ref,
             ) {
                 (Some(path), _) => member::kube_config_from_path(std::path::Path::new(path)).await,
-                (None, Some(_)) => {
-                    warn!(cluster = %name, "kubeconfigSecretRef is not read yet; give kubeconfigPath");
-                    continue;
-                }
+                (None, Some(r)) => match &self.management {
+                    Some(client) => match kubeconfig_from_secret(client, r).await {
+                        Ok(c) => Ok(c),
+                        Err(e) => {
+                            warn!(cluster = %name, error = %e, "cannot load the member kubeconfig");
+                            continue;
+                        }
+                    },
+                    None => {
+                        warn!(cluster = %name, "kubeconfigSecretRef needs policySource kubernetes; use kubeconfigPath with files");
+                        continue;
+                    }
+                },
                 (None, None) => {
                     warn!(cluster = %name, "no kubeconfig for a cluster that needs API access");
                     continue;

@@ -727,7 +727,12 @@ async fn lead_until(
         }
     };
     // Member clusters that need API access get a watcher (leader only).
-    let mut fleet = Fleet::default();
+    let mut fleet = Fleet::with_management(
+        policy_state
+            .management
+            .as_ref()
+            .map(|(source, _)| source.client()),
+    );
     // With CRs as the source, the leader writes their status and Events, in a task of
     // their own so a hanging management API cannot hold up a decision.
     let status_task = policy_state.management.as_ref().map(|(source, _)| {

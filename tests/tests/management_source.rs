@@ -332,3 +332,68 @@ async fn policies_come_from_crs_and_survive_a_management_outage_and_a_restart() 
     lifeline.stop().await;
     drop(one);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_kubeconfig_is_read_from_a_secret_in_the_management_cluster() {
+    install_crypto_provider();
+    let management = Emulator::start(EmulatorConfig::http()).await.unwrap();
+    let member = Emulator::start(EmulatorConfig::https()).await.unwrap();
+    management.install_lifeline_crds().unwrap();
+    for ns in ["shop", "lifeline-system"] {
+        management
+            .create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+            .unwrap();
+    }
+    use base64::Engine as _;
+    management
+        .create(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "member-kubeconfig", "namespace": "lifeline-system"},
+            "data": {"kubeconfig": base64::engine::general_purpose::STANDARD.encode(member.kubeconfig_yaml())}
+        }))
+        .unwrap();
+    management
+        .create(json!({
+            "apiVersion": "lifeline.dev/v1alpha1", "kind": "MemberCluster",
+            "metadata": {"name": "one"},
+            "spec": {"region": "a", "addressSource": "EndpointSlice",
+                     "kubeconfigSecretRef": {"name": "member-kubeconfig", "namespace": "lifeline-system"}}
+        }))
+        .unwrap();
+    management
+        .create(json!({
+            "apiVersion": "lifeline.dev/v1alpha1", "kind": "FailoverPolicy",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"hostname": NAME, "service": {"name": "web"}, "targets": [{"cluster": "one"}]}
+        }))
+        .unwrap();
+    member
+        .create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))
+        .unwrap();
+    member
+        .create(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["127.0.0.11"], "conditions": {"ready": true}}]
+        }))
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    management
+        .write_kubeconfig(&dir.path().join("kubeconfig.yaml"))
+        .unwrap();
+    let dns = SocketAddr::new(ip(1), free_port(ip(1)));
+    let lifeline = start_lifeline(dir.path(), dns).await;
+    wait_for(dns, NAME, ip(11), Duration::from_secs(20)).await;
+    let secret_reads =
+        management
+            .counts()
+            .count(Some(lifeline_tests::kube::Verb::Get), Some("secrets"), None);
+    assert_eq!(
+        secret_reads, 1,
+        "the Secret is read once, when the watcher starts"
+    );
+    lifeline.stop().await;
+}
