@@ -1,0 +1,260 @@
+//! The load generator: queries every replica's DNS at a bounded rate for a bounded time
+//! and keeps every answer with its timestamp, so a scenario can judge the whole history.
+//!
+//! ```text
+//!  LoadGen::start(servers, name, every, limit) ─ thread: round r ─► query each server
+//!      │                                                  └─► Sample { at, server, answer }
+//!  finish() ─► History ─ failed() / empty() / changes() / first_after(..)
+//! ```
+
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hickory_proto::{
+    op::{Message, Query, ResponseCode},
+    rr::{Name, RData, RecordType},
+};
+use parking_lot::Mutex;
+
+/// What one query got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// No reply within the timeout, or an undecodable one.
+    NoReply,
+    /// A reply with an error response code (SERVFAIL, REFUSED, NXDOMAIN...).
+    Error(String),
+    /// NOERROR with these A addresses, sorted (empty: NODATA).
+    Addresses(Vec<IpAddr>),
+}
+
+impl Answer {
+    /// No reply or an error code.
+    pub fn is_failed(&self) -> bool {
+        !matches!(self, Answer::Addresses(_))
+    }
+
+    /// NOERROR without an address.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Answer::Addresses(a) if a.is_empty())
+    }
+
+    /// The addresses, empty for failures.
+    pub fn addresses(&self) -> &[IpAddr] {
+        match self {
+            Answer::Addresses(a) => a,
+            _ => &[],
+        }
+    }
+}
+
+/// Sends one A query over UDP with a 300 ms timeout.
+pub fn query_a(server: SocketAddr, name: &str) -> Answer {
+    let attempt = || -> Option<Answer> {
+        let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
+        socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .ok()?;
+        let mut msg = Message::query();
+        msg.metadata.id = rand::random();
+        msg.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
+        socket.send_to(&msg.to_vec().ok()?, server).ok()?;
+        let mut buf = [0u8; 4096];
+        let (n, _) = socket.recv_from(&mut buf).ok()?;
+        let resp = Message::from_vec(&buf[..n]).ok()?;
+        if resp.metadata.response_code != ResponseCode::NoError {
+            return Some(Answer::Error(format!("{:?}", resp.metadata.response_code)));
+        }
+        let mut ips: Vec<IpAddr> = resp
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                _ => None,
+            })
+            .collect();
+        ips.sort();
+        Some(Answer::Addresses(ips))
+    };
+    attempt().unwrap_or(Answer::NoReply)
+}
+
+/// One recorded query.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    /// When the reply (or the timeout) came.
+    pub at: Instant,
+    /// Index of the server in the list the generator was given.
+    pub server: usize,
+    pub answer: Answer,
+}
+
+/// Queries running in a background thread.
+#[derive(Debug)]
+pub struct LoadGen {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LoadGen {
+    /// Queries `name` on every server once per `every`, for at most `limit` (a bound even
+    /// if never stopped).
+    pub fn start(servers: Vec<SocketAddr>, name: &str, every: Duration, limit: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let (s, out, name) = (stop.clone(), samples.clone(), name.to_owned());
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let rounds = (limit.as_millis() / every.as_millis().max(1)) as usize + 1;
+            for round in 0..rounds {
+                if s.load(Ordering::Relaxed) || start.elapsed() > limit {
+                    return;
+                }
+                for (server, addr) in servers.iter().enumerate() {
+                    let answer = query_a(*addr, &name);
+                    out.lock().push(Sample {
+                        at: Instant::now(),
+                        server,
+                        answer,
+                    });
+                }
+                // Paced by the schedule, not by the replies: a slow round is not repeated.
+                let next = every * (round as u32 + 1);
+                if let Some(wait) = next.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        });
+        LoadGen {
+            stop,
+            samples,
+            thread: Some(thread),
+        }
+    }
+
+    /// What was recorded so far, without stopping.
+    pub fn snapshot(&self) -> History {
+        History(self.samples.lock().clone())
+    }
+
+    /// Stops the generator and returns the full history.
+    pub async fn finish(mut self) -> History {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            // A round is at most a few 300 ms timeouts.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::task::spawn_blocking(move || t.join()),
+            )
+            .await;
+        }
+        History(std::mem::take(&mut *self.samples.lock()))
+    }
+}
+
+impl Drop for LoadGen {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Every answer a load generator recorded, in order.
+#[derive(Clone, Debug, Default)]
+pub struct History(pub Vec<Sample>);
+
+/// One server's answer moving from one address set to another.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub at: Instant,
+    pub server: usize,
+    pub from: Vec<IpAddr>,
+    pub to: Vec<IpAddr>,
+}
+
+impl History {
+    pub fn queries(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Samples with no reply or an error code.
+    pub fn failed(&self) -> Vec<&Sample> {
+        self.0.iter().filter(|s| s.answer.is_failed()).collect()
+    }
+
+    /// Samples that were NOERROR without an address.
+    pub fn empty(&self) -> Vec<&Sample> {
+        self.0.iter().filter(|s| s.answer.is_empty()).collect()
+    }
+
+    /// Samples taken at or after `t`.
+    pub fn since(&self, t: Instant) -> History {
+        History(self.0.iter().filter(|s| s.at >= t).cloned().collect())
+    }
+
+    /// Per server, every change of the (non-failed) address set.
+    pub fn changes(&self) -> Vec<Change> {
+        let mut last: Vec<Option<&[IpAddr]>> = Vec::new();
+        let mut out = Vec::new();
+        for s in self.0.iter().filter(|s| !s.answer.is_failed()) {
+            if last.len() <= s.server {
+                last.resize(s.server + 1, None);
+            }
+            let now = s.answer.addresses();
+            if let Some(prev) = last[s.server]
+                && prev != now
+            {
+                out.push(Change {
+                    at: s.at,
+                    server: s.server,
+                    from: prev.to_vec(),
+                    to: now.to_vec(),
+                });
+            }
+            last[s.server] = Some(now);
+        }
+        out
+    }
+
+    /// The servers that were queried.
+    pub fn servers(&self) -> Vec<usize> {
+        let mut s: Vec<usize> = self.0.iter().map(|s| s.server).collect();
+        s.sort_unstable();
+        s.dedup();
+        s
+    }
+
+    /// How long after `t` every server answered as `want` says and kept doing so until
+    /// the end of the history; `None` when some server never settled.
+    pub fn settled_after(&self, t: Instant, want: impl Fn(&[IpAddr]) -> bool) -> Option<Duration> {
+        let mut worst = Duration::ZERO;
+        for server in self.servers() {
+            let mine: Vec<&Sample> = self
+                .0
+                .iter()
+                .filter(|s| s.server == server && s.at >= t)
+                .collect();
+            // The sample after the last one that did not match.
+            let last_bad = mine.iter().rposition(|s| !want(s.answer.addresses()));
+            let first_good = match last_bad {
+                Some(i) => mine.get(i + 1)?,
+                None => mine.first()?,
+            };
+            worst = worst.max(first_good.at.duration_since(t));
+        }
+        Some(worst)
+    }
+
+    /// Whether any sample at or after `t` answered an address `bad` accepts.
+    pub fn any_since(&self, t: Instant, bad: impl Fn(&[IpAddr]) -> bool) -> Vec<&Sample> {
+        self.0
+            .iter()
+            .filter(|s| s.at >= t && bad(s.answer.addresses()))
+            .collect()
+    }
+}

@@ -1,0 +1,469 @@
+//! A simulated fleet on loopback: member clusters (an API emulator each, plus a real HTTP
+//! backend on the member's own 127.0.0.x address), a management-cluster emulator holding
+//! the CRs, a real etcd, and Lifeline replicas running in this process.
+//!
+//! ```text
+//!  management emulator (127.0.0.1)  CRDs, MemberClusters m0..mN (kubeconfigSecretRef ──►
+//!     │ policies, clusters, secrets  Secrets in lifeline-system), FailoverPolicies web0..
+//!     ▼
+//!  replica 0..R  lifeline_controller::run::run, store etcd (lease 2 s), own DNS/admin/dirs
+//!     │ leader only: watch ──► member emulator mI (127.0.0.(10+I))  EndpointSlice shop/web
+//!     │              probe  ──► backend 127.0.0.(10+I):port /healthz
+//!     ▼
+//!  etcd (harness::etcd) ──► every replica's DNS
+//! ```
+//!
+//! Policy `webK` lists every member as a target, `mI` at priority `I`, so the answer is
+//! the lowest-numbered member whose backend is healthy.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use lifeline_controller::{config::Config, run};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::{dns, etcd::Etcd};
+use crate::kube::{Emulator, EmulatorConfig, install_crypto_provider};
+
+/// The zone every scenario's names live in.
+pub const ZONE: &str = "incident.lifeline.test";
+const PREFIX: &str = "/lifeline-incident";
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct FleetSpec {
+    pub members: usize,
+    pub replicas: usize,
+    /// Policies `web0..`, each over every member.
+    pub policies: usize,
+    /// `failback.holdDown`, `rampDuration` (humantime text) and `rampSteps`.
+    pub hold_down: String,
+    pub ramp_duration: String,
+    pub ramp_steps: u32,
+    /// `engine.maxConcurrentRamps`.
+    pub max_concurrent_ramps: usize,
+    /// API budget toward every API server (members and management).
+    pub qps: f64,
+    pub burst: u32,
+}
+
+impl Default for FleetSpec {
+    fn default() -> Self {
+        Self {
+            members: 3,
+            replicas: 2,
+            policies: 1,
+            hold_down: "0s".into(),
+            ramp_duration: "0s".into(),
+            ramp_steps: 4,
+            max_concurrent_ramps: 2,
+            qps: 2.0,
+            burst: 5,
+        }
+    }
+}
+
+/// The data-plane address of member `i`.
+pub fn member_ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + i as u8))
+}
+
+/// The hostname of policy `k`.
+pub fn hostname(k: usize) -> String {
+    format!("web{k}.{ZONE}")
+}
+
+// === backends ===
+
+/// An HTTP backend answering `GET /healthz`; `kill` closes the listener so connections
+/// are refused, as when the pods behind a load balancer die.
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Backend {
+    pub async fn start(addr: SocketAddr) -> anyhow::Result<Backend> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding backend {addr}"))?;
+        let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Backend {
+            addr,
+            task: Some(task),
+        })
+    }
+
+    pub async fn kill(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+
+    pub async fn revive(&mut self) -> anyhow::Result<()> {
+        if self.task.is_none() {
+            *self = Backend::start(self.addr).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+// === replicas ===
+
+/// One in-process `lifeline run`.
+#[derive(Debug)]
+pub struct Replica {
+    pub dns: SocketAddr,
+    pub admin: SocketAddr,
+    config: String,
+    running: Option<Running>,
+}
+
+#[derive(Debug)]
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Replica {
+    /// Starts (again) with the same configuration, ports and data directories.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.running.is_none(), "replica already running");
+        let config = Config::from_bytes(self.config.as_bytes())
+            .map_err(|p| anyhow::anyhow!("replica configuration: {p:?}"))?;
+        let documents = run::documents_of(&config, std::path::Path::new("/"))?;
+        // Bound by us so the admin port stays the same across restarts.
+        let admin = tokio::net::TcpListener::bind(self.admin).await?;
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let options = run::Options {
+            config,
+            documents,
+            admin,
+            admin_token: None,
+            demo: None,
+            on_ready: None,
+        };
+        let task = tokio::spawn(run::run(options, async move {
+            let _ = rx.await;
+        }));
+        self.running = Some(Running { stop, task });
+        Ok(())
+    }
+
+    /// Asks the replica to shut down and waits (at most 10 s) until it has.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(r) = self.running.take() {
+            let _ = r.stop.send(());
+            tokio::time::timeout(Duration::from_secs(10), r.task)
+                .await
+                .context("replica did not stop within 10 s")???;
+        }
+        Ok(())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// `GET path` on the admin API, body as text (HTTP/1.0, so the body ends at close).
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<String> {
+        let fetch = async {
+            let mut s = tokio::net::TcpStream::connect(self.admin).await?;
+            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: lifeline\r\n\r\n").as_bytes())
+                .await?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await?;
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+            body.context("no HTTP body")
+        };
+        tokio::time::timeout(Duration::from_secs(3), fetch)
+            .await
+            .context("admin API timed out")?
+    }
+
+    /// `/v1/status` as JSON.
+    pub async fn status(&self) -> anyhow::Result<Value> {
+        Ok(serde_json::from_str(&self.admin_get("/v1/status").await?)?)
+    }
+
+    /// `lifeline_decisions_total`: only the leader decides, so it grows only there.
+    pub async fn decisions(&self) -> Option<u64> {
+        let metrics = self.admin_get("/metrics").await.ok()?;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("lifeline_decisions_total "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+// === fleet ===
+
+/// One simulated member cluster.
+#[derive(Debug)]
+pub struct Member {
+    pub name: String,
+    pub api: Emulator,
+    pub backend: Backend,
+}
+
+/// Everything a scenario runs against; dropping it stops every part.
+#[derive(Debug)]
+pub struct Fleet {
+    pub spec: FleetSpec,
+    pub management: Emulator,
+    pub members: Vec<Member>,
+    pub etcd: Etcd,
+    pub replicas: Vec<Replica>,
+    /// Backends' port (the same on every member address).
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// A port free for TCP and UDP on every address given.
+pub fn free_port(ips: &[IpAddr]) -> anyhow::Result<u16> {
+    // Bounded: 50 candidates.
+    for _ in 0..50 {
+        let port = std::net::TcpListener::bind((ips[0], 0))?
+            .local_addr()?
+            .port();
+        let free = ips.iter().all(|ip| {
+            std::net::TcpListener::bind((*ip, port)).is_ok()
+                && std::net::UdpSocket::bind((*ip, port)).is_ok()
+        });
+        if free {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port on {ips:?}")
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (nothing when unset).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+impl Fleet {
+    /// Builds the fleet and waits until every replica answers every name with member 0.
+    pub async fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
+        init_tracing();
+        install_crypto_provider();
+        let dir = tempfile::tempdir()?;
+        let etcd = Etcd::start().await?;
+        let management = Emulator::start(EmulatorConfig::http()).await?;
+        management.install_lifeline_crds()?;
+        for ns in ["shop", "lifeline-system"] {
+            management.create(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            )?;
+        }
+        let ips: Vec<IpAddr> = (0..spec.members).map(member_ip).collect();
+        let port = free_port(&ips)?;
+        let mut members = Vec::new();
+        for (i, ip) in ips.iter().enumerate() {
+            let name = format!("m{i}");
+            let api = Emulator::start(EmulatorConfig {
+                listen: SocketAddr::new(*ip, 0),
+                ..EmulatorConfig::http()
+            })
+            .await?;
+            api.create(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+            )?;
+            api.create(json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "web-1", "namespace": "shop",
+                             "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}],
+                "ports": [{"name": "http", "port": port, "protocol": "TCP"}]
+            }))?;
+            management.create(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": format!("{name}-kubeconfig"), "namespace": "lifeline-system"},
+                "data": {"kubeconfig": base64::engine::general_purpose::STANDARD.encode(api.kubeconfig_yaml())}
+            }))?;
+            management.create(json!({
+                "apiVersion": "lifeline.dev/v1alpha1", "kind": "MemberCluster",
+                "metadata": {"name": name},
+                "spec": {"region": format!("r{i}"), "addressSource": "EndpointSlice",
+                         "kubeconfigSecretRef": {"name": format!("{name}-kubeconfig"), "namespace": "lifeline-system"},
+                         "apiBudget": {"qps": spec.qps, "burst": spec.burst}}
+            }))?;
+            let backend = Backend::start(SocketAddr::new(*ip, port)).await?;
+            members.push(Member { name, api, backend });
+        }
+        for k in 0..spec.policies {
+            let targets: Vec<Value> = (0..spec.members)
+                .map(|i| json!({"cluster": format!("m{i}"), "priority": i}))
+                .collect();
+            management.create(json!({
+                "apiVersion": "lifeline.dev/v1alpha1", "kind": "FailoverPolicy",
+                "metadata": {"name": format!("web{k}"), "namespace": "shop"},
+                "spec": {
+                    "hostname": hostname(k), "ttl": 5, "service": {"name": "web"},
+                    "targets": targets,
+                    "healthCheck": {"http": {"port": port}, "interval": "200ms", "timeout": "150ms",
+                                    "unhealthyThreshold": 2, "healthyThreshold": 2},
+                    "failback": {"holdDown": spec.hold_down, "rampDuration": spec.ramp_duration,
+                                 "rampSteps": spec.ramp_steps}
+                }
+            }))?;
+        }
+        let kubeconfig = dir.path().join("management.kubeconfig");
+        management.write_kubeconfig(&kubeconfig)?;
+        let mut replicas = Vec::new();
+        for i in 0..spec.replicas {
+            let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+            let dns = SocketAddr::new(lo, free_port(&[lo])?);
+            let admin = SocketAddr::new(lo, free_port(&[lo])?);
+            let d = dir.path().join(format!("replica-{i}"));
+            std::fs::create_dir_all(&d)?;
+            let config = format!(
+                "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
+dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {snap}}}\n\
+admin: {{listen: \"{admin}\"}}\n\
+store: {{type: etcd, endpoints: [\"{etcd}\"], prefix: {PREFIX}, leaseTtl: 2s}}\n\
+policySource: {{type: kubernetes, kubeconfig: {kc}}}\n\
+defaults: {{apiBudget: {{qps: {qps}, burst: {burst}}}}}\n\
+engine: {{blastRadius: {{enabled: true, fraction: 0.5, window: 60s, minTargets: 3}}, maxConcurrentRamps: {ramps}}}\n",
+                snap = d.join("snap").display(),
+                etcd = etcd.endpoint(),
+                kc = kubeconfig.display(),
+                qps = spec.qps,
+                burst = spec.burst,
+                ramps = spec.max_concurrent_ramps,
+            );
+            let mut replica = Replica {
+                dns,
+                admin,
+                config,
+                running: None,
+            };
+            replica.start().await?;
+            replicas.push(replica);
+        }
+        let fleet = Fleet {
+            spec,
+            management,
+            members,
+            etcd,
+            replicas,
+            port,
+            _dir: dir,
+        };
+        fleet
+            .wait_all_answer(&[member_ip(0)], Duration::from_secs(30))
+            .await
+            .context("fleet never answered with member 0")?;
+        Ok(fleet)
+    }
+
+    /// Every replica's DNS address.
+    pub fn dns_addrs(&self) -> Vec<SocketAddr> {
+        self.replicas.iter().map(|r| r.dns).collect()
+    }
+
+    /// Waits until every running replica answers every policy name with exactly `want`.
+    pub async fn wait_all_answer(
+        &self,
+        want: &[IpAddr],
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
+        let servers: Vec<SocketAddr> = self
+            .replicas
+            .iter()
+            .filter(|r| r.is_running())
+            .map(|r| r.dns)
+            .collect();
+        let names: Vec<String> = (0..self.spec.policies).map(hostname).collect();
+        let want = want.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            let mut last = dns::Answer::NoReply;
+            // Bounded by `limit`, in 20 ms steps.
+            while start.elapsed() < limit {
+                let all = servers.iter().all(|s| {
+                    names.iter().all(|n| {
+                        last = dns::query_a(*s, n);
+                        last.addresses() == want
+                    })
+                });
+                if all {
+                    return Ok(start.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            anyhow::bail!("answers never became {want:?} within {limit:?}; last {last:?}")
+        })
+        .await?
+    }
+
+    /// API requests each API server has received so far: `management`, then `m0..`.
+    pub fn api_counts(&self) -> Vec<(String, u64)> {
+        std::iter::once(("management".to_owned(), self.management.counts().total()))
+            .chain(
+                self.members
+                    .iter()
+                    .map(|m| (m.name.clone(), m.api.counts().total())),
+            )
+            .collect()
+    }
+
+    /// Every API server, management first.
+    pub fn api_servers(&self) -> Vec<&Emulator> {
+        std::iter::once(&self.management)
+            .chain(self.members.iter().map(|m| &m.api))
+            .collect()
+    }
+
+    /// The index of the replica that leads: the one whose decision counter moves.
+    pub async fn leader(&self) -> Option<usize> {
+        let before: Vec<Option<u64>> =
+            futures::future::join_all(self.replicas.iter().map(|r| r.decisions())).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let after: Vec<Option<u64>> =
+            futures::future::join_all(self.replicas.iter().map(|r| r.decisions())).await;
+        (0..self.replicas.len()).find(|&i| {
+            self.replicas[i].is_running()
+                && matches!((before[i], after[i]), (Some(b), Some(a)) if a > b)
+        })
+    }
+
+    /// The data directories and configuration live as long as the fleet.
+    pub fn dir(&self) -> PathBuf {
+        self._dir.path().to_owned()
+    }
+
+    /// Stops every replica (best effort, each bounded) before the rest is dropped.
+    pub async fn shutdown(mut self) {
+        for r in &mut self.replicas {
+            if let Err(e) = r.stop().await {
+                tracing::warn!(error = %e, "replica did not stop cleanly");
+            }
+        }
+    }
+}
