@@ -605,3 +605,85 @@ fn the_servicemonitor_component_scrapes_the_admin_service() -> Result<()> {
     );
     Ok(())
 }
+
+/// `NAME=value` assignments of `deploy/kind/lib.sh` (words of arrays split on spaces).
+fn kind_setting(name: &str) -> Result<Vec<String>> {
+    let lib = read(&repo().join("deploy/kind/lib.sh"))?;
+    let line = lib
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .with_context(|| format!("{name} is not set in deploy/kind/lib.sh"))?;
+    Ok(line
+        .trim_matches(|c| c == '(' || c == ')')
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect())
+}
+
+#[test]
+fn the_kind_scripts_use_the_names_and_files_the_manifests_define() -> Result<()> {
+    let root = repo();
+    let loaded = lifeline_controller::documents::load(
+        &[root.join("deploy/kind/manifests/management/lifeline-demo.yaml")],
+        &[],
+    );
+    let clusters: Vec<String> = loaded
+        .clusters
+        .iter()
+        .filter_map(|(_, c)| c.metadata.name.clone())
+        .collect();
+    ensure!(kind_setting("MEMBER_NAMES")? == clusters, "{clusters:?}");
+    for (_, cluster) in &loaded.clusters {
+        let secret = cluster
+            .spec
+            .kubeconfig_secret_ref
+            .as_ref()
+            .context("secret")?;
+        let name = cluster.metadata.name.as_deref().unwrap_or_default();
+        ensure!(
+            secret.name == format!("{name}-kubeconfig") && secret.key == "kubeconfig",
+            "up.sh creates {name}-kubeconfig with key kubeconfig, not {secret:?}"
+        );
+    }
+    let hostname = &loaded.policies[0].1.spec.hostname;
+    ensure!(kind_setting("GLOBAL_NAME")? == std::slice::from_ref(hostname));
+
+    // Every file the scripts apply or build from exists.
+    let pattern = regex::Regex::new(r#"\$(KIND_DIR|REPO_ROOT)/([A-Za-z0-9_./-]+)"#)?;
+    let mut used = 0;
+    for script in ["up.sh", "e2e.sh", "down.sh"] {
+        let text = read(&root.join("deploy/kind").join(script))?;
+        for caps in pattern.captures_iter(&text) {
+            let base = if &caps[1] == "KIND_DIR" {
+                root.join("deploy/kind")
+            } else {
+                root.clone()
+            };
+            let path = base.join(&caps[2]);
+            used += 1;
+            ensure!(
+                path.exists(),
+                "{script} uses {} which does not exist",
+                path.display()
+            );
+        }
+    }
+    ensure!(used >= 6, "only {used} paths found in the scripts");
+    Ok(())
+}
+
+#[test]
+fn the_coredns_stub_domain_forwards_the_zone_lifeline_serves() -> Result<()> {
+    let corefile = read(&repo().join("deploy/coredns/Corefile.global"))?;
+    let zones = config_of(&rendered("single")?)?.zone_origins();
+    let block = corefile
+        .lines()
+        .find(|l| l.trim_end().ends_with('{') && !l.starts_with([' ', '#']))
+        .context("no server block")?;
+    ensure!(
+        zones.iter().any(|z| block.starts_with(&format!("{z}:53 "))),
+        "{block:?} does not serve one of {zones:?}"
+    );
+    ensure!(corefile.contains("forward . LIFELINE_DNS_IP:53"));
+    Ok(())
+}
