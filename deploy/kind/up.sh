@@ -104,7 +104,7 @@ apply_secret() {
 }
 
 install_management() {
-  local context i file
+  local context i file existed
   context=$(ctx "$MANAGEMENT")
   log "management: namespace, admin token, member kubeconfigs"
   kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl --context "$context" apply -f -
@@ -120,7 +120,15 @@ install_management() {
   done
 
   log "management: Lifeline (deploy/overlays/single with image $IMAGE)"
+  existed=false
+  if kubectl --context "$context" -n "$NAMESPACE" get deployment/lifeline >/dev/null 2>&1; then
+    existed=true
+  fi
   kubectl --context "$context" apply -k "$KIND_DIR/manifests/management"
+  if $existed; then
+    # Same tag, new image: restart so a re-run deploys what was just built.
+    kubectl --context "$context" -n "$NAMESPACE" rollout restart deployment/lifeline
+  fi
   kubectl --context "$context" wait --for condition=established --timeout=60s \
     crd/failoverpolicies.lifeline.dev crd/memberclusters.lifeline.dev
   kubectl --context "$context" apply -f "$KIND_DIR/manifests/management/lifeline-demo.yaml"

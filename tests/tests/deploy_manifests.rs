@@ -595,6 +595,31 @@ fn the_servicemonitor_component_scrapes_the_admin_service() -> Result<()> {
     {
         ensure!(labels[k] == *v, "the admin Service lacks {k}={v}");
     }
+    // Composed with an overlay, it lands next to the admin Service.
+    // kustomize takes only relative paths to other directories: work two levels down.
+    std::fs::create_dir_all(root.join("target"))?;
+    let scratch = tempfile::tempdir_in(root.join("target"))?;
+    let up = "../../deploy";
+    std::fs::write(
+        scratch.path().join("kustomization.yaml"),
+        format!(
+            "resources: [{up}/overlays/single]\ncomponents: [{up}/components/servicemonitor]\n"
+        ),
+    )?;
+    match kustomize(scratch.path())? {
+        Some(text) => {
+            let composed = documents(&text)?;
+            let monitors: Vec<&Value> = composed
+                .iter()
+                .filter(|d| d["kind"] == "ServiceMonitor")
+                .collect();
+            ensure!(
+                monitors.len() == 1 && monitors[0]["metadata"]["namespace"] == "lifeline-system",
+                "{monitors:?}"
+            );
+        }
+        None => println!("kubectl not found: not composing the servicemonitor component"),
+    }
     let port = &monitor[0]["spec"]["endpoints"][0]["port"];
     let ports = serde_json::to_value(&admin.spec.context("spec")?.ports)?;
     ensure!(
