@@ -280,6 +280,32 @@ fn every_manifest_the_kind_scripts_apply_is_fully_understood_by_its_type() -> Re
 }
 
 #[test]
+fn every_namespaced_object_lands_in_lifeline_system() -> Result<()> {
+    const CLUSTER_SCOPED: [&str; 4] = [
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+    ];
+    for overlay in OVERLAYS {
+        for doc in rendered(overlay)? {
+            let kind = doc["kind"].as_str().unwrap_or_default();
+            let namespace = &doc["metadata"]["namespace"];
+            if CLUSTER_SCOPED.contains(&kind) {
+                ensure!(namespace.is_null(), "{overlay}: {kind} is cluster-scoped");
+            } else {
+                ensure!(
+                    namespace == "lifeline-system",
+                    "{overlay}: {kind} {} is in namespace {namespace}",
+                    doc["metadata"]["name"]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn a_field_the_type_does_not_know_fails_the_strict_parse() {
     let typo = json!({
         "apiVersion": "apps/v1",
