@@ -232,12 +232,23 @@ impl History {
     /// How long after `t` every server answered as `want` says and kept doing so until
     /// the end of the history; `None` when some server never settled.
     pub fn settled_after(&self, t: Instant, want: impl Fn(&[IpAddr]) -> bool) -> Option<Duration> {
+        let end = self.0.last()?.at;
+        self.settled_between(t, end, want)
+    }
+
+    /// Like [`History::settled_after`], but only samples up to `end` count.
+    pub fn settled_between(
+        &self,
+        t: Instant,
+        end: Instant,
+        want: impl Fn(&[IpAddr]) -> bool,
+    ) -> Option<Duration> {
         let mut worst = Duration::ZERO;
         for server in self.servers() {
             let mine: Vec<&Sample> = self
                 .0
                 .iter()
-                .filter(|s| s.server == server && s.at >= t)
+                .filter(|s| s.server == server && s.at >= t && s.at <= end)
                 .collect();
             // The sample after the last one that did not match.
             let last_bad = mine.iter().rposition(|s| !want(s.answer.addresses()));
