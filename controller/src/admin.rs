@@ -273,7 +273,7 @@ pub fn status_of(decision: &Decision, overrides: &[Override], now: SystemTime) -
                     .targets
                     .iter()
                     .map(|(cluster, t)| TargetStatus {
-                        cluster: cluster.clone(),
+                        cluster: cluster.to_string(),
                         state: if t.drained {
                             "Draining".to_owned()
                         } else if t.health == Health::Ramping {

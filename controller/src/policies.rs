@@ -88,8 +88,8 @@ pub fn compile(
                 ));
             }
             targets.push(engine::TargetSpec {
-                cluster: t.cluster.clone(),
-                region: cluster.spec.region.clone(),
+                cluster: t.cluster.as_str().into(),
+                region: cluster.spec.region.as_str().into(),
                 priority: t.priority,
                 weight: t.weight,
                 addresses,
@@ -110,7 +110,7 @@ pub fn compile(
                 set.probes.push(ProbeSpec {
                     key: TargetKey {
                         policy: id.clone(),
-                        cluster: t.cluster.clone(),
+                        cluster: t.cluster.to_string(),
                     },
                     addresses: t.addresses.clone(),
                     check: check.clone(),

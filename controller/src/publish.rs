@@ -62,8 +62,8 @@ impl Publisher {
                 .iter()
                 .map(|a| Target {
                     address: a.address,
-                    cluster: a.cluster.clone(),
-                    region: a.region.clone(),
+                    cluster: a.cluster.to_string(),
+                    region: a.region.to_string(),
                     weight: a.weight,
                 })
                 .collect();

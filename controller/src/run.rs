@@ -322,7 +322,7 @@ fn cluster_names(snapshot: &PolicySnapshot) -> BTreeSet<String> {
 
 /// Compact view of target health, to save the decision only when something that must
 /// survive a restart changed (streak counters alone are not worth an fsync each probe).
-fn fingerprint(d: &Decision) -> Vec<(String, String, Health, bool)> {
+fn fingerprint(d: &Decision) -> Vec<(String, Arc<str>, Health, bool)> {
     d.policies
         .iter()
         .flat_map(|(id, p)| {

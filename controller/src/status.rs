@@ -170,7 +170,7 @@ pub fn policy_status(
             .targets
             .iter()
             .map(|(cluster, t)| TargetStatus {
-                cluster: cluster.clone(),
+                cluster: cluster.to_string(),
                 state: if t.drained {
                     TargetState::Draining
                 } else {

@@ -128,8 +128,9 @@ pub struct Policy {
 /// One member cluster that can answer for a policy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TargetSpec {
-    pub cluster: String,
-    pub region: String,
+    /// Shared text: every decision copies it into answers and state maps.
+    pub cluster: Arc<str>,
+    pub region: Arc<str>,
     pub priority: u32,
     pub weight: u32,
     pub addresses: Vec<IpAddr>,
@@ -229,7 +230,7 @@ pub struct PolicyDecision {
     pub answers: Vec<Answer>,
     pub outcome: Outcome,
     /// Per cluster.
-    pub targets: BTreeMap<String, TargetState>,
+    pub targets: BTreeMap<Arc<str>, TargetState>,
     /// The last answers that came from eligible targets, for `LastKnownGood`.
     pub last_good: Vec<Answer>,
     /// When `answers` last changed.
@@ -241,9 +242,9 @@ pub struct PolicyDecision {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Answer {
-    pub cluster: String,
+    pub cluster: Arc<str>,
     pub address: IpAddr,
-    pub region: String,
+    pub region: Arc<str>,
     /// Share of answers, in thousandths of the target's weight (ramps scale it down).
     pub weight: u32,
 }
@@ -335,12 +336,23 @@ pub fn decide(
 ) -> Decision {
     let overrides: Vec<&Override> = overrides.iter().filter(|o| o.is_active(now)).collect();
     let empty = TargetSignal::default();
-    // Borrowed index: looking signals up by (&str, &str) avoids building a key per target.
-    let signal_of: HashMap<(&str, &str), &TargetSignal> = signals
+    // Borrowed index by policy: signals are ordered by (policy, cluster), so each
+    // policy's signals are one contiguous run. One hash per policy, not per target, and
+    // no key is built.
+    let flat: Vec<(&str, &TargetSignal)> = signals
         .targets
         .iter()
-        .map(|(k, v)| ((k.policy.as_str(), k.cluster.as_str()), v))
+        .map(|(k, v)| (k.cluster.as_str(), v))
         .collect();
+    let mut runs: HashMap<&str, std::ops::Range<usize>> = HashMap::new();
+    for (i, k) in signals.targets.keys().enumerate() {
+        runs.entry(k.policy.as_str()).or_insert(i..i).end = i + 1;
+    }
+    let signal_of = |policy: &str, cluster: &str| -> &TargetSignal {
+        runs.get(policy)
+            .and_then(|r| flat[r.clone()].iter().find(|(c, _)| *c == cluster))
+            .map_or(&empty, |(_, s)| *s)
+    };
 
     let previous_of: HashMap<&str, &PolicyDecision> = previous
         .policies
@@ -359,10 +371,7 @@ pub fn decide(
                 .iter()
                 .map(|target| {
                     let prev = prev_policy.and_then(|p| p.targets.get(&target.cluster));
-                    let signal = signal_of
-                        .get(&(policy.id.as_str(), target.cluster.as_str()))
-                        .copied()
-                        .unwrap_or(&empty);
+                    let signal = signal_of(&policy.id, &target.cluster);
                     (fold(policy, prev, signal, now), prev.map(|p| p.health))
                 })
                 .collect()
@@ -634,7 +643,7 @@ fn fold(
 /// Picks the answers of one policy from its targets' states.
 fn choose(
     policy: &Policy,
-    targets: &BTreeMap<String, TargetState>,
+    targets: &BTreeMap<Arc<str>, TargetState>,
     overrides: &[&Override],
     prev: Option<&PolicyDecision>,
 ) -> (Vec<Answer>, Outcome) {
@@ -723,9 +732,9 @@ fn choose(
             let mut answers: Vec<Answer> = addresses
                 .iter()
                 .map(|a| Answer {
-                    cluster: "fallback".to_owned(),
+                    cluster: "fallback".into(),
                     address: *a,
-                    region: String::new(),
+                    region: "".into(),
                     weight: 1000,
                 })
                 .collect();

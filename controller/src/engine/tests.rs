@@ -5,6 +5,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use std::sync::Arc;
+
 use lifeline_crds::Strategy as Plan;
 use proptest::prelude::*;
 
@@ -24,8 +26,8 @@ fn ip(last: u8) -> IpAddr {
 
 fn target(cluster: &str, priority: u32, weight: u32, last: u8) -> TargetSpec {
     TargetSpec {
-        cluster: cluster.to_owned(),
-        region: format!("region-{cluster}"),
+        cluster: cluster.into(),
+        region: format!("region-{cluster}").into(),
         priority,
         weight,
         addresses: vec![ip(last)],
@@ -136,7 +138,7 @@ impl Sim {
         let mut c: Vec<String> = self.decision.policies[&self.policies[0].id]
             .answers
             .iter()
-            .map(|a| a.cluster.clone())
+            .map(|a| a.cluster.to_string())
             .collect();
         c.dedup();
         c
@@ -196,7 +198,7 @@ fn weighted_answers_every_healthy_target_with_its_weight() {
     let answers = &sim.decision.policies["shop/checkout"].answers;
     let weights: Vec<(String, u32)> = answers
         .iter()
-        .map(|a| (a.cluster.clone(), a.weight))
+        .map(|a| (a.cluster.to_string(), a.weight))
         .collect();
     assert_eq!(
         weights,
@@ -231,7 +233,7 @@ fn round_robin_and_geo_answer_all_healthy_targets_equally() {
         let answers = &sim.decision.policies["shop/checkout"].answers;
         assert!(answers.iter().all(|a| a.weight == 1000), "{strategy:?}");
         assert_eq!(
-            answers[0].region, "region-a",
+            &*answers[0].region, "region-a",
             "answers carry the region for geo selection"
         );
     }
@@ -300,7 +302,7 @@ fn recovered_primary_waits_out_hold_down_then_ramps_in_steps() {
         sim.decision.policies["shop/checkout"]
             .answers
             .iter()
-            .map(|a| (a.cluster.clone(), a.weight))
+            .map(|a| (a.cluster.to_string(), a.weight))
             .collect()
     };
     assert_eq!(
@@ -482,7 +484,7 @@ fn blast_radius_guard_lets_a_single_failure_through() {
 fn an_override(cluster: &str, action: OverrideAction, expires_in: u64) -> Override {
     Override {
         id: format!("{cluster}-{action:?}"),
-        cluster: cluster.to_owned(),
+        cluster: cluster.into(),
         policy: None,
         action,
         created_at: t0(),
@@ -672,7 +674,7 @@ proptest! {
         for d in run(&policy, &steps) {
             let pd = &d.policies[&policy.id];
             if pd.outcome != Outcome::Normal { continue; }
-            let prio = |c: &str| policy.targets.iter().find(|t| t.cluster == c).unwrap().priority;
+            let prio = |c: &str| policy.targets.iter().find(|t| &*t.cluster == c).unwrap().priority;
             let best_eligible = policy.targets.iter()
                 .filter(|t| { let s = &pd.targets[&t.cluster]; !s.drained && matches!(s.health, Health::Healthy | Health::Unknown | Health::Ramping) })
                 .map(|t| t.priority).min().unwrap();
@@ -700,7 +702,7 @@ proptest! {
         let mut fails = 0;
         for flip in pattern {
             let ok = if flip && fails + 1 < p.unhealthy_threshold { fails += 1; false } else { fails = 0; true };
-            let results: Vec<(String, bool)> = p.targets.iter().map(|t| (t.cluster.clone(), ok)).collect();
+            let results: Vec<(String, bool)> = p.targets.iter().map(|t| (t.cluster.to_string(), ok)).collect();
             let refs: Vec<(&str, bool)> = results.iter().map(|(c, ok)| (c.as_str(), *ok)).collect();
             sim.step(&refs);
             prop_assert_eq!(&sim.decision.policies[&p.id].answers, &start);
@@ -718,7 +720,7 @@ proptest! {
         let last = history.last().unwrap().clone();
         let mut signals = Signals::default();
         for t in &policy.targets {
-            signals.targets.insert(TargetKey::new(&policy.id, &t.cluster), TargetSignal {
+            signals.targets.insert(TargetKey::new(&policy.id, &*t.cluster), TargetSignal {
                 observations: vec![Observation { at: t0(), ok: false, detail: String::new() }; 4],
                 source: SourceState::Unavailable { since: t0() },
             });
@@ -730,8 +732,8 @@ proptest! {
             prev = decide(&no_guard(), std::slice::from_ref(&policy), &signals, &[], &prev, now);
             // Ramps may still complete (time passes), but nothing new is learned, so
             // no answer may move to or from a target because of the frozen signals.
-            let before: Vec<&String> = last.policies[&policy.id].answers.iter().map(|a| &a.cluster).collect();
-            let after: Vec<&String> = prev.policies[&policy.id].answers.iter().map(|a| &a.cluster).collect();
+            let before: Vec<&Arc<str>> = last.policies[&policy.id].answers.iter().map(|a| &a.cluster).collect();
+            let after: Vec<&Arc<str>> = prev.policies[&policy.id].answers.iter().map(|a| &a.cluster).collect();
             let ramping_before = last.policies[&policy.id].targets.values().any(|t| matches!(t.health, Health::Ramping | Health::Recovering));
             if !ramping_before {
                 prop_assert_eq!(before, after);

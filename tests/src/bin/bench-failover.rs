@@ -298,8 +298,8 @@ fn decide_cost() {
             },
             targets: (0..10)
                 .map(|t| engine::TargetSpec {
-                    cluster: format!("c{t}"),
-                    region: format!("r{}", t % 3),
+                    cluster: format!("c{t}").into(),
+                    region: format!("r{}", t % 3).into(),
                     priority: t / 3,
                     weight: 10 + t,
                     addresses: vec![IpAddr::V4(Ipv4Addr::new(
@@ -337,7 +337,7 @@ fn decide_cost() {
         for target in &p.targets {
             signals
                 .targets
-                .entry(TargetKey::new(&p.id, &target.cluster))
+                .entry(TargetKey::new(&p.id, &*target.cluster))
                 .or_default()
                 .observations
                 .push(Observation {
