@@ -54,16 +54,16 @@ fn big_decision(n: usize, bump: Option<usize>) -> Decision {
         .map(|i| {
             let answers: Vec<Answer> = (0..3u8)
                 .map(|c| Answer {
-                    cluster: format!("cluster-{c}"),
+                    cluster: format!("cluster-{c}").into(),
                     address: format!("10.{c}.{}.{}", i / 256, i % 256).parse().unwrap(),
-                    region: format!("region-{c}"),
+                    region: format!("region-{c}").into(),
                     weight: 1000,
                 })
                 .collect();
             let targets = (0..3)
                 .map(|c| {
                     (
-                        format!("cluster-{c}"),
+                        format!("cluster-{c}").into(),
                         TargetState {
                             health: Health::Healthy,
                             since: at,
