@@ -3,7 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /healthz` | the process is alive |
-//! | `GET /readyz` | DNS has a snapshot loaded and a decision was made |
+//! | `GET /readyz` | DNS has a snapshot loaded (it can answer) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /v1/status` | policies, answers, target states, decision age, alarms |
 //! | `GET /v1/overrides` | active overrides and the audit trail |
@@ -166,20 +166,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Ready means "can answer DNS": a snapshot is loaded. It deliberately does not wait
+/// for a decision, because the DNS Service routes by readiness and a replica that
+/// restarts while etcd or every API is down must still serve its persisted snapshot.
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
-    let dns = (state.dns_ready)();
     let decided = state.decided.load(Ordering::Relaxed);
-    if dns && decided {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        let why = match (dns, decided) {
-            (false, false) => "no DNS snapshot loaded and no decision made yet",
-            (false, true) => "no DNS snapshot loaded yet",
-            _ => "no decision made yet",
+    if (state.dns_ready)() {
+        let note = if decided {
+            ""
+        } else {
+            " (serving the persisted snapshot; no decision yet)"
         };
+        (StatusCode::OK, format!("ready{note}\n")).into_response()
+    } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
+            "not ready: no DNS snapshot loaded yet\n",
         )
             .into_response()
     }
