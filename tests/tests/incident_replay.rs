@@ -58,3 +58,43 @@ async fn every_probe_failing_at_once_freezes_answers_and_raises_the_alarm() {
     let _one = ONE_AT_A_TIME.lock().await;
     check(scenarios::systemic_false_signal(scale).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_mid_failover_is_replaced_and_the_failover_completes_without_flapping() {
+    let Some(scale) = scale() else { return };
+    let _one = ONE_AT_A_TIME.lock().await;
+    check(scenarios::leader_killed_during_failover(scale).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_restarted_without_management_serve_from_snapshots_and_still_steer() {
+    let Some(scale) = scale() else { return };
+    let _one = ONE_AT_A_TIME.lock().await;
+    check(scenarios::restart_without_management(scale, true).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_dns_replica_keeps_answering_the_last_good_records() {
+    let Some(scale) = scale() else { return };
+    let _one = ONE_AT_A_TIME.lock().await;
+    check(scenarios::lone_dns_replica(scale).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clusters_recovering_at_once_ramp_back_a_few_at_a_time() {
+    let Some(scale) = scale() else { return };
+    let _one = ONE_AT_A_TIME.lock().await;
+    check(scenarios::mass_recovery_is_paced(scale).await);
+}
+
+/// Known gap: a member kubeconfig read from a Secret in the management cluster is not
+/// kept anywhere Lifeline can read without that API, so replicas restarted during a
+/// management outage cannot watch such members, learn no addresses and cannot steer
+/// (answers stay frozen, which is safe, but a dead backend is not failed over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap: Secret-referenced member kubeconfigs are unavailable after a restart without the management API"]
+async fn replicas_restarted_without_management_still_steer_members_whose_kubeconfig_is_a_secret() {
+    let Some(scale) = scale() else { return };
+    let _one = ONE_AT_A_TIME.lock().await;
+    check(scenarios::restart_without_management(scale, false).await);
+}

@@ -92,6 +92,8 @@ pub struct Sample {
     /// Index of the server in the list the generator was given.
     pub server: usize,
     pub answer: Answer,
+    /// The first attempt got no reply and was sent again, as a stub resolver does.
+    pub retried: bool,
 }
 
 /// Queries running in a background thread.
@@ -117,11 +119,18 @@ impl LoadGen {
                     return;
                 }
                 for (server, addr) in servers.iter().enumerate() {
-                    let answer = query_a(*addr, &name);
+                    // One retry after a lost reply, like a stub resolver: a query fails
+                    // only when both attempts get nothing.
+                    let mut answer = query_a(*addr, &name);
+                    let retried = answer == Answer::NoReply;
+                    if retried {
+                        answer = query_a(*addr, &name);
+                    }
                     out.lock().push(Sample {
                         at: Instant::now(),
                         server,
                         answer,
+                        retried,
                     });
                 }
                 // Paced by the schedule, not by the replies: a slow round is not repeated.
@@ -190,6 +199,22 @@ impl History {
     /// Samples that were NOERROR without an address.
     pub fn empty(&self) -> Vec<&Sample> {
         self.0.iter().filter(|s| s.answer.is_empty()).collect()
+    }
+
+    /// Queries whose first attempt got no reply.
+    pub fn retried(&self) -> usize {
+        self.0.iter().filter(|s| s.retried).count()
+    }
+
+    /// The history without `server`'s samples.
+    pub fn without(&self, server: usize) -> History {
+        History(
+            self.0
+                .iter()
+                .filter(|s| s.server != server)
+                .cloned()
+                .collect(),
+        )
     }
 
     /// Samples taken at or after `t`.

@@ -33,7 +33,7 @@ use crate::kube::{Emulator, EmulatorConfig, install_crypto_provider};
 
 /// The zone every scenario's names live in.
 pub const ZONE: &str = "incident.lifeline.test";
-const PREFIX: &str = "/lifeline-incident";
+pub const PREFIX: &str = "/lifeline-incident";
 
 /// What to build.
 #[derive(Clone, Debug)]
@@ -51,6 +51,9 @@ pub struct FleetSpec {
     /// API budget toward every API server (members and management).
     pub qps: f64,
     pub burst: u32,
+    /// Member kubeconfigs as files (`kubeconfigPath`) instead of Secrets in the
+    /// management cluster (`kubeconfigSecretRef`).
+    pub kubeconfig_files: bool,
 }
 
 impl Default for FleetSpec {
@@ -65,6 +68,7 @@ impl Default for FleetSpec {
             max_concurrent_ramps: 2,
             qps: 2.0,
             burst: 5,
+            kubeconfig_files: false,
         }
     }
 }
@@ -169,15 +173,28 @@ impl Replica {
         Ok(())
     }
 
-    /// Asks the replica to shut down and waits (at most 10 s) until it has.
-    pub async fn stop(&mut self) -> anyhow::Result<()> {
+    /// Asks the replica to shut down and waits (at most 30 s) until it has; returns how
+    /// long that took.
+    pub async fn stop(&mut self) -> anyhow::Result<Duration> {
+        let start = Instant::now();
         if let Some(r) = self.running.take() {
             let _ = r.stop.send(());
-            tokio::time::timeout(Duration::from_secs(10), r.task)
+            tokio::time::timeout(Duration::from_secs(30), r.task)
                 .await
-                .context("replica did not stop within 10 s")???;
+                .context("replica did not stop within 30 s")???;
         }
-        Ok(())
+        Ok(start.elapsed())
+    }
+
+    /// Drops the replica's main task without a clean shutdown, as close to `kill -9`
+    /// as one process allows: its lease keepalive ends with it, so the lease is left to
+    /// expire. Tasks it spawned detached (its DNS sockets among them) may live on, so
+    /// scenarios stop judging its answers from here on.
+    pub async fn kill(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.task.abort();
+            let _ = tokio::time::timeout(Duration::from_secs(5), r.task).await;
+        }
     }
 
     pub fn is_running(&self) -> bool {
@@ -306,12 +323,19 @@ impl Fleet {
                 "metadata": {"name": format!("{name}-kubeconfig"), "namespace": "lifeline-system"},
                 "data": {"kubeconfig": base64::engine::general_purpose::STANDARD.encode(api.kubeconfig_yaml())}
             }))?;
+            let mut cluster = json!({"region": format!("r{i}"), "addressSource": "EndpointSlice",
+                "apiBudget": {"qps": spec.qps, "burst": spec.burst}});
+            if spec.kubeconfig_files {
+                let path = dir.path().join(format!("{name}.kubeconfig"));
+                api.write_kubeconfig(&path)?;
+                cluster["kubeconfigPath"] = json!(path);
+            } else {
+                cluster["kubeconfigSecretRef"] =
+                    json!({"name": format!("{name}-kubeconfig"), "namespace": "lifeline-system"});
+            }
             management.create(json!({
                 "apiVersion": "lifeline.dev/v1alpha1", "kind": "MemberCluster",
-                "metadata": {"name": name},
-                "spec": {"region": format!("r{i}"), "addressSource": "EndpointSlice",
-                         "kubeconfigSecretRef": {"name": format!("{name}-kubeconfig"), "namespace": "lifeline-system"},
-                         "apiBudget": {"qps": spec.qps, "burst": spec.burst}}
+                "metadata": {"name": name}, "spec": cluster
             }))?;
             let backend = Backend::start(SocketAddr::new(*ip, port)).await?;
             members.push(Member { name, api, backend });

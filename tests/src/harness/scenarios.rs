@@ -134,6 +134,10 @@ pub fn requests_text(requests: &[(String, u64)]) -> String {
 struct Run {
     fleet: Fleet,
     load: LoadGen,
+    /// Answers recorded by earlier load generators of this run.
+    earlier: History,
+    /// Replicas whose answers no longer count (killed), from when.
+    ignored: Vec<(usize, Instant)>,
     started: Instant,
     counts: Vec<(String, u64)>,
     report: ScenarioReport,
@@ -156,6 +160,8 @@ impl Run {
             counts: fleet.api_counts(),
             started: Instant::now(),
             load,
+            earlier: History::default(),
+            ignored: Vec::new(),
             fleet,
             report: ScenarioReport::new(name),
         })
@@ -166,15 +172,29 @@ impl Run {
         delta(since, &self.fleet.api_counts())
     }
 
+    /// Stops the load generator, keeping what it recorded, and starts a new one on
+    /// `servers` (indices into the history stay those of `fleet.dns_addrs()` when
+    /// `servers` is that list).
+    async fn swap_load(&mut self, servers: Vec<std::net::SocketAddr>, limit: Duration) {
+        let old = std::mem::replace(
+            &mut self.load,
+            LoadGen::start(servers, &hostname(0), EVERY, limit),
+        );
+        self.earlier.0.extend(old.finish().await.0);
+    }
+
     /// Stops load and fleet; fills in the totals and requires every answer to be a
     /// non-empty NOERROR.
     async fn end(mut self) -> (ScenarioReport, History) {
-        let history = std::mem::replace(
-            &mut self.load,
-            LoadGen::start(Vec::new(), "", EVERY, Duration::ZERO),
-        )
-        .finish()
-        .await;
+        self.swap_load(Vec::new(), Duration::ZERO).await;
+        let ignored = std::mem::take(&mut self.ignored);
+        let history = History(
+            std::mem::take(&mut self.earlier)
+                .0
+                .into_iter()
+                .filter(|s| !ignored.iter().any(|(i, t)| s.server == *i && s.at >= *t))
+                .collect(),
+        );
         let mut report = self.report;
         report.duration = self.started.elapsed();
         report.api_requests = delta(&self.counts, &self.fleet.api_counts());
@@ -182,6 +202,12 @@ impl Run {
         report.failed = history.failed().len();
         report.empty = history.empty().len();
         report.check(report.queries > 0, || "no DNS queries were made".into());
+        if history.retried() > 0 {
+            report.notes.push(format!(
+                "{} queries needed a retry after a lost reply",
+                history.retried()
+            ));
+        }
         let bad: Vec<String> = history
             .failed()
             .into_iter()
@@ -217,6 +243,44 @@ fn delta(before: &[(String, u64)], after: &[(String, u64)]) -> Vec<(String, u64)
 
 fn only(ip: IpAddr) -> impl Fn(&[IpAddr]) -> bool {
     move |a| a == [ip]
+}
+
+/// Polls replica `i`'s `/v1/status` every 100 ms for at most `limit` until `found`
+/// returns something.
+async fn poll_status<T>(
+    fleet: &Fleet,
+    i: usize,
+    limit: Duration,
+    found: impl Fn(&serde_json::Value) -> Option<T>,
+) -> Option<T> {
+    let start = Instant::now();
+    // Bounded by `limit`, in 100 ms steps.
+    while start.elapsed() < limit {
+        if let Some(v) = fleet.replicas[i]
+            .status()
+            .await
+            .ok()
+            .as_ref()
+            .and_then(&found)
+        {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// The state text (`Healthy`, `Ramping(25%)`, ...) of `cluster` in every policy.
+fn target_states(status: &serde_json::Value, cluster: &str) -> Vec<String> {
+    let policies = status["policies"].as_array().cloned().unwrap_or_default();
+    policies
+        .iter()
+        .filter_map(|p| {
+            p["targets"].as_array()?.iter().find_map(|t| {
+                (t["cluster"] == cluster).then(|| t["state"].as_str().unwrap_or("").to_owned())
+            })
+        })
+        .collect()
 }
 
 /// Failover must finish within: unhealthyThreshold (2) × interval (200 ms) + timeout
@@ -500,23 +564,14 @@ pub async fn systemic_false_signal(scale: Scale) -> anyhow::Result<ScenarioRepor
     tokio::time::sleep(Duration::from_secs(1)).await;
     let cut = Instant::now();
     futures::future::join_all(run.fleet.members.iter_mut().map(|m| m.backend.kill())).await;
-    let mut alarm = None;
-    // Bounded: 100 polls of the status, about 10 s.
-    for _ in 0..100 {
-        let status = run.fleet.replicas[0].status().await.ok();
-        let kinds: Vec<String> = status
-            .as_ref()
-            .and_then(|s| s["alarms"].as_array().cloned())
-            .unwrap_or_default()
+    let alarm = poll_status(&run.fleet, 0, Duration::from_secs(10), |status| {
+        let alarms = status["alarms"].as_array()?;
+        alarms
             .iter()
-            .filter_map(|a| a["kind"].as_str().map(str::to_owned))
-            .collect();
-        if kinds.iter().any(|k| k == "SystemicFailureSuspected") {
-            alarm = Some(cut.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .any(|a| a["kind"] == "SystemicFailureSuspected")
+            .then(|| cut.elapsed())
+    })
+    .await;
     tokio::time::sleep(hold).await;
     for m in &mut run.fleet.members {
         m.backend.revive().await?;
@@ -536,6 +591,331 @@ pub async fn systemic_false_signal(scale: Scale) -> anyhow::Result<ScenarioRepor
             moved.len(),
             moved.first().map(|s| &s.answer)
         )
+    });
+    Ok(report)
+}
+
+// === 4. management down, every replica restarted ===
+
+/// The management API is gone and every Lifeline replica restarts: each answers from
+/// its persisted snapshot at once, a leader is elected from etcd, and it still steers.
+///
+/// With `kubeconfig_files` the member kubeconfigs are files; otherwise they are Secrets
+/// in the (unreachable) management cluster.
+pub async fn restart_without_management(
+    scale: Scale,
+    kubeconfig_files: bool,
+) -> anyhow::Result<ScenarioReport> {
+    let dark = scale.secs(4.0);
+    let name = if kubeconfig_files {
+        "4 management down, all restarted"
+    } else {
+        "4b as 4, member kubeconfigs in Secrets"
+    };
+    let mut run = Run::begin(
+        name,
+        FleetSpec {
+            kubeconfig_files,
+            ..FleetSpec::default()
+        },
+        dark + Duration::from_secs(25),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    run.fleet.management.outage().await;
+    // Every replica down at once: nothing answers meanwhile, so the load generator
+    // pauses over the restart itself and judges what comes after.
+    run.swap_load(Vec::new(), Duration::ZERO).await;
+    for (i, r) in run.fleet.replicas.iter_mut().enumerate() {
+        let took = r.stop().await?;
+        run.report.notes.push(format!(
+            "replica {i} shut down in {:.1} s with the management API gone",
+            took.as_secs_f64()
+        ));
+    }
+    let mut first = Vec::new();
+    for r in &mut run.fleet.replicas {
+        r.start().await?;
+        // The sockets open a moment after the task starts; from then on it must answer.
+        let dns = r.dns;
+        let started = Instant::now();
+        let answer = tokio::task::spawn_blocking(move || {
+            // Bounded: 100 tries of at most 300 ms.
+            (0..100)
+                .map(|_| super::dns::query_a(dns, &hostname(0)))
+                .find(|a| *a != super::dns::Answer::NoReply)
+        })
+        .await?;
+        first.push((started.elapsed(), answer));
+    }
+    let restarted = Instant::now();
+    run.swap_load(run.fleet.dns_addrs(), dark + Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(dark).await;
+    let killed = Instant::now();
+    run.fleet.members[0].backend.kill().await;
+    let moved = run
+        .fleet
+        .wait_all_answer(&[member_ip(1)], Duration::from_secs(20))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    run.fleet.management.restore().await?;
+    let (mut report, history) = run.end().await;
+    for (i, (took, answer)) in first.iter().enumerate() {
+        report.notes.push(format!(
+            "replica {i} answered {:.2} s after its restart: {answer:?}",
+            took.as_secs_f64()
+        ));
+        report.check(
+            answer
+                .as_ref()
+                .is_some_and(|a| a.addresses() == [member_ip(0)]),
+            || format!("replica {i}'s first answer after the restart: {answer:?}"),
+        );
+    }
+    let stale = history.any_since(restarted, |a| a != [member_ip(0)]);
+    let before_kill = stale.iter().filter(|s| s.at < killed).count();
+    report.check(before_kill == 0, || {
+        format!("{before_kill} answers after the restart were not the primary's")
+    });
+    report.check(moved.is_ok(), || {
+        format!("no steering after the restart without management: {moved:?}")
+    });
+    report.latency(
+        history
+            .settled_after(killed, only(member_ip(1)))
+            .filter(|_| moved.is_ok()),
+        Duration::from_secs(10),
+        "failover after restarting without management",
+    );
+    Ok(report)
+}
+
+// === 6. leader killed during a failover ===
+
+/// The primary's backend dies and, before the failover is through, the leader is
+/// killed: the next leader completes the failover and no surviving replica ever hands
+/// the dead primary out again.
+pub async fn leader_killed_during_failover(scale: Scale) -> anyhow::Result<ScenarioReport> {
+    let after = scale.secs(4.0);
+    let mut run = Run::begin(
+        "6 leader killed mid-failover",
+        FleetSpec::default(),
+        after + Duration::from_secs(20),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let leader = run
+        .fleet
+        .leader()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no leader found"))?;
+    let killed = Instant::now();
+    run.fleet.members[0].backend.kill().await;
+    // One failed probe in (of the two that make it unhealthy): the decision is pending.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    run.fleet.replicas[leader].kill().await;
+    run.ignored.push((leader, Instant::now()));
+    let moved = run
+        .fleet
+        .wait_all_answer(&[member_ip(1)], Duration::from_secs(15))
+        .await;
+    let successor = run.fleet.leader().await;
+    tokio::time::sleep(after).await;
+    let (mut report, history) = run.end().await;
+    report
+        .notes
+        .push(format!("killed replica {leader}; new leader {successor:?}"));
+    report.check(successor.is_some_and(|s| s != leader), || {
+        format!("no new leader after killing replica {leader}: {successor:?}")
+    });
+    report.check(moved.is_ok(), || {
+        format!("failover not completed: {moved:?}")
+    });
+    // Lease TTL (2 s) + election + the failover itself.
+    report.latency(
+        history
+            .without(leader)
+            .settled_after(killed, only(member_ip(1)))
+            .filter(|_| moved.is_ok()),
+        Duration::from_secs(2) + FAILOVER_BOUND + Duration::from_secs(2),
+        "failover across the leader's death",
+    );
+    let settled = history
+        .any_since(killed, |a| a == [member_ip(1)])
+        .first()
+        .map(|s| s.at);
+    let flaps = settled.map_or(0, |t| {
+        history.any_since(t, |a| a.contains(&member_ip(0))).len()
+    });
+    report.check(flaps == 0, || {
+        format!("{flaps} answers went back to the dead primary")
+    });
+    Ok(report)
+}
+
+// === 7. one `lifeline dns` replica outlives everything ===
+
+/// A standalone DNS replica (the `lifeline dns` code path: persisted snapshot plus an
+/// etcd watch) is the only thing left: controllers, etcd, every API server and every
+/// backend are gone. It keeps answering the last good records.
+pub async fn lone_dns_replica(scale: Scale) -> anyhow::Result<ScenarioReport> {
+    let alone = scale.secs(20.0);
+    let mut run = Run::begin(
+        "7 only a lifeline dns replica left",
+        FleetSpec::default(),
+        alone + Duration::from_secs(20),
+    )
+    .await?;
+    let lo = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    let addr = std::net::SocketAddr::new(lo, super::fleet::free_port(&[lo])?);
+    let dir = run.fleet.dir().join("edge");
+    let dns: lifeline_dns::DnsConfig = serde_json::from_value(serde_json::json!({
+        "udp": [addr], "tcp": [addr], "dataDir": dir,
+    }))?;
+    let zones: Vec<lifeline_dns::ZoneConfig> = serde_json::from_value(serde_json::json!([{
+        "origin": super::fleet::ZONE, "primaryNs": format!("ns1.{}", super::fleet::ZONE),
+        "hostmaster": format!("h.{}", super::fleet::ZONE),
+        "nameservers": [format!("ns1.{}", super::fleet::ZONE)],
+    }]))?;
+    let source = lifeline_dns::EtcdSource::new(run.fleet.etcd.connect(), super::fleet::PREFIX);
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let edge = tokio::spawn(async move {
+        lifeline_dns::standalone::run_with_sources(
+            &dns,
+            &zones,
+            None,
+            vec![Box::new(source)],
+            async move {
+                let _ = rx.await;
+            },
+        )
+        .await
+    });
+    // It is fed from etcd like every replica.
+    let fed = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if super::dns::query_a(addr, &hostname(0)).addresses() == [member_ip(0)] {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    })
+    .await?;
+    anyhow::ensure!(fed, "the standalone DNS replica never answered from etcd");
+    // Everything else goes.
+    run.swap_load(vec![addr], alone + Duration::from_secs(30))
+        .await;
+    let gone = Instant::now();
+    for r in &mut run.fleet.replicas {
+        r.stop().await?;
+    }
+    run.fleet.etcd.stop();
+    for api in run.fleet.api_servers() {
+        api.outage().await;
+    }
+    for m in &mut run.fleet.members {
+        m.backend.kill().await;
+    }
+    tokio::time::sleep(alone).await;
+    let _ = stop.send(());
+    let stopped = tokio::time::timeout(Duration::from_secs(10), edge).await;
+    for api in run.fleet.api_servers() {
+        api.restore().await?;
+    }
+    let (mut report, history) = run.end().await;
+    report.check(matches!(stopped, Ok(Ok(Ok(())))), || {
+        format!("the standalone replica did not stop cleanly: {stopped:?}")
+    });
+    let lone = history.since(gone);
+    report.notes.push(format!(
+        "{} queries to the lone replica over {:.0} s",
+        lone.queries(),
+        alone.as_secs_f64()
+    ));
+    let wrong = lone.any_since(gone, |a| a != [member_ip(0)]).len();
+    report.check(wrong == 0, || {
+        format!("{wrong} answers differ from the last good record")
+    });
+    Ok(report)
+}
+
+// === 8. many clusters recover at once ===
+
+/// Several policies fail over together and then all recover at the same moment: at
+/// most `maxConcurrentRamps` of them ramp at once, and each ends on the primary.
+pub async fn mass_recovery_is_paced(scale: Scale) -> anyhow::Result<ScenarioReport> {
+    let ramp = scale.secs(3.0);
+    let spec = FleetSpec {
+        policies: 4,
+        max_concurrent_ramps: 2,
+        hold_down: "1s".into(),
+        ramp_duration: format!("{}ms", ramp.as_millis()),
+        ramp_steps: 3,
+        ..FleetSpec::default()
+    };
+    let (policies, max_ramps) = (spec.policies, spec.max_concurrent_ramps);
+    let mut run = Run::begin(
+        "8 mass recovery paced",
+        spec,
+        ramp * 3 + Duration::from_secs(20),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    run.fleet.members[0].backend.kill().await;
+    run.fleet
+        .wait_all_answer(&[member_ip(1)], Duration::from_secs(15))
+        .await?;
+    // Followers refresh their status from etcd every 2 s; the leader's is live.
+    let leader = run.fleet.leader().await.unwrap_or(0);
+    let healed = Instant::now();
+    run.fleet.members[0].backend.revive().await?;
+    // Watch the decision as it goes: how many policies ramp at once.
+    let mut most = 0;
+    let mut seen_ramping = 0;
+    let limit = ramp * (policies as u32 / max_ramps as u32 + 1) + Duration::from_secs(10);
+    // Bounded by `limit`, in 100 ms steps.
+    while healed.elapsed() < limit {
+        if let Ok(status) = run.fleet.replicas[leader].status().await {
+            let states = target_states(&status, "m0");
+            let ramping = states.iter().filter(|s| s.starts_with("Ramping")).count();
+            most = most.max(ramping);
+            seen_ramping += usize::from(ramping > 0);
+            if states.len() == policies && states.iter().all(|s| s == "Healthy") {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let back = run
+        .fleet
+        .wait_all_answer(&[member_ip(0)], Duration::from_secs(10))
+        .await;
+    let done = healed.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (mut report, history) = run.end().await;
+    report.notes.push(format!(
+        "at most {most} of {policies} policies ramping at once (limit {max_ramps}); all back after {:.1} s",
+        done.as_secs_f64()
+    ));
+    report.check(most <= max_ramps, || {
+        format!("{most} policies ramped at once, limit {max_ramps}")
+    });
+    report.check(seen_ramping > 0, || "no ramp was ever observed".into());
+    report.check(back.is_ok(), || {
+        format!("not every policy came back: {back:?}")
+    });
+    // Paced: the last policy can only start once a slot frees, after a full ramp.
+    report.check(done >= ramp * 2, || {
+        format!("every policy was back after {done:?}, faster than two ramps in sequence")
+    });
+    // No flapping: once the primary is answered alone at the end, it stays.
+    let end = history.0.last().map(|s| s.at).unwrap_or(healed);
+    let settled = history.settled_between(healed, end, only(member_ip(0)));
+    report.check(settled.is_some(), || {
+        "the primary's answers did not settle".into()
     });
     Ok(report)
 }
