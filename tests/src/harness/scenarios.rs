@@ -919,3 +919,53 @@ pub async fn mass_recovery_is_paced(scale: Scale) -> anyhow::Result<ScenarioRepo
     });
     Ok(report)
 }
+
+// === registry ===
+
+/// Every scenario, in the order the report prints them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    BackendFailover,
+    MemberApiDark,
+    ApiSaturation,
+    RestartWithoutManagement,
+    RestartWithoutManagementSecrets,
+    EtcdDown,
+    LeaderKilled,
+    LoneDnsReplica,
+    MassRecovery,
+    SystemicFalseSignal,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 10] = [
+        Scenario::BackendFailover,
+        Scenario::MemberApiDark,
+        Scenario::ApiSaturation,
+        Scenario::RestartWithoutManagement,
+        Scenario::RestartWithoutManagementSecrets,
+        Scenario::EtcdDown,
+        Scenario::LeaderKilled,
+        Scenario::LoneDnsReplica,
+        Scenario::MassRecovery,
+        Scenario::SystemicFalseSignal,
+    ];
+
+    /// Runs the scenario on a fresh fleet.
+    pub async fn run(self, scale: Scale) -> anyhow::Result<ScenarioReport> {
+        match self {
+            Scenario::BackendFailover => backend_failover_and_failback(scale).await,
+            Scenario::MemberApiDark => member_api_dark(scale).await,
+            Scenario::ApiSaturation => api_saturation(scale).await,
+            Scenario::RestartWithoutManagement => restart_without_management(scale, true).await,
+            Scenario::RestartWithoutManagementSecrets => {
+                restart_without_management(scale, false).await
+            }
+            Scenario::EtcdDown => etcd_down(scale).await,
+            Scenario::LeaderKilled => leader_killed_during_failover(scale).await,
+            Scenario::LoneDnsReplica => lone_dns_replica(scale).await,
+            Scenario::MassRecovery => mass_recovery_is_paced(scale).await,
+            Scenario::SystemicFalseSignal => systemic_false_signal(scale).await,
+        }
+    }
+}
