@@ -3,14 +3,10 @@
 //! freezes the answer instead of moving it.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
-use hickory_proto::{
-    op::{Message, Query},
-    rr::{Name, RData, RecordType},
-};
 use lifeline_controller::{
     config::Config,
     run::{self, Documents},
@@ -25,27 +21,12 @@ fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
+/// The A addresses answered for the test name, `None` on no reply or an error code.
 fn query_a(server: SocketAddr) -> Option<Vec<IpAddr>> {
-    let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
-    socket
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .ok()?;
-    let mut msg = Message::query();
-    msg.metadata.id = 9;
-    msg.add_query(Query::query(Name::from_ascii(NAME).ok()?, RecordType::A));
-    socket.send_to(&msg.to_vec().ok()?, server).ok()?;
-    let mut buf = [0u8; 2048];
-    let (n, _) = socket.recv_from(&mut buf).ok()?;
-    let resp = Message::from_vec(&buf[..n]).ok()?;
-    Some(
-        resp.answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                _ => None,
-            })
-            .collect(),
-    )
+    match lifeline_tests::harness::dns::query_a(server, NAME) {
+        lifeline_tests::harness::dns::Answer::Addresses(a) => Some(a),
+        _ => None,
+    }
 }
 
 async fn wait_for(dns: SocketAddr, want: IpAddr, limit: Duration) {

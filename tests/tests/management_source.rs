@@ -4,15 +4,11 @@
 //! catches up when the API returns.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
     time::{Duration, Instant},
 };
 
-use hickory_proto::{
-    op::{Message, Query},
-    rr::{Name, RData, RecordType},
-};
 use lifeline_controller::{
     config::Config,
     run::{self, Documents},
@@ -35,27 +31,12 @@ fn free_port(ip: IpAddr) -> u16 {
         .port()
 }
 
+/// The A addresses answered, `None` on no reply or an error code.
 fn query_a(server: SocketAddr, name: &str) -> Option<Vec<IpAddr>> {
-    let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
-    socket
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .ok()?;
-    let mut msg = Message::query();
-    msg.metadata.id = 7;
-    msg.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
-    socket.send_to(&msg.to_vec().ok()?, server).ok()?;
-    let mut buf = [0u8; 2048];
-    let (n, _) = socket.recv_from(&mut buf).ok()?;
-    let resp = Message::from_vec(&buf[..n]).ok()?;
-    Some(
-        resp.answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                _ => None,
-            })
-            .collect(),
-    )
+    match lifeline_tests::harness::dns::query_a(server, name) {
+        lifeline_tests::harness::dns::Answer::Addresses(a) => Some(a),
+        _ => None,
+    }
 }
 
 async fn wait_for(dns: SocketAddr, name: &'static str, want: IpAddr, limit: Duration) {
