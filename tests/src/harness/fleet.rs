@@ -428,8 +428,11 @@ engine: {{blastRadius: {{enabled: true, fraction: 0.5, window: 60s, minTargets: 
         tokio::task::spawn_blocking(move || {
             let start = Instant::now();
             let mut last = dns::Answer::NoReply;
-            // Bounded by `limit`, in 20 ms steps.
-            while start.elapsed() < limit {
+            // Bounded by `limit` and by its count of 20 ms steps.
+            for _ in 0..=limit.as_millis() / 20 {
+                if start.elapsed() > limit {
+                    break;
+                }
                 let all = servers.iter().all(|s| {
                     names.iter().all(|n| {
                         last = dns::query_a(*s, n);
