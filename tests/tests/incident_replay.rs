@@ -3,88 +3,71 @@
 //! the full history of DNS answers and on the API request counters. Set
 //! `LIFELINE_REPLAY_SCALE` to run every phase longer.
 
-use lifeline_tests::harness::{Scale, ScenarioReport, etcd::Etcd, scenarios};
+use lifeline_tests::harness::{Scale, etcd::Etcd, scenarios::Scenario};
 
 /// One fleet at a time: several at once on a 2-core machine would measure contention,
 /// not Lifeline.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Prints a scenario's report and fails on a violation.
-fn check(report: anyhow::Result<ScenarioReport>) {
-    let report = report.expect("the scenario could set up its fleet");
+/// Runs a scenario at `LIFELINE_REPLAY_SCALE` (1 by default), prints its report and
+/// fails on any violation; skipped when etcd is not installed.
+async fn replay(scenario: Scenario) {
+    if !Etcd::available() {
+        eprintln!("SKIPPED: /usr/bin/etcd is not installed (Debian package etcd-server)");
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let report = scenario
+        .run(Scale::from_env(1.0))
+        .await
+        .expect("the scenario could set up its fleet");
     eprintln!("{report}");
     report.assert_passed();
 }
 
-fn scale() -> Option<Scale> {
-    if !Etcd::available() {
-        eprintln!("SKIPPED: /usr/bin/etcd is not installed (Debian package etcd-server)");
-        return None;
-    }
-    Some(Scale::from_env(1.0))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saturated_api_servers_never_fail_an_answer_nor_get_more_than_the_budget() {
-    let Some(scale) = scale() else { return };
-    let _one = ONE_AT_A_TIME.lock().await;
-    check(scenarios::api_saturation(scale).await);
+    replay(Scenario::ApiSaturation).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_primary_fails_over_fast_and_fails_back_after_hold_down_ramped() {
-    let Some(scale) = scale() else { return };
-    let _one = ONE_AT_A_TIME.lock().await;
-    check(scenarios::backend_failover_and_failback(scale).await);
+    replay(Scenario::BackendFailover).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_api_going_dark_leaves_answers_unchanged() {
-    let Some(scale) = scale() else { return };
-    let _one = ONE_AT_A_TIME.lock().await;
-    check(scenarios::member_api_dark(scale).await);
+    replay(Scenario::MemberApiDark).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_down_leaves_answers_unchanged_and_changes_flow_when_it_returns() {
-    let Some(scale) = scale() else { return };
-    let _one = ONE_AT_A_TIME.lock().await;
-    check(scenarios::etcd_down(scale).await);
+    replay(Scenario::EtcdDown).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_probe_failing_at_once_freezes_answers_and_raises_the_alarm() {
-    let Some(scale) = scale() else { return };
-    let _one = ONE_AT_A_TIME.lock().await;
-    check(scenarios::systemic_false_signal(scale).await);
+    replay(Scenario::SystemicFalseSignal).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_killed_mid_failover_is_replaced_and_the_failover_completes_without_flapping() {
-    let Some(scale) = scale() else { return };
-    let _one = ONE_AT_A_TIME.lock().await;
-    check(scenarios::leader_killed_during_failover(scale).await);
+    replay(Scenario::LeaderKilled).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_restarted_without_management_serve_from_snapshots_and_still_steer() {
-    let Some(scale) = scale() else { return };
-    let _one = ONE_AT_A_TIME.lock().await;
-    check(scenarios::restart_without_management(scale, true).await);
+    replay(Scenario::RestartWithoutManagement).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_dns_replica_keeps_answering_the_last_good_records() {
-    let Some(scale) = scale() else { return };
-    let _one = ONE_AT_A_TIME.lock().await;
-    check(scenarios::lone_dns_replica(scale).await);
+    replay(Scenario::LoneDnsReplica).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clusters_recovering_at_once_ramp_back_a_few_at_a_time() {
-    let Some(scale) = scale() else { return };
-    let _one = ONE_AT_A_TIME.lock().await;
-    check(scenarios::mass_recovery_is_paced(scale).await);
+    replay(Scenario::MassRecovery).await;
 }
 
 /// Known gap: a member kubeconfig read from a Secret in the management cluster is not
@@ -94,7 +77,5 @@ async fn many_clusters_recovering_at_once_ramp_back_a_few_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "known gap: Secret-referenced member kubeconfigs are unavailable after a restart without the management API"]
 async fn replicas_restarted_without_management_still_steer_members_whose_kubeconfig_is_a_secret() {
-    let Some(scale) = scale() else { return };
-    let _one = ONE_AT_A_TIME.lock().await;
-    check(scenarios::restart_without_management(scale, false).await);
+    replay(Scenario::RestartWithoutManagementSecrets).await;
 }
