@@ -151,7 +151,14 @@ impl Fleet {
             ) {
                 (Some(path), _) => member::kube_config_from_path(std::path::Path::new(path)).await,
                 (None, Some(r)) => match &self.management {
-                    Some(client) => match kubeconfig_from_secret(client, r).await {
+                    // Bounded: a hanging management API must not stall the leader.
+                    Some(client) => match tokio::time::timeout(
+                        std::time::Duration::from_secs(3),
+                        kubeconfig_from_secret(client, r),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err("timed out reading the Secret".to_owned()))
+                    {
                         Ok(c) => Ok(c),
                         Err(e) => {
                             warn!(cluster = %name, error = %e, "cannot load the member kubeconfig");

@@ -232,7 +232,9 @@ struct PolicyState {
     /// Modification stamps of the files at the last load.
     stamps: Vec<Option<(SystemTime, u64)>>,
     zones: Vec<String>,
-    /// The management cluster's view, for `Documents::Kubernetes`.
+    /// The management cluster's client and namespace, for `Documents::Kubernetes`.
+    management_client: Option<(kube::Client, Option<String>)>,
+    /// The management cluster's view while this replica leads.
     management: Option<(
         ManagementSource,
         tokio::sync::watch::Receiver<ManagementView>,
@@ -460,18 +462,19 @@ pub async fn run(
 
     let mut ctx = Term {
         policy_state: PolicyState {
-            management: match &documents {
+            // Building the client contacts nothing; only the leader watches (see
+            // `lead_until`), so management API load does not grow with replicas.
+            management_client: match &documents {
                 Documents::Kubernetes {
                     kubeconfig,
                     namespace,
-                } => {
-                    let client = management_client(kubeconfig.as_deref(), &config).await?;
-                    let source = ManagementSource::spawn(client, namespace.clone());
-                    let view = source.view();
-                    Some((source, view))
-                }
+                } => Some((
+                    management_client(kubeconfig.as_deref(), &config).await?,
+                    namespace.clone(),
+                )),
                 _ => None,
             },
+            management: None,
             docs: documents,
             stamps: Vec::new(),
             zones: config.zone_origins(),
@@ -666,8 +669,25 @@ async fn lead(
 }
 
 /// One leadership term: decide and publish until `stop` completes. Returns `stop`'s
-/// value (true: shut down) with the term's outcome.
+/// value (true: shut down) with the term's outcome. The management cluster is watched
+/// only during the term.
 async fn lead_until(
+    ctx: &mut Term,
+    output: &Output<'_>,
+    publisher: Publisher,
+    stop: impl Future<Output = bool>,
+) -> (bool, anyhow::Result<()>) {
+    if let Some((client, namespace)) = ctx.policy_state.management_client.clone() {
+        let source = ManagementSource::spawn(client, namespace);
+        let view = source.view();
+        ctx.policy_state.management = Some((source, view));
+    }
+    let outcome = lead_term(ctx, output, publisher, stop).await;
+    ctx.policy_state.management = None;
+    outcome
+}
+
+async fn lead_term(
     ctx: &mut Term,
     output: &Output<'_>,
     mut publisher: Publisher,
