@@ -726,6 +726,27 @@ fn choose(
         return (answers_for(&chosen), Outcome::Normal);
     }
 
+    let (answers, outcome) = when_all_unhealthy(policy, &state, &weight_of, &answers_for, prev);
+    // Targets whose addresses are not known (their source is unreachable after a
+    // restart, say) must not turn a served name into an empty one: keep what was
+    // answered. Only `Empty` may answer nothing.
+    if answers.is_empty()
+        && outcome != Outcome::Empty
+        && let Some(p) = prev.filter(|p| !p.answers.is_empty())
+    {
+        return (p.answers.clone(), Outcome::LastKnownGood);
+    }
+    (answers, outcome)
+}
+
+/// The answers when no target is eligible, as the policy's `whenAllUnhealthy` says.
+fn when_all_unhealthy<'a>(
+    policy: &'a Policy,
+    state: &impl Fn(&TargetSpec) -> &'a TargetState,
+    weight_of: &impl Fn(&TargetSpec) -> u32,
+    answers_for: &impl Fn(&[(&TargetSpec, u32)]) -> Vec<Answer>,
+    prev: Option<&PolicyDecision>,
+) -> (Vec<Answer>, Outcome) {
     match &policy.when_all_unhealthy {
         WhenAllUnhealthy::Empty => (Vec::new(), Outcome::Empty),
         WhenAllUnhealthy::Fallback(addresses) => {

@@ -748,3 +748,20 @@ proptest! {
         prop_assert_eq!(run(&policy, &steps), run(&policy, &steps));
     }
 }
+
+#[test]
+fn targets_whose_addresses_are_unknown_never_empty_a_served_name() {
+    let mut sim = Sim::new(vec![three_tiers()]);
+    assert_eq!(sim.clusters(), ["a"]);
+    // A restart with the member APIs unreachable: no target has an address yet.
+    for t in &mut sim.policies[0].targets {
+        t.addresses.clear();
+    }
+    sim.step(&[]);
+    assert_eq!(sim.clusters(), ["a"], "the last answer is kept");
+    assert_eq!(sim.outcome(), Outcome::LastKnownGood);
+    // A policy that asks for Empty still gets it.
+    sim.policies[0].when_all_unhealthy = WhenAllUnhealthy::Empty;
+    sim.step(&[]);
+    assert!(sim.clusters().is_empty());
+}
