@@ -394,7 +394,13 @@ pub fn decide(
                     && now.duration_since(s.since).unwrap_or_default() <= guard.window
             })
             .count();
-        let failing = fresh + recent;
+        // Targets failing now but not yet past their threshold count too: when a
+        // whole fleet starts failing at once, probe rounds are not in step, and counting
+        // only threshold crossings would let the first few move before the rest show.
+        let suspects = all()
+            .filter(|(s, _)| s.health != Health::Unhealthy && s.fail_streak > 0)
+            .count();
+        let failing = fresh + recent + suspects;
         if fresh > 0 && failing as f64 > guard.fraction * total as f64 {
             let since = previous
                 .alarms
