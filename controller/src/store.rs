@@ -53,7 +53,7 @@ struct Envelope<T> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "lifeline_dns::model::rfc3339")]
     pub at: SystemTime,
     /// `set` or `cleared`.
     pub action: String,
@@ -288,21 +288,6 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
-}
-
-mod humantime_serde_compat {
-    use std::time::SystemTime;
-
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_millis(*t))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom)
-    }
 }
 
 #[cfg(test)]

@@ -227,7 +227,7 @@ impl ZoneSnapshot {
 }
 
 /// Serde adapter: `SystemTime` as an RFC 3339 string, readable in files and logs.
-pub(crate) mod rfc3339 {
+pub mod rfc3339 {
     use std::time::SystemTime;
 
     use serde::{Deserialize, Deserializer, Serializer, de::Error};

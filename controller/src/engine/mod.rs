@@ -234,7 +234,7 @@ pub struct PolicyDecision {
     /// The last answers that came from eligible targets, for `LastKnownGood`.
     pub last_good: Vec<Answer>,
     /// When `answers` last changed.
-    #[serde(with = "time_text")]
+    #[serde(with = "lifeline_dns::model::rfc3339")]
     pub changed_at: SystemTime,
 }
 
@@ -272,7 +272,7 @@ pub enum Outcome {
 pub struct TargetState {
     pub health: Health,
     /// When `health` last changed.
-    #[serde(with = "time_text")]
+    #[serde(with = "lifeline_dns::model::rfc3339")]
     pub since: SystemTime,
     /// Why, in a few words. Shared text: a decision clones every target's state, and
     /// most reasons do not change between decisions.
@@ -314,7 +314,7 @@ impl Health {
 pub struct Alarm {
     pub kind: AlarmKind,
     pub message: String,
-    #[serde(with = "time_text")]
+    #[serde(with = "lifeline_dns::model::rfc3339")]
     pub since: SystemTime,
 }
 
@@ -841,22 +841,8 @@ fn failover_tiers<'a>(
     out
 }
 
-/// Serde adapters for times as RFC 3339 text.
-mod time_text {
-    use std::time::SystemTime;
-
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_millis(*t))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom)
-    }
-}
-
+/// Serde adapter for optional times as RFC 3339 text (the shim's adapter covers the
+/// plain case).
 mod opt_time_text {
     use std::time::SystemTime;
 
