@@ -552,7 +552,12 @@ impl EtcdStore {
 
     /// Every override in etcd (expired ones included; the engine ignores those).
     pub async fn overrides(&self) -> Result<Vec<Override>> {
-        let dir = format!("{}/", self.key(&["overrides"])?);
+        self.values_under("overrides").await
+    }
+
+    /// The good values under `{prefix}/{segment}/`, in key order.
+    async fn values_under<T: DeserializeOwned>(&self, segment: &str) -> Result<Vec<T>> {
+        let dir = format!("{}/", self.key(&[segment])?);
         Ok(self
             .read_dir(&dir)
             .await?
@@ -640,13 +645,7 @@ impl EtcdStore {
 
     /// The audit trail, oldest first.
     pub async fn audit(&self) -> Result<Vec<AuditEntry>> {
-        let dir = format!("{}/", self.key(&["audit"])?);
-        Ok(self
-            .read_dir(&dir)
-            .await?
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect())
+        self.values_under("audit").await
     }
 
     /// Deletes audit entries older than `before` (the trail otherwise grows forever);
