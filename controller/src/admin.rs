@@ -36,10 +36,9 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::{
-    engine::{Decision, Health, Override, OverrideAction},
-    store::Store,
-};
+use lifeline_engine::{Decision, Health, Override, OverrideAction};
+
+use crate::store::Store;
 
 /// Longest override an operator can set in one request.
 const MAX_OVERRIDE: Duration = Duration::from_secs(7 * 24 * 3600);

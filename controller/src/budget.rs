@@ -156,12 +156,12 @@ pub enum ControlPlane {
 
 impl ControlPlane {
     /// The engine's view of this source: only a known outage is `Unavailable`.
-    pub fn source_state(&self) -> crate::engine::SourceState {
+    pub fn source_state(&self) -> lifeline_engine::SourceState {
         match self {
             Self::Unreachable { since } => {
-                crate::engine::SourceState::Unavailable { since: *since }
+                lifeline_engine::SourceState::Unavailable { since: *since }
             }
-            Self::Unknown | Self::Reachable => crate::engine::SourceState::Available,
+            Self::Unknown | Self::Reachable => lifeline_engine::SourceState::Available,
         }
     }
 }

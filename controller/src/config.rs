@@ -40,7 +40,7 @@ pub struct Config {
     pub defaults: Defaults,
     /// Decision engine settings (blast-radius guard, failback pacing).
     #[serde(default)]
-    pub engine: crate::engine::EngineConfig,
+    pub engine: lifeline_engine::EngineConfig,
 }
 
 /// The admin HTTP API (status, overrides, metrics).

@@ -45,7 +45,7 @@ fn request(action: &str, args: OverrideArgs, weight: Option<u32>) -> OverrideReq
     }
 }
 
-fn set_line(o: &crate::engine::Override) -> String {
+fn set_line(o: &lifeline_engine::Override) -> String {
     format!(
         "override {} set: {:?} {} until {}\n",
         o.id,

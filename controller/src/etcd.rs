@@ -73,10 +73,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use lifeline_dns::etcd_source::{BadValue, EtcdConnect, EtcdTlsFiles, VALUE_LIMIT};
 
-use crate::{
-    engine::{Decision, Override, PolicyDecision},
-    store::{AuditEntry, PolicySnapshot},
-};
+use lifeline_engine::{Decision, Override, PolicyDecision};
+
+use crate::store::{AuditEntry, PolicySnapshot};
 
 /// etcd rejects transactions with more operations than `--max-txn-ops` (128 by
 /// default); larger writes are split into several fenced transactions.

@@ -24,9 +24,10 @@ use std::{
 use lifeline_crds::{AddressSource, FailoverPolicy, MemberCluster};
 use tracing::{info, warn};
 
+use lifeline_engine::{Observation, SourceState, TargetKey};
+
 use crate::{
     budget::BudgetConfig,
-    engine::{Observation, SourceState, TargetKey},
     member::{self, MemberHandle, MemberView, MemberWatcher, ServiceKey, WatchOptions},
     policies::policy_id,
     store::PolicySnapshot,

@@ -28,7 +28,6 @@ pub mod config;
 pub mod ctl;
 pub mod demo;
 pub mod documents;
-pub mod engine;
 pub mod etcd;
 pub mod fleet;
 pub mod management;

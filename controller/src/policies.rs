@@ -8,10 +8,9 @@ use lifeline_crds::{
     SourceUnavailableMode,
 };
 
-use crate::{
-    engine::{self, OnSourceUnavailable, WhenAllUnhealthy},
-    probe::{self, ProbeSpec, TargetKey},
-};
+use lifeline_engine::{self as engine, OnSourceUnavailable, WhenAllUnhealthy};
+
+use crate::probe::{self, ProbeSpec, TargetKey};
 
 /// The compiled form of a set of documents.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -70,7 +70,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Identifies one probed target: a policy and one of its member clusters (the same key
 /// the engine uses, so results feed it without conversion).
-pub use crate::engine::TargetKey;
+pub use lifeline_engine::TargetKey;
 
 /// What one probe of one address does.
 #[derive(Clone, Debug, PartialEq, Eq)]

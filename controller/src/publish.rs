@@ -4,9 +4,9 @@
 use std::{collections::BTreeMap, time::SystemTime};
 
 use lifeline_crds::{Strategy, validate::name_in_zone};
-use lifeline_dns::model::{AddressSet, NameRecords, Target, Update, ZonePatch, ZoneSnapshot};
+use lifeline_model::{AddressSet, NameRecords, Target, Update, ZonePatch, ZoneSnapshot};
 
-use crate::engine::Decision;
+use lifeline_engine::Decision;
 
 /// Remembers what was last published per zone so the next publish is a minimal patch.
 #[derive(Debug)]

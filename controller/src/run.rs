@@ -43,11 +43,12 @@ use prometheus_client::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use lifeline_engine::{self as engine, Decision, Health, Observation, Override, Signals};
+
 use crate::{
     admin::{self, AdminState, DemoControl},
     config::{Config, PolicySource, StoreConfig},
     documents,
-    engine::{self, Decision, Health, Observation, Override, Signals},
     etcd::{EtcdStore, Leader, Leadership},
     fleet::Fleet,
     management::{ManagementSource, ManagementView},

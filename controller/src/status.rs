@@ -22,11 +22,9 @@ use lifeline_crds::{
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
-use crate::{
-    engine::{AlarmKind, Decision, Health, Outcome},
-    member::MemberView,
-    policies::policy_id,
-};
+use lifeline_engine::{AlarmKind, Decision, Health, Outcome};
+
+use crate::{member::MemberView, policies::policy_id};
 
 /// Coalesces and rate-limits status writes.
 pub struct StatusWriter {
@@ -450,7 +448,7 @@ impl StatusTask {
             if old.answers == pd.answers {
                 continue;
             }
-            let list = |p: &crate::engine::PolicyDecision| {
+            let list = |p: &lifeline_engine::PolicyDecision| {
                 p.answers
                     .iter()
                     .map(|a| a.address.to_string())

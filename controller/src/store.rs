@@ -19,7 +19,7 @@ use std::{
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::engine::{Decision, Override};
+use lifeline_engine::{Decision, Override};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,7 @@ struct Envelope<T> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
-    #[serde(with = "lifeline_dns::model::rfc3339")]
+    #[serde(with = "lifeline_model::time::rfc3339")]
     pub at: SystemTime,
     /// `set` or `cleared`.
     pub action: String,
@@ -295,7 +295,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::engine::OverrideAction;
+    use lifeline_engine::OverrideAction;
 
     fn an_override(id: &str) -> Override {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);

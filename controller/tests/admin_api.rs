@@ -1,33 +1,34 @@
 //! The admin API in-process over real sockets: overrides move DNS answers, every bad
 //! request gets a clear error, and authorization is enforced.
 
-mod common;
-
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use common::{Backend, free_port, query_a};
 use lifeline_controller::{
     admin::{self, AdminState},
     config::Config,
     run::{self, Documents},
     store::{EmbeddedStore, Store},
 };
+use lifeline_testkit::{
+    Backend,
+    dns::{await_exactly, query_a},
+    free_port, loopback,
+};
 use serde_json::{Value, json};
 
 const ZONE: &str = "admin.lifeline.test";
 const NAME: &str = "web.admin.lifeline.test";
 
-fn ip(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
-}
-
 struct Running {
     admin: String,
     dns: SocketAddr,
+    /// The addresses of cluster `one` (priority 0) and `two` (priority 1).
+    one: IpAddr,
+    two: IpAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _dir: tempfile::TempDir,
@@ -43,12 +44,13 @@ impl Running {
 
 async fn start(token: Option<&str>) -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port(&[ip(5), ip(6)]);
+    let (one, two) = (loopback(), loopback());
+    let port = free_port(&[one, two]);
     let backends = vec![
-        Backend::start(SocketAddr::new(ip(5), port)).await,
-        Backend::start(SocketAddr::new(ip(6), port)).await,
+        Backend::start(SocketAddr::new(one, port)).await,
+        Backend::start(SocketAddr::new(two, port)).await,
     ];
-    let dns = SocketAddr::new(ip(1), free_port(&[ip(1)]));
+    let dns = lifeline_testkit::free_addr();
     let config = Config::from_bytes(
         format!(
             "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: hostmaster.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
@@ -61,8 +63,8 @@ policySource: {{type: files, paths: [unused.yaml]}}\n",
     )
     .unwrap();
     let docs = format!(
-        "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: one}}\nspec: {{region: a, addressSource: Static, addresses: [\"127.0.0.5\"]}}\n---\n\
-apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: two}}\nspec: {{region: b, addressSource: Static, addresses: [\"127.0.0.6\"]}}\n---\n\
+        "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: one}}\nspec: {{region: a, addressSource: Static, addresses: [\"{one}\"]}}\n---\n\
+apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: two}}\nspec: {{region: b, addressSource: Static, addresses: [\"{two}\"]}}\n---\n\
 apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hostname: {NAME}\n  targets: [{{cluster: one, priority: 0}}, {{cluster: two, priority: 1}}]\n  healthCheck: {{http: {{port: {port}}}, interval: 200ms, timeout: 150ms}}\n"
     );
     let mut policies = Vec::new();
@@ -74,7 +76,9 @@ apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, 
             (None, problems) => panic!("{problems:?}"),
         }
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind((loopback(), 0))
+        .await
+        .unwrap();
     let admin = format!("http://{}", listener.local_addr().unwrap());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let options = run::Options {
@@ -91,30 +95,19 @@ apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, 
     let running = Running {
         admin,
         dns,
+        one,
+        two,
         stop: Some(stop_tx),
         task,
         _dir: dir,
         _backends: backends,
     };
-    wait_answer(dns, ip(5)).await;
+    wait_answer(dns, one).await;
     running
 }
 
 async fn wait_answer(dns: SocketAddr, want: IpAddr) {
-    tokio::task::spawn_blocking(move || {
-        let start = Instant::now();
-        let mut last = None;
-        while start.elapsed() < Duration::from_secs(10) {
-            last = query_a(dns, NAME);
-            if last.as_ref().is_some_and(|(_, ips)| ips == &[want]) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("answer never became {want}; last {last:?}");
-    })
-    .await
-    .unwrap();
+    await_exactly(dns, NAME, want, Duration::from_secs(10)).await;
 }
 
 fn client() -> reqwest::Client {
@@ -135,7 +128,7 @@ async fn a_drain_through_the_admin_api_moves_the_answer_and_clearing_it_moves_it
     assert_eq!(resp.status(), 201);
     let created: Value = resp.json().await.unwrap();
     assert_eq!(created["author"], "alice");
-    wait_answer(lifeline.dns, ip(6)).await;
+    wait_answer(lifeline.dns, lifeline.two).await;
 
     let status: Value = http
         .get(format!("{}/v1/status", lifeline.admin))
@@ -147,7 +140,7 @@ async fn a_drain_through_the_admin_api_moves_the_answer_and_clearing_it_moves_it
         .unwrap();
     let policy = &status["policies"][0];
     assert_eq!(policy["name"], "shop/web");
-    assert_eq!(policy["answers"], json!(["127.0.0.6"]));
+    assert_eq!(policy["answers"], json!([lifeline.two.to_string()]));
     let one = policy["targets"]
         .as_array()
         .unwrap()
@@ -174,7 +167,7 @@ async fn a_drain_through_the_admin_api_moves_the_answer_and_clearing_it_moves_it
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    wait_answer(lifeline.dns, ip(5)).await;
+    wait_answer(lifeline.dns, lifeline.one).await;
     lifeline.stop().await;
 }
 
@@ -257,10 +250,7 @@ async fn bad_override_requests_are_rejected_with_the_field_named() {
         .unwrap();
     assert_eq!(resp.status(), 404);
     // Still serving after all that.
-    assert_eq!(
-        query_a(lifeline.dns, NAME).map(|(_, ips)| ips),
-        Some(vec![ip(5)])
-    );
+    assert_eq!(query_a(lifeline.dns, NAME).ok(), Some(vec![lifeline.one]));
     lifeline.stop().await;
 }
 

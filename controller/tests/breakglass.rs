@@ -1,27 +1,19 @@
 //! Break-glass: with no leader and no Kubernetes API, `lifeline ctl --etcd drain` changes
 //! what a standalone `lifeline dns` replica answers, and `clear` undoes it.
 
-mod common;
-mod etcd_harness;
-
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{Backend, free_port, query_a};
-use etcd_harness::Etcd;
 use lifeline_controller::etcd::EtcdStore;
+use lifeline_testkit::{Backend, Etcd, dns::await_answer, free_addr, free_port, loopback};
 
 const ZONE: &str = "bg.lifeline.test";
 const NAME: &str = "web.bg.lifeline.test";
 const PREFIX: &str = "/lifeline-breakglass";
-
-fn ip(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
-}
 
 struct Process(Child);
 
@@ -64,30 +56,17 @@ fn ctl(etcd: &str, args: &[&str]) -> String {
 async fn wait_for(dns: SocketAddr, want: &[IpAddr], limit: Duration) {
     let mut want = want.to_vec();
     want.sort();
-    tokio::task::spawn_blocking(move || {
-        let start = Instant::now();
-        let mut last = None;
-        while start.elapsed() < limit {
-            last = query_a(dns, NAME);
-            if let Some((_, ips)) = &last {
-                let mut ips = ips.clone();
-                ips.sort();
-                if ips == want {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("{dns}: answer never became {want:?}; last {last:?}");
-    })
-    .await
-    .unwrap();
+    await_answer(dns, NAME, limit, move |ips| ips == want).await;
 }
 
-fn config(dir: &Path, name: &str, etcd: &str, port: u16) -> (SocketAddr, std::path::PathBuf) {
-    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let dns = SocketAddr::new(lo, free_port(&[lo]));
-    let admin = SocketAddr::new(lo, free_port(&[lo]));
+fn config(
+    dir: &Path,
+    name: &str,
+    etcd: &str,
+    (primary, secondary): (IpAddr, IpAddr),
+    port: u16,
+) -> (SocketAddr, std::path::PathBuf) {
+    let (dns, admin) = (free_addr(), free_addr());
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(
         &path,
@@ -107,8 +86,7 @@ policySource: {{type: files, paths: [docs.yaml]}}\n",
             "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: primary}}\nspec: {{region: a, addressSource: Static, addresses: [\"{}\"]}}\n---\n\
 apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: secondary}}\nspec: {{region: b, addressSource: Static, addresses: [\"{}\"]}}\n---\n\
 apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hostname: {NAME}\n  strategy: Weighted\n  targets: [{{cluster: primary, weight: 50}}, {{cluster: secondary, weight: 50}}]\n  healthCheck: {{http: {{port: {port}}}, interval: 200ms, timeout: 150ms}}\n",
-            ip(2),
-            ip(3)
+            primary, secondary
         ),
     )
     .unwrap();
@@ -122,17 +100,18 @@ async fn ctl_against_etcd_drains_a_cluster_on_a_standalone_dns_replica_with_no_l
     };
     let endpoint = etcd.endpoint();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port(&[ip(2), ip(3)]);
-    let _a = Backend::start(SocketAddr::new(ip(2), port)).await;
-    let _b = Backend::start(SocketAddr::new(ip(3), port)).await;
-    let (run_dns, run_config) = config(dir.path(), "run", &endpoint, port);
-    let (edge_dns, edge_config) = config(dir.path(), "edge", &endpoint, port);
+    let members = (loopback(), loopback());
+    let port = free_port(&[members.0, members.1]);
+    let _a = Backend::start(SocketAddr::new(members.0, port)).await;
+    let _b = Backend::start(SocketAddr::new(members.1, port)).await;
+    let (run_dns, run_config) = config(dir.path(), "run", &endpoint, members, port);
+    let (edge_dns, edge_config) = config(dir.path(), "edge", &endpoint, members, port);
 
     // A leader publishes the records once, then goes away for good.
     let leader = lifeline(&["run"], &run_config);
-    wait_for(run_dns, &[ip(2), ip(3)], Duration::from_secs(20)).await;
+    wait_for(run_dns, &[members.0, members.1], Duration::from_secs(20)).await;
     let edge = lifeline(&["dns"], &edge_config);
-    wait_for(edge_dns, &[ip(2), ip(3)], Duration::from_secs(20)).await;
+    wait_for(edge_dns, &[members.0, members.1], Duration::from_secs(20)).await;
     drop(leader);
     let store = EtcdStore::connect(&etcd.connect(), PREFIX).await.unwrap();
     let start = Instant::now();
@@ -159,7 +138,7 @@ async fn ctl_against_etcd_drains_a_cluster_on_a_standalone_dns_replica_with_no_l
         ],
     );
     assert!(out.contains("override drain-primary-"), "{out}");
-    wait_for(edge_dns, &[ip(3)], Duration::from_secs(10)).await;
+    wait_for(edge_dns, &[members.1], Duration::from_secs(10)).await;
     let listed = ctl(&endpoint, &["overrides"]);
     assert!(
         listed.contains("primary") && listed.contains("api servers down"),
@@ -171,6 +150,6 @@ async fn ctl_against_etcd_drains_a_cluster_on_a_standalone_dns_replica_with_no_l
     // And back.
     let out = ctl(&endpoint, &["clear", "primary"]);
     assert_eq!(out.trim(), "cleared 1 override(s)");
-    wait_for(edge_dns, &[ip(2), ip(3)], Duration::from_secs(10)).await;
+    wait_for(edge_dns, &[members.0, members.1], Duration::from_secs(10)).await;
     drop(edge);
 }

@@ -1,20 +1,19 @@
 //! Connection options against a real etcd: TLS with a client certificate, and user
 //! name and password authentication.
 
-mod etcd_harness;
+mod common;
 
 use std::time::{Duration, SystemTime};
 
-use etcd_harness::{Etcd, ZONE, eventually, start_shim, within};
-use lifeline_controller::{
-    engine::{Override, OverrideAction},
-    etcd::{EtcdConnect, EtcdStore},
-};
+use common::{ZONE, start_shim};
+use lifeline_controller::etcd::{EtcdConnect, EtcdStore};
 use lifeline_dns::{
     EtcdSource, NameRecords, TxtSet,
     etcd_source::{encode_value, record_key},
     source,
 };
+use lifeline_engine::{Override, OverrideAction};
+use lifeline_testkit::{Etcd, eventually, within};
 
 fn an_override() -> Override {
     let now = SystemTime::now();

@@ -1,12 +1,10 @@
 //! Leader election against a real etcd: one leader at a time, takeover when the
 //! leader's lease is revoked or simply stops being renewed (a crashed process).
 
-mod etcd_harness;
-
 use std::time::Duration;
 
-use etcd_harness::{Etcd, Proxy, within};
 use lifeline_controller::etcd::{EtcdStore, Leadership};
+use lifeline_testkit::{Etcd, Proxy, within};
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(2);

@@ -2,26 +2,23 @@
 //! load, per-name patches, watch resumption after an etcd restart, resync after a
 //! compaction, serving through an outage, and bad values.
 
-mod etcd_harness;
+mod common;
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
 
+use common::{ZONE, start_shim};
 use etcd_client::Client;
-use etcd_harness::{Etcd, Proxy, ZONE, eventually, start_shim, within};
-use hickory_proto::{
-    op::{Message, Query},
-    rr::{Name, RData, RecordType},
-};
 use lifeline_dns::{
     AddressSet, EtcdConnect, EtcdSource, NameRecords, ShimHandle, Target, ZoneSnapshot,
     etcd_source::{EtcdSourceStats, VALUE_LIMIT, encode_value, record_key},
     source,
 };
+use lifeline_testkit::{Etcd, Proxy, eventually, within};
 use parking_lot::Mutex;
 
 const PREFIX: &str = "/lifeline";
@@ -93,24 +90,11 @@ fn spawn_source(
     (source::spawn(Box::new(src), shim.clone()), stats)
 }
 
-/// The A addresses the shim answers for `name` over real UDP.
-fn query_a(server: SocketAddr, name: &str) -> Vec<Ipv4Addr> {
-    let mut m = Message::query();
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    sock.send_to(&m.to_vec().unwrap(), server).unwrap();
-    let mut buf = vec![0u8; 4096];
-    let (n, _) = sock.recv_from(&mut buf).expect("a DNS reply");
-    Message::from_vec(&buf[..n])
-        .unwrap()
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .collect()
+/// The A addresses the shim answers for `name` over real UDP (sorted).
+fn query_a(server: SocketAddr, name: &str) -> Vec<IpAddr> {
+    lifeline_testkit::dns::query_a_within(server, name, Duration::from_secs(2))
+        .ok()
+        .expect("a NOERROR DNS reply")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +130,7 @@ async fn the_source_loads_existing_records_then_applies_changes_as_patches() {
     assert_eq!(number(&shim, "www"), Some(2));
     assert_eq!(
         query_a(shim.udp_addrs()[0], "www.global.example.com."),
-        [Ipv4Addr::new(10, 0, 0, 2)]
+        [IpAddr::from([10, 0, 0, 2])]
     );
     assert_eq!(stats.full_loads(), 1);
     assert_eq!(stats.events(), 2, "one put and one delete event");
@@ -341,7 +325,7 @@ async fn the_shim_keeps_every_record_while_etcd_is_down_and_takes_new_writes_aft
         })
         .await
         .unwrap();
-        assert_eq!(answers, [Ipv4Addr::new(10, 0, 0, i)]);
+        assert_eq!(answers, [IpAddr::from([10, 0, 0, i])]);
     }
     assert!(shim.state().ready);
 

@@ -1,18 +1,12 @@
 //! The etcd store against a real etcd: fenced leader writes, shared decision,
 //! overrides with their audit trail, and bad values that are reported and ignored.
 
-mod etcd_harness;
-
 use std::{
     collections::BTreeMap,
     time::{Duration, SystemTime},
 };
 
-use etcd_harness::{Etcd, within};
 use lifeline_controller::{
-    engine::{
-        Answer, Decision, Health, Outcome, Override, OverrideAction, PolicyDecision, TargetState,
-    },
     etcd::{EtcdStore, Leadership},
     store::PolicySnapshot,
 };
@@ -20,6 +14,10 @@ use lifeline_dns::{
     NameRecords, TxtSet, Update, ZoneSnapshot,
     etcd_source::{VALUE_LIMIT, encode_value, record_key},
 };
+use lifeline_engine::{
+    Answer, Decision, Health, Outcome, Override, OverrideAction, PolicyDecision, TargetState,
+};
+use lifeline_testkit::{Etcd, within};
 
 const TTL: Duration = Duration::from_secs(2);
 const ZONE: &str = "global.example.com";

@@ -2,9 +2,6 @@
 //! leader hands over within the lease TTL without changing answers; an etcd outage
 //! never fails or empties an answer; break-glass control works with no leader.
 
-mod common;
-mod etcd_harness;
-
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
@@ -16,9 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Backend, free_port, query_a};
-use etcd_harness::Etcd;
 use lifeline_controller::etcd::EtcdStore;
+use lifeline_testkit::{
+    Backend, Etcd,
+    dns::{Answer, await_exactly, query_a},
+    free_addr,
+};
 
 const ZONE: &str = "rep.lifeline.test";
 const NAME: &str = "web.rep.lifeline.test";
@@ -29,9 +29,6 @@ fn primary() -> IpAddr {
 }
 fn secondary() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3))
-}
-fn lo() -> IpAddr {
-    IpAddr::V4(Ipv4Addr::LOCALHOST)
 }
 
 /// A `lifeline` process; killed (SIGKILL) on drop.
@@ -70,8 +67,7 @@ apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, 
     .unwrap();
     (0..count)
         .map(|i| {
-            let dns = SocketAddr::new(lo(), free_port(&[lo()]));
-            let admin = SocketAddr::new(lo(), free_port(&[lo()]));
+            let (dns, admin) = (free_addr(), free_addr());
             let config = dir.join(format!("replica-{i}.yaml"));
             std::fs::write(
                 &config,
@@ -105,20 +101,7 @@ fn start(args: &[&str], config: &Path) -> Process {
 }
 
 async fn wait_for(dns: SocketAddr, limit: Duration, want: IpAddr) {
-    tokio::task::spawn_blocking(move || {
-        let start = Instant::now();
-        let mut last = None;
-        while start.elapsed() < limit {
-            last = query_a(dns, NAME);
-            if last.as_ref().is_some_and(|(_, ips)| ips == &[want]) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("{dns}: answer never became {want} within {limit:?}; last {last:?}");
-    })
-    .await
-    .unwrap();
+    await_exactly(dns, NAME, want, limit).await;
 }
 
 async fn leader_pid(store: &EtcdStore) -> Option<u32> {
@@ -150,7 +133,7 @@ impl Watcher {
                 for server in &servers {
                     q.fetch_add(1, Ordering::Relaxed);
                     match query_a(*server, NAME) {
-                        Some((rcode, ips)) if rcode == "NoError" && !ips.is_empty() => {}
+                        Answer::Addresses(ips) if !ips.is_empty() => {}
                         other => f.lock().push(format!("{server}: {other:?}")),
                     }
                 }
@@ -181,9 +164,8 @@ async fn one_replica_leads_and_a_kill_9_hands_over_without_changing_answers() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port(&[primary(), secondary()]);
-    let _a = Backend::start(SocketAddr::new(primary(), port)).await;
-    let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
+    let [a, _b] = Backend::start_on([primary(), secondary()]).await;
+    let port = a.addr.port();
     let replicas = write_replicas(dir.path(), &etcd.endpoint(), port, 2);
     let mut procs = vec![Some(start(&["run"], &replicas[0].config))];
     wait_for(replicas[0].dns, Duration::from_secs(20), primary()).await;
@@ -220,12 +202,12 @@ async fn one_replica_leads_and_a_kill_9_hands_over_without_changing_answers() {
         "failed or empty answers during takeover: {failures:?}"
     );
     assert_eq!(
-        query_a(replicas[follower_idx].dns, NAME).unwrap().1,
+        query_a(replicas[follower_idx].dns, NAME).ok().unwrap(),
         [primary()]
     );
 
     // The new leader steers: the primary dies, the answer moves.
-    drop(_a);
+    drop(a);
     wait_for(
         replicas[follower_idx].dns,
         Duration::from_secs(10),
@@ -244,9 +226,8 @@ async fn an_etcd_outage_never_fails_or_empties_an_answer_and_changes_flow_after(
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port(&[primary(), secondary()]);
-    let mut a = Backend::start(SocketAddr::new(primary(), port)).await;
-    let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
+    let [mut a, _b] = Backend::start_on([primary(), secondary()]).await;
+    let port = a.addr.port();
     let replicas = write_replicas(dir.path(), &etcd.endpoint(), port, 2);
     let _r0 = start(&["run"], &replicas[0].config);
     let _r1 = start(&["run"], &replicas[1].config);
@@ -303,9 +284,8 @@ async fn bench_leader_takeover_after_kill_9() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port(&[primary(), secondary()]);
-    let _a = Backend::start(SocketAddr::new(primary(), port)).await;
-    let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
+    let [a, _b] = Backend::start_on([primary(), secondary()]).await;
+    let port = a.addr.port();
     let replicas = write_replicas(dir.path(), &etcd.endpoint(), port, 2);
     let mut procs: Vec<Process> = replicas
         .iter()
@@ -406,7 +386,7 @@ async fn bench_record_propagation_to_replicas() {
         for r in &replicas {
             let dns = r.dns;
             tokio::task::spawn_blocking(move || {
-                while query_a(dns, NAME).is_none_or(|(_, ips)| ips != [want]) {
+                while query_a(dns, NAME).addresses() != [want] {
                     assert!(
                         written.elapsed() < Duration::from_secs(10),
                         "record never arrived"

@@ -134,20 +134,7 @@ fn default_weight() -> u32 {
     100
 }
 
-/// Answer selection strategy.
-#[derive(JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Strategy {
-    /// All healthy targets of the lowest priority tier that has any.
-    #[default]
-    Failover,
-    /// All healthy targets, chosen per query in proportion to their weights.
-    Weighted,
-    /// All healthy targets, rotated per query.
-    RoundRobin,
-    /// Healthy targets in the client's region (by EDNS Client Subnet or source address),
-    /// falling back to all healthy targets.
-    Geo,
-}
+pub use lifeline_model::Strategy;
 
 /// A data-plane health check. Exactly one of `http` and `tcp` is set.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]

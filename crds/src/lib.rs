@@ -19,13 +19,12 @@
 #![forbid(unsafe_code)]
 
 pub mod document;
-mod duration;
 mod failover_policy;
 mod member_cluster;
 pub mod validate;
 
-pub use duration::{DURATION_PATTERN, Duration, parse_duration};
 pub use failover_policy::*;
+pub use lifeline_model::duration::{DURATION_PATTERN, Duration, parse_duration};
 pub use member_cluster::*;
 
 use kube::CustomResourceExt;

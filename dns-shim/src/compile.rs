@@ -23,9 +23,9 @@ use tracing::warn;
 
 use crate::{
     config::{GeoPrefix, ZoneConfig},
-    model::{AddressSet, NameRecords, Target, ZoneSnapshot},
     wire::{self, TYPE_A, TYPE_AAAA, TYPE_CNAME, TYPE_NS, TYPE_SOA, TYPE_SRV, TYPE_TXT},
 };
+use lifeline_model::{AddressSet, NameRecords, Target, ZoneSnapshot};
 
 /// Largest wheel per RRset: enough resolution for weights in percent-ish steps while
 /// keeping memory per name small.
@@ -730,7 +730,7 @@ impl Cx<'_> {
     fn alias(
         &self,
         _name: &[u8],
-        c: &crate::model::Cname,
+        c: &lifeline_model::Cname,
         typed: &mut Vec<(u16, Answer)>,
         other: &mut Option<Answer>,
     ) {

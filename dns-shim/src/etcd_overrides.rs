@@ -2,7 +2,7 @@
 //!
 //! Every replica's shim reads `{prefix}/overrides/` every couple of seconds and hands
 //! the set to [`ShimHandle::set_overrides`], which applies the active cluster-wide ones
-//! to what it serves (see [`crate::overrides`]). So `lifeline ctl --etcd drain X`
+//! to what it serves (see [`lifeline_model::overrides`]). So `lifeline ctl --etcd drain X`
 //! changes answers even when no leader is running, as long as etcd is.
 //!
 //! Polling, not a watch: overrides change rarely, a small range read every 2 s per
@@ -17,10 +17,10 @@ use tracing::{debug, info, warn};
 
 use crate::{
     etcd_source::{EtcdConnect, decode_value, timed},
-    overrides::Override,
     shim::ShimHandle,
     source::SnapshotSource,
 };
+use lifeline_model::overrides::Override;
 
 /// How often overrides are read.
 pub const POLL: Duration = Duration::from_secs(2);

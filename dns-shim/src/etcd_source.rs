@@ -52,10 +52,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tracing::{debug, info, warn};
 
 use crate::{
-    model::{NameRecords, Update, ZonePatch, ZoneSnapshot},
     shim::{ShimHandle, count_load_error},
     source::SnapshotSource,
 };
+use lifeline_model::{NameRecords, Update, ZonePatch, ZoneSnapshot};
 
 /// Largest value accepted from etcd; anything bigger is reported and ignored.
 pub const VALUE_LIMIT: usize = 1 << 20;

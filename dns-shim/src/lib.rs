@@ -65,9 +65,7 @@ pub mod engine;
 pub mod etcd_overrides;
 pub mod etcd_source;
 pub mod metrics;
-pub mod model;
 pub mod net;
-pub mod overrides;
 pub mod persist;
 pub mod rrl;
 pub mod shim;
@@ -78,10 +76,10 @@ pub mod wire;
 pub use config::{DnsConfig, GeoPrefix, RateLimitConfig, ZoneConfig, parse_duration};
 pub use engine::{Engine, Transport};
 pub use etcd_source::{EtcdConnect, EtcdSource};
-pub use metrics::ShimMetrics;
-pub use model::{
+pub use lifeline_model::{
     AddressSet, Cname, NameRecords, Srv, SrvSet, Target, TxtSet, Update, ZonePatch, ZoneSnapshot,
 };
+pub use metrics::ShimMetrics;
 pub use shim::{Applied, Shim, ShimHandle, ShimState, SourceState, ZoneState};
 pub use source::{DirectorySource, SnapshotSource};
 

@@ -19,10 +19,8 @@ use tracing::{debug, warn};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    Error, Result,
-    model::{FORMAT_VERSION, NameRecords, ZoneSnapshot},
-};
+use crate::{Error, Result};
+use lifeline_model::{FORMAT_VERSION, NameRecords, ZoneSnapshot};
 
 const MAGIC: &str = "lifeline-snapshot";
 const SUFFIX: &str = ".snapshot";
@@ -52,7 +50,7 @@ struct Meta {
     format: u32,
     zone: String,
     revision: u64,
-    #[serde(with = "crate::model::rfc3339")]
+    #[serde(with = "lifeline_model::time::rfc3339")]
     decided_at: std::time::SystemTime,
 }
 

@@ -21,11 +21,11 @@ use crate::{
     config::{DnsConfig, ZoneConfig},
     engine::Engine,
     metrics::{Counters, ShimMetrics, StateView},
-    model::{Update, ZoneSnapshot},
     net, persist,
     rrl::RateLimiter,
     wire,
 };
+use lifeline_model::{Update, ZoneSnapshot};
 
 /// Zones with at least this many names are indexed at start and compiled afterwards.
 const LAZY_FROM: usize = 10_000;
@@ -173,9 +173,9 @@ impl ShimHandle {
     }
 
     /// Replaces the operator overrides the shim applies by itself (the active,
-    /// cluster-wide ones; see [`crate::overrides`]) and recompiles what it serves.
+    /// cluster-wide ones; see [`lifeline_model::overrides`]) and recompiles what it serves.
     /// Expiries are noticed within a second.
-    pub fn set_overrides(&self, overrides: Vec<crate::overrides::Override>) {
+    pub fn set_overrides(&self, overrides: Vec<lifeline_model::overrides::Override>) {
         self.inner.set_overrides(overrides);
     }
 
@@ -288,7 +288,7 @@ struct Inner {
     load_errors: AtomicU64,
     /// Operator overrides from the store; the active cluster-wide ones are applied at
     /// compile time (break-glass without a leader).
-    overrides: Mutex<Vec<crate::overrides::Override>>,
+    overrides: Mutex<Vec<lifeline_model::overrides::Override>>,
     /// Ids of the overrides active at the last compile, to notice expiries.
     overrides_applied: Mutex<Vec<String>>,
 }
@@ -399,7 +399,7 @@ impl Inner {
     fn compile(&self, zone: &ZoneConfig, snapshot: &ZoneSnapshot, stale: bool) -> ZoneTable {
         let effective = {
             let overrides = self.overrides.lock();
-            crate::overrides::apply(snapshot, &overrides, SystemTime::now()).into_owned()
+            lifeline_model::overrides::apply(snapshot, &overrides, SystemTime::now()).into_owned()
         };
         compile::compile_zone(zone, &effective, &self.geo, self.compile_options(stale))
     }
@@ -431,7 +431,7 @@ impl Inner {
         self.publish(&w);
     }
 
-    fn set_overrides(&self, overrides: Vec<crate::overrides::Override>) {
+    fn set_overrides(&self, overrides: Vec<lifeline_model::overrides::Override>) {
         *self.overrides.lock() = overrides;
         self.recompile_all();
     }
@@ -523,7 +523,7 @@ impl Inner {
                 None => return Err(Error::NoBase(origin)),
             },
         };
-        if next.format != crate::model::FORMAT_VERSION {
+        if next.format != lifeline_model::FORMAT_VERSION {
             return Err(Error::Format(next.format));
         }
         next.zone = origin.clone();

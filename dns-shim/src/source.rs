@@ -19,9 +19,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
     Error,
-    model::{Update, ZoneSnapshot},
     shim::{ShimHandle, count_load_error},
 };
+use lifeline_model::{Update, ZoneSnapshot};
 
 /// A feed of snapshots for a running shim.
 pub trait SnapshotSource: Send + 'static {

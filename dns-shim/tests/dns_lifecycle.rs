@@ -7,7 +7,7 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::IpAddr,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use common::*;
@@ -282,18 +282,6 @@ fn bad_names_in_a_snapshot_are_skipped_and_the_rest_served() {
     shim.shutdown();
 }
 
-/// Polls `f` every 20 ms for at most `limit`.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
 #[test]
 fn the_directory_source_applies_files_and_losing_it_keeps_the_records() {
     let rt = rt();
@@ -314,7 +302,9 @@ fn the_directory_source_applies_files_and_losing_it_keeps_the_records() {
         serde_json::to_vec(&with_www(3, "192.0.2.33")).unwrap(),
     )
     .unwrap();
-    assert!(eventually(Duration::from_secs(5), || shim.state().ready));
+    assert!(lifeline_testkit::poll(Duration::from_secs(5), || shim
+        .state()
+        .ready));
     assert_eq!(www(&shim), vec!["192.0.2.33".parse::<IpAddr>().unwrap()]);
     assert!(shim.state().sources.iter().all(|s| s.connected));
     assert!(shim.state().load_errors >= 1);
@@ -326,13 +316,13 @@ fn the_directory_source_applies_files_and_losing_it_keeps_the_records() {
         "upsert": {"www": {"address": {"ttl": 60, "targets": [{"address": "192.0.2.44"}]}}},
     });
     std::fs::write(feed.path().join("zz-patch.json"), patch.to_string()).unwrap();
-    assert!(eventually(Duration::from_secs(5), || {
+    assert!(lifeline_testkit::poll(Duration::from_secs(5), || {
         www(&shim) == vec!["192.0.2.44".parse::<IpAddr>().unwrap()]
     }));
 
     // The directory disappears: the source is disconnected, the records stay.
     drop(feed);
-    assert!(eventually(Duration::from_secs(5), || {
+    assert!(lifeline_testkit::poll(Duration::from_secs(5), || {
         shim.state().sources.iter().all(|s| !s.connected)
     }));
     assert_eq!(www(&shim), vec!["192.0.2.44".parse::<IpAddr>().unwrap()]);
@@ -441,14 +431,10 @@ fn the_standalone_command_serves_until_shutdown() {
     let rt = rt();
     let data = tempfile::tempdir().unwrap();
     persist::write(data.path(), &with_www(2, "192.0.2.22")).unwrap();
-    // Find a free UDP port for the standalone run (it binds what it is told).
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // An address of its own for the standalone run (it binds what it is told).
+    let server = lifeline_testkit::free_addr();
     let mut dns = dns_config(data.path());
-    dns.udp = vec![format!("127.0.0.1:{port}").parse().unwrap()];
+    dns.udp = vec![server];
     dns.tcp = vec![];
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let run = rt.spawn(async move {
@@ -457,11 +443,13 @@ fn the_standalone_command_serves_until_shutdown() {
         })
         .await
     });
-    let server = format!("127.0.0.1:{port}").parse().unwrap();
     let q = message("www.global.example.com.", RecordType::A, &Ask::default())
         .to_vec()
         .unwrap();
-    assert!(eventually(Duration::from_secs(5), || raw_udp(server, &q).is_some()));
+    assert!(lifeline_testkit::poll(Duration::from_secs(5), || raw_udp(
+        server, &q
+    )
+    .is_some()));
     let m = hickory_proto::op::Message::from_vec(&raw_udp(server, &q).unwrap()).unwrap();
     assert_eq!(addresses(&m), vec!["192.0.2.22".parse::<IpAddr>().unwrap()]);
     tx.send(()).unwrap();
@@ -683,7 +671,7 @@ fn a_restart_with_a_large_zone_answers_at_once_and_compiles_in_the_background() 
         addresses(&m),
         vec!["10.0.46.223".parse::<IpAddr>().unwrap()]
     );
-    assert!(eventually(Duration::from_secs(20), || {
+    assert!(lifeline_testkit::poll(Duration::from_secs(20), || {
         shim.engine().compiled().zones[0].lazy.is_none()
     }));
     let m = udp(
@@ -710,21 +698,18 @@ fn a_restart_with_a_large_zone_answers_at_once_and_compiles_in_the_background() 
 fn a_failed_start_releases_the_sockets_it_already_opened() {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let ip = lifeline_testkit::loopback();
+    let taken = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let udp_port = lifeline_testkit::free_port(&[ip]);
     let mut dns = dns_config(dir.path());
-    dns.udp = vec![format!("127.0.0.1:{udp_port}").parse().unwrap()];
+    dns.udp = vec![std::net::SocketAddr::new(ip, udp_port)];
     dns.tcp = vec![taken.local_addr().unwrap()];
     let err = rt
         .block_on(Shim::start(&dns, &[zone_config()]))
         .unwrap_err();
     assert!(err.to_string().contains("cannot listen"), "{err}");
     // The UDP socket bound before the failure is closed again (its thread polls).
-    assert!(eventually(Duration::from_secs(3), || {
-        std::net::UdpSocket::bind(("127.0.0.1", udp_port)).is_ok()
+    assert!(lifeline_testkit::poll(Duration::from_secs(3), || {
+        std::net::UdpSocket::bind((ip, udp_port)).is_ok()
     }));
 }

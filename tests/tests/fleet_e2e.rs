@@ -4,7 +4,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use lifeline_controller::{
@@ -23,27 +23,11 @@ fn ip(last: u8) -> IpAddr {
 
 /// The A addresses answered for the test name, `None` on no reply or an error code.
 fn query_a(server: SocketAddr) -> Option<Vec<IpAddr>> {
-    match lifeline_tests::harness::dns::query_a(server, NAME) {
-        lifeline_tests::harness::dns::Answer::Addresses(a) => Some(a),
-        _ => None,
-    }
+    lifeline_tests::harness::dns::query_a(server, NAME).ok()
 }
 
 async fn wait_for(dns: SocketAddr, want: IpAddr, limit: Duration) {
-    tokio::task::spawn_blocking(move || {
-        let start = Instant::now();
-        let mut last = None;
-        while start.elapsed() < limit {
-            last = query_a(dns);
-            if last.as_deref() == Some(&[want]) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("answer never became {want} within {limit:?}; last {last:?}");
-    })
-    .await
-    .unwrap();
+    lifeline_testkit::dns::await_exactly(dns, NAME, want, limit).await;
 }
 
 fn slice(ready: bool) -> serde_json::Value {
@@ -85,12 +69,7 @@ apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, 
         ),
     )
     .unwrap();
-    let dns_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dns = SocketAddr::new(ip(1), dns_port);
+    let dns = lifeline_testkit::free_addr();
     let config = Config::from_bytes(
         format!(
             "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
@@ -104,7 +83,9 @@ policySource: {{type: files, paths: [docs.yaml]}}\n",
     .unwrap();
     let documents = run::documents_of(&config, &d.join("lifeline.yaml")).unwrap();
     assert!(matches!(documents, Documents::Files(_)));
-    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind((lifeline_testkit::loopback(), 0))
+        .await
+        .unwrap();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run::run(
         run::Options {

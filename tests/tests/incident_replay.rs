@@ -3,7 +3,8 @@
 //! the full history of DNS answers and on the API request counters. Set
 //! `LIFELINE_REPLAY_SCALE` to run every phase longer.
 
-use lifeline_tests::harness::{Scale, etcd::Etcd, scenarios::Scenario};
+use lifeline_testkit::Etcd;
+use lifeline_tests::harness::{Scale, scenarios::Scenario};
 
 /// One fleet at a time: several at once on a 2-core machine would measure contention,
 /// not Lifeline.

@@ -13,6 +13,7 @@ use lifeline_controller::{
     config::Config,
     run::{self, Documents},
 };
+use lifeline_testkit::{Backend, dns::await_exactly, eventually_async, free_addr, free_port};
 use lifeline_tests::kube::{Emulator, EmulatorConfig, install_crypto_provider};
 use serde_json::json;
 
@@ -23,70 +24,18 @@ fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
-fn free_port(ip: IpAddr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The A addresses answered, `None` on no reply or an error code.
 fn query_a(server: SocketAddr, name: &str) -> Option<Vec<IpAddr>> {
-    match lifeline_tests::harness::dns::query_a(server, name) {
-        lifeline_tests::harness::dns::Answer::Addresses(a) => Some(a),
-        _ => None,
-    }
+    lifeline_tests::harness::dns::query_a(server, name).ok()
 }
 
 async fn wait_for(dns: SocketAddr, name: &'static str, want: IpAddr, limit: Duration) {
-    tokio::task::spawn_blocking(move || {
-        let start = Instant::now();
-        let mut last = None;
-        while start.elapsed() < limit {
-            last = query_a(dns, name);
-            if last.as_deref() == Some(&[want]) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("{name}: answer never became {want} within {limit:?}; last {last:?}");
-    })
-    .await
-    .unwrap();
+    await_exactly(dns, name, want, limit).await;
 }
 
 /// Polls `check` every 100 ms for up to 15 s.
 async fn eventually<T, F: std::future::Future<Output = Option<T>>>(check: impl Fn() -> F) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "condition not met within 15 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-struct Backend(tokio::task::JoinHandle<()>);
-
-impl Backend {
-    async fn start(addr: SocketAddr) -> Backend {
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
-        Backend(tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        }))
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    eventually_async(Duration::from_secs(15), "the condition", check).await
 }
 
 struct Running {
@@ -119,7 +68,9 @@ policySource: {{type: kubernetes, kubeconfig: {d}/kubeconfig.yaml}}\n",
     .unwrap();
     let documents = run::documents_of(&config, &dir.join("lifeline.yaml")).unwrap();
     assert!(matches!(documents, Documents::Kubernetes { .. }));
-    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind((lifeline_testkit::loopback(), 0))
+        .await
+        .unwrap();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let options = run::Options {
         config,
@@ -171,7 +122,7 @@ async fn policies_come_from_crs_and_survive_a_management_outage_and_a_restart() 
         }))
         .unwrap();
     }
-    let port = free_port(ip(7));
+    let port = free_port(&[ip(7), ip(8)]);
     emu.create(policy(port, 0, false)).unwrap();
     let one = Backend::start(SocketAddr::new(ip(7), port)).await;
     let two = Backend::start(SocketAddr::new(ip(8), port)).await;
@@ -179,7 +130,7 @@ async fn policies_come_from_crs_and_survive_a_management_outage_and_a_restart() 
     let dir = tempfile::tempdir().unwrap();
     emu.write_kubeconfig(&dir.path().join("kubeconfig.yaml"))
         .unwrap();
-    let dns = SocketAddr::new(ip(1), free_port(ip(1)));
+    let dns = free_addr();
     let lifeline = start_lifeline(dir.path(), dns).await;
     wait_for(dns, NAME, ip(7), Duration::from_secs(20)).await;
 
@@ -365,7 +316,7 @@ async fn a_member_kubeconfig_is_read_from_a_secret_in_the_management_cluster() {
     management
         .write_kubeconfig(&dir.path().join("kubeconfig.yaml"))
         .unwrap();
-    let dns = SocketAddr::new(ip(1), free_port(ip(1)));
+    let dns = free_addr();
     let lifeline = start_lifeline(dir.path(), dns).await;
     wait_for(dns, NAME, ip(11), Duration::from_secs(20)).await;
     let secret_reads =

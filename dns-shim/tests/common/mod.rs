@@ -1,19 +1,12 @@
 //! Shared helpers for the shim's tests: a zone, a snapshot, a running shim on loopback,
 //! and a small client built on hickory-proto's message encoder and decoder.
 
-#![allow(dead_code)]
+// Each test binary uses a different part of this module.
+#![allow(dead_code, unused_imports)]
 
-use std::{
-    collections::BTreeMap,
-    io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
-    time::{Duration, SystemTime},
-};
+use std::{collections::BTreeMap, time::SystemTime};
 
-use hickory_proto::{
-    op::{Edns, Message, Query},
-    rr::{Name, RData, RecordType, rdata::opt::ClientSubnet},
-};
+use hickory_proto::{op::Message, rr::RecordType};
 use lifeline_dns::{
     AddressSet, Cname, DnsConfig, GeoPrefix, NameRecords, Shim, ShimHandle, Srv, SrvSet, Target,
     TxtSet, ZoneConfig, ZoneSnapshot,
@@ -202,91 +195,16 @@ pub async fn start() -> (ShimHandle, tempfile::TempDir) {
     start_with(dns_config(dir.path()), Some(snapshot(1))).await
 }
 
-/// Options of one test query.
-#[derive(Clone, Debug, Default)]
-pub struct Ask {
-    pub payload: Option<u16>,
-    pub ecs: Option<(IpAddr, u8)>,
-    pub id: u16,
-}
+pub use lifeline_testkit::dns::{
+    Ask, addresses, authority_soa_serial, message, raw_tcp, raw_udp, raw_udp_from,
+};
 
-pub fn message(name: &str, rtype: RecordType, ask: &Ask) -> Message {
-    let mut m = Message::query();
-    m.metadata.id = ask.id;
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
-    if ask.payload.is_some() || ask.ecs.is_some() {
-        let mut edns = Edns::new();
-        edns.set_max_payload(ask.payload.unwrap_or(1232));
-        if let Some((ip, prefix)) = ask.ecs {
-            edns.options_mut()
-                .insert(hickory_proto::rr::rdata::opt::EdnsOption::Subnet(
-                    ClientSubnet::new(ip, prefix, 0),
-                ));
-        }
-        m.set_edns(edns);
-    }
-    m
-}
-
-/// Sends raw bytes over UDP and returns the raw reply, or None after a timeout.
-pub fn raw_udp(server: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
-    raw_udp_from("127.0.0.1", server, bytes)
-}
-
-pub fn raw_udp_from(local: &str, server: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
-    let sock = UdpSocket::bind((local, 0)).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(1500)))
-        .unwrap();
-    sock.send_to(bytes, server).unwrap();
-    let mut buf = vec![0u8; 65_536];
-    match sock.recv_from(&mut buf) {
-        Ok((n, _)) => Some(buf[..n].to_vec()),
-        Err(_) => None,
-    }
-}
-
-pub fn raw_tcp(server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(server).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
-    framed.extend_from_slice(bytes);
-    s.write_all(&framed).unwrap();
-    let mut len = [0u8; 2];
-    s.read_exact(&mut len).unwrap();
-    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
-    s.read_exact(&mut buf).unwrap();
-    buf
-}
-
+/// One query to the shim's first UDP socket.
 pub fn udp(shim: &ShimHandle, name: &str, rtype: RecordType, ask: &Ask) -> Message {
-    let m = message(name, rtype, ask);
-    let reply = raw_udp(shim.udp_addrs()[0], &m.to_vec().unwrap()).expect("no UDP reply");
-    Message::from_vec(&reply).unwrap()
+    lifeline_testkit::dns::udp(shim.udp_addrs()[0], name, rtype, ask)
 }
 
+/// One query to the shim's first TCP socket.
 pub fn tcp(shim: &ShimHandle, name: &str, rtype: RecordType, ask: &Ask) -> Message {
-    let m = message(name, rtype, ask);
-    let reply = raw_tcp(shim.tcp_addrs()[0], &m.to_vec().unwrap());
-    Message::from_vec(&reply).unwrap()
-}
-
-/// Addresses in the answer section, in order.
-pub fn addresses(m: &Message) -> Vec<IpAddr> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(IpAddr::V4(a.0)),
-            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Serial of the SOA in the authority section, if any.
-pub fn authority_soa_serial(m: &Message) -> Option<u32> {
-    m.authorities.iter().find_map(|r| match &r.data {
-        RData::SOA(soa) => Some(soa.serial),
-        _ => None,
-    })
+    lifeline_testkit::dns::tcp(shim.tcp_addrs()[0], name, rtype, ask)
 }

@@ -17,7 +17,7 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     io::{BufRead, BufReader},
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Arc,
@@ -127,7 +127,7 @@ fn snapshot(names: usize) -> ZoneSnapshot {
         );
     }
     ZoneSnapshot {
-        format: lifeline_dns::model::FORMAT_VERSION,
+        format: lifeline_model::FORMAT_VERSION,
         zone: ZONE.into(),
         revision: 1,
         decided_at: SystemTime::now(),
@@ -190,16 +190,12 @@ fn query_file(names: usize) -> String {
 
 // === processes ===
 
+/// A port free for UDP and TCP on 127.0.0.1, where the reference servers are told to
+/// listen.
 fn free_port() -> Result<u16> {
-    // UDP and TCP on the same port: take one that is free for both right now.
-    for _ in 0..50 {
-        let u = UdpSocket::bind("127.0.0.1:0")?;
-        let port = u.local_addr()?.port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free port")
+    Ok(lifeline_testkit::free_port(&[IpAddr::V4(
+        Ipv4Addr::LOCALHOST,
+    )]))
 }
 
 struct Server {

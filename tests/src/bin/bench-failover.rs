@@ -24,7 +24,7 @@ use hickory_proto::{
     op::{Message, Query},
     rr::{Name, RData, RecordType},
 };
-use lifeline_controller::engine::{self, Decision, EngineConfig, Observation, Signals, TargetKey};
+use lifeline_engine::{self as engine, Decision, EngineConfig, Observation, Signals, TargetKey};
 
 const ZONE: &str = "bench.lifeline.test";
 const NAME: &str = "app.bench.lifeline.test";
@@ -118,8 +118,7 @@ fn which(program: &str) -> Option<PathBuf> {
 }
 
 fn free_port(ip: IpAddr) -> Result<u16> {
-    let l = std::net::TcpListener::bind((ip, 0))?;
-    Ok(l.local_addr()?.port())
+    Ok(lifeline_testkit::free_port(&[ip]))
 }
 
 struct Process(Child);

@@ -12,9 +12,9 @@
 
 use std::{io::Write as _, time::Duration};
 
+use lifeline_testkit::Etcd;
 use lifeline_tests::harness::{
     Scale, ScenarioReport,
-    etcd::Etcd,
     scenarios::{Scenario, requests_text},
 };
 

@@ -8,7 +8,7 @@
 //! ```
 
 use std::{
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -16,72 +16,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hickory_proto::{
-    op::{Message, Query, ResponseCode},
-    rr::{Name, RData, RecordType},
-};
 use parking_lot::Mutex;
 
-/// What one query got.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Answer {
-    /// No reply within the timeout, or an undecodable one.
-    NoReply,
-    /// A reply with an error response code (SERVFAIL, REFUSED, NXDOMAIN...).
-    Error(String),
-    /// NOERROR with these A addresses, sorted (empty: NODATA).
-    Addresses(Vec<IpAddr>),
-}
-
-impl Answer {
-    /// No reply or an error code.
-    pub fn is_failed(&self) -> bool {
-        !matches!(self, Answer::Addresses(_))
-    }
-
-    /// NOERROR without an address.
-    pub fn is_empty(&self) -> bool {
-        matches!(self, Answer::Addresses(a) if a.is_empty())
-    }
-
-    /// The addresses, empty for failures.
-    pub fn addresses(&self) -> &[IpAddr] {
-        match self {
-            Answer::Addresses(a) => a,
-            _ => &[],
-        }
-    }
-}
+pub use lifeline_testkit::dns::Answer;
 
 /// Sends one A query over UDP with a 300 ms timeout.
 pub fn query_a(server: SocketAddr, name: &str) -> Answer {
-    let attempt = || -> Option<Answer> {
-        let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
-        socket
-            .set_read_timeout(Some(Duration::from_millis(300)))
-            .ok()?;
-        let mut msg = Message::query();
-        msg.metadata.id = rand::random();
-        msg.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
-        socket.send_to(&msg.to_vec().ok()?, server).ok()?;
-        let mut buf = [0u8; 4096];
-        let (n, _) = socket.recv_from(&mut buf).ok()?;
-        let resp = Message::from_vec(&buf[..n]).ok()?;
-        if resp.metadata.response_code != ResponseCode::NoError {
-            return Some(Answer::Error(format!("{:?}", resp.metadata.response_code)));
-        }
-        let mut ips: Vec<IpAddr> = resp
-            .answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                _ => None,
-            })
-            .collect();
-        ips.sort();
-        Some(Answer::Addresses(ips))
-    };
-    attempt().unwrap_or(Answer::NoReply)
+    lifeline_testkit::dns::query_a_within(server, name, Duration::from_millis(300))
 }
 
 /// One recorded query.

@@ -10,7 +10,7 @@
 //!     │ leader only: watch ──► member emulator mI (127.0.0.(10+I))  EndpointSlice shop/web
 //!     │              probe  ──► backend 127.0.0.(10+I):port /healthz
 //!     ▼
-//!  etcd (harness::etcd) ──► every replica's DNS
+//!  etcd (the test kit's) ──► every replica's DNS
 //! ```
 //!
 //! Policy `webK` lists every member as a target, `mI` at priority `I`, so the answer is
@@ -28,7 +28,9 @@ use lifeline_controller::{config::Config, run};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::{dns, etcd::Etcd};
+use lifeline_testkit::{Backend, Etcd, backend::Behaviour, free_addr, free_port};
+
+use super::dns;
 use crate::kube::{Emulator, EmulatorConfig, install_crypto_provider};
 
 /// The zone every scenario's names live in.
@@ -81,54 +83,6 @@ pub fn member_ip(i: usize) -> IpAddr {
 /// The hostname of policy `k`.
 pub fn hostname(k: usize) -> String {
     format!("web{k}.{ZONE}")
-}
-
-// === backends ===
-
-/// An HTTP backend answering `GET /healthz`; `kill` closes the listener so connections
-/// are refused, as when the pods behind a load balancer die.
-#[derive(Debug)]
-pub struct Backend {
-    pub addr: SocketAddr,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Backend {
-    pub async fn start(addr: SocketAddr) -> anyhow::Result<Backend> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding backend {addr}"))?;
-        let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Backend {
-            addr,
-            task: Some(task),
-        })
-    }
-
-    pub async fn kill(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-        }
-    }
-
-    pub async fn revive(&mut self) -> anyhow::Result<()> {
-        if self.task.is_none() {
-            *self = Backend::start(self.addr).await?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
-    }
 }
 
 // === replicas ===
@@ -256,32 +210,7 @@ pub struct Fleet {
     _dir: tempfile::TempDir,
 }
 
-/// A port free for TCP and UDP on every address given.
-pub fn free_port(ips: &[IpAddr]) -> anyhow::Result<u16> {
-    // Bounded: 50 candidates.
-    for _ in 0..50 {
-        let port = std::net::TcpListener::bind((ips[0], 0))?
-            .local_addr()?
-            .port();
-        let free = ips.iter().all(|ip| {
-            std::net::TcpListener::bind((*ip, port)).is_ok()
-                && std::net::UdpSocket::bind((*ip, port)).is_ok()
-        });
-        if free {
-            return Ok(port);
-        }
-    }
-    anyhow::bail!("no free port on {ips:?}")
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (nothing when unset).
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
-}
+use lifeline_testkit::init_tracing;
 
 impl Fleet {
     /// Builds the fleet and waits until every replica answers every name with member 0.
@@ -289,7 +218,7 @@ impl Fleet {
         init_tracing();
         install_crypto_provider();
         let dir = tempfile::tempdir()?;
-        let etcd = Etcd::start().await?;
+        let etcd = Etcd::start().await.context("etcd is not installed")?;
         let management = Emulator::start(EmulatorConfig::http()).await?;
         management.install_lifeline_crds()?;
         for ns in ["shop", "lifeline-system"] {
@@ -298,7 +227,7 @@ impl Fleet {
             )?;
         }
         let ips: Vec<IpAddr> = (0..spec.members).map(member_ip).collect();
-        let port = free_port(&ips)?;
+        let port = free_port(&ips);
         let mut members = Vec::new();
         for (i, ip) in ips.iter().enumerate() {
             let name = format!("m{i}");
@@ -337,7 +266,8 @@ impl Fleet {
                 "apiVersion": "lifeline.dev/v1alpha1", "kind": "MemberCluster",
                 "metadata": {"name": name}, "spec": cluster
             }))?;
-            let backend = Backend::start(SocketAddr::new(*ip, port)).await?;
+            let backend =
+                Backend::try_serve(&Behaviour::default(), SocketAddr::new(*ip, port)).await?;
             members.push(Member { name, api, backend });
         }
         for k in 0..spec.policies {
@@ -361,9 +291,7 @@ impl Fleet {
         management.write_kubeconfig(&kubeconfig)?;
         let mut replicas = Vec::new();
         for i in 0..spec.replicas {
-            let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-            let dns = SocketAddr::new(lo, free_port(&[lo])?);
-            let admin = SocketAddr::new(lo, free_port(&[lo])?);
+            let (dns, admin) = (free_addr(), free_addr());
             let d = dir.path().join(format!("replica-{i}"));
             std::fs::create_dir_all(&d)?;
             let config = format!(

@@ -10,11 +10,12 @@
 //!  ScenarioReport { queries, failed, empty, latencies, API requests, violations }
 //! ```
 //!
-//! Everything binds loopback only: 127.0.0.1 for DNS, admin, etcd and the management
-//! emulator, 127.0.0.(10+i) for member `i`'s API emulator and backend.
+//! Everything binds loopback only: addresses of their own from the test kit for DNS,
+//! admin and etcd, 127.0.0.1 for the management emulator, 127.0.0.(10+i) for member `i`'s
+//! API emulator and backend (fleets run one at a time, so those fixed addresses are
+//! never shared).
 
 pub mod dns;
-pub mod etcd;
 pub mod fleet;
 pub mod scenarios;
 

@@ -537,7 +537,7 @@ pub async fn etcd_down(scale: Scale) -> anyhow::Result<ScenarioReport> {
     let stopped = Instant::now();
     run.fleet.etcd.stop();
     tokio::time::sleep(down).await;
-    run.fleet.etcd.start_again().await?;
+    run.fleet.etcd.start_again().await;
     let restarted = Instant::now();
     let unchanged = run.load.snapshot();
     let wrong = unchanged.any_since(stopped, |a| a != [member_ip(0)]).len();
@@ -809,8 +809,7 @@ pub async fn lone_dns_replica(scale: Scale) -> anyhow::Result<ScenarioReport> {
         alone + Duration::from_secs(20),
     )
     .await?;
-    let lo = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-    let addr = std::net::SocketAddr::new(lo, super::fleet::free_port(&[lo])?);
+    let addr = lifeline_testkit::free_addr();
     let dir = run.fleet.dir().join("edge");
     let dns: lifeline_dns::DnsConfig = serde_json::from_value(serde_json::json!({
         "udp": [addr], "tcp": [addr], "dataDir": dir,

@@ -125,7 +125,9 @@ pub struct EmulatorConfig {
 impl Default for EmulatorConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            // An address of its own: a port on 127.0.0.1 released by an outage could be
+            // taken by any outgoing connection's ephemeral port before the restore.
+            listen: SocketAddr::new(lifeline_testkit::loopback(), 0),
             tls: false,
             history: 1000,
             bookmark_interval: Duration::from_secs(5),
@@ -135,12 +137,12 @@ impl Default for EmulatorConfig {
 }
 
 impl EmulatorConfig {
-    /// Plain HTTP on a free loopback port.
+    /// Plain HTTP on a free port of a loopback address of its own.
     pub fn http() -> Self {
         Self::default()
     }
 
-    /// HTTPS on a free loopback port.
+    /// HTTPS on a free port of a loopback address of its own.
     pub fn https() -> Self {
         Self {
             tls: true,
@@ -178,7 +180,7 @@ impl Emulator {
     /// Binds and starts serving.
     pub async fn start(config: EmulatorConfig) -> Result<Self> {
         let tls = if config.tls {
-            Some(TlsMaterial::generate()?)
+            Some(TlsMaterial::generate(config.listen.ip())?)
         } else {
             None
         };
@@ -214,7 +216,7 @@ impl Emulator {
         self.shared.addr
     }
 
-    /// `http://127.0.0.1:port` or `https://...`.
+    /// `http://<address>:<port>` or `https://...`.
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{}", self.shared.addr)

@@ -23,8 +23,8 @@ pub struct TlsMaterial {
 }
 
 impl TlsMaterial {
-    /// Issues a new CA and a leaf for 127.0.0.1 and localhost.
-    pub fn generate() -> Result<Self, Error> {
+    /// Issues a new CA and a leaf for `ip`, 127.0.0.1 and localhost.
+    pub fn generate(ip: std::net::IpAddr) -> Result<Self, Error> {
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params
@@ -38,8 +38,11 @@ impl TlsMaterial {
         let ca_key = KeyPair::generate()?;
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
 
-        let mut leaf_params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+        let mut leaf_params = CertificateParams::new(vec![
+            ip.to_string(),
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+        ])?;
         leaf_params.is_ca = IsCa::ExplicitNoCa;
         leaf_params
             .distinguished_name

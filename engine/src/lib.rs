@@ -9,7 +9,8 @@
 //!
 //! Everything that makes failover safe lives here and nowhere else: hysteresis,
 //! fail-open, freezing on lost sources, the blast-radius guard, paced failback and
-//! operator overrides. The module has no I/O and no clock: `now` is an argument, so the
+//! operator overrides. The crate has no I/O and no clock (its dependencies are the model
+//! and serde; the crate graph keeps it that way): `now` is an argument, so the
 //! same inputs always give the same decision and tests can walk through time freely.
 //!
 //! Per target (one member cluster of one policy) the health state machine is:
@@ -22,6 +23,8 @@
 //! ```
 //! A failure streak reaching the threshold sends Recovering and Ramping back to Unhealthy.
 
+#![forbid(unsafe_code)]
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
@@ -29,7 +32,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use lifeline_crds::Strategy;
+use lifeline_model::Strategy;
 use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
@@ -204,7 +207,7 @@ pub enum SourceState {
 
 /// Operator overrides (from the admin API or the store). The type is shared with the
 /// DNS shim, which applies cluster-wide ones by itself when no leader is running.
-pub use lifeline_dns::overrides::{Override, OverrideAction};
+pub use lifeline_model::overrides::{Override, OverrideAction};
 
 /// The engine's output, and its memory: the next call receives it as `previous`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -234,7 +237,7 @@ pub struct PolicyDecision {
     /// The last answers that came from eligible targets, for `LastKnownGood`.
     pub last_good: Vec<Answer>,
     /// When `answers` last changed.
-    #[serde(with = "lifeline_dns::model::rfc3339")]
+    #[serde(with = "lifeline_model::time::rfc3339")]
     pub changed_at: SystemTime,
 }
 
@@ -272,7 +275,7 @@ pub enum Outcome {
 pub struct TargetState {
     pub health: Health,
     /// When `health` last changed.
-    #[serde(with = "lifeline_dns::model::rfc3339")]
+    #[serde(with = "lifeline_model::time::rfc3339")]
     pub since: SystemTime,
     /// Why, in a few words. Shared text: a decision clones every target's state, and
     /// most reasons do not change between decisions.
@@ -314,7 +317,7 @@ impl Health {
 pub struct Alarm {
     pub kind: AlarmKind,
     pub message: String,
-    #[serde(with = "lifeline_dns::model::rfc3339")]
+    #[serde(with = "lifeline_model::time::rfc3339")]
     pub since: SystemTime,
 }
 
@@ -873,6 +876,6 @@ mod duration_text {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        lifeline_crds::parse_duration(&text).map_err(D::Error::custom)
+        lifeline_model::parse_duration(&text).map_err(D::Error::custom)
     }
 }

@@ -7,7 +7,7 @@ use std::{
 
 use std::sync::Arc;
 
-use lifeline_crds::Strategy as Plan;
+use lifeline_model::Strategy as Plan;
 use proptest::prelude::*;
 
 use super::{

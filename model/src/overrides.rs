@@ -21,7 +21,7 @@ use std::{borrow::Cow, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{NameRecords, ZoneSnapshot};
+use crate::records::{NameRecords, ZoneSnapshot};
 
 /// An operator override, with expiry and an audit trail.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -34,9 +34,9 @@ pub struct Override {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
     pub action: OverrideAction,
-    #[serde(with = "crate::model::rfc3339")]
+    #[serde(with = "crate::time::rfc3339")]
     pub created_at: SystemTime,
-    #[serde(with = "crate::model::rfc3339")]
+    #[serde(with = "crate::time::rfc3339")]
     pub expires_at: SystemTime,
     pub author: String,
     pub reason: String,
@@ -95,7 +95,7 @@ fn apply_name(records: &mut NameRecords, active: &[&Override]) {
     let Some(set) = records.address.as_mut() else {
         return;
     };
-    let has = |t: &crate::model::Target, action: fn(&OverrideAction) -> bool| {
+    let has = |t: &crate::records::Target, action: fn(&OverrideAction) -> bool| {
         active
             .iter()
             .any(|o| o.cluster == t.cluster && action(&o.action))
@@ -134,7 +134,7 @@ mod tests {
     use std::{net::IpAddr, time::Duration};
 
     use super::*;
-    use crate::model::{AddressSet, Target};
+    use crate::records::{AddressSet, Target};
 
     fn now() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)

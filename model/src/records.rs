@@ -30,7 +30,7 @@ pub struct ZoneSnapshot {
     pub revision: u64,
     /// When the controller decided this content. The shim's "age of data" is measured
     /// from here, not from when the shim received it.
-    #[serde(with = "rfc3339")]
+    #[serde(with = "crate::time::rfc3339")]
     pub decided_at: SystemTime,
     /// Records by owner name. Names are absolute or relative to `zone`; a trailing dot is
     /// optional; matching is case-insensitive.
@@ -171,7 +171,7 @@ pub struct ZonePatch {
     pub zone: String,
     /// Revision after the patch; must be greater than the current one.
     pub revision: u64,
-    #[serde(with = "rfc3339")]
+    #[serde(with = "crate::time::rfc3339")]
     pub decided_at: SystemTime,
     /// Names whose records are replaced (or created).
     #[serde(default)]
@@ -185,8 +185,8 @@ impl ZonePatch {
     /// Applies the patch to `base`, producing the next snapshot. Keys are matched
     /// case-insensitively and with or without the zone suffix, the way the server does.
     pub fn apply_to(&self, base: &ZoneSnapshot) -> ZoneSnapshot {
-        let origin = crate::wire::normalize_name(&base.zone, "").unwrap_or_default();
-        let key = |n: &str| crate::wire::normalize_name(n, &origin).unwrap_or_else(|_| n.into());
+        let origin = crate::name::normalize_name(&base.zone, "").unwrap_or_default();
+        let key = |n: &str| crate::name::normalize_name(n, &origin).unwrap_or_else(|_| n.into());
         let mut names: BTreeMap<String, (String, NameRecords)> = base
             .names
             .iter()
@@ -223,21 +223,5 @@ impl ZoneSnapshot {
     /// Age of the decision behind this snapshot at `now` (zero if it is from the future).
     pub fn age(&self, now: SystemTime) -> Duration {
         now.duration_since(self.decided_at).unwrap_or_default()
-    }
-}
-
-/// Serde adapter: `SystemTime` as an RFC 3339 string, readable in files and logs.
-pub mod rfc3339 {
-    use std::time::SystemTime;
-
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_millis(*t))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        humantime::parse_rfc3339_weak(&s).map_err(D::Error::custom)
     }
 }

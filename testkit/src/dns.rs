@@ -1,0 +1,237 @@
+//! A small DNS client for tests, built on hickory-proto's encoder and decoder, so a
+//! test sees exactly the bytes the server sent.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use hickory_proto::{
+    op::{Edns, Message, Query, ResponseCode},
+    rr::{
+        Name, RData, RecordType,
+        rdata::opt::{ClientSubnet, EdnsOption},
+    },
+};
+
+/// Options of one test query.
+#[derive(Clone, Debug, Default)]
+pub struct Ask {
+    /// EDNS(0) with this UDP payload size; `None` (and no `ecs`) sends no OPT record.
+    pub payload: Option<u16>,
+    /// EDNS Client Subnet: address and source prefix length.
+    pub ecs: Option<(IpAddr, u8)>,
+    pub id: u16,
+}
+
+/// A query message for `name` and `rtype`.
+pub fn message(name: &str, rtype: RecordType, ask: &Ask) -> Message {
+    let mut m = Message::query();
+    m.metadata.id = ask.id;
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+    if ask.payload.is_some() || ask.ecs.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(ask.payload.unwrap_or(1232));
+        if let Some((ip, prefix)) = ask.ecs {
+            edns.options_mut()
+                .insert(EdnsOption::Subnet(ClientSubnet::new(ip, prefix, 0)));
+        }
+        m.set_edns(edns);
+    }
+    m
+}
+
+/// Sends raw bytes over UDP from 127.0.0.1 and returns the raw reply, or `None` after
+/// 1.5 s.
+pub fn raw_udp(server: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    raw_udp_from("127.0.0.1", server, bytes)
+}
+
+/// Like [`raw_udp`], from the local address `local`.
+pub fn raw_udp_from(local: &str, server: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    let sock = UdpSocket::bind((local, 0)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    sock.send_to(bytes, server).unwrap();
+    let mut buf = vec![0u8; 65_536];
+    match sock.recv_from(&mut buf) {
+        Ok((n, _)) => Some(buf[..n].to_vec()),
+        Err(_) => None,
+    }
+}
+
+/// Sends one length-prefixed message over a new TCP connection and reads one reply
+/// (3 s read timeout; panics on failure).
+pub fn raw_tcp(server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(server).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(bytes);
+    s.write_all(&framed).unwrap();
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).unwrap();
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf).unwrap();
+    buf
+}
+
+/// One query over UDP, decoded; panics when no reply comes.
+pub fn udp(server: SocketAddr, name: &str, rtype: RecordType, ask: &Ask) -> Message {
+    let m = message(name, rtype, ask);
+    let reply = raw_udp(server, &m.to_vec().unwrap()).expect("no UDP reply");
+    Message::from_vec(&reply).unwrap()
+}
+
+/// One query over TCP, decoded.
+pub fn tcp(server: SocketAddr, name: &str, rtype: RecordType, ask: &Ask) -> Message {
+    let m = message(name, rtype, ask);
+    let reply = raw_tcp(server, &m.to_vec().unwrap());
+    Message::from_vec(&reply).unwrap()
+}
+
+/// Addresses (A and AAAA) in the answer section, in order.
+pub fn addresses(m: &Message) -> Vec<IpAddr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Serial of the SOA in the authority section, if any.
+pub fn authority_soa_serial(m: &Message) -> Option<u32> {
+    m.authorities.iter().find_map(|r| match &r.data {
+        RData::SOA(soa) => Some(soa.serial),
+        _ => None,
+    })
+}
+
+/// What one A query got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// No reply within the timeout, or an undecodable one.
+    NoReply,
+    /// A reply with an error response code (SERVFAIL, REFUSED, NXDOMAIN...).
+    Error(String),
+    /// NOERROR with these A addresses, sorted (empty: NODATA).
+    Addresses(Vec<IpAddr>),
+}
+
+impl Answer {
+    /// No reply or an error code.
+    pub fn is_failed(&self) -> bool {
+        !matches!(self, Answer::Addresses(_))
+    }
+
+    /// NOERROR without an address.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Answer::Addresses(a) if a.is_empty())
+    }
+
+    /// The addresses, empty for failures.
+    pub fn addresses(&self) -> &[IpAddr] {
+        match self {
+            Answer::Addresses(a) => a,
+            _ => &[],
+        }
+    }
+
+    /// The addresses of a NOERROR answer, `None` for failures.
+    pub fn ok(self) -> Option<Vec<IpAddr>> {
+        match self {
+            Answer::Addresses(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// One A query over UDP with a 500 ms timeout.
+pub fn query_a(server: SocketAddr, name: &str) -> Answer {
+    query_a_within(server, name, Duration::from_millis(500))
+}
+
+/// One A query over UDP, waiting at most `timeout` for the reply.
+pub fn query_a_within(server: SocketAddr, name: &str, timeout: Duration) -> Answer {
+    let attempt = || -> Option<Answer> {
+        let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
+        socket.set_read_timeout(Some(timeout)).ok()?;
+        let mut msg = Message::query();
+        msg.metadata.id = rand::random();
+        msg.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
+        socket.send_to(&msg.to_vec().ok()?, server).ok()?;
+        let mut buf = [0u8; 4096];
+        // Skip replies to other ids (a late reply to an earlier query on a reused port).
+        for _ in 0..4 {
+            let (n, _) = socket.recv_from(&mut buf).ok()?;
+            let resp = Message::from_vec(&buf[..n]).ok()?;
+            if resp.metadata.id != msg.metadata.id {
+                continue;
+            }
+            if resp.metadata.response_code != ResponseCode::NoError {
+                return Some(Answer::Error(format!("{:?}", resp.metadata.response_code)));
+            }
+            let mut ips: Vec<IpAddr> = resp
+                .answers
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    _ => None,
+                })
+                .collect();
+            ips.sort();
+            return Some(Answer::Addresses(ips));
+        }
+        None
+    };
+    attempt().unwrap_or(Answer::NoReply)
+}
+
+/// Polls `name` on `server` every 20 ms until its A addresses (sorted) satisfy `want`,
+/// for at most `limit`; returns them and how long it took. Panics with the last answer.
+pub fn wait_for_answer(
+    server: SocketAddr,
+    name: &str,
+    limit: Duration,
+    want: impl Fn(&[IpAddr]) -> bool,
+) -> (Vec<IpAddr>, Duration) {
+    let start = std::time::Instant::now();
+    let mut last = Answer::NoReply;
+    // Bounded by `limit` and by a count.
+    let max = limit.as_millis() / 20 + 1;
+    for _ in 0..max {
+        last = query_a(server, name);
+        if let Answer::Addresses(ips) = &last
+            && want(ips)
+        {
+            return (ips.clone(), start.elapsed());
+        }
+        if start.elapsed() > limit {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{server}: {name} did not reach the expected answer within {limit:?}; last {last:?}");
+}
+
+/// [`wait_for_answer`] from async code (on a blocking thread).
+pub async fn await_answer(
+    server: SocketAddr,
+    name: &str,
+    limit: Duration,
+    want: impl Fn(&[IpAddr]) -> bool + Send + 'static,
+) -> (Vec<IpAddr>, Duration) {
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || wait_for_answer(server, &name, limit, want))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// [`await_answer`] for "exactly `want`".
+pub async fn await_exactly(server: SocketAddr, name: &str, want: IpAddr, limit: Duration) {
+    await_answer(server, name, limit, move |ips| ips == [want]).await;
+}

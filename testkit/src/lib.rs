@@ -1,0 +1,33 @@
+//! Test support shared by every Lifeline test and benchmark. It is a dev-dependency only.
+//!
+//! ```text
+//!  net      loopback() / free_port() / free_addr(): each call gets an address of its own
+//!  etcd     Etcd::start(): a real etcd on such an address, with a temporary data dir
+//!  proxy    Proxy: a TCP hop a test can cut (a partition) or point elsewhere
+//!  dns      query builders, raw UDP/TCP exchange, query_a() -> Answer
+//!  backend  Backend: an HTTP server that can be killed, slowed or made to fail
+//!  wait     within() / eventually() / init_tracing()
+//! ```
+//!
+//! Why addresses of their own: a port found free by binding port 0 and letting it go can
+//! be taken by anything else before the server binds it. Every address `net` hands out
+//! is a loopback address that no other caller in this process gets, so nothing else
+//! binds on it; a server that still finds its port taken (another process on the
+//! machine) is started again on a new address.
+
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod dns;
+#[cfg(feature = "etcd")]
+pub mod etcd;
+pub mod net;
+pub mod proxy;
+pub mod wait;
+
+pub use backend::Backend;
+#[cfg(feature = "etcd")]
+pub use etcd::Etcd;
+pub use net::{free_addr, free_port, free_ports, loopback};
+pub use proxy::Proxy;
+pub use wait::{eventually, eventually_async, init_tracing, poll, within};
