@@ -137,11 +137,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let parts = load_dns_parts(&path)?;
             let mut sources: Vec<Box<dyn lifeline_dns::source::SnapshotSource>> = Vec::new();
             if let Some((connect, prefix)) = parts.store.as_ref().and_then(|s| s.etcd_connect()) {
-                sources.push(Box::new(lifeline_dns::etcd_source::EtcdSource::new(
+                sources.push(Box::new(lifeline_etcd::source::EtcdSource::new(
                     connect.clone(),
                     prefix.clone(),
                 )));
-                sources.push(Box::new(lifeline_dns::etcd_overrides::EtcdOverrides::new(
+                sources.push(Box::new(lifeline_etcd::overrides::EtcdOverrides::new(
                     connect, prefix,
                 )));
             }
@@ -189,8 +189,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let target = if etcd.is_empty() {
                 ctl::Target::Admin { url: admin, token }
             } else {
-                let mut connect = lifeline_dns::etcd_source::EtcdConnect::new(etcd);
-                connect.tls = etcd_ca.map(|ca_file| lifeline_dns::etcd_source::EtcdTlsFiles {
+                let mut connect = lifeline_etcd::source::EtcdConnect::new(etcd);
+                connect.tls = etcd_ca.map(|ca_file| lifeline_etcd::source::EtcdTlsFiles {
                     ca_file,
                     cert_file: etcd_cert,
                     key_file: etcd_key,

@@ -107,7 +107,7 @@ fn default_lease_ttl() -> Duration {
 
 impl StoreConfig {
     /// How to reach etcd, with the password read from its environment variable.
-    pub fn etcd_connect(&self) -> Option<(lifeline_dns::etcd_source::EtcdConnect, String)> {
+    pub fn etcd_connect(&self) -> Option<(lifeline_etcd::source::EtcdConnect, String)> {
         let StoreConfig::Etcd {
             endpoints,
             prefix,
@@ -119,14 +119,12 @@ impl StoreConfig {
         else {
             return None;
         };
-        let mut connect = lifeline_dns::etcd_source::EtcdConnect::new(endpoints.clone());
-        connect.tls = tls
-            .as_ref()
-            .map(|t| lifeline_dns::etcd_source::EtcdTlsFiles {
-                ca_file: t.ca_file.clone(),
-                cert_file: t.cert_file.clone(),
-                key_file: t.key_file.clone(),
-            });
+        let mut connect = lifeline_etcd::source::EtcdConnect::new(endpoints.clone());
+        connect.tls = tls.as_ref().map(|t| lifeline_etcd::source::EtcdTlsFiles {
+            ca_file: t.ca_file.clone(),
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+        });
         if let Some(user) = username {
             let password = password_env
                 .as_ref()

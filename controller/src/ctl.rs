@@ -5,12 +5,10 @@ use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use lifeline_etcd::EtcdStore;
 use serde_json::{Value, json};
 
-use crate::{
-    admin::{self, OverrideRequest, Status},
-    etcd::EtcdStore,
-};
+use crate::admin::{self, OverrideRequest, Status};
 
 /// Where `ctl` sends its commands.
 #[derive(Debug)]
@@ -19,7 +17,7 @@ pub enum Target {
     Admin { url: String, token: Option<String> },
     /// etcd itself.
     Etcd {
-        connect: lifeline_dns::etcd_source::EtcdConnect,
+        connect: lifeline_etcd::source::EtcdConnect,
         prefix: String,
     },
 }
@@ -57,7 +55,7 @@ fn set_line(o: &lifeline_engine::Override) -> String {
 
 /// Break-glass: the same commands, written to and read from etcd directly.
 async fn run_etcd(
-    connect: &lifeline_dns::etcd_source::EtcdConnect,
+    connect: &lifeline_etcd::source::EtcdConnect,
     prefix: &str,
     command: CtlCommand,
 ) -> anyhow::Result<String> {

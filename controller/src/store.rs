@@ -3,6 +3,18 @@
 //! set of policy documents (so steering continues when the policy source is broken or
 //! unreachable at start).
 //!
+//! [`Store`] is the one handle the run loop and the admin API hold, over two backends:
+//!
+//! ```text
+//!  Store::Embedded  one process: files in a directory; records go to the in-process
+//!                   DNS server (which persists its own snapshot)
+//!  Store::Etcd      replicas: everything in etcd; writes fenced by the leader key
+//! ```
+//!
+//! Readers (overrides, audit, decision, policies) work on any replica. The leader's
+//! writes (records, decision, policies) take its [`Leader`] handle; the embedded store
+//! has one writer by construction and takes `None`.
+//!
 //! The embedded store keeps each item as one JSON file in a directory, replaced
 //! atomically (write to a temporary file, fsync, rename, fsync the directory). A file
 //! that fails to decode is reported and treated as absent; it is never overwritten
@@ -19,7 +31,10 @@ use std::{
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use lifeline_dns::ShimHandle;
 use lifeline_engine::{Decision, Override};
+use lifeline_etcd::Leader;
+use lifeline_model::Update;
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +50,15 @@ pub enum Error {
         source: serde_json::Error,
     },
     #[error(transparent)]
-    Etcd(#[from] crate::etcd::Error),
+    Etcd(#[from] lifeline_etcd::store::Error),
+    /// A leader's write without the leader's handle (etcd fences every such write).
+    #[error("only the leader writes records, decisions and policies")]
+    NotLeader,
+    /// The embedded store was opened without a DNS server to publish to.
+    #[error("this store has no DNS server to publish records to")]
+    NoDnsServer,
+    #[error("the DNS server refused the update: {0}")]
+    Dns(#[from] lifeline_dns::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -49,32 +72,15 @@ struct Envelope<T> {
     value: T,
 }
 
-/// One change to the overrides, for `lifeline ctl overrides` and the logs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AuditEntry {
-    #[serde(with = "lifeline_model::time::rfc3339")]
-    pub at: SystemTime,
-    /// `set` or `cleared`.
-    pub action: String,
-    pub by: String,
-    pub r#override: Override,
-}
-
-/// The last good set of policy documents.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicySnapshot {
-    pub policies: Vec<lifeline_crds::FailoverPolicy>,
-    pub clusters: Vec<lifeline_crds::MemberCluster>,
-}
+pub use lifeline_crds::document::PolicySnapshot;
+pub use lifeline_model::overrides::AuditEntry;
 
 /// Where overrides live: this process's directory, or etcd shared by every replica and
 /// reachable by `lifeline ctl` without any leader or Kubernetes API.
 #[derive(Clone, Debug)]
 pub enum Store {
     Embedded(Arc<EmbeddedStore>),
-    Etcd(crate::etcd::EtcdStore),
+    Etcd(lifeline_etcd::EtcdStore),
 }
 
 impl Store {
@@ -113,6 +119,65 @@ impl Store {
             Store::Etcd(s) => Ok(s.audit().await?),
         }
     }
+
+    /// The last saved decision; `None` when none was ever saved (or none decodes).
+    pub async fn load_decision(&self) -> Result<Option<Decision>> {
+        match self {
+            Store::Embedded(s) => Ok(s.load_decision()),
+            Store::Etcd(s) => Ok(s.load_decision().await?),
+        }
+    }
+
+    /// The last good policy documents; `None` when no set was ever saved. (An empty set
+    /// is never saved: the loop waits for a usable one instead.)
+    pub async fn load_policies(&self) -> Result<Option<PolicySnapshot>> {
+        match self {
+            Store::Embedded(s) => Ok(s.load_policies()),
+            Store::Etcd(s) => {
+                let saved = s.load_policies().await?;
+                Ok((!saved.policies.is_empty() || !saved.clusters.is_empty()).then_some(saved))
+            }
+        }
+    }
+
+    /// Saves the decision (leader only).
+    pub async fn save_decision(&self, leader: Option<&Leader>, decision: &Decision) -> Result<()> {
+        match (self, leader) {
+            (Store::Embedded(s), _) => s.save_decision(decision),
+            (Store::Etcd(s), Some(l)) => Ok(s.save_decision(l, decision).await?),
+            (Store::Etcd(_), None) => Err(Error::NotLeader),
+        }
+    }
+
+    /// Saves the last good policy documents (leader only).
+    pub async fn save_policies(
+        &self,
+        leader: Option<&Leader>,
+        snapshot: &PolicySnapshot,
+    ) -> Result<()> {
+        match (self, leader) {
+            (Store::Embedded(s), _) => s.save_policies(snapshot),
+            (Store::Etcd(s), Some(l)) => Ok(s.mirror_policies(l, snapshot).await?),
+            (Store::Etcd(_), None) => Err(Error::NotLeader),
+        }
+    }
+
+    /// Publishes records (leader only): to the in-process DNS server, or to etcd where
+    /// every replica's DNS server reads them.
+    pub async fn publish(&self, leader: Option<&Leader>, update: Update) -> Result<()> {
+        match (self, leader) {
+            (Store::Embedded(s), _) => {
+                let shim = s.dns.as_ref().ok_or(Error::NoDnsServer)?;
+                shim.apply_async(update).await?;
+                Ok(())
+            }
+            (Store::Etcd(s), Some(l)) => {
+                s.publish_update(l, &update).await?;
+                Ok(())
+            }
+            (Store::Etcd(_), None) => Err(Error::NotLeader),
+        }
+    }
 }
 
 /// A store kept in one directory on local disk.
@@ -121,6 +186,8 @@ pub struct EmbeddedStore {
     dir: PathBuf,
     /// Serialises writers of the audit log and override file.
     lock: Mutex<()>,
+    /// Where published records go (the in-process DNS server), when set.
+    dns: Option<ShimHandle>,
 }
 
 impl EmbeddedStore {
@@ -133,7 +200,14 @@ impl EmbeddedStore {
         Ok(Self {
             dir: dir.to_owned(),
             lock: Mutex::new(()),
+            dns: None,
         })
+    }
+
+    /// Publishes records to `dns`, the DNS server in this process.
+    pub fn publishing_to(mut self, dns: ShimHandle) -> Self {
+        self.dns = Some(dns);
+        self
     }
 
     /// The last saved decision, if a valid one exists.

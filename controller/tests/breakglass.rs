@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lifeline_controller::etcd::EtcdStore;
+use lifeline_etcd::EtcdStore;
 use lifeline_testkit::{Backend, Etcd, dns::await_answer, free_addr, free_port, loopback};
 
 const ZONE: &str = "bg.lifeline.test";

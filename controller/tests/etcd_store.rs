@@ -1,4 +1,5 @@
-//! The etcd store against a real etcd: fenced leader writes, shared decision,
+//! The etcd store against a real etcd (here, beside the controller, because one test
+//! loads policy documents with the controller's loader): fenced leader writes, shared decision,
 //! overrides with their audit trail, and bad values that are reported and ignored.
 
 use std::{
@@ -6,16 +7,14 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use lifeline_controller::{
-    etcd::{EtcdStore, Leadership},
-    store::PolicySnapshot,
-};
-use lifeline_dns::{
-    NameRecords, TxtSet, Update, ZoneSnapshot,
-    etcd_source::{VALUE_LIMIT, encode_value, record_key},
-};
+use lifeline_crds::document::PolicySnapshot;
+use lifeline_dns::{NameRecords, TxtSet, Update, ZoneSnapshot};
 use lifeline_engine::{
     Answer, Decision, Health, Outcome, Override, OverrideAction, PolicyDecision, TargetState,
+};
+use lifeline_etcd::{
+    EtcdStore, Leadership,
+    source::{VALUE_LIMIT, encode_value, record_key},
 };
 use lifeline_testkit::{Etcd, within};
 

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lifeline_controller::etcd::EtcdStore;
+use lifeline_etcd::EtcdStore;
 use lifeline_testkit::{
     Backend, Etcd,
     dns::{Answer, await_exactly, query_a},
@@ -347,11 +347,10 @@ async fn bench_record_propagation_to_replicas() {
         .map(|r| start(&["dns"], &r.config))
         .collect();
     let store = EtcdStore::connect(&etcd.connect(), PREFIX).await.unwrap();
-    let leader =
-        lifeline_controller::etcd::Leadership::new(&store, "bench", Duration::from_secs(5))
-            .campaign()
-            .await
-            .unwrap();
+    let leader = lifeline_etcd::Leadership::new(&store, "bench", Duration::from_secs(5))
+        .campaign()
+        .await
+        .unwrap();
     let mut samples = Vec::new();
     for round in 0..rounds {
         let want = IpAddr::V4(Ipv4Addr::new(

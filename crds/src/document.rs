@@ -1,7 +1,7 @@
 //! Reading Lifeline documents from YAML text: size limits, multi-document streams,
 //! `apiVersion`/`kind` dispatch, and typed decoding with field paths in every error.
 
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::{API_VERSION, FailoverPolicy, MemberCluster, validate, validate::Problem};
@@ -143,4 +143,13 @@ pub fn decode_document(value: Value) -> (Option<Document>, Vec<Problem>) {
             )],
         ),
     }
+}
+
+/// The last good set of policy documents, kept by the store so steering goes on when
+/// the policy source is broken or unreachable at start.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicySnapshot {
+    pub policies: Vec<crate::FailoverPolicy>,
+    pub clusters: Vec<crate::MemberCluster>,
 }

@@ -62,8 +62,6 @@ pub mod admin;
 pub mod compile;
 pub mod config;
 pub mod engine;
-pub mod etcd_overrides;
-pub mod etcd_source;
 pub mod metrics;
 pub mod net;
 pub mod persist;
@@ -75,7 +73,6 @@ pub mod wire;
 
 pub use config::{DnsConfig, GeoPrefix, RateLimitConfig, ZoneConfig, parse_duration};
 pub use engine::{Engine, Transport};
-pub use etcd_source::{EtcdConnect, EtcdSource};
 pub use lifeline_model::{
     AddressSet, Cname, NameRecords, Srv, SrvSet, Target, TxtSet, Update, ZonePatch, ZoneSnapshot,
 };

@@ -630,7 +630,10 @@ impl Inner {
     }
 }
 
-/// Counts a snapshot rejected before it reached `apply` (used by sources).
-pub(crate) fn count_load_error(handle: &ShimHandle) {
-    handle.inner.load_errors.fetch_add(1, Ordering::Relaxed);
+impl ShimHandle {
+    /// Counts a snapshot a source rejected before it reached `apply` (undecodable,
+    /// failed its checks), so `/state` and the metrics show it.
+    pub fn count_load_error(&self) {
+        self.inner.load_errors.fetch_add(1, Ordering::Relaxed);
+    }
 }

@@ -17,10 +17,7 @@ use std::{
 
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::{
-    Error,
-    shim::{ShimHandle, count_load_error},
-};
+use crate::{Error, shim::ShimHandle};
 use lifeline_model::{Update, ZoneSnapshot};
 
 /// A feed of snapshots for a running shim.
@@ -100,7 +97,7 @@ impl SnapshotSource for DirectorySource {
                         Ok(u) => u,
                         Err(reason) => {
                             warn!(path = %path.display(), %reason, "snapshot file skipped");
-                            count_load_error(&shim);
+                            shim.count_load_error();
                             continue;
                         }
                     };
@@ -113,7 +110,7 @@ impl SnapshotSource for DirectorySource {
                         }
                         Err(e) => {
                             warn!(path = %path.display(), error = %e, "snapshot file rejected");
-                            count_load_error(&shim);
+                            shim.count_load_error();
                         }
                     }
                 }

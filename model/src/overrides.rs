@@ -129,6 +129,18 @@ fn apply_name(records: &mut NameRecords, active: &[&Override]) {
     }
 }
 
+/// One change to the overrides, for `lifeline ctl overrides` and the logs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    #[serde(with = "crate::time::rfc3339")]
+    pub at: SystemTime,
+    /// `set` or `cleared`.
+    pub action: String,
+    pub by: String,
+    pub r#override: Override,
+}
+
 #[cfg(test)]
 mod tests {
     use std::{net::IpAddr, time::Duration};

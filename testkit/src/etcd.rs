@@ -20,7 +20,7 @@ use std::{
 };
 
 use etcd_client::{Client, CompactionOptions};
-use lifeline_dns::{EtcdConnect, etcd_source::EtcdTlsFiles};
+use lifeline_etcd::{EtcdConnect, EtcdTlsFiles};
 
 use crate::{net, wait::within};
 

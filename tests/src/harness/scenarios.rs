@@ -819,7 +819,7 @@ pub async fn lone_dns_replica(scale: Scale) -> anyhow::Result<ScenarioReport> {
         "hostmaster": format!("h.{}", super::fleet::ZONE),
         "nameservers": [format!("ns1.{}", super::fleet::ZONE)],
     }]))?;
-    let source = lifeline_dns::EtcdSource::new(run.fleet.etcd.connect(), super::fleet::PREFIX);
+    let source = lifeline_etcd::EtcdSource::new(run.fleet.etcd.connect(), super::fleet::PREFIX);
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let edge = tokio::spawn(async move {
         lifeline_dns::standalone::run_with_sources(

@@ -1,6 +1,6 @@
 //! The etcd store: what replicas share, and leader election with fenced writes.
 //!
-//! Same role as [`crate::store::EmbeddedStore`], but in etcd so every replica (and
+//! Same role as [`the embedded store`], but in etcd so every replica (and
 //! `lifeline ctl`, with no Kubernetes API at all) sees the same state:
 //!
 //! ```text
@@ -18,7 +18,7 @@
 //! ```
 //!
 //! Every value is the envelope `{"format": 1, "value": ...}` (record values also carry
-//! `decidedAt`), validated on read by [`lifeline_dns::etcd_source::decode_value`]. A bad
+//! `decidedAt`), validated on read by [`crate::source::decode_value`]. A bad
 //! value (garbage, another format version, undecodable, over 1 MiB) is logged, counted
 //! ([`EtcdStore::bad_values`]) and ignored: the reader gets the key's last good value
 //! instead, from etcd's history of that key or else from what this process last read.
@@ -62,20 +62,18 @@ use std::{
 };
 
 use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, Txn, TxnOp};
-use lifeline_dns::{
-    NameRecords, Update,
-    etcd_source::{self, Backoff, decode_value, encode_value, record_key, timed},
-};
+use lifeline_crds::document::PolicySnapshot;
+use lifeline_engine::{Decision, Override, PolicyDecision};
+use lifeline_model::{NameRecords, Update, overrides::AuditEntry};
 use parking_lot::Mutex;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-pub use lifeline_dns::etcd_source::{BadValue, EtcdConnect, EtcdTlsFiles, VALUE_LIMIT};
-
-use lifeline_engine::{Decision, Override, PolicyDecision};
-
-use crate::store::{AuditEntry, PolicySnapshot};
+use crate::source::{
+    self as etcd_source, Backoff, EtcdConnect, VALUE_LIMIT, decode_value, encode_value, record_key,
+    timed,
+};
 
 /// etcd rejects transactions with more operations than `--max-txn-ops` (128 by
 /// default); larger writes are split into several fenced transactions.

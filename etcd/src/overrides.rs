@@ -15,18 +15,16 @@ use std::{collections::BTreeMap, future::Future, pin::Pin, time::Duration};
 use etcd_client::{Client, GetOptions};
 use tracing::{debug, info, warn};
 
-use crate::{
-    etcd_source::{EtcdConnect, decode_value, timed},
-    shim::ShimHandle,
-    source::SnapshotSource,
-};
+use lifeline_dns::{ShimHandle, SnapshotSource};
 use lifeline_model::overrides::Override;
+
+use crate::source::{EtcdConnect, decode_value, timed};
 
 /// How often overrides are read.
 pub const POLL: Duration = Duration::from_secs(2);
 
 /// Keeps a shim's overrides in step with etcd. It runs beside the record source (see
-/// [`crate::source::spawn`]) but does not vouch for the records' freshness, so it never
+/// [`lifeline_dns::source::spawn`]) but does not vouch for the records' freshness, so it never
 /// reports itself connected.
 #[derive(Debug, Clone)]
 pub struct EtcdOverrides {

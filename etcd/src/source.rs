@@ -51,10 +51,7 @@ use etcd_client::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tracing::{debug, info, warn};
 
-use crate::{
-    shim::{ShimHandle, count_load_error},
-    source::SnapshotSource,
-};
+use lifeline_dns::{ShimHandle, SnapshotSource};
 use lifeline_model::{NameRecords, Update, ZonePatch, ZoneSnapshot};
 
 /// Largest value accepted from etcd; anything bigger is reported and ignored.
@@ -527,7 +524,7 @@ impl Feed {
     fn bad_value(&self, key: &str, reason: &dyn fmt::Display) {
         warn!(source = %self.name, %key, %reason, "bad record value in etcd ignored; the last good value is kept");
         self.stats.bad_values.fetch_add(1, Ordering::Relaxed);
-        count_load_error(&self.shim);
+        self.shim.count_load_error();
     }
 
     /// Reads every record key at one revision and replaces each zone seen in etcd.
@@ -780,8 +777,8 @@ impl Feed {
             Ok(a) => {
                 debug!(source = %self.name, zone = %a.zone, revision, rejected = a.rejected.len(), "etcd records applied")
             }
-            Err(crate::Error::StaleRevision { have, got, .. }) if have == got => {}
-            Err(crate::Error::StaleRevision { have, got, .. }) => {
+            Err(lifeline_dns::Error::StaleRevision { have, got, .. }) if have == got => {}
+            Err(lifeline_dns::Error::StaleRevision { have, got, .. }) => {
                 // Normal for a replayed patch; for a replace it means the shim serves a
                 // newer revision than etcd has (a restored or new etcd), which needs an
                 // operator: serving the old data is the safe choice until etcd passes it.
@@ -791,7 +788,7 @@ impl Feed {
                     debug!(source = %self.name, %zone, served = have, etcd = got, "etcd change not newer than served data");
                 }
             }
-            Err(crate::Error::NoBase(_)) => {
+            Err(lifeline_dns::Error::NoBase(_)) => {
                 let names = self.zones.get(&zone).cloned().unwrap_or_default();
                 let decided_at = names
                     .values()
@@ -806,7 +803,7 @@ impl Feed {
             }
             Err(e) => {
                 warn!(source = %self.name, %zone, revision, error = %e, "etcd records rejected by the shim");
-                count_load_error(&self.shim);
+                self.shim.count_load_error();
             }
         }
     }

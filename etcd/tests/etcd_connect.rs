@@ -6,13 +6,13 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::{ZONE, start_shim};
-use lifeline_controller::etcd::{EtcdConnect, EtcdStore};
-use lifeline_dns::{
-    EtcdSource, NameRecords, TxtSet,
-    etcd_source::{encode_value, record_key},
-    source,
-};
+use lifeline_dns::{NameRecords, TxtSet, source};
 use lifeline_engine::{Override, OverrideAction};
+use lifeline_etcd::{EtcdConnect, EtcdStore};
+use lifeline_etcd::{
+    EtcdSource,
+    source::{encode_value, record_key},
+};
 use lifeline_testkit::{Etcd, eventually, within};
 
 fn an_override() -> Override {

@@ -13,10 +13,10 @@ use std::{
 
 use common::{ZONE, start_shim};
 use etcd_client::Client;
-use lifeline_dns::{
-    AddressSet, EtcdConnect, EtcdSource, NameRecords, ShimHandle, Target, ZoneSnapshot,
-    etcd_source::{EtcdSourceStats, VALUE_LIMIT, encode_value, record_key},
-    source,
+use lifeline_dns::{AddressSet, NameRecords, ShimHandle, Target, ZoneSnapshot, source};
+use lifeline_etcd::{
+    EtcdConnect, EtcdSource,
+    source::{EtcdSourceStats, VALUE_LIMIT, encode_value, record_key},
 };
 use lifeline_testkit::{Etcd, Proxy, eventually, within};
 use parking_lot::Mutex;
@@ -411,13 +411,12 @@ async fn a_leaders_fenced_publish_reaches_the_shim_within_a_fraction_of_a_second
     let Some(etcd) = Etcd::start().await else {
         return;
     };
-    let store = lifeline_controller::etcd::EtcdStore::connect(&etcd.connect(), PREFIX)
+    let store = lifeline_etcd::EtcdStore::connect(&etcd.connect(), PREFIX)
         .await
         .unwrap();
     let leader = within(
         Duration::from_secs(10),
-        lifeline_controller::etcd::Leadership::new(&store, "replica-a", Duration::from_secs(5))
-            .campaign(),
+        lifeline_etcd::Leadership::new(&store, "replica-a", Duration::from_secs(5)).campaign(),
     )
     .await
     .unwrap();

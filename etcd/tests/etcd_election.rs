@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lifeline_controller::etcd::{EtcdStore, Leadership};
+use lifeline_etcd::{EtcdStore, Leadership};
 use lifeline_testkit::{Etcd, Proxy, within};
 use tokio::time::Instant;
 

@@ -1,0 +1,565 @@
+//! One leadership term: from being elected (or starting, with the embedded store) to
+//! shutting down, being deposed, or failing.
+//!
+//! ```text
+//!  LeaderTerm::begin   last decision ─► policies (fresh, else the last good set; with
+//!        │             neither, wait: DNS keeps answering) ─► fleet, prober, status task
+//!        ▼
+//!  lead(): select! only dispatches ─┬─ probe result       ─► on_probe
+//!                                   ├─ overrides changed  ─► decide
+//!                                   ├─ every second       ─► on_tick (reload, fleet, status)
+//!                                   ├─ every 100 ms       ─► decide when due
+//!                                   └─ stop               ─► end: save the decision
+//!        ▼
+//!  TermEnd { Shutdown, Deposed, Failed(..) }
+//! ```
+//!
+//! A policy set enters a term in one place ([`LeaderTerm::adopt`]) and is compiled into
+//! probe targets and engine policies in one place ([`LeaderTerm::recompile`]).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, SystemTime},
+};
+
+use lifeline_crds::document::PolicySnapshot;
+use lifeline_engine::{self as engine, Decision, Health, Observation, Override, Signals};
+use lifeline_etcd::Leader;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::{
+    admin::AdminState,
+    config::Config,
+    documents,
+    fleet::Fleet,
+    management::{ManagementSource, ManagementView},
+    policies::{self, PolicySet},
+    probe::{ProbeResult, Prober},
+    publish::Publisher,
+    run::{Documents, Metrics, ResultLabels},
+    status::{StatusInput, StatusTask},
+    store::Store,
+};
+
+/// How a leadership term ended.
+#[derive(Debug)]
+pub enum TermEnd {
+    /// The process is shutting down.
+    Shutdown,
+    /// Leadership was lost (the lease expired or another replica took over).
+    Deposed,
+    /// The term could not go on (its state could not be read, the prober not started).
+    Failed(anyhow::Error),
+}
+
+/// What every term of this process shares.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub state: Arc<AdminState>,
+    pub policy_feed: PolicyFeed,
+    /// This replica's name in leader election, status and Events.
+    pub identity: String,
+}
+
+/// Where policy documents come from, and what was last seen of them.
+pub(crate) struct PolicyFeed {
+    pub docs: Documents,
+    /// Modification stamps of the files at the last load.
+    stamps: Vec<Option<(SystemTime, u64)>>,
+    zones: Vec<String>,
+    /// The management cluster's client and namespace, for `Documents::Kubernetes`.
+    management_client: Option<(kube::Client, Option<String>)>,
+    /// The management cluster's view while this replica leads.
+    management: Option<(
+        ManagementSource,
+        tokio::sync::watch::Receiver<ManagementView>,
+    )>,
+}
+
+impl PolicyFeed {
+    pub fn new(
+        docs: Documents,
+        zones: Vec<String>,
+        management_client: Option<(kube::Client, Option<String>)>,
+    ) -> Self {
+        Self {
+            docs,
+            stamps: Vec::new(),
+            zones,
+            management_client,
+            management: None,
+        }
+    }
+
+    fn stamp(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+        paths
+            .iter()
+            .map(|p| {
+                std::fs::metadata(p)
+                    .ok()
+                    .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+            })
+            .collect()
+    }
+
+    /// Loads the documents. `Err` carries every problem; the caller keeps its last good set.
+    fn load(&mut self) -> Result<PolicySnapshot, Vec<String>> {
+        match &self.docs {
+            Documents::Inline { policies, clusters } => Ok(PolicySnapshot {
+                policies: policies.clone(),
+                clusters: clusters.clone(),
+            }),
+            Documents::Files(paths) => {
+                self.stamps = Self::stamp(paths);
+                let loaded = documents::load(paths, &self.zones);
+                if !loaded.is_valid() {
+                    return Err(loaded.problems.iter().map(ToString::to_string).collect());
+                }
+                Ok(PolicySnapshot {
+                    policies: loaded.policies.into_iter().map(|(_, p)| p).collect(),
+                    clusters: loaded.clusters.into_iter().map(|(_, c)| c).collect(),
+                })
+            }
+            Documents::Kubernetes { .. } => {
+                let Some((_, view)) = self.management.as_mut() else {
+                    return Err(vec![
+                        "the management cluster is not being watched".to_owned(),
+                    ]);
+                };
+                let view = view.borrow_and_update().clone();
+                if !view.synced {
+                    return Err(vec![format!(
+                        "the management cluster has not been listed yet (reachable: {})",
+                        view.connected
+                    )]);
+                }
+                // Invalid objects keep their last good version in the view; they are
+                // reported, not fatal to the rest of the set.
+                for (object, problems) in &view.problems {
+                    for p in problems {
+                        warn!(%object, problem = %p, "invalid object in the management cluster");
+                    }
+                }
+                Ok(PolicySnapshot {
+                    policies: view.policies.into_values().collect(),
+                    clusters: view.clusters.into_values().collect(),
+                })
+            }
+        }
+    }
+
+    /// True when a file changed since the last load. Polling the modification time and
+    /// size once a second is enough for files an operator edits, and it also sees the
+    /// symlink swaps of a mounted ConfigMap, which inotify-style watches can miss.
+    fn changed(&self) -> bool {
+        match &self.docs {
+            Documents::Files(paths) => Self::stamp(paths) != self.stamps,
+            Documents::Inline { .. } => false,
+            Documents::Kubernetes { .. } => self
+                .management
+                .as_ref()
+                .is_some_and(|(_, view)| view.has_changed().unwrap_or(false)),
+        }
+    }
+}
+
+/// Leads until `stop` completes (with `Shutdown` or `Deposed`) or the term fails. The
+/// management cluster is watched only during the term, so its load does not grow with
+/// the number of replicas.
+pub(crate) async fn lead(
+    shared: &mut Shared,
+    store: &Store,
+    leader: Option<&Leader>,
+    publisher: Publisher,
+    stop: impl Future<Output = TermEnd>,
+) -> TermEnd {
+    if let Some((client, namespace)) = shared.policy_feed.management_client.clone() {
+        let source = ManagementSource::spawn(client, namespace);
+        let view = source.view();
+        shared.policy_feed.management = Some((source, view));
+    }
+    let mut stop = std::pin::pin!(stop);
+    let end = async {
+        let (tx, mut results) = mpsc::channel::<ProbeResult>(4096);
+        let mut term =
+            match LeaderTerm::begin(shared, store, leader, publisher, tx, &mut stop).await {
+                Ok(term) => term,
+                Err(end) => return end,
+            };
+        let mut decide_tick = tokio::time::interval(Duration::from_millis(100));
+        let mut reload_tick = tokio::time::interval(Duration::from_secs(1));
+        let state = term.shared.state.clone();
+        let end = loop {
+            tokio::select! {
+                end = &mut stop => break end,
+                Some(r) = results.recv() => term.on_probe(r),
+                _ = state.overrides_changed.notified() => term.decide().await,
+                _ = reload_tick.tick() => term.on_tick().await,
+                _ = decide_tick.tick() => if term.due() { term.decide().await },
+            }
+        };
+        term.end(end).await
+    }
+    .await;
+    shared.policy_feed.management = None;
+    end
+}
+
+/// One term's state. Each event has one method; `lead` only dispatches.
+struct LeaderTerm<'a> {
+    shared: &'a mut Shared,
+    store: &'a Store,
+    leader: Option<&'a Leader>,
+    publisher: Publisher,
+    decision: Decision,
+    /// The policy documents in force.
+    current: PolicySnapshot,
+    fleet: Fleet,
+    /// Member addresses found through member APIs, as last compiled.
+    discovered: BTreeMap<(String, String), Vec<IpAddr>>,
+    set: PolicySet,
+    prober: Prober,
+    /// CR status and Events (policy source `kubernetes`), in a task of their own so a
+    /// hanging management API never holds up a decision.
+    status: Option<StatusTask>,
+    overrides: Vec<Override>,
+    /// False while overrides cannot be read (the last ones read stay in force).
+    overrides_ok: bool,
+    /// Observations since the last decision.
+    signals: Signals,
+    /// Something changed since the last decision.
+    dirty: bool,
+    last_decide: tokio::time::Instant,
+    /// What survived the last save (see [`fingerprint`]).
+    last_saved: Vec<(String, Arc<str>, Health, bool)>,
+}
+
+impl<'a> LeaderTerm<'a> {
+    /// Resumes the last decision and waits for a usable policy set (DNS keeps answering
+    /// from its snapshot meanwhile), unless `stop` ends the term first.
+    async fn begin(
+        shared: &'a mut Shared,
+        store: &'a Store,
+        leader: Option<&'a Leader>,
+        publisher: Publisher,
+        results: mpsc::Sender<ProbeResult>,
+        stop: &mut std::pin::Pin<&mut impl Future<Output = TermEnd>>,
+    ) -> Result<LeaderTerm<'a>, TermEnd> {
+        let decision = match store.load_decision().await {
+            Ok(d) => d.unwrap_or_default(),
+            Err(e) => {
+                return Err(TermEnd::Failed(
+                    anyhow::Error::new(e).context("reading the last decision"),
+                ));
+            }
+        };
+        info!(
+            revision = decision.revision,
+            policies = decision.policies.len(),
+            "resumed the last decision"
+        );
+        let current = tokio::select! {
+            end = stop.as_mut() => return Err(end),
+            current = usable_policies(&mut shared.policy_feed, store) => current,
+        };
+        let prober = Prober::new(shared.config.defaults.probe.concurrency as usize, results)
+            .map_err(|e| TermEnd::Failed(anyhow::Error::new(e).context("starting the prober")))?;
+        let management = shared
+            .policy_feed
+            .management
+            .as_ref()
+            .map(|(source, _)| source.client());
+        let status = management.clone().map(|client| {
+            StatusTask::spawn(client, Duration::from_secs(5), shared.identity.clone())
+        });
+        let mut term = LeaderTerm {
+            shared,
+            store,
+            leader,
+            publisher,
+            last_saved: fingerprint(&decision),
+            decision,
+            current: PolicySnapshot::default(),
+            fleet: Fleet::with_management(management),
+            discovered: BTreeMap::new(),
+            set: PolicySet::default(),
+            prober,
+            status,
+            overrides: Vec::new(),
+            overrides_ok: true,
+            signals: Signals::default(),
+            dirty: true,
+            last_decide: tokio::time::Instant::now(),
+        };
+        term.adopt(current).await;
+        Ok(term)
+    }
+
+    /// Puts a policy set in force: saved as the last good set, member watchers
+    /// reconciled, then compiled.
+    async fn adopt(&mut self, snapshot: PolicySnapshot) {
+        if let Err(e) = self.store.save_policies(self.leader, &snapshot).await {
+            warn!(error = %e, "cannot save the policy set");
+        }
+        self.current = snapshot;
+        self.fleet.reconcile(&self.current).await;
+        *self.shared.state.clusters.write() = cluster_names(&self.current);
+        self.recompile();
+    }
+
+    /// Compiles the policies in force with the addresses member APIs report, and hands
+    /// the probe targets to the prober.
+    fn recompile(&mut self) {
+        self.discovered = self.fleet.discovered(&self.current);
+        self.set = policies::compile(
+            &self.current.policies,
+            &self.current.clusters,
+            &self.discovered,
+        );
+        for w in &self.set.warnings {
+            warn!(warning = %w, "policy set");
+        }
+        self.prober.set_targets(self.set.probes.clone());
+        self.dirty = true;
+    }
+
+    fn on_probe(&mut self, r: ProbeResult) {
+        let result = if r.ok { "ok" } else { "fail" };
+        self.shared
+            .metrics
+            .probes
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+        self.signals
+            .targets
+            .entry(r.key)
+            .or_default()
+            .observations
+            .push(Observation {
+                at: r.at,
+                ok: r.ok,
+                detail: r.detail,
+            });
+        self.dirty = true;
+    }
+
+    /// Once a second: reloaded documents, status for the CRs, and member views.
+    async fn on_tick(&mut self) {
+        if self.shared.policy_feed.changed() {
+            match self.shared.policy_feed.load() {
+                Ok(snapshot) => {
+                    info!(
+                        policies = snapshot.policies.len(),
+                        clusters = snapshot.clusters.len(),
+                        "policy documents reloaded"
+                    );
+                    self.adopt(snapshot).await;
+                }
+                Err(problems) => {
+                    self.shared.metrics.policy_errors.inc();
+                    for p in &problems {
+                        warn!(problem = %p, "policy documents are invalid; keeping the last good set");
+                    }
+                }
+            }
+        }
+        if let (Some(task), Some((_, view))) = (
+            self.status.as_ref(),
+            self.shared.policy_feed.management.as_ref(),
+        ) {
+            let view = view.borrow().clone();
+            task.update(StatusInput {
+                decision: Arc::new(self.decision.clone()),
+                policies: view.policies.into_values().collect(),
+                clusters: view.clusters.into_values().collect(),
+                problems: view.problems,
+                views: self.fleet.views(),
+            });
+        }
+        // Member views: new addresses recompile the set; readiness becomes observations
+        // for policies without a health check.
+        if self.fleet.changed() {
+            if self.fleet.discovered(&self.current) != self.discovered {
+                self.recompile();
+            }
+            for (key, obs) in self.fleet.hints(&self.current, SystemTime::now()) {
+                self.signals
+                    .targets
+                    .entry(key)
+                    .or_default()
+                    .observations
+                    .push(obs);
+            }
+            self.dirty = true;
+        }
+    }
+
+    /// Whether the 100 ms tick should decide: something changed, or a second passed
+    /// (hold-downs, ramps and expiries move with time).
+    fn due(&self) -> bool {
+        self.dirty || self.last_decide.elapsed() >= Duration::from_secs(1)
+    }
+
+    /// Decides, shows the decision in status, publishes it, and saves it when something
+    /// that must survive a restart changed.
+    async fn decide(&mut self) {
+        // A store that cannot be read keeps the last overrides known: losing a source
+        // must not drop an operator's drain.
+        match self.store.overrides().await {
+            Ok(o) => {
+                if !self.overrides_ok {
+                    info!("overrides readable again");
+                }
+                self.overrides_ok = true;
+                self.overrides = o;
+            }
+            // Logged once per outage, not once per decision.
+            Err(e) if self.overrides_ok => {
+                self.overrides_ok = false;
+                warn!(error = %e, "cannot read overrides; using the last ones read");
+            }
+            Err(_) => {}
+        }
+        let now = SystemTime::now();
+        for (key, source) in self.fleet.sources(&self.current) {
+            self.signals.targets.entry(key).or_default().source = source;
+        }
+        let next = engine::decide(
+            &self.shared.config.engine,
+            &self.set.policies,
+            &self.signals,
+            &self.overrides,
+            &self.decision,
+            now,
+        );
+        self.signals = Signals::default();
+        self.dirty = false;
+        self.last_decide = tokio::time::Instant::now();
+        let shared = &*self.shared;
+        shared.metrics.decisions.inc();
+        log_changes(&self.decision, &next);
+        if let (Some(task), Some((_, view))) =
+            (self.status.as_ref(), shared.policy_feed.management.as_ref())
+            && next.revision != self.decision.revision
+        {
+            task.record_changes(&self.decision, &next, &view.borrow().policies);
+        }
+        // Status shows the decision before it is published, so the admin API never
+        // lags behind what DNS answers.
+        *shared.state.decision.write() = Arc::new(next.clone());
+        shared.state.decided.store(true, Ordering::Relaxed);
+        let mut published = true;
+        for update in self.publisher.updates(&next, now) {
+            let zone = update.zone().to_owned();
+            if let Err(e) = self.store.publish(self.leader, update).await {
+                shared.metrics.publish_errors.inc();
+                warn!(%zone, error = %e, "publishing failed; republishing the whole zone next time");
+                self.publisher.reset();
+                published = false;
+                break;
+            }
+        }
+        let print = fingerprint(&next);
+        if print != self.last_saved || next.revision != self.decision.revision {
+            match self.store.save_decision(self.leader, &next).await {
+                Ok(()) => self.last_saved = print,
+                Err(e) => warn!(error = %e, "cannot save the decision"),
+            }
+        }
+        shared.metrics.observe(&next, now);
+        self.decision = next;
+        if !published {
+            // Retry soon rather than waiting for the next change.
+            self.dirty = true;
+        }
+    }
+
+    /// Stops probing and saves the decision; a failed save turns the end into `Failed`.
+    async fn end(self, end: TermEnd) -> TermEnd {
+        drop(self.prober);
+        match self.store.save_decision(self.leader, &self.decision).await {
+            Ok(()) => end,
+            Err(e) => TermEnd::Failed(anyhow::Error::new(e).context("saving the decision")),
+        }
+    }
+}
+
+/// Policies to start a term with: fresh if valid, else the last good set; with neither,
+/// polls once a second (DNS keeps answering from its snapshot) rather than publish an
+/// empty set.
+async fn usable_policies(source: &mut PolicyFeed, store: &Store) -> PolicySnapshot {
+    let mut waiting_logged = false;
+    loop {
+        match source.load() {
+            Ok(snapshot) => return snapshot,
+            Err(problems) => {
+                match store.load_policies().await {
+                    Ok(Some(s)) => {
+                        for p in &problems {
+                            warn!(problem = %p, "policy documents unavailable; using the last good set");
+                        }
+                        return s;
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(error = %e, "cannot read the last good policy set"),
+                }
+                if !waiting_logged {
+                    for p in &problems {
+                        warn!(problem = %p, "no usable policy set yet; DNS keeps answering from its snapshot");
+                    }
+                    waiting_logged = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn cluster_names(snapshot: &PolicySnapshot) -> BTreeSet<String> {
+    snapshot
+        .clusters
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect()
+}
+
+/// Compact view of target health, to save the decision only when something that must
+/// survive a restart changed (streak counters alone are not worth an fsync each probe).
+fn fingerprint(d: &Decision) -> Vec<(String, Arc<str>, Health, bool)> {
+    d.policies
+        .iter()
+        .flat_map(|(id, p)| {
+            p.targets
+                .iter()
+                .map(move |(c, t)| (id.clone(), c.clone(), t.health, t.drained))
+        })
+        .collect()
+}
+
+fn log_changes(before: &Decision, after: &Decision) {
+    if after.revision != before.revision {
+        for (id, p) in &after.policies {
+            if before.policies.get(id).map(|b| &b.answers) != Some(&p.answers) {
+                let answers: Vec<String> = p
+                    .answers
+                    .iter()
+                    .map(|a| format!("{}@{}", a.address, a.weight))
+                    .collect();
+                info!(policy = %id, outcome = ?p.outcome, answers = ?answers, "answers changed");
+            }
+        }
+    }
+    for alarm in &after.alarms {
+        if !before.alarms.iter().any(|a| a.kind == alarm.kind) {
+            warn!(kind = ?alarm.kind, message = %alarm.message, "alarm raised");
+        }
+    }
+}
