@@ -216,6 +216,14 @@ pub async fn run(
 
 fn instructions(dns: SocketAddr, admin: &str) -> String {
     let (host, port) = (dns.ip(), dns.port());
+    // The binary that is running, so the commands work as printed (no second build).
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| {
+            let cwd = std::env::current_dir().ok()?;
+            Some(p.strip_prefix(&cwd).map(|r| r.to_owned()).unwrap_or(p))
+        })
+        .map_or_else(|| "lifeline".to_owned(), |p| p.display().to_string());
     format!(
         "\nLifeline demo: three simulated clusters (eu-west-1 127.0.0.2, us-east-1 127.0.0.3, ap-south-1 127.0.0.4)\n\
 DNS on {dns}, admin API on {admin}\n\n\
@@ -223,8 +231,11 @@ Ask DNS:\n  dig @{host} -p {port} checkout.{ZONE}        # Failover: eu-west-1 f
 dig @{host} -p {port} search.{ZONE}          # Weighted 60/30/10\n  \
 dig @{host} -p {port} assets.{ZONE}          # RoundRobin\n  \
 dig @{host} -p {port} api.{ZONE} +subnet=10.2.0.1/24   # Geo: us-east for 10.2/16\n\n\
-Fail and heal a cluster:\n  curl -X POST {admin}/v1/demo/clusters/eu-west-1/fail\n  curl -X POST {admin}/v1/demo/clusters/eu-west-1/heal\n\n\
-Operate:\n  lifeline ctl --admin {admin} status\n  lifeline ctl --admin {admin} drain us-east-1 --for 10m --reason 'maintenance'\n  lifeline ctl --admin {admin} clear us-east-1\n"
+Fail and heal a cluster:\n  curl -X POST {admin}/v1/demo/clusters/eu-west-1/fail\n  curl -X POST {admin}/v1/demo/clusters/eu-west-1/heal\n\
+A healed cluster waits out a 10 s hold-down, then its share ramps 25% -> 100% over 20 s.\n\
+At most 2 policies ramp at once (engine.maxConcurrentRamps), so a policy whose turn has\n\
+not come waits longer than the hold-down: recovery is paced, not a stampede.\n\n\
+Operate:\n  {exe} ctl --admin {admin} status\n  {exe} ctl --admin {admin} drain us-east-1 --for 10m --reason 'maintenance'\n  {exe} ctl --admin {admin} clear us-east-1\n"
     )
 }
 

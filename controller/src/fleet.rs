@@ -39,6 +39,8 @@ pub struct Fleet {
     watchers: BTreeMap<String, Watched>,
     /// The management cluster's client, to read `kubeconfigSecretRef` Secrets.
     management: Option<kube::Client>,
+    /// Where a `kubeconfigSecretRef` without a namespace points: Lifeline's own.
+    namespace: String,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -50,8 +52,8 @@ impl std::fmt::Debug for Fleet {
 }
 
 /// The namespace Lifeline runs in (for Secrets without one): the pod's namespace when
-/// in a cluster, else `lifeline-system`.
-fn own_namespace() -> String {
+/// in a cluster, else `lifeline-system`. Read once at start.
+pub fn own_namespace() -> String {
     std::env::var("POD_NAMESPACE")
         .ok()
         .or_else(|| {
@@ -66,8 +68,12 @@ fn own_namespace() -> String {
 async fn kubeconfig_from_secret(
     client: &kube::Client,
     r: &lifeline_crds::SecretKeyRef,
+    default_namespace: &str,
 ) -> Result<kube::Config, String> {
-    let ns = r.namespace.clone().unwrap_or_else(own_namespace);
+    let ns = r
+        .namespace
+        .clone()
+        .unwrap_or_else(|| default_namespace.to_owned());
     let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
         kube::Api::namespaced(client.clone(), &ns);
     let secret = secrets
@@ -108,11 +114,13 @@ fn needs_watcher(c: &MemberCluster) -> bool {
 }
 
 impl Fleet {
-    /// A fleet that can read member kubeconfigs from Secrets through `management`.
-    pub fn with_management(management: Option<kube::Client>) -> Self {
+    /// A fleet that can read member kubeconfigs from Secrets through `management`
+    /// (those without a namespace in `namespace`).
+    pub fn with_management(management: Option<kube::Client>, namespace: String) -> Self {
         Self {
             watchers: BTreeMap::new(),
             management,
+            namespace,
         }
     }
 
@@ -155,7 +163,7 @@ impl Fleet {
                     // Bounded: a hanging management API must not stall the leader.
                     Some(client) => match tokio::time::timeout(
                         std::time::Duration::from_secs(3),
-                        kubeconfig_from_secret(client, r),
+                        kubeconfig_from_secret(client, r, &self.namespace),
                     )
                     .await
                     .unwrap_or_else(|_| Err("timed out reading the Secret".to_owned()))

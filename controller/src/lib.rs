@@ -1,5 +1,5 @@
 //! Lifeline's controller: it decides which member clusters answer for each global name
-//! and feeds those answers to the DNS shims.
+//! and feeds those answers to the DNS servers.
 //!
 //! ```text
 //!  lifeline.yaml ─► config            overrides (admin API, ctl, store)
@@ -7,17 +7,25 @@
 //!                                 policies::compile ◄─ fleet (member watchers, behind budget)
 //!                                   │ probe specs        │ addresses, readiness, reachability
 //!                                   ▼                    ▼
-//!                                 probe ─► engine::decide(.., previous, now) ─► Decision
-//!                                                 │
-//!        store (embedded) | etcd (fenced leader) ◄┤──► status (CR status, Events)
+//!                                 probe ─► lifeline_engine::decide(.., previous, now)
+//!                                                 │ Decision
+//!        store: embedded | etcd (fenced leader) ◄─┤──► status (CR status, Events)
 //!                                                 ▼
-//!                                 publish ─► shim in process, or etcd ─► every replica's shim
+//!                                 publish ─► DNS server in process, or etcd ─► every replica
 //! ```
 //!
-//! `engine` is pure (no I/O, no clock); `probe` is the only module that talks to the data
-//! plane, `member` and `management` the only ones that talk to Kubernetes APIs, `etcd`
-//! the only one that talks to etcd; `run` wires everything together; `admin` and `ctl`
-//! are the operator's surface.
+//! Where each outside system is touched, in one module or crate each:
+//!
+//! | system | where |
+//! |---|---|
+//! | Kubernetes APIs | `member` (member clusters, behind `budget`); `management`, `status` and `fleet`'s Secret reads (the management cluster) |
+//! | the data plane | `probe` |
+//! | etcd | the `lifeline-etcd` crate |
+//! | DNS sockets | the `lifeline-dns` crate |
+//!
+//! The decisions themselves are the pure `lifeline-engine` crate. `run` starts DNS, the
+//! admin API and the store, and campaigns; `term` is one leadership term (one method per
+//! event); `admin` and `ctl` are the operator's surface; `cli` holds the subcommands.
 
 #![forbid(unsafe_code)]
 

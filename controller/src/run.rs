@@ -289,6 +289,7 @@ pub async fn run(
         metrics,
         state,
         identity: replica_identity(),
+        namespace: crate::fleet::own_namespace(),
     };
     let mut shutdown = std::pin::pin!(shutdown);
     let result = match shared.config.store.clone() {

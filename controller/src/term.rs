@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     pub policy_feed: PolicyFeed,
     /// This replica's name in leader election, status and Events.
     pub identity: String,
+    /// The namespace Lifeline runs in.
+    pub namespace: String,
 }
 
 /// Where policy documents come from, and what was last seen of them.
@@ -275,7 +277,8 @@ impl<'a> LeaderTerm<'a> {
             .management
             .as_ref()
             .map(|(source, _)| source.client());
-        let status = management.clone().map(|client| {
+        let fleet = Fleet::with_management(management.clone(), shared.namespace.clone());
+        let status = management.map(|client| {
             StatusTask::spawn(client, Duration::from_secs(5), shared.identity.clone())
         });
         let mut term = LeaderTerm {
@@ -286,7 +289,7 @@ impl<'a> LeaderTerm<'a> {
             last_saved: fingerprint(&decision),
             decision,
             current: PolicySnapshot::default(),
-            fleet: Fleet::with_management(management),
+            fleet,
             discovered: BTreeMap::new(),
             set: PolicySet::default(),
             prober,

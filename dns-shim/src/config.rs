@@ -156,10 +156,9 @@ fn default_v6_prefix() -> u8 {
     56
 }
 
-/// Parses a duration such as `"5m"` or `"90s"` (humantime syntax).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
-}
+/// Parses a duration such as `"5m"` or `"90s"`: the one grammar every Lifeline setting
+/// and CRD field uses (Go's `time.ParseDuration`, as in Kubernetes manifests).
+pub use lifeline_model::parse_duration;
 
 impl DnsConfig {
     /// `staleAfter` as a duration.
