@@ -7,22 +7,14 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::{
-        Arc,
-        atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering},
-    },
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use axum::{
-    Router,
-    extract::State,
-    http::{HeaderMap, StatusCode, Uri, header},
-    response::IntoResponse,
-};
 use lifeline_controller::probe::{
     Check, ProbeResult, ProbeSpec, Prober, TargetKey, check_from_spec,
 };
+use lifeline_testkit::backend::{Backend, Behaviour};
 use parking_lot::Mutex;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -128,71 +120,10 @@ async fn collect(rx: &mut mpsc::Receiver<ProbeResult>, window: Duration) -> Vec<
 
 // === HTTP test backend ===
 
-/// A controllable HTTP backend; clones share state, so several servers can share counters.
-#[derive(Clone)]
-struct Backend {
-    status: Arc<AtomicU16>,
-    delay_ms: Arc<AtomicU64>,
-    hosts: Arc<Mutex<Vec<String>>>,
-    paths: Arc<Mutex<Vec<String>>>,
-    in_flight: Arc<AtomicUsize>,
-    max_in_flight: Arc<AtomicUsize>,
-    requests: Arc<AtomicUsize>,
-}
-
-impl Backend {
-    fn new(status: u16) -> Self {
-        Self {
-            status: Arc::new(AtomicU16::new(status)),
-            delay_ms: Arc::new(AtomicU64::new(0)),
-            hosts: Arc::default(),
-            paths: Arc::default(),
-            in_flight: Arc::default(),
-            max_in_flight: Arc::default(),
-            requests: Arc::default(),
-        }
-    }
-
-    fn slow(self, delay: Duration) -> Self {
-        self.delay_ms
-            .store(delay.as_millis() as u64, Ordering::SeqCst);
-        self
-    }
-
-    /// Serves on `ip` at a free port (or `port`); abort the handle to kill it.
-    async fn serve(&self, ip: &str, port: u16) -> (SocketAddr, JoinHandle<()>) {
-        let listener = TcpListener::bind((ip, port)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = Router::new().fallback(handle).with_state(self.clone());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        (addr, task)
-    }
-}
-
-async fn handle(State(b): State<Backend>, uri: Uri, headers: HeaderMap) -> impl IntoResponse {
-    b.requests.fetch_add(1, Ordering::SeqCst);
-    let host = headers
-        .get(header::HOST)
-        .map(|h| h.to_str().unwrap_or("<invalid>").to_owned())
-        .unwrap_or_default();
-    b.hosts.lock().push(host);
-    b.paths.lock().push(uri.path().to_owned());
-    let now = b.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-    b.max_in_flight.fetch_max(now, Ordering::SeqCst);
-    let delay = b.delay_ms.load(Ordering::SeqCst);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
-    b.in_flight.fetch_sub(1, Ordering::SeqCst);
-    let status = StatusCode::from_u16(b.status.load(Ordering::SeqCst)).unwrap();
-    // If a redirect were followed, it would lead to a closed port and fail differently.
-    (
-        status,
-        [(header::LOCATION, "http://127.0.0.1:1/elsewhere")],
-        "",
-    )
+/// Serves `behaviour` on `ip` at a free port (or `port`).
+async fn serve(behaviour: &Behaviour, ip: &str, port: u16) -> (SocketAddr, Backend) {
+    let server = Backend::serve(behaviour, SocketAddr::new(ip.parse().unwrap(), port)).await;
+    (server.addr, server)
 }
 
 async fn kill(task: JoinHandle<()>) {
@@ -204,8 +135,8 @@ async fn kill(task: JoinHandle<()>) {
 
 #[tokio::test]
 async fn healthy_http_backend_reports_ok_with_increasing_timestamps() {
-    let backend = Backend::new(200);
-    let (addr, _server) = backend.serve("127.0.0.2", 0).await;
+    let backend = Behaviour::new(200);
+    let (addr, _server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
     prober.set_targets(vec![spec(
         "a",
@@ -230,13 +161,13 @@ async fn healthy_http_backend_reports_ok_with_increasing_timestamps() {
         assert!(r.latency < Duration::from_secs(1));
         last = r.at;
     }
-    assert_eq!(backend.paths.lock()[0], "/healthz");
+    assert_eq!(backend.paths()[0], "/healthz");
 }
 
 #[tokio::test]
 async fn backend_returning_503_reports_failing_with_the_status() {
-    let backend = Backend::new(503);
-    let (addr, _server) = backend.serve("127.0.0.2", 0).await;
+    let backend = Behaviour::new(503);
+    let (addr, _server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
     prober.set_targets(vec![spec(
         "a",
@@ -253,8 +184,8 @@ async fn backend_returning_503_reports_failing_with_the_status() {
 
 #[tokio::test]
 async fn any_status_in_the_expected_set_counts_as_healthy() {
-    let backend = Backend::new(204);
-    let (addr, _server) = backend.serve("127.0.0.2", 0).await;
+    let backend = Behaviour::new(204);
+    let (addr, _server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
     prober.set_targets(vec![
         spec(
@@ -287,8 +218,8 @@ async fn any_status_in_the_expected_set_counts_as_healthy() {
 
 #[tokio::test]
 async fn a_redirect_is_judged_against_the_expected_set_and_not_followed() {
-    let backend = Backend::new(302);
-    let (addr, _server) = backend.serve("127.0.0.2", 0).await;
+    let backend = Behaviour::new(302);
+    let (addr, _server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
     prober.set_targets(vec![
         spec(
@@ -320,8 +251,8 @@ async fn a_redirect_is_judged_against_the_expected_set_and_not_followed() {
 
 #[tokio::test]
 async fn probe_sends_the_configured_host_header() {
-    let backend = Backend::new(200);
-    let (addr, _server) = backend.serve("127.0.0.2", 0).await;
+    let backend = Behaviour::new(200);
+    let (addr, _server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
     prober.set_targets(vec![spec(
         "a",
@@ -333,7 +264,7 @@ async fn probe_sends_the_configured_host_header() {
 
     assert!(next_for(&mut rx, &key("a")).await.ok);
     assert!(next_for(&mut rx, &key("a")).await.ok);
-    let hosts = backend.hosts.lock().clone();
+    let hosts = backend.hosts();
     assert!(hosts.len() >= 2);
     assert!(
         hosts.iter().all(|h| h == "checkout.global.example.com"),
@@ -343,8 +274,8 @@ async fn probe_sends_the_configured_host_header() {
 
 #[tokio::test]
 async fn killed_backend_turns_results_to_connect_refused() {
-    let backend = Backend::new(200);
-    let (addr, server) = backend.serve("127.0.0.2", 0).await;
+    let backend = Behaviour::new(200);
+    let (addr, mut server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
     prober.set_targets(vec![spec(
         "a",
@@ -355,17 +286,17 @@ async fn killed_backend_turns_results_to_connect_refused() {
     )]);
     assert!(next_for(&mut rx, &key("a")).await.ok);
 
-    kill(server).await;
+    server.kill().await;
     let r = wait_for(&mut rx, &key("a"), "failing result", |r| !r.ok).await;
     assert_eq!(r.detail, format!("connect refused at {addr}"));
 }
 
 #[tokio::test]
 async fn slow_backend_times_out_without_delaying_a_fast_target() {
-    let slow = Backend::new(200).slow(Duration::from_secs(30));
-    let (slow_addr, _slow_server) = slow.serve("127.0.0.2", 0).await;
-    let fast = Backend::new(200);
-    let (fast_addr, _fast_server) = fast.serve("127.0.0.3", 0).await;
+    let slow = Behaviour::new(200).slow(Duration::from_secs(30));
+    let (slow_addr, _slow_server) = serve(&slow, "127.0.0.2", 0).await;
+    let fast = Behaviour::new(200);
+    let (fast_addr, _fast_server) = serve(&fast, "127.0.0.3", 0).await;
     let (prober, mut rx) = prober(8);
     prober.set_targets(vec![
         spec(
@@ -395,7 +326,7 @@ async fn slow_backend_times_out_without_delaying_a_fast_target() {
         match r.key.cluster.as_str() {
             "fast" => {
                 assert!(r.ok, "{r:?}");
-                if slow.in_flight.load(Ordering::SeqCst) > 0 {
+                if slow.in_flight() > 0 {
                     fast_during_slow += 1;
                 }
             }
@@ -416,8 +347,8 @@ async fn slow_backend_times_out_without_delaying_a_fast_target() {
 
 #[tokio::test]
 async fn a_target_with_one_failing_address_fails_naming_that_address() {
-    let backend = Backend::new(200);
-    let (good, _server) = backend.serve("127.0.0.5", 0).await;
+    let backend = Behaviour::new(200);
+    let (good, _server) = serve(&backend, "127.0.0.5", 0).await;
     // Same port on another loopback address, where nothing listens yet.
     let bad: SocketAddr = (ip("127.0.0.6"), good.port()).into();
     let (prober, mut rx) = prober(4);
@@ -430,7 +361,7 @@ async fn a_target_with_one_failing_address_fails_naming_that_address() {
     assert_eq!(r.detail, format!("connect refused at {bad}"));
 
     // Once the second address serves too, the target is healthy.
-    let (_, _second) = backend.serve("127.0.0.6", good.port()).await;
+    let (_, _second) = serve(&backend, "127.0.0.6", good.port()).await;
     wait_for(&mut rx, &key("a"), "ok result", |r| r.ok).await;
 }
 
@@ -659,8 +590,8 @@ async fn https_verifies_against_a_trusted_ca_and_the_checks_host_name() {
 
 #[tokio::test]
 async fn removed_target_stops_producing_results() {
-    let backend = Backend::new(200);
-    let (addr, _server) = backend.serve("127.0.0.2", 0).await;
+    let backend = Behaviour::new(200);
+    let (addr, _server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
     let a = spec("a", addr, http_check(addr.port(), &[200]), 50, 1000);
     let b = spec("b", addr, http_check(addr.port(), &[200]), 50, 1000);
@@ -683,8 +614,8 @@ async fn removed_target_stops_producing_results() {
 
 #[tokio::test]
 async fn changing_a_targets_check_restarts_it_with_the_new_settings() {
-    let backend = Backend::new(200);
-    let (addr, _server) = backend.serve("127.0.0.2", 0).await;
+    let backend = Behaviour::new(200);
+    let (addr, _server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
     let mut s = spec("a", addr, http_check(addr.port(), &[200]), 50, 1000);
     prober.set_targets(vec![s.clone()]);
@@ -696,11 +627,11 @@ async fn changing_a_targets_check_restarts_it_with_the_new_settings() {
     prober.set_targets(vec![s]);
     assert_eq!(prober.len(), 1);
     while rx.try_recv().is_ok() {}
-    backend.paths.lock().clear();
+    backend.clear_paths();
     next_for(&mut rx, &key("a")).await;
     // Several more intervals: a leftover task with the old path would show up here.
     collect(&mut rx, Duration::from_millis(300)).await;
-    let paths = backend.paths.lock().clone();
+    let paths = backend.paths();
     assert!(
         !paths.is_empty() && paths.iter().all(|p| p == "/ready"),
         "{paths:?}"
@@ -710,9 +641,9 @@ async fn changing_a_targets_check_restarts_it_with_the_new_settings() {
 #[tokio::test]
 async fn concurrency_bound_holds_across_slow_targets() {
     for (concurrency, expected_max) in [(1, 1), (2, 2)] {
-        let backend = Backend::new(200).slow(Duration::from_millis(300));
-        let (addr1, _s1) = backend.serve("127.0.0.2", 0).await;
-        let (addr2, _s2) = backend.serve("127.0.0.3", 0).await;
+        let backend = Behaviour::new(200).slow(Duration::from_millis(300));
+        let (addr1, _s1) = serve(&backend, "127.0.0.2", 0).await;
+        let (addr2, _s2) = serve(&backend, "127.0.0.3", 0).await;
         let (prober, mut rx) = prober(concurrency);
         prober.set_targets(vec![
             spec("one", addr1, http_check(addr1.port(), &[200]), 100, 1000),
@@ -734,7 +665,7 @@ async fn concurrency_bound_holds_across_slow_targets() {
             "both targets must progress: {seen:?}"
         );
         assert_eq!(
-            backend.max_in_flight.load(Ordering::SeqCst),
+            backend.max_in_flight(),
             expected_max,
             "concurrency {concurrency}"
         );

@@ -75,6 +75,11 @@ impl Behaviour {
         self.inner.requests.load(Ordering::SeqCst)
     }
 
+    /// Requests being answered right now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::SeqCst)
+    }
+
     /// The most requests that were being answered at once.
     pub fn max_in_flight(&self) -> usize {
         self.inner.max_in_flight.load(Ordering::SeqCst)

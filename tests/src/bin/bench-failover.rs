@@ -25,6 +25,7 @@ use hickory_proto::{
     rr::{Name, RData, RecordType},
 };
 use lifeline_engine::{self as engine, Decision, EngineConfig, Observation, Signals, TargetKey};
+use lifeline_testkit::backend::{Backend, Behaviour};
 
 const ZONE: &str = "bench.lifeline.test";
 const NAME: &str = "app.bench.lifeline.test";
@@ -176,18 +177,8 @@ fn poll_until(
     bail!("answer did not change within {limit:?}")
 }
 
-struct Backend {
-    task: tokio::task::JoinHandle<()>,
-}
-
 async fn backend(addr: SocketAddr) -> Result<Backend> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
-    Ok(Backend {
-        task: tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        }),
-    })
+    Ok(Backend::try_serve(&Behaviour::default(), addr).await?)
 }
 
 async fn failover_rounds(lifeline: &Path, rounds: usize) -> Result<Vec<Duration>> {
@@ -252,8 +243,7 @@ async fn kill_primary_rounds(
         .await??;
     let mut samples = Vec::with_capacity(rounds);
     for round in 0..rounds {
-        primary_backend.task.abort();
-        let _ = (&mut primary_backend.task).await;
+        primary_backend.kill().await;
         let killed = Instant::now();
         let changed =
             tokio::task::spawn_blocking(move || poll_until(dns, only(secondary), limit)).await??;
