@@ -29,7 +29,7 @@ use axum::{
     extract::{DefaultBodyLimit, Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::get,
 };
 use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
@@ -42,13 +42,6 @@ use crate::store::Store;
 
 /// Longest override an operator can set in one request.
 const MAX_OVERRIDE: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// Hooks for `lifeline demo`'s simulated clusters.
-pub trait DemoControl: Send + Sync {
-    /// Makes the named simulated cluster fail (`true`) or heal (`false`).
-    /// Returns false for an unknown cluster.
-    fn set_failed(&self, cluster: &str, failed: bool) -> bool;
-}
 
 /// What the admin API reads and changes.
 pub struct AdminState {
@@ -71,7 +64,6 @@ pub struct AdminState {
     pub registry: Registry,
     /// Woken when overrides change, so the controller decides again at once.
     pub overrides_changed: tokio::sync::Notify,
-    pub demo: Option<Arc<dyn DemoControl>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -82,8 +74,13 @@ impl std::fmt::Debug for AdminState {
     }
 }
 
+/// Routes a caller adds under `/v1` (behind the same authorization), each nested at its
+/// path: how `lifeline demo` adds its fail/heal switches without the admin API knowing
+/// about them.
+pub type ExtraRoutes = Vec<(&'static str, Router)>;
+
 /// The router; `state` is shared with the controller loop.
-pub fn router(state: Arc<AdminState>) -> Router {
+pub fn router(state: Arc<AdminState>, extra: ExtraRoutes) -> Router<()> {
     let mut v1 = Router::new()
         .route("/v1/status", get(status))
         .route(
@@ -93,8 +90,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
                 .delete(clear_overrides),
         )
         .route("/v1/overrides/{id}", axum::routing::delete(delete_override));
-    if state.demo.is_some() {
-        v1 = v1.route("/v1/demo/clusters/{name}/{action}", post(demo_action));
+    for (path, routes) in extra {
+        v1 = v1.nest_service(path, routes);
     }
     let v1 = v1.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
@@ -113,9 +110,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AdminState>,
+    extra: ExtraRoutes,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    axum::serve(listener, router(state, extra))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -500,32 +498,5 @@ async fn clear_overrides(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot store change: {e}"),
         ),
-    }
-}
-
-async fn demo_action(
-    State(state): State<Arc<AdminState>>,
-    Path((name, action)): Path<(String, String)>,
-) -> Response {
-    let Some(demo) = &state.demo else {
-        return error(StatusCode::NOT_FOUND, "not running as a demo");
-    };
-    let failed = match action.as_str() {
-        "fail" => true,
-        "heal" => false,
-        other => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("unknown action {other:?}: expected fail or heal"),
-            );
-        }
-    };
-    if demo.set_failed(&name, failed) {
-        Json(json!({ "cluster": name, "failed": failed })).into_response()
-    } else {
-        error(
-            StatusCode::NOT_FOUND,
-            format!("unknown simulated cluster {name:?}"),
-        )
     }
 }

@@ -126,7 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     documents,
                     admin,
                     admin_token,
-                    demo: None,
+                    admin_routes: Vec::new(),
                     on_ready: None,
                 };
                 run::run(options, shutdown_signal()).await

@@ -16,11 +16,18 @@ use std::{
 };
 
 use anyhow::Context;
-use axum::{Router, extract::State, http::StatusCode, routing::get};
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
 use lifeline_crds::document::{self, Document};
+use serde_json::json;
 
 use crate::{
-    admin::{AdminState, DemoControl},
+    admin::AdminState,
     config::Config,
     run::{self, Documents},
 };
@@ -53,7 +60,8 @@ struct Backends {
     failed: BTreeMap<String, Arc<AtomicBool>>,
 }
 
-impl DemoControl for Backends {
+impl Backends {
+    /// Makes the named simulated cluster fail or heal; false for an unknown cluster.
     fn set_failed(&self, cluster: &str, failed: bool) -> bool {
         match self.failed.get(cluster) {
             Some(flag) => {
@@ -63,6 +71,33 @@ impl DemoControl for Backends {
             }
             None => false,
         }
+    }
+
+    /// `POST /v1/demo/clusters/{name}/fail|heal`, added to the admin API from here.
+    fn routes(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/clusters/{name}/{action}", post(switch))
+            .with_state(self)
+    }
+}
+
+async fn switch(
+    State(backends): State<Arc<Backends>>,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    let failed = match action.as_str() {
+        "fail" => true,
+        "heal" => false,
+        other => {
+            let message = format!("unknown action {other:?}: expected fail or heal");
+            return (StatusCode::NOT_FOUND, Json(json!({ "error": message }))).into_response();
+        }
+    };
+    if backends.set_failed(&name, failed) {
+        Json(json!({ "cluster": name, "failed": failed })).into_response()
+    } else {
+        let message = format!("unknown simulated cluster {name:?}");
+        (StatusCode::NOT_FOUND, Json(json!({ "error": message }))).into_response()
     }
 }
 
@@ -206,7 +241,7 @@ pub async fn run(
             admin_token: std::env::var(&admin_token_env)
                 .ok()
                 .filter(|t| !t.is_empty()),
-            demo: Some(Arc::new(backends)),
+            admin_routes: vec![("/v1/demo", Arc::new(backends).routes())],
             on_ready: Some(on_ready),
         },
         shutdown,

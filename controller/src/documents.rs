@@ -18,6 +18,24 @@ use serde_json::Value;
 
 use crate::config::Config;
 
+/// Where the policy documents come from.
+#[derive(Debug, Clone)]
+pub enum Documents {
+    /// Files, re-read when they change.
+    Files(Vec<PathBuf>),
+    /// A fixed set (the demo).
+    Inline {
+        policies: Vec<lifeline_crds::FailoverPolicy>,
+        clusters: Vec<lifeline_crds::MemberCluster>,
+    },
+    /// CRs in the management cluster, watched from `run` (in-cluster configuration
+    /// when no kubeconfig is given).
+    Kubernetes {
+        kubeconfig: Option<PathBuf>,
+        namespace: Option<String>,
+    },
+}
+
 /// Where a document sits: a file and, for multi-document files, its 1-based position.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {

@@ -39,6 +39,7 @@ pub mod documents;
 pub mod fleet;
 pub mod management;
 pub mod member;
+pub mod metrics;
 pub mod policies;
 pub mod probe;
 pub mod publish;

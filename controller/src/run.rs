@@ -23,53 +23,32 @@
 //! change, and at least once a second (hold-downs, ramps and expiries move with time).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     future::Future,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, atomic::Ordering},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use anyhow::Context;
-use lifeline_crds::{FailoverPolicy, MemberCluster};
 use lifeline_dns::{Shim, ShimHandle};
 use parking_lot::RwLock;
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
-};
+use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
 use lifeline_engine::Decision;
 use lifeline_etcd::{EtcdStore, Leadership};
 
+pub use crate::documents::Documents;
 use crate::{
-    admin::{self, AdminState, DemoControl},
+    admin::{self, AdminState, ExtraRoutes},
     config::{Config, PolicySource, StoreConfig},
+    metrics::Metrics,
     publish::Publisher,
     store::{EmbeddedStore, Store},
     term::{self, PolicyFeed, Shared, TermEnd},
 };
-
-/// Where the policy documents come from.
-#[derive(Debug, Clone)]
-pub enum Documents {
-    /// Files, re-read when they change.
-    Files(Vec<PathBuf>),
-    /// A fixed set (the demo).
-    Inline {
-        policies: Vec<FailoverPolicy>,
-        clusters: Vec<MemberCluster>,
-    },
-    /// CRs in the management cluster, watched from `run` (in-cluster configuration
-    /// when no kubeconfig is given).
-    Kubernetes {
-        kubeconfig: Option<PathBuf>,
-        namespace: Option<String>,
-    },
-}
 
 /// A callback run once the controller is serving.
 pub type OnReady = Box<dyn FnOnce(Arc<AdminState>, ShimHandle) + Send>;
@@ -84,7 +63,8 @@ pub struct Options {
     /// Bearer token for the admin API's `/v1` routes (read by the caller from the
     /// environment variable the configuration names).
     pub admin_token: Option<String>,
-    pub demo: Option<Arc<dyn DemoControl>>,
+    /// Routes added under the admin API's `/v1` (the demo's fail/heal switches).
+    pub admin_routes: ExtraRoutes,
     /// Called with the admin state once everything is up (the demo prints from it).
     pub on_ready: Option<OnReady>,
 }
@@ -120,108 +100,6 @@ pub fn documents_of(config: &Config, config_path: &Path) -> anyhow::Result<Docum
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabels {
-    state: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct ResultLabels {
-    pub result: String,
-}
-
-/// Controller metrics.
-#[derive(Default)]
-pub(crate) struct Metrics {
-    pub decisions: Counter,
-    answer_changes: Counter,
-    revision: Gauge,
-    decision_age: Gauge<f64, std::sync::atomic::AtomicU64>,
-    targets: Family<StateLabels, Gauge>,
-    alarms: Gauge,
-    pub probes: Family<ResultLabels, Counter>,
-    pub policy_errors: Counter,
-    pub publish_errors: Counter,
-}
-
-impl Metrics {
-    fn register(&self, r: &mut Registry) {
-        r.register(
-            "lifeline_decisions",
-            "Decisions made",
-            self.decisions.clone(),
-        );
-        r.register(
-            "lifeline_answer_changes",
-            "Decisions that changed some answer",
-            self.answer_changes.clone(),
-        );
-        r.register(
-            "lifeline_decision_revision",
-            "Revision of the current decision",
-            self.revision.clone(),
-        );
-        r.register(
-            "lifeline_decision_age_seconds",
-            "Seconds since the answers last changed",
-            self.decision_age.clone(),
-        );
-        r.register(
-            "lifeline_targets",
-            "Targets by health state",
-            self.targets.clone(),
-        );
-        r.register("lifeline_alarms", "Active alarms", self.alarms.clone());
-        r.register(
-            "lifeline_probe_results",
-            "Probe results by outcome",
-            self.probes.clone(),
-        );
-        r.register(
-            "lifeline_policy_load_errors",
-            "Policy reloads rejected (the last good set stays in force)",
-            self.policy_errors.clone(),
-        );
-        r.register(
-            "lifeline_publish_errors",
-            "Updates the DNS shim refused",
-            self.publish_errors.clone(),
-        );
-    }
-
-    pub fn observe(&self, d: &Decision, now: SystemTime) {
-        self.revision.set(d.revision as i64);
-        self.decision_age.set(d.changed_at.map_or(0.0, |t| {
-            now.duration_since(t).unwrap_or_default().as_secs_f64()
-        }));
-        self.alarms.set(d.alarms.len() as i64);
-        let mut counts: BTreeMap<String, i64> = [
-            "Unknown",
-            "Healthy",
-            "Unhealthy",
-            "Recovering",
-            "Ramping",
-            "Draining",
-        ]
-        .iter()
-        .map(|s| (s.to_string(), 0))
-        .collect();
-        for p in d.policies.values() {
-            for t in p.targets.values() {
-                let key = if t.drained {
-                    "Draining".to_owned()
-                } else {
-                    format!("{:?}", t.health)
-                };
-                *counts.entry(key).or_default() += 1;
-            }
-        }
-        for (state, n) in counts {
-            self.targets.get_or_create(&StateLabels { state }).set(n);
-        }
-    }
-}
-
 /// Runs the controller until `shutdown` completes.
 pub async fn run(
     options: Options,
@@ -232,7 +110,7 @@ pub async fn run(
         documents,
         admin,
         admin_token,
-        demo,
+        admin_routes,
         on_ready,
     } = options;
 
@@ -259,13 +137,17 @@ pub async fn run(
         dns_ready: Box::new(move || dns_for_ready.state().ready),
         registry,
         overrides_changed: tokio::sync::Notify::new(),
-        demo,
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut admin_stop = stop_rx.clone();
-    let admin_task = tokio::spawn(admin::serve(admin, state.clone(), async move {
-        let _ = admin_stop.wait_for(|s| *s).await;
-    }));
+    let admin_task = tokio::spawn(admin::serve(
+        admin,
+        state.clone(),
+        admin_routes,
+        async move {
+            let _ = admin_stop.wait_for(|s| *s).await;
+        },
+    ));
     info!(%admin_addr, "admin API listening");
     if let Some(f) = on_ready {
         f(state.clone(), shim.clone());
@@ -297,7 +179,11 @@ pub async fn run(
             run_embedded(&mut shared, &shim, &data_dir, shutdown.as_mut()).await
         }
         StoreConfig::Etcd { lease_ttl, .. } => {
-            let ttl = lease_ttl.parse().unwrap_or(Duration::from_secs(10));
+            // Validated with the configuration; an error here is a bug, not a default.
+            let ttl = lease_ttl
+                .parse()
+                .map_err(anyhow::Error::msg)
+                .context("store.leaseTtl")?;
             run_replica(&mut shared, &shim, ttl, shutdown.as_mut()).await
         }
     };

@@ -35,13 +35,13 @@ use tracing::{info, warn};
 use crate::{
     admin::AdminState,
     config::Config,
-    documents,
+    documents::Documents,
     fleet::Fleet,
     management::{ManagementSource, ManagementView},
+    metrics::{Metrics, ResultLabels},
     policies::{self, PolicySet},
     probe::{ProbeResult, Prober},
     publish::Publisher,
-    run::{Documents, Metrics, ResultLabels},
     status::{StatusInput, StatusTask},
     store::Store,
 };
@@ -119,7 +119,7 @@ impl PolicyFeed {
             }),
             Documents::Files(paths) => {
                 self.stamps = Self::stamp(paths);
-                let loaded = documents::load(paths, &self.zones);
+                let loaded = crate::documents::load(paths, &self.zones);
                 if !loaded.is_valid() {
                     return Err(loaded.problems.iter().map(ToString::to_string).collect());
                 }

@@ -86,7 +86,7 @@ apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, 
         documents: Documents::Inline { policies, clusters },
         admin: listener,
         admin_token: token.map(str::to_owned),
-        demo: None,
+        admin_routes: Vec::new(),
         on_ready: None,
     };
     let task = tokio::spawn(run::run(options, async move {
@@ -304,11 +304,15 @@ async fn without_a_token_v1_routes_are_refused_beyond_loopback() {
         dns_ready: Box::new(|| false),
         registry: Default::default(),
         overrides_changed: Default::default(),
-        demo: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(admin::serve(listener, state, std::future::pending()));
+    let server = tokio::spawn(admin::serve(
+        listener,
+        state,
+        Vec::new(),
+        std::future::pending(),
+    ));
     let http = client();
     let resp = http.get(format!("{base}/v1/status")).send().await.unwrap();
     assert_eq!(resp.status(), 403);

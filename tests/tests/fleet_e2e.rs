@@ -93,7 +93,7 @@ policySource: {{type: files, paths: [docs.yaml]}}\n",
             documents,
             admin,
             admin_token: None,
-            demo: None,
+            admin_routes: Vec::new(),
             on_ready: None,
         },
         async move {

@@ -77,7 +77,7 @@ policySource: {{type: kubernetes, kubeconfig: {d}/kubeconfig.yaml}}\n",
         documents,
         admin,
         admin_token: None,
-        demo: None,
+        admin_routes: Vec::new(),
         on_ready: None,
     };
     let task = tokio::spawn(run::run(options, async move {

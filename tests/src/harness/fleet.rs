@@ -117,7 +117,7 @@ impl Replica {
             documents,
             admin,
             admin_token: None,
-            demo: None,
+            admin_routes: Vec::new(),
             on_ready: None,
         };
         let task = tokio::spawn(run::run(options, async move {

@@ -1,0 +1,112 @@
+//! The controller's own metrics (the DNS server registers its own beside them).
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use lifeline_engine::Decision;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ResultLabels {
+    pub result: String,
+}
+
+/// Controller metrics.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    pub decisions: Counter,
+    answer_changes: Counter,
+    revision: Gauge,
+    decision_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    targets: Family<StateLabels, Gauge>,
+    alarms: Gauge,
+    pub probes: Family<ResultLabels, Counter>,
+    pub policy_errors: Counter,
+    pub publish_errors: Counter,
+}
+
+impl Metrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "lifeline_decisions",
+            "Decisions made",
+            self.decisions.clone(),
+        );
+        r.register(
+            "lifeline_answer_changes",
+            "Decisions that changed some answer",
+            self.answer_changes.clone(),
+        );
+        r.register(
+            "lifeline_decision_revision",
+            "Revision of the current decision",
+            self.revision.clone(),
+        );
+        r.register(
+            "lifeline_decision_age_seconds",
+            "Seconds since the answers last changed",
+            self.decision_age.clone(),
+        );
+        r.register(
+            "lifeline_targets",
+            "Targets by health state",
+            self.targets.clone(),
+        );
+        r.register("lifeline_alarms", "Active alarms", self.alarms.clone());
+        r.register(
+            "lifeline_probe_results",
+            "Probe results by outcome",
+            self.probes.clone(),
+        );
+        r.register(
+            "lifeline_policy_load_errors",
+            "Policy reloads rejected (the last good set stays in force)",
+            self.policy_errors.clone(),
+        );
+        r.register(
+            "lifeline_publish_errors",
+            "Updates the DNS shim refused",
+            self.publish_errors.clone(),
+        );
+    }
+
+    pub fn observe(&self, d: &Decision, now: SystemTime) {
+        self.revision.set(d.revision as i64);
+        self.decision_age.set(d.changed_at.map_or(0.0, |t| {
+            now.duration_since(t).unwrap_or_default().as_secs_f64()
+        }));
+        self.alarms.set(d.alarms.len() as i64);
+        let mut counts: BTreeMap<String, i64> = [
+            "Unknown",
+            "Healthy",
+            "Unhealthy",
+            "Recovering",
+            "Ramping",
+            "Draining",
+        ]
+        .iter()
+        .map(|s| (s.to_string(), 0))
+        .collect();
+        for p in d.policies.values() {
+            for t in p.targets.values() {
+                let key = if t.drained {
+                    "Draining".to_owned()
+                } else {
+                    format!("{:?}", t.health)
+                };
+                *counts.entry(key).or_default() += 1;
+            }
+        }
+        for (state, n) in counts {
+            self.targets.get_or_create(&StateLabels { state }).set(n);
+        }
+    }
+}
