@@ -14,7 +14,7 @@
 //! a token, they are served only on a loopback listener; elsewhere they are refused.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     sync::{
         Arc,
@@ -64,6 +64,9 @@ pub struct AdminState {
     pub registry: Registry,
     /// Woken when overrides change, so the controller decides again at once.
     pub overrides_changed: tokio::sync::Notify,
+    /// Policies the leader stopped deciding because deciding them panics, with why
+    /// (their last answers stay).
+    pub quarantined: RwLock<crate::guard::Quarantine>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -212,6 +215,10 @@ pub struct Status {
     pub alarms: Vec<StatusAlarm>,
     pub policies: Vec<PolicyStatus>,
     pub active_overrides: usize,
+    /// Policies not being decided (deciding them panicked), with why; their last
+    /// answers are still served.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub quarantined: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -287,6 +294,7 @@ pub fn status_of(decision: &Decision, overrides: &[Override], now: SystemTime) -
             })
             .collect(),
         active_overrides: overrides.iter().filter(|o| o.is_active(now)).count(),
+        quarantined: BTreeMap::new(),
     }
 }
 
@@ -306,7 +314,9 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         Some(store) => store.overrides().await.unwrap_or_default(),
         None => Vec::new(),
     };
-    Json(status_of(&decision, &overrides, SystemTime::now())).into_response()
+    let mut status = status_of(&decision, &overrides, SystemTime::now());
+    status.quarantined = state.quarantined.read().clone();
+    Json(status).into_response()
 }
 
 async fn list_overrides(State(state): State<Arc<AdminState>>) -> Response {

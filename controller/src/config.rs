@@ -14,7 +14,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use lifeline_crds::{ApiBudget, Duration, document, validate::Problem};
+use lifeline_crds::{ApiBudget, document, validate::Problem};
 use lifeline_dns::{DnsConfig, ZoneConfig};
 use serde::{Deserialize, Serialize};
 
@@ -96,13 +96,13 @@ pub enum StoreConfig {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password_env: Option<String>,
         /// Leader lease: a replica that stops renewing loses leadership after this long.
-        #[serde(default = "default_lease_ttl")]
-        lease_ttl: Duration,
+        #[serde(default = "default_lease_ttl", with = "lifeline_model::duration::text")]
+        lease_ttl: std::time::Duration,
     },
 }
 
-fn default_lease_ttl() -> Duration {
-    Duration::new("10s")
+fn default_lease_ttl() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 
 impl StoreConfig {
@@ -197,11 +197,17 @@ pub struct Defaults {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProbeDefaults {
     /// Interval for policies without a health check interval.
-    #[serde(default = "default_probe_interval")]
-    pub interval: Duration,
+    #[serde(
+        default = "default_probe_interval",
+        with = "lifeline_model::duration::text"
+    )]
+    pub interval: std::time::Duration,
     /// Timeout for policies without a health check timeout.
-    #[serde(default = "default_probe_timeout")]
-    pub timeout: Duration,
+    #[serde(
+        default = "default_probe_timeout",
+        with = "lifeline_model::duration::text"
+    )]
+    pub timeout: std::time::Duration,
     /// Probes in flight at once, across all targets.
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
@@ -217,11 +223,11 @@ impl Default for ProbeDefaults {
     }
 }
 
-fn default_probe_interval() -> Duration {
-    Duration::new("10s")
+fn default_probe_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
-fn default_probe_timeout() -> Duration {
-    Duration::new("2s")
+fn default_probe_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(2)
 }
 fn default_concurrency() -> u32 {
     64
@@ -293,12 +299,8 @@ impl Config {
             ..
         } = &self.store
         {
-            match lease_ttl.parse() {
-                Ok(d) if d < std::time::Duration::from_secs(1) => {
-                    push("store.leaseTtl".into(), "must be at least 1s".into())
-                }
-                Ok(_) => {}
-                Err(e) => push("store.leaseTtl".into(), e),
+            if *lease_ttl < std::time::Duration::from_secs(1) {
+                push("store.leaseTtl".into(), "must be at least 1s".into());
             }
             if endpoints.is_empty() {
                 push(
@@ -324,14 +326,12 @@ impl Config {
         }
 
         let probe = &self.defaults.probe;
-        for (field, d) in [("interval", &probe.interval), ("timeout", &probe.timeout)] {
-            match d.parse() {
-                Ok(v) if v.is_zero() => push(
+        for (field, d) in [("interval", probe.interval), ("timeout", probe.timeout)] {
+            if d.is_zero() {
+                push(
                     format!("defaults.probe.{field}"),
                     "must be greater than zero".into(),
-                ),
-                Ok(_) => {}
-                Err(e) => push(format!("defaults.probe.{field}"), e),
+                );
             }
         }
         if !(1..=10_000).contains(&probe.concurrency) {

@@ -37,6 +37,7 @@ pub mod ctl;
 pub mod demo;
 pub mod documents;
 pub mod fleet;
+pub mod guard;
 pub mod management;
 pub mod member;
 pub mod metrics;

@@ -30,6 +30,8 @@ pub(crate) struct Metrics {
     alarms: Gauge,
     pub probes: Family<ResultLabels, Counter>,
     pub policy_errors: Counter,
+    pub quarantined: Gauge,
+    pub term_failures: Counter,
     pub publish_errors: Counter,
 }
 
@@ -70,6 +72,16 @@ impl Metrics {
             "lifeline_policy_load_errors",
             "Policy reloads rejected (the last good set stays in force)",
             self.policy_errors.clone(),
+        );
+        r.register(
+            "lifeline_leader_term_failures",
+            "Leadership terms that failed or panicked (the controller restarts; DNS answers on)",
+            self.term_failures.clone(),
+        );
+        r.register(
+            "lifeline_quarantined_policies",
+            "Policies not decided because deciding them panics (their last answers stay)",
+            self.quarantined.clone(),
         );
         r.register(
             "lifeline_publish_errors",

@@ -137,6 +137,7 @@ pub async fn run(
         dns_ready: Box::new(move || dns_for_ready.state().ready),
         registry,
         overrides_changed: tokio::sync::Notify::new(),
+        quarantined: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut admin_stop = stop_rx.clone();
@@ -172,6 +173,8 @@ pub async fn run(
         state,
         identity: replica_identity(),
         namespace: crate::fleet::own_namespace(),
+        // Read once, here; set only by tests.
+        test_faults: std::env::var_os("LIFELINE_TEST_FAULTS").is_some_and(|v| v == "1"),
     };
     let mut shutdown = std::pin::pin!(shutdown);
     let result = match shared.config.store.clone() {
@@ -179,12 +182,7 @@ pub async fn run(
             run_embedded(&mut shared, &shim, &data_dir, shutdown.as_mut()).await
         }
         StoreConfig::Etcd { lease_ttl, .. } => {
-            // Validated with the configuration; an error here is a bug, not a default.
-            let ttl = lease_ttl
-                .parse()
-                .map_err(anyhow::Error::msg)
-                .context("store.leaseTtl")?;
-            run_replica(&mut shared, &shim, ttl, shutdown.as_mut()).await
+            run_replica(&mut shared, &shim, lease_ttl, shutdown.as_mut()).await
         }
     };
 
@@ -205,21 +203,34 @@ async fn run_embedded(
     let store = Store::Embedded(Arc::new(store.publishing_to(shim.clone())));
     *shared.state.store.write() = Some(store.clone());
     shim.set_source_connected("controller", true);
-    let start_revision = shim
-        .state()
-        .zones
-        .iter()
-        .filter_map(|z| z.revision)
-        .max()
-        .unwrap_or(0);
-    let publisher = Publisher::new(&shared.config.zone_origins(), start_revision);
-    let stop = async {
-        shutdown.await;
-        TermEnd::Shutdown
-    };
-    match term::lead(shared, &store, None, publisher, stop).await {
-        TermEnd::Shutdown | TermEnd::Deposed => Ok(()),
-        TermEnd::Failed(e) => Err(e),
+    let mut shutdown = shutdown;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        // Each term publishes on top of what the DNS server holds now.
+        let start_revision = shim
+            .state()
+            .zones
+            .iter()
+            .filter_map(|z| z.revision)
+            .max()
+            .unwrap_or(0);
+        let publisher = Publisher::new(&shared.config.zone_origins(), start_revision);
+        let stop = async {
+            shutdown.as_mut().await;
+            TermEnd::Shutdown
+        };
+        match term::lead(shared, &store, None, publisher, stop).await {
+            TermEnd::Shutdown | TermEnd::Deposed => return Ok(()),
+            // Never exit for a controller failure while DNS can answer: retry, paced.
+            TermEnd::Failed(e) => {
+                warn!(error = format!("{e:#}"), retry_in = ?backoff, "the controller failed; DNS keeps answering from its snapshot");
+                tokio::select! {
+                    _ = shutdown.as_mut() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
     }
 }
 
@@ -297,8 +308,9 @@ async fn run_replica(
                 }
                 TermEnd::Deposed => warn!(%identity, "lost leadership; campaigning again"),
                 TermEnd::Failed(e) => {
-                    warn!(error = %e, "leadership term failed; resigning and campaigning again");
+                    warn!(error = format!("{e:#}"), "leadership term failed; resigning and campaigning again after 1 s");
                     let _ = leader.resign().await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }

@@ -21,11 +21,13 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
     net::IpAddr,
+    panic::AssertUnwindSafe,
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
     time::{Duration, SystemTime},
 };
 
+use futures::FutureExt as _;
 use lifeline_crds::document::PolicySnapshot;
 use lifeline_engine::{self as engine, Decision, Health, Observation, Override, Signals};
 use lifeline_etcd::Leader;
@@ -37,6 +39,7 @@ use crate::{
     config::Config,
     documents::Documents,
     fleet::Fleet,
+    guard::{self, Quarantine},
     management::{ManagementSource, ManagementView},
     metrics::{Metrics, ResultLabels},
     policies::{self, PolicySet},
@@ -67,7 +70,15 @@ pub(crate) struct Shared {
     pub identity: String,
     /// The namespace Lifeline runs in.
     pub namespace: String,
+    /// Honour the test-only fault annotation ([`TEST_FAULT`]). Tests set it; nothing
+    /// else does.
+    pub test_faults: bool,
 }
+
+/// Annotation on a FailoverPolicy that makes deciding it panic, when the process was
+/// started with test faults enabled (`LIFELINE_TEST_FAULTS=1`): how tests prove that one
+/// poisoned policy cannot stop DNS or the other policies.
+pub const TEST_FAULT: &str = "lifeline.dev/test-fault";
 
 /// Where policy documents come from, and what was last seen of them.
 pub(crate) struct PolicyFeed {
@@ -187,7 +198,9 @@ pub(crate) async fn lead(
         shared.policy_feed.management = Some((source, view));
     }
     let mut stop = std::pin::pin!(stop);
-    let end = async {
+    // A panic anywhere in the term ends the term, not the process: DNS answers from its
+    // own threads and the caller starts a new term.
+    let end = AssertUnwindSafe(async {
         let (tx, mut results) = mpsc::channel::<ProbeResult>(4096);
         let mut term =
             match LeaderTerm::begin(shared, store, leader, publisher, tx, &mut stop).await {
@@ -207,9 +220,19 @@ pub(crate) async fn lead(
             }
         };
         term.end(end).await
-    }
-    .await;
+    })
+    .catch_unwind()
+    .await
+    .unwrap_or_else(|payload| {
+        TermEnd::Failed(anyhow::anyhow!(
+            "the leader term panicked: {}",
+            guard::panic_text(payload.as_ref())
+        ))
+    });
     shared.policy_feed.management = None;
+    if matches!(end, TermEnd::Failed(_)) {
+        shared.metrics.term_failures.inc();
+    }
     end
 }
 
@@ -240,6 +263,10 @@ struct LeaderTerm<'a> {
     last_decide: tokio::time::Instant,
     /// What survived the last save (see [`fingerprint`]).
     last_saved: Vec<(String, Arc<str>, Health, bool)>,
+    /// Policies whose decision panics: not decided, their last answers kept.
+    quarantine: Quarantine,
+    /// Policies carrying the test fault annotation (only with test faults on).
+    faulty: BTreeSet<String>,
 }
 
 impl<'a> LeaderTerm<'a> {
@@ -299,6 +326,8 @@ impl<'a> LeaderTerm<'a> {
             signals: Signals::default(),
             dirty: true,
             last_decide: tokio::time::Instant::now(),
+            quarantine: Quarantine::new(),
+            faulty: BTreeSet::new(),
         };
         term.adopt(current).await;
         Ok(term)
@@ -311,6 +340,23 @@ impl<'a> LeaderTerm<'a> {
             warn!(error = %e, "cannot save the policy set");
         }
         self.current = snapshot;
+        // New documents may carry the fix: decide every policy again.
+        self.quarantine.clear();
+        self.faulty = if self.shared.test_faults {
+            self.current
+                .policies
+                .iter()
+                .filter(|p| {
+                    p.metadata
+                        .annotations
+                        .as_ref()
+                        .is_some_and(|a| a.get(TEST_FAULT).is_some_and(|v| v == "panic"))
+                })
+                .map(crate::policies::policy_id)
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
         self.fleet.reconcile(&self.current).await;
         *self.shared.state.clusters.write() = cluster_names(&self.current);
         self.recompile();
@@ -435,14 +481,32 @@ impl<'a> LeaderTerm<'a> {
         for (key, source) in self.fleet.sources(&self.current) {
             self.signals.targets.entry(key).or_default().source = source;
         }
-        let next = engine::decide(
-            &self.shared.config.engine,
-            &self.set.policies,
-            &self.signals,
-            &self.overrides,
-            &self.decision,
+        let faulty = &self.faulty;
+        let fault = move |set: &[engine::Policy]| {
+            if let Some(p) = set.iter().find(|p| faulty.contains(&p.id)) {
+                panic!("test fault in policy {}", p.id);
+            }
+        };
+        let inputs = guard::Inputs {
+            config: &self.shared.config.engine,
+            policies: &self.set.policies,
+            signals: &self.signals,
+            overrides: &self.overrides,
+            previous: &self.decision,
             now,
+        };
+        let next = guard::decide(
+            inputs,
+            &mut self.quarantine,
+            (!faulty.is_empty()).then_some(&fault as &guard::Fault<'_>),
         );
+        if *self.shared.state.quarantined.read() != self.quarantine {
+            *self.shared.state.quarantined.write() = self.quarantine.clone();
+        }
+        self.shared
+            .metrics
+            .quarantined
+            .set(self.quarantine.len() as i64);
         self.signals = Signals::default();
         self.dirty = false;
         self.last_decide = tokio::time::Instant::now();

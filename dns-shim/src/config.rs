@@ -74,8 +74,11 @@ pub struct DnsConfig {
     #[serde(default = "default_stale_ttl")]
     pub stale_ttl: u32,
     /// Age after which the snapshot counts as stale, e.g. `"5m"`.
-    #[serde(default = "default_stale_after")]
-    pub stale_after: String,
+    #[serde(
+        default = "default_stale_after",
+        with = "lifeline_model::duration::text"
+    )]
+    pub stale_after: Duration,
     /// Optional response-rate limiting per client prefix; off when absent.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
@@ -117,8 +120,8 @@ fn default_stale_ttl() -> u32 {
 fn default_max_udp_payload() -> u16 {
     1232
 }
-fn default_stale_after() -> String {
-    "5m".to_owned()
+fn default_stale_after() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// A client prefix mapped to a region name (the `region` of MemberClusters).
@@ -156,16 +159,7 @@ fn default_v6_prefix() -> u8 {
     56
 }
 
-/// Parses a duration such as `"5m"` or `"90s"`: the one grammar every Lifeline setting
-/// and CRD field uses (Go's `time.ParseDuration`, as in Kubernetes manifests).
-pub use lifeline_model::parse_duration;
-
 impl DnsConfig {
-    /// `staleAfter` as a duration.
-    pub fn stale_after(&self) -> Result<Duration, String> {
-        parse_duration(&self.stale_after)
-    }
-
     /// Every problem with the `dns` section, as (field path, problem).
     pub fn validate(&self) -> Vec<(String, String)> {
         let mut p = Vec::new();
@@ -176,10 +170,8 @@ impl DnsConfig {
         if self.data_dir.as_os_str().is_empty() {
             err("dns.dataDir".into(), "must not be empty".into());
         }
-        match self.stale_after() {
-            Ok(d) if d.is_zero() => err("dns.staleAfter".into(), "must be positive".into()),
-            Ok(_) => {}
-            Err(e) => err("dns.staleAfter".into(), e),
+        if self.stale_after.is_zero() {
+            err("dns.staleAfter".into(), "must be positive".into());
         }
         if self.stale_ttl == 0 {
             err("dns.staleTtl".into(), "must be at least 1 second".into());

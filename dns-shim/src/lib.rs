@@ -71,7 +71,7 @@ pub mod source;
 pub mod standalone;
 pub mod wire;
 
-pub use config::{DnsConfig, GeoPrefix, RateLimitConfig, ZoneConfig, parse_duration};
+pub use config::{DnsConfig, GeoPrefix, RateLimitConfig, ZoneConfig};
 pub use engine::{Engine, Transport};
 pub use lifeline_model::{
     AddressSet, Cname, NameRecords, Srv, SrvSet, Target, TxtSet, Update, ZonePatch, ZoneSnapshot,

@@ -323,8 +323,7 @@ impl Inner {
             })
             .collect();
         let geo = Arc::new(GeoTable::new(&dns.geo));
-        let stale_after = crate::config::parse_duration(&dns.stale_after)
-            .map_err(|e| Error::Config(vec![("dns.staleAfter".into(), e)]))?;
+        let stale_after = dns.stale_after;
         let limiter = dns.rate_limit.as_ref().map(RateLimiter::new);
         let engine = Engine::new(
             Compiled {

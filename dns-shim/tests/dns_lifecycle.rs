@@ -339,7 +339,7 @@ fn stale_data_is_still_served_with_capped_ttls() {
     old.decided_at = SystemTime::now() - Duration::from_secs(3600);
     persist::write(dir.path(), &old).unwrap();
     let mut dns = dns_config(dir.path());
-    dns.stale_after = "5m".into();
+    dns.stale_after = Duration::from_secs(300);
     let shim = rt.block_on(Shim::start(&dns, &[zone_config()])).unwrap();
     let state = shim.state();
     assert!(state.stale, "{state:?}");
@@ -474,13 +474,20 @@ fn the_config_yaml_shape_deserialises_and_validation_names_fields() {
     }))
     .unwrap();
     assert!(lifeline_dns::config::validate(&dns, &zones).is_empty());
-    assert_eq!(dns.stale_after().unwrap(), Duration::from_secs(300));
+    assert_eq!(dns.stale_after, Duration::from_secs(300));
+    // A duration outside the grammar fails decoding, naming it.
+    let err = serde_json::from_value::<lifeline_dns::DnsConfig>(serde_json::json!({
+        "udp": ["127.0.0.1:5353"], "dataDir": "/var/lib/lifeline", "staleAfter": "soon",
+    }))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("invalid duration \"soon\""), "{err}");
 
     let mut bad_zone = zones[0].clone();
     bad_zone.origin = "bad..zone".into();
     bad_zone.nameservers.clear();
     let mut bad_dns = dns.clone();
-    bad_dns.stale_after = "soon".into();
+    bad_dns.stale_after = Duration::ZERO;
     bad_dns.geo[0].region = " ".into();
     let problems = lifeline_dns::config::validate(&bad_dns, &[zones[0].clone(), bad_zone]);
     let paths: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();

@@ -77,7 +77,7 @@ pub struct BlastRadius {
     #[serde(default = "default_fraction")]
     pub fraction: f64,
     /// Window over which failures are counted.
-    #[serde(default = "default_window", with = "duration_text")]
+    #[serde(default = "default_window", with = "lifeline_model::duration::text")]
     pub window: Duration,
     /// Below this many targets in total the guard stays off (one of two failing is
     /// not a systemic signal).
@@ -862,20 +862,5 @@ mod opt_time_text {
         let text = Option::<String>::deserialize(d)?;
         text.map(|t| humantime::parse_rfc3339_weak(&t).map_err(D::Error::custom))
             .transpose()
-    }
-}
-
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format!("{}ms", d.as_millis()))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        lifeline_model::parse_duration(&text).map_err(D::Error::custom)
     }
 }

@@ -75,6 +75,24 @@ impl JsonSchema for Duration {
     }
 }
 
+/// Serde adapter for settings that are parsed once, when the file is read: a
+/// `std::time::Duration` written in the same grammar (`"500ms"`, `"10s"`), so a bad value
+/// fails decoding with its field path and the code using it never parses again.
+pub mod text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format!("{}ms", d.as_millis()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).map_err(D::Error::custom)
+    }
+}
+
 /// Parses a Go-style duration (`"1m30s"`), rejecting signs, spaces and unknown units.
 pub fn parse_duration(text: &str) -> Result<StdDuration, String> {
     let bad = || {

@@ -1,0 +1,226 @@
+//! A panic boundary around the engine, so one policy that makes `decide` panic cannot
+//! stop the others from being steered, and cannot take the process (and with it DNS)
+//! down.
+//!
+//! ```text
+//!  decide(all but quarantined) ──ok──► merge the quarantined policies' last decisions
+//!        │ panic
+//!        ▼
+//!  decide each policy alone ──► the ones that panic alone are quarantined (with the
+//!        │                      panic message); the rest are decided together
+//!        ▼ still a panic (policies that only fail together)
+//!  keep the previous decision whole: answers freeze, nothing is emptied
+//! ```
+//!
+//! A quarantined policy keeps serving the answers it had. The quarantine lasts until the
+//! policy documents change (an operator's fix) or the term ends; a restart finds the
+//! same panic again and quarantines the same policy, so it never crash-loops.
+
+use std::{
+    collections::BTreeMap,
+    panic::{AssertUnwindSafe, catch_unwind},
+    time::SystemTime,
+};
+
+use lifeline_engine::{
+    self as engine, Decision, EngineConfig, Override, Policy, PolicyId, Signals,
+};
+
+/// Policies taken out of deciding, with why.
+pub type Quarantine = BTreeMap<PolicyId, String>;
+
+/// A test-only fault: called inside the boundary with the policies about to be decided.
+pub type Fault<'a> = dyn Fn(&[Policy]) + Sync + 'a;
+
+/// What `engine::decide` takes.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    pub config: &'a EngineConfig,
+    pub policies: &'a [Policy],
+    pub signals: &'a Signals,
+    pub overrides: &'a [Override],
+    pub previous: &'a Decision,
+    pub now: SystemTime,
+}
+
+/// `engine::decide` behind the boundary. `quarantine` is extended with policies found
+/// to panic; policies already in it are not decided and keep `previous`'s decision.
+pub fn decide(
+    inputs: Inputs<'_>,
+    quarantine: &mut Quarantine,
+    fault: Option<&Fault<'_>>,
+) -> Decision {
+    let Inputs {
+        config,
+        policies,
+        signals,
+        overrides,
+        previous,
+        now,
+    } = inputs;
+    // The engine sees a policy it is not given as removed; hide the quarantined ones
+    // from `previous` too, so their absence is not a change on every decision.
+    let without = |q: &Quarantine| -> Option<Decision> {
+        (!q.is_empty()).then(|| {
+            let mut d = previous.clone();
+            d.policies.retain(|id, _| !q.contains_key(id));
+            d
+        })
+    };
+    let attempt = |set: &[Policy], previous: &Decision| {
+        catch_unwind(AssertUnwindSafe(|| {
+            if let Some(f) = fault {
+                f(set);
+            }
+            engine::decide(config, set, signals, overrides, previous, now)
+        }))
+        .map_err(|payload| panic_text(payload.as_ref()))
+    };
+    let healthy = |q: &Quarantine| -> Vec<Policy> {
+        policies
+            .iter()
+            .filter(|p| !q.contains_key(&p.id))
+            .cloned()
+            .collect()
+    };
+    let mut set = healthy(quarantine);
+    let hidden = without(quarantine);
+    let decided = match attempt(&set, hidden.as_ref().unwrap_or(previous)) {
+        Ok(d) => Ok(d),
+        Err(_) => {
+            // Find the policies that panic on their own.
+            for p in &set {
+                if let Err(reason) = attempt(std::slice::from_ref(p), previous) {
+                    tracing::error!(policy = %p.id, %reason, "deciding this policy panics; quarantined, its last answers stay");
+                    quarantine.insert(p.id.clone(), format!("deciding it panicked: {reason}"));
+                }
+            }
+            set = healthy(quarantine);
+            let hidden = without(quarantine);
+            attempt(&set, hidden.as_ref().unwrap_or(previous))
+        }
+    };
+    match decided {
+        Ok(mut d) => {
+            for id in quarantine.keys() {
+                if let Some(last) = previous.policies.get(id) {
+                    d.policies.insert(id.clone(), last.clone());
+                }
+            }
+            d
+        }
+        Err(reason) => {
+            tracing::error!(%reason, "deciding panics even without the quarantined policies; keeping the previous decision");
+            previous.clone()
+        }
+    }
+}
+
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::IpAddr, time::Duration};
+
+    use lifeline_engine::{OnSourceUnavailable, TargetSpec, WhenAllUnhealthy};
+    use lifeline_model::Strategy;
+
+    use super::*;
+
+    fn policy(name: &str, last: u8) -> Policy {
+        Policy {
+            id: format!("shop/{name}"),
+            hostname: format!("{name}.global.example.com"),
+            ttl: 30,
+            strategy: Strategy::Failover,
+            targets: vec![TargetSpec {
+                cluster: "one".into(),
+                region: "eu".into(),
+                priority: 0,
+                weight: 100,
+                addresses: vec![IpAddr::from([192, 0, 2, last])],
+            }],
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
+            when_all_unhealthy: WhenAllUnhealthy::ServeAll,
+            on_source_unavailable: OnSourceUnavailable::Freeze,
+            hold_down: Duration::from_secs(30),
+            ramp_duration: Duration::ZERO,
+            ramp_steps: 1,
+        }
+    }
+
+    fn run(
+        policies: &[Policy],
+        previous: &Decision,
+        quarantine: &mut Quarantine,
+        fault: Option<&Fault<'_>>,
+    ) -> Decision {
+        let config = EngineConfig::default();
+        let signals = Signals::default();
+        let inputs = Inputs {
+            config: &config,
+            policies,
+            signals: &signals,
+            overrides: &[],
+            previous,
+            now: SystemTime::now(),
+        };
+        decide(inputs, quarantine, fault)
+    }
+
+    #[test]
+    fn a_policy_that_panics_is_quarantined_keeps_its_answers_and_the_rest_are_decided() {
+        let before = [policy("a", 1), policy("b", 2)];
+        let mut quarantine = Quarantine::new();
+        let first = run(&before, &Decision::default(), &mut quarantine, None);
+        assert!(quarantine.is_empty());
+        let a_answers = first.policies["shop/a"].answers.clone();
+        assert!(!a_answers.is_empty());
+
+        // `a` now panics; `b` changes address and must still be decided.
+        let after = [policy("a", 1), policy("b", 3)];
+        let poison = |set: &[Policy]| {
+            if set.iter().any(|p| p.id == "shop/a") {
+                panic!("poisoned");
+            }
+        };
+        let next = run(&after, &first, &mut quarantine, Some(&poison));
+        assert_eq!(quarantine.keys().collect::<Vec<_>>(), ["shop/a"]);
+        assert!(quarantine["shop/a"].contains("poisoned"));
+        assert_eq!(
+            next.policies["shop/a"].answers, a_answers,
+            "last answers kept"
+        );
+        assert_eq!(
+            next.policies["shop/b"].answers[0].address,
+            IpAddr::from([192, 0, 2, 3])
+        );
+
+        // Once quarantined it is not retried, and its absence is not a change.
+        let again = run(&after, &next, &mut quarantine, Some(&poison));
+        assert_eq!(again.revision, next.revision);
+        assert_eq!(again.policies.len(), 2);
+    }
+
+    #[test]
+    fn policies_that_only_panic_together_freeze_the_previous_decision() {
+        let set = [policy("a", 1), policy("b", 2)];
+        let mut quarantine = Quarantine::new();
+        let first = run(&set, &Decision::default(), &mut quarantine, None);
+        let together = |set: &[Policy]| {
+            if set.len() > 1 {
+                panic!("only together");
+            }
+        };
+        let next = run(&set, &first, &mut quarantine, Some(&together));
+        assert!(quarantine.is_empty(), "neither panics alone");
+        assert_eq!(next, first, "nothing is emptied or moved");
+    }
+}

@@ -1,0 +1,177 @@
+//! DNS never shares the controller's fate: `lifeline run` as a real process with a policy
+//! whose decision panics (the test-only fault annotation, honoured only with
+//! `LIFELINE_TEST_FAULTS=1`). The process stays up, every name keeps answering, the
+//! poisoned policy keeps its last answers and is reported, the other policy still fails
+//! over, and a restart (kill -9) does not crash on it either.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use lifeline_testkit::{
+    Backend,
+    dns::{await_exactly, query_a},
+    free_addr, loopback,
+};
+use serde_json::Value;
+
+const ZONE: &str = "fate.lifeline.test";
+const CHECKOUT: &str = "checkout.fate.lifeline.test";
+const SEARCH: &str = "search.fate.lifeline.test";
+
+struct Lifeline(Child);
+
+impl Lifeline {
+    fn start(config: &Path) -> Lifeline {
+        let child = Command::new(env!("CARGO_BIN_EXE_lifeline"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("LIFELINE_TEST_FAULTS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start lifeline run");
+        Lifeline(child)
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Lifeline {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `lifeline.yaml`, the clusters, and the two policies; `poisoned` adds the test fault
+/// annotation to `search`.
+fn write_files(dir: &Path, dns: SocketAddr, admin: SocketAddr, ips: [IpAddr; 2], port: u16) {
+    std::fs::write(
+        dir.join("lifeline.yaml"),
+        format!(
+            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
+dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snapshots}}\n\
+admin: {{listen: \"{admin}\"}}\n\
+store: {{type: embedded, dataDir: {d}/store}}\n\
+policySource: {{type: files, paths: [clusters.yaml, policies.yaml]}}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("clusters.yaml"),
+        format!(
+            "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: primary}}\nspec: {{region: eu, addressSource: Static, addresses: [\"{}\"]}}\n---\n\
+apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: secondary}}\nspec: {{region: us, addressSource: Static, addresses: [\"{}\"]}}\n",
+            ips[0], ips[1]
+        ),
+    )
+    .unwrap();
+    write_policies(dir, port, false);
+}
+
+fn write_policies(dir: &Path, port: u16, poisoned: bool) {
+    let policy = |name: &str, annotation: &str| {
+        format!(
+            "apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: {name}, namespace: shop{annotation}}}\nspec:\n  hostname: {name}.{ZONE}\n  ttl: 5\n  targets: [{{cluster: primary, priority: 0}}, {{cluster: secondary, priority: 1}}]\n  healthCheck: {{http: {{port: {port}}}, interval: 200ms, timeout: 150ms, unhealthyThreshold: 2, healthyThreshold: 2}}\n  failback: {{holdDown: 3s, rampDuration: 0s}}\n"
+        )
+    };
+    let fault = if poisoned {
+        ", annotations: {lifeline.dev/test-fault: panic}"
+    } else {
+        ""
+    };
+    let text = format!("{}---\n{}", policy("checkout", ""), policy("search", fault));
+    // Replace atomically: the controller polls the file and must never read half of it.
+    let tmp = dir.join("policies.yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join("policies.yaml")).unwrap();
+}
+
+/// `/v1/status`, polled until `check` holds (at most 15 s).
+async fn status_until(admin: SocketAddr, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://{admin}/v1/status");
+    lifeline_testkit::eventually_async(Duration::from_secs(15), what, || async {
+        let resp = http.get(&url).send().await.ok()?;
+        let body: Value = resp.json().await.ok()?;
+        check(&body).then_some(body)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_whose_decision_panics_is_quarantined_and_dns_and_the_others_go_on() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let ips = [loopback(), loopback()];
+    let [mut primary, _secondary] = Backend::start_on(ips).await;
+    let port = primary.addr.port();
+    let (dns, admin) = (free_addr(), free_addr());
+    write_files(dir.path(), dns, admin, ips, port);
+    let config = dir.path().join("lifeline.yaml");
+
+    let mut lifeline = Lifeline::start(&config);
+    await_exactly(dns, CHECKOUT, ips[0], Duration::from_secs(15)).await;
+    await_exactly(dns, SEARCH, ips[0], Duration::from_secs(15)).await;
+
+    // Poison `search`: deciding it now panics, on every decision.
+    write_policies(dir.path(), port, true);
+    let status = status_until(admin, "search quarantined", |s| {
+        s["quarantined"]["shop/search"].is_string()
+    })
+    .await;
+    let reason = status["quarantined"]["shop/search"].as_str().unwrap();
+    assert!(reason.contains("panicked"), "{reason}");
+    let metrics = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("lifeline_quarantined_policies 1"),
+        "{metrics}"
+    );
+
+    // The primary dies: `checkout` still fails over; `search` keeps its last answer.
+    primary.kill().await;
+    await_exactly(dns, CHECKOUT, ips[1], Duration::from_secs(10)).await;
+    assert_eq!(
+        query_a(dns, SEARCH).ok(),
+        Some(vec![ips[0]]),
+        "a quarantined policy keeps serving its last answers"
+    );
+    assert!(lifeline.is_running(), "the process survives the panics");
+
+    // kill -9 and start again with the poisoned policy still there: no crash loop, and
+    // both names answer from the persisted state.
+    drop(lifeline);
+    let mut lifeline = Lifeline::start(&config);
+    await_exactly(dns, CHECKOUT, ips[1], Duration::from_secs(15)).await;
+    assert_eq!(query_a(dns, SEARCH).ok(), Some(vec![ips[0]]));
+    status_until(admin, "search quarantined again after the restart", |s| {
+        s["quarantined"]["shop/search"].is_string()
+    })
+    .await;
+    assert!(lifeline.is_running(), "the restarted process survives too");
+
+    // The fix: the annotation goes, the policy is decided again and fails over too.
+    write_policies(dir.path(), port, false);
+    await_exactly(dns, SEARCH, ips[1], Duration::from_secs(15)).await;
+    status_until(admin, "the quarantine lifted", |s| {
+        s.get("quarantined").is_none()
+    })
+    .await;
+}
