@@ -12,6 +12,12 @@
 //!  keep the previous decision whole: answers freeze, nothing is emptied
 //! ```
 //!
+//! A decision that does not return is contained the same way: [`Decider`] runs it on a
+//! thread of its own with a deadline. On a timeout the thread is abandoned (a thread
+//! cannot be killed; it is left to finish or not) and a new one takes over; each policy
+//! is then decided alone under the same deadline, and the ones that do not finish are
+//! quarantined.
+//!
 //! A quarantined policy keeps serving the answers it had. The quarantine lasts until the
 //! policy documents change (an operator's fix) or the term ends; a restart finds the
 //! same panic again and quarantines the same policy, so it never crash-loops.
@@ -19,7 +25,8 @@
 use std::{
     collections::BTreeMap,
     panic::{AssertUnwindSafe, catch_unwind},
-    time::SystemTime,
+    sync::{Arc, mpsc},
+    time::{Duration, SystemTime},
 };
 
 use lifeline_engine::{
@@ -30,7 +37,7 @@ use lifeline_engine::{
 pub type Quarantine = BTreeMap<PolicyId, String>;
 
 /// A test-only fault: called inside the boundary with the policies about to be decided.
-pub type Fault<'a> = dyn Fn(&[Policy]) + Sync + 'a;
+pub type Fault<'a> = dyn Fn(&[Policy]) + Send + Sync + 'a;
 
 /// What `engine::decide` takes.
 #[derive(Debug, Clone, Copy)]
@@ -112,6 +119,176 @@ pub fn decide(
         Err(reason) => {
             tracing::error!(%reason, "deciding panics even without the quarantined policies; keeping the previous decision");
             previous.clone()
+        }
+    }
+}
+
+/// What one decision needs, owned, so it can run on the decider thread.
+#[derive(Clone)]
+pub struct Owned {
+    pub config: EngineConfig,
+    pub policies: Arc<Vec<Policy>>,
+    pub signals: Arc<Signals>,
+    pub overrides: Arc<Vec<Override>>,
+    pub previous: Arc<Decision>,
+    pub now: SystemTime,
+    pub fault: Option<Arc<Fault<'static>>>,
+}
+
+impl std::fmt::Debug for Owned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Owned")
+            .field("policies", &self.policies.len())
+            .field("fault", &self.fault.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Owned {
+    fn run(&self, policies: &[Policy], quarantine: &mut Quarantine) -> Decision {
+        let inputs = Inputs {
+            config: &self.config,
+            policies,
+            signals: &self.signals,
+            overrides: &self.overrides,
+            previous: &self.previous,
+            now: self.now,
+        };
+        decide(inputs, quarantine, self.fault.as_deref())
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread that decides, so a decision that never returns stalls that thread only.
+#[derive(Debug)]
+pub struct Decider {
+    jobs: mpsc::Sender<Job>,
+    /// Threads abandoned because a decision on them did not finish.
+    abandoned: usize,
+}
+
+impl Default for Decider {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decider {
+    pub fn new() -> Self {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        // Ends when its sender is dropped (the decider replaced or gone).
+        let spawned = std::thread::Builder::new()
+            .name("lifeline-decide".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the decider thread");
+        }
+        Self { jobs, abandoned: 0 }
+    }
+
+    /// Threads given up on so far.
+    pub fn abandoned(&self) -> usize {
+        self.abandoned
+    }
+
+    /// Runs `f` on the decider thread. `None` when it did not finish within `limit`
+    /// (the thread is then abandoned and a fresh one used from here on) or could not run.
+    async fn run<T: Send + 'static>(
+        &mut self,
+        limit: Duration,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        if self.jobs.send(job).is_err() {
+            // The thread is gone (it could not start): start another for next time.
+            self.replace();
+            return None;
+        }
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(_)) => {
+                self.replace();
+                None
+            }
+            Err(_) => {
+                self.abandoned += 1;
+                self.replace();
+                None
+            }
+        }
+    }
+
+    fn replace(&mut self) {
+        let abandoned = self.abandoned;
+        *self = Decider::new();
+        self.abandoned = abandoned;
+    }
+
+    /// [`decide`] on the decider thread, each attempt within `limit`. When the whole set
+    /// does not finish, each policy is decided alone and the ones that do not finish are
+    /// quarantined; when even the rest does not finish, the previous decision is kept.
+    pub async fn decide(
+        &mut self,
+        inputs: Owned,
+        quarantine: &mut Quarantine,
+        limit: Duration,
+    ) -> Decision {
+        let full = |inputs: Owned, mut q: Quarantine| {
+            move || {
+                let d = inputs.run(&inputs.policies, &mut q);
+                (d, q)
+            }
+        };
+        if let Some((d, q)) = self
+            .run(limit, full(inputs.clone(), quarantine.clone()))
+            .await
+        {
+            *quarantine = q;
+            return d;
+        }
+        tracing::error!(
+            ?limit,
+            "a decision did not finish; finding the policy that hangs"
+        );
+        let candidates: Vec<Policy> = inputs
+            .policies
+            .iter()
+            .filter(|p| !quarantine.contains_key(&p.id))
+            .cloned()
+            .collect();
+        for p in candidates {
+            let (one, id) = (inputs.clone(), p.id.clone());
+            let solo = move || {
+                let mut q = Quarantine::new();
+                one.run(std::slice::from_ref(&p), &mut q);
+            };
+            if self.run(limit, solo).await.is_none() {
+                tracing::error!(policy = %id, ?limit, "deciding this policy does not finish; quarantined, its last answers stay");
+                quarantine.insert(id, format!("deciding it did not finish within {limit:?}"));
+            }
+        }
+        match self
+            .run(limit, full(inputs.clone(), quarantine.clone()))
+            .await
+        {
+            Some((d, q)) => {
+                *quarantine = q;
+                d
+            }
+            None => {
+                tracing::error!(
+                    "deciding does not finish even without the quarantined policies; keeping the previous decision"
+                );
+                (*inputs.previous).clone()
+            }
         }
     }
 }
@@ -222,5 +399,50 @@ mod tests {
         let next = run(&set, &first, &mut quarantine, Some(&together));
         assert!(quarantine.is_empty(), "neither panics alone");
         assert_eq!(next, first, "nothing is emptied or moved");
+    }
+
+    #[tokio::test]
+    async fn a_policy_whose_decision_never_returns_is_quarantined_on_its_own() {
+        let set = Arc::new(vec![policy("a", 1), policy("b", 2)]);
+        let mut quarantine = Quarantine::new();
+        let mut decider = Decider::new();
+        let owned = |previous: Arc<Decision>, fault: Option<Arc<Fault<'static>>>| Owned {
+            config: EngineConfig::default(),
+            policies: set.clone(),
+            signals: Arc::default(),
+            overrides: Arc::default(),
+            previous,
+            now: SystemTime::now(),
+            fault,
+        };
+        // Far above what deciding two policies takes, even on a loaded machine.
+        let limit = Duration::from_secs(2);
+        let first = decider
+            .decide(owned(Arc::default(), None), &mut quarantine, limit)
+            .await;
+        assert_eq!(first.policies.len(), 2);
+
+        let hang: Arc<Fault<'static>> = Arc::new(|set: &[Policy]| {
+            if set.iter().any(|p| p.id == "shop/a") {
+                // Bounded so the abandoned thread ends with the test process anyway.
+                std::thread::sleep(Duration::from_secs(30));
+            }
+        });
+        let next = decider
+            .decide(
+                owned(Arc::new(first.clone()), Some(hang)),
+                &mut quarantine,
+                limit,
+            )
+            .await;
+        assert_eq!(quarantine.keys().collect::<Vec<_>>(), ["shop/a"]);
+        assert!(quarantine["shop/a"].contains("did not finish"));
+        assert_eq!(next.policies["shop/a"], first.policies["shop/a"]);
+        assert_eq!(next.policies.len(), 2);
+        assert_eq!(
+            decider.abandoned(),
+            2,
+            "the full attempt and a's own attempt"
+        );
     }
 }

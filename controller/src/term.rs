@@ -75,10 +75,22 @@ pub(crate) struct Shared {
     pub test_faults: bool,
 }
 
-/// Annotation on a FailoverPolicy that makes deciding it panic, when the process was
-/// started with test faults enabled (`LIFELINE_TEST_FAULTS=1`): how tests prove that one
-/// poisoned policy cannot stop DNS or the other policies.
+/// Annotation on a FailoverPolicy that makes deciding it panic (`panic`) or never return
+/// (`hang`), when the process was started with test faults enabled
+/// (`LIFELINE_TEST_FAULTS=1`): how tests prove that one poisoned policy cannot stop DNS
+/// or the other policies.
 pub const TEST_FAULT: &str = "lifeline.dev/test-fault";
+
+/// Longest a decision may take before it counts as hung (deciding 10,000 policies takes
+/// well under a second).
+const DECIDE_LIMIT: Duration = Duration::from_secs(5);
+
+/// What the test fault annotation asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TestFault {
+    Panic,
+    Hang,
+}
 
 /// Where policy documents come from, and what was last seen of them.
 pub(crate) struct PolicyFeed {
@@ -242,7 +254,11 @@ struct LeaderTerm<'a> {
     store: &'a Store,
     leader: Option<&'a Leader>,
     publisher: Publisher,
-    decision: Decision,
+    decision: Arc<Decision>,
+    /// The compiled policies, shared with the decider thread.
+    policies: Arc<Vec<engine::Policy>>,
+    /// Runs decisions on a thread of its own, with a deadline.
+    decider: guard::Decider,
     /// The policy documents in force.
     current: PolicySnapshot,
     fleet: Fleet,
@@ -266,7 +282,7 @@ struct LeaderTerm<'a> {
     /// Policies whose decision panics: not decided, their last answers kept.
     quarantine: Quarantine,
     /// Policies carrying the test fault annotation (only with test faults on).
-    faulty: BTreeSet<String>,
+    faults: BTreeMap<String, TestFault>,
 }
 
 impl<'a> LeaderTerm<'a> {
@@ -314,7 +330,9 @@ impl<'a> LeaderTerm<'a> {
             leader,
             publisher,
             last_saved: fingerprint(&decision),
-            decision,
+            decision: Arc::new(decision),
+            policies: Arc::new(Vec::new()),
+            decider: guard::Decider::new(),
             current: PolicySnapshot::default(),
             fleet,
             discovered: BTreeMap::new(),
@@ -327,7 +345,7 @@ impl<'a> LeaderTerm<'a> {
             dirty: true,
             last_decide: tokio::time::Instant::now(),
             quarantine: Quarantine::new(),
-            faulty: BTreeSet::new(),
+            faults: BTreeMap::new(),
         };
         term.adopt(current).await;
         Ok(term)
@@ -342,20 +360,21 @@ impl<'a> LeaderTerm<'a> {
         self.current = snapshot;
         // New documents may carry the fix: decide every policy again.
         self.quarantine.clear();
-        self.faulty = if self.shared.test_faults {
+        self.faults = if self.shared.test_faults {
             self.current
                 .policies
                 .iter()
-                .filter(|p| {
-                    p.metadata
-                        .annotations
-                        .as_ref()
-                        .is_some_and(|a| a.get(TEST_FAULT).is_some_and(|v| v == "panic"))
+                .filter_map(|p| {
+                    let kind = match p.metadata.annotations.as_ref()?.get(TEST_FAULT)?.as_str() {
+                        "panic" => TestFault::Panic,
+                        "hang" => TestFault::Hang,
+                        _ => return None,
+                    };
+                    Some((crate::policies::policy_id(p), kind))
                 })
-                .map(crate::policies::policy_id)
                 .collect()
         } else {
-            BTreeSet::new()
+            BTreeMap::new()
         };
         self.fleet.reconcile(&self.current).await;
         *self.shared.state.clusters.write() = cluster_names(&self.current);
@@ -371,6 +390,7 @@ impl<'a> LeaderTerm<'a> {
             &self.current.clusters,
             &self.discovered,
         );
+        self.policies = Arc::new(self.set.policies.clone());
         for w in &self.set.warnings {
             warn!(warning = %w, "policy set");
         }
@@ -426,7 +446,7 @@ impl<'a> LeaderTerm<'a> {
         ) {
             let view = view.borrow().clone();
             task.update(StatusInput {
-                decision: Arc::new(self.decision.clone()),
+                decision: self.decision.clone(),
                 policies: view.policies.into_values().collect(),
                 clusters: view.clusters.into_values().collect(),
                 problems: view.problems,
@@ -481,25 +501,33 @@ impl<'a> LeaderTerm<'a> {
         for (key, source) in self.fleet.sources(&self.current) {
             self.signals.targets.entry(key).or_default().source = source;
         }
-        let faulty = &self.faulty;
-        let fault = move |set: &[engine::Policy]| {
-            if let Some(p) = set.iter().find(|p| faulty.contains(&p.id)) {
-                panic!("test fault in policy {}", p.id);
-            }
-        };
-        let inputs = guard::Inputs {
-            config: &self.shared.config.engine,
-            policies: &self.set.policies,
-            signals: &self.signals,
-            overrides: &self.overrides,
-            previous: &self.decision,
+        let fault = (!self.faults.is_empty()).then(|| {
+            let faults = self.faults.clone();
+            Arc::new(move |set: &[engine::Policy]| {
+                for p in set {
+                    match faults.get(&p.id) {
+                        Some(TestFault::Panic) => panic!("test fault in policy {}", p.id),
+                        Some(TestFault::Hang) => loop {
+                            std::thread::sleep(Duration::from_secs(3600));
+                        },
+                        None => {}
+                    }
+                }
+            }) as Arc<guard::Fault<'static>>
+        });
+        let inputs = guard::Owned {
+            config: self.shared.config.engine.clone(),
+            policies: self.policies.clone(),
+            signals: Arc::new(std::mem::take(&mut self.signals)),
+            overrides: Arc::new(self.overrides.clone()),
+            previous: self.decision.clone(),
             now,
+            fault,
         };
-        let next = guard::decide(
-            inputs,
-            &mut self.quarantine,
-            (!faulty.is_empty()).then_some(&fault as &guard::Fault<'_>),
-        );
+        let next = self
+            .decider
+            .decide(inputs, &mut self.quarantine, DECIDE_LIMIT)
+            .await;
         if *self.shared.state.quarantined.read() != self.quarantine {
             *self.shared.state.quarantined.write() = self.quarantine.clone();
         }
@@ -521,7 +549,8 @@ impl<'a> LeaderTerm<'a> {
         }
         // Status shows the decision before it is published, so the admin API never
         // lags behind what DNS answers.
-        *shared.state.decision.write() = Arc::new(next.clone());
+        let next = Arc::new(next);
+        *shared.state.decision.write() = next.clone();
         shared.state.decided.store(true, Ordering::Relaxed);
         let mut published = true;
         for update in self.publisher.updates(&next, now) {

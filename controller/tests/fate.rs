@@ -1,6 +1,6 @@
 //! DNS never shares the controller's fate: `lifeline run` as a real process with a policy
-//! whose decision panics (the test-only fault annotation, honoured only with
-//! `LIFELINE_TEST_FAULTS=1`). The process stays up, every name keeps answering, the
+//! whose decision panics, or never returns (the test-only fault annotation, honoured only
+//! with `LIFELINE_TEST_FAULTS=1`). The process stays up, every name keeps answering, the
 //! poisoned policy keeps its last answers and is reported, the other policy still fails
 //! over, and a restart (kill -9) does not crash on it either.
 
@@ -49,8 +49,7 @@ impl Drop for Lifeline {
     }
 }
 
-/// `lifeline.yaml`, the clusters, and the two policies; `poisoned` adds the test fault
-/// annotation to `search`.
+/// `lifeline.yaml`, the clusters, and the two policies (no fault yet).
 fn write_files(dir: &Path, dns: SocketAddr, admin: SocketAddr, ips: [IpAddr; 2], port: u16) {
     std::fs::write(
         dir.join("lifeline.yaml"),
@@ -73,32 +72,37 @@ apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: second
         ),
     )
     .unwrap();
-    write_policies(dir, port, false);
+    write_policies(dir, port, None);
 }
 
-fn write_policies(dir: &Path, port: u16, poisoned: bool) {
+/// Writes the two policies; `fault` (`panic` or `hang`) goes on `search` as the test
+/// fault annotation.
+fn write_policies(dir: &Path, port: u16, fault: Option<&str>) {
     let policy = |name: &str, annotation: &str| {
         format!(
             "apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: {name}, namespace: shop{annotation}}}\nspec:\n  hostname: {name}.{ZONE}\n  ttl: 5\n  targets: [{{cluster: primary, priority: 0}}, {{cluster: secondary, priority: 1}}]\n  healthCheck: {{http: {{port: {port}}}, interval: 200ms, timeout: 150ms, unhealthyThreshold: 2, healthyThreshold: 2}}\n  failback: {{holdDown: 3s, rampDuration: 0s}}\n"
         )
     };
-    let fault = if poisoned {
-        ", annotations: {lifeline.dev/test-fault: panic}"
-    } else {
-        ""
-    };
-    let text = format!("{}---\n{}", policy("checkout", ""), policy("search", fault));
+    let fault = fault
+        .map(|kind| format!(", annotations: {{lifeline.dev/test-fault: {kind}}}"))
+        .unwrap_or_default();
+    let text = format!(
+        "{}---\n{}",
+        policy("checkout", ""),
+        policy("search", &fault)
+    );
     // Replace atomically: the controller polls the file and must never read half of it.
     let tmp = dir.join("policies.yaml.tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, dir.join("policies.yaml")).unwrap();
 }
 
-/// `/v1/status`, polled until `check` holds (at most 15 s).
+/// `/v1/status`, polled until `check` holds (at most 30 s: finding a hung policy takes
+/// two 5 s deadlines).
 async fn status_until(admin: SocketAddr, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let url = format!("http://{admin}/v1/status");
-    lifeline_testkit::eventually_async(Duration::from_secs(15), what, || async {
+    lifeline_testkit::eventually_async(Duration::from_secs(30), what, || async {
         let resp = http.get(&url).send().await.ok()?;
         let body: Value = resp.json().await.ok()?;
         check(&body).then_some(body)
@@ -122,7 +126,7 @@ async fn a_policy_whose_decision_panics_is_quarantined_and_dns_and_the_others_go
     await_exactly(dns, SEARCH, ips[0], Duration::from_secs(15)).await;
 
     // Poison `search`: deciding it now panics, on every decision.
-    write_policies(dir.path(), port, true);
+    write_policies(dir.path(), port, Some("panic"));
     let status = status_until(admin, "search quarantined", |s| {
         s["quarantined"]["shop/search"].is_string()
     })
@@ -168,10 +172,44 @@ async fn a_policy_whose_decision_panics_is_quarantined_and_dns_and_the_others_go
     assert!(lifeline.is_running(), "the restarted process survives too");
 
     // The fix: the annotation goes, the policy is decided again and fails over too.
-    write_policies(dir.path(), port, false);
+    write_policies(dir.path(), port, None);
     await_exactly(dns, SEARCH, ips[1], Duration::from_secs(15)).await;
     status_until(admin, "the quarantine lifted", |s| {
         s.get("quarantined").is_none()
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_whose_decision_never_returns_is_quarantined_and_the_others_go_on() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let ips = [loopback(), loopback()];
+    let [mut primary, _secondary] = Backend::start_on(ips).await;
+    let port = primary.addr.port();
+    let (dns, admin) = (free_addr(), free_addr());
+    write_files(dir.path(), dns, admin, ips, port);
+    let mut lifeline = Lifeline::start(&dir.path().join("lifeline.yaml"));
+    await_exactly(dns, CHECKOUT, ips[0], Duration::from_secs(15)).await;
+    await_exactly(dns, SEARCH, ips[0], Duration::from_secs(15)).await;
+
+    // Deciding `search` now never returns. Meanwhile DNS answers every name.
+    write_policies(dir.path(), port, Some("hang"));
+    let status = status_until(admin, "search quarantined as hung", |s| {
+        s["quarantined"]["shop/search"].is_string()
+    })
+    .await;
+    let reason = status["quarantined"]["shop/search"].as_str().unwrap();
+    assert!(reason.contains("did not finish"), "{reason}");
+    assert_eq!(query_a(dns, SEARCH).ok(), Some(vec![ips[0]]));
+
+    // The other policy is still decided: it fails over.
+    primary.kill().await;
+    await_exactly(dns, CHECKOUT, ips[1], Duration::from_secs(10)).await;
+    assert_eq!(
+        query_a(dns, SEARCH).ok(),
+        Some(vec![ips[0]]),
+        "the hung policy keeps its last answers"
+    );
+    assert!(lifeline.is_running());
 }
