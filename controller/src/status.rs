@@ -68,10 +68,12 @@ fn condition(
 }
 
 /// The status of one policy from the decision (or from its problems when invalid).
+/// A quarantined policy (`quarantined`: why) is not Ready, and says so.
 pub fn policy_status(
     p: &FailoverPolicy,
     decision: &Decision,
     problems: Option<&Vec<Problem>>,
+    quarantined: Option<&String>,
 ) -> FailoverPolicyStatus {
     let generation = p.metadata.generation;
     let now = SystemTime::now();
@@ -95,15 +97,15 @@ pub fn policy_status(
         };
     }
     let Some(pd) = decision.policies.get(&policy_id(p)) else {
+        let (reason, message) = match quarantined {
+            Some(why) => (
+                "Quarantined",
+                format!("not decided ({why}); nothing served yet"),
+            ),
+            None => ("Pending", "not decided yet".to_owned()),
+        };
         return FailoverPolicyStatus {
-            conditions: vec![condition(
-                "Ready",
-                false,
-                "Pending",
-                "not decided yet".to_owned(),
-                generation,
-                now,
-            )],
+            conditions: vec![condition("Ready", false, reason, message, generation, now)],
             observed_generation: generation,
             ..FailoverPolicyStatus::default()
         };
@@ -153,6 +155,24 @@ pub fn policy_status(
             pd.changed_at,
         ),
     ];
+    if let Some(why) = quarantined {
+        conditions[0] = condition(
+            "Ready",
+            false,
+            "Quarantined",
+            format!("not decided ({why}); serving its last answers: {summary}"),
+            generation,
+            now,
+        );
+        conditions.push(condition(
+            "Quarantined",
+            true,
+            "DecisionFailed",
+            why.clone(),
+            generation,
+            now,
+        ));
+    }
     if let Some(a) = systemic {
         conditions.push(condition(
             "SystemicFailureSuspected",
@@ -255,10 +275,16 @@ impl StatusWriter {
         clusters: &[MemberCluster],
         problems: &BTreeMap<String, Vec<Problem>>,
         views: &BTreeMap<String, MemberView>,
+        quarantined: &BTreeMap<String, String>,
     ) {
         for p in policies {
             let id = policy_id(p);
-            let status = policy_status(p, decision, problems.get(&format!("FailoverPolicy {id}")));
+            let status = policy_status(
+                p,
+                decision,
+                problems.get(&format!("FailoverPolicy {id}")),
+                quarantined.get(&id),
+            );
             let api: Api<FailoverPolicy> = Api::namespaced(
                 self.client.clone(),
                 p.metadata.namespace.as_deref().unwrap_or("default"),
@@ -335,6 +361,8 @@ pub struct StatusInput {
     pub clusters: Vec<MemberCluster>,
     pub problems: BTreeMap<String, Vec<Problem>>,
     pub views: BTreeMap<String, MemberView>,
+    /// Policies not being decided, with why.
+    pub quarantined: BTreeMap<String, String>,
 }
 
 /// An Event to publish about a policy.
@@ -383,7 +411,7 @@ impl StatusTask {
                         let input = rx.borrow_and_update().clone();
                         if !input.policies.is_empty() || !input.clusters.is_empty() {
                             writer
-                                .write(&input.decision, &input.policies, &input.clusters, &input.problems, &input.views)
+                                .write(&input.decision, &input.policies, &input.clusters, &input.problems, &input.views, &input.quarantined)
                                 .await;
                         }
                     }
@@ -417,6 +445,28 @@ impl StatusTask {
     /// Hands over the newest state to write.
     pub fn update(&self, input: StatusInput) {
         self.input.send_replace(input);
+    }
+
+    /// Queues a Warning Event for each policy newly quarantined, without waiting.
+    pub fn record_quarantined(
+        &self,
+        newly: &BTreeMap<String, String>,
+        policies: &BTreeMap<String, FailoverPolicy>,
+    ) {
+        for (id, why) in newly {
+            let Some(policy) = policies.get(id) else {
+                continue;
+            };
+            let event = PolicyEvent {
+                policy: policy.clone(),
+                warning: true,
+                reason: "Quarantined",
+                note: format!("not decided ({why}); its last answers stay"),
+            };
+            if self.events.try_send(event).is_err() {
+                debug!("event queue full; event dropped");
+            }
+        }
     }
 
     /// Queues Events for what changed between two decisions (failover, failback, all
@@ -493,5 +543,81 @@ impl StatusTask {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::IpAddr, time::Duration};
+
+    use lifeline_engine::{
+        EngineConfig, OnSourceUnavailable, Policy, Signals, TargetSpec, WhenAllUnhealthy,
+    };
+
+    use super::*;
+
+    #[test]
+    fn a_quarantined_policy_is_not_ready_and_says_why() {
+        let cr: FailoverPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "lifeline.dev/v1alpha1", "kind": "FailoverPolicy",
+            "metadata": {"name": "web", "namespace": "shop", "generation": 3},
+            "spec": {"hostname": "web.global.example.com", "targets": [{"cluster": "one"}]}
+        }))
+        .unwrap();
+        let policy = Policy {
+            id: "shop/web".into(),
+            hostname: "web.global.example.com".into(),
+            ttl: 30,
+            strategy: lifeline_model::Strategy::Failover,
+            targets: vec![TargetSpec {
+                cluster: "one".into(),
+                region: "eu".into(),
+                priority: 0,
+                weight: 100,
+                addresses: vec![IpAddr::from([192, 0, 2, 1])],
+            }],
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
+            when_all_unhealthy: WhenAllUnhealthy::ServeAll,
+            on_source_unavailable: OnSourceUnavailable::Freeze,
+            hold_down: Duration::from_secs(30),
+            ramp_duration: Duration::ZERO,
+            ramp_steps: 1,
+        };
+        let decision = lifeline_engine::decide(
+            &EngineConfig::default(),
+            &[policy],
+            &Signals::default(),
+            &[],
+            &Decision::default(),
+            SystemTime::now(),
+        );
+        let normal = policy_status(&cr, &decision, None, None);
+        assert!(!normal.conditions.iter().any(|c| c.type_ == "Quarantined"));
+
+        let why = "deciding it panicked: boom".to_owned();
+        let status = policy_status(&cr, &decision, None, Some(&why));
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason, "Quarantined");
+        assert!(ready.message.contains("192.0.2.1"), "{}", ready.message);
+        let q = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Quarantined")
+            .unwrap();
+        assert_eq!(
+            (q.status.as_str(), q.message.as_str()),
+            ("True", why.as_str())
+        );
+        assert_eq!(
+            status.answers,
+            ["192.0.2.1"],
+            "its last answers are still reported"
+        );
     }
 }

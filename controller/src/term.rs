@@ -451,6 +451,7 @@ impl<'a> LeaderTerm<'a> {
                 clusters: view.clusters.into_values().collect(),
                 problems: view.problems,
                 views: self.fleet.views(),
+                quarantined: self.quarantine.clone(),
             });
         }
         // Member views: new addresses recompile the set; readiness becomes observations
@@ -529,6 +530,20 @@ impl<'a> LeaderTerm<'a> {
             .decide(inputs, &mut self.quarantine, DECIDE_LIMIT)
             .await;
         if *self.shared.state.quarantined.read() != self.quarantine {
+            let newly: Quarantine = {
+                let known = self.shared.state.quarantined.read();
+                self.quarantine
+                    .iter()
+                    .filter(|(id, _)| !known.contains_key(*id))
+                    .map(|(id, why)| (id.clone(), why.clone()))
+                    .collect()
+            };
+            if let (Some(task), Some((_, view))) = (
+                self.status.as_ref(),
+                self.shared.policy_feed.management.as_ref(),
+            ) {
+                task.record_quarantined(&newly, &view.borrow().policies);
+            }
             *self.shared.state.quarantined.write() = self.quarantine.clone();
         }
         self.shared
