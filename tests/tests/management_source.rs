@@ -143,9 +143,16 @@ async fn policies_come_from_crs_and_survive_a_management_outage_and_a_restart() 
             .as_ref()
             .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned())
     };
+    // The first status can be written before the first probe results (targets still
+    // Unknown); wait for the one written after both targets were seen healthy.
     let status = eventually(|| async {
         let p = policies.get("web").await.ok()?;
-        (p.status.as_ref()?.answers == ["127.0.0.7"]).then_some(p)
+        let s = p.status.as_ref()?;
+        let probed = s
+            .targets
+            .iter()
+            .all(|t| t.state != lifeline_crds::TargetState::Unknown);
+        (s.answers == ["127.0.0.7"] && probed).then_some(p)
     })
     .await;
     assert_eq!(ready(&status).unwrap().status, "True");
