@@ -302,7 +302,7 @@ pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{net::IpAddr, time::Duration};
 
     use lifeline_engine::{OnSourceUnavailable, TargetSpec, WhenAllUnhealthy};
@@ -310,7 +310,8 @@ mod tests {
 
     use super::*;
 
-    fn policy(name: &str, last: u8) -> Policy {
+    /// A one-cluster Failover policy `shop/{name}` answering 192.0.2.`last`.
+    pub(crate) fn policy(name: &str, last: u8) -> Policy {
         Policy {
             id: format!("shop/{name}"),
             hostname: format!("{name}.global.example.com"),

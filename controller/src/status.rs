@@ -548,11 +548,7 @@ impl StatusTask {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::IpAddr, time::Duration};
-
-    use lifeline_engine::{
-        EngineConfig, OnSourceUnavailable, Policy, Signals, TargetSpec, WhenAllUnhealthy,
-    };
+    use lifeline_engine::{EngineConfig, Signals};
 
     use super::*;
 
@@ -564,26 +560,7 @@ mod tests {
             "spec": {"hostname": "web.global.example.com", "targets": [{"cluster": "one"}]}
         }))
         .unwrap();
-        let policy = Policy {
-            id: "shop/web".into(),
-            hostname: "web.global.example.com".into(),
-            ttl: 30,
-            strategy: lifeline_model::Strategy::Failover,
-            targets: vec![TargetSpec {
-                cluster: "one".into(),
-                region: "eu".into(),
-                priority: 0,
-                weight: 100,
-                addresses: vec![IpAddr::from([192, 0, 2, 1])],
-            }],
-            unhealthy_threshold: 2,
-            healthy_threshold: 2,
-            when_all_unhealthy: WhenAllUnhealthy::ServeAll,
-            on_source_unavailable: OnSourceUnavailable::Freeze,
-            hold_down: Duration::from_secs(30),
-            ramp_duration: Duration::ZERO,
-            ramp_steps: 1,
-        };
+        let policy = crate::guard::tests::policy("web", 1);
         let decision = lifeline_engine::decide(
             &EngineConfig::default(),
             &[policy],
