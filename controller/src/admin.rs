@@ -251,7 +251,7 @@ pub struct TargetStatus {
 
 /// Builds the status document from a decision.
 pub fn status_of(decision: &Decision, overrides: &[Override], now: SystemTime) -> Status {
-    let time = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let time = |t: SystemTime| lifeline_model::time::format(t).to_string();
     Status {
         revision: decision.revision,
         decision_age_seconds: decision

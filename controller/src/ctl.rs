@@ -49,7 +49,7 @@ fn set_line(o: &lifeline_engine::Override) -> String {
         o.id,
         o.action,
         o.cluster,
-        humantime::format_rfc3339_seconds(o.expires_at)
+        lifeline_model::time::format(o.expires_at)
     )
 }
 

@@ -316,6 +316,7 @@ pub(crate) mod tests {
             id: format!("shop/{name}"),
             hostname: format!("{name}.global.example.com"),
             ttl: 30,
+            max_answers: 8,
             strategy: Strategy::Failover,
             targets: vec![TargetSpec {
                 cluster: "one".into(),

@@ -9,6 +9,7 @@ use lifeline_crds::{
 };
 
 use lifeline_engine::{self as engine, OnSourceUnavailable, WhenAllUnhealthy};
+use lifeline_model::limits;
 
 use crate::probe::{self, ProbeSpec, TargetKey};
 
@@ -89,15 +90,16 @@ pub fn compile(
             targets.push(engine::TargetSpec {
                 cluster: t.cluster.as_str().into(),
                 region: cluster.spec.region.as_str().into(),
-                priority: t.priority,
-                weight: t.weight,
+                priority: t.priority.min(limits::PRIORITY_MAX),
+                weight: t.weight.min(limits::WEIGHT_MAX),
                 addresses,
             });
         }
 
         let (unhealthy_threshold, healthy_threshold) =
             spec.health_check.as_ref().map_or((1, 1), |hc| {
-                (hc.unhealthy_threshold.max(1), hc.healthy_threshold.max(1))
+                let bound = |n: u32| n.clamp(limits::THRESHOLD_MIN, limits::THRESHOLD_MAX);
+                (bound(hc.unhealthy_threshold), bound(hc.healthy_threshold))
             });
         if let Some(hc) = &spec.health_check
             && let Some((check, interval, timeout)) = probe::check_from_spec(hc, &spec.hostname)
@@ -143,7 +145,10 @@ pub fn compile(
         set.policies.push(engine::Policy {
             id,
             hostname: lifeline_crds::validate::normalize_name(&spec.hostname),
-            ttl: spec.ttl,
+            ttl: spec.ttl.clamp(limits::TTL_MIN, limits::TTL_MAX),
+            max_answers: spec
+                .max_answers
+                .clamp(limits::MAX_ANSWERS_MIN, limits::MAX_ANSWERS_MAX),
             strategy: spec.strategy,
             targets,
             unhealthy_threshold,
@@ -152,14 +157,17 @@ pub fn compile(
             on_source_unavailable,
             hold_down: parse_or(&spec.failback.hold_down, Duration::from_secs(60)),
             ramp_duration: parse_or(&spec.failback.ramp_duration, Duration::from_secs(120)),
-            ramp_steps: spec.failback.ramp_steps.max(1),
+            ramp_steps: spec
+                .failback
+                .ramp_steps
+                .clamp(limits::RAMP_STEPS_MIN, limits::RAMP_STEPS_MAX),
         });
     }
     set
 }
 
-/// Documents were validated before compiling; the fallback only guards against a
-/// document that skipped validation.
+/// Documents were validated before compiling; the fallback and the bound only guard
+/// against a document that skipped validation.
 fn parse_or(d: &lifeline_crds::Duration, fallback: Duration) -> Duration {
-    d.parse().unwrap_or(fallback)
+    d.parse().unwrap_or(fallback).min(limits::LONG_DURATION_MAX)
 }

@@ -23,6 +23,7 @@ use std::{
 };
 
 use lifeline_crds::{HealthCheck, HttpScheme};
+use lifeline_model::limits;
 use parking_lot::Mutex;
 use rand::Rng;
 use reqwest::{Client, ClientBuilder, header, redirect};
@@ -38,9 +39,6 @@ use tracing::{Instrument, debug, info, info_span, warn};
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// Timeout used when a document's timeout cannot be parsed (the CRD default).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Floor on the probe interval, so a zero or tiny interval cannot turn a task into a
-/// busy loop against someone's backend.
-const MIN_INTERVAL: Duration = Duration::from_millis(10);
 /// The first probe of a new target lands at a random point within its interval, but no
 /// later than this: spreading start-up load matters, yet a new target should not wait a
 /// long interval before it has any health at all.
@@ -162,12 +160,15 @@ pub fn check_from_spec(
     } else {
         return None;
     };
+    // Clamped to the documented bounds as well: a document that skipped validation must
+    // neither busy-loop against someone's backend nor overflow the schedule.
     let interval = hc
         .interval
         .parse()
         .ok()
         .filter(|d| !d.is_zero())
-        .unwrap_or(DEFAULT_INTERVAL);
+        .unwrap_or(DEFAULT_INTERVAL)
+        .clamp(limits::PROBE_INTERVAL_MIN, limits::PROBE_INTERVAL_MAX);
     // A probe that may outlast its interval would overlap the next round.
     let timeout = hc
         .timeout
@@ -347,7 +348,9 @@ impl Task {
 /// receiver is gone.
 async fn run_target(shared: Arc<Shared>, spec: ProbeSpec, live: Arc<Mutex<bool>>) {
     let probes = plan(&shared, &spec);
-    let interval = spec.interval.max(MIN_INTERVAL);
+    let interval = spec
+        .interval
+        .clamp(limits::PROBE_INTERVAL_MIN, limits::PROBE_INTERVAL_MAX);
     let mut next = Instant::now() + first_offset(interval);
     let mut last_ok = None;
     loop {

@@ -71,7 +71,7 @@ impl Publisher {
                 address: Some(AddressSet {
                     ttl: pd.ttl,
                     targets,
-                    max_answers: None,
+                    max_answers: Some(pd.max_answers),
                     geo: pd.strategy == Strategy::Geo,
                 }),
                 ..NameRecords::default()

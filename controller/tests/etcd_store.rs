@@ -78,6 +78,7 @@ fn big_decision(n: usize, bump: Option<usize>) -> Decision {
             let pd = PolicyDecision {
                 hostname: format!("svc-{i}.global.example.com"),
                 ttl: 30,
+                max_answers: 8,
                 strategy: lifeline_crds::Strategy::Failover,
                 answers: answers.clone(),
                 outcome: Outcome::Normal,

@@ -593,8 +593,8 @@ async fn removed_target_stops_producing_results() {
     let backend = Behaviour::new(200);
     let (addr, _server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
-    let a = spec("a", addr, http_check(addr.port(), &[200]), 50, 1000);
-    let b = spec("b", addr, http_check(addr.port(), &[200]), 50, 1000);
+    let a = spec("a", addr, http_check(addr.port(), &[200]), 100, 1000);
+    let b = spec("b", addr, http_check(addr.port(), &[200]), 100, 1000);
     prober.set_targets(vec![a, b.clone()]);
     next_for(&mut rx, &key("a")).await;
     next_for(&mut rx, &key("b")).await;
@@ -617,7 +617,7 @@ async fn changing_a_targets_check_restarts_it_with_the_new_settings() {
     let backend = Behaviour::new(200);
     let (addr, _server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
-    let mut s = spec("a", addr, http_check(addr.port(), &[200]), 50, 1000);
+    let mut s = spec("a", addr, http_check(addr.port(), &[200]), 100, 1000);
     prober.set_targets(vec![s.clone()]);
     next_for(&mut rx, &key("a")).await;
 

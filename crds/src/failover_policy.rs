@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::Duration;
+use lifeline_model::limits;
 
 /// Desired steering for one global hostname.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,8 +38,13 @@ pub struct FailoverPolicySpec {
     pub hostname: String,
     /// TTL of the answers, in seconds.
     #[serde(default = "default_ttl")]
-    #[schemars(range(min = 1, max = 86400))]
+    #[schemars(range(min = limits::TTL_MIN, max = limits::TTL_MAX))]
     pub ttl: u32,
+    /// Addresses in one reply, at most. Each reply carries a different subset, chosen
+    /// by weight and rotation, so every address still gets its share of clients.
+    #[serde(default = "default_max_answers")]
+    #[schemars(range(min = limits::MAX_ANSWERS_MIN, max = limits::MAX_ANSWERS_MAX))]
+    pub max_answers: u16,
     /// Record types published; SRV needs `service.portName`.
     #[serde(default = "default_record_types")]
     #[schemars(length(min = 1, max = 3))]
@@ -49,7 +55,7 @@ pub struct FailoverPolicySpec {
     /// Member clusters that can serve this name. Exactly one of `targets` and
     /// `targetSelector` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = limits::TARGETS_MAX))]
     pub targets: Option<Vec<Target>>,
     /// Label selector over MemberClusters; every match becomes a target with priority 0
     /// and weight 100.
@@ -75,6 +81,10 @@ pub struct FailoverPolicySpec {
 
 fn default_ttl() -> u32 {
     30
+}
+
+fn default_max_answers() -> u16 {
+    limits::MAX_ANSWERS_DEFAULT
 }
 
 fn default_record_types() -> Vec<RecordType> {
@@ -117,16 +127,16 @@ pub struct Target {
     pub cluster: String,
     /// Tier: `Failover` answers with the lowest tier that has a healthy target.
     #[serde(default)]
-    #[schemars(range(min = 0, max = 100))]
+    #[schemars(range(min = 0, max = limits::PRIORITY_MAX))]
     pub priority: u32,
     /// Relative share of answers within its tier (`Weighted`, ramps). 0 keeps the
     /// target as a standby that only serves when nothing else can.
     #[serde(default = "default_weight")]
-    #[schemars(range(min = 0, max = 1000))]
+    #[schemars(range(min = 0, max = limits::WEIGHT_MAX))]
     pub weight: u32,
     /// Fixed addresses for this target, overriding the cluster's address source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = limits::ADDRESSES_MAX))]
     pub addresses: Vec<String>,
 }
 
@@ -141,6 +151,7 @@ pub use lifeline_model::Strategy;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("has(self.http) != has(self.tcp)").message("exactly one of http or tcp must be set"))]
 #[x_kube(validation = Rule::new("duration(self.timeout) <= duration(self.interval)").message("timeout must not exceed interval").field_path(".timeout"))]
+#[x_kube(validation = Rule::new("duration(self.interval) >= duration('100ms') && duration(self.interval) <= duration('1h')").message("interval must be between 100ms and 1h").field_path(".interval"))]
 pub struct HealthCheck {
     /// HTTP or HTTPS GET.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,11 +167,11 @@ pub struct HealthCheck {
     pub timeout: Duration,
     /// Consecutive failures before a healthy target becomes unhealthy.
     #[serde(default = "default_unhealthy_threshold")]
-    #[schemars(range(min = 1, max = 100))]
+    #[schemars(range(min = limits::THRESHOLD_MIN, max = limits::THRESHOLD_MAX))]
     pub unhealthy_threshold: u32,
     /// Consecutive successes before an unhealthy target becomes healthy.
     #[serde(default = "default_healthy_threshold")]
-    #[schemars(range(min = 1, max = 100))]
+    #[schemars(range(min = limits::THRESHOLD_MIN, max = limits::THRESHOLD_MAX))]
     pub healthy_threshold: u32,
 }
 
@@ -196,7 +207,7 @@ pub struct HttpCheck {
     pub host: Option<String>,
     /// Statuses that count as healthy.
     #[serde(default = "default_expected_status")]
-    #[schemars(length(min = 1, max = 32))]
+    #[schemars(length(min = 1, max = limits::EXPECTED_STATUS_MAX))]
     pub expected_status: Vec<u16>,
     /// Skip TLS certificate verification (off by default).
     #[serde(default)]
@@ -238,7 +249,7 @@ pub struct WhenAllUnhealthy {
     pub mode: AllUnhealthyMode,
     /// Addresses answered in `Fallback` mode.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = limits::ADDRESSES_MAX))]
     pub fallback_addresses: Vec<String>,
 }
 
@@ -259,6 +270,7 @@ pub enum AllUnhealthyMode {
 /// Behaviour when the source of truth for a target goes quiet.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("duration(self.maxStale) <= duration('168h')").message("maxStale must be at most 168h (7 days)").field_path(".maxStale"))]
 pub struct OnSourceUnavailable {
     /// `Freeze` keeps the last known state; `TreatAsUnhealthy` gives up after `maxStale`.
     #[serde(default)]
@@ -292,6 +304,8 @@ pub enum SourceUnavailableMode {
 /// Pacing of failback to a recovered target.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("duration(self.holdDown) <= duration('168h')").message("holdDown must be at most 168h (7 days)").field_path(".holdDown"))]
+#[x_kube(validation = Rule::new("duration(self.rampDuration) <= duration('168h')").message("rampDuration must be at most 168h (7 days)").field_path(".rampDuration"))]
 pub struct Failback {
     /// How long a recovered target must stay healthy before it gets traffic again.
     #[serde(default = "default_hold_down")]
@@ -301,7 +315,7 @@ pub struct Failback {
     pub ramp_duration: Duration,
     /// Number of equal steps of the ramp.
     #[serde(default = "default_ramp_steps")]
-    #[schemars(range(min = 1, max = 100))]
+    #[schemars(range(min = limits::RAMP_STEPS_MIN, max = limits::RAMP_STEPS_MAX))]
     pub ramp_steps: u32,
 }
 

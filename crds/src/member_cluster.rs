@@ -47,7 +47,7 @@ pub struct MemberClusterSpec {
     pub address_source: AddressSource,
     /// Fixed addresses (IPv4 or IPv6); required when `addressSource` is `Static`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = lifeline_model::limits::CLUSTER_ADDRESSES_MAX))]
     pub addresses: Vec<String>,
 }
 

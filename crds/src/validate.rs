@@ -5,7 +5,9 @@
 //! names each by its field path (`spec.targets[1].weight`) so an operator can fix a
 //! whole file in one pass.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr, time::Duration as StdDuration};
+
+use lifeline_model::limits;
 
 use crate::{
     AddressSource, AllUnhealthyMode, Duration, FailoverPolicy, FailoverPolicySpec, MemberCluster,
@@ -59,15 +61,29 @@ impl Problems {
         }
     }
 
+    /// A duration between `min` (zero allowed only when `min` is zero; otherwise
+    /// zero is "must be greater than zero") and `max`.
     fn duration(
         &mut self,
         path: &str,
         value: &Duration,
-        allow_zero: bool,
-    ) -> Option<std::time::Duration> {
+        min: StdDuration,
+        max: StdDuration,
+    ) -> Option<StdDuration> {
         match value.parse() {
-            Ok(d) if d.is_zero() && !allow_zero => {
+            Ok(d) if d.is_zero() && !min.is_zero() => {
                 self.push(path, "must be greater than zero");
+                None
+            }
+            Ok(d) if d < min || d > max => {
+                self.push(
+                    path,
+                    format!(
+                        "{value} is out of range: must be between {} and {}",
+                        show(min),
+                        show(max)
+                    ),
+                );
                 None
             }
             Ok(d) => Some(d),
@@ -78,7 +94,14 @@ impl Problems {
         }
     }
 
-    fn addresses(&mut self, path: &str, addresses: &[String]) {
+    fn count(&mut self, path: &str, len: usize, max: usize) {
+        if len > max {
+            self.push(path, format!("lists {len} entries; the limit is {max}"));
+        }
+    }
+
+    fn addresses(&mut self, path: &str, addresses: &[String], max: usize) {
+        self.count(path, addresses.len(), max);
         for (i, a) in addresses.iter().enumerate() {
             if a.parse::<IpAddr>().is_err() {
                 self.push(
@@ -87,6 +110,18 @@ impl Problems {
                 );
             }
         }
+    }
+}
+
+/// A bound in the largest whole unit that states it exactly ("168h", "1s").
+fn show(d: StdDuration) -> String {
+    let secs = d.as_secs();
+    match (secs, d.subsec_nanos()) {
+        (0, 0) => "0s".to_owned(),
+        (s, 0) if s % 3600 == 0 => format!("{}h", s / 3600),
+        (s, 0) if s % 60 == 0 => format!("{}m", s / 60),
+        (s, 0) => format!("{s}s"),
+        _ => format!("{}ns", d.as_nanos()),
     }
 }
 
@@ -153,7 +188,13 @@ fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
     if let Err(e) = check_hostname(&spec.hostname) {
         p.push("spec.hostname", e);
     }
-    p.range("spec.ttl", spec.ttl, 1, 86_400);
+    p.range("spec.ttl", spec.ttl, limits::TTL_MIN, limits::TTL_MAX);
+    p.range(
+        "spec.maxAnswers",
+        spec.max_answers,
+        limits::MAX_ANSWERS_MIN,
+        limits::MAX_ANSWERS_MAX,
+    );
 
     if spec.record_types.is_empty() {
         p.push("spec.recordTypes", "must list at least one record type");
@@ -198,11 +239,8 @@ fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
     if let Some(targets) = &spec.targets {
         if targets.is_empty() {
             p.push("spec.targets", "must list at least one target");
-        } else if targets.len() > 64 {
-            p.push(
-                "spec.targets",
-                format!("lists {} targets; the limit is 64", targets.len()),
-            );
+        } else {
+            p.count("spec.targets", targets.len(), limits::TARGETS_MAX);
         }
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, t) in targets.iter().enumerate() {
@@ -219,9 +257,18 @@ fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
                     ),
                 );
             }
-            p.range(&format!("{path}.priority"), t.priority, 0, 100);
-            p.range(&format!("{path}.weight"), t.weight, 0, 1000);
-            p.addresses(&format!("{path}.addresses"), &t.addresses);
+            p.range(
+                &format!("{path}.priority"),
+                t.priority,
+                0,
+                limits::PRIORITY_MAX,
+            );
+            p.range(&format!("{path}.weight"), t.weight, 0, limits::WEIGHT_MAX);
+            p.addresses(
+                &format!("{path}.addresses"),
+                &t.addresses,
+                limits::ADDRESSES_MAX,
+            );
         }
         if !targets.is_empty() && targets.iter().all(|t| t.weight == 0) {
             p.push(
@@ -242,7 +289,12 @@ fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
         }
         if let Some(http) = &hc.http {
             p.range("spec.healthCheck.http.port", http.port, 1, 65_535);
-            if !http.path.starts_with('/') {
+            if http.path.len() > 2048 {
+                p.push(
+                    "spec.healthCheck.http.path",
+                    format!("is {} characters long; the limit is 2048", http.path.len()),
+                );
+            } else if !http.path.starts_with('/') {
                 p.push(
                     "spec.healthCheck.http.path",
                     format!("{:?} must start with '/'", http.path),
@@ -254,6 +306,11 @@ fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
                     "must list at least one status",
                 );
             }
+            p.count(
+                "spec.healthCheck.http.expectedStatus",
+                http.expected_status.len(),
+                limits::EXPECTED_STATUS_MAX,
+            );
             for (i, s) in http.expected_status.iter().enumerate() {
                 p.range(
                     &format!("spec.healthCheck.http.expectedStatus[{i}]"),
@@ -271,8 +328,18 @@ fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
         if let Some(tcp) = &hc.tcp {
             p.range("spec.healthCheck.tcp.port", tcp.port, 1, 65_535);
         }
-        let interval = p.duration("spec.healthCheck.interval", &hc.interval, false);
-        let timeout = p.duration("spec.healthCheck.timeout", &hc.timeout, false);
+        let interval = p.duration(
+            "spec.healthCheck.interval",
+            &hc.interval,
+            limits::PROBE_INTERVAL_MIN,
+            limits::PROBE_INTERVAL_MAX,
+        );
+        let timeout = p.duration(
+            "spec.healthCheck.timeout",
+            &hc.timeout,
+            StdDuration::from_nanos(1),
+            limits::PROBE_TIMEOUT_MAX,
+        );
         if let (Some(interval), Some(timeout)) = (interval, timeout)
             && timeout > interval
         {
@@ -284,14 +351,14 @@ fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
         p.range(
             "spec.healthCheck.unhealthyThreshold",
             hc.unhealthy_threshold,
-            1,
-            100,
+            limits::THRESHOLD_MIN,
+            limits::THRESHOLD_MAX,
         );
         p.range(
             "spec.healthCheck.healthyThreshold",
             hc.healthy_threshold,
-            1,
-            100,
+            limits::THRESHOLD_MIN,
+            limits::THRESHOLD_MAX,
         );
     }
 
@@ -305,20 +372,36 @@ fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
     p.addresses(
         "spec.whenAllUnhealthy.fallbackAddresses",
         &wau.fallback_addresses,
+        limits::ADDRESSES_MAX,
     );
 
-    p.duration(
+    let long = |p: &mut Problems, path: &str, value: &Duration, min: StdDuration| {
+        p.duration(path, value, min, limits::LONG_DURATION_MAX);
+    };
+    long(
+        p,
         "spec.onSourceUnavailable.maxStale",
         &spec.on_source_unavailable.max_stale,
-        false,
+        StdDuration::from_nanos(1),
     );
-    p.duration("spec.failback.holdDown", &spec.failback.hold_down, true);
-    p.duration(
+    long(
+        p,
+        "spec.failback.holdDown",
+        &spec.failback.hold_down,
+        StdDuration::ZERO,
+    );
+    long(
+        p,
         "spec.failback.rampDuration",
         &spec.failback.ramp_duration,
-        true,
+        StdDuration::ZERO,
     );
-    p.range("spec.failback.rampSteps", spec.failback.ramp_steps, 1, 100);
+    p.range(
+        "spec.failback.rampSteps",
+        spec.failback.ramp_steps,
+        limits::RAMP_STEPS_MIN,
+        limits::RAMP_STEPS_MAX,
+    );
 }
 
 /// Validates one MemberCluster on its own. Returns every problem found.
@@ -374,7 +457,11 @@ pub fn member_cluster(cluster: &MemberCluster) -> Vec<Problem> {
             }
         }
     }
-    p.addresses("spec.addresses", &spec.addresses);
+    p.addresses(
+        "spec.addresses",
+        &spec.addresses,
+        limits::CLUSTER_ADDRESSES_MAX,
+    );
     p.0
 }
 
@@ -521,6 +608,183 @@ pub fn name_in_zone(name: &str, zone: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
+
+    /// A policy with every bounded value at its maximum.
+    fn at_the_limits() -> Value {
+        let l = |n: usize, f: &dyn Fn(usize) -> Value| (0..n).map(f).collect::<Vec<_>>();
+        json!({
+            "apiVersion": "lifeline.dev/v1alpha1",
+            "kind": "FailoverPolicy",
+            "metadata": {"name": "edge", "namespace": "shop"},
+            "spec": {
+                "hostname": "edge.global.example.com",
+                "ttl": limits::TTL_MAX,
+                "maxAnswers": limits::MAX_ANSWERS_MAX,
+                "targets": l(limits::TARGETS_MAX, &|i| json!({
+                    "cluster": format!("c{i}"),
+                    "priority": limits::PRIORITY_MAX,
+                    "weight": limits::WEIGHT_MAX,
+                    "addresses": l(limits::ADDRESSES_MAX, &|a| json!(format!("10.{i}.0.{a}"))),
+                })),
+                "healthCheck": {
+                    "http": {"port": 65535, "expectedStatus": l(limits::EXPECTED_STATUS_MAX, &|i| json!(200 + i))},
+                    "interval": limits::PROBE_INTERVAL_MAX_TEXT,
+                    "timeout": limits::PROBE_INTERVAL_MAX_TEXT,
+                    "unhealthyThreshold": limits::THRESHOLD_MAX,
+                    "healthyThreshold": limits::THRESHOLD_MAX,
+                },
+                "whenAllUnhealthy": {"mode": "Fallback", "fallbackAddresses": l(limits::ADDRESSES_MAX, &|a| json!(format!("192.0.2.{a}")))},
+                "onSourceUnavailable": {"mode": "TreatAsUnhealthy", "maxStale": limits::LONG_DURATION_MAX_TEXT},
+                "failback": {
+                    "holdDown": limits::LONG_DURATION_MAX_TEXT,
+                    "rampDuration": limits::LONG_DURATION_MAX_TEXT,
+                    "rampSteps": limits::RAMP_STEPS_MAX,
+                },
+            }
+        })
+    }
+
+    fn problems(doc: Value) -> Vec<Problem> {
+        failover_policy(&serde_json::from_value(doc).unwrap())
+    }
+
+    #[test]
+    fn every_value_at_its_limit_is_accepted() {
+        assert_eq!(problems(at_the_limits()), []);
+        let mut fastest = at_the_limits();
+        fastest["spec"]["healthCheck"]["interval"] = json!(limits::PROBE_INTERVAL_MIN_TEXT);
+        fastest["spec"]["healthCheck"]["timeout"] = json!(limits::PROBE_INTERVAL_MIN_TEXT);
+        assert_eq!(problems(fastest), []);
+    }
+
+    #[test]
+    fn every_value_past_its_limit_is_named() {
+        let past: [(&str, Value, &str); 14] = [
+            ("/spec/ttl", json!(limits::TTL_MAX + 1), "spec.ttl"),
+            (
+                "/spec/maxAnswers",
+                json!(limits::MAX_ANSWERS_MAX + 1),
+                "spec.maxAnswers",
+            ),
+            ("/spec/maxAnswers", json!(0), "spec.maxAnswers"),
+            (
+                "/spec/targets/0/priority",
+                json!(limits::PRIORITY_MAX + 1),
+                "spec.targets[0].priority",
+            ),
+            (
+                "/spec/targets/3/weight",
+                json!(limits::WEIGHT_MAX + 1),
+                "spec.targets[3].weight",
+            ),
+            (
+                "/spec/healthCheck/interval",
+                json!("61m"),
+                "spec.healthCheck.interval",
+            ),
+            (
+                "/spec/healthCheck/interval",
+                json!("99ms"),
+                "spec.healthCheck.interval",
+            ),
+            (
+                "/spec/healthCheck/unhealthyThreshold",
+                json!(limits::THRESHOLD_MAX + 1),
+                "spec.healthCheck.unhealthyThreshold",
+            ),
+            (
+                "/spec/onSourceUnavailable/maxStale",
+                json!("169h"),
+                "spec.onSourceUnavailable.maxStale",
+            ),
+            (
+                "/spec/failback/holdDown",
+                json!("168h1ns"),
+                "spec.failback.holdDown",
+            ),
+            (
+                "/spec/failback/rampDuration",
+                json!("9999999999999999999999h"),
+                "spec.failback.rampDuration",
+            ),
+            (
+                "/spec/failback/rampDuration",
+                json!("1".repeat(40) + "s"),
+                "spec.failback.rampDuration",
+            ),
+            (
+                "/spec/failback/rampSteps",
+                json!(limits::RAMP_STEPS_MAX + 1),
+                "spec.failback.rampSteps",
+            ),
+            (
+                "/spec/healthCheck/http/expectedStatus/32",
+                json!(204),
+                "spec.healthCheck.http.expectedStatus",
+            ),
+        ];
+        for (pointer, value, path) in past {
+            let mut doc = at_the_limits();
+            match doc.pointer_mut(pointer) {
+                Some(slot) => *slot = value.clone(),
+                None => {
+                    // One past the end of a list: append.
+                    let (list, _) = pointer.rsplit_once('/').unwrap();
+                    doc.pointer_mut(list)
+                        .unwrap()
+                        .as_array_mut()
+                        .unwrap()
+                        .push(value.clone());
+                }
+            }
+            let found = problems(doc);
+            assert!(
+                found.iter().any(|p| p.path == path),
+                "{pointer} = {value}: expected a problem at {path}, got {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lists_past_their_limit_are_named() {
+        let mut doc = at_the_limits();
+        doc["spec"]["targets"][0]["addresses"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("10.9.9.9"));
+        doc["spec"]["whenAllUnhealthy"]["fallbackAddresses"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("192.0.2.200"));
+        let extra = json!({"cluster": "extra"});
+        doc["spec"]["targets"].as_array_mut().unwrap().push(extra);
+        let paths: Vec<String> = problems(doc).into_iter().map(|p| p.path).collect();
+        for want in [
+            "spec.targets",
+            "spec.targets[0].addresses",
+            "spec.whenAllUnhealthy.fallbackAddresses",
+        ] {
+            assert!(
+                paths.iter().any(|p| p == want),
+                "{want} missing from {paths:?}"
+            );
+        }
+
+        let cluster = |n: usize| -> MemberCluster {
+            serde_json::from_value(json!({
+                "apiVersion": "lifeline.dev/v1alpha1",
+                "kind": "MemberCluster",
+                "metadata": {"name": "static"},
+                "spec": {"region": "eu", "addressSource": "Static",
+                    "addresses": (0..n).map(|i| format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255)).collect::<Vec<_>>()},
+            }))
+            .unwrap()
+        };
+        assert_eq!(member_cluster(&cluster(limits::CLUSTER_ADDRESSES_MAX)), []);
+        let over = member_cluster(&cluster(limits::CLUSTER_ADDRESSES_MAX + 1));
+        assert!(over.iter().any(|p| p.path == "spec.addresses"), "{over:?}");
+    }
 
     #[test]
     fn names_are_matched_to_zones_on_label_boundaries() {

@@ -79,7 +79,7 @@ async fn state(State(s): State<AdminState>) -> impl IntoResponse {
         "zones": st.zones.iter().map(|z| json!({
             "origin": z.origin,
             "revision": z.revision,
-            "decidedAt": z.decided_at.map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            "decidedAt": z.decided_at.map(|t| lifeline_model::time::format(t).to_string()),
             "ageSeconds": z.age.map(|a| a.as_secs_f64()),
             "names": z.names,
             "rejected": z.rejected,
@@ -88,7 +88,7 @@ async fn state(State(s): State<AdminState>) -> impl IntoResponse {
         "sources": st.sources.iter().map(|s| json!({
             "name": s.name,
             "connected": s.connected,
-            "since": humantime::format_rfc3339_millis(s.since).to_string(),
+            "since": lifeline_model::time::format(s.since).to_string(),
         })).collect::<Vec<_>>(),
     }))
 }

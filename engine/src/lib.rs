@@ -115,6 +115,8 @@ pub struct Policy {
     pub id: PolicyId,
     pub hostname: String,
     pub ttl: u32,
+    /// Addresses per reply, at most; the DNS server rotates through the rest.
+    pub max_answers: u16,
     pub strategy: Strategy,
     pub targets: Vec<TargetSpec>,
     /// Consecutive failures that make a target unhealthy.
@@ -228,6 +230,10 @@ pub struct Decision {
 pub struct PolicyDecision {
     pub hostname: String,
     pub ttl: u32,
+    /// Addresses per reply, at most (decisions stored before the field existed get
+    /// the default).
+    #[serde(default = "default_max_answers")]
+    pub max_answers: u16,
     pub strategy: Strategy,
     /// What DNS answers, sorted by (cluster, address).
     pub answers: Vec<Answer>,
@@ -239,6 +245,24 @@ pub struct PolicyDecision {
     /// When `answers` last changed.
     #[serde(with = "lifeline_model::time::rfc3339")]
     pub changed_at: SystemTime,
+}
+
+fn default_max_answers() -> u16 {
+    lifeline_model::limits::MAX_ANSWERS_DEFAULT
+}
+
+/// `a × b` for weights and shares, saturating instead of overflowing: weights can come
+/// from overrides and stored decisions that never passed validation.
+fn mul(a: u32, b: u32) -> u32 {
+    a.saturating_mul(b)
+}
+
+/// `a × b / c` without overflow in between (`c` = 0 gives 0).
+fn mul_div(a: u32, b: u32, c: u32) -> u32 {
+    if c == 0 {
+        return 0;
+    }
+    u32::try_from(u64::from(a) * u64::from(b) / u64::from(c)).unwrap_or(u32::MAX)
 }
 
 /// One address handed out, with what the shim needs to choose per query.
@@ -450,7 +474,9 @@ pub fn decide(
     let mut waiting: Vec<(SystemTime, usize, usize)> = Vec::new();
     for (p, row) in states.iter().enumerate() {
         for (t, (s, _)) in row.iter().enumerate() {
-            if s.health == Health::Recovering && now >= s.since + policies[p].hold_down {
+            // A hold-down so long that it passes the end of time never ends.
+            let ends = s.since.checked_add(policies[p].hold_down);
+            if s.health == Health::Recovering && ends.is_some_and(|end| now >= end) {
                 waiting.push((s.since, p, t));
             }
         }
@@ -497,9 +523,10 @@ pub fn decide(
                 let step = if step_len.is_zero() {
                     steps
                 } else {
-                    ((elapsed.as_nanos() / step_len.as_nanos()) as u32 + 1).min(steps)
+                    let done = elapsed.as_nanos() / step_len.as_nanos();
+                    u32::try_from(done.saturating_add(1)).map_or(steps, |s| s.min(steps))
                 };
-                state.share = 1000 * step / steps;
+                state.share = mul_div(1000, step, steps);
             }
         }
     }
@@ -538,6 +565,7 @@ pub fn decide(
             PolicyDecision {
                 hostname: policy.hostname.clone(),
                 ttl: policy.ttl,
+                max_answers: policy.max_answers,
                 strategy: policy.strategy,
                 answers,
                 outcome,
@@ -552,7 +580,7 @@ pub fn decide(
         );
     }
     if changed || out.policies.len() != previous.policies.len() {
-        out.revision += 1;
+        out.revision = out.revision.saturating_add(1);
         out.changed_at = Some(now);
     }
     out
@@ -692,7 +720,7 @@ fn choose(
                 .iter()
                 .any(|o| o.action == OverrideAction::Pin && o.applies_to(&policy.id, &t.cluster))
         })
-        .map(|t| (t, weight_of(t).max(1) * 1000))
+        .map(|t| (t, mul(weight_of(t).max(1), 1000)))
         .collect();
     if !pinned.is_empty() {
         return (answers_for(&pinned), Outcome::Pinned);
@@ -704,7 +732,7 @@ fn choose(
         .iter()
         .filter(|t| !t.addresses.is_empty() && !state(t).drained && state(t).health.eligible())
         .collect();
-    let scaled = |t: &TargetSpec, base: u32| base * state(t).share;
+    let scaled = |t: &TargetSpec, base: u32| mul(base, state(t).share);
     let chosen: Vec<(&TargetSpec, u32)> = match policy.strategy {
         Strategy::Failover => failover_tiers(
             &eligible,
@@ -783,7 +811,7 @@ fn when_all_unhealthy<'a>(
                 .targets
                 .iter()
                 .filter(|t| !state(t).drained)
-                .map(|t| (t, weight_of(t).max(1) * 1000))
+                .map(|t| (t, mul(weight_of(t).max(1), 1000)))
                 .collect();
             let all: Vec<(&TargetSpec, u32)> =
                 if undrained.iter().any(|(t, _)| !t.addresses.is_empty()) {
@@ -792,7 +820,7 @@ fn when_all_unhealthy<'a>(
                     policy
                         .targets
                         .iter()
-                        .map(|t| (t, weight_of(t).max(1) * 1000))
+                        .map(|t| (t, mul(weight_of(t).max(1), 1000)))
                         .collect()
                 };
             (answers_for(&all), Outcome::ServeAll)
@@ -822,7 +850,7 @@ fn failover_tiers<'a>(
         if fully_healthy {
             for t in members {
                 let (w, share) = weight_share(t);
-                out.push((t, w.max(1) * share * share_of_tier / 1000));
+                out.push((t, mul_div(mul(w.max(1), share), share_of_tier, 1000)));
             }
             break;
         }
@@ -834,9 +862,9 @@ fn failover_tiers<'a>(
             .unwrap_or(1000);
         for t in members {
             let (w, share) = weight_share(t);
-            out.push((t, (w.max(1) * share * share_of_tier / 1000).max(1)));
+            out.push((t, mul_div(mul(w.max(1), share), share_of_tier, 1000).max(1)));
         }
-        carried = share_of_tier * (1000 - ramp) / 1000;
+        carried = mul_div(share_of_tier, 1000u32.saturating_sub(ramp), 1000);
         if carried == 0 {
             break;
         }
@@ -853,7 +881,7 @@ mod opt_time_text {
 
     pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
         match t {
-            Some(t) => s.collect_str(&humantime::format_rfc3339_millis(*t)),
+            Some(t) => s.collect_str(&lifeline_model::time::format(*t)),
             None => s.serialize_none(),
         }
     }

@@ -39,6 +39,7 @@ fn policy(strategy: Plan, targets: Vec<TargetSpec>) -> Policy {
         id: "shop/checkout".to_owned(),
         hostname: "checkout.global.example.com".to_owned(),
         ttl: 30,
+        max_answers: 8,
         strategy,
         targets,
         unhealthy_threshold: 2,

@@ -124,7 +124,7 @@ pub fn encode_value<T: Serialize>(
     serde_json::to_vec(&Envelope {
         format: FORMAT,
         value,
-        decided_at: decided_at.map(|t| humantime::format_rfc3339_millis(t).to_string()),
+        decided_at: decided_at.map(|t| lifeline_model::time::format(t).to_string()),
     })
 }
 

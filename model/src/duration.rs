@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 /// The regular expression (ECMA-262 flavour, as used by OpenAPI) that the schema enforces.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$";
 
+/// Longest duration text accepted ("1h30m15s500ms" is 13).
+pub const MAX_TEXT: usize = 32;
+
 /// A duration kept as the string the operator wrote, parsed on demand.
 ///
 /// Keeping the text means a document round-trips unchanged and a bad value is reported
@@ -70,6 +73,7 @@ impl JsonSchema for Duration {
         json_schema!({
             "type": "string",
             "pattern": DURATION_PATTERN,
+            "maxLength": MAX_TEXT,
             "description": "A duration such as \"500ms\", \"30s\", \"5m\" or \"1h30m\"."
         })
     }
@@ -102,6 +106,12 @@ pub fn parse_duration(text: &str) -> Result<StdDuration, String> {
     };
     if text.is_empty() {
         return Err(bad());
+    }
+    if text.len() > MAX_TEXT {
+        return Err(format!(
+            "invalid duration: {} characters long; the limit is {MAX_TEXT}",
+            text.len()
+        ));
     }
     // humantime accepts a wider language ("5 minutes", "1sec"); check the narrow grammar
     // first so the Rust check and the schema pattern agree.

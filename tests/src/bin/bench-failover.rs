@@ -280,6 +280,7 @@ fn decide_cost() {
             id: format!("bench/p{i}"),
             hostname: format!("p{i}.{ZONE}"),
             ttl: 30,
+            max_answers: 8,
             strategy: if i % 2 == 0 {
                 lifeline_crds::Strategy::Failover
             } else {
