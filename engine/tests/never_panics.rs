@@ -182,11 +182,14 @@ fn tick() -> impl Strategy<Value = Tick> {
 #[derive(Clone, Debug)]
 struct Step {
     tick: Tick,
-    /// (policy, target, observations as (ok, offset from now, in ms, may be negative))
-    reports: Vec<(usize, usize, Vec<(bool, i64)>, Option<i64>)>,
+    reports: Vec<Report>,
     overrides: Vec<(usize, Option<usize>, u8, u32, i64)>,
     restart: Option<Edit>,
 }
+
+/// Policy index, target index, observations as (ok, offset from now in ms, either
+/// sign), and when the source became unavailable (offset in ms) if it is.
+type Report = (usize, usize, Vec<(bool, i64)>, Option<i64>);
 
 /// What a restart does to the persisted decision before it is read back.
 #[derive(Clone, Copy, Debug)]
