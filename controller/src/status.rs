@@ -69,6 +69,11 @@ fn condition(
 
 /// The status of one policy from the decision (or from its problems when invalid).
 /// A quarantined policy (`quarantined`: why) is not Ready, and says so.
+/// Addresses listed in `status.answers`; the rest are counted in `answerSummary`.
+const STATUS_ANSWERS: usize = 64;
+/// Addresses named in an event's note (Events hold about 1 KB of text).
+const EVENT_ANSWERS: usize = 8;
+
 pub fn policy_status(
     p: &FailoverPolicy,
     decision: &Decision,
@@ -110,11 +115,17 @@ pub fn policy_status(
             ..FailoverPolicyStatus::default()
         };
     };
-    let answers: Vec<String> = pd.answers.iter().map(|a| a.address.to_string()).collect();
+    // A name can have thousands of addresses; a status lists a bounded number of them.
+    let answers: Vec<String> = pd
+        .answers
+        .iter()
+        .take(STATUS_ANSWERS)
+        .map(|a| a.address.to_string())
+        .collect();
     let mut summary = answers.join(",");
     if summary.len() > 60 {
-        summary.truncate(57);
-        summary.push_str("...");
+        summary.truncate(40);
+        summary.push_str(&format!("... ({} addresses)", pd.answers.len()));
     }
     let unhealthy = pd
         .targets
@@ -499,11 +510,17 @@ impl StatusTask {
                 continue;
             }
             let list = |p: &lifeline_engine::PolicyDecision| {
-                p.answers
+                let mut text = p
+                    .answers
                     .iter()
+                    .take(EVENT_ANSWERS)
                     .map(|a| a.address.to_string())
                     .collect::<Vec<_>>()
-                    .join(",")
+                    .join(",");
+                if p.answers.len() > EVENT_ANSWERS {
+                    text.push_str(&format!(",... ({} in all)", p.answers.len()));
+                }
+                text
             };
             let note = format!("answers {} -> {} ({:?})", list(old), list(pd), pd.outcome);
             let went_down = pd.targets.iter().any(|(c, t)| {

@@ -7,8 +7,14 @@
 //! looked up (only letter case may differ), so compression pointers into it stay valid.
 //!
 //! Per-query choice among targets is also decided here: each address RRset becomes a
-//! small "wheel" of pre-serialised orderings (rotations, or a smooth weighted sequence),
-//! one wheel per client region when geo selection applies; the server picks a slot.
+//! "wheel": its records serialised once, back to back, plus the positions replies start
+//! at (every position in turn, or a smooth weighted sequence). A reply copies
+//! `maxAnswers` records from its starting position on, wrapping around, so memory per
+//! name is linear in its targets. There is one wheel per client region when geo
+//! selection applies; the server picks a slot.
+//!
+//! A record set too large for any DNS message (even over TCP) is refused here with the
+//! reason, never cut: see [`check_records`].
 
 use std::{
     collections::HashMap,
@@ -27,9 +33,14 @@ use crate::{
 };
 use lifeline_model::{AddressSet, NameRecords, Target, ZoneSnapshot};
 
-/// Largest wheel per RRset: enough resolution for weights in percent-ish steps while
-/// keeping memory per name small.
+/// Resolution of the weighted sequence: weights are scaled to about this many slots
+/// (every weighted target gets at least one).
 const MAX_WHEEL: usize = 64;
+
+/// Most bytes the sections after the question may take: a message is at most 65,535
+/// bytes (the TCP length prefix), less the header, the longest question, an alias's
+/// CNAME record and the OPT record.
+pub const MAX_TAIL: usize = 65_535 - wire::HEADER_LEN - (wire::MAX_NAME + 4) - 512;
 
 /// FNV-1a: names are short and attacker-chosen only in content, not in volume per
 /// bucket that matters here; SipHash would cost more than the rest of the lookup.
@@ -58,27 +69,112 @@ pub type NameMap<V> = HashMap<Box<[u8]>, V, BuildHasherDefault<Fnv>>;
 
 // === answers ===
 
-/// Sections after the question, pre-serialised, with their record counts.
+/// The answer section of the replies for one RRset: fixed records, then `take` records
+/// of the ring from a starting position on, wrapping around.
 #[derive(Clone, Debug, Default)]
-pub struct Tail {
+pub struct Wheel {
+    /// Records every reply starts with (an alias's CNAME, or the whole answer when there
+    /// is nothing to choose), and how many there are.
+    head: Box<[u8]>,
+    head_an: u16,
+    /// Records to choose among, each exactly `rr_len` bytes, back to back.
+    ring: Box<[u8]>,
+    rr_len: usize,
+    /// Ring records per reply.
+    take: usize,
+    /// Ring positions replies start at, in turn; empty means every position in order.
+    leaders: Box<[u32]>,
+}
+
+/// The bytes of one reply's answer section, in order, and its record count.
+#[derive(Clone, Copy, Debug)]
+pub struct Picked<'a> {
     pub an: u16,
-    pub ns: u16,
-    pub bytes: Box<[u8]>,
+    pub parts: [&'a [u8]; 3],
+}
+
+impl Wheel {
+    /// A reply that is always the same.
+    fn fixed(an: u16, bytes: Vec<u8>) -> Self {
+        Self {
+            head: bytes.into(),
+            head_an: an,
+            ..Self::default()
+        }
+    }
+
+    fn ring_len(&self) -> usize {
+        self.ring.len().checked_div(self.rr_len).unwrap_or(0)
+    }
+
+    /// Distinct starting points (1 for a fixed reply).
+    pub fn slots(&self) -> usize {
+        match (self.ring_len(), self.leaders.len()) {
+            (0, _) => 1,
+            (n, 0) => n,
+            (_, l) => l,
+        }
+    }
+
+    /// The reply for per-query counter `spin`.
+    pub fn pick(&self, spin: usize) -> Picked<'_> {
+        let n = self.ring_len();
+        if n == 0 {
+            return Picked {
+                an: self.head_an,
+                parts: [&self.head, &[], &[]],
+            };
+        }
+        let lead = if self.leaders.is_empty() {
+            spin % n
+        } else {
+            self.leaders[spin % self.leaders.len()] as usize % n
+        };
+        let take = self.take.min(n);
+        let end = lead + take;
+        let r = self.rr_len;
+        let (first, second) = if end <= n {
+            (&self.ring[lead * r..end * r], &[][..])
+        } else {
+            (&self.ring[lead * r..], &self.ring[..(end - n) * r])
+        };
+        Picked {
+            // `check_records` bounds the bytes, so the count fits.
+            an: self
+                .head_an
+                .saturating_add(u16::try_from(take).unwrap_or(u16::MAX)),
+            parts: [&self.head, first, second],
+        }
+    }
+
+    /// The same wheel with `an` records of `bytes` in front of every reply.
+    fn prefixed(&self, an: u16, bytes: &[u8]) -> Self {
+        Self {
+            head: [bytes, &self.head].concat().into(),
+            head_an: self.head_an.saturating_add(an),
+            ..self.clone()
+        }
+    }
+
+    /// Bytes held, for memory accounting in tests and benchmarks.
+    pub fn heap_bytes(&self) -> usize {
+        self.head.len() + self.ring.len() + self.leaders.len() * 4
+    }
 }
 
 /// The alternatives for one answer.
 #[derive(Clone, Debug)]
 pub struct Choice {
     /// Wheel used when the client's region has no wheel of its own.
-    pub all: Box<[Tail]>,
+    pub all: Wheel,
     /// Wheels of targets in one region, by region id.
-    pub by_region: Box<[(u16, Box<[Tail]>)]>,
+    pub by_region: Box<[(u16, Wheel)]>,
 }
 
 impl Choice {
-    fn one(tail: Tail) -> Self {
+    fn one(an: u16, bytes: Vec<u8>) -> Self {
         Self {
-            all: Box::new([tail]),
+            all: Wheel::fixed(an, bytes),
             by_region: Box::new([]),
         }
     }
@@ -88,12 +184,22 @@ impl Choice {
         !self.by_region.is_empty()
     }
 
-    /// Picks the tail for a client in `region`, `spin` being a per-query counter.
-    pub fn pick(&self, region: Option<u16>, spin: usize) -> &Tail {
-        let wheel = region
+    /// Picks the reply for a client in `region`, `spin` being a per-query counter.
+    pub fn pick(&self, region: Option<u16>, spin: usize) -> Picked<'_> {
+        region
             .and_then(|r| self.by_region.iter().find(|(id, _)| *id == r))
-            .map_or(&self.all, |(_, w)| w);
-        &wheel[spin % wheel.len()]
+            .map_or(&self.all, |(_, w)| w)
+            .pick(spin)
+    }
+
+    /// Bytes held by every wheel.
+    pub fn heap_bytes(&self) -> usize {
+        self.all.heap_bytes()
+            + self
+                .by_region
+                .iter()
+                .map(|(_, w)| w.heap_bytes())
+                .sum::<usize>()
     }
 }
 
@@ -612,7 +718,86 @@ fn check_records(recs: &NameRecords, apex: bool) -> Option<String> {
     {
         return Some(format!("bad SRV target {:?}", r.target));
     }
+    let (bytes, what) = largest_rrset(recs);
+    if bytes > MAX_TAIL {
+        return Some(format!(
+            "{what} take {bytes} bytes in one reply; a DNS message has room for {MAX_TAIL} (lower maxAnswers or split the name)"
+        ));
+    }
     None
+}
+
+/// Gives each name of `next` whose records cannot be served, but whose records in
+/// `current` can, its `current` records back: one bad update to a name must not take
+/// away its last good answer. Returns those names with what was wrong.
+pub fn keep_last_good(
+    zone: &ZoneConfig,
+    next: &mut ZoneSnapshot,
+    current: &ZoneSnapshot,
+) -> Vec<(String, String)> {
+    let origin = wire::normalize_name(&zone.origin, "").unwrap_or_default();
+    let apex = wire::to_wire(&origin).unwrap_or_else(|_| vec![0]);
+    let mut kept = Vec::new();
+    for (name, recs) in &mut next.names {
+        let is_apex = wire::owner_to_wire(name, &apex).is_ok_and(|w| *w == *apex);
+        let Some(problem) = check_records(recs, is_apex) else {
+            continue;
+        };
+        if let Some(old) = current.names.get(name)
+            && check_records(old, is_apex).is_none()
+        {
+            *recs = old.clone();
+            kept.push((
+                name.clone(),
+                format!("{problem}; the previous records are still served"),
+            ));
+        }
+    }
+    kept
+}
+
+/// Bytes of the largest answer section the records can produce, and what it holds.
+/// Owners are 2-byte pointers and each record has 10 bytes of type, class, TTL and
+/// length before its data.
+fn largest_rrset(recs: &NameRecords) -> (usize, String) {
+    const FIXED: usize = 2 + 10;
+    let mut worst = (0, String::new());
+    let mut consider = |bytes: usize, what: String| {
+        if bytes > worst.0 {
+            worst = (bytes, what);
+        }
+    };
+    if let Some(set) = &recs.address {
+        let max = set.max_answers.map_or(usize::MAX, usize::from).max(1);
+        for (v4, rtype, data) in [(true, "A", 4), (false, "AAAA", 16)] {
+            let family = || set.targets.iter().filter(|t| t.address.is_ipv4() == v4);
+            let weighted = family().filter(|t| t.weight > 0).count();
+            let pool = if weighted == 0 {
+                family().count()
+            } else {
+                weighted
+            };
+            let take = pool.min(max);
+            consider(take * (FIXED + data), format!("{take} {rtype} records"));
+        }
+    }
+    if let Some(srv) = &recs.srv {
+        let bytes = srv
+            .records
+            .iter()
+            .map(|r| FIXED + 6 + wire_or_root(&r.target).len())
+            .sum();
+        consider(bytes, format!("{} SRV records", srv.records.len()));
+    }
+    if let Some(txt) = &recs.txt {
+        let bytes = txt
+            .records
+            .iter()
+            .map(|r| FIXED + (r.len() + r.len().div_ceil(255)).max(1))
+            .sum();
+        consider(bytes, format!("{} TXT records", txt.records.len()));
+    }
+    worst
 }
 
 struct Cx<'a> {
@@ -759,18 +944,13 @@ impl Cx<'_> {
         let mut chased = Vec::new();
         self.data(recs, &wire::pointer(target_at), &mut chased);
         for (rtype, answer) in chased {
-            let prefix = |t: &Tail| Tail {
-                an: t.an + 1,
-                ns: t.ns,
-                bytes: [cname.as_slice(), &t.bytes].concat().into(),
-            };
             let choice = Choice {
-                all: answer.choice.all.iter().map(prefix).collect(),
+                all: answer.choice.all.prefixed(1, &cname),
                 by_region: answer
                     .choice
                     .by_region
                     .iter()
-                    .map(|(r, w)| (*r, w.iter().map(prefix).collect()))
+                    .map(|(r, w)| (*r, w.prefixed(1, &cname)))
                     .collect(),
             };
             typed.push((
@@ -791,11 +971,7 @@ impl Cx<'_> {
             // One target: nothing to choose, and by far the most common case.
             let mut bytes = Vec::with_capacity(owner.len() + 26);
             put_address(&mut bytes, owner, ttl, first);
-            return Some(Choice::one(Tail {
-                an: 1,
-                ns: 0,
-                bytes: bytes.into(),
-            }));
+            return Some(Choice::one(1, bytes));
         }
         let targets: Vec<&Target> = set
             .targets
@@ -833,11 +1009,8 @@ impl Cx<'_> {
 fn positive(count: usize, bytes: Vec<u8>) -> Answer {
     Answer {
         rcode: wire::RCODE_NOERROR,
-        choice: Choice::one(Tail {
-            an: count as u16,
-            ns: 0,
-            bytes: bytes.into(),
-        }),
+        // `check_records` bounds the bytes of every RRset, so the count fits.
+        choice: Choice::one(u16::try_from(count).unwrap_or(u16::MAX), bytes),
     }
 }
 
@@ -854,12 +1027,12 @@ fn put_address(out: &mut Vec<u8>, owner: &[u8], ttl: u32, t: &Target) {
     }
 }
 
-/// Orderings of `targets` that the server cycles through.
+/// The wheel of `targets`: their records once, in order, and where replies start.
 ///
-/// Equal weights: every rotation, so each target leads equally often. Unequal weights: a
-/// smooth weighted round-robin sequence decides who leads, the rest follow in rotation;
-/// weights are scaled so the wheel stays at most [`MAX_WHEEL`] long.
-fn wheel(targets: &[&Target], max: usize, ttl: u32, owner: &[u8]) -> Box<[Tail]> {
+/// Equal weights: every position in turn, so each target leads equally often. Unequal
+/// weights: a smooth weighted sequence of leaders, the rest follow in ring order. Weight
+/// 0 targets are left out unless no target has weight. Memory is linear in the targets.
+fn wheel(targets: &[&Target], max: usize, ttl: u32, owner: &[u8]) -> Wheel {
     let weighted: Vec<&Target> = targets.iter().copied().filter(|t| t.weight > 0).collect();
     // Weight 0 everywhere means "no preference", not "nothing to say".
     let pool: Vec<&Target> = if weighted.is_empty() {
@@ -867,46 +1040,47 @@ fn wheel(targets: &[&Target], max: usize, ttl: u32, owner: &[u8]) -> Box<[Tail]>
     } else {
         weighted
     };
-    let n = pool.len();
-    let leaders: Vec<usize> = if pool.iter().all(|t| t.weight == pool[0].weight) {
-        (0..n).collect()
+    let mut ring = Vec::new();
+    let mut rr_len = 0;
+    for t in &pool {
+        let before = ring.len();
+        put_address(&mut ring, owner, ttl, t);
+        rr_len = ring.len() - before;
+    }
+    let leaders = if pool.iter().all(|t| t.weight == pool[0].weight) {
+        Vec::new()
     } else {
-        let total: u64 = pool.iter().map(|t| u64::from(t.weight)).sum();
-        let scale = (MAX_WHEEL as u64).min(total);
-        let slots: Vec<i64> = pool
-            .iter()
-            .map(|t| ((u64::from(t.weight) * scale).div_ceil(total)).max(1) as i64)
-            .collect();
-        let sum: i64 = slots.iter().sum();
-        let mut current = vec![0i64; n];
-        (0..sum)
-            .map(|_| {
-                for (c, s) in current.iter_mut().zip(&slots) {
-                    *c += s;
-                }
-                let best = (0..n)
-                    .max_by_key(|&i| (current[i], -(i as i64)))
-                    .unwrap_or(0);
-                current[best] -= sum;
-                best
-            })
-            .collect()
+        weighted_sequence(&pool)
     };
-    leaders
-        .into_iter()
-        .map(|lead| {
-            let mut bytes = Vec::new();
-            let count = n.min(max);
-            for k in 0..count {
-                put_address(&mut bytes, owner, ttl, pool[(lead + k) % n]);
-            }
-            Tail {
-                an: count as u16,
-                ns: 0,
-                bytes: bytes.into(),
-            }
-        })
-        .collect()
+    Wheel {
+        head: Box::default(),
+        head_an: 0,
+        ring: ring.into(),
+        rr_len,
+        take: pool.len().min(max),
+        leaders: leaders.into(),
+    }
+}
+
+/// A smooth sequence of ring positions in which each target leads in proportion to its
+/// weight, scaled to about [`MAX_WHEEL`] slots (at least one each). Target `i` with `s`
+/// slots leads at the points `(k + ½) / s`; merging every target's points in order
+/// spreads each one's turns evenly. O(slots · log slots).
+fn weighted_sequence(pool: &[&Target]) -> Vec<u32> {
+    let total: u64 = pool.iter().map(|t| u64::from(t.weight)).sum();
+    let scale = (MAX_WHEEL as u64).min(total).max(1);
+    let slots: Vec<u64> = pool
+        .iter()
+        .map(|t| (u64::from(t.weight) * scale).div_ceil(total.max(1)).max(1))
+        .collect();
+    // (numerator 2k+1, denominator 2s, target): compared by cross-multiplying.
+    let mut points: Vec<(u64, u64, u32)> = slots
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &s)| (0..s).map(move |k| (2 * k + 1, 2 * s, i as u32)))
+        .collect();
+    points.sort_by(|a, b| (a.0 * b.1).cmp(&(b.0 * a.1)).then(a.2.cmp(&b.2)));
+    points.into_iter().map(|(_, _, i)| i).collect()
 }
 
 /// All compiled zones plus what answering needs besides them.
@@ -945,9 +1119,19 @@ mod tests {
         }
     }
 
-    fn leaders(wheel: &[Tail]) -> Vec<u8> {
-        // Last octet of the first A record in each tail (owner 2 + fixed 10 + 3 bytes).
-        wheel.iter().map(|t| t.bytes[15]).collect()
+    /// Every reply of a wheel, one per slot, as its bytes and record count.
+    fn replies(w: &Wheel) -> Vec<(u16, Vec<u8>)> {
+        (0..w.slots())
+            .map(|spin| {
+                let p = w.pick(spin);
+                (p.an, p.parts.concat())
+            })
+            .collect()
+    }
+
+    fn leaders(w: &Wheel) -> Vec<u8> {
+        // Last octet of the first A record in each reply (owner 2 + fixed 10 + 3 bytes).
+        replies(w).iter().map(|(_, b)| b[15]).collect()
     }
 
     #[test]
@@ -956,7 +1140,7 @@ mod tests {
         let refs: Vec<&Target> = ts.iter().collect();
         let w = wheel(&refs, usize::MAX, 60, &wire::pointer(12));
         assert_eq!(leaders(&w), [1, 2, 3]);
-        assert!(w.iter().all(|t| t.an == 3));
+        assert!(replies(&w).iter().all(|(an, b)| *an == 3 && b.len() == 48));
     }
 
     #[test]
@@ -967,7 +1151,10 @@ mod tests {
         let l = leaders(&w);
         assert_eq!(l.iter().filter(|x| **x == 1).count(), 3);
         assert_eq!(l.iter().filter(|x| **x == 2).count(), 1);
-        assert!(w.iter().all(|t| t.an == 1), "maxAnswers honoured");
+        assert!(
+            replies(&w).iter().all(|(an, _)| *an == 1),
+            "maxAnswers honoured"
+        );
     }
 
     #[test]
@@ -976,10 +1163,10 @@ mod tests {
         let refs: Vec<&Target> = ts.iter().collect();
         let w = wheel(&refs, usize::MAX, 60, &wire::pointer(12));
         assert_eq!(leaders(&w), [2]);
-        assert_eq!(w[0].an, 1);
+        assert_eq!(w.pick(0).an, 1);
         let zeros = [t("10.0.0.1", 0), t("10.0.0.2", 0)];
         let refs: Vec<&Target> = zeros.iter().collect();
-        assert_eq!(wheel(&refs, usize::MAX, 60, &wire::pointer(12)).len(), 2);
+        assert_eq!(wheel(&refs, usize::MAX, 60, &wire::pointer(12)).slots(), 2);
     }
 
     #[test]
@@ -991,10 +1178,79 @@ mod tests {
         ];
         let refs: Vec<&Target> = ts.iter().collect();
         let w = wheel(&refs, usize::MAX, 60, &wire::pointer(12));
-        assert!(w.len() <= MAX_WHEEL + ts.len(), "{}", w.len());
+        assert!(w.slots() <= MAX_WHEEL + ts.len(), "{}", w.slots());
         assert!(
             leaders(&w).contains(&2),
             "every weighted target leads sometimes"
+        );
+    }
+
+    fn many(n: usize, weight: impl Fn(usize) -> u32) -> Vec<Target> {
+        (0..n)
+            .map(|i| {
+                let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i as u32);
+                t(&ip.to_string(), weight(i))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn memory_per_name_is_linear_in_its_targets() {
+        for weight in [|_| 100, |i| (i % 7) as u32 + 1] {
+            let small = many(500, weight);
+            let large = many(5_000, weight);
+            // No maxAnswers: every reply holds every target, the worst case.
+            let bytes = |ts: &[Target]| {
+                let refs: Vec<&Target> = ts.iter().collect();
+                wheel(&refs, usize::MAX, 60, &wire::pointer(12)).heap_bytes()
+            };
+            let (s, l) = (bytes(&small), bytes(&large));
+            // Ten times the targets, about ten times the bytes (not a hundred).
+            assert!(l <= 11 * s, "500 targets: {s} bytes, 5k: {l} bytes");
+            assert!(l <= 5_000 * (16 + 4) + 64, "{l} bytes for 5k targets");
+        }
+    }
+
+    #[test]
+    fn a_window_wraps_around_the_ring_and_covers_every_target() {
+        let ts = many(10, |_| 1);
+        let refs: Vec<&Target> = ts.iter().collect();
+        let w = wheel(&refs, 4, 60, &wire::pointer(12));
+        assert_eq!(w.slots(), 10);
+        let last = w.pick(8);
+        assert_eq!(last.an, 4);
+        let firsts: Vec<u8> = [last.parts[1], last.parts[2]]
+            .concat()
+            .chunks(16)
+            .map(|rr| rr[15])
+            .collect();
+        assert_eq!(firsts, [8, 9, 0, 1]);
+        let mut seen = std::collections::BTreeSet::new();
+        for spin in 0..w.slots() {
+            for rr in w.pick(spin).parts.concat()[..].chunks(16) {
+                seen.insert(rr[15]);
+            }
+        }
+        assert_eq!(seen.len(), 10);
+    }
+
+    #[test]
+    fn record_sets_too_large_for_any_message_are_refused_with_the_reason() {
+        let set = |n: usize, max: Option<u16>| NameRecords {
+            address: Some(AddressSet {
+                ttl: 30,
+                targets: many(n, |_| 1),
+                max_answers: max,
+                geo: false,
+            }),
+            ..NameRecords::default()
+        };
+        assert_eq!(check_records(&set(10_000, Some(8)), false), None);
+        assert_eq!(check_records(&set(4_000, None), false), None);
+        let problem = check_records(&set(10_000, None), false).expect("refused");
+        assert!(
+            problem.contains("10000 A records take 160000 bytes"),
+            "{problem}"
         );
     }
 }

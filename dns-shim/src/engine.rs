@@ -193,11 +193,15 @@ impl Engine {
             },
             None => (wire::RCODE_NXDOMAIN, None, 0),
         };
-        let (an, ns) = tail.map_or((0, 1), |t| (t.an, t.ns));
+        let (an, ns) = tail.map_or((0, 1), |t| (t.an, 0));
         wire::put_header(out, q.id, flags, true, false, rcode, 1, an, ns, ar);
         out.extend_from_slice(&q.echo);
         match tail {
-            Some(t) => out.extend_from_slice(&t.bytes),
+            Some(t) => {
+                for part in t.parts {
+                    out.extend_from_slice(part);
+                }
+            }
             None => put_negative_soa(
                 out,
                 wire::HEADER_LEN + name.len() - zone.apex.len(),
@@ -208,6 +212,27 @@ impl Engine {
         let ecs = q.edns.and_then(|e| e.ecs).map(|(ip, p)| (ip, p, geo_scope));
         self.put_opt(out, q, 0, ecs);
 
+        if out.len() > usize::from(u16::MAX) {
+            // Compilation refuses record sets this large; should one get through anyway,
+            // fail the query rather than send a message whose length cannot be framed.
+            out.truncate(wire::HEADER_LEN + q.echo.len());
+            let mut head = Vec::with_capacity(wire::HEADER_LEN);
+            wire::put_header(
+                &mut head,
+                q.id,
+                flags,
+                true,
+                false,
+                wire::RCODE_SERVFAIL,
+                1,
+                0,
+                0,
+                ar,
+            );
+            out[..wire::HEADER_LEN].copy_from_slice(&head);
+            self.put_opt(out, q, 0, ecs);
+            return u16::from(wire::RCODE_SERVFAIL);
+        }
         if transport == Transport::Udp {
             let limit = match q.edns {
                 Some(e) => e.payload.clamp(512, self.max_udp_payload),

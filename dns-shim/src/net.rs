@@ -282,8 +282,12 @@ async fn serve_connection(
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "message read timed out"))??;
         if engine.respond(&buf[..len], peer, Transport::Tcp, &mut out) {
+            // The engine never builds a message longer than a length prefix can say.
+            let Ok(prefix) = u16::try_from(out.len()) else {
+                return Err(io::Error::other("response too long for TCP framing"));
+            };
             let mut framed = Vec::with_capacity(out.len() + 2);
-            framed.extend_from_slice(&(out.len() as u16).to_be_bytes());
+            framed.extend_from_slice(&prefix.to_be_bytes());
             framed.extend_from_slice(&out);
             stream.write_all(&framed).await?;
         }

@@ -526,8 +526,17 @@ impl Inner {
             return Err(Error::Format(next.format));
         }
         next.zone = origin.clone();
+        // A name whose new records cannot be served keeps the records it had.
+        let kept = match w.snapshots.get(&origin) {
+            Some(cur) => compile::keep_last_good(zone, &mut next, cur),
+            None => Vec::new(),
+        };
+        for (name, problem) in &kept {
+            warn!(zone = %origin, %name, %problem, "records refused");
+        }
         w.confirmed_at = Some(SystemTime::now());
-        let table = self.compile(zone, &next, false);
+        let mut table = self.compile(zone, &next, false);
+        table.rejected.extend(kept);
         let rejected = table.rejected.clone();
         w.tables.insert(origin.clone(), Arc::new(table));
         let revision = next.revision;

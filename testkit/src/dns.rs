@@ -235,3 +235,67 @@ pub async fn await_answer(
 pub async fn await_exactly(server: SocketAddr, name: &str, want: IpAddr, limit: Duration) {
     await_answer(server, name, limit, move |ips| ips == [want]).await;
 }
+
+/// What `dig` printed for one A query, parsed down to what tests look at.
+#[derive(Debug)]
+pub struct Dig {
+    pub text: String,
+}
+
+impl Dig {
+    /// Whether `dig` is installed here.
+    pub fn available() -> bool {
+        std::process::Command::new("dig").arg("-v").output().is_ok()
+    }
+
+    /// Runs `dig @server -p port +norec +ignore <args> name A` (UDP unless `args` holds
+    /// `+tcp`); `None` when dig cannot run.
+    pub fn query(server: SocketAddr, name: &str, args: &[&str]) -> Option<Self> {
+        let out = std::process::Command::new("dig")
+            .arg(format!("@{}", server.ip()))
+            .args(["-p", &server.port().to_string()])
+            .args(["+norec", "+time=5", "+tries=1", "+ignore"])
+            .args(args)
+            .args([name, "A"])
+            .output()
+            .ok()?;
+        Some(Self {
+            text: String::from_utf8_lossy(&out.stdout).into_owned(),
+        })
+    }
+
+    /// Addresses of the A records in the answer section.
+    pub fn answers(&self) -> Vec<String> {
+        self.text
+            .lines()
+            .filter(|l| !l.starts_with(';') && l.contains("\tA\t"))
+            .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+            .collect()
+    }
+
+    /// The TC flag of the reply.
+    pub fn truncated(&self) -> bool {
+        self.text.lines().any(|l| {
+            l.starts_with(";; flags:") && l.split(';').nth(2).is_some_and(|f| f.contains(" tc"))
+        })
+    }
+
+    /// The response code, `NOERROR` and so on.
+    pub fn status(&self) -> &str {
+        self.text
+            .split("status: ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .unwrap_or("")
+    }
+
+    /// Bytes of the reply (`MSG SIZE  rcvd: N`).
+    pub fn size(&self) -> usize {
+        self.text
+            .split("MSG SIZE  rcvd: ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
