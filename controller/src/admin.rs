@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use lifeline_engine::{Decision, Health, Override, OverrideAction};
+use lifeline_model::hold::{PolicyHold, PolicyRelease};
 
 use crate::store::Store;
 
@@ -92,7 +93,11 @@ pub fn router(state: Arc<AdminState>, extra: ExtraRoutes) -> Router<()> {
                 .post(create_override)
                 .delete(clear_overrides),
         )
-        .route("/v1/overrides/{id}", axum::routing::delete(delete_override));
+        .route("/v1/overrides/{id}", axum::routing::delete(delete_override))
+        .route(
+            "/v1/policy-change/release",
+            axum::routing::post(release_policy_change),
+        );
     for (path, routes) in extra {
         v1 = v1.nest_service(path, routes);
     }
@@ -219,6 +224,10 @@ pub struct Status {
     /// answers are still served.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub quarantined: BTreeMap<String, String>,
+    /// A policy change held back because it would stop serving many names; the set
+    /// in force is still served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<PolicyHold>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -295,6 +304,7 @@ pub fn status_of(decision: &Decision, overrides: &[Override], now: SystemTime) -
             .collect(),
         active_overrides: overrides.iter().filter(|o| o.is_active(now)).count(),
         quarantined: BTreeMap::new(),
+        held: None,
     }
 }
 
@@ -310,13 +320,90 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
     let decision = state.decision.read().clone();
     // Status must work while the store is down: overrides are then reported unknown (0).
     let store = state.store.read().clone();
-    let overrides = match store {
-        Some(store) => store.overrides().await.unwrap_or_default(),
-        None => Vec::new(),
+    let (overrides, held) = match store {
+        Some(store) => (
+            store.overrides().await.unwrap_or_default(),
+            store.policy_hold().await.ok().flatten(),
+        ),
+        None => (Vec::new(), None),
     };
     let mut status = status_of(&decision, &overrides, SystemTime::now());
     status.quarantined = state.quarantined.read().clone();
+    status.held = held;
     Json(status).into_response()
+}
+
+/// `POST /v1/policy-change/release` body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// The fingerprint of the held change, as status shows it.
+    pub fingerprint: String,
+    pub author: String,
+    pub reason: String,
+}
+
+/// Checks a release against what is held and turns it into the stored form.
+pub fn release_from_request(
+    req: ReleaseRequest,
+    held: Option<&PolicyHold>,
+    now: SystemTime,
+) -> Result<PolicyRelease, String> {
+    if req.author.trim().is_empty() || req.reason.trim().is_empty() {
+        return Err("author and reason are required".to_owned());
+    }
+    match held {
+        None => Err("no policy change is held".to_owned()),
+        Some(h) if h.fingerprint != req.fingerprint => Err(format!(
+            "the held change is {}, not {}: it changed since you looked; check `lifeline ctl status` again",
+            h.fingerprint, req.fingerprint
+        )),
+        Some(_) => Ok(PolicyRelease {
+            fingerprint: req.fingerprint,
+            by: req.author,
+            reason: req.reason,
+            at: now,
+        }),
+    }
+}
+
+async fn release_policy_change(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let req: ReleaseRequest = match serde_path_to_error::deserialize(&mut de) {
+        Ok(r) => r,
+        Err(e) => {
+            let path = e.path().to_string();
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid release request at {path}: {}", e.inner()),
+            );
+        }
+    };
+    let Some(store) = state.store.read().clone() else {
+        return not_connected();
+    };
+    let held = match store.policy_hold().await {
+        Ok(h) => h,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the held policy change: {e}"),
+            );
+        }
+    };
+    let release = match release_from_request(req, held.as_ref(), SystemTime::now()) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::CONFLICT, e),
+    };
+    if let Err(e) = store.release_policy_change(&release).await {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot store the release: {e}"),
+        );
+    }
+    tracing::info!(fingerprint = %release.fingerprint, by = %release.by, reason = %release.reason, "policy change released");
+    state.overrides_changed.notify_one();
+    (StatusCode::ACCEPTED, Json(release)).into_response()
 }
 
 async fn list_overrides(State(state): State<Arc<AdminState>>) -> Response {

@@ -41,6 +41,33 @@ pub struct Config {
     /// Decision engine settings (blast-radius guard, failback pacing).
     #[serde(default)]
     pub engine: lifeline_engine::EngineConfig,
+    /// The guard on policy changes that would stop serving many names at once.
+    #[serde(default)]
+    pub policy_changes: PolicyChanges,
+}
+
+/// A new policy set that would stop serving every name, or more than
+/// `maxRemovedShare` of them (and at least two), is held: the old set stays in force
+/// until an operator releases the change (`lifeline ctl release`). Removing one name is
+/// never held, unless it is the last one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyChanges {
+    /// Share of the served names (0 to 1) one change may remove without being held.
+    #[serde(default = "default_max_removed_share")]
+    pub max_removed_share: f64,
+}
+
+impl Default for PolicyChanges {
+    fn default() -> Self {
+        Self {
+            max_removed_share: default_max_removed_share(),
+        }
+    }
+}
+
+fn default_max_removed_share() -> f64 {
+    0.25
 }
 
 /// The admin HTTP API (status, overrides, metrics).
@@ -351,6 +378,13 @@ impl Config {
                     "{} is out of range: must be above 0 and at most 1",
                     guard.fraction
                 ),
+            );
+        }
+        let share = self.policy_changes.max_removed_share;
+        if !(0.0..=1.0).contains(&share) {
+            push(
+                "policyChanges.maxRemovedShare".into(),
+                format!("{share} is out of range: must be between 0 and 1"),
             );
         }
         if self.engine.max_concurrent_ramps == 0 {

@@ -91,10 +91,9 @@ async fn run_etcd(
                 .leader_identity()
                 .await?
                 .unwrap_or_else(|| "none".to_owned());
-            Ok(format!(
-                "leader: {leader}\n{}",
-                render_status(&admin::status_of(&decision, &overrides, now))
-            ))
+            let mut status = admin::status_of(&decision, &overrides, now);
+            status.held = store.policy_hold().await?;
+            Ok(format!("leader: {leader}\n{}", render_status(&status)))
         }
         CtlCommand::Overrides => {
             let overrides: Vec<Value> = store
@@ -117,6 +116,25 @@ async fn run_etcd(
         CtlCommand::Drain(args) => set(request("drain", args, None)).await,
         CtlCommand::Pin(args) => set(request("pin", args, None)).await,
         CtlCommand::Weight { args, weight } => set(request("weight", args, Some(weight))).await,
+        CtlCommand::Release {
+            fingerprint,
+            reason,
+            author,
+        } => {
+            let held = store.policy_hold().await?;
+            let release = admin::release_from_request(
+                admin::ReleaseRequest {
+                    fingerprint,
+                    author,
+                    reason,
+                },
+                held.as_ref(),
+                now,
+            )
+            .map_err(anyhow::Error::msg)?;
+            store.release_policy_change(&release).await?;
+            Ok(released_line(&release.fingerprint))
+        }
         CtlCommand::Clear { cluster, id } => {
             let by = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
             let removed = store
@@ -152,6 +170,18 @@ pub enum CtlCommand {
         /// New weight (0–1000).
         #[arg(long)]
         weight: u32,
+    },
+    /// Apply a held policy change (one that would stop serving many names at once).
+    /// `status` shows what is held and its fingerprint.
+    Release {
+        /// Fingerprint of the held change, as `status` shows it.
+        fingerprint: String,
+        /// Why (logged with the release).
+        #[arg(long)]
+        reason: String,
+        /// Who (defaults to $USER).
+        #[arg(long, env = "USER", default_value = "unknown")]
+        author: String,
     },
     /// Remove every override of a cluster (or one by `--id`).
     Clear {
@@ -256,6 +286,24 @@ pub async fn run(admin: &str, token: Option<&str>, command: CtlCommand) -> anyho
             )))
             .await?,
         )),
+        CtlCommand::Release {
+            fingerprint,
+            reason,
+            author,
+        } => {
+            let body = admin::ReleaseRequest {
+                fingerprint,
+                author,
+                reason,
+            };
+            let v = send(
+                client
+                    .post(format!("{base}/v1/policy-change/release"))
+                    .json(&body),
+            )
+            .await?;
+            Ok(released_line(v["fingerprint"].as_str().unwrap_or("?")))
+        }
         CtlCommand::Clear { cluster, id } => {
             let v = match (id, cluster) {
                 (Some(id), _) => send(client.delete(format!("{base}/v1/overrides/{id}"))).await?,
@@ -271,6 +319,10 @@ pub async fn run(admin: &str, token: Option<&str>, command: CtlCommand) -> anyho
             Ok(format!("cleared {n} override(s)\n"))
         }
     }
+}
+
+fn released_line(fingerprint: &str) -> String {
+    format!("policy change {fingerprint} released; the leader applies it within a few seconds\n")
 }
 
 /// A readable list of `{"overrides": [...], "audit": [...]}` as the admin API returns it.
@@ -311,6 +363,16 @@ pub fn render_status(s: &Status) -> String {
     );
     for a in &s.alarms {
         out += &format!("ALARM {}: {} (since {})\n", a.kind, a.message, a.since);
+    }
+    if let Some(h) = &s.held {
+        out += &format!(
+            "HELD policy change {}: {} (since {}); still serving the set in force\n  would remove: {}\n  apply it with: lifeline ctl release {} --reason \"...\"\n",
+            h.fingerprint,
+            h.reason,
+            lifeline_model::time::format(h.since),
+            h.removed.join(", "),
+            h.fingerprint
+        );
     }
     out += &format!(
         "{:<20} {:<34} {:<10} {:<9} {}\n",

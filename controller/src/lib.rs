@@ -25,7 +25,8 @@
 //!
 //! The decisions themselves are the pure `lifeline-engine` crate. `run` starts DNS, the
 //! admin API and the store, and campaigns; `term` is one leadership term (one method per
-//! event); `admin` and `ctl` are the operator's surface; `cli` holds the subcommands.
+//! event); `sweep` holds back policy changes that would remove many names at once;
+//! `admin` and `ctl` are the operator's surface; `cli` holds the subcommands.
 
 #![forbid(unsafe_code)]
 
@@ -47,4 +48,5 @@ pub mod publish;
 pub mod run;
 pub mod status;
 pub mod store;
+pub mod sweep;
 pub mod term;

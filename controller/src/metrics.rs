@@ -31,6 +31,7 @@ pub(crate) struct Metrics {
     pub probes: Family<ResultLabels, Counter>,
     pub policy_errors: Counter,
     pub quarantined: Gauge,
+    pub held_names: Gauge,
     pub term_failures: Counter,
     pub publish_errors: Counter,
 }
@@ -82,6 +83,11 @@ impl Metrics {
             "lifeline_quarantined_policies",
             "Policies not decided because deciding them panics (their last answers stay)",
             self.quarantined.clone(),
+        );
+        r.register(
+            "lifeline_policy_change_held_names",
+            "Names a held policy change would stop serving (0: nothing held)",
+            self.held_names.clone(),
         );
         r.register(
             "lifeline_publish_errors",

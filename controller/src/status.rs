@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use lifeline_engine::{AlarmKind, Decision, Health, Outcome};
+use lifeline_model::hold::PolicyHold;
 
 use crate::{member::MemberView, policies::policy_id};
 
@@ -67,18 +68,20 @@ fn condition(
     }
 }
 
-/// The status of one policy from the decision (or from its problems when invalid).
-/// A quarantined policy (`quarantined`: why) is not Ready, and says so.
 /// Addresses listed in `status.answers`; the rest are counted in `answerSummary`.
 const STATUS_ANSWERS: usize = 64;
 /// Addresses named in an event's note (Events hold about 1 KB of text).
 const EVENT_ANSWERS: usize = 8;
 
+/// The status of one policy from the decision (or from its problems when invalid).
+/// A quarantined policy (`quarantined`: why) is not Ready, and says so. A policy that a
+/// held change would remove (`held`: why) says so in a `RemovalHeld` condition.
 pub fn policy_status(
     p: &FailoverPolicy,
     decision: &Decision,
     problems: Option<&Vec<Problem>>,
     quarantined: Option<&String>,
+    held: Option<&String>,
 ) -> FailoverPolicyStatus {
     let generation = p.metadata.generation;
     let now = SystemTime::now();
@@ -184,6 +187,16 @@ pub fn policy_status(
             now,
         ));
     }
+    if let Some(why) = held {
+        conditions.push(condition(
+            "RemovalHeld",
+            true,
+            "SweepingChange",
+            why.clone(),
+            generation,
+            now,
+        ));
+    }
     if let Some(a) = systemic {
         conditions.push(condition(
             "SystemicFailureSuspected",
@@ -279,15 +292,23 @@ impl StatusWriter {
     }
 
     /// Writes the statuses that changed and are due.
-    pub async fn write(
-        &mut self,
-        decision: &Decision,
-        policies: &[FailoverPolicy],
-        clusters: &[MemberCluster],
-        problems: &BTreeMap<String, Vec<Problem>>,
-        views: &BTreeMap<String, MemberView>,
-        quarantined: &BTreeMap<String, String>,
-    ) {
+    pub async fn write(&mut self, input: &StatusInput) {
+        let StatusInput {
+            decision,
+            policies,
+            clusters,
+            problems,
+            views,
+            quarantined,
+            held,
+        } = input;
+        let held = held.as_ref();
+        let held_why = held.map(|h| {
+            format!(
+                "a policy change that would remove this policy is held: {} (release it with `lifeline ctl release {}`)",
+                h.reason, h.fingerprint
+            )
+        });
         for p in policies {
             let id = policy_id(p);
             let status = policy_status(
@@ -295,6 +316,9 @@ impl StatusWriter {
                 decision,
                 problems.get(&format!("FailoverPolicy {id}")),
                 quarantined.get(&id),
+                held_why
+                    .as_ref()
+                    .filter(|_| held.is_some_and(|h| h.policies.contains(&id))),
             );
             let api: Api<FailoverPolicy> = Api::namespaced(
                 self.client.clone(),
@@ -374,6 +398,8 @@ pub struct StatusInput {
     pub views: BTreeMap<String, MemberView>,
     /// Policies not being decided, with why.
     pub quarantined: BTreeMap<String, String>,
+    /// A sweeping policy change being held.
+    pub held: Option<PolicyHold>,
 }
 
 /// An Event to publish about a policy.
@@ -422,7 +448,7 @@ impl StatusTask {
                         let input = rx.borrow_and_update().clone();
                         if !input.policies.is_empty() || !input.clusters.is_empty() {
                             writer
-                                .write(&input.decision, &input.policies, &input.clusters, &input.problems, &input.views, &input.quarantined)
+                                .write(&input)
                                 .await;
                         }
                     }
@@ -473,6 +499,28 @@ impl StatusTask {
                 warning: true,
                 reason: "Quarantined",
                 note: format!("not decided ({why}); its last answers stay"),
+            };
+            if self.events.try_send(event).is_err() {
+                debug!("event queue full; event dropped");
+            }
+        }
+    }
+
+    /// Queues a Warning Event on each policy (of `policies`, the set in force) that a
+    /// newly held change would remove.
+    pub fn record_held(&self, hold: &PolicyHold, policies: &[FailoverPolicy]) {
+        for policy in policies
+            .iter()
+            .filter(|p| hold.policies.contains(&policy_id(p)))
+        {
+            let event = PolicyEvent {
+                policy: policy.clone(),
+                warning: true,
+                reason: "PolicyChangeHeld",
+                note: format!(
+                    "{}; still served. Release with `lifeline ctl release {}`",
+                    hold.reason, hold.fingerprint
+                ),
             };
             if self.events.try_send(event).is_err() {
                 debug!("event queue full; event dropped");
@@ -586,11 +634,11 @@ mod tests {
             &Decision::default(),
             SystemTime::now(),
         );
-        let normal = policy_status(&cr, &decision, None, None);
+        let normal = policy_status(&cr, &decision, None, None, None);
         assert!(!normal.conditions.iter().any(|c| c.type_ == "Quarantined"));
 
         let why = "deciding it panicked: boom".to_owned();
-        let status = policy_status(&cr, &decision, None, Some(&why));
+        let status = policy_status(&cr, &decision, None, Some(&why), None);
         let ready = status
             .conditions
             .iter()

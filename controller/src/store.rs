@@ -34,7 +34,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use lifeline_dns::ShimHandle;
 use lifeline_engine::{Decision, Override};
 use lifeline_etcd::Leader;
-use lifeline_model::Update;
+use lifeline_model::{
+    Update,
+    hold::{PolicyHold, PolicyRelease},
+};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +120,43 @@ impl Store {
         match self {
             Store::Embedded(s) => Ok(s.audit()),
             Store::Etcd(s) => Ok(s.audit().await?),
+        }
+    }
+
+    /// The policy change the leader is holding, if any.
+    pub async fn policy_hold(&self) -> Result<Option<PolicyHold>> {
+        match self {
+            Store::Embedded(s) => Ok(s.read::<Option<PolicyHold>>("policy-hold.json").flatten()),
+            Store::Etcd(s) => Ok(s.policy_hold().await?),
+        }
+    }
+
+    /// Records (`None`: clears) the held change (leader only).
+    pub async fn save_policy_hold(
+        &self,
+        leader: Option<&Leader>,
+        hold: Option<&PolicyHold>,
+    ) -> Result<()> {
+        match (self, leader) {
+            (Store::Embedded(s), _) => s.write("policy-hold.json", &hold),
+            (Store::Etcd(s), Some(l)) => Ok(s.save_policy_hold(l, hold).await?),
+            (Store::Etcd(_), None) => Err(Error::NotLeader),
+        }
+    }
+
+    /// Releases a held change (any replica, or ctl).
+    pub async fn release_policy_change(&self, release: &PolicyRelease) -> Result<()> {
+        match self {
+            Store::Embedded(s) => s.write("policy-release.json", release),
+            Store::Etcd(s) => Ok(s.release_policy_change(release).await?),
+        }
+    }
+
+    /// The last release written, if any.
+    pub async fn policy_release(&self) -> Result<Option<PolicyRelease>> {
+        match self {
+            Store::Embedded(s) => Ok(s.read("policy-release.json")),
+            Store::Etcd(s) => Ok(s.policy_release().await?),
         }
     }
 

@@ -31,8 +31,9 @@ use futures::FutureExt as _;
 use lifeline_crds::document::PolicySnapshot;
 use lifeline_engine::{self as engine, Decision, Health, Observation, Override, Signals};
 use lifeline_etcd::Leader;
+use lifeline_model::hold::{PolicyHold, PolicyRelease};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     admin::AdminState,
@@ -47,6 +48,7 @@ use crate::{
     publish::Publisher,
     status::{StatusInput, StatusTask},
     store::Store,
+    sweep,
 };
 
 /// How a leadership term ended.
@@ -283,6 +285,8 @@ struct LeaderTerm<'a> {
     quarantine: Quarantine,
     /// Policies carrying the test fault annotation (only with test faults on).
     faults: BTreeMap<String, TestFault>,
+    /// A sweeping policy change held back, with the set it would put in force.
+    held: Option<(PolicyHold, PolicySnapshot)>,
 }
 
 impl<'a> LeaderTerm<'a> {
@@ -309,9 +313,16 @@ impl<'a> LeaderTerm<'a> {
             policies = decision.policies.len(),
             "resumed the last decision"
         );
-        let current = tokio::select! {
+        let (current, fresh) = tokio::select! {
             end = stop.as_mut() => return Err(end),
             current = usable_policies(&mut shared.policy_feed, store) => current,
+        };
+        // Documents that changed while no replica led are guarded like any other change:
+        // against the last good set.
+        let last_good = if fresh {
+            store.load_policies().await.ok().flatten()
+        } else {
+            None
         };
         let prober = Prober::new(shared.config.defaults.probe.concurrency as usize, results)
             .map_err(|e| TermEnd::Failed(anyhow::Error::new(e).context("starting the prober")))?;
@@ -346,8 +357,19 @@ impl<'a> LeaderTerm<'a> {
             last_decide: tokio::time::Instant::now(),
             quarantine: Quarantine::new(),
             faults: BTreeMap::new(),
+            held: None,
         };
-        term.adopt(current).await;
+        let share = term.shared.config.policy_changes.max_removed_share;
+        match last_good {
+            Some(last) if sweep::check(&last, &current, share, SystemTime::now()).is_some() => {
+                term.adopt(last).await;
+                term.consider(current).await;
+            }
+            _ => {
+                term.adopt(current).await;
+                term.clear_hold().await;
+            }
+        }
         Ok(term)
     }
 
@@ -379,6 +401,92 @@ impl<'a> LeaderTerm<'a> {
         self.fleet.reconcile(&self.current).await;
         *self.shared.state.clusters.write() = cluster_names(&self.current);
         self.recompile();
+    }
+
+    /// Puts `incoming` in force, unless it would stop serving too many names at once:
+    /// then it is held (the set in force stays) and reported, until it is released or
+    /// a later change supersedes it.
+    async fn consider(&mut self, incoming: PolicySnapshot) {
+        let share = self.shared.config.policy_changes.max_removed_share;
+        let Some(mut hold) = sweep::check(&self.current, &incoming, share, SystemTime::now())
+        else {
+            self.clear_hold().await;
+            self.adopt(incoming).await;
+            return;
+        };
+        if let Some((old, _)) = &self.held {
+            if old.fingerprint == hold.fingerprint {
+                return;
+            }
+            hold.since = old.since;
+        }
+        warn!(
+            fingerprint = %hold.fingerprint,
+            removed = hold.removed.len(),
+            served = hold.served,
+            names = ?hold.removed.iter().take(10).collect::<Vec<_>>(),
+            reason = %hold.reason,
+            "policy change held: the set in force keeps being served; release it with `lifeline ctl release {}`",
+            hold.fingerprint
+        );
+        self.shared
+            .metrics
+            .held_names
+            .set(hold.removed.len() as i64);
+        if let Err(e) = self.store.save_policy_hold(self.leader, Some(&hold)).await {
+            warn!(error = %e, "cannot record the held policy change");
+        }
+        if let Some(task) = &self.status {
+            task.record_held(&hold, &self.current.policies);
+        }
+        self.held = Some((hold, incoming));
+    }
+
+    /// Forgets a held change (superseded, released, or none at the start of a term).
+    async fn clear_hold(&mut self) {
+        let had = self.held.take();
+        self.shared.metrics.held_names.set(0);
+        let stored = self.store.policy_hold().await.ok().flatten();
+        if had.is_some() || stored.is_some() {
+            if let Some((h, _)) = &had {
+                info!(fingerprint = %h.fingerprint, "held policy change no longer held");
+            }
+            if let Err(e) = self.store.save_policy_hold(self.leader, None).await {
+                warn!(error = %e, "cannot clear the held policy change");
+            }
+        }
+    }
+
+    /// Applies the held change once an operator released it (by its fingerprint).
+    async fn check_release(&mut self) {
+        let Some((hold, _)) = &self.held else {
+            return;
+        };
+        // A release applies to this hold, not to an earlier one of the same content that
+        // was released and later undone (a minute allows for clock skew with `ctl`).
+        let current = |r: &PolicyRelease| {
+            r.fingerprint == hold.fingerprint && r.at + Duration::from_secs(60) >= hold.since
+        };
+        let release = match self.store.policy_release().await {
+            Ok(Some(r)) if current(&r) => r,
+            Ok(_) => return,
+            Err(e) => {
+                debug!(error = %e, "cannot read policy change releases");
+                return;
+            }
+        };
+        let Some((hold, incoming)) = self.held.take() else {
+            return;
+        };
+        info!(
+            fingerprint = %hold.fingerprint,
+            by = %release.by,
+            reason = %release.reason,
+            removed = hold.removed.len(),
+            "held policy change released; applying it"
+        );
+        self.clear_hold().await;
+        self.adopt(incoming).await;
     }
 
     /// Compiles the policies in force with the addresses member APIs report, and hands
@@ -430,7 +538,7 @@ impl<'a> LeaderTerm<'a> {
                         clusters = snapshot.clusters.len(),
                         "policy documents reloaded"
                     );
-                    self.adopt(snapshot).await;
+                    self.consider(snapshot).await;
                 }
                 Err(problems) => {
                     self.shared.metrics.policy_errors.inc();
@@ -452,8 +560,10 @@ impl<'a> LeaderTerm<'a> {
                 problems: view.problems,
                 views: self.fleet.views(),
                 quarantined: self.quarantine.clone(),
+                held: self.held.as_ref().map(|(h, _)| h.clone()),
             });
         }
+        self.check_release().await;
         // Member views: new addresses recompile the set; readiness becomes observations
         // for policies without a health check.
         if self.fleet.changed() {
@@ -606,18 +716,19 @@ impl<'a> LeaderTerm<'a> {
 /// Policies to start a term with: fresh if valid, else the last good set; with neither,
 /// polls once a second (DNS keeps answering from its snapshot) rather than publish an
 /// empty set.
-async fn usable_policies(source: &mut PolicyFeed, store: &Store) -> PolicySnapshot {
+/// The flag is true for freshly loaded documents, false for the stored set.
+async fn usable_policies(source: &mut PolicyFeed, store: &Store) -> (PolicySnapshot, bool) {
     let mut waiting_logged = false;
     loop {
         match source.load() {
-            Ok(snapshot) => return snapshot,
+            Ok(snapshot) => return (snapshot, true),
             Err(problems) => {
                 match store.load_policies().await {
                     Ok(Some(s)) => {
                         for p in &problems {
                             warn!(problem = %p, "policy documents unavailable; using the last good set");
                         }
-                        return s;
+                        return (s, false);
                     }
                     Ok(None) => {}
                     Err(e) => warn!(error = %e, "cannot read the last good policy set"),

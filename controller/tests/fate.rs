@@ -7,7 +7,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -15,6 +15,7 @@ use lifeline_testkit::{
     Backend,
     dns::{await_exactly, query_a},
     free_addr, loopback,
+    process::Process,
 };
 use serde_json::Value;
 
@@ -22,31 +23,16 @@ const ZONE: &str = "fate.lifeline.test";
 const CHECKOUT: &str = "checkout.fate.lifeline.test";
 const SEARCH: &str = "search.fate.lifeline.test";
 
-struct Lifeline(Child);
-
-impl Lifeline {
-    fn start(config: &Path) -> Lifeline {
-        let child = Command::new(env!("CARGO_BIN_EXE_lifeline"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("LIFELINE_TEST_FAULTS", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start lifeline run");
-        Lifeline(child)
-    }
-
-    fn is_running(&mut self) -> bool {
-        matches!(self.0.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Lifeline {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// `lifeline run --config <config>`, killed when dropped.
+fn start(config: &Path) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lifeline"));
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .env("LIFELINE_TEST_FAULTS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    Process::spawn(command)
 }
 
 /// `lifeline.yaml`, the clusters, and the two policies (no fault yet).
@@ -121,7 +107,7 @@ async fn a_policy_whose_decision_panics_is_quarantined_and_dns_and_the_others_go
     write_files(dir.path(), dns, admin, ips, port);
     let config = dir.path().join("lifeline.yaml");
 
-    let mut lifeline = Lifeline::start(&config);
+    let mut lifeline = start(&config);
     await_exactly(dns, CHECKOUT, ips[0], Duration::from_secs(15)).await;
     await_exactly(dns, SEARCH, ips[0], Duration::from_secs(15)).await;
 
@@ -162,7 +148,7 @@ async fn a_policy_whose_decision_panics_is_quarantined_and_dns_and_the_others_go
     // kill -9 and start again with the poisoned policy still there: no crash loop, and
     // both names answer from the persisted state.
     drop(lifeline);
-    let mut lifeline = Lifeline::start(&config);
+    let mut lifeline = start(&config);
     await_exactly(dns, CHECKOUT, ips[1], Duration::from_secs(15)).await;
     assert_eq!(query_a(dns, SEARCH).ok(), Some(vec![ips[0]]));
     status_until(admin, "search quarantined again after the restart", |s| {
@@ -189,7 +175,7 @@ async fn a_policy_whose_decision_never_returns_is_quarantined_and_the_others_go_
     let port = primary.addr.port();
     let (dns, admin) = (free_addr(), free_addr());
     write_files(dir.path(), dns, admin, ips, port);
-    let mut lifeline = Lifeline::start(&dir.path().join("lifeline.yaml"));
+    let mut lifeline = start(&dir.path().join("lifeline.yaml"));
     await_exactly(dns, CHECKOUT, ips[0], Duration::from_secs(15)).await;
     await_exactly(dns, SEARCH, ips[0], Duration::from_secs(15)).await;
 

@@ -5,7 +5,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -13,6 +13,7 @@ use lifeline_testkit::{
     Backend,
     dns::{query_a, wait_for_answer as wait_for},
     free_addr, free_port,
+    process::Process,
 };
 
 const ZONE: &str = "e2e.lifeline.test";
@@ -25,41 +26,16 @@ fn secondary() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3))
 }
 
-struct Lifeline(Child);
-
-impl Lifeline {
-    fn start(config: &Path) -> Lifeline {
-        let child = Command::new(env!("CARGO_BIN_EXE_lifeline"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("LIFELINE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start lifeline run");
-        Lifeline(child)
-    }
-
-    /// SIGTERM and wait, so the process saves its state the way a rolling restart would.
-    fn stop(mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Lifeline {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// `lifeline run --config <config>`, killed when dropped.
+fn start(config: &Path) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lifeline"));
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .env("LIFELINE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    Process::spawn(command)
 }
 
 fn write_files(
@@ -122,7 +98,7 @@ async fn a_killed_primary_fails_over_and_returns_only_after_hold_down() {
     let Setup { dir, port, dns, .. } = setup();
     let mut a = Backend::start(SocketAddr::new(primary(), port)).await;
     let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
-    let lifeline = Lifeline::start(&dir.path().join("lifeline.yaml"));
+    let lifeline = start(&dir.path().join("lifeline.yaml"));
 
     let (ips, _) = tokio::task::spawn_blocking(move || {
         wait_for(dns, NAME, Duration::from_secs(15), |ips| ips == [primary()])
@@ -179,7 +155,7 @@ async fn a_restart_answers_from_persisted_state_before_probing() {
     let Setup { dir, port, dns, .. } = setup();
     let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
     // The primary never starts: the first run settles on the secondary.
-    let lifeline = Lifeline::start(&dir.path().join("lifeline.yaml"));
+    let lifeline = start(&dir.path().join("lifeline.yaml"));
     tokio::task::spawn_blocking(move || {
         wait_for(dns, NAME, Duration::from_secs(15), |ips| {
             ips == [secondary()]
@@ -193,7 +169,7 @@ async fn a_restart_answers_from_persisted_state_before_probing() {
     // they come from the persisted snapshot and decision, and the primary must pass
     // its hold-down before it gets traffic back.
     let _a = Backend::start(SocketAddr::new(primary(), port)).await;
-    let lifeline = Lifeline::start(&dir.path().join("lifeline.yaml"));
+    let lifeline = start(&dir.path().join("lifeline.yaml"));
     let first = tokio::task::spawn_blocking(move || {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
@@ -229,7 +205,7 @@ async fn a_broken_policy_edit_keeps_the_last_good_set_and_a_fixed_one_applies() 
     } = setup();
     let _a = Backend::start(SocketAddr::new(primary(), port)).await;
     let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
-    let lifeline = Lifeline::start(&dir.path().join("lifeline.yaml"));
+    let lifeline = start(&dir.path().join("lifeline.yaml"));
     tokio::task::spawn_blocking(move || {
         wait_for(dns, NAME, Duration::from_secs(15), |ips| ips == [primary()])
     })

@@ -14,6 +14,9 @@
 //!  {prefix}/clusters/{name}           mirrored MemberCluster        (leader, fenced)
 //!  {prefix}/overrides/{id}            Override                      (anyone: admin API, ctl)
 //!  {prefix}/audit/{millis}-{id}-{n}   AuditEntry, written in the same transaction
+//!  {prefix}/policy-change/held        PolicyHold: a sweeping change  (leader, fenced)
+//!                                     held back
+//!  {prefix}/policy-change/release     PolicyRelease of that change  (anyone: admin API, ctl)
 //!  {prefix}/election/{lease}          etcd election keys (campaign with a leased key)
 //! ```
 //!
@@ -64,7 +67,11 @@ use std::{
 use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, Txn, TxnOp};
 use lifeline_crds::document::PolicySnapshot;
 use lifeline_engine::{Decision, Override, PolicyDecision};
-use lifeline_model::{NameRecords, Update, overrides::AuditEntry};
+use lifeline_model::{
+    NameRecords, Update,
+    hold::{PolicyHold, PolicyRelease},
+    overrides::AuditEntry,
+};
 use parking_lot::Mutex;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
@@ -663,6 +670,39 @@ impl EtcdStore {
         .await?;
         info!(deleted = resp.deleted(), "audit entries pruned");
         Ok(resp.deleted())
+    }
+
+    // === held policy changes ===
+
+    /// The policy change the leader is holding, if any.
+    pub async fn policy_hold(&self) -> Result<Option<PolicyHold>> {
+        self.read(&self.key(&["policy-change", "held"])?).await
+    }
+
+    /// Records (or, with `None`, clears) the held change; fenced like every leader write.
+    pub async fn save_policy_hold(&self, leader: &Leader, hold: Option<&PolicyHold>) -> Result<()> {
+        let key = self.key(&["policy-change", "held"])?;
+        let op = match hold {
+            Some(h) => TxnOp::put(key.clone(), Self::encode(&key, h, None)?, None),
+            None => TxnOp::delete(key, None),
+        };
+        self.fenced(leader, vec![op]).await?;
+        Ok(())
+    }
+
+    /// An operator's release (any replica, or `lifeline ctl --etcd` with no leader).
+    pub async fn release_policy_change(&self, release: &PolicyRelease) -> Result<()> {
+        let key = self.key(&["policy-change", "release"])?;
+        let value = Self::encode(&key, release, None)?;
+        let mut kv = self.client.kv_client();
+        timed(self.timeout, kv.put(key, value, None)).await?;
+        info!(fingerprint = %release.fingerprint, by = %release.by, "policy change released in etcd");
+        Ok(())
+    }
+
+    /// The last release written, if any.
+    pub async fn policy_release(&self) -> Result<Option<PolicyRelease>> {
+        self.read(&self.key(&["policy-change", "release"])?).await
     }
 
     /// Identity of the current leader, if any.

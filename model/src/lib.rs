@@ -5,6 +5,7 @@
 //!             ZonePatch (upserts/deletes), Update = Replace | Patch: controller → shim
 //!  overrides  Override { cluster, policy?, action: Drain | Pin | Weight, expiresAt, .. }
 //!             and the part a shim can apply alone (break-glass)
+//!  hold       PolicyHold / PolicyRelease: a sweeping policy change held, and its release
 //!  limits     the bound of every number a document can hold, with the reasons
 //!  duration   Duration: the Go grammar the CRDs use ("500ms", "1m30s"), one parser
 //!  name       normalize_name / to_wire: the one DNS-name grammar
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod duration;
+pub mod hold;
 pub mod limits;
 pub mod name;
 pub mod overrides;

@@ -4,6 +4,7 @@
 //!  net      loopback() / free_port() / free_addr(): each call gets an address of its own
 //!  etcd     Etcd::start(): a real etcd on such an address, with a temporary data dir
 //!  proxy    Proxy: a TCP hop a test can cut (a partition) or point elsewhere
+//!  process  Process: a child killed on drop, stopped with SIGTERM
 //!  dns      query builders, raw UDP/TCP exchange, query_a() -> Answer
 //!  backend  Backend: an HTTP server that can be killed, slowed or made to fail
 //!  wait     within() / eventually() / init_tracing()
@@ -22,6 +23,7 @@ pub mod dns;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod net;
+pub mod process;
 pub mod proxy;
 pub mod wait;
 
