@@ -302,6 +302,17 @@ impl Config {
         self.zones.iter().map(|z| z.origin.clone()).collect()
     }
 
+    /// Zones as the cross-document checks see them: apex and allowed namespaces.
+    pub fn zone_rules(&self) -> Vec<lifeline_crds::validate::ZoneRule> {
+        self.zones
+            .iter()
+            .map(|z| lifeline_crds::validate::ZoneRule {
+                apex: z.origin.clone(),
+                namespaces: z.namespaces.clone(),
+            })
+            .collect()
+    }
+
     /// Every problem in the configuration, with field paths.
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();

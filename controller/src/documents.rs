@@ -85,14 +85,14 @@ impl Loaded {
 
 /// Reads every file, validates each document, then runs the cross-document checks
 /// against the zones of `zones` plus those of any configuration file in the set.
-pub fn load(paths: &[PathBuf], zones: &[String]) -> Loaded {
+pub fn load(paths: &[PathBuf], zones: &[validate::ZoneRule]) -> Loaded {
     let mut loaded = Loaded::default();
     for path in paths {
         load_file(path, &mut loaded);
     }
     let mut all_zones = zones.to_vec();
     for (_, config) in &loaded.configs {
-        all_zones.extend(config.zone_origins());
+        all_zones.extend(config.zone_rules());
     }
     let policies: Vec<&FailoverPolicy> = loaded.policies.iter().map(|(_, p)| p).collect();
     let clusters: Vec<&MemberCluster> = loaded.clusters.iter().map(|(_, c)| c).collect();

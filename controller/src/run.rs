@@ -167,7 +167,7 @@ pub async fn run(
     let mut shared = Shared {
         // Building the client contacts nothing; only the leader watches (see
         // `term::lead`), so management API load does not grow with replicas.
-        policy_feed: PolicyFeed::new(documents, config.zone_origins(), management_client),
+        policy_feed: PolicyFeed::new(documents, config.zone_rules(), management_client),
         config,
         metrics,
         state,

@@ -17,7 +17,8 @@ use kube::{
 };
 use lifeline_crds::{
     FailoverPolicy, FailoverPolicyStatus, MemberCluster, MemberClusterStatus, TargetState,
-    TargetStatus, validate::Problem,
+    TargetStatus,
+    validate::{Problem, SetReason},
 };
 use serde_json::{Value, json};
 use tracing::{debug, warn};
@@ -82,9 +83,25 @@ pub fn policy_status(
     problems: Option<&Vec<Problem>>,
     quarantined: Option<&String>,
     held: Option<&String>,
+    set_problem: Option<&(SetReason, String)>,
 ) -> FailoverPolicyStatus {
     let generation = p.metadata.generation;
     let now = SystemTime::now();
+    // Left out of the set: another policy owns the hostname, or its zone refuses it.
+    if let Some((reason, message)) = set_problem.filter(|(r, _)| r.excludes()) {
+        return FailoverPolicyStatus {
+            conditions: vec![condition(
+                "Ready",
+                false,
+                reason.as_str(),
+                message.clone(),
+                generation,
+                now,
+            )],
+            observed_generation: generation,
+            ..FailoverPolicyStatus::default()
+        };
+    }
     if let Some(problems) = problems {
         let message = problems
             .iter()
@@ -183,6 +200,16 @@ pub fn policy_status(
             true,
             "DecisionFailed",
             why.clone(),
+            generation,
+            now,
+        ));
+    }
+    if let Some((reason, message)) = set_problem {
+        conditions.push(condition(
+            "ResolvedRefs",
+            false,
+            reason.as_str(),
+            message.clone(),
             generation,
             now,
         ));
@@ -301,6 +328,7 @@ impl StatusWriter {
             views,
             quarantined,
             held,
+            set_problems,
         } = input;
         let held = held.as_ref();
         let held_why = held.map(|h| {
@@ -319,6 +347,7 @@ impl StatusWriter {
                 held_why
                     .as_ref()
                     .filter(|_| held.is_some_and(|h| h.policies.contains(&id))),
+                set_problems.get(&id),
             );
             let api: Api<FailoverPolicy> = Api::namespaced(
                 self.client.clone(),
@@ -400,6 +429,8 @@ pub struct StatusInput {
     pub quarantined: BTreeMap<String, String>,
     /// A sweeping policy change being held.
     pub held: Option<PolicyHold>,
+    /// Cross-document problems by policy id.
+    pub set_problems: BTreeMap<String, (SetReason, String)>,
 }
 
 /// An Event to publish about a policy.
@@ -634,11 +665,11 @@ mod tests {
             &Decision::default(),
             SystemTime::now(),
         );
-        let normal = policy_status(&cr, &decision, None, None, None);
+        let normal = policy_status(&cr, &decision, None, None, None, None);
         assert!(!normal.conditions.iter().any(|c| c.type_ == "Quarantined"));
 
         let why = "deciding it panicked: boom".to_owned();
-        let status = policy_status(&cr, &decision, None, Some(&why), None);
+        let status = policy_status(&cr, &decision, None, Some(&why), None, None);
         let ready = status
             .conditions
             .iter()

@@ -28,7 +28,11 @@ use std::{
 };
 
 use futures::FutureExt as _;
-use lifeline_crds::document::PolicySnapshot;
+use lifeline_crds::{
+    FailoverPolicy, MemberCluster,
+    document::PolicySnapshot,
+    validate::{self, DocumentRef, SetReason, ZoneRule},
+};
 use lifeline_engine::{self as engine, Decision, Health, Observation, Override, Signals};
 use lifeline_etcd::Leader;
 use lifeline_model::hold::{PolicyHold, PolicyRelease};
@@ -99,7 +103,7 @@ pub(crate) struct PolicyFeed {
     pub docs: Documents,
     /// Modification stamps of the files at the last load.
     stamps: Vec<Option<(SystemTime, u64)>>,
-    zones: Vec<String>,
+    zones: Vec<ZoneRule>,
     /// The management cluster's client and namespace, for `Documents::Kubernetes`.
     management_client: Option<(kube::Client, Option<String>)>,
     /// The management cluster's view while this replica leads.
@@ -107,12 +111,16 @@ pub(crate) struct PolicyFeed {
         ManagementSource,
         tokio::sync::watch::Receiver<ManagementView>,
     )>,
+    /// Cross-document problems of the last Kubernetes load, by policy id: the policy
+    /// is left out of the set (a hostname owned by an older policy, a zone it may not
+    /// publish in) or served with the problem reported (an unknown cluster).
+    pub set_problems: BTreeMap<String, (SetReason, String)>,
 }
 
 impl PolicyFeed {
     pub fn new(
         docs: Documents,
-        zones: Vec<String>,
+        zones: Vec<ZoneRule>,
         management_client: Option<(kube::Client, Option<String>)>,
     ) -> Self {
         Self {
@@ -121,6 +129,7 @@ impl PolicyFeed {
             zones,
             management_client,
             management: None,
+            set_problems: BTreeMap::new(),
         }
     }
 
@@ -173,10 +182,14 @@ impl PolicyFeed {
                         warn!(%object, problem = %p, "invalid object in the management cluster");
                     }
                 }
-                Ok(PolicySnapshot {
-                    policies: view.policies.into_values().collect(),
-                    clusters: view.clusters.into_values().collect(),
-                })
+                let clusters: Vec<_> = view.clusters.into_values().collect();
+                let (policies, set_problems) = arbitrate(
+                    view.policies.into_values().collect(),
+                    &clusters,
+                    &self.zones,
+                );
+                self.set_problems = set_problems;
+                Ok(PolicySnapshot { policies, clusters })
             }
         }
     }
@@ -194,6 +207,39 @@ impl PolicyFeed {
                 .is_some_and(|(_, view)| view.has_changed().unwrap_or(false)),
         }
     }
+}
+
+/// Applies the cross-document checks to CRs: each policy is judged on its own, so one
+/// conflicting CR cannot block the others (as one bad file blocks its whole set).
+fn arbitrate(
+    policies: Vec<FailoverPolicy>,
+    clusters: &[MemberCluster],
+    zones: &[ZoneRule],
+) -> (Vec<FailoverPolicy>, BTreeMap<String, (SetReason, String)>) {
+    let refs: Vec<&FailoverPolicy> = policies.iter().collect();
+    let cluster_refs: Vec<&MemberCluster> = clusters.iter().collect();
+    let mut excluded = BTreeSet::new();
+    let mut problems = BTreeMap::new();
+    for p in validate::cross_check(&refs, &cluster_refs, zones) {
+        let DocumentRef::Policy(i) = p.document else {
+            continue;
+        };
+        let id = crate::policies::policy_id(&policies[i]);
+        warn!(policy = %id, reason = p.reason.as_str(), problem = %p.problem, "policy not served as written");
+        if p.reason.excludes() {
+            excluded.insert(i);
+        }
+        problems
+            .entry(id)
+            .or_insert((p.reason, p.problem.to_string()));
+    }
+    let kept = policies
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !excluded.contains(i))
+        .map(|(_, p)| p)
+        .collect();
+    (kept, problems)
 }
 
 /// Leads until `stop` completes (with `Shutdown` or `Deposed`) or the term fails. The
@@ -561,6 +607,7 @@ impl<'a> LeaderTerm<'a> {
                 views: self.fleet.views(),
                 quarantined: self.quarantine.clone(),
                 held: self.held.as_ref().map(|(h, _)| h.clone()),
+                set_problems: self.shared.policy_feed.set_problems.clone(),
             });
         }
         self.check_release().await;

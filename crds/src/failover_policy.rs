@@ -358,7 +358,12 @@ pub struct FailoverPolicyStatus {
     /// When that decision was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_at: Option<Time>,
-    /// `Ready`, `Degraded`, `Stale`, `SystemicFailureSuspected`.
+    /// `Ready` (False with reason `HostnameConflict`, `NamespaceNotAllowed`,
+    /// `HostnameOutsideZones`, `InvalidSpec` or `Quarantined` when the policy is not
+    /// served as written), `Degraded`, `Quarantined` (deciding it fails; its last answers
+    /// stay), `RemovalHeld` (a policy change that would remove it is held),
+    /// `ResolvedRefs` (False: a target names an unknown MemberCluster),
+    /// `SystemicFailureSuspected`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` this status describes.

@@ -471,6 +471,42 @@ pub struct SetProblem {
     /// Index into the slice of policies (`Policy`) or clusters (`Cluster`).
     pub document: DocumentRef,
     pub problem: Problem,
+    /// What kind of problem, as a status condition reason says it.
+    pub reason: SetReason,
+}
+
+/// Kinds of [`SetProblem`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetReason {
+    /// Another policy serves the same hostname and owns it (it is older).
+    HostnameConflict,
+    /// The hostname is in no served zone.
+    OutsideZones,
+    /// The hostname's zone does not accept names from the policy's namespace.
+    NamespaceNotAllowed,
+    /// A target names a MemberCluster that does not exist.
+    UnknownCluster,
+    /// Two documents of the same kind and name.
+    Duplicate,
+}
+
+impl SetReason {
+    /// The condition reason (`HostnameConflict`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SetReason::HostnameConflict => "HostnameConflict",
+            SetReason::OutsideZones => "HostnameOutsideZones",
+            SetReason::NamespaceNotAllowed => "NamespaceNotAllowed",
+            SetReason::UnknownCluster => "UnknownCluster",
+            SetReason::Duplicate => "Duplicate",
+        }
+    }
+
+    /// Whether the policy cannot be served at all (as opposed to serving with a
+    /// problem reported).
+    pub fn excludes(self) -> bool {
+        !matches!(self, SetReason::UnknownCluster)
+    }
 }
 
 /// Which document of a set a [`SetProblem`] is about.
@@ -480,21 +516,45 @@ pub enum DocumentRef {
     Cluster(usize),
 }
 
+/// A served zone as the cross-document checks see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZoneRule {
+    /// Zone apex (`global.example.com`).
+    pub apex: String,
+    /// Namespaces whose policies may publish names in the zone; `None`: every one.
+    pub namespaces: Option<Vec<String>>,
+}
+
+impl ZoneRule {
+    /// A zone open to every namespace.
+    pub fn open(apex: impl Into<String>) -> Self {
+        Self {
+            apex: apex.into(),
+            namespaces: None,
+        }
+    }
+}
+
 /// Checks that need the whole set of documents and the served zones: unknown target
-/// clusters, hostnames outside every zone, two policies on one hostname, duplicate names.
+/// clusters, hostnames outside every zone or in a zone closed to the policy's
+/// namespace, two policies on one hostname, duplicate names.
 ///
-/// `zones` are zone apexes (`global.example.com`); an empty slice skips the zone check
-/// (no configuration was given).
+/// A hostname claimed twice belongs to the policy created first (oldest
+/// `creationTimestamp`, then namespace/name order, as Gateway API resolves conflicts);
+/// each other claimant gets a `HostnameConflict` naming the owner.
+///
+/// `zones` empty skips the zone checks (no configuration was given).
 pub fn cross_check(
     policies: &[&FailoverPolicy],
     clusters: &[&MemberCluster],
-    zones: &[String],
+    zones: &[ZoneRule],
 ) -> Vec<SetProblem> {
     let mut out = Vec::new();
-    let mut push = |document, path: &str, message: String| {
+    let mut push = |document, path: &str, message: String, reason| {
         out.push(SetProblem {
             document,
             problem: Problem::new(path, message),
+            reason,
         })
     };
 
@@ -511,14 +571,33 @@ pub fn cross_check(
                     "MemberCluster {name:?} is defined twice (first as document {})",
                     first + 1
                 ),
+                SetReason::Duplicate,
             );
         } else {
             cluster_names.insert(name, i);
         }
     }
 
+    // Owner of each hostname: the oldest claimant.
+    let age = |p: &FailoverPolicy| {
+        (
+            p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            policy_id(p),
+        )
+    };
+    let mut owners: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, policy) in policies.iter().enumerate() {
+        let host = normalize_name(&policy.spec.hostname);
+        match owners.get(&host) {
+            // Without timestamps (files) namespace/name order decides.
+            Some(&o) if age(policies[o]) <= age(policy) => {}
+            _ => {
+                owners.insert(host, i);
+            }
+        }
+    }
+
     let mut policy_names: BTreeMap<(String, String), usize> = BTreeMap::new();
-    let mut hostnames: BTreeMap<String, usize> = BTreeMap::new();
     for (i, policy) in policies.iter().enumerate() {
         let id = policy_id(policy);
         if let Some(&first) = policy_names.get(&id) {
@@ -531,34 +610,61 @@ pub fn cross_check(
                     id.1,
                     first + 1
                 ),
+                SetReason::Duplicate,
             );
         } else {
-            policy_names.insert(id, i);
+            policy_names.insert(id.clone(), i);
         }
 
         let host = normalize_name(&policy.spec.hostname);
-        if let Some(&other) = hostnames.get(&host) {
-            let (ns, name) = policy_id(policies[other]);
+        if let Some(&owner) = owners.get(&host)
+            && owner != i
+        {
+            let (ns, name) = policy_id(policies[owner]);
             push(
                 DocumentRef::Policy(i),
                 "spec.hostname",
                 format!("{host:?} is already claimed by FailoverPolicy {ns}/{name}"),
+                SetReason::HostnameConflict,
             );
-        } else {
-            hostnames.insert(host.clone(), i);
         }
 
-        if !zones.is_empty() && !zones.iter().any(|z| name_in_zone(&host, z)) {
-            let list = zones
+        if !zones.is_empty() {
+            // The most specific zone holding the name decides (zones may nest).
+            match zones
                 .iter()
-                .map(|z| normalize_name(z))
-                .collect::<Vec<_>>()
-                .join(", ");
-            push(
-                DocumentRef::Policy(i),
-                "spec.hostname",
-                format!("{host:?} is not inside any served zone (zones: {list})"),
-            );
+                .filter(|z| name_in_zone(&host, &z.apex))
+                .max_by_key(|z| normalize_name(&z.apex).len())
+            {
+                None => {
+                    let list = zones
+                        .iter()
+                        .map(|z| normalize_name(&z.apex))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    push(
+                        DocumentRef::Policy(i),
+                        "spec.hostname",
+                        format!("{host:?} is not inside any served zone (zones: {list})"),
+                        SetReason::OutsideZones,
+                    );
+                }
+                Some(ZoneRule {
+                    apex,
+                    namespaces: Some(allowed),
+                }) if !allowed.contains(&id.0) => push(
+                    DocumentRef::Policy(i),
+                    "spec.hostname",
+                    format!(
+                        "namespace {:?} may not publish names in zone {} (allowed: {})",
+                        id.0,
+                        normalize_name(apex),
+                        allowed.join(", ")
+                    ),
+                    SetReason::NamespaceNotAllowed,
+                ),
+                Some(_) => {}
+            }
         }
 
         // Without any MemberCluster in the set (a policy file checked alone) there is
@@ -572,6 +678,7 @@ pub fn cross_check(
                         DocumentRef::Policy(i),
                         &format!("spec.targets[{t}].cluster"),
                         format!("unknown MemberCluster {:?}", target.cluster),
+                        SetReason::UnknownCluster,
                     );
                 }
             }
@@ -784,6 +891,39 @@ mod tests {
         assert_eq!(member_cluster(&cluster(limits::CLUSTER_ADDRESSES_MAX)), []);
         let over = member_cluster(&cluster(limits::CLUSTER_ADDRESSES_MAX + 1));
         assert!(over.iter().any(|p| p.path == "spec.addresses"), "{over:?}");
+    }
+
+    #[test]
+    fn the_oldest_claimant_owns_a_hostname_and_zones_choose_namespaces() {
+        let fp = |ns: &str, created: &str, host: &str| -> FailoverPolicy {
+            serde_json::from_value(json!({
+                "apiVersion": "lifeline.dev/v1alpha1", "kind": "FailoverPolicy",
+                "metadata": {"name": "web", "namespace": ns, "creationTimestamp": created},
+                "spec": {"hostname": host, "targets": [{"cluster": "a"}]},
+            }))
+            .unwrap()
+        };
+        let newer = fp("aaa", "2026-02-01T00:00:00Z", "web.global.example.com");
+        let older = fp("zzz", "2026-01-01T00:00:00Z", "Web.Global.Example.com.");
+        let zones = [
+            ZoneRule::open("global.example.com"),
+            ZoneRule {
+                apex: "closed.example.com".into(),
+                namespaces: Some(vec!["zzz".into()]),
+            },
+        ];
+        let found = cross_check(&[&newer, &older], &[], &zones);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].document, DocumentRef::Policy(0));
+        assert_eq!(found[0].reason, SetReason::HostnameConflict);
+        assert!(found[0].problem.message.contains("zzz/web"), "{found:?}");
+
+        let outsider = fp("aaa", "2026-01-01T00:00:00Z", "shop.closed.example.com");
+        let insider = fp("zzz", "2026-01-01T00:00:00Z", "api.closed.example.com");
+        let found = cross_check(&[&outsider, &insider], &[], &zones);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].reason, SetReason::NamespaceNotAllowed);
+        assert_eq!(found[0].document, DocumentRef::Policy(0));
     }
 
     #[test]

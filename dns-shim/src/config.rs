@@ -36,6 +36,10 @@ pub struct ZoneConfig {
     /// SOA minimum: the TTL of negative answers (RFC 2308), seconds.
     #[serde(default = "default_negative_ttl")]
     pub negative_ttl: u32,
+    /// Namespaces whose FailoverPolicies may publish names in this zone; every
+    /// namespace when absent. The DNS server ignores it; the controller enforces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
 }
 
 fn default_zone_ttl() -> u32 {

@@ -563,7 +563,7 @@ fn single_keeps_its_store_on_a_claim_and_recreates_the_pod() -> Result<()> {
 #[test]
 fn the_kind_demo_policy_is_valid_and_points_at_the_member_workload() -> Result<()> {
     let root = repo();
-    let zones = config_of(&rendered("single")?)?.zone_origins();
+    let zones = config_of(&rendered("single")?)?.zone_rules();
     let loaded = lifeline_controller::documents::load(
         &[root.join("deploy/kind/manifests/management/lifeline-demo.yaml")],
         &zones,

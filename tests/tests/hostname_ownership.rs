@@ -1,0 +1,223 @@
+//! With policies from CRs (the emulator), a hostname has one owner: a FailoverPolicy in
+//! another namespace claiming a name already served gets `Ready=False` reason
+//! `HostnameConflict` naming the owner, and does not move the answer; the oldest claimant
+//! wins and the next takes over when it goes. A zone may restrict which namespaces
+//! publish names in it. A restart that would drop every policy (a wrong namespace filter)
+//! is held, with a Warning Event on the policies it would remove.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
+
+use k8s_openapi::api::events::v1::Event;
+use lifeline_controller::{config::Config, run};
+use lifeline_crds::FailoverPolicy;
+use lifeline_testkit::{dns::await_exactly, eventually_async, free_addr};
+use lifeline_tests::kube::{Emulator, EmulatorConfig, install_crypto_provider};
+use serde_json::json;
+
+const OPEN: &str = "own.lifeline.test";
+const CLOSED: &str = "closed.lifeline.test";
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("lifeline stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn start_lifeline(dir: &Path, dns: SocketAddr, namespace: Option<&str>) -> Running {
+    let ns = namespace.map_or(String::new(), |n| format!(", namespace: {n}"));
+    let config = Config::from_bytes(
+        format!(
+            "zones:\n  - {{origin: {OPEN}, primaryNs: ns1.{OPEN}, hostmaster: h.{OPEN}, nameservers: [ns1.{OPEN}]}}\n  - {{origin: {CLOSED}, primaryNs: ns1.{CLOSED}, hostmaster: h.{CLOSED}, nameservers: [ns1.{CLOSED}], namespaces: [team-a]}}\n\
+dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\n\
+store: {{type: embedded, dataDir: {d}/store}}\n\
+policySource: {{type: kubernetes, kubeconfig: {d}/kubeconfig.yaml{ns}}}\n",
+            d = dir.display()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let documents = run::documents_of(&config, &dir.join("lifeline.yaml")).unwrap();
+    let admin = tokio::net::TcpListener::bind((lifeline_testkit::loopback(), 0))
+        .await
+        .unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let options = run::Options {
+        config,
+        documents,
+        admin,
+        admin_token: None,
+        admin_routes: Vec::new(),
+        on_ready: None,
+    };
+    let task = tokio::spawn(run::run(options, async move {
+        let _ = rx.await;
+    }));
+    Running { stop, task }
+}
+
+fn policy(namespace: &str, name: &str, hostname: &str, cluster: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "lifeline.dev/v1alpha1", "kind": "FailoverPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"hostname": hostname, "ttl": 5, "targets": [{"cluster": cluster}]}
+    })
+}
+
+/// The `Ready` condition of a policy as (status, reason, message), once it has one.
+async fn ready(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Option<(String, String, String)> {
+    let api: kube::Api<FailoverPolicy> = kube::Api::namespaced(client.clone(), namespace);
+    let p = api.get(name).await.ok()?;
+    let c = p
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.status, c.reason, c.message))
+}
+
+async fn nxdomain(dns: SocketAddr, name: &str) -> bool {
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || {
+        lifeline_testkit::dns::query_a(dns, &name)
+            == lifeline_testkit::dns::Answer::Error("NXDomain".into())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostname_has_one_owner_and_zones_choose_their_namespaces() {
+    install_crypto_provider();
+    let emu = Emulator::start(EmulatorConfig::http()).await.unwrap();
+    emu.install_lifeline_crds().unwrap();
+    for ns in ["team-a", "team-b"] {
+        emu.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+            .unwrap();
+    }
+    for (name, last) in [("one", 7u8), ("two", 8u8)] {
+        emu.create(json!({
+            "apiVersion": "lifeline.dev/v1alpha1", "kind": "MemberCluster",
+            "metadata": {"name": name},
+            "spec": {"region": name, "addressSource": "Static", "addresses": [ip(last).to_string()]}
+        }))
+        .unwrap();
+    }
+    let web = format!("web.{OPEN}");
+    emu.create(policy("team-a", "web", &web, "one")).unwrap();
+    emu.create(policy("team-a", "api", &format!("api.{CLOSED}"), "one"))
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    emu.write_kubeconfig(&dir.path().join("kubeconfig.yaml"))
+        .unwrap();
+    let dns = free_addr();
+    let lifeline = start_lifeline(dir.path(), dns, None).await;
+    await_exactly(dns, &web, ip(7), Duration::from_secs(20)).await;
+    await_exactly(
+        dns,
+        &format!("api.{CLOSED}"),
+        ip(7),
+        Duration::from_secs(10),
+    )
+    .await;
+    let client = emu.client().await.unwrap();
+
+    // team-b claims the same hostname later, and a name in a zone closed to it.
+    emu.create(policy("team-b", "web", &web, "two")).unwrap();
+    emu.create(policy("team-b", "shop", &format!("shop.{CLOSED}"), "two"))
+        .unwrap();
+    let (status, reason, message) =
+        eventually_async(Duration::from_secs(15), "HostnameConflict", || async {
+            ready(&client, "team-b", "web")
+                .await
+                .filter(|(_, r, _)| r == "HostnameConflict")
+        })
+        .await;
+    assert_eq!(status, "False");
+    assert!(message.contains("team-a/web"), "{reason}: {message}");
+    let (_, _, message) =
+        eventually_async(Duration::from_secs(15), "NamespaceNotAllowed", || async {
+            ready(&client, "team-b", "shop")
+                .await
+                .filter(|(_, r, _)| r == "NamespaceNotAllowed")
+        })
+        .await;
+    assert!(message.contains("team-a"), "{message}");
+    // The owner keeps its status and its answer; the refused name is not served.
+    eventually_async(Duration::from_secs(15), "the owner Ready", || async {
+        ready(&client, "team-a", "web")
+            .await
+            .filter(|(s, _, _)| s == "True")
+    })
+    .await;
+    for _ in 0..20 {
+        let got = lifeline_testkit::dns::query_a(dns, &web);
+        assert_eq!(
+            got.addresses(),
+            [ip(7)],
+            "the later claimant must not take the name"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(nxdomain(dns, &format!("shop.{CLOSED}")).await);
+
+    // The owner goes: the next claimant takes over.
+    emu.delete(
+        "lifeline.dev/v1alpha1",
+        "FailoverPolicy",
+        Some("team-a"),
+        "web",
+    )
+    .unwrap();
+    await_exactly(dns, &web, ip(8), Duration::from_secs(15)).await;
+    lifeline.stop().await;
+
+    // Restarted watching a namespace with no policies: every name would go, so the
+    // change is held and the names stay.
+    let lifeline = start_lifeline(dir.path(), dns, Some("nobody")).await;
+    let events: kube::Api<Event> = kube::Api::namespaced(client.clone(), "team-a");
+    let note = eventually_async(
+        Duration::from_secs(20),
+        "a PolicyChangeHeld event",
+        || async {
+            events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("PolicyChangeHeld"))
+                .and_then(|e| e.note)
+        },
+    )
+    .await;
+    assert!(note.contains("lifeline ctl release"), "{note}");
+    for _ in 0..20 {
+        let got = lifeline_testkit::dns::query_a(dns, &format!("api.{CLOSED}"));
+        assert_eq!(got.addresses(), [ip(7)], "a held change keeps the names");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lifeline.stop().await;
+}
