@@ -199,3 +199,92 @@ async fn a_policy_whose_decision_never_returns_is_quarantined_and_the_others_go_
     );
     assert!(lifeline.is_running());
 }
+
+/// A replica's configuration: its own DNS, admin and data directories, the shared etcd
+/// and the shared documents.
+fn write_replica(dir: &Path, n: usize, dns: SocketAddr, admin: SocketAddr, etcd: &str) {
+    std::fs::write(
+        dir.join(format!("replica-{n}.yaml")),
+        format!(
+            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
+dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snapshots-{n}}}\n\
+admin: {{listen: \"{admin}\"}}\n\
+store: {{type: etcd, endpoints: [\"{etcd}\"], prefix: /fate, leaseTtl: 2s}}\n\
+policySource: {{type: files, paths: [clusters.yaml, policies.yaml]}}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replicas_a_poisoned_policy_stops_no_replica_and_no_leader_that_takes_over() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(etcd) = lifeline_testkit::etcd::Etcd::start().await else {
+        eprintln!("etcd not installed; skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ips = [loopback(), loopback()];
+    let [mut primary, _secondary] = Backend::start_on(ips).await;
+    let port = primary.addr.port();
+    // The single-process files, then two replicas sharing etcd.
+    write_files(dir.path(), free_addr(), free_addr(), ips, port);
+    let replicas: Vec<(SocketAddr, SocketAddr)> =
+        (0..2).map(|_| (free_addr(), free_addr())).collect();
+    for (n, (dns, admin)) in replicas.iter().enumerate() {
+        write_replica(dir.path(), n, *dns, *admin, &etcd.endpoint());
+    }
+    let mut running: Vec<Process> = (0..2)
+        .map(|n| start(&dir.path().join(format!("replica-{n}.yaml"))))
+        .collect();
+    for (dns, _) in &replicas {
+        await_exactly(*dns, CHECKOUT, ips[0], Duration::from_secs(20)).await;
+        await_exactly(*dns, SEARCH, ips[0], Duration::from_secs(20)).await;
+    }
+
+    // Poison `search`; the leader quarantines it, whichever replica that is.
+    write_policies(dir.path(), port, Some("panic"));
+    let quarantined = |s: &Value| s["quarantined"]["shop/search"].is_string();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let leader = lifeline_testkit::eventually_async(
+        Duration::from_secs(30),
+        "a replica quarantines search",
+        || async {
+            for (i, (_, admin)) in replicas.iter().enumerate() {
+                let url = format!("http://{admin}/v1/status");
+                let Ok(resp) = http.get(&url).send().await else {
+                    continue;
+                };
+                if resp.json::<Value>().await.is_ok_and(|s| quarantined(&s)) {
+                    return Some(i);
+                }
+            }
+            None
+        },
+    )
+    .await;
+
+    // Every replica answers both names; `checkout` still fails over on each of them.
+    primary.kill().await;
+    for (dns, _) in &replicas {
+        await_exactly(*dns, CHECKOUT, ips[1], Duration::from_secs(15)).await;
+        assert_eq!(query_a(*dns, SEARCH).ok(), Some(vec![ips[0]]));
+    }
+    assert!(
+        running.iter_mut().all(Process::is_running),
+        "no replica crashed"
+    );
+
+    // The leader dies (kill -9): the other replica leads, meets the same poisoned
+    // policy, quarantines it as well, and keeps answering.
+    drop(running.remove(leader));
+    let (dns, admin) = replicas[1 - leader];
+    status_until(admin, "the new leader quarantines search", quarantined).await;
+    assert_eq!(query_a(dns, CHECKOUT).ok(), Some(vec![ips[1]]));
+    assert_eq!(query_a(dns, SEARCH).ok(), Some(vec![ips[0]]));
+    assert!(
+        running[0].is_running(),
+        "the new leader survives the panics"
+    );
+}
