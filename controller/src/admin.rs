@@ -228,6 +228,9 @@ pub struct Status {
     /// in force is still served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<PolicyHold>,
+    /// Stored files that cannot be read (their last good copy is in force).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub store_problems: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -305,6 +308,7 @@ pub fn status_of(decision: &Decision, overrides: &[Override], now: SystemTime) -
         active_overrides: overrides.iter().filter(|o| o.is_active(now)).count(),
         quarantined: BTreeMap::new(),
         held: None,
+        store_problems: Vec::new(),
     }
 }
 
@@ -320,16 +324,18 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
     let decision = state.decision.read().clone();
     // Status must work while the store is down: overrides are then reported unknown (0).
     let store = state.store.read().clone();
-    let (overrides, held) = match store {
+    let (overrides, held, store_problems) = match store {
         Some(store) => (
             store.overrides().await.unwrap_or_default(),
             store.policy_hold().await.ok().flatten(),
+            store.unreadable(),
         ),
-        None => (Vec::new(), None),
+        None => (Vec::new(), None, Vec::new()),
     };
     let mut status = status_of(&decision, &overrides, SystemTime::now());
     status.quarantined = state.quarantined.read().clone();
     status.held = held;
+    status.store_problems = store_problems;
     Json(status).into_response()
 }
 

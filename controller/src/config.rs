@@ -44,6 +44,33 @@ pub struct Config {
     /// The guard on policy changes that would stop serving many names at once.
     #[serde(default)]
     pub policy_changes: PolicyChanges,
+    /// The override audit trail.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// How long override audit entries are kept; older ones are pruned hourly by the leader.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(
+        default = "default_audit_retention",
+        with = "lifeline_model::duration::text"
+    )]
+    pub retention: std::time::Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention: default_audit_retention(),
+        }
+    }
+}
+
+/// 90 days: long enough for a post-incident review.
+fn default_audit_retention() -> std::time::Duration {
+    std::time::Duration::from_secs(90 * 24 * 3600)
 }
 
 /// A new policy set that would stop serving every name, or more than
@@ -389,6 +416,12 @@ impl Config {
                     "{} is out of range: must be above 0 and at most 1",
                     guard.fraction
                 ),
+            );
+        }
+        if self.audit.retention < std::time::Duration::from_secs(3600) {
+            push(
+                "audit.retention".into(),
+                "must be at least 1h (entries are pruned hourly)".into(),
             );
         }
         let share = self.policy_changes.max_removed_share;

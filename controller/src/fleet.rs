@@ -232,6 +232,8 @@ impl Fleet {
     }
 
     /// Addresses found through the APIs, by `(cluster, policy id)`.
+    /// Addresses of each (cluster, policy) whose member view has finished its first
+    /// list; targets of views still listing are absent.
     pub fn discovered(&self, snapshot: &PolicySnapshot) -> BTreeMap<(String, String), Vec<IpAddr>> {
         let views = self.views();
         let mut out = BTreeMap::new();
@@ -249,6 +251,11 @@ impl Fleet {
                 ) else {
                     continue;
                 };
+                // Before its first full list a view knows nothing yet: "no address"
+                // from it would move traffic away from a target that may be fine.
+                if !view.synced {
+                    continue;
+                }
                 let Some(s) = view.services.get(&service) else {
                     continue;
                 };

@@ -32,6 +32,7 @@ pub(crate) struct Metrics {
     pub policy_errors: Counter,
     pub quarantined: Gauge,
     pub held_names: Gauge,
+    pub store_unreadable: Gauge,
     pub term_failures: Counter,
     pub publish_errors: Counter,
 }
@@ -88,6 +89,11 @@ impl Metrics {
             "lifeline_policy_change_held_names",
             "Names a held policy change would stop serving (0: nothing held)",
             self.held_names.clone(),
+        );
+        r.register(
+            "lifeline_store_unreadable_files",
+            "Stored files that cannot be read; their last good copy is in force",
+            self.store_unreadable.clone(),
         );
         r.register(
             "lifeline_publish_errors",

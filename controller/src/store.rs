@@ -15,14 +15,22 @@
 //! writes (records, decision, policies) take its [`Leader`] handle; the embedded store
 //! has one writer by construction and takes `None`.
 //!
-//! The embedded store keeps each item as one JSON file in a directory, replaced
-//! atomically (write to a temporary file, fsync, rename, fsync the directory). A file
-//! that fails to decode is reported and treated as absent; it is never overwritten
+//! The embedded store keeps each item as one JSON file in a directory (mode 0700, files
+//! 0600), replaced atomically (write to a temporary file, fsync, rename, fsync the
+//! directory); temporary files a crash left behind are removed when the store opens. A
+//! file that fails to decode is reported and treated as absent; it is never overwritten
 //! until a good value replaces it, and it never crashes the process.
+//!
+//! Overrides are the exception to "treated as absent": an unreadable `overrides.json`
+//! must not lift an operator's drain. Every write also refreshes `overrides.good.json`;
+//! while `overrides.json` is unreadable the good copy is in force, the file is reported
+//! in [`EmbeddedStore::unreadable`], and override changes are refused until it is
+//! repaired or removed.
 
 use std::{
     fs,
     io::Write,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::Arc,
     time::SystemTime,
@@ -62,6 +70,11 @@ pub enum Error {
     NoDnsServer,
     #[error("the DNS server refused the update: {0}")]
     Dns(#[from] lifeline_dns::Error),
+    /// A stored file that must not be replaced blindly is unreadable.
+    #[error(
+        "{path} is unreadable ({problem}); its last good copy stays in force and changes are refused until the file is repaired or removed"
+    )]
+    Unreadable { path: PathBuf, problem: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -115,11 +128,28 @@ impl Store {
         }
     }
 
+    /// Removes audit entries older than `before`; returns how many.
+    pub async fn prune_audit(&self, before: SystemTime) -> Result<usize> {
+        match self {
+            Store::Embedded(s) => s.prune_audit(before),
+            Store::Etcd(s) => Ok(usize::try_from(s.prune_audit(before).await?).unwrap_or(0)),
+        }
+    }
+
     /// The audit trail, oldest first.
     pub async fn audit(&self) -> Result<Vec<AuditEntry>> {
         match self {
             Store::Embedded(s) => Ok(s.audit()),
             Store::Etcd(s) => Ok(s.audit().await?),
+        }
+    }
+
+    /// Stored files that cannot be read and whose last good copy is in force (the
+    /// embedded store; etcd counts its bad values itself).
+    pub fn unreadable(&self) -> Vec<String> {
+        match self {
+            Store::Embedded(s) => s.unreadable(),
+            Store::Etcd(_) => Vec::new(),
         }
     }
 
@@ -231,12 +261,11 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) the store directory.
+    /// Opens (creating if needed) the store directory, private to this user, and removes
+    /// temporary files a crash left behind.
     pub fn open(dir: &Path) -> Result<Self> {
-        fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
+        private_dir(dir)?;
+        remove_stray_temporaries(dir);
         Ok(Self {
             dir: dir.to_owned(),
             lock: Mutex::new(()),
@@ -260,18 +289,52 @@ impl EmbeddedStore {
         self.write("decision.json", decision)
     }
 
-    /// The overrides on file (expired ones included; the engine ignores those).
+    /// The overrides in force (expired ones included; the engine ignores those): the
+    /// file's, or its last good copy while the file is unreadable or gone.
     pub fn overrides(&self) -> Vec<Override> {
-        self.read("overrides.json").unwrap_or_default()
+        match self.read_strict::<Vec<Override>>(OVERRIDES) {
+            Ok(Some(all)) => all,
+            Ok(None) | Err(_) => self
+                .read_strict(OVERRIDES_GOOD)
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Stored files that cannot be read and whose last good copy is in force.
+    pub fn unreadable(&self) -> Vec<String> {
+        match self.read_strict::<Vec<Override>>(OVERRIDES) {
+            Err(problem) => vec![format!("{OVERRIDES}: {problem}")],
+            Ok(_) => Vec::new(),
+        }
+    }
+
+    /// The overrides to change, refusing while `overrides.json` is unreadable: writing
+    /// over it would replace what an operator set with a guess.
+    fn overrides_for_change(&self) -> Result<Vec<Override>> {
+        match self.read_strict::<Vec<Override>>(OVERRIDES) {
+            Ok(Some(all)) => Ok(all),
+            Ok(None) => Ok(self.overrides()),
+            Err(problem) => Err(Error::Unreadable {
+                path: self.dir.join(OVERRIDES),
+                problem,
+            }),
+        }
+    }
+
+    fn save_overrides(&self, all: &[Override]) -> Result<()> {
+        self.write(OVERRIDES, &all)?;
+        self.write(OVERRIDES_GOOD, &all)
     }
 
     /// Adds or replaces (by id) an override and records it in the audit log.
     pub fn put_override(&self, o: Override, by: &str) -> Result<()> {
         let _guard = self.lock.lock();
-        let mut all = self.overrides();
+        let mut all = self.overrides_for_change()?;
         all.retain(|x| x.id != o.id);
         all.push(o.clone());
-        self.write("overrides.json", &all)?;
+        self.save_overrides(&all)?;
         self.audit_append(AuditEntry {
             at: SystemTime::now(),
             action: "set".to_owned(),
@@ -287,12 +350,14 @@ impl EmbeddedStore {
         by: &str,
     ) -> Result<Vec<Override>> {
         let _guard = self.lock.lock();
-        let (removed, kept): (Vec<Override>, Vec<Override>) =
-            self.overrides().into_iter().partition(|o| pred(o));
+        let (removed, kept): (Vec<Override>, Vec<Override>) = self
+            .overrides_for_change()?
+            .into_iter()
+            .partition(|o| pred(o));
         if removed.is_empty() {
             return Ok(removed);
         }
-        self.write("overrides.json", &kept)?;
+        self.save_overrides(&kept)?;
         for o in &removed {
             self.audit_append(AuditEntry {
                 at: SystemTime::now(),
@@ -313,6 +378,31 @@ impl EmbeddedStore {
         text.lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// Rewrites the audit log without entries older than `before` (and without lines
+    /// that do not decode); returns how many went.
+    pub fn prune_audit(&self, before: SystemTime) -> Result<usize> {
+        let _guard = self.lock.lock();
+        let path = self.dir.join("audit.jsonl");
+        let Ok(text) = fs::read_to_string(&path) else {
+            return Ok(0);
+        };
+        let mut kept = String::with_capacity(text.len());
+        let mut removed = 0;
+        for line in text.lines() {
+            match serde_json::from_str::<AuditEntry>(line) {
+                Ok(e) if e.at >= before => {
+                    kept.push_str(line);
+                    kept.push('\n');
+                }
+                _ => removed += 1,
+            }
+        }
+        if removed > 0 {
+            atomic_write(&path, kept.as_bytes())?;
+        }
+        Ok(removed)
     }
 
     /// The last good policy documents.
@@ -339,6 +429,7 @@ impl EmbeddedStore {
         let mut f = fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io)?;
         f.write_all(&line).map_err(io)?;
@@ -346,25 +437,28 @@ impl EmbeddedStore {
     }
 
     fn read<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
+        match self.read_strict(name) {
+            Ok(v) => v,
+            Err(problem) => {
+                tracing::warn!(path = %self.dir.join(name).display(), %problem, "stored value ignored");
+                None
+            }
+        }
+    }
+
+    /// `Ok(None)` when the file does not exist; `Err` says why an existing one is
+    /// unusable.
+    fn read_strict<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, String> {
         let path = self.dir.join(name);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read stored value; ignoring it");
-                return None;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read it: {e}")),
         };
         match serde_json::from_slice::<Envelope<T>>(&bytes) {
-            Ok(env) if env.format == FORMAT => Some(env.value),
-            Ok(env) => {
-                tracing::warn!(path = %path.display(), format = env.format, "stored value has an unknown format; ignoring it");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "stored value does not decode; ignoring it");
-                None
-            }
+            Ok(env) if env.format == FORMAT => Ok(Some(env.value)),
+            Ok(env) => Err(format!("unknown format {}", env.format)),
+            Err(e) => Err(format!("does not decode: {e}")),
         }
     }
 
@@ -382,6 +476,47 @@ impl EmbeddedStore {
     }
 }
 
+const OVERRIDES: &str = "overrides.json";
+const OVERRIDES_GOOD: &str = "overrides.good.json";
+/// Temporary files are `<name>.tmp.<pid>`.
+const TMP_MARK: &str = "tmp.";
+
+/// Creates `dir` (mode 0700) or narrows an existing one to 0700.
+fn private_dir(dir: &Path) -> Result<()> {
+    let io = |source| Error::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    let mode = fs::metadata(dir).map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
+        tracing::info!(dir = %dir.display(), from = format!("{mode:o}"), "store directory narrowed to 0700");
+    }
+    Ok(())
+}
+
+/// Removes `<name>.tmp.<pid>` files: what a crash during [`atomic_write`] leaves.
+fn remove_stray_temporaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let stray = name
+            .rsplit_once(&format!(".{TMP_MARK}"))
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if stray && fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(file = %entry.path().display(), "removed a temporary file left by a crash");
+        }
+    }
+}
+
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new file,
 /// never a torn one.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -390,9 +525,15 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let tmp = path.with_extension(format!("{TMP_MARK}{}", std::process::id()));
     {
-        let mut f = fs::File::create(&tmp).map_err(io)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
         f.write_all(bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
     }
@@ -460,6 +601,53 @@ mod tests {
             store.load_decision().is_none(),
             "unknown format versions are not read"
         );
+    }
+
+    #[test]
+    fn an_unreadable_overrides_file_keeps_its_good_copy_and_refuses_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.put_override(an_override("a"), "alice").unwrap();
+        fs::write(
+            dir.path().join("overrides.json"),
+            b"{\"format\":1,\"value\":[{",
+        )
+        .unwrap();
+        assert_eq!(store.overrides().len(), 1, "the good copy is in force");
+        assert_eq!(store.unreadable().len(), 1);
+        let refused = store.put_override(an_override("b"), "bob");
+        assert!(
+            matches!(refused, Err(Error::Unreadable { .. })),
+            "{refused:?}"
+        );
+        assert!(store.remove_overrides(|_| true, "bob").is_err());
+        fs::remove_file(dir.path().join("overrides.json")).unwrap();
+        assert!(store.unreadable().is_empty());
+        assert_eq!(store.remove_overrides(|_| true, "bob").unwrap().len(), 1);
+        assert!(store.overrides().is_empty());
+    }
+
+    #[test]
+    fn pruning_keeps_the_audit_trail_bounded_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        for i in 0..50 {
+            store
+                .put_override(an_override(&format!("o{i}")), "alice")
+                .unwrap();
+        }
+        assert_eq!(store.audit().len(), 50);
+        assert_eq!(store.prune_audit(SystemTime::UNIX_EPOCH).unwrap(), 0);
+        let removed = store
+            .prune_audit(SystemTime::now() + Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(removed, 50);
+        assert!(store.audit().is_empty());
+        let mode = fs::metadata(dir.path().join("audit.jsonl"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -333,6 +333,8 @@ struct LeaderTerm<'a> {
     faults: BTreeMap<String, TestFault>,
     /// A sweeping policy change held back, with the set it would put in force.
     held: Option<(PolicyHold, PolicySnapshot)>,
+    /// When the audit trail was last pruned.
+    last_prune: Option<tokio::time::Instant>,
 }
 
 impl<'a> LeaderTerm<'a> {
@@ -404,6 +406,7 @@ impl<'a> LeaderTerm<'a> {
             quarantine: Quarantine::new(),
             faults: BTreeMap::new(),
             held: None,
+            last_prune: None,
         };
         let share = term.shared.config.policy_changes.max_removed_share;
         match last_good {
@@ -503,6 +506,26 @@ impl<'a> LeaderTerm<'a> {
         }
     }
 
+    /// Drops audit entries older than `audit.retention`, hourly, so the trail stays
+    /// bounded.
+    async fn prune_audit(&mut self) {
+        if self
+            .last_prune
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(3600))
+        {
+            return;
+        }
+        self.last_prune = Some(tokio::time::Instant::now());
+        let before = SystemTime::now()
+            .checked_sub(self.shared.config.audit.retention)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        match self.store.prune_audit(before).await {
+            Ok(0) => {}
+            Ok(n) => info!(removed = n, "audit entries past their retention removed"),
+            Err(e) => warn!(error = %e, "cannot prune the audit trail"),
+        }
+    }
+
     /// Applies the held change once an operator released it (by its fingerprint).
     async fn check_release(&mut self) {
         let Some((hold, _)) = &self.held else {
@@ -544,12 +567,66 @@ impl<'a> LeaderTerm<'a> {
             &self.current.clusters,
             &self.discovered,
         );
+        self.keep_unknown_addresses();
         self.policies = Arc::new(self.set.policies.clone());
         for w in &self.set.warnings {
             warn!(warning = %w, "policy set");
         }
         self.prober.set_targets(self.set.probes.clone());
         self.dirty = true;
+    }
+
+    /// A target whose member view has not finished its first list (a new term, a
+    /// member API that is down) keeps the addresses it was last answered with, so a
+    /// leader change or a restart never moves traffic to whichever member listed first.
+    fn keep_unknown_addresses(&mut self) {
+        let decision = self.decision.clone();
+        for p in &mut self.set.policies {
+            let Some(prev) = decision.policies.get(&p.id) else {
+                continue;
+            };
+            for t in &mut p.targets {
+                let key = (t.cluster.to_string(), p.id.clone());
+                if !t.addresses.is_empty() || self.discovered.contains_key(&key) {
+                    continue;
+                }
+                let mut known: Vec<IpAddr> = prev
+                    .answers
+                    .iter()
+                    .chain(&prev.last_good)
+                    .filter(|a| a.cluster == t.cluster)
+                    .map(|a| a.address)
+                    .collect();
+                known.sort();
+                known.dedup();
+                if known.is_empty() {
+                    continue;
+                }
+                // Data-plane health checks need no member API: keep probing them.
+                let check = self
+                    .current
+                    .policies
+                    .iter()
+                    .find(|fp| crate::policies::policy_id(fp) == p.id)
+                    .and_then(|fp| {
+                        let hc = fp.spec.health_check.as_ref()?;
+                        crate::probe::check_from_spec(hc, &fp.spec.hostname)
+                    });
+                if let Some((check, interval, timeout)) = check {
+                    self.set.probes.push(crate::probe::ProbeSpec {
+                        key: crate::probe::TargetKey {
+                            policy: p.id.clone(),
+                            cluster: t.cluster.to_string(),
+                        },
+                        addresses: known.clone(),
+                        check,
+                        interval,
+                        timeout,
+                    });
+                }
+                t.addresses = known;
+            }
+        }
     }
 
     fn on_probe(&mut self, r: ProbeResult) {
@@ -611,6 +688,17 @@ impl<'a> LeaderTerm<'a> {
             });
         }
         self.check_release().await;
+        self.prune_audit().await;
+        let unreadable = self.store.unreadable();
+        if unreadable.len() as i64 != self.shared.metrics.store_unreadable.get() {
+            for problem in &unreadable {
+                tracing::error!(%problem, "a stored file is unreadable; its last good copy is in force and changes to it are refused until it is repaired or removed");
+            }
+            self.shared
+                .metrics
+                .store_unreadable
+                .set(unreadable.len() as i64);
+        }
         // Member views: new addresses recompile the set; readiness becomes observations
         // for policies without a health check.
         if self.fleet.changed() {
@@ -724,6 +812,16 @@ impl<'a> LeaderTerm<'a> {
         let next = Arc::new(next);
         *shared.state.decision.write() = next.clone();
         shared.state.decided.store(true, Ordering::Relaxed);
+        // Saved before it is published: a leader that dies in between hands its
+        // successor this decision, never an older one that could bring back a target
+        // whose failover DNS already answers.
+        let print = fingerprint(&next);
+        if print != self.last_saved || next.revision != self.decision.revision {
+            match self.store.save_decision(self.leader, &next).await {
+                Ok(()) => self.last_saved = print,
+                Err(e) => warn!(error = %e, "cannot save the decision"),
+            }
+        }
         let mut published = true;
         for update in self.publisher.updates(&next, now) {
             let zone = update.zone().to_owned();
@@ -733,13 +831,6 @@ impl<'a> LeaderTerm<'a> {
                 self.publisher.reset();
                 published = false;
                 break;
-            }
-        }
-        let print = fingerprint(&next);
-        if print != self.last_saved || next.revision != self.decision.revision {
-            match self.store.save_decision(self.leader, &next).await {
-                Ok(()) => self.last_saved = print,
-                Err(e) => warn!(error = %e, "cannot save the decision"),
             }
         }
         shared.metrics.observe(&next, now);

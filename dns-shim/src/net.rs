@@ -3,15 +3,23 @@
 //! UDP: one OS thread per socket with a blocking loop (batched `recvmmsg`/`sendmmsg` on
 //! Linux, `recv_from`/`send_to` elsewhere). A DNS answer is a few hundred nanoseconds
 //! of work, so an async wake-up per datagram would cost more than the answer itself.
-//! TCP: tokio tasks, one per connection, with an idle timeout and a connection cap,
-//! because TCP clients can hold resources in a way UDP clients cannot.
+//! TCP: tokio tasks, one per connection, because TCP clients can hold resources in a way
+//! UDP clients cannot. So a connection is bounded every way a client could stretch it:
+//! an idle timeout between messages; one deadline per message, from its first byte to
+//! its last (sending a byte now and then does not extend it); a write deadline (a client
+//! that never reads cannot park the task); a total lifetime; a cap per listener and a
+//! smaller cap per client prefix (/24 for IPv4, /56 for IPv6), so one host cannot take
+//! every slot from the rest.
 
 use std::{
+    collections::HashMap,
     io,
-    net::{SocketAddr, UdpSocket},
+    net::{IpAddr, SocketAddr, UdpSocket},
     sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
+
+use parking_lot::Mutex;
 
 #[cfg(not(target_os = "linux"))]
 use std::sync::atomic::Ordering;
@@ -32,6 +40,10 @@ const UDP_POLL: Duration = Duration::from_millis(200);
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Concurrent TCP connections per listener.
 pub const TCP_MAX_CONNECTIONS: usize = 1024;
+/// Concurrent TCP connections per client prefix (/24, /56).
+pub const TCP_MAX_PER_PREFIX: usize = 64;
+/// Longest a TCP connection may stay open, however busy.
+pub const TCP_LIFETIME: Duration = Duration::from_secs(120);
 
 /// Socket buffer size asked for (the kernel caps it at `net.core.rmem_max`). Bursts from
 /// many resolvers at once must queue, not be dropped, while the thread catches up.
@@ -234,6 +246,7 @@ pub fn spawn_tcp(listener: TcpListener, engine: Arc<Engine>) -> JoinHandle<()> {
     tokio::spawn(
         async move {
             let permits = Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS));
+            let prefixes = Arc::new(PrefixCounts::default());
             loop {
                 let (stream, peer) = match listener.accept().await {
                     Ok(c) => c,
@@ -244,16 +257,26 @@ pub fn spawn_tcp(listener: TcpListener, engine: Arc<Engine>) -> JoinHandle<()> {
                         continue;
                     }
                 };
+                let Some(slot) = prefixes.take(peer.ip()) else {
+                    debug!(%peer, "tcp connection refused: too many from this prefix");
+                    continue;
+                };
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     debug!(%peer, "tcp connection refused: too many connections");
                     continue;
                 };
                 let engine = engine.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, peer, &engine).await {
-                        debug!(%peer, error = %e, "tcp connection ended");
+                    let served =
+                        tokio::time::timeout(TCP_LIFETIME, serve_connection(stream, peer, &engine))
+                            .await;
+                    match served {
+                        Err(_) => debug!(%peer, "tcp connection closed: lifetime reached"),
+                        Ok(Err(e)) => debug!(%peer, error = %e, "tcp connection ended"),
+                        Ok(Ok(())) => {}
                     }
                     drop(permit);
+                    drop(slot);
                 });
             }
         }
@@ -271,14 +294,20 @@ async fn serve_connection(
     let mut buf = vec![0u8; 65_535];
     let mut out = Vec::with_capacity(4096);
     loop {
-        let mut len = [0u8; 2];
-        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
-            Err(_) => return Ok(()),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+        // Idle until the first byte of the next message.
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(TCP_IDLE, stream.read(&mut first)).await {
+            Err(_) | Ok(Ok(0)) => return Ok(()),
             Ok(r) => r?,
         };
-        let len = usize::from(u16::from_be_bytes(len));
-        tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf[..len]))
+        // From there, one deadline for the rest of the message.
+        let deadline = tokio::time::Instant::now() + TCP_IDLE;
+        let mut second = [0u8; 1];
+        tokio::time::timeout_at(deadline, stream.read_exact(&mut second))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "message read timed out"))??;
+        let len = usize::from(u16::from_be_bytes([first[0], second[0]]));
+        tokio::time::timeout_at(deadline, stream.read_exact(&mut buf[..len]))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "message read timed out"))??;
         if engine.respond(&buf[..len], peer, Transport::Tcp, &mut out) {
@@ -289,7 +318,55 @@ async fn serve_connection(
             let mut framed = Vec::with_capacity(out.len() + 2);
             framed.extend_from_slice(&prefix.to_be_bytes());
             framed.extend_from_slice(&out);
-            stream.write_all(&framed).await?;
+            tokio::time::timeout(TCP_IDLE, stream.write_all(&framed))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client does not read"))??;
+        }
+    }
+}
+
+/// Open connections per client prefix.
+#[derive(Default)]
+struct PrefixCounts(Mutex<HashMap<u128, usize>>);
+
+/// A connection's place in its prefix's count; given back on drop.
+struct PrefixSlot {
+    counts: Arc<PrefixCounts>,
+    key: u128,
+}
+
+impl PrefixCounts {
+    fn key(ip: IpAddr) -> u128 {
+        match ip {
+            // Tagged so an IPv4 /24 never collides with an IPv6 /56.
+            IpAddr::V4(v4) => (1u128 << 64) | u128::from(u32::from(v4) >> 8),
+            IpAddr::V6(v6) => u128::from(v6) >> 72,
+        }
+    }
+
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<PrefixSlot> {
+        let key = Self::key(ip);
+        let mut counts = self.0.lock();
+        let n = counts.entry(key).or_default();
+        if *n >= TCP_MAX_PER_PREFIX {
+            return None;
+        }
+        *n += 1;
+        Some(PrefixSlot {
+            counts: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for PrefixSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock();
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
         }
     }
 }

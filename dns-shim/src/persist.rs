@@ -6,11 +6,14 @@
 //! new generation is written to a temporary file, fsynced, renamed into place, and the
 //! directory fsynced, so a crash leaves either the old or the new file, never half of
 //! one. The newest two valid generations are kept: if the newest turns out unreadable
-//! (disk trouble, truncation by hand), the one before it is served instead.
+//! (disk trouble, truncation by hand), the one before it is served instead. The
+//! directory is private (0700) and files are 0600; temporary files a crash left behind
+//! are removed by [`load_newest`].
 
 use std::{
     fs::{self, File},
     io::Write,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
@@ -180,13 +183,23 @@ pub fn write(dir: &Path, snapshot: &ZoneSnapshot) -> Result<PathBuf> {
         let path = path.to_owned();
         move |source| Error::Io { path, source }
     };
-    fs::create_dir_all(dir).map_err(io(dir))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(dir))?;
     let bytes = encode(snapshot)?;
     let name = file_name(&snapshot.zone, snapshot.revision);
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(&name);
     {
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
         f.write_all(&bytes).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
     }
@@ -198,6 +211,24 @@ pub fn write(dir: &Path, snapshot: &ZoneSnapshot) -> Result<PathBuf> {
     prune(dir, &snapshot.zone, snapshot.revision);
     debug!(zone = %snapshot.zone, revision = snapshot.revision, path = %path.display(), "snapshot persisted");
     Ok(path)
+}
+
+/// Removes `.<zone>@<revision>.snapshot.tmp` files: what a crash during [`write`] leaves.
+fn remove_stray_temporaries(dir: &Path, zone: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stray = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(parse_file_name)
+            .is_some_and(|(z, _)| z == zone);
+        if stray && fs::remove_file(entry.path()).is_ok() {
+            debug!(file = %entry.path().display(), "removed a temporary file left by a crash");
+        }
+    }
 }
 
 /// Generations of `zone` in `dir`, newest first.
@@ -250,6 +281,7 @@ pub struct Loaded {
 /// Loads the newest generation of `zone` that verifies; corrupt files are reported in
 /// `errors` and skipped, never served.
 pub fn load_newest(dir: &Path, zone: &str) -> Loaded {
+    remove_stray_temporaries(dir, zone);
     let mut loaded = Loaded::default();
     for (rev, path) in generations(dir, zone) {
         match read(&path).and_then(|s| {

@@ -546,17 +546,49 @@ impl EtcdStore {
         let clusters = self
             .read_dir(&format!("{}/", self.key(&["clusters"])?))
             .await?;
-        Ok(PolicySnapshot {
-            policies: policies.into_iter().map(|(_, v)| v).collect(),
-            clusters: clusters.into_iter().map(|(_, v)| v).collect(),
-        })
+        // What etcd holds is input like any other: validated again before use.
+        let keep = |key: &str, problems: Vec<lifeline_crds::validate::Problem>| {
+            if problems.is_empty() {
+                return true;
+            }
+            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            warn!(%key, problems = ?list, "mirrored document is invalid; ignored");
+            self.bad_values.fetch_add(1, Ordering::Relaxed);
+            false
+        };
+        let policies = policies
+            .into_iter()
+            .filter(|(k, p)| keep(k, lifeline_crds::validate::failover_policy(p)))
+            .map(|(_, v)| v)
+            .collect();
+        let clusters = clusters
+            .into_iter()
+            .filter(|(k, c)| keep(k, lifeline_crds::validate::member_cluster(c)))
+            .map(|(_, v)| v)
+            .collect();
+        Ok(PolicySnapshot { policies, clusters })
     }
 
     // === overrides (not fenced: operators must reach them without a leader) ===
 
     /// Every override in etcd (expired ones included; the engine ignores those).
     pub async fn overrides(&self) -> Result<Vec<Override>> {
-        self.values_under("overrides").await
+        let all: Vec<Override> = self.values_under("overrides").await?;
+        // Anyone with etcd access can write here: a weight outside the documented range
+        // is ignored (and counted), never acted on.
+        Ok(all
+            .into_iter()
+            .filter(|o| match o.action {
+                lifeline_model::OverrideAction::Weight(w)
+                    if w > lifeline_model::limits::WEIGHT_MAX =>
+                {
+                    warn!(id = %o.id, weight = w, max = lifeline_model::limits::WEIGHT_MAX, "override weight out of range; ignored");
+                    self.bad_values.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+                _ => true,
+            })
+            .collect())
     }
 
     /// The good values under `{prefix}/{segment}/`, in key order.

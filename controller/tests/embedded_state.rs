@@ -1,0 +1,190 @@
+//! The embedded store across crashes and damage, with `lifeline run` and `lifeline ctl`
+//! as real processes: an unreadable `overrides.json` never lifts a drain and is never
+//! written over; state is private (0700 directories, 0600 files); temporary files a
+//! crash left behind are removed at start.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use lifeline_testkit::{dns::query_a, free_addr, process::Process};
+use serde_json::Value;
+
+const ZONE: &str = "state.lifeline.test";
+const NAME: &str = "web.state.lifeline.test";
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+fn start(config: &Path) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lifeline"));
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    Process::spawn(command)
+}
+
+fn ctl(admin: SocketAddr, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lifeline"))
+        .args(["ctl", "--admin", &format!("http://{admin}")])
+        .args(args)
+        .output()
+        .expect("run lifeline ctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn write_files(dir: &Path, dns: SocketAddr, admin: SocketAddr) {
+    std::fs::write(
+        dir.join("lifeline.yaml"),
+        format!(
+            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
+dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snapshots}}\n\
+admin: {{listen: \"{admin}\"}}\n\
+store: {{type: embedded, dataDir: {d}/store}}\n\
+policySource: {{type: files, paths: [docs.yaml]}}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("docs.yaml"),
+        format!(
+            "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: primary}}\nspec: {{region: eu, addressSource: Static, addresses: [\"{}\"]}}\n---\n\
+apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: secondary}}\nspec: {{region: us, addressSource: Static, addresses: [\"{}\"]}}\n---\n\
+apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, namespace: shop}}\nspec: {{hostname: {NAME}, ttl: 5, targets: [{{cluster: primary, priority: 0}}, {{cluster: secondary, priority: 1}}]}}\n",
+            ip(2),
+            ip(3)
+        ),
+    )
+    .unwrap();
+}
+
+fn wait_for(dns: SocketAddr, want: IpAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = query_a(dns, NAME);
+        if got.addresses() == [want] {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{NAME}: last answer {got:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn status(admin: SocketAddr) -> Value {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--noproxy",
+            "*",
+            &format!("http://{admin}/v1/status"),
+        ])
+        .output()
+        .expect("curl");
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn a_corrupt_overrides_file_keeps_the_drain_and_refuses_changes_until_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (dns, admin) = (free_addr(), free_addr());
+    write_files(d, dns, admin);
+    let lifeline = start(&d.join("lifeline.yaml"));
+    wait_for(dns, ip(2));
+    let (ok, text) = ctl(
+        admin,
+        &["drain", "primary", "--for", "2h", "--reason", "maintenance"],
+    );
+    assert!(ok, "{text}");
+    wait_for(dns, ip(3));
+    lifeline.stop();
+
+    // State is private to the user running Lifeline.
+    let store = d.join("store");
+    assert_eq!(mode(&store), 0o700);
+    for entry in std::fs::read_dir(&store).unwrap().flatten() {
+        assert_eq!(mode(&entry.path()), 0o600, "{}", entry.path().display());
+    }
+    let snapshots = d.join("snapshots");
+    assert_eq!(mode(&snapshots), 0o700);
+    for entry in std::fs::read_dir(&snapshots).unwrap().flatten() {
+        assert_eq!(mode(&entry.path()), 0o600, "{}", entry.path().display());
+    }
+
+    // The overrides file is damaged while the process is down, and a crash left
+    // temporary files behind.
+    std::fs::write(
+        store.join("overrides.json"),
+        b"{\"format\": 1, \"value\": [{\"id\": tr",
+    )
+    .unwrap();
+    std::fs::write(store.join("decision.tmp.4242"), b"half a decision").unwrap();
+    std::fs::write(
+        snapshots.join(format!(".{ZONE}@00000000000000000009.snapshot.tmp")),
+        b"half",
+    )
+    .unwrap();
+    let lifeline = start(&d.join("lifeline.yaml"));
+    wait_for(dns, ip(3));
+    // Several decisions later the drain still holds.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(
+            query_a(dns, NAME).addresses(),
+            [ip(3)],
+            "the drain was lifted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !store.join("decision.tmp.4242").exists(),
+        "stray temporary file kept"
+    );
+    assert!(
+        !snapshots
+            .join(format!(".{ZONE}@00000000000000000009.snapshot.tmp"))
+            .exists()
+    );
+    let s = status(admin);
+    let problems = s["storeProblems"].to_string();
+    assert!(problems.contains("overrides.json"), "{s}");
+    let metrics = Command::new("curl")
+        .args(["-sS", "--noproxy", "*", &format!("http://{admin}/metrics")])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&metrics.stdout).contains("lifeline_store_unreadable_files 1"),
+        "the unreadable file is counted"
+    );
+
+    // No change may overwrite what the operator set while the file is unreadable.
+    let (ok, text) = ctl(admin, &["drain", "secondary", "--reason", "oops"]);
+    assert!(!ok && text.contains("unreadable"), "{text}");
+    let damaged = std::fs::read(store.join("overrides.json")).unwrap();
+    assert!(damaged.ends_with(b"tr"), "the damaged file was replaced");
+
+    // Repaired (removed): the good copy stays in force and changes work again.
+    std::fs::remove_file(store.join("overrides.json")).unwrap();
+    assert_eq!(query_a(dns, NAME).addresses(), [ip(3)]);
+    let (ok, text) = ctl(admin, &["clear", "primary"]);
+    assert!(ok && text.contains("cleared 1"), "{text}");
+    wait_for(dns, ip(2));
+    lifeline.stop();
+}

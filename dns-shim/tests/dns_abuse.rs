@@ -1,0 +1,129 @@
+//! TCP under abuse, over real sockets: 2,000 connections that send nothing, or a byte
+//! now and then, cannot keep a legitimate client from being answered, and a connection
+//! dribbling one byte at a time is closed at its message deadline, measured from the
+//! message's first byte.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use hickory_proto::{op::Message, rr::RecordType};
+use lifeline_dns::net::{TCP_IDLE, TCP_MAX_PER_PREFIX};
+
+/// One query over TCP from `source`, with a 3 s limit on the whole exchange.
+fn query_from(source: IpAddr, server: SocketAddr) -> std::io::Result<Message> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&server.into(), Duration::from_secs(3))?;
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let query = message("www.global.example.com.", RecordType::A, &Ask::default())
+        .to_vec()
+        .map_err(std::io::Error::other)?;
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&query);
+    stream.write_all(&framed)?;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len)?;
+    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut reply)?;
+    Message::from_vec(&reply).map_err(std::io::Error::other)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_hostile_connections_leave_room_for_a_real_client() {
+    let (shim, _dir) = start().await;
+    let server = shim.tcp_addrs()[0];
+
+    // 2,000 connections from one host (127.0.0.1): half silent, half sending one byte.
+    let mut hostile = Vec::new();
+    for i in 0..2000 {
+        let Ok(mut s) = tokio::net::TcpStream::connect(server).await else {
+            continue;
+        };
+        if i % 2 == 1 {
+            use tokio::io::AsyncWriteExt;
+            let _ = s.write_all(&[0]).await;
+        }
+        hostile.push(s);
+    }
+    assert!(
+        hostile.len() >= 1900,
+        "only {} connections opened",
+        hostile.len()
+    );
+
+    // A client on another prefix is answered at once, every time.
+    let started = Instant::now();
+    for n in 0..20u8 {
+        let source = IpAddr::V4(Ipv4Addr::new(127, 77, n, 1));
+        let reply = tokio::task::spawn_blocking(move || query_from(source, server))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("query {n} from {source} failed: {e}"));
+        assert_eq!(addresses(&reply), [IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))]);
+    }
+    eprintln!(
+        "20 queries beside 2,000 hostile connections took {:?}",
+        started.elapsed()
+    );
+
+    // The hostile host holds at most its prefix's share: the rest were closed.
+    let mut open = 0;
+    for s in &hostile {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(20), s.peek(&mut byte)).await {
+            Err(_) => open += 1,         // still open, nothing to read
+            Ok(Ok(0)) | Ok(Err(_)) => {} // closed by the server
+            Ok(Ok(_)) => open += 1,
+        }
+    }
+    assert!(
+        open <= TCP_MAX_PER_PREFIX,
+        "{open} hostile connections still open"
+    );
+    drop(hostile);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_dribbles_bytes_is_closed_at_its_message_deadline() {
+    let (shim, _dir) = start().await;
+    let server = shim.tcp_addrs()[0];
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(server).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let started = Instant::now();
+        // The length prefix a byte at a time, just inside the idle timeout, then the
+        // body a byte a second: each read alone would beat a per-read timeout. The
+        // message as a whole must not outlive its deadline by much.
+        let mut sent = 0;
+        let limit = TCP_IDLE + TCP_IDLE / 2;
+        while started.elapsed() < limit {
+            let due = if sent == 1 {
+                TCP_IDLE - Duration::from_secs(1)
+            } else {
+                Duration::from_secs(1)
+            };
+            let wrote = s.write_all(&[0xff]);
+            sent += 1;
+            let waited = Instant::now();
+            while waited.elapsed() < due {
+                let mut b = [0u8; 1];
+                if wrote.is_err() || matches!(s.read(&mut b), Ok(0)) {
+                    return Some(started.elapsed());
+                }
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    let after = closed.expect("the dribbling connection was never closed");
+    eprintln!("dribbling connection closed after {after:?}");
+}
