@@ -38,7 +38,10 @@ pub async fn kube_config_from_bytes(bytes: &[u8]) -> Result<kube::Config, Error>
     if text.trim().is_empty() {
         return Err(bad("empty document".to_owned()));
     }
-    let kc = Kubeconfig::from_yaml(text).map_err(|e| bad(format!("not a kubeconfig: {e}")))?;
+    // The parser's message can quote the document (a token, a key); only its shape is
+    // reported, never the text.
+    let kc = Kubeconfig::from_yaml(text)
+        .map_err(|e| bad(format!("not a kubeconfig: {}", redact(&error_chain(&e)))))?;
     let context_name = match (&kc.current_context, kc.contexts.as_slice()) {
         (Some(c), _) if !c.is_empty() => c.clone(),
         (_, [only]) => only.name.clone(),
@@ -132,6 +135,37 @@ pub async fn kube_config_from_bytes(bytes: &[u8]) -> Result<kube::Config, Error>
     Ok(config)
 }
 
+/// `text` with every quoted part (`"…"`, `'…'`, `` `…` ``) replaced by `<redacted>`,
+/// and cut to 300 characters: what a parse error says about where and what kind of
+/// problem, without the values it may quote from a Secret.
+pub(crate) fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(300));
+    let mut quote: Option<char> = None;
+    for c in text.chars() {
+        match quote {
+            Some(q) if c == q => {
+                out.push_str("<redacted>");
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None if matches!(c, '"' | '\'' | '`') => {
+                out.push(c);
+                quote = Some(c);
+            }
+            None => out.push(c),
+        }
+        if out.len() >= 300 {
+            out.push('…');
+            break;
+        }
+    }
+    if quote.is_some() {
+        out.push_str("<redacted>");
+    }
+    out
+}
+
 /// An error and its sources on one line: kube's top-level messages hide the cause.
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -146,4 +180,36 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_broken_kubeconfig_is_reported_without_the_values_it_holds() {
+        // A token pasted where a flag belongs: the parser's message quotes it.
+        let text = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"https://x\", insecure-skip-tls-verify: \"s3cr3t-token-value\"}\ncontexts: []\n";
+        let Err(Error::Kubeconfig(why)) = kube_config_from_bytes(text.as_bytes()).await else {
+            panic!("accepted");
+        };
+        assert!(why.starts_with("not a kubeconfig"), "{why}");
+        // The parser itself quotes the value, which is why it is redacted.
+        let raw = error_chain(&Kubeconfig::from_yaml(text).unwrap_err());
+        assert!(
+            !why.contains("s3cr3t"),
+            "the error quotes the Secret: {why}"
+        );
+        assert!(raw.contains("s3cr3t"), "{raw}");
+    }
+
+    #[test]
+    fn redaction_keeps_the_shape_and_drops_quoted_values() {
+        assert_eq!(
+            redact("invalid type: string \"abc\", expected struct AuthInfo at line 7"),
+            "invalid type: string \"<redacted>\", expected struct AuthInfo at line 7"
+        );
+        assert_eq!(redact("unterminated 'abc"), "unterminated '<redacted>");
+        assert!(redact(&"x".repeat(1000)).chars().count() <= 301);
+    }
 }
