@@ -68,6 +68,9 @@ pub struct AdminState {
     /// Policies the leader stopped deciding because deciding them panics, with why
     /// (their last answers stay).
     pub quarantined: RwLock<crate::guard::Quarantine>,
+    /// When a follower last read the leader's decision from the store; `None` while
+    /// this replica decides itself.
+    pub decision_read_at: RwLock<Option<SystemTime>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -231,7 +234,24 @@ pub struct Status {
     /// Stored files that cannot be read (their last good copy is in force).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub store_problems: Vec<String>,
+    /// Set on a follower: this status is the leader's decision as read from the store,
+    /// refreshed every few seconds, so it may lag the leader by that much.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub followed: Option<Followed>,
 }
+
+/// How a follower's status relates to the leader's.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Followed {
+    /// When the decision was read from the store.
+    pub read_at: String,
+    /// How often it is read.
+    pub refresh_seconds: u64,
+}
+
+/// How often a follower reads the leader's decision for its status.
+pub const FOLLOW_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -309,6 +329,7 @@ pub fn status_of(decision: &Decision, overrides: &[Override], now: SystemTime) -
         quarantined: BTreeMap::new(),
         held: None,
         store_problems: Vec::new(),
+        followed: None,
     }
 }
 
@@ -336,6 +357,10 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
     status.quarantined = state.quarantined.read().clone();
     status.held = held;
     status.store_problems = store_problems;
+    status.followed = state.decision_read_at.read().map(|t| Followed {
+        read_at: lifeline_model::time::format(t).to_string(),
+        refresh_seconds: FOLLOW_REFRESH.as_secs(),
+    });
     Json(status).into_response()
 }
 

@@ -138,6 +138,7 @@ pub async fn run(
         registry,
         overrides_changed: tokio::sync::Notify::new(),
         quarantined: Default::default(),
+        decision_read_at: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut admin_stop = stop_rx.clone();
@@ -347,9 +348,10 @@ async fn follow_status(store: &EtcdStore, state: &AdminState) {
     loop {
         if let Ok(Some(d)) = store.load_decision().await {
             *state.decision.write() = Arc::new(d);
+            *state.decision_read_at.write() = Some(std::time::SystemTime::now());
             state.decided.store(true, Ordering::Relaxed);
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(admin::FOLLOW_REFRESH).await;
     }
 }
 

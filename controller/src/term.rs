@@ -811,6 +811,7 @@ impl<'a> LeaderTerm<'a> {
         // lags behind what DNS answers.
         let next = Arc::new(next);
         *shared.state.decision.write() = next.clone();
+        *shared.state.decision_read_at.write() = None;
         shared.state.decided.store(true, Ordering::Relaxed);
         // Saved before it is published: a leader that dies in between hands its
         // successor this decision, never an older one that could bring back a target

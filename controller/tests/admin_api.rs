@@ -305,6 +305,7 @@ async fn without_a_token_v1_routes_are_refused_beyond_loopback() {
         registry: Default::default(),
         overrides_changed: Default::default(),
         quarantined: Default::default(),
+        decision_read_at: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -265,6 +265,22 @@ async fn with_replicas_a_poisoned_policy_stops_no_replica_and_no_leader_that_tak
     )
     .await;
 
+    // The follower says its status is the leader's decision as read from etcd.
+    let follower = replicas[1 - leader].1;
+    status_until(follower, "the follower's status says it follows", |s| {
+        s["followed"]["readAt"].is_string() && s["revision"].as_u64() > Some(0)
+    })
+    .await;
+    let own: Value = http
+        .get(format!("http://{}/v1/status", replicas[leader].1))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(own.get("followed").is_none(), "{own}");
+
     // Every replica answers both names; `checkout` still fails over on each of them.
     primary.kill().await;
     for (dns, _) in &replicas {
