@@ -82,9 +82,11 @@ pub(crate) struct Shared {
 }
 
 /// Annotation on a FailoverPolicy that makes deciding it panic (`panic`) or never return
-/// (`hang`), when the process was started with test faults enabled
-/// (`LIFELINE_TEST_FAULTS=1`): how tests prove that one poisoned policy cannot stop DNS
-/// or the other policies.
+/// (`hang`), or the process abort between saving a decision that changes its answers
+/// and publishing it (`abort-before-publish`), when the process was started with test
+/// faults enabled (`LIFELINE_TEST_FAULTS=1`): how tests prove that one poisoned policy
+/// cannot stop DNS or the other policies, and that a crash at the worst moment loses
+/// no decision.
 pub const TEST_FAULT: &str = "lifeline.dev/test-fault";
 
 /// Longest a decision may take before it counts as hung (deciding 10,000 policies takes
@@ -96,6 +98,7 @@ const DECIDE_LIMIT: Duration = Duration::from_secs(5);
 enum TestFault {
     Panic,
     Hang,
+    AbortBeforePublish,
 }
 
 /// Where policy documents come from, and what was last seen of them.
@@ -439,6 +442,7 @@ impl<'a> LeaderTerm<'a> {
                     let kind = match p.metadata.annotations.as_ref()?.get(TEST_FAULT)?.as_str() {
                         "panic" => TestFault::Panic,
                         "hang" => TestFault::Hang,
+                        "abort-before-publish" => TestFault::AbortBeforePublish,
                         _ => return None,
                     };
                     Some((crate::policies::policy_id(p), kind))
@@ -756,7 +760,7 @@ impl<'a> LeaderTerm<'a> {
                         Some(TestFault::Hang) => loop {
                             std::thread::sleep(Duration::from_secs(3600));
                         },
-                        None => {}
+                        Some(TestFault::AbortBeforePublish) | None => {}
                     }
                 }
             }) as Arc<guard::Fault<'static>>
@@ -822,6 +826,16 @@ impl<'a> LeaderTerm<'a> {
                 Ok(()) => self.last_saved = print,
                 Err(e) => warn!(error = %e, "cannot save the decision"),
             }
+        }
+        let abort = self.faults.iter().any(|(id, f)| {
+            let before = self.decision.policies.get(id).map(|p| &p.answers);
+            *f == TestFault::AbortBeforePublish
+                && before.is_some_and(|b| !b.is_empty())
+                && before != next.policies.get(id).map(|p| &p.answers)
+        });
+        if abort {
+            tracing::error!("test fault: aborting between saving and publishing a decision");
+            std::process::abort();
         }
         let mut published = true;
         for update in self.publisher.updates(&next, now) {

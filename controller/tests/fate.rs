@@ -23,15 +23,21 @@ const ZONE: &str = "fate.lifeline.test";
 const CHECKOUT: &str = "checkout.fate.lifeline.test";
 const SEARCH: &str = "search.fate.lifeline.test";
 
-/// `lifeline run --config <config>`, killed when dropped.
+/// `lifeline run --config <config>` with test faults on, killed when dropped.
 fn start(config: &Path) -> Process {
+    start_with(config, true)
+}
+
+fn start_with(config: &Path, faults: bool) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lifeline"));
     command
         .args(["run", "--config"])
         .arg(config)
-        .env("LIFELINE_TEST_FAULTS", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
+    if faults {
+        command.env("LIFELINE_TEST_FAULTS", "1");
+    }
     Process::spawn(command)
 }
 
@@ -303,4 +309,55 @@ async fn with_replicas_a_poisoned_policy_stops_no_replica_and_no_leader_that_tak
         running[0].is_running(),
         "the new leader survives the panics"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_saving_and_publishing_a_failover_never_brings_the_dead_primary_back() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let ips = [loopback(), loopback()];
+    let [mut primary, _secondary] = Backend::start_on(ips).await;
+    let port = primary.addr.port();
+    let (dns, admin) = (free_addr(), free_addr());
+    write_files(dir.path(), dns, admin, ips, port);
+    write_policies(dir.path(), port, Some("abort-before-publish"));
+    let config = dir.path().join("lifeline.yaml");
+    let mut lifeline = start(&config);
+    await_exactly(dns, CHECKOUT, ips[0], Duration::from_secs(15)).await;
+    await_exactly(dns, SEARCH, ips[0], Duration::from_secs(15)).await;
+
+    // The primary dies; the failover decision is made and saved, then the process
+    // aborts (as kill -9 would) before publishing it.
+    primary.kill().await;
+    lifeline_testkit::eventually_async(Duration::from_secs(15), "the process aborts", || {
+        let running = lifeline.is_running();
+        async move { (!running).then_some(()) }
+    })
+    .await;
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("store/decision.json")).unwrap())
+            .unwrap();
+    let answered = saved["value"]["policies"]["shop/search"]["answers"].to_string();
+    assert!(
+        answered.contains(&ips[1].to_string()) && !answered.contains(&ips[0].to_string()),
+        "the saved decision is older than the one being published: {answered}"
+    );
+
+    // Restarted (faults off): the saved failover is published, and the dead primary
+    // never comes back.
+    let _lifeline = start_with(&config, false);
+    await_exactly(dns, SEARCH, ips[1], Duration::from_secs(15)).await;
+    await_exactly(dns, CHECKOUT, ips[1], Duration::from_secs(15)).await;
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        for name in [SEARCH, CHECKOUT] {
+            let got = query_a(dns, name);
+            assert_eq!(
+                got.addresses(),
+                [ips[1]],
+                "{name} went back to the dead primary"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
