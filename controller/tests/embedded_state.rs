@@ -7,11 +7,13 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::unix::fs::PermissionsExt,
     path::Path,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use lifeline_testkit::{dns::query_a, free_addr, process::Process};
+mod common;
+
+use common::{admin_target, ctl, get, spawn_run};
+use lifeline_testkit::{dns::query_a, free_addr};
 use serde_json::Value;
 
 const ZONE: &str = "state.lifeline.test";
@@ -19,30 +21,6 @@ const NAME: &str = "web.state.lifeline.test";
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
-}
-
-fn start(config: &Path) -> Process {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lifeline"));
-    command
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    Process::spawn(command)
-}
-
-fn ctl(admin: SocketAddr, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lifeline"))
-        .args(["ctl", "--admin", &format!("http://{admin}")])
-        .args(args)
-        .output()
-        .expect("run lifeline ctl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 fn write_files(dir: &Path, dns: SocketAddr, admin: SocketAddr) {
@@ -84,16 +62,7 @@ fn wait_for(dns: SocketAddr, want: IpAddr) {
 }
 
 fn status(admin: SocketAddr) -> Value {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--noproxy",
-            "*",
-            &format!("http://{admin}/v1/status"),
-        ])
-        .output()
-        .expect("curl");
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    serde_json::from_str(&get(admin, "/v1/status")).unwrap_or(Value::Null)
 }
 
 fn mode(path: &Path) -> u32 {
@@ -106,10 +75,10 @@ fn a_corrupt_overrides_file_keeps_the_drain_and_refuses_changes_until_repaired()
     let d = dir.path();
     let (dns, admin) = (free_addr(), free_addr());
     write_files(d, dns, admin);
-    let lifeline = start(&d.join("lifeline.yaml"));
+    let lifeline = spawn_run(&d.join("lifeline.yaml"), false);
     wait_for(dns, ip(2));
     let (ok, text) = ctl(
-        admin,
+        &admin_target(admin),
         &["drain", "primary", "--for", "2h", "--reason", "maintenance"],
     );
     assert!(ok, "{text}");
@@ -141,7 +110,7 @@ fn a_corrupt_overrides_file_keeps_the_drain_and_refuses_changes_until_repaired()
         b"half",
     )
     .unwrap();
-    let lifeline = start(&d.join("lifeline.yaml"));
+    let lifeline = spawn_run(&d.join("lifeline.yaml"), false);
     wait_for(dns, ip(3));
     // Several decisions later the drain still holds.
     let until = Instant::now() + Duration::from_secs(3);
@@ -165,17 +134,16 @@ fn a_corrupt_overrides_file_keeps_the_drain_and_refuses_changes_until_repaired()
     let s = status(admin);
     let problems = s["storeProblems"].to_string();
     assert!(problems.contains("overrides.json"), "{s}");
-    let metrics = Command::new("curl")
-        .args(["-sS", "--noproxy", "*", &format!("http://{admin}/metrics")])
-        .output()
-        .unwrap();
     assert!(
-        String::from_utf8_lossy(&metrics.stdout).contains("lifeline_store_unreadable_files 1"),
+        get(admin, "/metrics").contains("lifeline_store_unreadable_files 1"),
         "the unreadable file is counted"
     );
 
     // No change may overwrite what the operator set while the file is unreadable.
-    let (ok, text) = ctl(admin, &["drain", "secondary", "--reason", "oops"]);
+    let (ok, text) = ctl(
+        &admin_target(admin),
+        &["drain", "secondary", "--reason", "oops"],
+    );
     assert!(!ok && text.contains("unreadable"), "{text}");
     let damaged = std::fs::read(store.join("overrides.json")).unwrap();
     assert!(damaged.ends_with(b"tr"), "the damaged file was replaced");
@@ -183,7 +151,7 @@ fn a_corrupt_overrides_file_keeps_the_drain_and_refuses_changes_until_repaired()
     // Repaired (removed): the good copy stays in force and changes work again.
     std::fs::remove_file(store.join("overrides.json")).unwrap();
     assert_eq!(query_a(dns, NAME).addresses(), [ip(3)]);
-    let (ok, text) = ctl(admin, &["clear", "primary"]);
+    let (ok, text) = ctl(&admin_target(admin), &["clear", "primary"]);
     assert!(ok && text.contains("cleared 1"), "{text}");
     wait_for(dns, ip(2));
     lifeline.stop();

@@ -7,10 +7,12 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::Path,
-    process::{Command, Stdio},
     time::Duration,
 };
 
+mod common;
+
+use common::spawn_run;
 use lifeline_testkit::{
     Backend,
     dns::{await_exactly, query_a},
@@ -23,22 +25,9 @@ const ZONE: &str = "fate.lifeline.test";
 const CHECKOUT: &str = "checkout.fate.lifeline.test";
 const SEARCH: &str = "search.fate.lifeline.test";
 
-/// `lifeline run --config <config>` with test faults on, killed when dropped.
+/// `lifeline run` with test faults on.
 fn start(config: &Path) -> Process {
-    start_with(config, true)
-}
-
-fn start_with(config: &Path, faults: bool) -> Process {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lifeline"));
-    command
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    if faults {
-        command.env("LIFELINE_TEST_FAULTS", "1");
-    }
-    Process::spawn(command)
+    spawn_run(config, true)
 }
 
 /// `lifeline.yaml`, the clusters, and the two policies (no fault yet).
@@ -345,7 +334,7 @@ async fn a_crash_between_saving_and_publishing_a_failover_never_brings_the_dead_
 
     // Restarted (faults off): the saved failover is published, and the dead primary
     // never comes back.
-    let _lifeline = start_with(&config, false);
+    let _restarted = spawn_run(&config, false);
     await_exactly(dns, SEARCH, ips[1], Duration::from_secs(15)).await;
     await_exactly(dns, CHECKOUT, ips[1], Duration::from_secs(15)).await;
     let until = std::time::Instant::now() + Duration::from_secs(3);

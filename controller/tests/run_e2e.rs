@@ -5,9 +5,10 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
+
+mod common;
 
 use lifeline_testkit::{
     Backend,
@@ -26,16 +27,8 @@ fn secondary() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3))
 }
 
-/// `lifeline run --config <config>`, killed when dropped.
 fn start(config: &Path) -> Process {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lifeline"));
-    command
-        .args(["run", "--config"])
-        .arg(config)
-        .env("LIFELINE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    Process::spawn(command)
+    common::spawn_run(config, false)
 }
 
 fn write_files(

@@ -6,10 +6,12 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
+mod common;
+
+use common::{admin_target, ctl, get, spawn_run};
 use lifeline_testkit::{
     dns::{Answer, query_a},
     free_addr,
@@ -26,32 +28,6 @@ fn host(n: &str) -> String {
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
-}
-
-fn start(config: &Path) -> Process {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lifeline"));
-    command
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    Process::spawn(command)
-}
-
-/// `lifeline ctl <target args> <args>`: (success, stdout + stderr).
-fn ctl(target: &[String], args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lifeline"))
-        .arg("ctl")
-        .args(target)
-        .args(args)
-        .output()
-        .expect("run lifeline ctl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 fn config(dir: &Path, dns: SocketAddr, admin: SocketAddr, store: &str) {
@@ -106,14 +82,6 @@ fn nxdomain(a: &Answer) -> bool {
     *a == Answer::Error("NXDomain".to_owned())
 }
 
-fn get(admin: SocketAddr, path: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-sS", "--noproxy", "*", &format!("http://{admin}{path}")])
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Waits until the status shows a held change; returns it.
 fn held(admin: SocketAddr) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -130,7 +98,7 @@ fn held(admin: SocketAddr) -> Value {
 /// Starts with four names, removes one (immediate), then empties the file (held).
 fn serve_then_sweep(dir: &Path, dns: SocketAddr, admin: SocketAddr) -> Process {
     documents(dir, &NAMES);
-    let lifeline = start(&dir.join("lifeline.yaml"));
+    let lifeline = spawn_run(&dir.join("lifeline.yaml"), false);
     for n in NAMES {
         wait(dns, n, Duration::from_secs(20), served);
     }
@@ -182,7 +150,7 @@ fn a_sweeping_edit_is_held_until_released_through_the_admin_api() {
         ),
     );
     let lifeline = serve_then_sweep(dir.path(), dns, admin);
-    let target = vec!["--admin".to_owned(), format!("http://{admin}")];
+    let target = admin_target(admin);
 
     let (ok, text) = ctl(&target, &["status"]);
     assert!(ok && text.contains("HELD policy change"), "{text}");
@@ -234,7 +202,7 @@ fn a_held_change_survives_a_restart_and_is_released_through_etcd() {
 
     // A restart reads the same file: the change is still held against the last good set.
     lifeline.stop();
-    let lifeline = start(&dir.path().join("lifeline.yaml"));
+    let lifeline = spawn_run(&dir.path().join("lifeline.yaml"), false);
     for n in &NAMES[..3] {
         wait(dns, n, Duration::from_secs(20), served);
     }

@@ -12,10 +12,12 @@ use std::{
 };
 
 use k8s_openapi::api::events::v1::Event;
-use lifeline_controller::{config::Config, run};
 use lifeline_crds::FailoverPolicy;
 use lifeline_testkit::{dns::await_exactly, eventually_async, free_addr};
-use lifeline_tests::kube::{Emulator, EmulatorConfig, install_crypto_provider};
+use lifeline_tests::{
+    harness::inprocess::{Running, zone_line},
+    kube::{Emulator, EmulatorConfig, install_crypto_provider},
+};
 use serde_json::json;
 
 const OPEN: &str = "own.lifeline.test";
@@ -25,52 +27,18 @@ fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
-struct Running {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("lifeline stops")
-            .unwrap()
-            .unwrap();
-    }
-}
-
 async fn start_lifeline(dir: &Path, dns: SocketAddr, namespace: Option<&str>) -> Running {
     let ns = namespace.map_or(String::new(), |n| format!(", namespace: {n}"));
-    let config = Config::from_bytes(
-        format!(
-            "zones:\n  - {{origin: {OPEN}, primaryNs: ns1.{OPEN}, hostmaster: h.{OPEN}, nameservers: [ns1.{OPEN}]}}\n  - {{origin: {CLOSED}, primaryNs: ns1.{CLOSED}, hostmaster: h.{CLOSED}, nameservers: [ns1.{CLOSED}], namespaces: [team-a]}}\n\
+    let config = format!(
+        "zones:\n{}{}\
 dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\n\
 store: {{type: embedded, dataDir: {d}/store}}\n\
 policySource: {{type: kubernetes, kubeconfig: {d}/kubeconfig.yaml{ns}}}\n",
-            d = dir.display()
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let documents = run::documents_of(&config, &dir.join("lifeline.yaml")).unwrap();
-    let admin = tokio::net::TcpListener::bind((lifeline_testkit::loopback(), 0))
-        .await
-        .unwrap();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let options = run::Options {
-        config,
-        documents,
-        admin,
-        admin_token: None,
-        admin_routes: Vec::new(),
-        on_ready: None,
-    };
-    let task = tokio::spawn(run::run(options, async move {
-        let _ = rx.await;
-    }));
-    Running { stop, task }
+        zone_line(OPEN),
+        zone_line(CLOSED).replace("]}", "], namespaces: [team-a]}"),
+        d = dir.display()
+    );
+    Running::start(&config, dir).await
 }
 
 fn policy(namespace: &str, name: &str, hostname: &str, cluster: &str) -> serde_json::Value {

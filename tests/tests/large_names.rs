@@ -6,9 +6,11 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
-use lifeline_controller::{config::Config, run};
 use lifeline_testkit::dns::Dig;
-use lifeline_tests::kube::{Emulator, EmulatorConfig, install_crypto_provider};
+use lifeline_tests::{
+    harness::inprocess::{Running, zone_line},
+    kube::{Emulator, EmulatorConfig, install_crypto_provider},
+};
 use serde_json::json;
 
 const ZONE: &str = "large.lifeline.test";
@@ -64,35 +66,17 @@ apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: fixed
     )
     .unwrap();
     let dns = lifeline_testkit::free_addr();
-    let config = Config::from_bytes(
-        format!(
-            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
-dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\n\
+    let lifeline = Running::start(
+        &format!(
+            "zones:\n{}dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\n\
 store: {{type: embedded, dataDir: {d}/store}}\n\
 policySource: {{type: files, paths: [docs.yaml]}}\n",
+            zone_line(ZONE),
             d = d.display()
-        )
-        .as_bytes(),
+        ),
+        d,
     )
-    .unwrap();
-    let documents = run::documents_of(&config, &d.join("lifeline.yaml")).unwrap();
-    let admin = tokio::net::TcpListener::bind((lifeline_testkit::loopback(), 0))
-        .await
-        .unwrap();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run::run(
-        run::Options {
-            config,
-            documents,
-            admin,
-            admin_token: None,
-            admin_routes: Vec::new(),
-            on_ready: None,
-        },
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    .await;
 
     let checked = tokio::task::spawn_blocking(move || {
         for (name, block) in [("web", 1), ("fixed", 2)] {
@@ -139,11 +123,6 @@ policySource: {{type: files, paths: [docs.yaml]}}\n",
     })
     .await;
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    lifeline.stop_within(Duration::from_secs(20)).await;
     checked.unwrap();
 }

@@ -9,12 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lifeline_controller::{
-    config::Config,
-    run::{self, Documents},
-};
 use lifeline_testkit::{Backend, dns::await_exactly, eventually_async, free_addr, free_port};
-use lifeline_tests::kube::{Emulator, EmulatorConfig, install_crypto_provider};
+use lifeline_tests::{
+    harness::inprocess::{Running, zone_line},
+    kube::{Emulator, EmulatorConfig, install_crypto_provider},
+};
 use serde_json::json;
 
 const ZONE: &str = "mgmt.lifeline.test";
@@ -38,52 +37,15 @@ async fn eventually<T, F: std::future::Future<Output = Option<T>>>(check: impl F
     eventually_async(Duration::from_secs(15), "the condition", check).await
 }
 
-struct Running {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("lifeline stops")
-            .unwrap()
-            .unwrap();
-    }
-}
-
 async fn start_lifeline(dir: &Path, dns: SocketAddr) -> Running {
-    let config = Config::from_bytes(
-        format!(
-            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
-dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\n\
+    let config = format!(
+        "zones:\n{}dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\n\
 store: {{type: embedded, dataDir: {d}/store}}\n\
 policySource: {{type: kubernetes, kubeconfig: {d}/kubeconfig.yaml}}\n",
-            d = dir.display()
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let documents = run::documents_of(&config, &dir.join("lifeline.yaml")).unwrap();
-    assert!(matches!(documents, Documents::Kubernetes { .. }));
-    let admin = tokio::net::TcpListener::bind((lifeline_testkit::loopback(), 0))
-        .await
-        .unwrap();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let options = run::Options {
-        config,
-        documents,
-        admin,
-        admin_token: None,
-        admin_routes: Vec::new(),
-        on_ready: None,
-    };
-    let task = tokio::spawn(run::run(options, async move {
-        let _ = rx.await;
-    }));
-    Running { stop, task }
+        zone_line(ZONE),
+        d = dir.display()
+    );
+    Running::start(&config, dir).await
 }
 
 fn policy(port: u16, primary_priority: u32, tcp_too: bool) -> serde_json::Value {

@@ -17,6 +17,7 @@
 
 pub mod dns;
 pub mod fleet;
+pub mod inprocess;
 pub mod scenarios;
 
 pub use scenarios::{Scale, ScenarioReport};
