@@ -128,6 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     admin_token,
                     admin_routes: Vec::new(),
                     on_ready: None,
+                    test_faults: std::env::var_os("LIFELINE_TEST_FAULTS").is_some_and(|v| v == "1"),
                 };
                 run::run(options, shutdown_signal()).await
             })?;

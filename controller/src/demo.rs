@@ -243,6 +243,7 @@ pub async fn run(
                 .filter(|t| !t.is_empty()),
             admin_routes: vec![("/v1/demo", Arc::new(backends).routes())],
             on_ready: Some(on_ready),
+            test_faults: false,
         },
         shutdown,
     )

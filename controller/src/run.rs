@@ -67,6 +67,9 @@ pub struct Options {
     pub admin_routes: ExtraRoutes,
     /// Called with the admin state once everything is up (the demo prints from it).
     pub on_ready: Option<OnReady>,
+    /// Honour the test-only fault annotation (`lifeline run` sets it from
+    /// `LIFELINE_TEST_FAULTS=1`; nothing else does, except tests).
+    pub test_faults: bool,
 }
 
 impl std::fmt::Debug for Options {
@@ -112,6 +115,7 @@ pub async fn run(
         admin_token,
         admin_routes,
         on_ready,
+        test_faults,
     } = options;
 
     // 1. DNS from the persisted snapshot, then sockets: nothing else is needed to answer.
@@ -174,8 +178,8 @@ pub async fn run(
         state,
         identity: replica_identity(),
         namespace: crate::fleet::own_namespace(),
-        // Read once, here; set only by tests.
-        test_faults: std::env::var_os("LIFELINE_TEST_FAULTS").is_some_and(|v| v == "1"),
+        // Set only by tests.
+        test_faults,
     };
     let mut shutdown = std::pin::pin!(shutdown);
     let result = match shared.config.store.clone() {

@@ -88,6 +88,7 @@ apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, 
         admin_token: token.map(str::to_owned),
         admin_routes: Vec::new(),
         on_ready: None,
+        test_faults: false,
     };
     let task = tokio::spawn(run::run(options, async move {
         let _ = stop_rx.await;

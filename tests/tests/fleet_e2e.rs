@@ -95,6 +95,7 @@ policySource: {{type: files, paths: [docs.yaml]}}\n",
             admin_token: None,
             admin_routes: Vec::new(),
             on_ready: None,
+            test_faults: false,
         },
         async move {
             let _ = rx.await;

@@ -3,7 +3,8 @@
 //! `HostnameConflict` naming the owner, and does not move the answer; the oldest claimant
 //! wins and the next takes over when it goes. A zone may restrict which namespaces
 //! publish names in it. A restart that would drop every policy (a wrong namespace filter)
-//! is held, with a Warning Event on the policies it would remove.
+//! is held, with a Warning Event on the policies it would remove. A policy whose decision
+//! panics is reported on its CR and by an Event.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -187,5 +188,82 @@ async fn a_hostname_has_one_owner_and_zones_choose_their_namespaces() {
         assert_eq!(got.addresses(), [ip(7)], "a held change keeps the names");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    lifeline.stop().await;
+}
+
+/// A policy whose decision panics (the test-only fault) is reported on its CR, with
+/// `Ready=False` reason `Quarantined`, and by a Warning Event; the other policy is Ready
+/// and its name answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_policy_is_reported_on_its_cr_and_by_an_event() {
+    install_crypto_provider();
+    let emu = Emulator::start(EmulatorConfig::http()).await.unwrap();
+    emu.install_lifeline_crds().unwrap();
+    emu.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}}))
+        .unwrap();
+    emu.create(json!({
+        "apiVersion": "lifeline.dev/v1alpha1", "kind": "MemberCluster",
+        "metadata": {"name": "one"},
+        "spec": {"region": "one", "addressSource": "Static", "addresses": [ip(7).to_string()]}
+    }))
+    .unwrap();
+    let fine = format!("fine.{OPEN}");
+    emu.create(policy("team-a", "fine", &fine, "one")).unwrap();
+    let mut poisoned = policy("team-a", "poisoned", &format!("poisoned.{OPEN}"), "one");
+    poisoned["metadata"]["annotations"] = json!({"lifeline.dev/test-fault": "panic"});
+    emu.create(poisoned).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    emu.write_kubeconfig(&dir.path().join("kubeconfig.yaml"))
+        .unwrap();
+    let dns = free_addr();
+    let config = format!(
+        "zones:\n{}dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\n\
+store: {{type: embedded, dataDir: {d}/store}}\n\
+policySource: {{type: kubernetes, kubeconfig: {d}/kubeconfig.yaml}}\n",
+        zone_line(OPEN),
+        d = dir.path().display()
+    );
+    let lifeline = Running::start_with_faults(&config, dir.path()).await;
+    await_exactly(dns, &fine, ip(7), Duration::from_secs(20)).await;
+    let client = emu.client().await.unwrap();
+
+    let (_, _, message) = eventually_async(
+        Duration::from_secs(20),
+        "Ready=False Quarantined",
+        || async {
+            ready(&client, "team-a", "poisoned")
+                .await
+                .filter(|(s, r, _)| s == "False" && r == "Quarantined")
+        },
+    )
+    .await;
+    assert!(message.contains("panicked"), "{message}");
+    let events: kube::Api<Event> = kube::Api::namespaced(client.clone(), "team-a");
+    let note = eventually_async(Duration::from_secs(20), "a Quarantined event", || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("Quarantined")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("poisoned")
+            })
+            .and_then(|e| e.note)
+    })
+    .await;
+    assert!(note.contains("last answers stay"), "{note}");
+    eventually_async(
+        Duration::from_secs(15),
+        "the other policy Ready",
+        || async {
+            ready(&client, "team-a", "fine")
+                .await
+                .filter(|(s, _, _)| s == "True")
+        },
+    )
+    .await;
     lifeline.stop().await;
 }

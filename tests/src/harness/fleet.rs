@@ -119,6 +119,7 @@ impl Replica {
             admin_token: None,
             admin_routes: Vec::new(),
             on_ready: None,
+            test_faults: false,
         };
         let task = tokio::spawn(run::run(options, async move {
             let _ = rx.await;

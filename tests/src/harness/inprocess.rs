@@ -16,6 +16,15 @@ impl Running {
     /// Starts `lifeline run` with the configuration `config` (YAML); relative paths in
     /// it resolve against `dir`. The admin API listens on a loopback address of its own.
     pub async fn start(config: &str, dir: &Path) -> Running {
+        Self::start_with(config, dir, false).await
+    }
+
+    /// [`Running::start`] with the test-only fault annotation honoured.
+    pub async fn start_with_faults(config: &str, dir: &Path) -> Running {
+        Self::start_with(config, dir, true).await
+    }
+
+    async fn start_with(config: &str, dir: &Path, test_faults: bool) -> Running {
         let config = Config::from_bytes(config.as_bytes()).expect("a valid test configuration");
         let documents = run::documents_of(&config, &dir.join("lifeline.yaml"))
             .expect("the configuration's documents");
@@ -30,6 +39,7 @@ impl Running {
             admin_token: None,
             admin_routes: Vec::new(),
             on_ready: None,
+            test_faults,
         };
         let task = tokio::spawn(run::run(options, async move {
             let _ = rx.await;
