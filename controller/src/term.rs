@@ -569,9 +569,8 @@ impl<'a> LeaderTerm<'a> {
         self.set = policies::compile(
             &self.current.policies,
             &self.current.clusters,
-            &self.discovered,
+            &self.addresses_to_compile(),
         );
-        self.keep_unknown_addresses();
         self.policies = Arc::new(self.set.policies.clone());
         for w in &self.set.warnings {
             warn!(warning = %w, "policy set");
@@ -580,57 +579,29 @@ impl<'a> LeaderTerm<'a> {
         self.dirty = true;
     }
 
-    /// A target whose member view has not finished its first list (a new term, a
-    /// member API that is down) keeps the addresses it was last answered with, so a
-    /// leader change or a restart never moves traffic to whichever member listed first.
-    fn keep_unknown_addresses(&mut self) {
-        let decision = self.decision.clone();
-        for p in &mut self.set.policies {
-            let Some(prev) = decision.policies.get(&p.id) else {
-                continue;
-            };
-            for t in &mut p.targets {
-                let key = (t.cluster.to_string(), p.id.clone());
-                if !t.addresses.is_empty() || self.discovered.contains_key(&key) {
+    /// Member addresses to compile with: what member views report, and for targets
+    /// whose view has not finished its first list (a new term, a member API that is
+    /// down) the addresses they were last answered with, so a leader change or a
+    /// restart never moves traffic to whichever member listed first. Compiling from
+    /// these also keeps such targets probed: data-plane checks need no member API.
+    fn addresses_to_compile(&self) -> BTreeMap<(String, String), Vec<IpAddr>> {
+        let mut out = self.discovered.clone();
+        for (id, prev) in &self.decision.policies {
+            for a in prev.answers.iter().chain(&prev.last_good) {
+                let key = (a.cluster.to_string(), id.clone());
+                if self.discovered.contains_key(&key) {
                     continue;
                 }
-                let mut known: Vec<IpAddr> = prev
-                    .answers
-                    .iter()
-                    .chain(&prev.last_good)
-                    .filter(|a| a.cluster == t.cluster)
-                    .map(|a| a.address)
-                    .collect();
-                known.sort();
-                known.dedup();
-                if known.is_empty() {
-                    continue;
+                let known = out.entry(key).or_default();
+                if !known.contains(&a.address) {
+                    known.push(a.address);
                 }
-                // Data-plane health checks need no member API: keep probing them.
-                let check = self
-                    .current
-                    .policies
-                    .iter()
-                    .find(|fp| crate::policies::policy_id(fp) == p.id)
-                    .and_then(|fp| {
-                        let hc = fp.spec.health_check.as_ref()?;
-                        crate::probe::check_from_spec(hc, &fp.spec.hostname)
-                    });
-                if let Some((check, interval, timeout)) = check {
-                    self.set.probes.push(crate::probe::ProbeSpec {
-                        key: crate::probe::TargetKey {
-                            policy: p.id.clone(),
-                            cluster: t.cluster.to_string(),
-                        },
-                        addresses: known.clone(),
-                        check,
-                        interval,
-                        timeout,
-                    });
-                }
-                t.addresses = known;
             }
         }
+        for known in out.values_mut() {
+            known.sort();
+        }
+        out
     }
 
     fn on_probe(&mut self, r: ProbeResult) {

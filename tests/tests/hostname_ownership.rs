@@ -66,6 +66,33 @@ async fn ready(
     Some((c.status, c.reason, c.message))
 }
 
+/// The note of the first Event in `namespace` with `reason` (about the object `name`,
+/// when given), once there is one.
+async fn event_note(
+    client: &kube::Client,
+    namespace: &str,
+    reason: &str,
+    name: Option<&str>,
+) -> String {
+    let events: kube::Api<Event> = kube::Api::namespaced(client.clone(), namespace);
+    eventually_async(Duration::from_secs(20), reason, || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && name.is_none_or(|n| {
+                        e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(n)
+                    })
+            })
+            .and_then(|e| e.note)
+    })
+    .await
+}
+
 async fn nxdomain(dns: SocketAddr, name: &str) -> bool {
     let name = name.to_owned();
     tokio::task::spawn_blocking(move || {
@@ -166,22 +193,7 @@ async fn a_hostname_has_one_owner_and_zones_choose_their_namespaces() {
     // Restarted watching a namespace with no policies: every name would go, so the
     // change is held and the names stay.
     let lifeline = start_lifeline(dir.path(), dns, Some("nobody")).await;
-    let events: kube::Api<Event> = kube::Api::namespaced(client.clone(), "team-a");
-    let note = eventually_async(
-        Duration::from_secs(20),
-        "a PolicyChangeHeld event",
-        || async {
-            events
-                .list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| e.reason.as_deref() == Some("PolicyChangeHeld"))
-                .and_then(|e| e.note)
-        },
-    )
-    .await;
+    let note = event_note(&client, "team-a", "PolicyChangeHeld", None).await;
     assert!(note.contains("lifeline ctl release"), "{note}");
     for _ in 0..20 {
         let got = lifeline_testkit::dns::query_a(dns, &format!("api.{CLOSED}"));
@@ -239,21 +251,7 @@ policySource: {{type: kubernetes, kubeconfig: {d}/kubeconfig.yaml}}\n",
     )
     .await;
     assert!(message.contains("panicked"), "{message}");
-    let events: kube::Api<Event> = kube::Api::namespaced(client.clone(), "team-a");
-    let note = eventually_async(Duration::from_secs(20), "a Quarantined event", || async {
-        events
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| {
-                e.reason.as_deref() == Some("Quarantined")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("poisoned")
-            })
-            .and_then(|e| e.note)
-    })
-    .await;
+    let note = event_note(&client, "team-a", "Quarantined", Some("poisoned")).await;
     assert!(note.contains("last answers stay"), "{note}");
     eventually_async(
         Duration::from_secs(15),
