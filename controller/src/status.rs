@@ -287,13 +287,22 @@ pub fn cluster_status(c: &MemberCluster, view: Option<&MemberView>) -> MemberClu
         _ => None,
     };
     let reachable = matches!(view.control_plane, crate::budget::ControlPlane::Reachable);
-    MemberClusterStatus {
-        control_plane: Some(view.control_plane.into()),
-        since,
-        last_contact: view.last_contact.map(time),
-        watches_open: view.watches_open,
-        api_requests: view.requests,
-        conditions: vec![condition(
+    let ready = if !view.denied.is_empty() {
+        // Reachable, but refused: say what is refused, so nobody mistakes it for an
+        // outage. The API server's own message names the user and the resource.
+        condition(
+            "Ready",
+            false,
+            "Forbidden",
+            format!(
+                "the API server refuses {}; grant the rules in deploy/rbac/member-cluster.yaml",
+                view.denied.join("; ")
+            ),
+            generation,
+            now,
+        )
+    } else {
+        condition(
             "Ready",
             reachable && view.synced,
             if reachable {
@@ -304,7 +313,15 @@ pub fn cluster_status(c: &MemberCluster, view: Option<&MemberView>) -> MemberClu
             format!("{} watch streams open", view.watches_open),
             generation,
             now,
-        )],
+        )
+    };
+    MemberClusterStatus {
+        control_plane: Some(view.control_plane.into()),
+        since,
+        last_contact: view.last_contact.map(time),
+        watches_open: view.watches_open,
+        api_requests: view.requests,
+        conditions: vec![ready],
         observed_generation: generation,
     }
 }
@@ -440,6 +457,11 @@ pub struct PolicyEvent {
     pub warning: bool,
     pub reason: &'static str,
     pub note: String,
+    /// A repeat of the same condition (same reason about the same policy) only counts
+    /// up the first Event's series. Off for Events whose note is the news (which
+    /// answers changed to what): each of those is an Event of its own, or a failover
+    /// minutes after the first answers would read as the first answers again.
+    pub aggregate: bool,
 }
 
 /// Status and Events run in their own task: a slow or hanging management API must
@@ -463,13 +485,14 @@ impl StatusTask {
     pub fn spawn(client: Client, min_interval: Duration, identity: String) -> Self {
         let (input, mut rx) = tokio::sync::watch::channel(StatusInput::default());
         let (events, mut events_rx) = tokio::sync::mpsc::channel::<PolicyEvent>(64);
-        let recorder = kube::runtime::events::Recorder::new(
-            client.clone(),
-            kube::runtime::events::Reporter {
-                controller: "lifeline".to_owned(),
-                instance: Some(identity),
-            },
-        );
+        let reporter = kube::runtime::events::Reporter {
+            controller: "lifeline".to_owned(),
+            instance: Some(identity),
+        };
+        // The recorder keeps the Events it made for 6 minutes and turns a repeat into a
+        // series of the cached one.
+        let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter.clone());
+        let events_client = client.clone();
         let mut writer = StatusWriter::new(client, min_interval);
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -496,7 +519,15 @@ impl StatusTask {
                             secondary: None,
                         };
                         let reference = kube::Resource::object_ref(&ev.policy, &());
-                        if let Err(e) = recorder.publish(&event, &reference).await {
+                        let published = if ev.aggregate {
+                            recorder.publish(&event, &reference).await
+                        } else {
+                            // A recorder with nothing cached always creates a new Event.
+                            kube::runtime::events::Recorder::new(events_client.clone(), reporter.clone())
+                                .publish(&event, &reference)
+                                .await
+                        };
+                        if let Err(e) = published {
                             warn!(error = %e, reason = ev.reason, "cannot publish an event");
                         }
                     }
@@ -530,6 +561,7 @@ impl StatusTask {
                 warning: true,
                 reason: "Quarantined",
                 note: format!("not decided ({why}); its last answers stay"),
+                aggregate: true,
             };
             if self.events.try_send(event).is_err() {
                 debug!("event queue full; event dropped");
@@ -552,6 +584,7 @@ impl StatusTask {
                     "{}; still served. Release with `lifeline ctl release {}`",
                     hold.reason, hold.fingerprint
                 ),
+                aggregate: true,
             };
             if self.events.try_send(event).is_err() {
                 debug!("event queue full; event dropped");
@@ -573,6 +606,7 @@ impl StatusTask {
                 warning,
                 reason,
                 note,
+                aggregate: false,
             };
             if self.events.try_send(event).is_err() {
                 debug!(reason, "event queue full; event dropped");

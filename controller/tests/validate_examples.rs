@@ -139,9 +139,7 @@ fn validate_command_prints_every_problem_and_exits_one() {
         format!("{f}: spec.hostname: \"-bad-\" is not a valid DNS name"),
         format!("{f}: spec.ttl: 0 is out of range: must be between 1 and 86400"),
         format!("{f}: spec.targets[0].weight: 2000 is out of range: must be between 0 and 1000"),
-        format!(
-            "{f}: spec.targets[1].cluster: duplicate target cluster \"a\" (also spec.targets[0])"
-        ),
+        format!("{f}: spec.targets[1]: duplicate target cluster \"a\" (also spec.targets[0])"),
         format!("{f}: spec.healthCheck.tcp.port: 0 is out of range: must be between 1 and 65535"),
         format!("{f}: spec.healthCheck.interval: invalid duration \"soon\""),
     ] {

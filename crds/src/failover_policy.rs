@@ -30,7 +30,6 @@ use lifeline_model::limits;
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("has(self.targets) != has(self.targetSelector)").message("exactly one of targets or targetSelector must be set").field_path(".targets"))]
-#[x_kube(validation = Rule::new("!has(self.targets) || self.targets.all(t, self.targets.exists_one(u, u.cluster == t.cluster))").message("each target cluster may appear only once").field_path(".targets"))]
 pub struct FailoverPolicySpec {
     /// The global name answered, e.g. `checkout.global.example.com`; must fall inside a
     /// zone the DNS shim serves.
@@ -53,9 +52,12 @@ pub struct FailoverPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceRef>,
     /// Member clusters that can serve this name. Exactly one of `targets` and
-    /// `targetSelector` is set.
+    /// `targetSelector` is set. A list keyed by `cluster`: the API server itself refuses
+    /// a cluster named twice, at the second entry's index, and server-side apply merges
+    /// entries by cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = limits::TARGETS_MAX))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["cluster"]))]
     pub targets: Option<Vec<Target>>,
     /// Label selector over MemberClusters; every match becomes a target with priority 0
     /// and weight 100.

@@ -249,8 +249,9 @@ fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
                 p.push(format!("{path}.cluster"), "must not be empty");
             } else if let Some(first) = seen.insert(&t.cluster, i) {
                 seen.insert(&t.cluster, first);
+                // At the entry, as the API server reports a duplicate key of a list map.
                 p.push(
-                    format!("{path}.cluster"),
+                    path.clone(),
                     format!(
                         "duplicate target cluster {:?} (also spec.targets[{first}])",
                         t.cluster

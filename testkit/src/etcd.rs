@@ -15,7 +15,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::Duration,
 };
 
@@ -37,6 +37,8 @@ pub struct Etcd {
     child: Option<Child>,
     /// With TLS: clients must present a certificate signed by the test CA.
     tls: Option<EtcdTlsFiles>,
+    /// The etcd binary: Debian's, or the one built for the real control planes.
+    binary: PathBuf,
 }
 
 /// Why a start failed: the address was taken (worth a retry elsewhere), or anything else.
@@ -69,6 +71,13 @@ impl Etcd {
             eprintln!("SKIPPED: {ETCD_BINARY} is not installed (Debian package etcd-server)");
             return None;
         }
+        Some(Self::start_binary(Path::new(ETCD_BINARY), tls).await)
+    }
+
+    /// Starts the etcd at `binary` (without TLS unless `tls`) and waits until it
+    /// answers. Panics when it cannot start.
+    pub async fn start_binary(binary: &Path, tls: bool) -> Etcd {
+        crate::init_tracing();
         // Bounded: 5 addresses, each with a directory of its own.
         let mut last = String::new();
         for _ in 0..5 {
@@ -83,9 +92,10 @@ impl Etcd {
                 peer_port: ports[1],
                 child: None,
                 tls,
+                binary: binary.to_owned(),
             };
             match etcd.try_start().await {
-                Ok(()) => return Some(etcd),
+                Ok(()) => return etcd,
                 Err(StartError::AddrInUse(log)) => last = log,
                 Err(StartError::Other(msg)) => panic!("{msg}"),
             }
@@ -154,7 +164,7 @@ impl Etcd {
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .unwrap();
-        let mut cmd = Command::new(ETCD_BINARY);
+        let mut cmd = crate::process::owned(&self.binary);
         if let Some(tls) = &self.tls {
             let dir = tls.ca_file.parent().unwrap();
             cmd.arg(format!("--cert-file={}", dir.join("server.pem").display()))
@@ -177,7 +187,7 @@ impl Etcd {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .map_err(|e| StartError::Other(format!("cannot run {ETCD_BINARY}: {e}")))?;
+            .map_err(|e| StartError::Other(format!("cannot run {}: {e}", self.binary.display())))?;
         self.child = Some(child);
         self.wait_ready().await
     }
@@ -216,10 +226,14 @@ impl Etcd {
 
     /// Kills the server (SIGKILL, like a crash) and waits for it to exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            crate::process::kill_group(child);
         }
+    }
+
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn is_running(&self) -> bool {

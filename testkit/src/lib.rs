@@ -3,6 +3,7 @@
 //! ```text
 //!  net      loopback() / free_port() / free_addr(): each call gets an address of its own
 //!  etcd     Etcd::start(): a real etcd on such an address, with a temporary data dir
+//!  control_plane  ControlPlanes::start(n): real kube-apiservers over one real etcd
 //!  proxy    Proxy: a TCP hop a test can cut (a partition) or point elsewhere
 //!  process  Process: a child killed on drop, stopped with SIGTERM
 //!  dns      query builders, raw UDP/TCP exchange, query_a() -> Answer
@@ -19,6 +20,8 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+#[cfg(feature = "control-plane")]
+pub mod control_plane;
 pub mod dns;
 #[cfg(feature = "etcd")]
 pub mod etcd;
@@ -28,6 +31,8 @@ pub mod proxy;
 pub mod wait;
 
 pub use backend::Backend;
+#[cfg(feature = "control-plane")]
+pub use control_plane::ControlPlanes;
 #[cfg(feature = "etcd")]
 pub use etcd::Etcd;
 pub use net::{free_addr, free_port, free_ports, loopback};

@@ -55,7 +55,7 @@ use lifeline_crds::AddressSource;
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
-use tracing::{Instrument as _, debug, info, info_span, warn};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 pub use self::kubeconfig::{kube_config_from_bytes, kube_config_from_path};
 pub use crate::budget::ControlPlane;
@@ -167,6 +167,10 @@ pub struct MemberView {
     pub objects: ObjectCounts,
     /// One entry per service in scope, whether or not the cluster has it.
     pub services: BTreeMap<ServiceKey, ServiceView>,
+    /// Requests the API server refused (401 or 403) and not yet allowed since, one line
+    /// each: `list endpointslices: 403 Forbidden: <server's message>`. Retried at the
+    /// longest backoff: a missing grant takes a person to fix.
+    pub denied: Vec<String>,
 }
 
 /// Objects received and held, per stream.
@@ -278,6 +282,7 @@ impl MemberWatcher {
             synced: false,
             objects: ObjectCounts::default(),
             services: BTreeMap::new(),
+            denied: Vec::new(),
         });
         let (scope, scope_rx) = watch::channel(services);
         let shared = Arc::new(Shared {
@@ -341,12 +346,40 @@ struct StreamState {
     /// Streams running for this scope, and how many have listed.
     expected: u32,
     listed: u32,
+    /// Per stream kind: the last refusal (401/403), cleared by the next success.
+    denied: BTreeMap<&'static str, String>,
+}
+
+/// The refusal line for a 401 or 403 answer; `None` for any other error.
+fn refusal(verb: &str, kind: &str, error: &kube::Error) -> Option<String> {
+    match error {
+        kube::Error::Api(s) if s.code == 401 || s.code == 403 => Some(format!(
+            "{verb} {kind}: {} {}: {}",
+            s.code, s.reason, s.message
+        )),
+        _ => None,
+    }
 }
 
 impl Shared {
+    /// Records (or, with `None`, leaves alone) a refusal of `kind`; returns whether there
+    /// was one. A new refusal is logged as an error once: it needs a person.
+    fn note_refusal(&self, kind: &'static str, refusal: Option<String>) -> bool {
+        let Some(line) = refusal else {
+            return false;
+        };
+        let mut streams = self.streams.lock();
+        if streams.denied.get(kind) != Some(&line) {
+            error!(cluster = %self.cluster, refused = %line,
+                "the member API server refuses a request Lifeline needs; grant deploy/rbac/member-cluster.yaml");
+            streams.denied.insert(kind, line);
+        }
+        true
+    }
+
     /// Recomputes the view; receivers wake only when something changed.
     fn publish(&self) {
-        let (objects, services, watches_open, synced) = {
+        let (objects, services, watches_open, synced, denied) = {
             let streams = self.streams.lock();
             let index = self.index.lock();
             let (svc, slices) = index.counts();
@@ -358,6 +391,7 @@ impl Shared {
                 index.services_view(&streams.scope),
                 streams.watches_open,
                 streams.listed >= streams.expected,
+                streams.denied.values().cloned().collect(),
             )
         };
         let next = MemberView {
@@ -369,6 +403,7 @@ impl Shared {
             synced,
             objects,
             services,
+            denied,
         };
         self.view.send_if_modified(|v| {
             if *v == next {
@@ -585,6 +620,16 @@ impl Pauses {
         let pause = self.current.next().unwrap_or(self.max);
         tokio::time::sleep(pause).await;
     }
+
+    /// After a refusal (401/403) the longest pause at once: retrying sooner cannot help
+    /// until someone changes the grant, and it only adds load. Otherwise [`Pauses::wait`].
+    async fn wait_after(&mut self, refused: bool) {
+        if refused {
+            tokio::time::sleep(self.max).await;
+        } else {
+            self.wait().await;
+        }
+    }
 }
 
 /// One stream: list once, then watch from the last version seen, forever.
@@ -611,15 +656,20 @@ async fn run_stream<K: Indexed>(
                 Ok((items, rv)) => {
                     info!(kind, objects = items.len(), %rv, "listed");
                     K::reset(&mut shared.index.lock(), &items);
-                    shared.streams.lock().listed += 1;
+                    {
+                        let mut streams = shared.streams.lock();
+                        streams.listed += 1;
+                        streams.denied.remove(kind);
+                    }
                     shared.publish();
                     version = Some(rv.clone());
                     rv
                 }
                 Err(error) => {
                     warn!(kind, error = %kubeconfig::error_chain(&error), "list failed");
+                    let refused = shared.note_refusal(kind, refusal("list", kind, &error));
                     shared.publish();
-                    pauses.wait().await;
+                    pauses.wait_after(refused).await;
                     continue;
                 }
             },
@@ -636,11 +686,13 @@ async fn run_stream<K: Indexed>(
             }
             Err(error) => {
                 debug!(kind, %rv, error = %kubeconfig::error_chain(&error), "watch failed to open");
+                let refused = shared.note_refusal(kind, refusal("watch", kind, &error));
                 shared.publish();
-                pauses.wait().await;
+                pauses.wait_after(refused).await;
                 continue;
             }
         };
+        shared.streams.lock().denied.remove(kind);
         let opened = Instant::now();
         shared.streams.lock().watches_open += 1;
         shared.publish();
