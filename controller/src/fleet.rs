@@ -13,12 +13,14 @@
 //! ```
 //!
 //! Static clusters need no watcher. A cluster whose kubeconfig cannot be loaded is
-//! reported and left without a watcher; its targets keep their last known state.
+//! reported (its MemberCluster status says why) and left without a watcher; its targets
+//! keep their last known state. Loading is tried again with a backoff from 1 s to 60 s,
+//! so a Secret that is fixed later is picked up without any change to the policies.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 use lifeline_crds::{AddressSource, FailoverPolicy, MemberCluster};
@@ -37,10 +39,24 @@ use crate::{
 #[derive(Default)]
 pub struct Fleet {
     watchers: BTreeMap<String, Watched>,
+    /// Clusters whose kubeconfig could not be loaded: why, and when to try again.
+    unloaded: BTreeMap<String, Unloaded>,
     /// The management cluster's client, to read `kubeconfigSecretRef` Secrets.
     management: Option<kube::Client>,
     /// Where a `kubeconfigSecretRef` without a namespace points: Lifeline's own.
     namespace: String,
+}
+
+#[derive(Debug)]
+struct Unloaded {
+    reason: String,
+    failures: u32,
+    retry_at: Instant,
+}
+
+/// The pause after the `failures`-th failure in a row to load a kubeconfig.
+fn reload_pause(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60))
 }
 
 impl std::fmt::Debug for Fleet {
@@ -119,6 +135,7 @@ impl Fleet {
     pub fn with_management(management: Option<kube::Client>, namespace: String) -> Self {
         Self {
             watchers: BTreeMap::new(),
+            unloaded: BTreeMap::new(),
             management,
             namespace,
         }
@@ -149,48 +166,53 @@ impl Fleet {
             }
             keep
         });
+        self.unloaded.retain(|name, _| wanted.contains_key(name));
+        let now = Instant::now();
         for (name, (cluster, services)) in wanted {
             if let Some(w) = self.watchers.get(&name) {
                 w.handle.set_services(services);
                 continue;
             }
-            let config = match (
+            if self.unloaded.get(&name).is_some_and(|u| u.retry_at > now) {
+                continue;
+            }
+            let loaded: Result<kube::Config, String> = match (
                 &cluster.spec.kubeconfig_path,
                 &cluster.spec.kubeconfig_secret_ref,
             ) {
-                (Some(path), _) => member::kube_config_from_path(std::path::Path::new(path)).await,
+                (Some(path), _) => member::kube_config_from_path(std::path::Path::new(path))
+                    .await
+                    .map_err(|e| e.to_string()),
                 (None, Some(r)) => match &self.management {
                     // Bounded: a hanging management API must not stall the leader.
-                    Some(client) => match tokio::time::timeout(
+                    Some(client) => tokio::time::timeout(
                         std::time::Duration::from_secs(3),
                         kubeconfig_from_secret(client, r, &self.namespace),
                     )
                     .await
-                    .unwrap_or_else(|_| Err("timed out reading the Secret".to_owned()))
-                    {
-                        Ok(c) => Ok(c),
-                        Err(e) => {
-                            warn!(cluster = %name, error = %e, "cannot load the member kubeconfig");
-                            continue;
-                        }
-                    },
-                    None => {
-                        warn!(cluster = %name, "kubeconfigSecretRef needs policySource kubernetes; use kubeconfigPath with files");
-                        continue;
-                    }
+                    .unwrap_or_else(|_| Err("timed out reading the Secret".to_owned())),
+                    None => Err("kubeconfigSecretRef needs policySource kubernetes; use kubeconfigPath with files".to_owned()),
                 },
-                (None, None) => {
-                    warn!(cluster = %name, "no kubeconfig for a cluster that needs API access");
-                    continue;
-                }
+                (None, None) => Err("no kubeconfig for a cluster that needs API access".to_owned()),
             };
-            let config = match config {
+            let config = match loaded {
                 Ok(c) => c,
-                Err(e) => {
-                    warn!(cluster = %name, error = %e, "cannot load the member kubeconfig");
+                Err(reason) => {
+                    let failures = self.unloaded.get(&name).map_or(0, |u| u.failures) + 1;
+                    let pause = reload_pause(failures);
+                    warn!(cluster = %name, error = %reason, retry_in = ?pause, "cannot load the member kubeconfig");
+                    self.unloaded.insert(
+                        name,
+                        Unloaded {
+                            reason,
+                            failures,
+                            retry_at: now + pause,
+                        },
+                    );
                     continue;
                 }
             };
+            self.unloaded.remove(&name);
             let options = WatchOptions::for_address_source(cluster.spec.address_source);
             let budget = BudgetConfig::from(&cluster.spec.api_budget);
             match MemberWatcher::spawn(name.clone(), config, budget, services, options) {
@@ -206,9 +228,34 @@ impl Fleet {
                         },
                     );
                 }
-                Err(e) => warn!(cluster = %name, error = %e, "cannot start the member watcher"),
+                Err(e) => {
+                    warn!(cluster = %name, error = %e, "cannot start the member watcher");
+                    let failures = self.unloaded.get(&name).map_or(0, |u| u.failures) + 1;
+                    self.unloaded.insert(
+                        name,
+                        Unloaded {
+                            reason: format!("cannot start the watcher: {e}"),
+                            failures,
+                            retry_at: now + reload_pause(failures),
+                        },
+                    );
+                }
             }
         }
+    }
+
+    /// Whether a cluster whose kubeconfig could not be loaded is due another try.
+    pub fn reload_due(&self) -> bool {
+        let now = Instant::now();
+        self.unloaded.values().any(|u| u.retry_at <= now)
+    }
+
+    /// Why each cluster without a watcher has none, by cluster name.
+    pub fn unloaded(&self) -> BTreeMap<String, String> {
+        self.unloaded
+            .iter()
+            .map(|(n, u)| (n.clone(), u.reason.clone()))
+            .collect()
     }
 
     /// True when any view changed since the last call.
@@ -324,5 +371,16 @@ impl Fleet {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubeconfig_reloads_back_off_from_one_second_to_a_minute() {
+        let pauses: Vec<u64> = (1..=9).map(|n| reload_pause(n).as_secs()).collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
     }
 }

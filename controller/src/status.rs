@@ -264,10 +264,29 @@ pub fn policy_status(
     }
 }
 
-/// The status of one member cluster from its watcher's view (`None`: a static cluster).
-pub fn cluster_status(c: &MemberCluster, view: Option<&MemberView>) -> MemberClusterStatus {
+/// The status of one member cluster from its watcher's view (`None`: a static cluster,
+/// or one whose kubeconfig could not be loaded, `unloaded` says why).
+pub fn cluster_status(
+    c: &MemberCluster,
+    view: Option<&MemberView>,
+    unloaded: Option<&str>,
+) -> MemberClusterStatus {
     let generation = c.metadata.generation;
     let now = SystemTime::now();
+    if let (None, Some(reason)) = (view, unloaded) {
+        return MemberClusterStatus {
+            conditions: vec![condition(
+                "Ready",
+                false,
+                "KubeconfigUnavailable",
+                format!("{reason}; retried with backoff, its targets keep their last known state"),
+                generation,
+                now,
+            )],
+            observed_generation: generation,
+            ..MemberClusterStatus::default()
+        };
+    }
     let Some(view) = view else {
         return MemberClusterStatus {
             conditions: vec![condition(
@@ -343,6 +362,7 @@ impl StatusWriter {
             clusters,
             problems,
             views,
+            unloaded,
             quarantined,
             held,
             set_problems,
@@ -382,7 +402,8 @@ impl StatusWriter {
         }
         for c in clusters {
             let name = c.metadata.name.clone().unwrap_or_default();
-            let status = cluster_status(c, views.get(&name));
+            let status =
+                cluster_status(c, views.get(&name), unloaded.get(&name).map(String::as_str));
             let api: Api<MemberCluster> = Api::all(self.client.clone());
             self.write_one(
                 &format!("mc/{name}"),
@@ -442,6 +463,8 @@ pub struct StatusInput {
     pub clusters: Vec<MemberCluster>,
     pub problems: BTreeMap<String, Vec<Problem>>,
     pub views: BTreeMap<String, MemberView>,
+    /// Clusters whose kubeconfig could not be loaded, and why.
+    pub unloaded: BTreeMap<String, String>,
     /// Policies not being decided, with why.
     pub quarantined: BTreeMap<String, String>,
     /// A sweeping policy change being held.

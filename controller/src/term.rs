@@ -657,6 +657,7 @@ impl<'a> LeaderTerm<'a> {
                 clusters: view.clusters.into_values().collect(),
                 problems: view.problems,
                 views: self.fleet.views(),
+                unloaded: self.fleet.unloaded(),
                 quarantined: self.quarantine.clone(),
                 held: self.held.as_ref().map(|(h, _)| h.clone()),
                 set_problems: self.shared.policy_feed.set_problems.clone(),
@@ -673,6 +674,10 @@ impl<'a> LeaderTerm<'a> {
                 .metrics
                 .store_unreadable
                 .set(unreadable.len() as i64);
+        }
+        // A member kubeconfig that could not be loaded is tried again (with backoff).
+        if self.fleet.reload_due() {
+            self.fleet.reconcile(&self.current).await;
         }
         // Member views: new addresses recompile the set; readiness becomes observations
         // for policies without a health check.

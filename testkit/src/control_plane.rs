@@ -27,6 +27,7 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -70,6 +71,9 @@ pub struct Options {
     pub users: Vec<(String, Vec<String>)>,
     /// Extra `kube-apiserver` flags, e.g. `--max-requests-inflight=5`.
     pub args: Vec<String>,
+    /// Users whose requests are written to an audit log, so a test can count them
+    /// ([`ApiServer::audited_requests`]).
+    pub audit_users: Vec<String>,
 }
 
 impl Options {
@@ -85,13 +89,18 @@ impl Options {
         self.args.push(flag.to_owned());
         self
     }
+
+    pub fn audit(mut self, user: &str) -> Self {
+        self.audit_users.push(user.to_owned());
+        self
+    }
 }
 
 /// N API servers over one etcd; everything is killed on drop.
 #[derive(Debug)]
 pub struct ControlPlanes {
     // Declared first: API servers go down before their etcd.
-    servers: Vec<ApiServer>,
+    servers: Vec<Arc<ApiServer>>,
     etcd: Etcd,
 }
 
@@ -106,7 +115,9 @@ pub struct ApiServer {
     binary: PathBuf,
     tokens: Vec<(String, String)>,
     ca_pem: String,
-    child: Option<Child>,
+    child: parking_lot::Mutex<Option<Child>>,
+    /// Users whose requests the audit log records (one line per completed request).
+    audited: bool,
 }
 
 /// How long one API server may take to become ready. Start-up has been seen to take
@@ -136,9 +147,9 @@ impl ControlPlanes {
         let etcd = Etcd::start_binary(&bins.etcd, false).await;
         let mut servers = Vec::with_capacity(n);
         for i in 0..n {
-            let mut s = ApiServer::prepare(&format!("cluster-{i}"), &bins, &etcd, &opts);
+            let s = ApiServer::prepare(&format!("cluster-{i}"), &bins, &etcd, &opts);
             s.spawn();
-            servers.push(s);
+            servers.push(Arc::new(s));
         }
         let planes = ControlPlanes { servers, etcd };
         for s in &planes.servers {
@@ -159,6 +170,11 @@ impl ControlPlanes {
         &self.etcd
     }
 
+    /// A shared handle on server `i`, for a harness that keeps its parts apart.
+    pub fn server(&self, i: usize) -> Arc<ApiServer> {
+        self.servers[i].clone()
+    }
+
     pub fn etcd_mut(&mut self) -> &mut Etcd {
         &mut self.etcd
     }
@@ -167,7 +183,7 @@ impl ControlPlanes {
     pub fn rss_bytes(&self) -> u64 {
         self.servers
             .iter()
-            .filter_map(|s| s.child.as_ref().map(Child::id))
+            .filter_map(|s| s.pid())
             .chain(self.etcd.pid())
             .map(rss_of)
             .sum()
@@ -178,12 +194,6 @@ impl std::ops::Index<usize> for ControlPlanes {
     type Output = ApiServer;
     fn index(&self, i: usize) -> &ApiServer {
         &self.servers[i]
-    }
-}
-
-impl std::ops::IndexMut<usize> for ControlPlanes {
-    fn index_mut(&mut self, i: usize) -> &mut ApiServer {
-        &mut self.servers[i]
     }
 }
 
@@ -229,6 +239,20 @@ impl ApiServer {
             "--endpoint-reconciler-type=none".to_owned(),
             "--v=1".to_owned(),
         ];
+        let audited = !opts.audit_users.is_empty();
+        if audited {
+            let users: Vec<String> = opts.audit_users.iter().map(|u| format!("{u:?}")).collect();
+            // One line per request, when it completes.
+            let policy = format!(
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived, ResponseStarted]\n\
+                 rules:\n- level: Metadata\n  users: [{}]\n- level: None\n",
+                users.join(", ")
+            );
+            std::fs::write(dir.path().join("audit-policy.yaml"), policy).unwrap();
+            args.push(format!("--audit-policy-file={d}/audit-policy.yaml"));
+            args.push(format!("--audit-log-path={d}/audit.log"));
+            args.push("--audit-log-mode=blocking".to_owned());
+        }
         args.extend(opts.args.iter().cloned());
         ApiServer {
             name: name.to_owned(),
@@ -239,12 +263,14 @@ impl ApiServer {
             binary: bins.kube_apiserver.clone(),
             tokens,
             ca_pem,
-            child: None,
+            child: parking_lot::Mutex::new(None),
+            audited,
         }
     }
 
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "{} is already running", self.name);
+    fn spawn(&self) {
+        let mut slot = self.child.lock();
+        assert!(slot.is_none(), "{} is already running", self.name);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -257,7 +283,7 @@ impl ApiServer {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.binary.display()));
-        self.child = Some(child);
+        *slot = Some(child);
     }
 
     /// Polls `/readyz` until it says ok; panics with the log's tail when the server exits
@@ -266,7 +292,7 @@ impl ApiServer {
         let start = Instant::now();
         // Bounded: READY_LIMIT / 200 ms tries.
         for _ in 0..READY_LIMIT.as_millis() / 200 {
-            if let Some(pid) = self.child.as_ref().map(Child::id)
+            if let Some(pid) = self.pid()
                 && !Path::new(&format!("/proc/{pid}")).exists()
             {
                 panic!(
@@ -397,31 +423,42 @@ impl ApiServer {
     }
 
     /// SIGKILL (a crash); the address stays this server's.
-    pub fn kill(&mut self) {
-        if let Some(child) = self.child.take() {
+    pub fn kill(&self) {
+        let child = self.child.lock().take();
+        if let Some(child) = child {
             process::kill_group(child);
         }
     }
 
     /// Starts a killed server again with the same address and flags, and waits until it
     /// is ready.
-    pub async fn start_again(&mut self) {
+    pub async fn start_again(&self) {
         self.spawn();
         self.wait_ready().await;
     }
 
     /// [`ApiServer::kill`] then [`ApiServer::start_again`].
-    pub async fn restart(&mut self) {
+    pub async fn restart(&self) {
         self.kill();
         self.start_again().await;
     }
 
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.child.lock().is_some()
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.lock().as_ref().map(Child::id)
+    }
+
+    /// Requests by the audited users ([`Options::audit`]) that have completed so far; 0
+    /// without an audit log. A watch counts when it ends.
+    pub fn audited_requests(&self) -> u64 {
+        if !self.audited {
+            return 0;
+        }
+        std::fs::read_to_string(self.dir.path().join("audit.log"))
+            .map_or(0, |t| t.lines().count() as u64)
     }
 
     fn log_path(&self) -> PathBuf {

@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use base64::Engine as _;
 use lifeline_testkit::{Backend, dns::await_exactly, eventually_async, free_addr, free_port};
 use lifeline_tests::{
     harness::inprocess::{Running, zone_line},
@@ -234,8 +235,10 @@ async fn policies_come_from_crs_and_survive_a_management_outage_and_a_restart() 
     drop(one);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_kubeconfig_is_read_from_a_secret_in_the_management_cluster() {
+/// A management emulator with a MemberCluster `one` whose kubeconfig is the Secret
+/// `lifeline-system/member-kubeconfig` holding `kubeconfig`, a policy `shop/web` on it,
+/// and a member emulator serving `shop/web` at 127.0.0.11.
+async fn secret_fleet(kubeconfig: impl FnOnce(&Emulator) -> String) -> (Emulator, Emulator) {
     install_crypto_provider();
     let management = Emulator::start(EmulatorConfig::http()).await.unwrap();
     let member = Emulator::start(EmulatorConfig::https()).await.unwrap();
@@ -245,12 +248,11 @@ async fn a_member_kubeconfig_is_read_from_a_secret_in_the_management_cluster() {
             .create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
             .unwrap();
     }
-    use base64::Engine as _;
     management
         .create(json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "member-kubeconfig", "namespace": "lifeline-system"},
-            "data": {"kubeconfig": base64::engine::general_purpose::STANDARD.encode(member.kubeconfig_yaml())}
+            "data": {"kubeconfig": base64::engine::general_purpose::STANDARD.encode(kubeconfig(&member))}
         }))
         .unwrap();
     management
@@ -280,7 +282,12 @@ async fn a_member_kubeconfig_is_read_from_a_secret_in_the_management_cluster() {
             "endpoints": [{"addresses": ["127.0.0.11"], "conditions": {"ready": true}}]
         }))
         .unwrap();
+    (management, member)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_kubeconfig_is_read_from_a_secret_in_the_management_cluster() {
+    let (management, _member) = secret_fleet(|m| m.kubeconfig_yaml()).await;
     let dir = tempfile::tempdir().unwrap();
     management
         .write_kubeconfig(&dir.path().join("kubeconfig.yaml"))
@@ -296,5 +303,52 @@ async fn a_member_kubeconfig_is_read_from_a_secret_in_the_management_cluster() {
         secret_reads, 1,
         "the Secret is read once, when the watcher starts"
     );
+    lifeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_kubeconfig_that_cannot_be_loaded_is_reported_and_retried_until_it_loads() {
+    let (management, member) = secret_fleet(|_| "clusters: [not, a, kubeconfig".to_owned()).await;
+    let dir = tempfile::tempdir().unwrap();
+    management
+        .write_kubeconfig(&dir.path().join("kubeconfig.yaml"))
+        .unwrap();
+    let dns = free_addr();
+    let lifeline = start_lifeline(dir.path(), dns).await;
+    let client = management.client().await.unwrap();
+    let clusters: kube::Api<lifeline_crds::MemberCluster> = kube::Api::all(client);
+    let ready = |c: lifeline_crds::MemberCluster| c.status?.conditions.into_iter().next();
+    let unavailable = eventually(|| async {
+        let c = ready(clusters.get("one").await.ok()?)?;
+        (c.reason == "KubeconfigUnavailable").then_some(c)
+    })
+    .await;
+    assert_eq!(unavailable.status, "False");
+    assert!(
+        unavailable
+            .message
+            .contains("Secret lifeline-system/member-kubeconfig key \"kubeconfig\""),
+        "{}",
+        unavailable.message
+    );
+
+    // The Secret is fixed; nothing else changes. The next retry loads it.
+    management
+        .merge_patch(
+            "v1",
+            "Secret",
+            Some("lifeline-system"),
+            "member-kubeconfig",
+            &json!({"data": {"kubeconfig": base64::engine::general_purpose::STANDARD.encode(member.kubeconfig_yaml())}}),
+            false,
+        )
+        .unwrap();
+    wait_for(dns, NAME, ip(11), Duration::from_secs(30)).await;
+    let reachable = eventually(|| async {
+        let c = ready(clusters.get("one").await.ok()?)?;
+        (c.reason == "Reachable").then_some(c)
+    })
+    .await;
+    assert_eq!(reachable.status, "True");
     lifeline.stop().await;
 }

@@ -212,7 +212,7 @@ async fn the_member_role_is_enough_and_each_missing_grant_is_reported_as_forbidd
                 "metadata": {"name": "real"},
                 "spec": {"region": "a", "addressSource": "EndpointSlice"}
             }))?;
-            let status = lifeline_controller::status::cluster_status(&mc, Some(&v));
+            let status = lifeline_controller::status::cluster_status(&mc, Some(&v), None);
             let ready = &status.conditions[0];
             ensure!(
                 ready.status == "False" && ready.reason == "Forbidden",
@@ -236,7 +236,7 @@ async fn the_member_role_is_enough_and_each_missing_grant_is_reported_as_forbidd
 async fn watches_resume_without_relisting_on_timeout_and_after_an_api_server_restart() -> Result<()>
 {
     lifeline_tests::kube::install_crypto_provider();
-    let Some(mut planes) = ControlPlanes::start(1, Options::default()).await else {
+    let Some(planes) = ControlPlanes::start(1, Options::default()).await else {
         return Ok(());
     };
     web(&planes[0], "10.9.0.1")?;

@@ -5,16 +5,19 @@
 //! ```text
 //!  cargo run --release -p lifeline-tests --bin incident-replay [-- FILTER]
 //!  LIFELINE_REPLAY_SCALE=N   every phase N times longer (default 3; the tests use 1)
+//!  LIFELINE_REPLAY_BACKEND=emulator|real|both   which API servers (default: both when
+//!                            the real control-plane binaries are built, else emulator)
 //! ```
 //!
-//! Exits non-zero when any scenario violated an expectation; the violations are printed
-//! under the table. Needs `/usr/bin/etcd`.
+//! Each row names the backend it ran on. Exits non-zero when any scenario violated an
+//! expectation; the violations are printed under the table. Needs `/usr/bin/etcd`.
 
 use std::{io::Write as _, time::Duration};
 
-use lifeline_testkit::Etcd;
+use lifeline_testkit::{ControlPlanes, Etcd};
 use lifeline_tests::harness::{
     Scale, ScenarioReport,
+    fleet::ApiBackend,
     scenarios::{Scenario, requests_text},
 };
 
@@ -30,40 +33,54 @@ async fn main() -> anyhow::Result<()> {
         "scale {}: every phase {}x as long as in CI",
         scale.0, scale.0
     );
+    let backends = match std::env::var("LIFELINE_REPLAY_BACKEND").as_deref() {
+        Ok("emulator") => vec![ApiBackend::Emulator],
+        Ok("real") => vec![ApiBackend::Real],
+        Ok("both") => vec![ApiBackend::Emulator, ApiBackend::Real],
+        Ok(other) => anyhow::bail!("LIFELINE_REPLAY_BACKEND={other}: use emulator, real or both"),
+        Err(_) if ControlPlanes::available() => vec![ApiBackend::Emulator, ApiBackend::Real],
+        Err(_) => vec![ApiBackend::Emulator],
+    };
     let mut reports: Vec<ScenarioReport> = Vec::new();
-    for scenario in Scenario::ALL {
-        let label = format!("{scenario:?}");
-        if !label.to_lowercase().contains(&filter.to_lowercase()) {
-            continue;
+    for backend in backends {
+        for scenario in Scenario::ALL {
+            let label = format!("{scenario:?}");
+            if !label.to_lowercase().contains(&filter.to_lowercase()) || !scenario.runs_on(backend)
+            {
+                continue;
+            }
+            eprint!("running {label} on the {} ... ", backend.name());
+            let _ = std::io::stderr().flush();
+            // Each scenario bounds its own phases; this is the backstop.
+            let run = scenario.run(scale, backend);
+            let report = match tokio::time::timeout(Duration::from_secs(600), run).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => ScenarioReport {
+                    name: label.clone(),
+                    backend: backend.name(),
+                    violations: vec![format!("setup failed: {e:#}")],
+                    ..ScenarioReport::default()
+                },
+                Err(_) => ScenarioReport {
+                    name: label.clone(),
+                    backend: backend.name(),
+                    violations: vec!["did not finish within 10 minutes".into()],
+                    ..ScenarioReport::default()
+                },
+            };
+            eprintln!("{}", if report.passed() { "ok" } else { "FAILED" });
+            reports.push(report);
         }
-        eprint!("running {label} ... ");
-        let _ = std::io::stderr().flush();
-        // Each scenario bounds its own phases; this is the backstop.
-        let report = match tokio::time::timeout(Duration::from_secs(600), scenario.run(scale)).await
-        {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => ScenarioReport {
-                name: label.clone(),
-                violations: vec![format!("setup failed: {e:#}")],
-                ..ScenarioReport::default()
-            },
-            Err(_) => ScenarioReport {
-                name: label.clone(),
-                violations: vec!["did not finish within 10 minutes".into()],
-                ..ScenarioReport::default()
-            },
-        };
-        eprintln!("{}", if report.passed() { "ok" } else { "FAILED" });
-        reports.push(report);
     }
     println!(
-        "| scenario | duration | DNS queries | failed / empty | max answer-change latency | API requests (during scenario) | result |"
+        "| scenario | API servers | duration | DNS queries | failed / empty | max answer-change latency | API requests (during scenario) | result |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in &reports {
         println!(
-            "| {} | {:.1} s | {} | {} / {} | {} | {} | {} |",
+            "| {} | {} | {:.1} s | {} | {} / {} | {} | {} | {} |",
             r.name,
+            r.backend,
             r.duration.as_secs_f64(),
             r.queries,
             r.failed,

@@ -1,6 +1,13 @@
-//! A simulated fleet on loopback: member clusters (an API emulator each, plus a real HTTP
-//! backend on the member's own 127.0.0.x address), a management-cluster emulator holding
-//! the CRs, a real etcd, and Lifeline replicas running in this process.
+//! A simulated fleet on loopback: member clusters (an API server each, plus a real HTTP
+//! backend on the member's own 127.0.0.x address), a management-cluster API server
+//! holding the CRs, a real etcd, and Lifeline replicas running in this process.
+//!
+//! The API servers are our emulator ([`ApiBackend::Emulator`]) or real kube-apiservers
+//! ([`ApiBackend::Real`], from `tests/control-plane/build.sh`). On real servers Lifeline
+//! uses the identities and RBAC of `deploy/rbac/`, members publish the backend address
+//! as a LoadBalancer Service (a real server refuses loopback EndpointSlice addresses),
+//! and Lifeline's requests are counted from each server's audit log. Faults a real
+//! server cannot be asked for (429s on demand, hangs) exist only on the emulator.
 //!
 //! ```text
 //!  management emulator (127.0.0.1)  CRDs, MemberClusters m0..mN (kubeconfigSecretRef ──►
@@ -28,7 +35,8 @@ use lifeline_controller::{config::Config, run};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use lifeline_testkit::{Backend, Etcd, backend::Behaviour, free_addr, free_port};
+use lifeline_testkit::control_plane::{ApiServer, Options};
+use lifeline_testkit::{Backend, ControlPlanes, Etcd, backend::Behaviour, free_addr, free_port};
 
 use super::dns;
 use crate::kube::{Emulator, EmulatorConfig, install_crypto_provider};
@@ -56,6 +64,152 @@ pub struct FleetSpec {
     /// Member kubeconfigs as files (`kubeconfigPath`) instead of Secrets in the
     /// management cluster (`kubeconfigSecretRef`).
     pub kubeconfig_files: bool,
+    pub backend: ApiBackend,
+}
+
+/// What the API servers are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ApiBackend {
+    /// Our Kubernetes API emulator (faults on demand).
+    #[default]
+    Emulator,
+    /// Real kube-apiservers over a real etcd.
+    Real,
+}
+
+impl ApiBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiBackend::Emulator => "emulator",
+            ApiBackend::Real => "real kube-apiserver",
+        }
+    }
+}
+
+/// API server `i` of the fleet: a new emulator listening on `listen`, or real server `i`
+/// reached as `user`.
+async fn api_for(
+    planes: Option<&ControlPlanes>,
+    i: usize,
+    listen: IpAddr,
+    user: &'static str,
+) -> anyhow::Result<Api> {
+    Ok(match planes {
+        None => Api::Emulator(
+            Emulator::start(EmulatorConfig {
+                listen: SocketAddr::new(listen, 0),
+                ..EmulatorConfig::http()
+            })
+            .await?,
+        ),
+        Some(p) => Api::Real {
+            server: p.server(i),
+            user,
+        },
+    })
+}
+
+/// The identities `deploy/rbac/` binds, as static-token users on real servers.
+const MANAGER: &str = "system:serviceaccount:lifeline-system:lifeline";
+const READER: &str = "system:serviceaccount:lifeline-system:lifeline-member-reader";
+const SA_GROUPS: &[&str] = &[
+    "system:serviceaccounts",
+    "system:serviceaccounts:lifeline-system",
+];
+
+/// One API server of the fleet.
+#[derive(Debug)]
+pub enum Api {
+    Emulator(Emulator),
+    Real {
+        server: std::sync::Arc<ApiServer>,
+        /// The user Lifeline reaches it as.
+        user: &'static str,
+    },
+}
+
+impl Api {
+    /// The emulator, for faults only it can inject.
+    pub fn emulator(&self) -> Option<&Emulator> {
+        match self {
+            Api::Emulator(e) => Some(e),
+            Api::Real { .. } => None,
+        }
+    }
+
+    /// Total outage: the emulator closes its port; a real server is killed.
+    pub async fn outage(&self) {
+        match self {
+            Api::Emulator(e) => e.outage().await,
+            Api::Real { server, .. } => server.kill(),
+        }
+    }
+
+    /// Ends an outage (a real server starts again and is ready).
+    pub async fn restore(&self) -> anyhow::Result<()> {
+        match self {
+            Api::Emulator(e) => Ok(e.restore().await?),
+            Api::Real { server, .. } => {
+                server.start_again().await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Requests from Lifeline so far (a real server counts completed ones).
+    pub fn requests(&self) -> u64 {
+        match self {
+            Api::Emulator(e) => e.counts().total(),
+            Api::Real { server, .. } => server.audited_requests(),
+        }
+    }
+
+    /// A kubeconfig for Lifeline.
+    pub fn kubeconfig_yaml(&self) -> String {
+        match self {
+            Api::Emulator(e) => e.kubeconfig_yaml(),
+            Api::Real { server, user } => server.kubeconfig(user),
+        }
+    }
+
+    /// Creates (or, on a real server, applies) an object as an administrator.
+    pub fn create(&self, obj: Value) -> anyhow::Result<()> {
+        match self {
+            Api::Emulator(e) => {
+                e.create(obj)?;
+            }
+            Api::Real { server, .. } => {
+                let (ok, out, err) = server.kubectl(
+                    "admin",
+                    &["apply", "--server-side", "-f", "-"],
+                    Some(&obj.to_string()),
+                );
+                anyhow::ensure!(
+                    ok,
+                    "applying {} on {}: {out}{err}",
+                    obj["kind"],
+                    server.name()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a file of the repository as an administrator (real servers only).
+    fn apply_file(&self, file: &str) -> anyhow::Result<()> {
+        if let Api::Real { server, .. } = self {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(file);
+            let (ok, out, err) = server.kubectl(
+                "admin",
+                &["apply", "--server-side", "-f", &path.display().to_string()],
+                None,
+            );
+            anyhow::ensure!(ok, "applying {file} on {}: {out}{err}", server.name());
+        }
+        Ok(())
+    }
 }
 
 impl Default for FleetSpec {
@@ -71,6 +225,7 @@ impl Default for FleetSpec {
             qps: 2.0,
             burst: 5,
             kubeconfig_files: false,
+            backend: ApiBackend::Emulator,
         }
     }
 }
@@ -194,7 +349,7 @@ impl Replica {
 #[derive(Debug)]
 pub struct Member {
     pub name: String,
-    pub api: Emulator,
+    pub api: Api,
     pub backend: Backend,
 }
 
@@ -202,12 +357,14 @@ pub struct Member {
 #[derive(Debug)]
 pub struct Fleet {
     pub spec: FleetSpec,
-    pub management: Emulator,
+    pub management: Api,
     pub members: Vec<Member>,
     pub etcd: Etcd,
     pub replicas: Vec<Replica>,
     /// Backends' port (the same on every member address).
     pub port: u16,
+    /// The real control planes (management first), when the backend is real.
+    _planes: Option<ControlPlanes>,
     _dir: tempfile::TempDir,
 }
 
@@ -220,44 +377,110 @@ impl Fleet {
         install_crypto_provider();
         let dir = tempfile::tempdir()?;
         let etcd = Etcd::start().await.context("etcd is not installed")?;
-        let management = Emulator::start(EmulatorConfig::http()).await?;
-        management.install_lifeline_crds()?;
+        let planes = match spec.backend {
+            ApiBackend::Emulator => None,
+            ApiBackend::Real => {
+                let opts = Options::default()
+                    .user(MANAGER, SA_GROUPS)
+                    .user(READER, SA_GROUPS)
+                    .audit(MANAGER)
+                    .audit(READER);
+                Some(
+                    ControlPlanes::start(spec.members + 1, opts)
+                        .await
+                        .context("no real control plane binaries")?,
+                )
+            }
+        };
+        let management = api_for(planes.as_ref(), 0, lifeline_testkit::loopback(), MANAGER).await?;
+        match &management {
+            Api::Emulator(e) => e.install_lifeline_crds()?,
+            Api::Real { server, .. } => {
+                for crd in ["failoverpolicies", "memberclusters"] {
+                    management.apply_file(&format!("crds/{crd}.lifeline.dev.yaml"))?;
+                }
+                let (ok, out, err) = server.kubectl(
+                    "admin",
+                    &[
+                        "wait",
+                        "--for=condition=Established",
+                        "--timeout=60s",
+                        "crd/failoverpolicies.lifeline.dev",
+                        "crd/memberclusters.lifeline.dev",
+                    ],
+                    None,
+                );
+                anyhow::ensure!(ok, "the CRDs never became Established: {out}{err}");
+            }
+        }
         for ns in ["shop", "lifeline-system"] {
             management.create(
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
             )?;
         }
+        management.apply_file("deploy/rbac/management-cluster.yaml")?;
         let ips: Vec<IpAddr> = (0..spec.members).map(member_ip).collect();
         let port = free_port(&ips);
         let mut members = Vec::new();
         for (i, ip) in ips.iter().enumerate() {
             let name = format!("m{i}");
-            let api = Emulator::start(EmulatorConfig {
-                listen: SocketAddr::new(*ip, 0),
-                ..EmulatorConfig::http()
-            })
-            .await?;
+            let api = api_for(planes.as_ref(), i + 1, *ip, READER).await?;
             api.create(
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
             )?;
-            api.create(json!({
-                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": "web-1", "namespace": "shop",
-                             "labels": {"kubernetes.io/service-name": "web"}},
-                "addressType": "IPv4",
-                "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}],
-                "ports": [{"name": "http", "port": port, "protocol": "TCP"}]
-            }))?;
+            let source = match &api {
+                Api::Emulator(_) => {
+                    api.create(json!({
+                        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                        "metadata": {"name": "web-1", "namespace": "shop",
+                                     "labels": {"kubernetes.io/service-name": "web"}},
+                        "addressType": "IPv4",
+                        "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}],
+                        "ports": [{"name": "http", "port": port, "protocol": "TCP"}]
+                    }))?;
+                    "EndpointSlice"
+                }
+                Api::Real { server, .. } => {
+                    // A real server refuses loopback EndpointSlice addresses: the backend
+                    // is the Service's LoadBalancer address, as a cloud would publish it.
+                    api.apply_file("deploy/rbac/member-cluster.yaml")?;
+                    api.create(json!({
+                        "apiVersion": "v1", "kind": "Service",
+                        "metadata": {"namespace": "shop", "name": "web",
+                                     "labels": {"lifeline.dev/global": "true"}},
+                        "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": port}]}
+                    }))?;
+                    let status =
+                        json!({"status": {"loadBalancer": {"ingress": [{"ip": ip.to_string()}]}}});
+                    let (ok, out, err) = server.kubectl(
+                        "admin",
+                        &[
+                            "-n",
+                            "shop",
+                            "patch",
+                            "service",
+                            "web",
+                            "--subresource=status",
+                            "--type=merge",
+                            "-p",
+                            &status.to_string(),
+                        ],
+                        None,
+                    );
+                    anyhow::ensure!(ok, "writing the LoadBalancer status: {out}{err}");
+                    "LoadBalancer"
+                }
+            };
             management.create(json!({
                 "apiVersion": "v1", "kind": "Secret",
                 "metadata": {"name": format!("{name}-kubeconfig"), "namespace": "lifeline-system"},
                 "data": {"kubeconfig": base64::engine::general_purpose::STANDARD.encode(api.kubeconfig_yaml())}
             }))?;
-            let mut cluster = json!({"region": format!("r{i}"), "addressSource": "EndpointSlice",
+            let mut cluster = json!({"region": format!("r{i}"), "addressSource": source,
                 "apiBudget": {"qps": spec.qps, "burst": spec.burst}});
             if spec.kubeconfig_files {
                 let path = dir.path().join(format!("{name}.kubeconfig"));
-                api.write_kubeconfig(&path)?;
+                std::fs::write(&path, api.kubeconfig_yaml())?;
                 cluster["kubeconfigPath"] = json!(path);
             } else {
                 cluster["kubeconfigSecretRef"] =
@@ -289,7 +512,7 @@ impl Fleet {
             }))?;
         }
         let kubeconfig = dir.path().join("management.kubeconfig");
-        management.write_kubeconfig(&kubeconfig)?;
+        std::fs::write(&kubeconfig, management.kubeconfig_yaml())?;
         let mut replicas = Vec::new();
         for i in 0..spec.replicas {
             let (dns, admin) = (free_addr(), free_addr());
@@ -326,6 +549,7 @@ engine: {{blastRadius: {{enabled: true, fraction: 0.5, window: 60s, minTargets: 
             etcd,
             replicas,
             port,
+            _planes: planes,
             _dir: dir,
         };
         fleet
@@ -380,17 +604,17 @@ engine: {{blastRadius: {{enabled: true, fraction: 0.5, window: 60s, minTargets: 
 
     /// API requests each API server has received so far: `management`, then `m0..`.
     pub fn api_counts(&self) -> Vec<(String, u64)> {
-        std::iter::once(("management".to_owned(), self.management.counts().total()))
+        std::iter::once(("management".to_owned(), self.management.requests()))
             .chain(
                 self.members
                     .iter()
-                    .map(|m| (m.name.clone(), m.api.counts().total())),
+                    .map(|m| (m.name.clone(), m.api.requests())),
             )
             .collect()
     }
 
     /// Every API server, management first.
-    pub fn api_servers(&self) -> Vec<&Emulator> {
+    pub fn api_servers(&self) -> Vec<&Api> {
         std::iter::once(&self.management)
             .chain(self.members.iter().map(|m| &m.api))
             .collect()

@@ -19,9 +19,15 @@ use std::{
 
 use super::{
     dns::{History, LoadGen},
-    fleet::{Fleet, FleetSpec, hostname, member_ip},
+    fleet::{ApiBackend, Fleet, FleetSpec, hostname, member_ip},
 };
+use anyhow::Context as _;
+
 use crate::kube::{Fault, FaultRule};
+
+/// Why a scenario cannot run on real API servers.
+const EMULATOR_FAULTS: &str =
+    "this scenario needs faults only the emulator can inject (429 on demand, hanging requests)";
 
 /// How much longer than in CI every phase lasts.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -47,6 +53,8 @@ impl Scale {
 #[derive(Clone, Debug, Default)]
 pub struct ScenarioReport {
     pub name: String,
+    /// What the API servers were: the emulator or real kube-apiservers.
+    pub backend: &'static str,
     pub duration: Duration,
     pub queries: usize,
     pub failed: usize,
@@ -116,8 +124,9 @@ impl fmt::Display for ScenarioReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{}: {:.1} s, {} queries, {} failed, {} empty, max change latency {}",
+            "{} [{}]: {:.1} s, {} queries, {} failed, {} empty, max change latency {}",
             self.name,
+            self.backend,
             self.duration.as_secs_f64(),
             self.queries,
             self.failed,
@@ -165,6 +174,7 @@ const EVERY: Duration = Duration::from_millis(20);
 impl Run {
     /// Starts the fleet, lets it run a second with load, then starts the clock.
     async fn begin(name: &str, spec: FleetSpec, expected: Duration) -> anyhow::Result<Run> {
+        let backend = spec.backend.name();
         let fleet = Fleet::start(spec).await?;
         let load = LoadGen::start(
             fleet.dns_addrs(),
@@ -180,7 +190,10 @@ impl Run {
             earlier: History::default(),
             ignored: Vec::new(),
             fleet,
-            report: ScenarioReport::new(name),
+            report: ScenarioReport {
+                backend,
+                ..ScenarioReport::new(name)
+            },
         })
     }
 
@@ -319,13 +332,17 @@ const FAILOVER_BOUND: Duration = Duration::from_secs(3);
 
 /// The primary's backend dies: answers move to the secondary within the failover
 /// bound. It heals: nothing goes back before the hold-down ends, then traffic ramps.
-pub async fn backend_failover_and_failback(scale: Scale) -> anyhow::Result<ScenarioReport> {
+pub async fn backend_failover_and_failback(
+    scale: Scale,
+    backend: ApiBackend,
+) -> anyhow::Result<ScenarioReport> {
     let hold_down = scale.secs(3.0);
     let ramp = scale.secs(4.0);
     let spec = FleetSpec {
         hold_down: format!("{}ms", hold_down.as_millis()),
         ramp_duration: format!("{}ms", ramp.as_millis()),
         ramp_steps: 4,
+        backend,
         ..FleetSpec::default()
     };
     let mut run = Run::begin(
@@ -398,11 +415,14 @@ pub async fn backend_failover_and_failback(scale: Scale) -> anyhow::Result<Scena
 
 /// Member 0's API server disappears (port closed) while its backend keeps serving: the
 /// answers do not change at all.
-pub async fn member_api_dark(scale: Scale) -> anyhow::Result<ScenarioReport> {
+pub async fn member_api_dark(scale: Scale, backend: ApiBackend) -> anyhow::Result<ScenarioReport> {
     let dark = scale.secs(8.0);
     let run = Run::begin(
         "2 member API dark",
-        FleetSpec::default(),
+        FleetSpec {
+            backend,
+            ..FleetSpec::default()
+        },
         dark + Duration::from_secs(4),
     )
     .await?;
@@ -429,12 +449,13 @@ pub async fn member_api_dark(scale: Scale) -> anyhow::Result<ScenarioReport> {
 /// Every API server (members and management) answers 429 with Retry-After, then hangs,
 /// while backends stay up. DNS never fails or empties, Lifeline stays inside its API
 /// budget and honours Retry-After, and a real backend failure still fails over.
-pub async fn api_saturation(scale: Scale) -> anyhow::Result<ScenarioReport> {
+pub async fn api_saturation(scale: Scale, backend: ApiBackend) -> anyhow::Result<ScenarioReport> {
     let retry_after = 2u64;
     let throttled = scale.secs(8.0);
     let hanging = scale.secs(8.0);
     let spec = FleetSpec {
         replicas: 3,
+        backend,
         ..FleetSpec::default()
     };
     let (qps, burst, replicas) = (spec.qps, spec.burst, spec.replicas);
@@ -447,6 +468,7 @@ pub async fn api_saturation(scale: Scale) -> anyhow::Result<ScenarioReport> {
     let before = run.fleet.api_counts();
     let storm = Instant::now();
     for api in run.fleet.api_servers() {
+        let api = api.emulator().context(EMULATOR_FAULTS)?;
         api.inject(FaultRule::new(Fault::TooManyRequests {
             retry_after_seconds: retry_after,
         }));
@@ -457,6 +479,7 @@ pub async fn api_saturation(scale: Scale) -> anyhow::Result<ScenarioReport> {
     let mid = run.fleet.api_counts();
     let throttled_requests = delta(&before, &mid);
     for api in run.fleet.api_servers() {
+        let api = api.emulator().context(EMULATOR_FAULTS)?;
         api.clear_faults();
         api.inject(FaultRule::new(Fault::Hang));
         api.drop_watches();
@@ -474,7 +497,7 @@ pub async fn api_saturation(scale: Scale) -> anyhow::Result<ScenarioReport> {
     let storm_len = storm.elapsed();
     let during = run.api_delta(&before);
     for api in run.fleet.api_servers() {
-        api.clear_faults();
+        api.emulator().context(EMULATOR_FAULTS)?.clear_faults();
     }
     let (mut report, history) = run.end().await;
     report.failover(
@@ -526,11 +549,14 @@ pub async fn api_saturation(scale: Scale) -> anyhow::Result<ScenarioReport> {
 
 /// etcd dies: every replica keeps answering, unchanged. It returns: a backend failure
 /// reaches every replica again.
-pub async fn etcd_down(scale: Scale) -> anyhow::Result<ScenarioReport> {
+pub async fn etcd_down(scale: Scale, backend: ApiBackend) -> anyhow::Result<ScenarioReport> {
     let down = scale.secs(8.0);
     let mut run = Run::begin(
         "5 etcd down, back",
-        FleetSpec::default(),
+        FleetSpec {
+            backend,
+            ..FleetSpec::default()
+        },
         down + Duration::from_secs(20),
     )
     .await?;
@@ -573,11 +599,17 @@ pub async fn etcd_down(scale: Scale) -> anyhow::Result<ScenarioReport> {
 /// Every backend's listener closes at once: the observer is more likely broken than
 /// the world. The blast-radius guard freezes the answers and raises
 /// `SystemicFailureSuspected` instead of emptying or shuffling them.
-pub async fn systemic_false_signal(scale: Scale) -> anyhow::Result<ScenarioReport> {
+pub async fn systemic_false_signal(
+    scale: Scale,
+    backend: ApiBackend,
+) -> anyhow::Result<ScenarioReport> {
     let hold = scale.secs(6.0);
     let mut run = Run::begin(
         "9 every probe fails at once",
-        FleetSpec::default(),
+        FleetSpec {
+            backend,
+            ..FleetSpec::default()
+        },
         hold + Duration::from_secs(15),
     )
     .await?;
@@ -653,6 +685,7 @@ pub async fn systemic_false_signal(scale: Scale) -> anyhow::Result<ScenarioRepor
 /// in the (unreachable) management cluster.
 pub async fn restart_without_management(
     scale: Scale,
+    backend: ApiBackend,
     kubeconfig_files: bool,
 ) -> anyhow::Result<ScenarioReport> {
     let dark = scale.secs(4.0);
@@ -665,6 +698,7 @@ pub async fn restart_without_management(
         name,
         FleetSpec {
             kubeconfig_files,
+            backend,
             ..FleetSpec::default()
         },
         dark + Duration::from_secs(25),
@@ -741,11 +775,17 @@ pub async fn restart_without_management(
 /// The primary's backend dies and, before the failover is through, the leader is
 /// killed: the next leader completes the failover and no surviving replica ever hands
 /// the dead primary out again.
-pub async fn leader_killed_during_failover(scale: Scale) -> anyhow::Result<ScenarioReport> {
+pub async fn leader_killed_during_failover(
+    scale: Scale,
+    backend: ApiBackend,
+) -> anyhow::Result<ScenarioReport> {
     let after = scale.secs(4.0);
     let mut run = Run::begin(
         "6 leader killed mid-failover",
-        FleetSpec::default(),
+        FleetSpec {
+            backend,
+            ..FleetSpec::default()
+        },
         after + Duration::from_secs(20),
     )
     .await?;
@@ -801,11 +841,14 @@ pub async fn leader_killed_during_failover(scale: Scale) -> anyhow::Result<Scena
 /// A standalone DNS replica (the `lifeline dns` code path: persisted snapshot plus an
 /// etcd watch) is the only thing left: controllers, etcd, every API server and every
 /// backend are gone. It keeps answering the last good records.
-pub async fn lone_dns_replica(scale: Scale) -> anyhow::Result<ScenarioReport> {
+pub async fn lone_dns_replica(scale: Scale, backend: ApiBackend) -> anyhow::Result<ScenarioReport> {
     let alone = scale.secs(20.0);
     let mut run = Run::begin(
         "7 only a lifeline dns replica left",
-        FleetSpec::default(),
+        FleetSpec {
+            backend,
+            ..FleetSpec::default()
+        },
         alone + Duration::from_secs(20),
     )
     .await?;
@@ -865,6 +908,10 @@ pub async fn lone_dns_replica(scale: Scale) -> anyhow::Result<ScenarioReport> {
         m.backend.kill().await;
     }
     tokio::time::sleep(alone).await;
+    // The load ends before the lone replica does: its answers are what is judged, and
+    // restoring the API servers afterwards (seconds each, for real ones) is only
+    // tidying up.
+    run.swap_load(Vec::new(), Duration::ZERO).await;
     let _ = stop.send(());
     let stopped = tokio::time::timeout(Duration::from_secs(10), edge).await;
     for api in run.fleet.api_servers() {
@@ -891,7 +938,10 @@ pub async fn lone_dns_replica(scale: Scale) -> anyhow::Result<ScenarioReport> {
 
 /// Several policies fail over together and then all recover at the same moment: at
 /// most `maxConcurrentRamps` of them ramp at once, and each ends on the primary.
-pub async fn mass_recovery_is_paced(scale: Scale) -> anyhow::Result<ScenarioReport> {
+pub async fn mass_recovery_is_paced(
+    scale: Scale,
+    backend: ApiBackend,
+) -> anyhow::Result<ScenarioReport> {
     let ramp = scale.secs(3.0);
     let spec = FleetSpec {
         policies: 4,
@@ -899,6 +949,7 @@ pub async fn mass_recovery_is_paced(scale: Scale) -> anyhow::Result<ScenarioRepo
         hold_down: "1s".into(),
         ramp_duration: format!("{}ms", ramp.as_millis()),
         ramp_steps: 3,
+        backend,
         ..FleetSpec::default()
     };
     let (policies, max_ramps) = (spec.policies, spec.max_concurrent_ramps);
@@ -998,21 +1049,34 @@ impl Scenario {
         Scenario::SystemicFalseSignal,
     ];
 
-    /// Runs the scenario on a fresh fleet.
-    pub async fn run(self, scale: Scale) -> anyhow::Result<ScenarioReport> {
+    /// Whether the scenario can run on `backend`: the API saturation scenario needs
+    /// faults only the emulator can inject.
+    pub fn runs_on(self, backend: ApiBackend) -> bool {
+        backend == ApiBackend::Emulator || self != Scenario::ApiSaturation
+    }
+
+    /// Runs the scenario on a fresh fleet whose API servers are `backend`.
+    pub async fn run(self, scale: Scale, backend: ApiBackend) -> anyhow::Result<ScenarioReport> {
+        anyhow::ensure!(
+            self.runs_on(backend),
+            "{self:?} on {}: {EMULATOR_FAULTS}",
+            backend.name()
+        );
         match self {
-            Scenario::BackendFailover => backend_failover_and_failback(scale).await,
-            Scenario::MemberApiDark => member_api_dark(scale).await,
-            Scenario::ApiSaturation => api_saturation(scale).await,
-            Scenario::RestartWithoutManagement => restart_without_management(scale, true).await,
-            Scenario::RestartWithoutManagementSecrets => {
-                restart_without_management(scale, false).await
+            Scenario::BackendFailover => backend_failover_and_failback(scale, backend).await,
+            Scenario::MemberApiDark => member_api_dark(scale, backend).await,
+            Scenario::ApiSaturation => api_saturation(scale, backend).await,
+            Scenario::RestartWithoutManagement => {
+                restart_without_management(scale, backend, true).await
             }
-            Scenario::EtcdDown => etcd_down(scale).await,
-            Scenario::LeaderKilled => leader_killed_during_failover(scale).await,
-            Scenario::LoneDnsReplica => lone_dns_replica(scale).await,
-            Scenario::MassRecovery => mass_recovery_is_paced(scale).await,
-            Scenario::SystemicFalseSignal => systemic_false_signal(scale).await,
+            Scenario::RestartWithoutManagementSecrets => {
+                restart_without_management(scale, backend, false).await
+            }
+            Scenario::EtcdDown => etcd_down(scale, backend).await,
+            Scenario::LeaderKilled => leader_killed_during_failover(scale, backend).await,
+            Scenario::LoneDnsReplica => lone_dns_replica(scale, backend).await,
+            Scenario::MassRecovery => mass_recovery_is_paced(scale, backend).await,
+            Scenario::SystemicFalseSignal => systemic_false_signal(scale, backend).await,
         }
     }
 }
