@@ -71,9 +71,6 @@ pub struct Options {
     pub users: Vec<(String, Vec<String>)>,
     /// Extra `kube-apiserver` flags, e.g. `--max-requests-inflight=5`.
     pub args: Vec<String>,
-    /// Users whose requests are written to an audit log, so a test can count them
-    /// ([`ApiServer::audited_requests`]).
-    pub audit_users: Vec<String>,
 }
 
 impl Options {
@@ -87,11 +84,6 @@ impl Options {
 
     pub fn arg(mut self, flag: &str) -> Self {
         self.args.push(flag.to_owned());
-        self
-    }
-
-    pub fn audit(mut self, user: &str) -> Self {
-        self.audit_users.push(user.to_owned());
         self
     }
 }
@@ -116,8 +108,6 @@ pub struct ApiServer {
     tokens: Vec<(String, String)>,
     ca_pem: String,
     child: parking_lot::Mutex<Option<Child>>,
-    /// Users whose requests the audit log records (one line per completed request).
-    audited: bool,
 }
 
 /// How long one API server may take to become ready. Start-up has been seen to take
@@ -239,20 +229,6 @@ impl ApiServer {
             "--endpoint-reconciler-type=none".to_owned(),
             "--v=1".to_owned(),
         ];
-        let audited = !opts.audit_users.is_empty();
-        if audited {
-            let users: Vec<String> = opts.audit_users.iter().map(|u| format!("{u:?}")).collect();
-            // One line per request, when it completes.
-            let policy = format!(
-                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived, ResponseStarted]\n\
-                 rules:\n- level: Metadata\n  users: [{}]\n- level: None\n",
-                users.join(", ")
-            );
-            std::fs::write(dir.path().join("audit-policy.yaml"), policy).unwrap();
-            args.push(format!("--audit-policy-file={d}/audit-policy.yaml"));
-            args.push(format!("--audit-log-path={d}/audit.log"));
-            args.push("--audit-log-mode=blocking".to_owned());
-        }
         args.extend(opts.args.iter().cloned());
         ApiServer {
             name: name.to_owned(),
@@ -264,7 +240,6 @@ impl ApiServer {
             tokens,
             ca_pem,
             child: parking_lot::Mutex::new(None),
-            audited,
         }
     }
 
@@ -449,16 +424,6 @@ impl ApiServer {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.lock().as_ref().map(Child::id)
-    }
-
-    /// Requests by the audited users ([`Options::audit`]) that have completed so far; 0
-    /// without an audit log. A watch counts when it ends.
-    pub fn audited_requests(&self) -> u64 {
-        if !self.audited {
-            return 0;
-        }
-        std::fs::read_to_string(self.dir.path().join("audit.log"))
-            .map_or(0, |t| t.lines().count() as u64)
     }
 
     fn log_path(&self) -> PathBuf {

@@ -39,10 +39,15 @@ async fn replay_on(scenario: Scenario, backend: ApiBackend) {
     report.assert_passed();
 }
 
-/// The same scenarios on real kube-apiservers. The API saturation scenario stays on the
-/// emulator: it needs 429s on demand and hanging requests.
+/// The same scenarios on real kube-apiservers, with the faults a real server cannot be
+/// asked for (429s, hangs) from a proxy in front of each.
 mod on_real_api_servers {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn saturated_api_servers_never_fail_an_answer_nor_get_more_than_the_budget() {
+        replay_on(Scenario::ApiSaturation, ApiBackend::Real).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dead_primary_fails_over_fast_and_fails_back_after_hold_down_ramped() {

@@ -4,10 +4,11 @@
 //!
 //! The API servers are our emulator ([`ApiBackend::Emulator`]) or real kube-apiservers
 //! ([`ApiBackend::Real`], from `tests/control-plane/build.sh`). On real servers Lifeline
-//! uses the identities and RBAC of `deploy/rbac/`, members publish the backend address
-//! as a LoadBalancer Service (a real server refuses loopback EndpointSlice addresses),
-//! and Lifeline's requests are counted from each server's audit log. Faults a real
-//! server cannot be asked for (429s on demand, hangs) exist only on the emulator.
+//! uses the identities and RBAC of `deploy/rbac/`, and members publish the backend
+//! address as a LoadBalancer Service (a real server refuses loopback EndpointSlice
+//! addresses). Lifeline reaches each real server through a [`FaultProxy`], which counts
+//! its requests and injects the faults a real server cannot be asked for (429 on demand,
+//! hanging requests, dropped watches).
 //!
 //! ```text
 //!  management emulator (127.0.0.1)  CRDs, MemberClusters m0..mN (kubeconfigSecretRef ──►
@@ -39,7 +40,9 @@ use lifeline_testkit::control_plane::{ApiServer, Options};
 use lifeline_testkit::{Backend, ControlPlanes, Etcd, backend::Behaviour, free_addr, free_port};
 
 use super::dns;
-use crate::kube::{Emulator, EmulatorConfig, install_crypto_provider};
+use crate::kube::{
+    Emulator, EmulatorConfig, Fault, FaultProxy, FaultRule, install_crypto_provider,
+};
 
 /// The zone every scenario's names live in.
 pub const ZONE: &str = "incident.lifeline.test";
@@ -102,10 +105,12 @@ async fn api_for(
             })
             .await?,
         ),
-        Some(p) => Api::Real {
-            server: p.server(i),
-            user,
-        },
+        Some(p) => {
+            let server = p.server(i);
+            let addr: SocketAddr = server.url().trim_start_matches("https://").parse()?;
+            let proxy = FaultProxy::start(addr, server.ca_pem(), server.token(user)).await?;
+            Api::Real { server, proxy }
+        }
     })
 }
 
@@ -123,20 +128,12 @@ pub enum Api {
     Emulator(Emulator),
     Real {
         server: std::sync::Arc<ApiServer>,
-        /// The user Lifeline reaches it as.
-        user: &'static str,
+        /// Lifeline's way in, as the user `deploy/rbac/` binds.
+        proxy: FaultProxy,
     },
 }
 
 impl Api {
-    /// The emulator, for faults only it can inject.
-    pub fn emulator(&self) -> Option<&Emulator> {
-        match self {
-            Api::Emulator(e) => Some(e),
-            Api::Real { .. } => None,
-        }
-    }
-
     /// Total outage: the emulator closes its port; a real server is killed.
     pub async fn outage(&self) {
         match self {
@@ -156,11 +153,37 @@ impl Api {
         }
     }
 
-    /// Requests from Lifeline so far (a real server counts completed ones).
+    /// Every request from Lifeline gets `fault` from now on (a real server's proxy
+    /// offers 429 and hanging).
+    pub fn inject(&self, fault: Fault) {
+        match self {
+            Api::Emulator(e) => {
+                e.inject(FaultRule::new(fault));
+            }
+            Api::Real { proxy, .. } => proxy.inject(&fault),
+        }
+    }
+
+    pub fn clear_faults(&self) {
+        match self {
+            Api::Emulator(e) => e.clear_faults(),
+            Api::Real { proxy, .. } => proxy.clear_faults(),
+        }
+    }
+
+    /// Ends every open watch.
+    pub fn drop_watches(&self) {
+        match self {
+            Api::Emulator(e) => e.drop_watches(),
+            Api::Real { proxy, .. } => proxy.drop_connections(),
+        }
+    }
+
+    /// Requests from Lifeline so far (a watch counts when opened).
     pub fn requests(&self) -> u64 {
         match self {
             Api::Emulator(e) => e.counts().total(),
-            Api::Real { server, .. } => server.audited_requests(),
+            Api::Real { proxy, .. } => proxy.requests(),
         }
     }
 
@@ -168,7 +191,7 @@ impl Api {
     pub fn kubeconfig_yaml(&self) -> String {
         match self {
             Api::Emulator(e) => e.kubeconfig_yaml(),
-            Api::Real { server, user } => server.kubeconfig(user),
+            Api::Real { proxy, .. } => proxy.kubeconfig_yaml(),
         }
     }
 
@@ -382,9 +405,7 @@ impl Fleet {
             ApiBackend::Real => {
                 let opts = Options::default()
                     .user(MANAGER, SA_GROUPS)
-                    .user(READER, SA_GROUPS)
-                    .audit(MANAGER)
-                    .audit(READER);
+                    .user(READER, SA_GROUPS);
                 Some(
                     ControlPlanes::start(spec.members + 1, opts)
                         .await

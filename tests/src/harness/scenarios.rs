@@ -21,13 +21,7 @@ use super::{
     dns::{History, LoadGen},
     fleet::{ApiBackend, Fleet, FleetSpec, hostname, member_ip},
 };
-use anyhow::Context as _;
-
-use crate::kube::{Fault, FaultRule};
-
-/// Why a scenario cannot run on real API servers.
-const EMULATOR_FAULTS: &str =
-    "this scenario needs faults only the emulator can inject (429 on demand, hanging requests)";
+use crate::kube::Fault;
 
 /// How much longer than in CI every phase lasts.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -468,10 +462,9 @@ pub async fn api_saturation(scale: Scale, backend: ApiBackend) -> anyhow::Result
     let before = run.fleet.api_counts();
     let storm = Instant::now();
     for api in run.fleet.api_servers() {
-        let api = api.emulator().context(EMULATOR_FAULTS)?;
-        api.inject(FaultRule::new(Fault::TooManyRequests {
+        api.inject(Fault::TooManyRequests {
             retry_after_seconds: retry_after,
-        }));
+        });
         // Open watches are cut, so every client must come back into the storm.
         api.drop_watches();
     }
@@ -479,9 +472,8 @@ pub async fn api_saturation(scale: Scale, backend: ApiBackend) -> anyhow::Result
     let mid = run.fleet.api_counts();
     let throttled_requests = delta(&before, &mid);
     for api in run.fleet.api_servers() {
-        let api = api.emulator().context(EMULATOR_FAULTS)?;
         api.clear_faults();
-        api.inject(FaultRule::new(Fault::Hang));
+        api.inject(Fault::Hang);
         api.drop_watches();
     }
     tokio::time::sleep(hanging / 2).await;
@@ -497,7 +489,7 @@ pub async fn api_saturation(scale: Scale, backend: ApiBackend) -> anyhow::Result
     let storm_len = storm.elapsed();
     let during = run.api_delta(&before);
     for api in run.fleet.api_servers() {
-        api.emulator().context(EMULATOR_FAULTS)?.clear_faults();
+        api.clear_faults();
     }
     let (mut report, history) = run.end().await;
     report.failover(
@@ -1049,19 +1041,8 @@ impl Scenario {
         Scenario::SystemicFalseSignal,
     ];
 
-    /// Whether the scenario can run on `backend`: the API saturation scenario needs
-    /// faults only the emulator can inject.
-    pub fn runs_on(self, backend: ApiBackend) -> bool {
-        backend == ApiBackend::Emulator || self != Scenario::ApiSaturation
-    }
-
     /// Runs the scenario on a fresh fleet whose API servers are `backend`.
     pub async fn run(self, scale: Scale, backend: ApiBackend) -> anyhow::Result<ScenarioReport> {
-        anyhow::ensure!(
-            self.runs_on(backend),
-            "{self:?} on {}: {EMULATOR_FAULTS}",
-            backend.name()
-        );
         match self {
             Scenario::BackendFailover => backend_failover_and_failback(scale, backend).await,
             Scenario::MemberApiDark => member_api_dark(scale, backend).await,

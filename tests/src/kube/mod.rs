@@ -45,6 +45,7 @@
 mod control;
 mod crd;
 mod discovery;
+pub mod fault_proxy;
 mod faults;
 mod patch;
 mod protobuf;
@@ -66,6 +67,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use fault_proxy::FaultProxy;
 pub use faults::{Fault, FaultFilter, FaultId, FaultRule, RequestCounts, RequestKey, Verb};
 pub use selector::{FieldSelector, LabelSelector};
 pub use store::{ApiError, GroupResource, PatchType, ResourceDef, Store};
