@@ -20,7 +20,6 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::Path,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -28,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, bail};
 use futures::StreamExt as _;
 use lifeline_controller::budget::{BudgetConfig, BudgetStats};
 use lifeline_controller::member::{MemberWatcher, WatchOptions, kube_config_from_bytes};
@@ -38,6 +37,7 @@ use serde_json::{Value, json};
 
 use crate::harness::dns::LoadGen;
 use crate::harness::inprocess::{Running, zone_line};
+use crate::real::{apply, kubectl, load_balancer_service, repo, set_load_balancer};
 
 const ZONE: &str = "storm.lifeline.test";
 const NAME: &str = "web.storm.lifeline.test";
@@ -156,21 +156,6 @@ fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
-fn kubectl(s: &ApiServer, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let (ok, out, err) = s.kubectl("admin", args, stdin);
-    ensure!(ok, "kubectl {}: {out}{err}", args.join(" "));
-    Ok(out)
-}
-
-fn apply(s: &ApiServer, doc: &Value) -> Result<()> {
-    kubectl(
-        s,
-        &["apply", "--server-side", "-f", "-"],
-        Some(&doc.to_string()),
-    )?;
-    Ok(())
-}
-
 fn agent(i: usize) -> String {
     format!("system:serviceaccount:telemetry:agent-{i}")
 }
@@ -179,7 +164,7 @@ fn agent(i: usize) -> String {
 /// telemetry agents' read access, the bulk objects, and `shop/web` as a LoadBalancer
 /// Service at `address`.
 async fn prepare(s: &ApiServer, config: &StormConfig, address: IpAddr) -> Result<()> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac/member-cluster.yaml");
+    let path = repo("deploy/rbac/member-cluster.yaml");
     let docs: Vec<Value> = serde_saphyr::from_multiple(&std::fs::read_to_string(path)?)?;
     for doc in docs.iter().filter(|d| !d.is_null()) {
         let flow = matches!(
@@ -230,37 +215,7 @@ async fn prepare(s: &ApiServer, config: &StormConfig, address: IpAddr) -> Result
     for r in results {
         r.context("creating the bulk ConfigMaps")?;
     }
-    apply(
-        s,
-        &json!({"apiVersion": "v1", "kind": "Service",
-                "metadata": {"namespace": "shop", "name": "web", "labels": {"lifeline.dev/global": "true"}},
-                "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80}]}}),
-    )?;
-    set_addresses(s, &[address])
-}
-
-fn set_addresses(s: &ApiServer, addresses: &[IpAddr]) -> Result<()> {
-    let ingress: Vec<Value> = addresses
-        .iter()
-        .map(|a| json!({"ip": a.to_string()}))
-        .collect();
-    let status = json!({"status": {"loadBalancer": {"ingress": ingress}}});
-    kubectl(
-        s,
-        &[
-            "-n",
-            "shop",
-            "patch",
-            "service",
-            "web",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status.to_string(),
-        ],
-        None,
-    )?;
-    Ok(())
+    load_balancer_service(s, "shop", "web", 80, &[address])
 }
 
 async fn client_for(s: &ApiServer, user: &str) -> Result<kube::Client> {
@@ -404,7 +359,7 @@ policySource: {{type: files, paths: [docs.yaml]}}\n",
 
     // A second address appears at a third of the storm.
     sleep_until(started + config.duration / 3).await;
-    set_addresses(s, &[a, c])?;
+    set_load_balancer(s, "shop", "web", &[a, c])?;
     let added = Instant::now();
 
     // Both of the stormed cluster's backends die at two thirds.

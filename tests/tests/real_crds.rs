@@ -23,29 +23,7 @@ fn path_arg(p: &Path) -> String {
 
 /// Installs Lifeline's CRDs on `planes[0]` and waits until they are Established.
 fn install_crds(planes: &ControlPlanes) -> Result<()> {
-    let s = &planes[0];
-    for crd in ["failoverpolicies", "memberclusters"] {
-        let file = repo().join(format!("crds/{crd}.lifeline.dev.yaml"));
-        let (ok, out, err) = s.kubectl(
-            "admin",
-            &["apply", "--server-side", "-f", &path_arg(&file)],
-            None,
-        );
-        ensure!(ok, "applying {crd}: {out}{err}");
-    }
-    let (ok, out, err) = s.kubectl(
-        "admin",
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/failoverpolicies.lifeline.dev",
-            "crd/memberclusters.lifeline.dev",
-        ],
-        None,
-    );
-    ensure!(ok, "waiting for the CRDs: {out}{err}");
-    Ok(())
+    lifeline_tests::real::install_crds(&planes[0])
 }
 
 /// Checks that only Lifeline can make: they need other objects (the served zones, other

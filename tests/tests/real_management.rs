@@ -11,7 +11,6 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::Path,
     time::Duration,
 };
 
@@ -22,6 +21,7 @@ use lifeline_testkit::{
     Backend, ControlPlanes, dns::await_exactly, eventually_async, free_addr, free_port,
 };
 use lifeline_tests::harness::inprocess::{Running, zone_line};
+use lifeline_tests::real::{self, apply, kubectl};
 use serde_json::{Value, json};
 
 const ZONE: &str = "real.lifeline.test";
@@ -37,30 +37,10 @@ fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
-fn repo(file: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file)
-}
-
-fn kubectl(s: &ApiServer, user: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let (ok, out, err) = s.kubectl(user, args, stdin);
-    ensure!(ok, "kubectl {} on {}: {out}{err}", args.join(" "), s.name());
-    Ok(out)
-}
-
-fn apply(s: &ApiServer, doc: &Value) -> Result<()> {
-    kubectl(
-        s,
-        "admin",
-        &["apply", "--server-side", "-f", "-"],
-        Some(&doc.to_string()),
-    )?;
-    Ok(())
-}
-
 fn get_json(s: &ApiServer, args: &[&str]) -> Result<Value> {
     let mut all = args.to_vec();
     all.extend(["-o", "json"]);
-    Ok(serde_json::from_str(&kubectl(s, "admin", &all, None)?)?)
+    Ok(serde_json::from_str(&kubectl(s, &all, None)?)?)
 }
 
 fn policy(port: u16) -> Value {
@@ -84,45 +64,9 @@ fn policy(port: u16) -> Value {
 /// are reached through the LoadBalancer address; the EndpointSlice carries the
 /// readiness hint.
 fn member(s: &ApiServer, address: IpAddr) -> Result<()> {
-    kubectl(
-        s,
-        "admin",
-        &[
-            "apply",
-            "--server-side",
-            "-f",
-            &repo("deploy/rbac/member-cluster.yaml")
-                .display()
-                .to_string(),
-        ],
-        None,
-    )?;
-    kubectl(s, "admin", &["create", "namespace", "shop"], None)?;
-    apply(
-        s,
-        &json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"namespace": "shop", "name": "web", "labels": {"lifeline.dev/global": "true"}},
-            "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80}]}
-        }),
-    )?;
-    let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": address.to_string()}]}}});
-    kubectl(
-        s,
-        "admin",
-        &[
-            "-n",
-            "shop",
-            "patch",
-            "service",
-            "web",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status.to_string(),
-        ],
-        None,
-    )?;
+    real::apply_file(s, "deploy/rbac/member-cluster.yaml")?;
+    kubectl(s, &["create", "namespace", "shop"], None)?;
+    real::load_balancer_service(s, "shop", "web", 80, &[address])?;
     apply(
         s,
         &json!({
@@ -155,41 +99,9 @@ async fn lifeline_steers_from_crs_on_real_api_servers_with_the_deploy_rbac() -> 
     let (mgmt, one, two) = (&planes[0], &planes[1], &planes[2]);
 
     // Management: CRDs, the controller's RBAC, kubeconfig Secrets, clusters, a policy.
-    for crd in ["failoverpolicies", "memberclusters"] {
-        let file = repo(&format!("crds/{crd}.lifeline.dev.yaml"));
-        kubectl(
-            mgmt,
-            "admin",
-            &["apply", "--server-side", "-f", &file.display().to_string()],
-            None,
-        )?;
-    }
-    kubectl(
-        mgmt,
-        "admin",
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/failoverpolicies.lifeline.dev",
-            "crd/memberclusters.lifeline.dev",
-        ],
-        None,
-    )?;
-    kubectl(
-        mgmt,
-        "admin",
-        &[
-            "apply",
-            "--server-side",
-            "-f",
-            &repo("deploy/rbac/management-cluster.yaml")
-                .display()
-                .to_string(),
-        ],
-        None,
-    )?;
-    kubectl(mgmt, "admin", &["create", "namespace", "shop"], None)?;
+    real::install_crds(mgmt)?;
+    real::apply_file(mgmt, "deploy/rbac/management-cluster.yaml")?;
+    kubectl(mgmt, &["create", "namespace", "shop"], None)?;
     let port = free_port(&[ip(21), ip(22)]);
     for (name, s, address) in [("one", one, ip(21)), ("two", two, ip(22))] {
         member(s, address)?;

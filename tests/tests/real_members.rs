@@ -41,19 +41,11 @@ fn rbac_documents() -> Result<Vec<Value>> {
 }
 
 fn kubectl_apply(s: &ApiServer, doc: &Value) -> Result<()> {
-    let (ok, out, err) = s.kubectl(
-        "admin",
-        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-        Some(&doc.to_string()),
-    );
-    ensure!(ok, "applying {}: {out}{err}", doc["kind"]);
-    Ok(())
+    lifeline_tests::real::apply(s, doc)
 }
 
 fn create(s: &ApiServer, doc: Value) -> Result<()> {
-    let (ok, out, err) = s.kubectl("admin", &["create", "-f", "-"], Some(&doc.to_string()));
-    ensure!(ok, "creating {}: {out}{err}", doc["kind"]);
-    Ok(())
+    lifeline_tests::real::apply(s, &doc)
 }
 
 /// A global Service `shop/web` and one EndpointSlice for it with one ready address.

@@ -12,19 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use lifeline_testkit::{ControlPlanes, control_plane::Options};
-
-fn arg(args: &[String], name: &str, default: usize) -> Result<usize> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .with_context(|| format!("{name} needs a value"))?
-            .parse()
-            .with_context(|| format!("{name} takes a number")),
-        None => Ok(default),
-    }
-}
+use lifeline_tests::number_arg;
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
@@ -33,8 +23,8 @@ fn mib(bytes: u64) -> f64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let planes = arg(&args, "--planes", 4)?;
-    let rounds = arg(&args, "--rounds", 3)?.max(1);
+    let planes = number_arg(&args, "--planes", 4)?;
+    let rounds = number_arg(&args, "--rounds", 3)?.max(1);
     println!("control planes: {planes} kube-apiservers over one etcd, {rounds} rounds");
     println!(
         "{:>5} {:>12} {:>14} {:>14}",

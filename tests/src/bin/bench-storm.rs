@@ -10,31 +10,23 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
+use lifeline_tests::number_arg;
 use lifeline_tests::storm::{self, StormConfig};
-
-fn arg(args: &[String], name: &str, default: usize) -> Result<usize> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .with_context(|| format!("{name} needs a value"))?
-            .parse()
-            .with_context(|| format!("{name} takes a number")),
-        None => Ok(default),
-    }
-}
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let base = StormConfig::default();
     let base = StormConfig {
-        clients: arg(&args, "--clients", base.clients)?,
-        duration: Duration::from_secs(
-            arg(&args, "--seconds", base.duration.as_secs() as usize)? as u64
-        ),
-        objects: arg(&args, "--objects", base.objects)?,
-        inflight: arg(&args, "--inflight", base.inflight as usize)? as u32,
+        clients: number_arg(&args, "--clients", base.clients)?,
+        duration: Duration::from_secs(number_arg(
+            &args,
+            "--seconds",
+            base.duration.as_secs() as usize,
+        )? as u64),
+        objects: number_arg(&args, "--objects", base.objects)?,
+        inflight: number_arg(&args, "--inflight", base.inflight as usize)? as u32,
         ..base
     };
     println!(

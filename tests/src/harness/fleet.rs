@@ -43,6 +43,7 @@ use super::dns;
 use crate::kube::{
     Emulator, EmulatorConfig, Fault, FaultProxy, FaultRule, install_crypto_provider,
 };
+use crate::real;
 
 /// The zone every scenario's names live in.
 pub const ZONE: &str = "incident.lifeline.test";
@@ -201,35 +202,7 @@ impl Api {
             Api::Emulator(e) => {
                 e.create(obj)?;
             }
-            Api::Real { server, .. } => {
-                let (ok, out, err) = server.kubectl(
-                    "admin",
-                    &["apply", "--server-side", "-f", "-"],
-                    Some(&obj.to_string()),
-                );
-                anyhow::ensure!(
-                    ok,
-                    "applying {} on {}: {out}{err}",
-                    obj["kind"],
-                    server.name()
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Applies a file of the repository as an administrator (real servers only).
-    fn apply_file(&self, file: &str) -> anyhow::Result<()> {
-        if let Api::Real { server, .. } = self {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join(file);
-            let (ok, out, err) = server.kubectl(
-                "admin",
-                &["apply", "--server-side", "-f", &path.display().to_string()],
-                None,
-            );
-            anyhow::ensure!(ok, "applying {file} on {}: {out}{err}", server.name());
+            Api::Real { server, .. } => real::apply(server, &obj)?,
         }
         Ok(())
     }
@@ -416,30 +389,16 @@ impl Fleet {
         let management = api_for(planes.as_ref(), 0, lifeline_testkit::loopback(), MANAGER).await?;
         match &management {
             Api::Emulator(e) => e.install_lifeline_crds()?,
-            Api::Real { server, .. } => {
-                for crd in ["failoverpolicies", "memberclusters"] {
-                    management.apply_file(&format!("crds/{crd}.lifeline.dev.yaml"))?;
-                }
-                let (ok, out, err) = server.kubectl(
-                    "admin",
-                    &[
-                        "wait",
-                        "--for=condition=Established",
-                        "--timeout=60s",
-                        "crd/failoverpolicies.lifeline.dev",
-                        "crd/memberclusters.lifeline.dev",
-                    ],
-                    None,
-                );
-                anyhow::ensure!(ok, "the CRDs never became Established: {out}{err}");
-            }
+            Api::Real { server, .. } => real::install_crds(server)?,
         }
         for ns in ["shop", "lifeline-system"] {
             management.create(
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
             )?;
         }
-        management.apply_file("deploy/rbac/management-cluster.yaml")?;
+        if let Api::Real { server, .. } = &management {
+            real::apply_file(server, "deploy/rbac/management-cluster.yaml")?;
+        }
         let ips: Vec<IpAddr> = (0..spec.members).map(member_ip).collect();
         let port = free_port(&ips);
         let mut members = Vec::new();
@@ -464,31 +423,8 @@ impl Fleet {
                 Api::Real { server, .. } => {
                     // A real server refuses loopback EndpointSlice addresses: the backend
                     // is the Service's LoadBalancer address, as a cloud would publish it.
-                    api.apply_file("deploy/rbac/member-cluster.yaml")?;
-                    api.create(json!({
-                        "apiVersion": "v1", "kind": "Service",
-                        "metadata": {"namespace": "shop", "name": "web",
-                                     "labels": {"lifeline.dev/global": "true"}},
-                        "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": port}]}
-                    }))?;
-                    let status =
-                        json!({"status": {"loadBalancer": {"ingress": [{"ip": ip.to_string()}]}}});
-                    let (ok, out, err) = server.kubectl(
-                        "admin",
-                        &[
-                            "-n",
-                            "shop",
-                            "patch",
-                            "service",
-                            "web",
-                            "--subresource=status",
-                            "--type=merge",
-                            "-p",
-                            &status.to_string(),
-                        ],
-                        None,
-                    );
-                    anyhow::ensure!(ok, "writing the LoadBalancer status: {out}{err}");
+                    real::apply_file(server, "deploy/rbac/member-cluster.yaml")?;
+                    real::load_balancer_service(server, "shop", "web", port, &[*ip])?;
                     "LoadBalancer"
                 }
             };
