@@ -459,44 +459,19 @@ pub fn rss_of(pid: u32) -> u64 {
 /// Writes the CA, a serving leaf for `ip` and the service-account key pair into `dir`;
 /// returns the CA's PEM.
 fn write_pki(dir: &Path, ip: IpAddr) -> String {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "lifeline test cluster CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    // A separate leaf: rustls refuses a CA certificate as the server's own.
-    let mut leaf = CertificateParams::new(vec![
+    let ca = crate::pki::TestCa::new("lifeline test cluster CA");
+    let names = [
         ip.to_string(),
         "127.0.0.1".to_owned(),
         "localhost".to_owned(),
         "kubernetes.default.svc".to_owned(),
-    ])
-    .unwrap();
-    leaf.is_ca = IsCa::ExplicitNoCa;
-    leaf.distinguished_name
-        .push(DnType::CommonName, "kube-apiserver");
-    leaf.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
     ];
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = leaf.signed_by(&leaf_key, &ca).unwrap();
-    let sa = KeyPair::generate().unwrap();
+    let serving = ca.leaf("kube-apiserver", &names, true);
+    let sa = rcgen::KeyPair::generate().unwrap();
     for (file, text) in [
         ("ca.pem", ca.pem()),
-        ("serving.pem", leaf.pem()),
-        ("serving.key", leaf_key.serialize_pem()),
+        ("serving.pem", serving.cert_pem),
+        ("serving.key", serving.key_pem),
         ("sa.key", sa.serialize_pem()),
         ("sa.pub", sa.public_key_pem()),
     ] {

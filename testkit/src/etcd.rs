@@ -261,27 +261,15 @@ impl Drop for Etcd {
 /// Writes a CA, a server certificate for `ip` and a client certificate (PEM) into
 /// `dir`; returns the client's files.
 fn write_pki(dir: &Path, ip: IpAddr) -> EtcdTlsFiles {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "lifeline etcd test CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    // Separate leaves: rustls refuses a CA certificate as the server's own.
-    let leaf = |name: &str, file: &str| {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.is_ca = rcgen::IsCa::ExplicitNoCa;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let cert = params.signed_by(&key, &ca).unwrap();
-        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
-    };
-    leaf(&ip.to_string(), "server");
-    leaf("lifeline", "client");
+    let ca = crate::pki::TestCa::new("lifeline etcd test CA");
+    for (name, file) in [
+        (ip.to_string(), "server"),
+        ("lifeline".to_owned(), "client"),
+    ] {
+        let leaf = ca.leaf(&name, std::slice::from_ref(&name), false);
+        std::fs::write(dir.join(format!("{file}.pem")), leaf.cert_pem).unwrap();
+        std::fs::write(dir.join(format!("{file}.key")), leaf.key_pem).unwrap();
+    }
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
     EtcdTlsFiles {
         ca_file: dir.join("ca.pem"),

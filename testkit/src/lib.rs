@@ -4,6 +4,7 @@
 //!  net      loopback() / free_port() / free_addr(): each call gets an address of its own
 //!  etcd     Etcd::start(): a real etcd on such an address, with a temporary data dir
 //!  control_plane  ControlPlanes::start(n): real kube-apiservers over one real etcd
+//!  pki      TestCa: a CA of the test's own and the leaves it signs
 //!  proxy    Proxy: a TCP hop a test can cut (a partition) or point elsewhere
 //!  process  Process: a child killed on drop, stopped with SIGTERM
 //!  dns      query builders, raw UDP/TCP exchange, query_a() -> Answer
@@ -26,6 +27,8 @@ pub mod dns;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod net;
+#[cfg(feature = "etcd")]
+pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod wait;

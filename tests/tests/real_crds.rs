@@ -21,11 +21,6 @@ fn path_arg(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// Installs Lifeline's CRDs on `planes[0]` and waits until they are Established.
-fn install_crds(planes: &ControlPlanes) -> Result<()> {
-    lifeline_tests::real::install_crds(&planes[0])
-}
-
 /// Checks that only Lifeline can make: they need other objects (the served zones, other
 /// policies, the MemberClusters), which a schema cannot see.
 const CROSS_OBJECT: &[&str] = &[
@@ -50,7 +45,7 @@ async fn the_real_server_rejects_every_invalid_cr_at_the_field_lifeline_validate
     let Some(planes) = ControlPlanes::start(1, Options::default()).await else {
         return Ok(());
     };
-    install_crds(&planes)?;
+    lifeline_tests::real::install_crds(&planes[0])?;
     let s = &planes[0];
     let (ok, out, err) = s.kubectl("admin", &["create", "namespace", "shop"], None);
     ensure!(ok, "{out}{err}");
@@ -134,7 +129,7 @@ async fn every_deploy_manifest_passes_a_server_side_dry_run() -> Result<()> {
     let Some(planes) = ControlPlanes::start(1, Options::default()).await else {
         return Ok(());
     };
-    install_crds(&planes)?;
+    lifeline_tests::real::install_crds(&planes[0])?;
     let s = &planes[0];
     // A dry run cannot create a namespace for the objects after it; these exist first.
     for ns in ["lifeline-system", "shop", "demo", "web", "edge"] {

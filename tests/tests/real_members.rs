@@ -20,6 +20,7 @@ use lifeline_controller::member::{
 };
 use lifeline_testkit::control_plane::{ApiServer, Options};
 use lifeline_testkit::{ControlPlanes, Proxy};
+use lifeline_tests::real::apply;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::timeout;
@@ -40,21 +41,13 @@ fn rbac_documents() -> Result<Vec<Value>> {
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
-fn kubectl_apply(s: &ApiServer, doc: &Value) -> Result<()> {
-    lifeline_tests::real::apply(s, doc)
-}
-
-fn create(s: &ApiServer, doc: Value) -> Result<()> {
-    lifeline_tests::real::apply(s, &doc)
-}
-
 /// A global Service `shop/web` and one EndpointSlice for it with one ready address.
 fn web(s: &ApiServer, address: &str) -> Result<()> {
     let (ok, out, err) = s.kubectl("admin", &["create", "namespace", "shop"], None);
     ensure!(ok, "{out}{err}");
-    create(
+    apply(
         s,
-        json!({
+        &json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"namespace": "shop", "name": "web", "labels": {"lifeline.dev/global": "true"}},
             "spec": {"ports": [{"name": "http", "port": 80}]}
@@ -64,9 +57,9 @@ fn web(s: &ApiServer, address: &str) -> Result<()> {
 }
 
 fn slice(s: &ApiServer, name: &str, address: &str) -> Result<()> {
-    create(
+    apply(
         s,
-        json!({
+        &json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"namespace": "shop", "name": name,
                          "labels": {"kubernetes.io/service-name": "web"}},
@@ -140,7 +133,7 @@ async fn the_member_role_is_enough_and_each_missing_grant_is_reported_as_forbidd
     let s = &planes[0];
     let docs = rbac_documents()?;
     for doc in &docs {
-        kubectl_apply(s, doc)?;
+        apply(s, doc)?;
     }
     web(s, "10.9.0.1")?;
     let kubeconfig = s.kubeconfig(READER);
@@ -179,7 +172,7 @@ async fn the_member_role_is_enough_and_each_missing_grant_is_reported_as_forbidd
             let mut reduced = role.clone();
             let kept: Vec<&String> = verbs.iter().filter(|v| *v != verb).collect();
             reduced["rules"][i]["verbs"] = json!(kept);
-            kubectl_apply(s, &reduced)?;
+            apply(s, &reduced)?;
             let h = spawn(&kubeconfig, options()).await?;
             let mut rx = h.view();
             let v = wait_view(
@@ -217,7 +210,7 @@ async fn the_member_role_is_enough_and_each_missing_grant_is_reported_as_forbidd
             );
             drop(h);
         }
-        kubectl_apply(s, &role)?;
+        apply(s, &role)?;
     }
     println!("{}", report.join("\n"));
     ensure!(report.len() == 4, "{report:?}");
