@@ -7,6 +7,7 @@
 //! store: {type: embedded, dataDir} | {type: etcd, endpoints, prefix, tls, ...}
 //! policySource: {type: files, paths} | {type: kubernetes, ...}
 //! defaults: {probe: {...}, apiBudget: {...}}
+//! memberCredentials: {keyFile, recheckInterval}   # sealed cache of member kubeconfigs
 //! ```
 //!
 //! Every struct rejects unknown fields: a typo in an operator's file must be an error,
@@ -47,6 +48,40 @@ pub struct Config {
     /// The override audit trail.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// How member kubeconfigs read from Secrets are kept for restarts without the
+    /// management API.
+    #[serde(default)]
+    pub member_credentials: MemberCredentials,
+}
+
+/// Member kubeconfigs read from `kubeconfigSecretRef` Secrets are sealed with the key in
+/// `keyFile` (32 bytes: raw, hex or base64; e.g. a mounted Secret) and kept in the store,
+/// so a replica restarted while the management API is down still reaches its members.
+/// Without `keyFile` nothing is kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MemberCredentials {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// How often each Secret in use is read again; a change restarts its watcher.
+    #[serde(
+        default = "default_recheck_interval",
+        with = "lifeline_model::duration::text"
+    )]
+    pub recheck_interval: std::time::Duration,
+}
+
+impl Default for MemberCredentials {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            recheck_interval: default_recheck_interval(),
+        }
+    }
+}
+
+fn default_recheck_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
 }
 
 /// How long override audit entries are kept; older ones are pruned hourly by the leader.
@@ -348,6 +383,13 @@ impl Config {
         // The DNS shim owns the rules for its own sections.
         for (path, message) in lifeline_dns::config::validate(&self.dns, &self.zones) {
             push(path, message);
+        }
+
+        if self.member_credentials.recheck_interval < std::time::Duration::from_secs(1) {
+            push(
+                "memberCredentials.recheckInterval".into(),
+                "must be at least 1s".into(),
+            );
         }
 
         if self.admin.token_env.is_empty() {

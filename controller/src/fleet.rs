@@ -16,6 +16,12 @@
 //! reported (its MemberCluster status says why) and left without a watcher; its targets
 //! keep their last known state. Loading is tried again with a backoff from 1 s to 60 s,
 //! so a Secret that is fixed later is picked up without any change to the policies.
+//!
+//! A kubeconfig read from a Secret is sealed into the store (see [`crate::credentials`])
+//! when a key is configured. When the Secret cannot be read or no longer holds a usable
+//! kubeconfig (the management API is down at a restart, or someone broke the Secret),
+//! the cached copy is used instead, and a warning says so. Each Secret in use is read
+//! again every `recheckInterval`; a change restarts that cluster's watcher with it.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -23,16 +29,19 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use lifeline_crds::{AddressSource, FailoverPolicy, MemberCluster};
+use lifeline_crds::{AddressSource, FailoverPolicy, MemberCluster, SecretKeyRef};
+use lifeline_etcd::Leader;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use lifeline_engine::{Observation, SourceState, TargetKey};
 
 use crate::{
     budget::BudgetConfig,
+    credentials::SealKey,
     member::{self, MemberHandle, MemberView, MemberWatcher, ServiceKey, WatchOptions},
     policies::policy_id,
-    store::PolicySnapshot,
+    store::{PolicySnapshot, Store},
 };
 
 /// Watchers of the member clusters, owned by the leader.
@@ -45,6 +54,35 @@ pub struct Fleet {
     management: Option<kube::Client>,
     /// Where a `kubeconfigSecretRef` without a namespace points: Lifeline's own.
     namespace: String,
+    /// Where kubeconfigs read from Secrets are kept, sealed; `None`: not kept.
+    cache: Option<CredentialCache>,
+    /// How often a Secret in use is read again.
+    recheck: Duration,
+    /// Digest of the bytes each cluster's Secret last held, as last read.
+    seen: BTreeMap<String, Digest>,
+    /// Clusters whose kubeconfig this term has sealed into the store.
+    sealed: BTreeSet<String>,
+}
+
+/// The store and key that keep member kubeconfigs read from Secrets.
+#[derive(Clone, Debug)]
+pub struct CredentialCache {
+    pub store: Store,
+    pub key: std::sync::Arc<SealKey>,
+}
+
+type Digest = [u8; 32];
+
+fn digest(bytes: &[u8]) -> Digest {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
+}
+
+/// Where a Secret reference points, as `namespace/name/key`.
+fn secret_text(r: &SecretKeyRef, default_namespace: &str) -> String {
+    let ns = r.namespace.as_deref().unwrap_or(default_namespace);
+    format!("{ns}/{}/{}", r.name, r.key)
 }
 
 #[derive(Debug)]
@@ -80,12 +118,12 @@ pub fn own_namespace() -> String {
         .unwrap_or_else(|| "lifeline-system".to_owned())
 }
 
-/// Reads a member kubeconfig from a Secret in the management cluster.
-async fn kubeconfig_from_secret(
+/// Reads the bytes a Secret holds under its key, in the management cluster.
+async fn secret_bytes(
     client: &kube::Client,
-    r: &lifeline_crds::SecretKeyRef,
+    r: &SecretKeyRef,
     default_namespace: &str,
-) -> Result<kube::Config, String> {
+) -> Result<Vec<u8>, String> {
     let ns = r
         .namespace
         .clone()
@@ -96,14 +134,62 @@ async fn kubeconfig_from_secret(
         .get(&r.name)
         .await
         .map_err(|e| format!("cannot read Secret {ns}/{}: {e}", r.name))?;
-    let bytes = secret
+    secret
         .data
-        .as_ref()
-        .and_then(|d| d.get(&r.key))
-        .ok_or_else(|| format!("Secret {ns}/{} has no key {:?}", r.name, r.key))?;
-    member::kube_config_from_bytes(&bytes.0)
-        .await
-        .map_err(|e| format!("Secret {ns}/{} key {:?}: {e}", r.name, r.key))
+        .and_then(|mut d| d.remove(&r.key))
+        .map(|b| b.0)
+        .ok_or_else(|| format!("Secret {ns}/{} has no key {:?}", r.name, r.key))
+}
+
+/// Reads a Secret again every `every` and counts changes of its bytes (from `seen`).
+/// Unreadable moments change nothing: only bytes that differ count.
+fn follow_secret(
+    client: kube::Client,
+    r: SecretKeyRef,
+    namespace: String,
+    mut seen: Option<Digest>,
+    every: Duration,
+) -> SecretFollower {
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let read = tokio::time::timeout(
+                Duration::from_secs(10),
+                secret_bytes(&client, &r, &namespace),
+            )
+            .await;
+            if let Ok(Ok(bytes)) = read {
+                let d = digest(&bytes);
+                if seen != Some(d) {
+                    seen = Some(d);
+                    if tx.send(Some(d)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    SecretFollower { rx, task }
+}
+
+/// A task that notices when a Secret in use changes.
+#[derive(Debug)]
+struct SecretFollower {
+    rx: watch::Receiver<Option<Digest>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SecretFollower {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SecretFollower {
+    fn changed(&self) -> bool {
+        self.rx.has_changed().unwrap_or(false)
+    }
 }
 
 #[derive(Debug)]
@@ -112,6 +198,8 @@ struct Watched {
     spec: lifeline_crds::MemberClusterSpec,
     handle: MemberHandle,
     view: tokio::sync::watch::Receiver<MemberView>,
+    /// For a kubeconfig from a Secret: what notices the Secret change.
+    follower: Option<SecretFollower>,
 }
 
 /// The service a policy looks for, as `(namespace, name)`.
@@ -138,11 +226,107 @@ impl Fleet {
             unloaded: BTreeMap::new(),
             management,
             namespace,
+            cache: None,
+            recheck: Duration::from_secs(30),
+            seen: BTreeMap::new(),
+            sealed: BTreeSet::new(),
         }
     }
 
-    /// Starts, re-scopes and stops watchers to match the policy set.
-    pub async fn reconcile(&mut self, snapshot: &PolicySnapshot) {
+    /// Keeps kubeconfigs read from Secrets in `cache`, and reads each Secret in use
+    /// again every `recheck`.
+    pub fn with_credentials(mut self, cache: Option<CredentialCache>, recheck: Duration) -> Self {
+        self.cache = cache;
+        self.recheck = recheck;
+        self
+    }
+
+    /// The kubeconfig of `name` from its Secret, or else from the sealed copy in the
+    /// store; a fresh read is sealed into the store when it differs from that copy.
+    async fn load_from_secret(
+        &mut self,
+        name: &str,
+        r: &SecretKeyRef,
+        leader: Option<&Leader>,
+    ) -> Result<(kube::Config, Digest), String> {
+        let Some(client) = &self.management else {
+            return Err(
+                "kubeconfigSecretRef needs policySource kubernetes; use kubeconfigPath with files"
+                    .to_owned(),
+            );
+        };
+        let secret = secret_text(r, &self.namespace);
+        // Bounded: a hanging management API must not stall the leader.
+        let read = tokio::time::timeout(
+            Duration::from_secs(3),
+            secret_bytes(client, r, &self.namespace),
+        )
+        .await
+        .unwrap_or_else(|_| Err("timed out reading the Secret".to_owned()));
+        let fresh = match read {
+            Ok(bytes) => {
+                self.seen.insert(name.to_owned(), digest(&bytes));
+                match member::kube_config_from_bytes(&bytes).await {
+                    Ok(config) => Ok((config, bytes)),
+                    Err(e) => Err(format!(
+                        "Secret {}/{} key {:?}: {e}",
+                        r.namespace.as_deref().unwrap_or(&self.namespace),
+                        r.name,
+                        r.key
+                    )),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let Some(cache) = self.cache.clone() else {
+            return fresh.map(|(config, bytes)| (config, digest(&bytes)));
+        };
+        let cached = match cache.store.credential(name).await {
+            Ok(Some(sealed)) => cache
+                .key
+                .open(name, &secret, &sealed)
+                .map(|plain| (plain, sealed.fetched_at)),
+            Ok(None) => Err("no cached copy".to_owned()),
+            Err(e) => Err(format!("cannot read the cached copy: {e}")),
+        };
+        match fresh {
+            Ok((config, bytes)) => {
+                let same = matches!(&cached, Ok((plain, _)) if *plain == bytes);
+                if !same {
+                    let sealed = cache.key.seal(name, &secret, &bytes);
+                    match cache
+                        .store
+                        .save_credential(leader, name, Some(&sealed))
+                        .await
+                    {
+                        Ok(()) => info!(cluster = %name, "member kubeconfig cached, sealed"),
+                        Err(e) => {
+                            warn!(cluster = %name, error = %e, "cannot cache the member kubeconfig")
+                        }
+                    }
+                }
+                self.sealed.insert(name.to_owned());
+                Ok((config, digest(&bytes)))
+            }
+            Err(problem) => {
+                let (plain, fetched_at) = cached.map_err(|why| format!("{problem}; {why}"))?;
+                let config = member::kube_config_from_bytes(&plain)
+                    .await
+                    .map_err(|e| format!("{problem}; the cached copy is unusable: {e}"))?;
+                warn!(
+                    cluster = %name,
+                    error = %problem,
+                    fetched_at = %lifeline_model::time::format(fetched_at),
+                    "using the cached member kubeconfig"
+                );
+                Ok((config, digest(&plain)))
+            }
+        }
+    }
+
+    /// Starts, re-scopes and stops watchers to match the policy set. `leader` fences
+    /// what is cached in the store.
+    pub async fn reconcile(&mut self, snapshot: &PolicySnapshot, leader: Option<&Leader>) {
         let mut wanted: BTreeMap<String, (&MemberCluster, BTreeSet<ServiceKey>)> = BTreeMap::new();
         for c in snapshot.clusters.iter().filter(|c| needs_watcher(c)) {
             if let Some(name) = &c.metadata.name {
@@ -161,12 +345,30 @@ impl Fleet {
         }
         self.watchers.retain(|name, w| {
             let keep = wanted.get(name).is_some_and(|(c, _)| c.spec == w.spec);
+            let rotated = w.follower.as_ref().is_some_and(SecretFollower::changed);
             if !keep {
                 info!(cluster = %name, "member cluster watcher stopped");
+            } else if rotated {
+                info!(cluster = %name, "member kubeconfig Secret changed; watcher restarted");
             }
-            keep
+            keep && !rotated
         });
         self.unloaded.retain(|name, _| wanted.contains_key(name));
+        self.seen.retain(|name, _| wanted.contains_key(name));
+        let gone: Vec<String> = self
+            .sealed
+            .iter()
+            .filter(|n| !wanted.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.sealed.remove(&name);
+            if let Some(cache) = &self.cache
+                && let Err(e) = cache.store.save_credential(leader, &name, None).await
+            {
+                warn!(cluster = %name, error = %e, "cannot forget the cached member kubeconfig");
+            }
+        }
         let now = Instant::now();
         for (name, (cluster, services)) in wanted {
             if let Some(w) = self.watchers.get(&name) {
@@ -176,26 +378,21 @@ impl Fleet {
             if self.unloaded.get(&name).is_some_and(|u| u.retry_at > now) {
                 continue;
             }
-            let loaded: Result<kube::Config, String> = match (
+            let loaded: Result<(kube::Config, Option<Digest>), String> = match (
                 &cluster.spec.kubeconfig_path,
                 &cluster.spec.kubeconfig_secret_ref,
             ) {
                 (Some(path), _) => member::kube_config_from_path(std::path::Path::new(path))
                     .await
+                    .map(|c| (c, None))
                     .map_err(|e| e.to_string()),
-                (None, Some(r)) => match &self.management {
-                    // Bounded: a hanging management API must not stall the leader.
-                    Some(client) => tokio::time::timeout(
-                        std::time::Duration::from_secs(3),
-                        kubeconfig_from_secret(client, r, &self.namespace),
-                    )
+                (None, Some(r)) => self
+                    .load_from_secret(&name, r, leader)
                     .await
-                    .unwrap_or_else(|_| Err("timed out reading the Secret".to_owned())),
-                    None => Err("kubeconfigSecretRef needs policySource kubernetes; use kubeconfigPath with files".to_owned()),
-                },
+                    .map(|(c, d)| (c, Some(d))),
                 (None, None) => Err("no kubeconfig for a cluster that needs API access".to_owned()),
             };
-            let config = match loaded {
+            let (config, in_use) = match loaded {
                 Ok(c) => c,
                 Err(reason) => {
                     let failures = self.unloaded.get(&name).map_or(0, |u| u.failures) + 1;
@@ -219,12 +416,27 @@ impl Fleet {
                 Ok(handle) => {
                     info!(cluster = %name, "member cluster watcher started");
                     let view = handle.view();
+                    let follower = match (
+                        &self.management,
+                        &cluster.spec.kubeconfig_secret_ref,
+                        in_use,
+                    ) {
+                        (Some(client), Some(r), Some(in_use)) => Some(follow_secret(
+                            client.clone(),
+                            r.clone(),
+                            self.namespace.clone(),
+                            Some(self.seen.get(&name).copied().unwrap_or(in_use)),
+                            self.recheck,
+                        )),
+                        _ => None,
+                    };
                     self.watchers.insert(
                         name,
                         Watched {
                             spec: cluster.spec.clone(),
                             handle,
                             view,
+                            follower,
                         },
                     );
                 }
@@ -244,10 +456,15 @@ impl Fleet {
         }
     }
 
-    /// Whether a cluster whose kubeconfig could not be loaded is due another try.
+    /// Whether a cluster whose kubeconfig could not be loaded is due another try, or a
+    /// Secret in use has changed.
     pub fn reload_due(&self) -> bool {
         let now = Instant::now();
         self.unloaded.values().any(|u| u.retry_at <= now)
+            || self
+                .watchers
+                .values()
+                .any(|w| w.follower.as_ref().is_some_and(SecretFollower::changed))
     }
 
     /// Why each cluster without a watcher has none, by cluster name.

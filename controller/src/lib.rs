@@ -34,6 +34,7 @@ pub mod admin;
 pub mod budget;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod ctl;
 pub mod demo;
 pub mod documents;

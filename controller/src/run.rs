@@ -169,6 +169,7 @@ pub async fn run(
         )),
         _ => None,
     };
+    let credential_key = credential_key(&config);
     let mut shared = Shared {
         // Building the client contacts nothing; only the leader watches (see
         // `term::lead`), so management API load does not grow with replicas.
@@ -178,6 +179,7 @@ pub async fn run(
         state,
         identity: replica_identity(),
         namespace: crate::fleet::own_namespace(),
+        credential_key,
         // Set only by tests.
         test_faults,
     };
@@ -196,6 +198,25 @@ pub async fn run(
     let _ = admin_task.await;
     shim.shutdown();
     result
+}
+
+/// The key for cached member kubeconfigs. A key file that cannot be used is reported
+/// and nothing is cached: the Secrets are still read, and DNS is never held up by it.
+fn credential_key(config: &Config) -> Option<Arc<crate::credentials::SealKey>> {
+    let path = config.member_credentials.key_file.as_ref()?;
+    match crate::credentials::SealKey::from_file(path) {
+        Ok(key) => {
+            info!(
+                key_id = key.id(),
+                "member kubeconfigs read from Secrets are cached, sealed"
+            );
+            Some(Arc::new(key))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "member kubeconfigs will not be cached: a restart while the management API is down cannot reach members whose kubeconfig is in a Secret");
+            None
+        }
+    }
 }
 
 async fn run_embedded(

@@ -40,6 +40,8 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use lifeline_dns::ShimHandle;
+
+use crate::credentials::SealedKubeconfig;
 use lifeline_engine::{Decision, Override};
 use lifeline_etcd::Leader;
 use lifeline_model::{
@@ -75,6 +77,9 @@ pub enum Error {
         "{path} is unreadable ({problem}); its last good copy stays in force and changes are refused until the file is repaired or removed"
     )]
     Unreadable { path: PathBuf, problem: String },
+    /// A cluster name that cannot name a stored file.
+    #[error("{0:?} cannot name a stored file (empty, starts with '.', or contains '/')")]
+    BadName(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -228,6 +233,40 @@ impl Store {
         match (self, leader) {
             (Store::Embedded(s), _) => s.save_policies(snapshot),
             (Store::Etcd(s), Some(l)) => Ok(s.mirror_policies(l, snapshot).await?),
+            (Store::Etcd(_), None) => Err(Error::NotLeader),
+        }
+    }
+
+    /// The sealed kubeconfig cached for `cluster`, if any (any replica).
+    pub async fn credential(&self, cluster: &str) -> Result<Option<SealedKubeconfig>> {
+        match self {
+            Store::Embedded(s) => Ok(s.read(&credential_file(cluster)?)),
+            Store::Etcd(s) => Ok(s.credential(cluster).await?),
+        }
+    }
+
+    /// Caches (or, with `None`, forgets) the sealed kubeconfig of `cluster` (leader only).
+    pub async fn save_credential(
+        &self,
+        leader: Option<&Leader>,
+        cluster: &str,
+        sealed: Option<&SealedKubeconfig>,
+    ) -> Result<()> {
+        match (self, leader) {
+            (Store::Embedded(s), _) => {
+                let name = credential_file(cluster)?;
+                match sealed {
+                    Some(v) => s.write(&name, v),
+                    None => match fs::remove_file(s.dir.join(&name)) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
+                            path: s.dir.join(name),
+                            source: e,
+                        }),
+                        _ => Ok(()),
+                    },
+                }
+            }
+            (Store::Etcd(s), Some(l)) => Ok(s.save_credential(l, cluster, sealed).await?),
             (Store::Etcd(_), None) => Err(Error::NotLeader),
         }
     }
@@ -474,6 +513,14 @@ impl EmbeddedStore {
         })?;
         atomic_write(&path, &bytes)
     }
+}
+
+/// The file of a cluster's cached kubeconfig; the name must be a plain file name.
+fn credential_file(cluster: &str) -> Result<String> {
+    if cluster.is_empty() || cluster.contains('/') || cluster.starts_with('.') {
+        return Err(Error::BadName(cluster.to_owned()));
+    }
+    Ok(format!("credential-{cluster}.json"))
 }
 
 const OVERRIDES: &str = "overrides.json";

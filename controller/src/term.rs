@@ -76,6 +76,8 @@ pub(crate) struct Shared {
     pub identity: String,
     /// The namespace Lifeline runs in.
     pub namespace: String,
+    /// The key that seals cached member kubeconfigs, when one is configured and loads.
+    pub credential_key: Option<Arc<crate::credentials::SealKey>>,
     /// Honour the test-only fault annotation ([`TEST_FAULT`]). Tests set it; nothing
     /// else does.
     pub test_faults: bool,
@@ -382,7 +384,15 @@ impl<'a> LeaderTerm<'a> {
             .management
             .as_ref()
             .map(|(source, _)| source.client());
-        let fleet = Fleet::with_management(management.clone(), shared.namespace.clone());
+        let cache = shared
+            .credential_key
+            .clone()
+            .map(|key| crate::fleet::CredentialCache {
+                store: store.clone(),
+                key,
+            });
+        let fleet = Fleet::with_management(management.clone(), shared.namespace.clone())
+            .with_credentials(cache, shared.config.member_credentials.recheck_interval);
         let status = management.map(|client| {
             StatusTask::spawn(client, Duration::from_secs(5), shared.identity.clone())
         });
@@ -451,7 +461,7 @@ impl<'a> LeaderTerm<'a> {
         } else {
             BTreeMap::new()
         };
-        self.fleet.reconcile(&self.current).await;
+        self.fleet.reconcile(&self.current, self.leader).await;
         *self.shared.state.clusters.write() = cluster_names(&self.current);
         self.recompile();
     }
@@ -677,7 +687,7 @@ impl<'a> LeaderTerm<'a> {
         }
         // A member kubeconfig that could not be loaded is tried again (with backoff).
         if self.fleet.reload_due() {
-            self.fleet.reconcile(&self.current).await;
+            self.fleet.reconcile(&self.current, self.leader).await;
         }
         // Member views: new addresses recompile the set; readiness becomes observations
         // for policies without a health check.

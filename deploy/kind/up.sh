@@ -106,10 +106,13 @@ apply_secret() {
 install_management() {
   local context i file existed
   context=$(ctx "$MANAGEMENT")
-  log "management: namespace, admin token, member kubeconfigs"
+  log "management: namespace, admin token, credential key, member kubeconfigs"
   kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl --context "$context" apply -f -
   if ! kubectl --context "$context" -n "$NAMESPACE" get secret lifeline-admin-token >/dev/null 2>&1; then
     apply_secret lifeline-admin-token --from-literal=token="$(head -c 32 /dev/urandom | base64)"
+  fi
+  if ! kubectl --context "$context" -n "$NAMESPACE" get secret lifeline-credential-key >/dev/null 2>&1; then
+    apply_secret lifeline-credential-key --from-literal=key="$(head -c 32 /dev/urandom | base64)"
   fi
   file=$(mktemp)
   # shellcheck disable=SC2064 # the path is fixed now, on purpose

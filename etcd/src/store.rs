@@ -17,6 +17,8 @@
 //!  {prefix}/policy-change/held        PolicyHold: a sweeping change  (leader, fenced)
 //!                                     held back
 //!  {prefix}/policy-change/release     PolicyRelease of that change  (anyone: admin API, ctl)
+//!  {prefix}/credentials/{cluster}     a member kubeconfig, sealed   (leader, fenced)
+//!                                     by the controller's key
 //!  {prefix}/election/{lease}          etcd election keys (campaign with a leased key)
 //! ```
 //!
@@ -735,6 +737,29 @@ impl EtcdStore {
     /// The last release written, if any.
     pub async fn policy_release(&self) -> Result<Option<PolicyRelease>> {
         self.read(&self.key(&["policy-change", "release"])?).await
+    }
+
+    // === cached member credentials (sealed by the controller; opaque here) ===
+
+    /// The sealed kubeconfig cached for `cluster`, if any.
+    pub async fn credential<T: DeserializeOwned>(&self, cluster: &str) -> Result<Option<T>> {
+        self.read(&self.key(&["credentials", cluster])?).await
+    }
+
+    /// Caches (or, with `None`, forgets) the sealed kubeconfig of `cluster`; fenced.
+    pub async fn save_credential<T: Serialize>(
+        &self,
+        leader: &Leader,
+        cluster: &str,
+        sealed: Option<&T>,
+    ) -> Result<()> {
+        let key = self.key(&["credentials", cluster])?;
+        let op = match sealed {
+            Some(v) => TxnOp::put(key.clone(), Self::encode(&key, v, None)?, None),
+            None => TxnOp::delete(key, None),
+        };
+        self.fenced(leader, vec![op]).await?;
+        Ok(())
     }
 
     /// Identity of the current leader, if any.

@@ -48,6 +48,28 @@ pub fn apply_file(s: &ApiServer, file: &str) -> Result<()> {
     Ok(())
 }
 
+/// Lets Lifeline's management identity read exactly these kubeconfig Secrets: the
+/// `lifeline-kubeconfigs` Role of `deploy/rbac/management-cluster.yaml` names the
+/// Secrets it may read, and an operator lists their own there.
+pub fn allow_kubeconfig_secrets(s: &ApiServer, names: &[String]) -> Result<()> {
+    let patch = json!([{"op": "replace", "path": "/rules/0/resourceNames", "value": names}]);
+    kubectl(
+        s,
+        &[
+            "-n",
+            "lifeline-system",
+            "patch",
+            "role",
+            "lifeline-kubeconfigs",
+            "--type=json",
+            "-p",
+            &patch.to_string(),
+        ],
+        None,
+    )?;
+    Ok(())
+}
+
 /// Lifeline's CRDs, applied and Established.
 pub fn install_crds(s: &ApiServer) -> Result<()> {
     for crd in ["failoverpolicies", "memberclusters"] {

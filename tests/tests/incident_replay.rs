@@ -71,6 +71,12 @@ mod on_real_api_servers {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_restarted_without_management_still_steer_members_whose_kubeconfig_is_a_secret()
+     {
+        replay_on(Scenario::RestartWithoutManagementSecrets, ApiBackend::Real).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lone_dns_replica_keeps_answering_the_last_good_records() {
         replay_on(Scenario::LoneDnsReplica, ApiBackend::Real).await;
     }
@@ -126,12 +132,9 @@ async fn many_clusters_recovering_at_once_ramp_back_a_few_at_a_time() {
     replay(Scenario::MassRecovery).await;
 }
 
-/// Known gap: a member kubeconfig read from a Secret in the management cluster is not
-/// kept anywhere Lifeline can read without that API, so replicas restarted during a
-/// management outage cannot watch such members, learn no addresses and cannot steer
-/// (answers stay frozen, which is safe, but a dead backend is not failed over).
+/// Member kubeconfigs read from Secrets are sealed into etcd while the management API
+/// is up; replicas restarted while it is down open them from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: Secret-referenced member kubeconfigs are unavailable after a restart without the management API"]
 async fn replicas_restarted_without_management_still_steer_members_whose_kubeconfig_is_a_secret() {
     replay(Scenario::RestartWithoutManagementSecrets).await;
 }

@@ -352,3 +352,100 @@ async fn a_member_kubeconfig_that_cannot_be_loaded_is_reported_and_retried_until
     assert_eq!(reachable.status, "True");
     lifeline.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_kubeconfig_from_a_secret_is_cached_sealed_followed_when_it_changes_and_kept_when_it_breaks()
+ {
+    let (management, _first) = secret_fleet(|m| m.kubeconfig_yaml()).await;
+    let dir = tempfile::tempdir().unwrap();
+    management
+        .write_kubeconfig(&dir.path().join("kubeconfig.yaml"))
+        .unwrap();
+    std::fs::write(dir.path().join("credential.key"), [9u8; 32]).unwrap();
+    let dns = free_addr();
+    let config = format!(
+        "zones:\n{}dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\n\
+store: {{type: embedded, dataDir: {d}/store}}\n\
+policySource: {{type: kubernetes, kubeconfig: {d}/kubeconfig.yaml}}\n\
+memberCredentials: {{keyFile: {d}/credential.key, recheckInterval: 1s}}\n",
+        zone_line(ZONE),
+        d = dir.path().display()
+    );
+    let lifeline = Running::start(&config, dir.path()).await;
+    wait_for(dns, NAME, ip(11), Duration::from_secs(20)).await;
+
+    // Cached in the store, private, and nothing of the kubeconfig readable in it.
+    let cached = dir.path().join("store/credential-one.json");
+    let sealed = eventually(|| async { std::fs::read_to_string(&cached).ok() }).await;
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&cached).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{cached:?} has mode {mode:o}");
+    for plain in ["apiVersion", "server:", "clusters", "127.0.0.1"] {
+        assert!(!sealed.contains(plain), "{plain:?} readable in {sealed}");
+    }
+
+    // The Secret now points at another cluster: followed without any other change.
+    let second = Emulator::start(EmulatorConfig::https()).await.unwrap();
+    second
+        .create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))
+        .unwrap();
+    let slice = |address: &str| {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [address], "conditions": {"ready": true}}]
+        })
+    };
+    second.create(slice("127.0.0.12")).unwrap();
+    let set_secret = |text: String| {
+        management
+            .merge_patch(
+                "v1",
+                "Secret",
+                Some("lifeline-system"),
+                "member-kubeconfig",
+                &json!({"data": {"kubeconfig": base64::engine::general_purpose::STANDARD.encode(text)}}),
+                false,
+            )
+            .unwrap();
+    };
+    set_secret(second.kubeconfig_yaml());
+    wait_for(dns, NAME, ip(12), Duration::from_secs(20)).await;
+    let resealed = eventually(|| async {
+        std::fs::read_to_string(&cached)
+            .ok()
+            .filter(|now| *now != sealed)
+    })
+    .await;
+
+    // Someone breaks the Secret: the cached copy (the second cluster's) stays in use,
+    // and its watcher still follows that cluster.
+    let reads = || {
+        management
+            .counts()
+            .count(Some(lifeline_tests::kube::Verb::Get), Some("secrets"), None)
+    };
+    let before = reads();
+    set_secret("clusters: [not, a, kubeconfig".to_owned());
+    eventually(|| async { (reads() >= before + 3).then_some(()) }).await;
+    assert_eq!(query_a(dns, NAME), Some(vec![ip(12)]));
+    second
+        .merge_patch(
+            "discovery.k8s.io/v1",
+            "EndpointSlice",
+            Some("shop"),
+            "web-1",
+            &json!({"endpoints": [{"addresses": ["127.0.0.13"], "conditions": {"ready": true}}]}),
+            false,
+        )
+        .unwrap();
+    wait_for(dns, NAME, ip(13), Duration::from_secs(20)).await;
+    assert_eq!(
+        std::fs::read_to_string(&cached).unwrap(),
+        resealed,
+        "a broken Secret must not replace the good cached copy"
+    );
+    lifeline.stop().await;
+}

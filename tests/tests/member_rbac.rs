@@ -84,7 +84,7 @@ fn the_member_role_is_read_only_on_services_and_endpointslices() -> Result<()> {
 }
 
 #[test]
-fn the_management_role_reads_policies_writes_only_status_and_events_and_gets_secrets_in_its_namespace()
+fn the_management_role_reads_policies_writes_only_status_and_events_and_gets_only_named_secrets_in_its_namespace()
 -> Result<()> {
     let docs = documents("management-cluster.yaml")?;
     let roles: Vec<ClusterRole> = of_kind(&docs, "ClusterRole")?;
@@ -108,10 +108,28 @@ fn the_management_role_reads_policies_writes_only_status_and_events_and_gets_sec
     let ns_roles: Vec<Role> = of_kind(&docs, "Role")?;
     ensure!(ns_roles.len() == 1);
     ensure!(ns_roles[0].metadata.namespace.as_deref() == Some("lifeline-system"));
-    let secrets = grants(ns_roles[0].rules.as_deref().unwrap_or_default())?;
+    let rules = ns_roles[0].rules.as_deref().unwrap_or_default();
+    let secrets = grants(rules)?;
     ensure!(
         secrets == triples(&[("", "secrets", &["get"])]),
         "{secrets:?}"
+    );
+    // Only named Secrets: those the example MemberClusters refer to.
+    let named: BTreeSet<String> = rules[0].resource_names.iter().flatten().cloned().collect();
+    let examples = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/clusters.yaml"),
+    )?;
+    let referred: BTreeSet<String> = serde_saphyr::from_multiple::<serde_json::Value>(&examples)?
+        .iter()
+        .filter_map(|c| {
+            c.pointer("/spec/kubeconfigSecretRef/name")?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    ensure!(
+        !named.is_empty() && named == referred,
+        "named {named:?}, examples refer to {referred:?}"
     );
     Ok(())
 }

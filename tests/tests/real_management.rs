@@ -101,6 +101,7 @@ async fn lifeline_steers_from_crs_on_real_api_servers_with_the_deploy_rbac() -> 
     // Management: CRDs, the controller's RBAC, kubeconfig Secrets, clusters, a policy.
     real::install_crds(mgmt)?;
     real::apply_file(mgmt, "deploy/rbac/management-cluster.yaml")?;
+    real::allow_kubeconfig_secrets(mgmt, &["one-kubeconfig".into(), "two-kubeconfig".into()])?;
     kubectl(mgmt, &["create", "namespace", "shop"], None)?;
     let port = free_port(&[ip(21), ip(22)]);
     for (name, s, address) in [("one", one, ip(21)), ("two", two, ip(22))] {
@@ -123,6 +124,24 @@ async fn lifeline_steers_from_crs_on_real_api_servers_with_the_deploy_rbac() -> 
                          "kubeconfigSecretRef": {"name": secret, "namespace": "lifeline-system"}}
             }),
         )?;
+    }
+    // The real authoriser lets Lifeline read the Secrets its Role names, and no other.
+    apply(
+        mgmt,
+        &json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "unrelated", "namespace": "lifeline-system"},
+                "stringData": {"password": "not for lifeline"}}),
+    )?;
+    for (secret, allowed) in [("one-kubeconfig", true), ("unrelated", false)] {
+        let (ok, _, err) = mgmt.kubectl(
+            MANAGER,
+            &["-n", "lifeline-system", "get", "secret", secret],
+            None,
+        );
+        ensure!(
+            ok == allowed && (allowed || err.contains("forbidden")),
+            "reading Secret {secret} as Lifeline: allowed {ok}, {err}"
+        );
     }
     apply(mgmt, &policy(port))?;
     let backend_one = Backend::start(SocketAddr::new(ip(21), port)).await;

@@ -398,6 +398,10 @@ impl Fleet {
         }
         if let Api::Real { server, .. } = &management {
             real::apply_file(server, "deploy/rbac/management-cluster.yaml")?;
+            let secrets: Vec<String> = (0..spec.members)
+                .map(|i| format!("m{i}-kubeconfig"))
+                .collect();
+            real::allow_kubeconfig_secrets(server, &secrets)?;
         }
         let ips: Vec<IpAddr> = (0..spec.members).map(member_ip).collect();
         let port = free_port(&ips);
@@ -470,6 +474,9 @@ impl Fleet {
         }
         let kubeconfig = dir.path().join("management.kubeconfig");
         std::fs::write(&kubeconfig, management.kubeconfig_yaml())?;
+        // Every replica seals member kubeconfigs from Secrets with the same key.
+        let key = dir.path().join("credential.key");
+        std::fs::write(&key, rand::random::<[u8; 32]>())?;
         let mut replicas = Vec::new();
         for i in 0..spec.replicas {
             let (dns, admin) = (free_addr(), free_addr());
@@ -482,7 +489,9 @@ admin: {{listen: \"{admin}\"}}\n\
 store: {{type: etcd, endpoints: [\"{etcd}\"], prefix: {PREFIX}, leaseTtl: 2s}}\n\
 policySource: {{type: kubernetes, kubeconfig: {kc}}}\n\
 defaults: {{apiBudget: {{qps: {qps}, burst: {burst}}}}}\n\
-engine: {{blastRadius: {{enabled: true, fraction: 0.5, window: 60s, minTargets: 3}}, maxConcurrentRamps: {ramps}}}\n",
+engine: {{blastRadius: {{enabled: true, fraction: 0.5, window: 60s, minTargets: 3}}, maxConcurrentRamps: {ramps}}}\n\
+memberCredentials: {{keyFile: {key}}}\n",
+                key = key.display(),
                 snap = d.join("snap").display(),
                 etcd = etcd.endpoint(),
                 kc = kubeconfig.display(),
