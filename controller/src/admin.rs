@@ -12,6 +12,13 @@
 //!
 //! `/v1` routes need `Authorization: Bearer <token>` when a token is configured. Without
 //! a token, they are served only on a loopback listener; elsewhere they are refused.
+//! Changes are audited as made by `token:<admin.tokenIdentity>` (or `loopback`); the
+//! `author` a request gives is kept beside it, as the override's author.
+//!
+//! The API speaks plain HTTP/1.1. Put TLS in front of it (a service mesh sidecar, or a
+//! TLS-terminating proxy on the pod) when it is reachable beyond the node. Connections,
+//! header and body times are bounded ([`lifeline_dns::http::Limits`]), so probes and
+//! operators get through while a client misbehaves.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -26,7 +33,7 @@ use std::{
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, Query, State},
+    extract::{DefaultBodyLimit, Extension, Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -55,6 +62,8 @@ pub struct AdminState {
     pub clusters: RwLock<BTreeSet<String>>,
     /// Bearer token for `/v1` routes.
     pub token: Option<String>,
+    /// Who a change made with the token is recorded as, in the audit trail.
+    pub token_identity: String,
     /// True when the listener is loopback-only (tokenless access is then allowed).
     pub loopback: bool,
     /// True once a decision was made.
@@ -124,9 +133,13 @@ pub async fn serve(
     extra: ExtraRoutes,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state, extra))
-        .with_graceful_shutdown(shutdown)
-        .await
+    lifeline_dns::http::serve(
+        listener,
+        router(state, extra),
+        lifeline_dns::http::Limits::default(),
+        shutdown,
+    )
+    .await
 }
 
 /// True when every address the listener is bound to is loopback.
@@ -138,10 +151,16 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
+/// Who made a `/v1` request, as authorization established it: `token:<identity>` for
+/// the bearer token, `loopback` for a tokenless loopback listener. This, not the
+/// `author` a request names, is the audit trail's `by`.
+#[derive(Clone, Debug)]
+struct Caller(String);
+
 async fn authorize(
     State(state): State<Arc<AdminState>>,
     headers: HeaderMap,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     match &state.token {
@@ -152,6 +171,9 @@ async fn authorize(
                 .and_then(|v| v.strip_prefix("Bearer "));
             match given {
                 Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => {
+                    request
+                        .extensions_mut()
+                        .insert(Caller(format!("token:{}", state.token_identity)));
                     next.run(request).await
                 }
                 Some(_) => error(StatusCode::UNAUTHORIZED, "invalid bearer token"),
@@ -161,7 +183,12 @@ async fn authorize(
                 ),
             }
         }
-        None if state.loopback => next.run(request).await,
+        None if state.loopback => {
+            request
+                .extensions_mut()
+                .insert(Caller("loopback".to_owned()));
+            next.run(request).await
+        }
         None => error(
             StatusCode::FORBIDDEN,
             "no admin token is configured and the admin API listens beyond loopback: refusing /v1 requests",
@@ -398,7 +425,11 @@ pub fn release_from_request(
     }
 }
 
-async fn release_policy_change(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
+async fn release_policy_change(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Response {
     let mut de = serde_json::Deserializer::from_slice(&body);
     let req: ReleaseRequest = match serde_path_to_error::deserialize(&mut de) {
         Ok(r) => r,
@@ -422,17 +453,19 @@ async fn release_policy_change(State(state): State<Arc<AdminState>>, body: Bytes
             );
         }
     };
-    let release = match release_from_request(req, held.as_ref(), SystemTime::now()) {
+    let author = req.author.clone();
+    let mut release = match release_from_request(req, held.as_ref(), SystemTime::now()) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::CONFLICT, e),
     };
+    release.by = caller.0;
     if let Err(e) = store.release_policy_change(&release).await {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot store the release: {e}"),
         );
     }
-    tracing::info!(fingerprint = %release.fingerprint, by = %release.by, reason = %release.reason, "policy change released");
+    tracing::info!(fingerprint = %release.fingerprint, by = %release.by, %author, reason = %release.reason, "policy change released");
     state.overrides_changed.notify_one();
     (StatusCode::ACCEPTED, Json(release)).into_response()
 }
@@ -543,7 +576,11 @@ pub fn override_from_request(
     })
 }
 
-async fn create_override(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
+async fn create_override(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Response {
     let mut de = serde_json::Deserializer::from_slice(&body);
     let req: OverrideRequest = match serde_path_to_error::deserialize(&mut de) {
         Ok(r) => r,
@@ -560,7 +597,7 @@ async fn create_override(State(state): State<Arc<AdminState>>, body: Bytes) -> R
         Ok(o) => o,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let by = o.author.clone();
+    let by = caller.0;
     let Some(store) = state.store.read().clone() else {
         return not_connected();
     };
@@ -570,16 +607,20 @@ async fn create_override(State(state): State<Arc<AdminState>>, body: Bytes) -> R
             format!("cannot store override: {e}"),
         );
     }
-    tracing::info!(id = %o.id, cluster = %o.cluster, action = ?o.action, author = %o.author, reason = %o.reason, "override set");
+    tracing::info!(id = %o.id, cluster = %o.cluster, action = ?o.action, %by, author = %o.author, reason = %o.reason, "override set");
     state.overrides_changed.notify_one();
     (StatusCode::CREATED, Json(o)).into_response()
 }
 
-async fn delete_override(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+async fn delete_override(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
     let Some(store) = state.store.read().clone() else {
         return not_connected();
     };
-    match store.remove_overrides(|o| o.id == id, "admin-api").await {
+    match store.remove_overrides(|o| o.id == id, &caller.0).await {
         Ok(removed) if removed.is_empty() => {
             error(StatusCode::NOT_FOUND, format!("no override with id {id:?}"))
         }
@@ -602,6 +643,7 @@ struct ClearQuery {
 
 async fn clear_overrides(
     State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<ClearQuery>,
 ) -> Response {
     let Some(cluster) = q.cluster.filter(|c| !c.is_empty()) else {
@@ -614,7 +656,7 @@ async fn clear_overrides(
         return not_connected();
     };
     match store
-        .remove_overrides(|o| o.cluster == cluster, "admin-api")
+        .remove_overrides(|o| o.cluster == cluster, &caller.0)
         .await
     {
         Ok(removed) => {

@@ -143,6 +143,10 @@ pub struct AdminConfig {
     /// Without a token, writes are accepted only when `listen` is a loopback address.
     #[serde(default = "default_token_env")]
     pub token_env: String,
+    /// Who changes made with that token are recorded as in the audit trail
+    /// (`token:<tokenIdentity>`), whatever author a request names.
+    #[serde(default = "default_token_identity")]
+    pub token_identity: String,
 }
 
 impl Default for AdminConfig {
@@ -150,8 +154,13 @@ impl Default for AdminConfig {
         Self {
             listen: default_admin_listen(),
             token_env: default_token_env(),
+            token_identity: default_token_identity(),
         }
     }
+}
+
+fn default_token_identity() -> String {
+    "admin".to_owned()
 }
 
 fn default_admin_listen() -> SocketAddr {
@@ -390,6 +399,10 @@ impl Config {
                 "memberCredentials.recheckInterval".into(),
                 "must be at least 1s".into(),
             );
+        }
+
+        if self.admin.token_identity.trim().is_empty() {
+            push("admin.tokenIdentity".into(), "must not be empty".into());
         }
 
         if self.admin.token_env.is_empty() {

@@ -136,6 +136,7 @@ pub async fn run(
         store: RwLock::new(None),
         clusters: RwLock::new(BTreeSet::new()),
         token: admin_token,
+        token_identity: config.admin.token_identity.clone(),
         loopback: admin::is_loopback(&admin_addr),
         decided: Default::default(),
         dns_ready: Box::new(move || dns_for_ready.state().ready),

@@ -161,6 +161,9 @@ async fn a_drain_through_the_admin_api_moves_the_answer_and_clearing_it_moves_it
         .unwrap();
     assert_eq!(listed["overrides"].as_array().unwrap().len(), 1);
     assert_eq!(listed["audit"][0]["action"], "set");
+    // Audited as the caller authorization found, with the author the request named.
+    assert_eq!(listed["audit"][0]["by"], "loopback");
+    assert_eq!(listed["audit"][0]["override"]["author"], "alice");
 
     let resp = http
         .delete(format!("{}/v1/overrides?cluster=one", lifeline.admin))
@@ -265,6 +268,40 @@ async fn a_configured_token_is_required_for_v1_routes_but_not_for_health() {
     assert_eq!(code(http.get(&url)).await, 401);
     assert_eq!(code(http.get(&url).bearer_auth("wrong")).await, 401);
     assert_eq!(code(http.get(&url).bearer_auth("s3cret")).await, 200);
+    // A change made with the token is audited as the token's identity, whatever author
+    // the request claims.
+    let overrides = format!("{}/v1/overrides", lifeline.admin);
+    let set = http
+        .post(&overrides)
+        .bearer_auth("s3cret")
+        .json(&json!({"cluster": "one", "action": "drain", "for": "1m", "author": "mallory-claims-alice", "reason": "test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 201);
+    let cleared = http
+        .delete(format!("{overrides}?cluster=one"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleared.status(), 200);
+    let listed: Value = http
+        .get(&overrides)
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let by: Vec<&str> = listed["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["by"].as_str().unwrap())
+        .collect();
+    assert_eq!(by, ["token:admin", "token:admin"], "{listed}");
     assert_eq!(
         code(http.get(format!("{}/healthz", lifeline.admin))).await,
         200
@@ -299,6 +336,7 @@ async fn without_a_token_v1_routes_are_refused_beyond_loopback() {
         )))),
         clusters: Default::default(),
         token: None,
+        token_identity: "admin".into(),
         // As if bound to 0.0.0.0: the test itself only ever binds loopback.
         loopback: false,
         decided: Default::default(),

@@ -59,8 +59,8 @@ pub async fn run_with_sources(
             let app = crate::admin::router(shim.clone());
             let mut rx = stop_rx.clone();
             Some(tokio::spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
+                let served =
+                    crate::http::serve(listener, app, crate::http::Limits::default(), async move {
                         let _ = rx.wait_for(|s| *s).await;
                     })
                     .await;
