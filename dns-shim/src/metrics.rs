@@ -65,6 +65,8 @@ pub struct Counters {
     pub truncated: Count,
     pub dropped: Count,
     pub rate_limited: Count,
+    /// Snapshots that could not be written (disk full, unwritable directory).
+    pub persist_failures: Count,
 }
 
 impl Default for Counters {
@@ -79,6 +81,7 @@ impl Default for Counters {
             truncated: Count::default(),
             dropped: Count::default(),
             rate_limited: Count::default(),
+            persist_failures: Count::default(),
         }
     }
 }
@@ -198,6 +201,12 @@ impl Collector for ShimMetrics {
             "lifeline_dns_rate_limited",
             "UDP responses dropped or slipped by response-rate limiting",
             c.rate_limited.get(),
+        )?;
+        counter(
+            &mut enc,
+            "lifeline_dns_persist_failures",
+            "Snapshots applied and answered but not written to the data directory (disk full, unwritable); the next update tries again",
+            c.persist_failures.get(),
         )?;
         {
             let mut m = enc.encode_descriptor(

@@ -547,7 +547,8 @@ impl Inner {
         let persisted = match persist::write(&self.data_dir, snapshot) {
             Ok(_) => true,
             Err(e) => {
-                warn!(zone = %origin, revision, error = %e, "snapshot not persisted");
+                self.counters().persist_failures.inc();
+                warn!(zone = %origin, revision, error = %e, "snapshot not persisted; answers go on from memory, and the next update writes again");
                 false
             }
         };

@@ -720,3 +720,102 @@ fn a_failed_start_releases_the_sockets_it_already_opened() {
         std::net::UdpSocket::bind((ip, udp_port)).is_ok()
     }));
 }
+
+/// A tmpfs of `size` mounted at `dir`, unmounted on drop; `None` where this process may
+/// not mount (not root, or in a container without the capability).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(dir.to_owned()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_counted_answers_go_on_and_the_next_persist_after_space_returns_lands() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let Some(_disk) = SmallDisk::mount(&data, "256k") else {
+        eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
+        return;
+    };
+    let dns = dns_config(&data);
+    let shim = rt.block_on(Shim::start(&dns, &[zone_config()])).unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    shim.metrics().register(&mut registry);
+    let failures = |registry: &prometheus_client::registry::Registry| {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("lifeline_dns_persist_failures_total "))
+            .map(|v| v.trim().parse::<u64>().unwrap())
+            .expect("the persist failure metric is exported")
+    };
+    assert!(
+        shim.apply(Update::Replace(with_www(1, "192.0.2.1")))
+            .unwrap()
+            .persisted
+    );
+    assert_eq!(failures(&registry), 0);
+
+    // Fill the disk to the last byte.
+    let filler = data.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&[0]).is_ok() {}
+    }
+    let applied = shim
+        .apply(Update::Replace(with_www(2, "192.0.2.2")))
+        .unwrap();
+    assert!(!applied.persisted, "nothing can be written to a full disk");
+    assert_eq!(failures(&registry), 1);
+    assert_eq!(www(&shim), vec!["192.0.2.2".parse::<IpAddr>().unwrap()]);
+    assert_eq!(tcp_www(&shim), vec!["192.0.2.2".parse::<IpAddr>().unwrap()]);
+
+    // Space returns: the next update is written, and a restart answers from it.
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        shim.apply(Update::Replace(with_www(3, "192.0.2.3")))
+            .unwrap()
+            .persisted
+    );
+    assert_eq!(failures(&registry), 1);
+    shim.shutdown();
+    let shim = rt.block_on(Shim::start(&dns, &[zone_config()])).unwrap();
+    assert_eq!(shim.state().zones[0].revision, Some(3));
+    assert_eq!(www(&shim), vec!["192.0.2.3".parse::<IpAddr>().unwrap()]);
+    shim.shutdown();
+}
+
+fn tcp_www(shim: &lifeline_dns::ShimHandle) -> Vec<IpAddr> {
+    addresses(&tcp(
+        shim,
+        "www.global.example.com.",
+        RecordType::A,
+        &Ask::default(),
+    ))
+}
