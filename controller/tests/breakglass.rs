@@ -1,5 +1,6 @@
 //! Break-glass: with no leader and no Kubernetes API, `lifeline ctl --etcd drain` changes
-//! what a standalone `lifeline dns` replica answers, and `clear` undoes it.
+//! what a standalone `lifeline dns` replica answers, the replica keeps the drain across
+//! a restart while etcd is down, and `clear` undoes it.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -95,7 +96,7 @@ apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_against_etcd_drains_a_cluster_on_a_standalone_dns_replica_with_no_leader() {
-    let Some(etcd) = Etcd::start().await else {
+    let Some(mut etcd) = Etcd::start().await else {
         return;
     };
     let endpoint = etcd.endpoint();
@@ -146,6 +147,46 @@ async fn ctl_against_etcd_drains_a_cluster_on_a_standalone_dns_replica_with_no_l
     );
     let status = ctl(&endpoint, &["status"]);
     assert!(status.starts_with("leader: none"), "{status}");
+
+    // The replica keeps the drain beside its snapshot: killed and restarted while etcd
+    // is down, its very first answer is still drained.
+    let kept = dir.path().join("snap-edge");
+    let start = Instant::now();
+    while !std::fs::read_dir(&kept)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".overrides"))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the drain never reached {}",
+            kept.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    etcd.stop();
+    drop(edge); // SIGKILL
+    let edge = lifeline(&["dns"], &edge_config);
+    let first = tokio::task::spawn_blocking(move || {
+        // Bounded: 200 tries of at most 500 ms.
+        (0..200)
+            .find_map(|_| {
+                let answer = lifeline_testkit::dns::query_a(edge_dns, NAME).ok();
+                if answer.is_none() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                answer
+            })
+            .expect("the restarted replica never answered")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        first,
+        vec![members.1],
+        "restarted with etcd down, the replica still applies the drain"
+    );
+    etcd.start_again().await;
 
     // And back.
     let out = ctl(&endpoint, &["clear", "primary"]);

@@ -78,7 +78,7 @@ pub use lifeline_model::{
     AddressSet, Cname, NameRecords, Srv, SrvSet, Target, TxtSet, Update, ZonePatch, ZoneSnapshot,
 };
 pub use metrics::ShimMetrics;
-pub use shim::{Applied, Shim, ShimHandle, ShimState, SourceState, ZoneState};
+pub use shim::{Applied, Shim, ShimHandle, ShimState, SourceState, StartOptions, ZoneState};
 pub use source::{DirectorySource, SnapshotSource};
 
 /// Errors of the DNS shim.

@@ -65,7 +65,7 @@ pub struct Counters {
     pub truncated: Count,
     pub dropped: Count,
     pub rate_limited: Count,
-    /// Snapshots that could not be written (disk full, unwritable directory).
+    /// Snapshots or override sets that could not be written (disk full, unwritable directory).
     pub persist_failures: Count,
 }
 
@@ -205,7 +205,7 @@ impl Collector for ShimMetrics {
         counter(
             &mut enc,
             "lifeline_dns_persist_failures",
-            "Snapshots applied and answered but not written to the data directory (disk full, unwritable); the next update tries again",
+            "Snapshots (or break-glass override sets) applied and answered but not written to the data directory (disk full, unwritable); the next change tries again",
             c.persist_failures.get(),
         )?;
         {

@@ -9,6 +9,12 @@
 //! (disk trouble, truncation by hand), the one before it is served instead. The
 //! directory is private (0700) and files are 0600; temporary files a crash left behind
 //! are removed by [`load_newest`].
+//!
+//! Break-glass overrides (what a `lifeline dns` replica read from the store last) are
+//! kept beside the snapshots under the same rules: `break-glass@<generation>.overrides`,
+//! a `lifeline-overrides 1 sha256=<hex> len=<bytes>` header line over a JSON body, a new
+//! generation per change written the same atomic way, the newest two valid ones kept,
+//! and a corrupt newest one skipped for the one before it.
 
 use std::{
     fs::{self, File},
@@ -23,20 +29,25 @@ use tracing::{debug, warn};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
-use lifeline_model::{FORMAT_VERSION, NameRecords, ZoneSnapshot};
+use lifeline_model::{FORMAT_VERSION, NameRecords, ZoneSnapshot, overrides::Override};
 
 const MAGIC: &str = "lifeline-snapshot";
 const SUFFIX: &str = ".snapshot";
 
-fn file_name(zone: &str, revision: u64) -> String {
-    format!("{zone}@{revision:020}{SUFFIX}")
+const OVERRIDES_MAGIC: &str = "lifeline-overrides";
+const OVERRIDES_SUFFIX: &str = ".overrides";
+const OVERRIDES_STEM: &str = "break-glass";
+const OVERRIDES_VERSION: u32 = 1;
+
+fn file_name(stem: &str, generation: u64, suffix: &str) -> String {
+    format!("{stem}@{generation:020}{suffix}")
 }
 
-/// Parses `<zone>@<revision>.snapshot`.
-fn parse_file_name(name: &str) -> Option<(&str, u64)> {
-    let stem = name.strip_suffix(SUFFIX)?;
-    let (zone, rev) = stem.rsplit_once('@')?;
-    Some((zone, rev.parse().ok()?))
+/// Parses `<stem>@<generation><suffix>`.
+fn parse_file_name<'a>(name: &'a str, suffix: &str) -> Option<(&'a str, u64)> {
+    let stem = name.strip_suffix(suffix)?;
+    let (stem, generation) = stem.rsplit_once('@')?;
+    Some((stem, generation.parse().ok()?))
 }
 
 /// Version of the file layout (header line + JSON lines), independent of the record
@@ -72,19 +83,21 @@ pub fn encode(snapshot: &ZoneSnapshot) -> Result<Vec<u8>> {
         serde_json::to_writer(&mut body, &entry)?;
         body.push(b'\n');
     }
-    let digest = hex::encode(Sha256::digest(&body));
-    let mut out = format!(
-        "{MAGIC} {FILE_VERSION} sha256={digest} len={}\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(&body);
-    Ok(out)
+    Ok(frame(MAGIC, FILE_VERSION, &body))
 }
 
-/// Reads the on-disk format: length and checksum are verified, and nothing parsed is
-/// used unless both hold.
-pub fn decode(bytes: &[u8]) -> Result<ZoneSnapshot, String> {
+/// The header line (magic, version, checksum and length of the body) followed by the body.
+fn frame(magic: &str, version: u32, body: &[u8]) -> Vec<u8> {
+    let digest = hex::encode(Sha256::digest(body));
+    let mut out = format!("{magic} {version} sha256={digest} len={}\n", body.len()).into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// Splits a framed file into its expected checksum and its body, checking the magic,
+/// the version and the length (the checksum is left to the caller, who may verify it
+/// while parsing).
+fn unframe<'a>(bytes: &'a [u8], magic: &str, want: u32) -> Result<(&'a str, &'a [u8]), String> {
     let nl = bytes
         .iter()
         .position(|b| *b == b'\n')
@@ -92,14 +105,14 @@ pub fn decode(bytes: &[u8]) -> Result<ZoneSnapshot, String> {
     let header = std::str::from_utf8(&bytes[..nl]).map_err(|_| "header is not UTF-8")?;
     let body = &bytes[nl + 1..];
     let mut parts = header.split(' ');
-    if parts.next() != Some(MAGIC) {
-        return Err("not a lifeline snapshot".into());
+    if parts.next() != Some(magic) {
+        return Err(format!("not a {magic} file"));
     }
     let version: u32 = parts
         .next()
         .and_then(|v| v.parse().ok())
         .ok_or("bad file version")?;
-    if version != FILE_VERSION {
+    if version != want {
         return Err(format!("file version {version} not supported"));
     }
     let digest = parts
@@ -117,6 +130,13 @@ pub fn decode(bytes: &[u8]) -> Result<ZoneSnapshot, String> {
             body.len()
         ));
     }
+    Ok((digest, body))
+}
+
+/// Reads the on-disk format: length and checksum are verified, and nothing parsed is
+/// used unless both hold.
+pub fn decode(bytes: &[u8]) -> Result<ZoneSnapshot, String> {
+    let (digest, body) = unframe(bytes, MAGIC, FILE_VERSION)?;
     let meta_end = body
         .iter()
         .position(|b| *b == b'\n')
@@ -179,6 +199,22 @@ fn parse_lines(lines: &[u8]) -> Result<Vec<(String, NameRecords)>, String> {
 
 /// Writes a new generation for the snapshot's zone and prunes old ones.
 pub fn write(dir: &Path, snapshot: &ZoneSnapshot) -> Result<PathBuf> {
+    let bytes = encode(snapshot)?;
+    let path = write_atomic(
+        dir,
+        &file_name(&snapshot.zone, snapshot.revision, SUFFIX),
+        &bytes,
+    )?;
+    prune(dir, &snapshot.zone, SUFFIX, snapshot.revision, |p| {
+        read(p).is_ok()
+    });
+    debug!(zone = %snapshot.zone, revision = snapshot.revision, path = %path.display(), "snapshot persisted");
+    Ok(path)
+}
+
+/// Writes `bytes` as `dir/name`: to a private temporary file, fsynced, renamed into
+/// place, and the directory fsynced, so a crash leaves the old file or the new one.
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| Error::Io { path, source }
@@ -188,10 +224,8 @@ pub fn write(dir: &Path, snapshot: &ZoneSnapshot) -> Result<PathBuf> {
         .mode(0o700)
         .create(dir)
         .map_err(io(dir))?;
-    let bytes = encode(snapshot)?;
-    let name = file_name(&snapshot.zone, snapshot.revision);
     let tmp = dir.join(format!(".{name}.tmp"));
-    let path = dir.join(&name);
+    let path = dir.join(name);
     {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -200,7 +234,7 @@ pub fn write(dir: &Path, snapshot: &ZoneSnapshot) -> Result<PathBuf> {
             .mode(0o600)
             .open(&tmp)
             .map_err(io(&tmp))?;
-        f.write_all(&bytes).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
     }
     fs::rename(&tmp, &path).map_err(io(&path))?;
@@ -208,13 +242,11 @@ pub fn write(dir: &Path, snapshot: &ZoneSnapshot) -> Result<PathBuf> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(dir))?;
-    prune(dir, &snapshot.zone, snapshot.revision);
-    debug!(zone = %snapshot.zone, revision = snapshot.revision, path = %path.display(), "snapshot persisted");
     Ok(path)
 }
 
-/// Removes `.<zone>@<revision>.snapshot.tmp` files: what a crash during [`write`] leaves.
-fn remove_stray_temporaries(dir: &Path, zone: &str) {
+/// Removes `.<stem>@<generation><suffix>.tmp` files: what a crash during a write leaves.
+fn remove_stray_temporaries(dir: &Path, stem: &str, suffix: &str) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
@@ -223,16 +255,16 @@ fn remove_stray_temporaries(dir: &Path, zone: &str) {
         let stray = name
             .strip_prefix('.')
             .and_then(|n| n.strip_suffix(".tmp"))
-            .and_then(parse_file_name)
-            .is_some_and(|(z, _)| z == zone);
+            .and_then(|n| parse_file_name(n, suffix))
+            .is_some_and(|(s, _)| s == stem);
         if stray && fs::remove_file(entry.path()).is_ok() {
             debug!(file = %entry.path().display(), "removed a temporary file left by a crash");
         }
     }
 }
 
-/// Generations of `zone` in `dir`, newest first.
-fn generations(dir: &Path, zone: &str) -> Vec<(u64, PathBuf)> {
+/// Generations of `stem` in `dir`, newest first.
+fn generations(dir: &Path, stem: &str, suffix: &str) -> Vec<(u64, PathBuf)> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -240,8 +272,8 @@ fn generations(dir: &Path, zone: &str) -> Vec<(u64, PathBuf)> {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let (z, rev) = parse_file_name(&name)?;
-            (z == zone).then(|| (rev, e.path()))
+            let (s, generation) = parse_file_name(&name, suffix)?;
+            (s == stem).then(|| (generation, e.path()))
         })
         .collect();
     out.sort_by_key(|g| std::cmp::Reverse(g.0));
@@ -249,18 +281,18 @@ fn generations(dir: &Path, zone: &str) -> Vec<(u64, PathBuf)> {
 }
 
 /// Keeps `keep` (just written) and the newest valid older generation; removes the rest.
-fn prune(dir: &Path, zone: &str, keep: u64) {
+fn prune(dir: &Path, stem: &str, suffix: &str, keep: u64, valid: impl Fn(&Path) -> bool) {
     let mut kept_previous = false;
-    for (rev, path) in generations(dir, zone) {
-        if rev == keep {
+    for (generation, path) in generations(dir, stem, suffix) {
+        if generation == keep {
             continue;
         }
-        if !kept_previous && rev < keep && read(&path).is_ok() {
+        if !kept_previous && generation < keep && valid(&path) {
             kept_previous = true;
             continue;
         }
         if let Err(e) = fs::remove_file(&path) {
-            warn!(path = %path.display(), error = %e, "could not remove old snapshot");
+            warn!(path = %path.display(), error = %e, "could not remove an old generation");
         }
     }
 }
@@ -281,9 +313,9 @@ pub struct Loaded {
 /// Loads the newest generation of `zone` that verifies; corrupt files are reported in
 /// `errors` and skipped, never served.
 pub fn load_newest(dir: &Path, zone: &str) -> Loaded {
-    remove_stray_temporaries(dir, zone);
+    remove_stray_temporaries(dir, zone, SUFFIX);
     let mut loaded = Loaded::default();
-    for (rev, path) in generations(dir, zone) {
+    for (rev, path) in generations(dir, zone, SUFFIX) {
         match read(&path).and_then(|s| {
             if s.zone != zone || s.revision != rev {
                 Err(format!(
@@ -305,4 +337,75 @@ pub fn load_newest(dir: &Path, zone: &str) -> Loaded {
         }
     }
     loaded
+}
+
+/// The break-glass overrides a replica last read from its store, as kept on disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OverrideSet {
+    /// Counts up by one with every change this replica writes.
+    pub generation: u64,
+    pub overrides: Vec<Override>,
+}
+
+pub fn encode_overrides(set: &OverrideSet) -> Result<Vec<u8>> {
+    Ok(frame(
+        OVERRIDES_MAGIC,
+        OVERRIDES_VERSION,
+        &serde_json::to_vec(set)?,
+    ))
+}
+
+pub fn decode_overrides(bytes: &[u8]) -> Result<OverrideSet, String> {
+    let (digest, body) = unframe(bytes, OVERRIDES_MAGIC, OVERRIDES_VERSION)?;
+    if hex::encode(Sha256::digest(body)) != digest {
+        return Err("checksum mismatch".into());
+    }
+    serde_json::from_slice(body).map_err(|e| format!("invalid overrides: {e}"))
+}
+
+fn read_overrides(path: &Path) -> Result<OverrideSet, String> {
+    let bytes = fs::read(path).map_err(|e| e.to_string())?;
+    decode_overrides(&bytes)
+}
+
+/// Writes a new generation of the break-glass overrides and prunes old ones.
+pub fn write_overrides(dir: &Path, set: &OverrideSet) -> Result<PathBuf> {
+    let bytes = encode_overrides(set)?;
+    let path = write_atomic(
+        dir,
+        &file_name(OVERRIDES_STEM, set.generation, OVERRIDES_SUFFIX),
+        &bytes,
+    )?;
+    prune(dir, OVERRIDES_STEM, OVERRIDES_SUFFIX, set.generation, |p| {
+        read_overrides(p).is_ok()
+    });
+    debug!(generation = set.generation, count = set.overrides.len(), path = %path.display(), "break-glass overrides persisted");
+    Ok(path)
+}
+
+/// The newest generation of break-glass overrides that verifies, and the files skipped
+/// with why. `None` when there is none (never written, or every copy is corrupt).
+pub fn load_overrides(dir: &Path) -> (Option<OverrideSet>, Vec<(PathBuf, String)>) {
+    remove_stray_temporaries(dir, OVERRIDES_STEM, OVERRIDES_SUFFIX);
+    let mut errors = Vec::new();
+    for (generation, path) in generations(dir, OVERRIDES_STEM, OVERRIDES_SUFFIX) {
+        match read_overrides(&path).and_then(|s| {
+            if s.generation == generation {
+                Ok(s)
+            } else {
+                Err(format!(
+                    "content is generation {}, file name says {generation}",
+                    s.generation
+                ))
+            }
+        }) {
+            Ok(set) => return (Some(set), errors),
+            Err(reason) => {
+                warn!(path = %path.display(), %reason, "persisted break-glass overrides skipped");
+                errors.push((path, reason));
+            }
+        }
+    }
+    (None, errors)
 }

@@ -8,10 +8,10 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use tokio::task::JoinHandle;
 use tracing::{info, info_span, warn};
 
@@ -30,25 +30,61 @@ use lifeline_model::{Update, ZoneSnapshot};
 /// Zones with at least this many names are indexed at start and compiled afterwards.
 const LAZY_FROM: usize = 10_000;
 
+/// How long [`ShimHandle::shutdown`] waits for writes still queued to reach the disk.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+
 /// Entry point: `Shim::start` loads persisted snapshots, then opens sockets.
 #[derive(Debug)]
 pub struct Shim;
+
+/// What a shim keeps besides its snapshots.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// Keep the break-glass overrides handed to [`ShimHandle::set_overrides`] on disk,
+    /// and apply the last ones kept from the first answer on, so a replica restarted
+    /// while its store is down keeps the drains it knew. Only for shims whose overrides
+    /// come from a store (a `lifeline dns` replica); a shim that is never handed
+    /// overrides must not pick up a set another process left in its directory.
+    pub break_glass: bool,
+}
 
 impl Shim {
     /// Starts the shim: loads the newest valid persisted snapshot of every zone and
     /// installs it *before* binding any socket, so the first query is answered from
     /// disk even if no source is reachable. Must be called inside a tokio runtime.
     pub async fn start(dns: &DnsConfig, zones: &[ZoneConfig]) -> Result<ShimHandle> {
+        Self::start_with(dns, zones, StartOptions::default()).await
+    }
+
+    /// [`Self::start`] with options.
+    pub async fn start_with(
+        dns: &DnsConfig,
+        zones: &[ZoneConfig],
+        options: StartOptions,
+    ) -> Result<ShimHandle> {
         let problems = crate::config::validate(dns, zones);
         if !problems.is_empty() {
             return Err(Error::Config(problems));
         }
-        let inner = Arc::new(Inner::new(dns, zones)?);
+        let inner = Arc::new(Inner::new(dns, zones, options)?);
+        {
+            let persister = inner.persister.clone();
+            let dir = inner.data_dir.clone();
+            let engine = inner.engine.clone();
+            std::thread::Builder::new()
+                .name("lifeline-persist".into())
+                .spawn(move || persister.run(&dir, &engine.counters.persist_failures))
+                .map_err(|e| Error::Task(format!("cannot start the snapshot writer: {e}")))?;
+        }
+        if options.break_glass {
+            inner.load_persisted_overrides();
+        }
         inner.load_persisted();
 
         // Owns what is started from here on: if a later bind fails, dropping it stops
         // the sockets already serving.
         let running = Arc::new(Running {
+            persister: inner.persister.clone(),
             stop: Arc::new(AtomicBool::new(false)),
             tasks: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
@@ -123,6 +159,7 @@ impl Shim {
 /// Sockets and tasks, stopped when the last handle is dropped or on `shutdown`.
 #[derive(Debug)]
 struct Running {
+    persister: Arc<Persister>,
     stop: Arc<AtomicBool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -130,6 +167,8 @@ struct Running {
 
 impl Running {
     fn stop(&self) {
+        // The writer thread drains what is queued and then ends.
+        self.persister.stop();
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks.lock().drain(..) {
             t.abort();
@@ -153,8 +192,10 @@ pub struct ShimHandle {
 }
 
 impl ShimHandle {
-    /// Applies an update: compiles, swaps it in (queries see it at once), then persists
-    /// it. Blocking (compiling and fsync); from async code prefer [`Self::apply_async`].
+    /// Applies an update: compiles and swaps it in (queries see it at once), then queues
+    /// it for the snapshot writer, which persists it on its own thread: a slow or
+    /// stalled disk delays neither answers nor the next update. Blocking (compiling);
+    /// from async code prefer [`Self::apply_async`]. [`Self::flush`] waits for the disk.
     pub fn apply(&self, update: Update) -> Result<Applied> {
         self.inner.apply(update)
     }
@@ -219,11 +260,25 @@ impl ShimHandle {
         &self.tcp_addrs
     }
 
-    /// Stops answering: closes sockets and tasks.
+    /// Waits until everything applied so far has been written (or its write failed),
+    /// for at most `limit`. `Some(true)` when the newest state of every zone (and the
+    /// break-glass overrides) is on disk, `Some(false)` when a write failed (the next
+    /// change tries again), `None` when the writer is still busy (a stalled disk).
+    pub fn flush(&self, limit: Duration) -> Option<bool> {
+        self.inner.persister.flush(limit)
+    }
+
+    /// Stops answering: closes sockets and tasks, then gives queued writes a few
+    /// seconds to reach the disk.
     pub fn shutdown(&self) {
         self.running.stop();
         for t in self.running.threads.lock().drain(..) {
             let _ = t.join();
+        }
+        if self.flush(SHUTDOWN_FLUSH).is_none() {
+            warn!(
+                "the data directory did not take the last snapshot within {SHUTDOWN_FLUSH:?}; a restart serves the one before it"
+            );
         }
     }
 }
@@ -235,8 +290,6 @@ pub struct Applied {
     pub revision: u64,
     /// Names that were skipped, with why.
     pub rejected: Vec<(String, String)>,
-    /// Whether the new generation reached the disk (the update is served either way).
-    pub persisted: bool,
 }
 
 /// Readiness and freshness of the shim.
@@ -291,6 +344,9 @@ struct Inner {
     overrides: Mutex<Vec<lifeline_model::overrides::Override>>,
     /// Ids of the overrides active at the last compile, to notice expiries.
     overrides_applied: Mutex<Vec<String>>,
+    /// Generation of the break-glass overrides on disk; `None` when they are not kept.
+    overrides_generation: Option<AtomicU64>,
+    persister: Arc<Persister>,
 }
 
 /// Writer-side state; only `apply` and the staleness ticker take this lock, never a query.
@@ -313,7 +369,7 @@ impl StateView for Inner {
 }
 
 impl Inner {
-    fn new(dns: &DnsConfig, zones: &[ZoneConfig]) -> Result<Self> {
+    fn new(dns: &DnsConfig, zones: &[ZoneConfig], options: StartOptions) -> Result<Self> {
         let zones: Vec<ZoneConfig> = zones
             .iter()
             .map(|z| {
@@ -350,7 +406,33 @@ impl Inner {
             load_errors: AtomicU64::new(0),
             overrides: Mutex::new(Vec::new()),
             overrides_applied: Mutex::new(Vec::new()),
+            overrides_generation: options.break_glass.then(|| AtomicU64::new(0)),
+            persister: Arc::new(Persister::default()),
         })
+    }
+
+    /// Restores the newest valid break-glass overrides kept on disk. A corrupt newest
+    /// copy falls back to the one before it; every skipped file counts as a load error.
+    fn load_persisted_overrides(&self) {
+        let (set, errors) = persist::load_overrides(&self.data_dir);
+        self.load_errors
+            .fetch_add(errors.len() as u64, Ordering::Relaxed);
+        let Some(set) = set else {
+            if !errors.is_empty() {
+                warn!(dir = %self.data_dir.display(), "no readable break-glass overrides on disk; none applied until the store answers");
+            }
+            return;
+        };
+        info!(
+            generation = set.generation,
+            count = set.overrides.len(),
+            "break-glass overrides restored from disk"
+        );
+        if let Some(g) = &self.overrides_generation {
+            g.store(set.generation, Ordering::Relaxed);
+        }
+        *self.overrides.lock() = set.overrides;
+        *self.overrides_applied.lock() = self.active_override_ids();
     }
 
     /// Installs the newest valid persisted generation of every zone.
@@ -431,6 +513,14 @@ impl Inner {
     }
 
     fn set_overrides(&self, overrides: Vec<lifeline_model::overrides::Override>) {
+        if let Some(generation) = &self.overrides_generation {
+            let set = persist::OverrideSet {
+                generation: generation.fetch_add(1, Ordering::Relaxed) + 1,
+                overrides: overrides.clone(),
+            };
+            self.persister
+                .queue(OVERRIDES_KEY.to_owned(), Item::Overrides(Arc::new(set)));
+        }
         *self.overrides.lock() = overrides;
         self.recompile_all();
     }
@@ -542,22 +632,16 @@ impl Inner {
         let revision = next.revision;
         w.snapshots.insert(origin.clone(), Arc::new(next));
         self.publish(&w);
-        let snapshot = &w.snapshots[&origin];
-        // Served first, persisted second: a slow disk must not delay new answers.
-        let persisted = match persist::write(&self.data_dir, snapshot) {
-            Ok(_) => true,
-            Err(e) => {
-                self.counters().persist_failures.inc();
-                warn!(zone = %origin, revision, error = %e, "snapshot not persisted; answers go on from memory, and the next update writes again");
-                false
-            }
-        };
-        info!(zone = %origin, revision, rejected = rejected.len(), persisted, "snapshot applied");
+        // Served first, persisted second and elsewhere: a slow disk must not delay new
+        // answers, nor the next update, nor anything that reads the writer state.
+        self.persister
+            .queue(origin.clone(), Item::Zone(w.snapshots[&origin].clone()));
+        drop(w);
+        info!(zone = %origin, revision, rejected = rejected.len(), "snapshot applied");
         Ok(Applied {
             zone: origin,
             revision,
             rejected,
-            persisted,
         })
     }
 
@@ -644,5 +728,94 @@ impl ShimHandle {
     /// failed its checks), so `/state` and the metrics show it.
     pub fn count_load_error(&self) {
         self.inner.load_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// === the snapshot writer ===
+
+/// Queue key of the break-glass overrides (zone keys are origins, which never hold `@`).
+const OVERRIDES_KEY: &str = "@overrides";
+
+#[derive(Debug)]
+enum Item {
+    Zone(Arc<ZoneSnapshot>),
+    Overrides(Arc<persist::OverrideSet>),
+}
+
+/// Writes what `apply` and `set_overrides` queue, on a thread of its own. Only the
+/// newest state of each key waits: a change queued while the disk is slow replaces the
+/// one before it, so a stalled disk costs one write when it comes back, not a backlog.
+#[derive(Debug, Default)]
+struct Persister {
+    queue: Mutex<Queue>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    pending: BTreeMap<String, Item>,
+    /// A batch is being written.
+    busy: bool,
+    /// Keys whose last write failed.
+    failed: std::collections::BTreeSet<String>,
+    stopped: bool,
+}
+
+impl Persister {
+    fn queue(&self, key: String, item: Item) {
+        self.queue.lock().pending.insert(key, item);
+        self.changed.notify_all();
+    }
+
+    fn stop(&self) {
+        self.queue.lock().stopped = true;
+        self.changed.notify_all();
+    }
+
+    fn flush(&self, limit: Duration) -> Option<bool> {
+        let deadline = Instant::now() + limit;
+        let mut q = self.queue.lock();
+        while q.busy || !q.pending.is_empty() {
+            if self.changed.wait_until(&mut q, deadline).timed_out() {
+                return None;
+            }
+        }
+        Some(q.failed.is_empty())
+    }
+
+    /// The writer loop: ends once stopped with nothing left to write.
+    fn run(&self, dir: &std::path::Path, failures: &crate::metrics::Count) {
+        loop {
+            let batch = {
+                let mut q = self.queue.lock();
+                while q.pending.is_empty() && !q.stopped {
+                    self.changed.wait(&mut q);
+                }
+                if q.pending.is_empty() {
+                    return;
+                }
+                q.busy = true;
+                std::mem::take(&mut q.pending)
+            };
+            for (key, item) in batch {
+                let written = match &item {
+                    Item::Zone(snapshot) => persist::write(dir, snapshot).map_err(|e| {
+                        warn!(zone = %snapshot.zone, revision = snapshot.revision, error = %e, "snapshot not persisted; answers go on from memory, and the next update writes again");
+                    }),
+                    Item::Overrides(set) => persist::write_overrides(dir, set).map_err(|e| {
+                        warn!(generation = set.generation, error = %e, "break-glass overrides not persisted; they stay in force in memory, and the next change writes again");
+                    }),
+                };
+                let mut q = self.queue.lock();
+                if written.is_ok() {
+                    q.failed.remove(&key);
+                } else {
+                    failures.inc();
+                    q.failed.insert(key);
+                }
+            }
+            self.queue.lock().busy = false;
+            self.changed.notify_all();
+        }
     }
 }

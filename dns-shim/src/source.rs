@@ -29,6 +29,13 @@ pub trait SnapshotSource: Send + 'static {
     /// [`ShimHandle::set_source_connected`] as their connection comes and goes, and
     /// [`ShimHandle::apply`] for every update; they never clear data.
     fn run(self: Box<Self>, shim: ShimHandle) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// Whether it hands the shim break-glass overrides ([`ShimHandle::set_overrides`]);
+    /// a shim fed by such a source keeps them on disk (see
+    /// [`crate::shim::StartOptions::break_glass`]).
+    fn sets_overrides(&self) -> bool {
+        false
+    }
 }
 
 /// Spawns a source as a named task.

@@ -36,7 +36,10 @@ pub async fn run_with_sources(
     sources: Vec<Box<dyn source::SnapshotSource>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let shim = Shim::start(dns, zones).await?;
+    let options = crate::shim::StartOptions {
+        break_glass: sources.iter().any(|s| s.sets_overrides()),
+    };
+    let shim = Shim::start_with(dns, zones, options).await?;
     let mut tasks = Vec::new();
     if let Some(dir) = &dns.source_dir {
         tasks.push(source::spawn(

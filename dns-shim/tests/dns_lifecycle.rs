@@ -14,6 +14,9 @@ use common::*;
 use hickory_proto::{op::ResponseCode, rr::RecordType};
 use lifeline_dns::{DirectorySource, Shim, Update, ZonePatch, persist, source};
 
+/// A generous bound for writes to a healthy local disk; hitting it means the writer is stuck.
+const FLUSH: Duration = Duration::from_secs(30);
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -59,10 +62,9 @@ fn a_restarted_shim_answers_from_the_persisted_snapshot_with_no_source() {
     {
         let shim = rt.block_on(Shim::start(&dns, &[zone_config()])).unwrap();
         assert!(!shim.state().ready, "nothing loaded yet");
-        let applied = shim
-            .apply(Update::Replace(with_www(7, "192.0.2.77")))
+        shim.apply(Update::Replace(with_www(7, "192.0.2.77")))
             .unwrap();
-        assert!(applied.persisted);
+        assert_eq!(shim.flush(FLUSH), Some(true), "written");
         shim.shutdown();
     }
     let shim = rt.block_on(Shim::start(&dns, &[zone_config()])).unwrap();
@@ -84,6 +86,8 @@ fn two_generations_are_kept_on_disk() {
     for rev in 1..=5 {
         shim.apply(Update::Replace(with_www(rev, "192.0.2.1")))
             .unwrap();
+        // Each one on disk before the next (queued ones would only keep the newest).
+        assert_eq!(shim.flush(FLUSH), Some(true));
     }
     let files = generations(dir.path());
     assert_eq!(files.len(), 2, "{files:?}");
@@ -101,6 +105,7 @@ fn a_corrupt_newest_generation_falls_back_to_the_previous_one() {
     ));
     shim.apply(Update::Replace(with_www(1, "192.0.2.101")))
         .unwrap();
+    assert_eq!(shim.flush(FLUSH), Some(true));
     shim.apply(Update::Replace(with_www(2, "192.0.2.102")))
         .unwrap();
     shim.shutdown();
@@ -130,6 +135,7 @@ fn a_truncated_newest_generation_is_skipped() {
     ));
     shim.apply(Update::Replace(with_www(1, "192.0.2.101")))
         .unwrap();
+    assert_eq!(shim.flush(FLUSH), Some(true));
     shim.apply(Update::Replace(with_www(2, "192.0.2.102")))
         .unwrap();
     shim.shutdown();
@@ -773,11 +779,9 @@ fn a_full_disk_is_counted_answers_go_on_and_the_next_persist_after_space_returns
             .map(|v| v.trim().parse::<u64>().unwrap())
             .expect("the persist failure metric is exported")
     };
-    assert!(
-        shim.apply(Update::Replace(with_www(1, "192.0.2.1")))
-            .unwrap()
-            .persisted
-    );
+    shim.apply(Update::Replace(with_www(1, "192.0.2.1")))
+        .unwrap();
+    assert_eq!(shim.flush(FLUSH), Some(true));
     assert_eq!(failures(&registry), 0);
 
     // Fill the disk to the last byte.
@@ -788,21 +792,22 @@ fn a_full_disk_is_counted_answers_go_on_and_the_next_persist_after_space_returns
         while f.write_all(&block).is_ok() {}
         while f.write_all(&[0]).is_ok() {}
     }
-    let applied = shim
-        .apply(Update::Replace(with_www(2, "192.0.2.2")))
+    shim.apply(Update::Replace(with_www(2, "192.0.2.2")))
         .unwrap();
-    assert!(!applied.persisted, "nothing can be written to a full disk");
+    assert_eq!(
+        shim.flush(FLUSH),
+        Some(false),
+        "nothing can be written to a full disk"
+    );
     assert_eq!(failures(&registry), 1);
     assert_eq!(www(&shim), vec!["192.0.2.2".parse::<IpAddr>().unwrap()]);
     assert_eq!(tcp_www(&shim), vec!["192.0.2.2".parse::<IpAddr>().unwrap()]);
 
     // Space returns: the next update is written, and a restart answers from it.
     std::fs::remove_file(&filler).unwrap();
-    assert!(
-        shim.apply(Update::Replace(with_www(3, "192.0.2.3")))
-            .unwrap()
-            .persisted
-    );
+    shim.apply(Update::Replace(with_www(3, "192.0.2.3")))
+        .unwrap();
+    assert_eq!(shim.flush(FLUSH), Some(true));
     assert_eq!(failures(&registry), 1);
     shim.shutdown();
     let shim = rt.block_on(Shim::start(&dns, &[zone_config()])).unwrap();
@@ -818,4 +823,239 @@ fn tcp_www(shim: &lifeline_dns::ShimHandle) -> Vec<IpAddr> {
         RecordType::A,
         &Ask::default(),
     ))
+}
+
+/// An ext4 filesystem in a file, loop-mounted on `dir`, that the test can freeze with
+/// `fsfreeze`: while frozen, every write and fsync on it blocks in the kernel, as on a
+/// disk that has stopped answering. Dropping it thaws and unmounts.
+struct FreezableDisk {
+    mount: std::path::PathBuf,
+    _image: tempfile::TempDir,
+}
+
+impl FreezableDisk {
+    fn mount(dir: &std::path::Path) -> Option<Self> {
+        let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
+            std::process::Command::new(cmd)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let image_dir = tempfile::tempdir().ok()?;
+        let image = image_dir.path().join("disk.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(16 << 20))
+            .ok()?;
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), image.as_ref()])
+            && run(
+                "mount",
+                &["-o".as_ref(), "loop".as_ref(), image.as_ref(), dir.as_ref()],
+            );
+        ok.then(|| Self {
+            mount: dir.to_owned(),
+            _image: image_dir,
+        })
+    }
+
+    fn fsfreeze(&self, flag: &str) -> bool {
+        std::process::Command::new("fsfreeze")
+            .arg(flag)
+            .arg(&self.mount)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for FreezableDisk {
+    fn drop(&mut self) {
+        // Thawed already, unless the test failed while the disk was frozen.
+        let _ = std::process::Command::new("fsfreeze")
+            .arg("-u")
+            .arg(&self.mount)
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount)
+            .status();
+    }
+}
+
+/// `GET path` with the 1 s the readiness promise allows: the status code, or why not.
+fn http_status_within_a_second(addr: std::net::SocketAddr, path: &str) -> Result<u16, String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .map_err(|e| format!("no answer to {path} within 1 s: {e}"))?;
+    out.get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {out:?}"))
+}
+
+#[test]
+fn a_stalled_disk_delays_neither_answers_nor_updates_nor_readiness() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let Some(disk) = FreezableDisk::mount(&data) else {
+        eprintln!(
+            "SKIPPED: cannot loop-mount an ext4 image here (needs root, mkfs.ext4, loop devices)"
+        );
+        return;
+    };
+    let dns = dns_config(&data);
+    let shim = rt.block_on(Shim::start(&dns, &[zone_config()])).unwrap();
+    shim.set_source_connected("test", true);
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let admin = listener.local_addr().unwrap();
+    rt.spawn(lifeline_dns::http::serve(
+        listener,
+        lifeline_dns::admin::router(shim.clone()),
+        lifeline_dns::http::Limits::default(),
+        std::future::pending(),
+    ));
+    shim.apply(Update::Replace(with_www(1, "192.0.2.1")))
+        .unwrap();
+    assert_eq!(shim.flush(FLUSH), Some(true));
+
+    // Stall the disk for 10 s; a thread thaws it then whatever the test is doing.
+    assert!(disk.fsfreeze("-f"), "fsfreeze -f {}", data.display());
+    let thaw_at = std::time::Instant::now() + Duration::from_secs(10);
+    let thawer = {
+        let mount = data.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(thaw_at.saturating_duration_since(std::time::Instant::now()));
+            std::process::Command::new("fsfreeze")
+                .arg("-u")
+                .arg(&mount)
+                .status()
+                .unwrap();
+        })
+    };
+
+    // Updates keep arriving, a second apart, well inside the stall.
+    for rev in 2..=5u64 {
+        let addr = format!("192.0.2.{rev}");
+        shim.apply(Update::Replace(with_www(rev, &addr))).unwrap();
+        let want = vec![addr.parse::<IpAddr>().unwrap()];
+        assert_eq!(www(&shim), want, "UDP answers revision {rev}");
+        assert_eq!(tcp_www(&shim), want, "TCP answers revision {rev}");
+        assert_eq!(http_status_within_a_second(admin, "/readyz"), Ok(200));
+        assert_eq!(http_status_within_a_second(admin, "/metrics"), Ok(200));
+        assert_eq!(shim.state().zones[0].revision, Some(rev));
+        // The stall is real: the writer is still inside the frozen filesystem.
+        assert_eq!(
+            shim.flush(Duration::ZERO),
+            None,
+            "revision {rev} is answered while the disk has not taken revision 2"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    // Once the disk answers again the newest revision is written, and a restart serves it.
+    thawer.join().unwrap();
+    assert_eq!(shim.flush(FLUSH), Some(true));
+    shim.shutdown();
+    let shim = rt.block_on(Shim::start(&dns, &[zone_config()])).unwrap();
+    assert_eq!(shim.state().zones[0].revision, Some(5));
+    assert_eq!(www(&shim), vec!["192.0.2.5".parse::<IpAddr>().unwrap()]);
+    shim.shutdown();
+}
+
+fn drain(cluster: &str) -> lifeline_model::overrides::Override {
+    lifeline_model::overrides::Override {
+        id: format!("drain-{cluster}"),
+        cluster: cluster.into(),
+        policy: None,
+        action: lifeline_model::overrides::OverrideAction::Drain,
+        created_at: SystemTime::now(),
+        expires_at: SystemTime::now() + Duration::from_secs(600),
+        author: "oncall".into(),
+        reason: "test".into(),
+    }
+}
+
+fn rr(shim: &lifeline_dns::ShimHandle) -> Vec<IpAddr> {
+    let mut v = addresses(&udp(
+        shim,
+        "rr.global.example.com.",
+        RecordType::A,
+        &Ask::default(),
+    ));
+    v.sort();
+    v
+}
+
+fn ips(list: &[&str]) -> Vec<IpAddr> {
+    list.iter().map(|a| a.parse().unwrap()).collect()
+}
+
+#[test]
+fn break_glass_overrides_outlive_a_restart_and_a_corrupt_newest_copy_falls_back() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns_config(dir.path());
+    let edge = lifeline_dns::StartOptions { break_glass: true };
+    let shim = rt
+        .block_on(Shim::start_with(&dns, &[zone_config()], edge))
+        .unwrap();
+    shim.apply(Update::Replace(snapshot(1))).unwrap();
+    shim.set_overrides(vec![drain("c1")]);
+    assert_eq!(shim.flush(FLUSH), Some(true));
+    shim.set_overrides(vec![drain("c2")]);
+    assert_eq!(shim.flush(FLUSH), Some(true));
+    assert_eq!(rr(&shim), ips(&["192.0.2.21", "192.0.2.23"]));
+    shim.shutdown();
+
+    // Restarted with no source at all: the newest set is in force from the first answer.
+    let shim = rt
+        .block_on(Shim::start_with(&dns, &[zone_config()], edge))
+        .unwrap();
+    assert_eq!(rr(&shim), ips(&["192.0.2.21", "192.0.2.23"]));
+    shim.shutdown();
+
+    // A shim that is never handed overrides ignores what another process left.
+    let shim = rt.block_on(Shim::start(&dns, &[zone_config()])).unwrap();
+    assert_eq!(rr(&shim), ips(&["192.0.2.21", "192.0.2.22", "192.0.2.23"]));
+    shim.shutdown();
+
+    // Corrupt the newest copy: the one before it is applied, and the bad one counted.
+    let mut kept: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "overrides"))
+        .collect();
+    kept.sort();
+    assert_eq!(kept.len(), 2, "two generations kept: {kept:?}");
+    let mut bytes = std::fs::read(&kept[1]).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 0x01;
+    std::fs::write(&kept[1], bytes).unwrap();
+    let shim = rt
+        .block_on(Shim::start_with(&dns, &[zone_config()], edge))
+        .unwrap();
+    assert_eq!(rr(&shim), ips(&["192.0.2.22", "192.0.2.23"]));
+    assert_eq!(shim.state().load_errors, 1, "the corrupt copy is reported");
+    // The next change is a newer generation than either file, and is what a restart reads.
+    shim.set_overrides(Vec::new());
+    assert_eq!(shim.flush(FLUSH), Some(true));
+    shim.shutdown();
+    let shim = rt
+        .block_on(Shim::start_with(&dns, &[zone_config()], edge))
+        .unwrap();
+    assert_eq!(rr(&shim), ips(&["192.0.2.21", "192.0.2.22", "192.0.2.23"]));
+    shim.shutdown();
 }

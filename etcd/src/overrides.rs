@@ -8,7 +8,8 @@
 //! Polling, not a watch: overrides change rarely, a small range read every 2 s per
 //! replica is negligible load, expiry needs a periodic look anyway, and a poll has no
 //! stream to resume after an etcd restart. While etcd is unreachable the last set read
-//! stays in force; a bad value is reported and skipped.
+//! stays in force; a bad value is reported and skipped. The shim keeps the set on disk,
+//! so a replica restarted while etcd is down starts with it too.
 
 use std::{collections::BTreeMap, future::Future, pin::Pin, time::Duration};
 
@@ -49,6 +50,10 @@ impl SnapshotSource for EtcdOverrides {
 
     fn run(self: Box<Self>, shim: ShimHandle) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(poll(self.connect, self.prefix, shim))
+    }
+
+    fn sets_overrides(&self) -> bool {
+        true
     }
 }
 
