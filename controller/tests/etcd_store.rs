@@ -505,3 +505,58 @@ async fn a_large_decision_is_saved_in_parts_and_only_changed_policies_are_rewrit
     );
     assert_eq!(replica.load_decision().await.unwrap(), Some(next));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_save_cut_short_between_its_transactions_is_not_read_half_applied() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let s = store(&etcd).await;
+    let leader = within(
+        Duration::from_secs(10),
+        Leadership::new(&s, "replica-a", TTL).campaign(),
+    )
+    .await
+    .unwrap();
+    // 250 policies: three transactions, the head in the last.
+    let saved = big_decision(250, None);
+    s.save_decision(&leader, &saved).await.unwrap();
+
+    // The next save dies after its first transactions: one policy rewritten, one
+    // deleted, and no new head (what a leader killed mid-save leaves).
+    let next = big_decision(250, Some(5));
+    let changed = next
+        .policies
+        .iter()
+        .find(|(id, pd)| saved.policies.get(*id) != Some(*pd))
+        .map(|(id, pd)| (id.clone(), pd.clone()))
+        .expect("one policy differs");
+    let mut client = etcd.client().await;
+    client
+        .put(
+            format!("/lifeline/decision/policies/{}", changed.0),
+            encode_value(&changed.1, None).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    client
+        .delete("/lifeline/decision/policies/team-0/svc-0", None)
+        .await
+        .unwrap();
+
+    // A successor reads the last whole save, not a mix of two.
+    let successor = store(&etcd).await;
+    assert_eq!(successor.load_decision().await.unwrap(), Some(saved));
+
+    // Once a save completes, that is what is read (saved by a store that learns what
+    // etcd holds, as the next term of a leader does).
+    let mut done = next.clone();
+    done.revision += 1;
+    store(&etcd)
+        .await
+        .save_decision(&leader, &done)
+        .await
+        .unwrap();
+    assert_eq!(successor.load_decision().await.unwrap(), Some(done));
+}

@@ -350,3 +350,77 @@ async fn a_crash_between_saving_and_publishing_a_failover_never_brings_the_dead_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replicas_a_leader_killed_between_saving_and_publishing_a_failover_is_succeeded_without_the_dead_primary()
+ {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(etcd) = lifeline_testkit::etcd::Etcd::start().await else {
+        eprintln!("etcd not installed; skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ips = [loopback(), loopback()];
+    let [mut primary, _secondary] = Backend::start_on(ips).await;
+    let port = primary.addr.port();
+    write_files(dir.path(), free_addr(), free_addr(), ips, port);
+    write_policies(dir.path(), port, Some("abort-before-publish"));
+    let replicas: Vec<(SocketAddr, SocketAddr)> =
+        (0..2).map(|_| (free_addr(), free_addr())).collect();
+    for (n, (dns, admin)) in replicas.iter().enumerate() {
+        write_replica(dir.path(), n, *dns, *admin, &etcd.endpoint());
+    }
+    // Replica 0 leads (it starts alone) and honours the fault; replica 1 does not.
+    let mut leader = start(&dir.path().join("replica-0.yaml"));
+    await_exactly(replicas[0].0, SEARCH, ips[0], Duration::from_secs(20)).await;
+    let _follower = spawn_run(&dir.path().join("replica-1.yaml"), false);
+    for name in [CHECKOUT, SEARCH] {
+        await_exactly(replicas[1].0, name, ips[0], Duration::from_secs(20)).await;
+    }
+
+    // The primary dies; the leader saves the failover to etcd and aborts (as kill -9
+    // would) before publishing it.
+    primary.kill().await;
+    lifeline_testkit::eventually_async(Duration::from_secs(15), "the leader aborts", || {
+        let running = leader.is_running();
+        async move { (!running).then_some(()) }
+    })
+    .await;
+    let store = lifeline_etcd::EtcdStore::connect(&etcd.connect(), "/fate")
+        .await
+        .unwrap();
+    let saved = store
+        .load_decision()
+        .await
+        .unwrap()
+        .expect("a saved decision");
+    let answered =
+        serde_json::to_value(&saved.policies["shop/search"]).unwrap()["answers"].to_string();
+    assert!(
+        answered.contains(&ips[1].to_string()) && !answered.contains(&ips[0].to_string()),
+        "the failover was saved before the crash: {answered}"
+    );
+
+    // The follower takes over from the saved failover: both names move to the
+    // secondary, and no replica answers the dead primary again.
+    for name in [SEARCH, CHECKOUT] {
+        await_exactly(replicas[1].0, name, ips[1], Duration::from_secs(20)).await;
+    }
+    let _restarted = spawn_run(&dir.path().join("replica-0.yaml"), false);
+    for name in [SEARCH, CHECKOUT] {
+        await_exactly(replicas[0].0, name, ips[1], Duration::from_secs(20)).await;
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        for (dns, _) in &replicas {
+            for name in [SEARCH, CHECKOUT] {
+                assert_eq!(
+                    query_a(*dns, name).addresses(),
+                    [ips[1]],
+                    "{dns} answered {name} with the dead primary"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

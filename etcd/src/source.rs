@@ -13,6 +13,15 @@
 //!             went back): full load again (the only times we resync)
 //! ```
 //!
+//! Writes over etcd's transaction size are split, so a publish may land as several
+//! revisions. Its last transaction also puts the commit marker `{prefix}/records/@commit`:
+//! watched changes are held until a marker arrives and then applied together, at the
+//! marker's revision, and a full load reads the records as of the newest marker. So a
+//! shim never serves half of a publish, not even one a leader died in the middle of
+//! (those changes wait for the next leader's publish, which completes them). Records
+//! written by a version without markers (records present, no marker) are followed as
+//! before, response by response, until the first marker shows up.
+//!
 //! The shim's revision for a zone is the etcd revision of the newest change applied, so
 //! it only ever grows and a replayed event is refused by [`ShimHandle::apply`]. One
 //! exception: when a full load finds etcd's current revision below what the shim serves
@@ -160,6 +169,22 @@ pub fn records_prefix(prefix: &str) -> String {
 /// `{prefix}/records/{zone}/{name}`.
 pub fn record_key(prefix: &str, zone: &str, name: &str) -> String {
     format!("{}{zone}/{name}", records_prefix(prefix))
+}
+
+/// `{prefix}/records/@commit`: put in the last transaction of every publish of records.
+/// No zone is called `@commit/...` (a zone name has no `@`), and it has no `/` after the
+/// records prefix, so it is never taken for a record key.
+pub fn records_commit_key(prefix: &str) -> String {
+    format!("{}@commit", records_prefix(prefix))
+}
+
+/// What the commit marker holds; readers use only its revision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordsCommit {
+    pub zone: String,
+    pub upserts: usize,
+    pub deletes: usize,
 }
 
 /// Splits a record key into `(zone, name)`; `None` when it does not have that shape.
@@ -413,6 +438,9 @@ impl SnapshotSource for EtcdSource {
             let mut feed = Feed {
                 shim,
                 records_prefix: records_prefix(&self.prefix),
+                commit_key: records_commit_key(&self.prefix),
+                committed: true,
+                held: Vec::new(),
                 name,
                 zones: BTreeMap::new(),
                 seen_zones: BTreeSet::new(),
@@ -478,6 +506,14 @@ struct Entry {
     decided_at: Option<SystemTime>,
 }
 
+/// A watched record change, held until the publish it belongs to is committed.
+struct Held {
+    zone: String,
+    name: String,
+    /// `None`: deleted.
+    entry: Option<Entry>,
+}
+
 /// One zone's changes folded from a watch response.
 #[derive(Default)]
 struct Pending {
@@ -503,8 +539,16 @@ struct Feed {
     /// Zones ever seen with keys in etcd; only these are replaced by a full load, so a
     /// zone etcd never held keeps its persisted snapshot.
     seen_zones: BTreeSet<String>,
-    /// Newest etcd revision reflected in `zones`.
+    /// Newest etcd revision reflected in `zones` (with commit markers, the newest
+    /// marker's, or a progress notification's while nothing is held).
     last_revision: i64,
+    /// Key of the commit marker.
+    commit_key: String,
+    /// Whether the writer puts commit markers (see the module docs); changes are held
+    /// until one arrives. Off only for records written by a version without them.
+    committed: bool,
+    /// Watched changes since the last marker, oldest first.
+    held: Vec<Held>,
     needs_load: bool,
     /// Added to etcd revisions to make shim revisions; non-zero only after etcd was
     /// found behind the served data (see `full_load`). Never decreases.
@@ -527,35 +571,33 @@ impl Feed {
         self.shim.count_load_error();
     }
 
-    /// Reads every record key at one revision and replaces each zone seen in etcd.
+    /// Reads every record key as of the newest commit marker and replaces each zone
+    /// seen in etcd.
     async fn full_load(&mut self, client: &Client) -> Result<(), Error> {
         let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
-        let end = prefix_end(self.records_prefix.as_bytes());
-        let mut start = self.records_prefix.as_bytes().to_vec();
-        let mut revision = 0;
-        let mut next: BTreeMap<String, BTreeMap<String, Entry>> = BTreeMap::new();
-        // Bounded: each page advances `start` past the keys it returned.
-        loop {
-            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-            if revision > 0 {
-                opts = opts.with_revision(revision);
-            }
-            let resp = timed(self.timeout, kv.get(start.clone(), Some(opts))).await?;
-            if revision == 0 {
-                revision = resp.header().map_or(0, |h| h.revision());
-                self.cluster_id = resp.header().map(|h| h.cluster_id());
-            }
-            for kv in resp.kvs() {
-                self.load_kv(&mut next, kv.key(), kv.value());
-            }
-            match resp.kvs().last() {
-                Some(last) if resp.more() => {
-                    start = last.key().to_vec();
-                    start.push(0);
+        let marker = timed(self.timeout, kv.get(self.commit_key.clone(), None)).await?;
+        // The state the shim takes is that of `revision`; the records are read as of
+        // the last commit at or before it, and the watch replays what came after.
+        let revision = marker.header().map_or(0, |h| h.revision());
+        self.cluster_id = marker.header().map(|h| h.cluster_id());
+        let committed_at = marker.kvs().first().map(|m| m.mod_revision());
+        let (next, read_at) = match committed_at {
+            Some(at) => match self.read_records(&mut kv, at).await {
+                Ok(next) => (next, at),
+                Err(Error::Etcd(e)) if e.to_string().contains("compacted") => {
+                    warn!(source = %self.name, commit = at, "the last commit's revision is compacted; loading the current records, which may hold part of an unfinished publish");
+                    (self.read_records(&mut kv, revision).await?, revision)
                 }
-                _ => break,
-            }
+                Err(e) => return Err(e),
+            },
+            None => (self.read_records(&mut kv, revision).await?, revision),
+        };
+        // Records without any marker were written by a version that puts none.
+        self.committed = committed_at.is_some() || next.is_empty();
+        if !self.committed {
+            info!(source = %self.name, "records carry no commit marker (an older writer); following them change by change");
         }
+        self.held.clear();
         // Counted once read, before the shim sees it, so whoever observes the shim's
         // new data also observes the count.
         self.stats.full_loads.fetch_add(1, Ordering::Relaxed);
@@ -593,13 +635,45 @@ impl Feed {
             };
             self.apply(Update::Replace(snapshot)).await;
         }
-        info!(source = %self.name, revision, zones = next.len(), names = next.values().map(BTreeMap::len).sum::<usize>(), "records loaded from etcd");
+        info!(source = %self.name, revision, read_at, zones = next.len(), names = next.values().map(BTreeMap::len).sum::<usize>(), "records loaded from etcd");
         self.zones = next;
-        self.last_revision = revision;
+        self.last_revision = read_at;
         self.needs_load = false;
         self.stats.revision.store(revision, Ordering::Relaxed);
         self.shim.set_source_connected(&self.name, true);
         Ok(())
+    }
+
+    /// Every record key as of `revision`, paged.
+    async fn read_records(
+        &self,
+        kv: &mut etcd_client::KvClient,
+        revision: i64,
+    ) -> Result<BTreeMap<String, BTreeMap<String, Entry>>, Error> {
+        let end = prefix_end(self.records_prefix.as_bytes());
+        let mut start = self.records_prefix.as_bytes().to_vec();
+        let mut next: BTreeMap<String, BTreeMap<String, Entry>> = BTreeMap::new();
+        // Bounded: each page advances `start` past the keys it returned.
+        loop {
+            let opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(PAGE)
+                .with_revision(revision);
+            let resp = timed(self.timeout, kv.get(start.clone(), Some(opts))).await?;
+            for kv in resp.kvs() {
+                if kv.key() != self.commit_key.as_bytes() {
+                    self.load_kv(&mut next, kv.key(), kv.value());
+                }
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(next)
     }
 
     /// Decodes one key of a full load into `into`, keeping the previous good value of
@@ -647,6 +721,8 @@ impl Feed {
 
     /// Watches from `last_revision + 1` and applies events until the stream ends.
     async fn follow(&mut self, client: &Client, backoff: &mut Backoff) -> Stop {
+        // Changes held from a previous stream are replayed from `last_revision + 1`.
+        self.held.clear();
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.last_revision + 1)
@@ -694,7 +770,10 @@ impl Feed {
                 // A progress notification: everything up to the header's revision has
                 // been delivered, so a later resume can start there and is less likely
                 // to land on compacted history.
-                if let Some(h) = resp.header() {
+                // Not while changes are held: they would not be replayed.
+                if let Some(h) = resp.header()
+                    && self.held.is_empty()
+                {
                     self.last_revision = self.last_revision.max(h.revision());
                 }
                 continue;
@@ -703,48 +782,82 @@ impl Feed {
         }
     }
 
-    /// Applies a watch response as one patch per zone at the response's newest
-    /// revision. A response holds many revisions when the watch catches up (after a
-    /// reconnect, or a burst of writes); folding them into one patch compiles and
-    /// persists each zone once instead of once per revision, and the end state is the
-    /// same because later events on a name replace earlier ones.
+    /// Takes a watch response: record changes are held, and each commit marker applies
+    /// what is held as one patch per zone at the marker's revision. Without markers
+    /// (an older writer), the whole response is applied at its newest revision. A
+    /// response holds many revisions when the watch catches up (after a reconnect, or a
+    /// burst of writes); folding them compiles and persists each zone once instead of
+    /// once per revision, and the end state is the same because later events on a name
+    /// replace earlier ones.
     async fn apply_events(&mut self, resp: &WatchResponse) {
         let events = resp.events();
-        self.stats
-            .events
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
-        let mut patches: BTreeMap<String, Pending> = BTreeMap::new();
-        let mut revision = self.last_revision;
+        let mut newest = self.last_revision;
         for event in events {
             let Some(kv) = event.kv() else { continue };
-            revision = revision.max(kv.mod_revision());
+            newest = newest.max(kv.mod_revision());
+            if kv.key() == self.commit_key.as_bytes() {
+                if event.event_type() == EventType::Put {
+                    if !self.committed {
+                        info!(source = %self.name, "the writer puts commit markers now; changes are applied per publish");
+                        self.committed = true;
+                    }
+                    self.commit(kv.mod_revision()).await;
+                }
+                continue;
+            }
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let Some((zone, name)) = parse_record_key(&self.records_prefix, &key) else {
                 self.bad_value(&key, &"key is not {prefix}/records/{zone}/{name}");
                 continue;
             };
             let (zone, name) = (zone.to_owned(), name.to_owned());
-            match event.event_type() {
+            let entry = match event.event_type() {
                 EventType::Put => match decode_value::<NameRecords>(kv.value()) {
-                    Ok(d) => {
-                        let p = patches.entry(zone.clone()).or_default();
-                        p.delete.remove(&name);
-                        p.upsert.insert(name.clone(), d.value.clone());
-                        p.decided_at = p.decided_at.max(d.decided_at);
-                        self.zones.entry(zone.clone()).or_default().insert(
-                            name,
-                            Entry {
-                                records: d.value,
-                                decided_at: d.decided_at,
-                            },
-                        );
-                        self.seen_zones.insert(zone);
+                    Ok(d) => Some(Entry {
+                        records: d.value,
+                        decided_at: d.decided_at,
+                    }),
+                    Err(reason) => {
+                        // The name keeps its last good records: nothing to change.
+                        self.bad_value(&key, &reason);
+                        continue;
                     }
-                    // The name keeps its last good records: nothing to patch.
-                    Err(reason) => self.bad_value(&key, &reason),
                 },
-                EventType::Delete => {
-                    let p = patches.entry(zone.clone()).or_default();
+                EventType::Delete => None,
+            };
+            self.held.push(Held { zone, name, entry });
+        }
+        if !self.committed {
+            self.commit(newest).await;
+        }
+        if self.held.is_empty() {
+            self.last_revision = self.last_revision.max(newest);
+            self.stats
+                .revision
+                .store(self.last_revision, Ordering::Relaxed);
+        } else {
+            debug!(source = %self.name, held = self.held.len(), "record changes held until their publish is committed");
+        }
+        // Counted once taken, so whoever sees the count also sees their effect.
+        self.stats
+            .events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Applies the held changes as one patch per zone at `revision`.
+    async fn commit(&mut self, revision: i64) {
+        let mut patches: BTreeMap<String, Pending> = BTreeMap::new();
+        for Held { zone, name, entry } in std::mem::take(&mut self.held) {
+            let p = patches.entry(zone.clone()).or_default();
+            match entry {
+                Some(e) => {
+                    p.delete.remove(&name);
+                    p.upsert.insert(name.clone(), e.records.clone());
+                    p.decided_at = p.decided_at.max(e.decided_at);
+                    self.zones.entry(zone.clone()).or_default().insert(name, e);
+                    self.seen_zones.insert(zone);
+                }
+                None => {
                     p.upsert.remove(&name);
                     p.delete.insert(name.clone());
                     if let Some(z) = self.zones.get_mut(&zone) {
@@ -764,8 +877,10 @@ impl Feed {
             };
             self.apply(Update::Patch(patch)).await;
         }
-        self.last_revision = revision;
-        self.stats.revision.store(revision, Ordering::Relaxed);
+        self.last_revision = self.last_revision.max(revision);
+        self.stats
+            .revision
+            .store(self.last_revision, Ordering::Relaxed);
     }
 
     /// Applies one update, falling back to a whole-zone replace when the shim has no

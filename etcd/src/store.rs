@@ -285,7 +285,20 @@ impl EtcdStore {
 
     /// Every good value under `dir` (a prefix ending in '/'), in key order.
     async fn read_dir<T: DeserializeOwned>(&self, dir: &str) -> Result<Vec<(String, T)>> {
-        let resp = self.get(dir, Some(GetOptions::new().with_prefix())).await?;
+        self.read_dir_at(dir, None).await
+    }
+
+    /// [`Self::read_dir`] as of etcd revision `at` (now when `None`).
+    async fn read_dir_at<T: DeserializeOwned>(
+        &self,
+        dir: &str,
+        at: Option<i64>,
+    ) -> Result<Vec<(String, T)>> {
+        let mut opts = GetOptions::new().with_prefix();
+        if let Some(at) = at {
+            opts = opts.with_revision(at);
+        }
+        let resp = self.get(dir, Some(opts)).await?;
         let mut out = Vec::with_capacity(resp.kvs().len());
         for kv in resp.kvs() {
             if let Some(v) = self.decode_kv(kv).await {
@@ -333,7 +346,9 @@ impl EtcdStore {
     }
 
     /// Publishes one zone's changed names: upserts and deletes in fenced transactions
-    /// (one, unless more than 100 names change). Returns the etcd revision written.
+    /// (one, unless more than 100 names change), the last of which also puts the
+    /// records commit marker, so readers take the publish whole or not at all (see
+    /// [`etcd_source::records_commit_key`]). Returns the etcd revision written.
     pub async fn publish_records(
         &self,
         leader: &Leader,
@@ -356,6 +371,14 @@ impl EtcdStore {
         if ops.is_empty() {
             return Ok(0);
         }
+        let marker = etcd_source::RecordsCommit {
+            zone: zone.to_owned(),
+            upserts: upserts.len(),
+            deletes: deletes.len(),
+        };
+        let key = etcd_source::records_commit_key(&self.prefix);
+        let value = Self::encode(&key, &marker, Some(decided_at))?;
+        ops.push(TxnOp::put(key, value, None));
         let revision = self.fenced(leader, ops).await?;
         info!(%zone, upserts = upserts.len(), deletes = deletes.len(), revision, "records published to etcd");
         Ok(revision)
@@ -388,8 +411,18 @@ impl EtcdStore {
     /// their last good value, or left out). A new leader seeds its publisher from this.
     pub async fn records(&self) -> Result<BTreeMap<String, BTreeMap<String, NameRecords>>> {
         let dir = etcd_source::records_prefix(&self.prefix);
+        let marker = etcd_source::records_commit_key(&self.prefix);
         let mut out: BTreeMap<String, BTreeMap<String, NameRecords>> = BTreeMap::new();
-        for (key, records) in self.read_dir::<NameRecords>(&dir).await? {
+        let resp = self
+            .get(&dir, Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut read = Vec::with_capacity(resp.kvs().len());
+        for kv in resp.kvs().iter().filter(|kv| kv.key() != marker.as_bytes()) {
+            if let Some(v) = self.decode_kv::<NameRecords>(kv).await {
+                read.push((String::from_utf8_lossy(kv.key()).into_owned(), v));
+            }
+        }
+        for (key, records) in read {
             if let Some((zone, name)) = etcd_source::parse_record_key(&dir, &key) {
                 out.entry(zone.to_owned())
                     .or_default()
@@ -409,9 +442,11 @@ impl EtcdStore {
     /// Saves the engine's decision (fenced), split so no value nears etcd's request
     /// limit however many policies there are: `{prefix}/decision/policies/{ns}/{name}`
     /// per policy, written only when it changed since this leader's last save, then
-    /// the head `{prefix}/decision` (revision, time, alarms) last. A save cut short
-    /// leaves some policies newer than the head, which is harmless: each policy's state
-    /// stands on its own.
+    /// the head `{prefix}/decision` (revision, time, alarms) last. A save over the
+    /// transaction limit takes several transactions; one cut short (the leader killed
+    /// between them) leaves some policies newer than the head, and [`Self::load_decision`]
+    /// reads the policies as of the head's revision, so a successor never starts from
+    /// half of a save.
     pub async fn save_decision(&self, leader: &Leader, decision: &Decision) -> Result<()> {
         let dir = format!("{}/", self.key(&["decision", "policies"])?);
         let primed =
@@ -473,12 +508,27 @@ impl EtcdStore {
         Ok(())
     }
 
-    /// The last decision, if a good one exists: the head and every policy's part (a
-    /// bad part falls back to its last good value, or is left out and starts fresh).
+    /// The last decision, if a good one exists: the head and every policy's part as of
+    /// the head's revision, so a save cut short between its transactions is not read
+    /// half-applied (a bad part falls back to its last good value, or is left out and
+    /// starts fresh). When that revision is compacted the current parts are read.
     pub async fn load_decision(&self) -> Result<Option<Decision>> {
-        let head: Option<Decision> = self.read(&self.key(&["decision"])?).await?;
+        let resp = self.get(&self.key(&["decision"])?, None).await?;
+        let (head, at) = match resp.kvs().first() {
+            Some(kv) => (
+                self.decode_kv::<Decision>(kv).await,
+                Some(kv.mod_revision()),
+            ),
+            None => (None, None),
+        };
         let dir = format!("{}/", self.key(&["decision", "policies"])?);
-        let parts = self.read_dir::<PolicyDecision>(&dir).await?;
+        let parts = match self.read_dir_at::<PolicyDecision>(&dir, at).await {
+            Err(e) if at.is_some() && e.to_string().contains("compacted") => {
+                warn!(revision = ?at, "the last decision save is compacted; reading the current policy parts, which may hold part of an unfinished save");
+                self.read_dir::<PolicyDecision>(&dir).await?
+            }
+            read => read?,
+        };
         if head.is_none() && parts.is_empty() {
             return Ok(None);
         }

@@ -122,10 +122,16 @@ async fn the_shim_source_reads_records_over_tls() {
         None,
     )
     .unwrap();
-    client
-        .put(record_key("/lifeline", ZONE, "www"), value, None)
-        .await
-        .unwrap();
+    common::write_committed(
+        &mut client,
+        "/lifeline",
+        vec![etcd_client::TxnOp::put(
+            record_key("/lifeline", ZONE, "www"),
+            value,
+            None,
+        )],
+    )
+    .await;
     eventually(Duration::from_secs(20), "record over TLS", || {
         shim.snapshot(ZONE).filter(|s| s.names.contains_key("www"))
     })

@@ -11,8 +11,8 @@ use std::{
     time::Duration,
 };
 
-use common::{ZONE, start_shim};
-use etcd_client::Client;
+use common::{ZONE, start_shim, write_committed};
+use etcd_client::{Client, TxnOp};
 use lifeline_dns::{AddressSet, NameRecords, ShimHandle, Target, ZoneSnapshot, source};
 use lifeline_etcd::{
     EtcdConnect, EtcdSource,
@@ -52,16 +52,26 @@ fn number_of(records: &NameRecords) -> Option<u32> {
     }
 }
 
-/// Writes `name` = numbered(n) and returns the etcd revision of the write.
+/// Writes `name` = numbered(n), committed as a publish is, and returns the etcd
+/// revision of the write.
 async fn put(client: &mut Client, name: &str, n: u32) -> i64 {
     let value = encode_value(&numbered(n), Some(std::time::SystemTime::now())).unwrap();
-    let resp = within(
-        Duration::from_secs(5),
-        client.put(record_key(PREFIX, ZONE, name), value, None),
+    write_committed(
+        client,
+        PREFIX,
+        vec![TxnOp::put(record_key(PREFIX, ZONE, name), value, None)],
     )
     .await
-    .unwrap();
-    resp.header().unwrap().revision()
+}
+
+/// Deletes `name`, committed as a publish is; returns the revision.
+async fn delete(client: &mut Client, name: &str) -> i64 {
+    write_committed(
+        client,
+        PREFIX,
+        vec![TxnOp::delete(record_key(PREFIX, ZONE, name), None)],
+    )
+    .await
 }
 
 fn snapshot(shim: &ShimHandle) -> Option<ZoneSnapshot> {
@@ -117,11 +127,7 @@ async fn the_source_loads_existing_records_then_applies_changes_as_patches() {
     assert_eq!(connected(&shim), Some(true));
 
     put(&mut client, "www", 2).await;
-    let resp = client
-        .delete(record_key(PREFIX, ZONE, "api"), None)
-        .await
-        .unwrap();
-    let delete_rev = resp.header().unwrap().revision() as u64;
+    let delete_rev = delete(&mut client, "api").await as u64;
     let snap = eventually(WAIT, "patches", || {
         snapshot(&shim).filter(|s| s.revision == delete_rev)
     })
@@ -133,7 +139,11 @@ async fn the_source_loads_existing_records_then_applies_changes_as_patches() {
         [IpAddr::from([10, 0, 0, 2])]
     );
     assert_eq!(stats.full_loads(), 1);
-    assert_eq!(stats.events(), 2, "one put and one delete event");
+    assert_eq!(
+        stats.events(),
+        4,
+        "one put and one delete event, each with its commit marker"
+    );
     task.abort();
 }
 
@@ -262,11 +272,7 @@ async fn a_compacted_resume_revision_triggers_a_full_resync() {
     .await;
     put(&mut client, "www", 2).await;
     put(&mut client, "db", 2).await;
-    let resp = client
-        .delete(record_key(PREFIX, ZONE, "api"), None)
-        .await
-        .unwrap();
-    let rev = resp.header().unwrap().revision();
+    let rev = delete(&mut client, "api").await;
     etcd.compact(rev).await;
     assert_eq!(
         snapshot(&shim).unwrap().names.len(),
@@ -525,6 +531,98 @@ async fn a_running_source_notices_another_etcd_behind_its_endpoint_and_reloads()
     put(&mut b, "api", 702).await;
     eventually(WAIT, "a later write to the second etcd", || {
         number(&shim, "api")
+    })
+    .await;
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_cut_short_between_its_transactions_is_never_served_half() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let mut client = etcd.client().await;
+    let record = |n: u32| encode_value(&numbered(n), Some(std::time::SystemTime::now())).unwrap();
+    write_committed(
+        &mut client,
+        PREFIX,
+        vec![
+            TxnOp::put(record_key(PREFIX, ZONE, "www"), record(1), None),
+            TxnOp::put(record_key(PREFIX, ZONE, "api"), record(1), None),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_shim(&dir.path().join("running")).await;
+    let (task, stats) = spawn_source(&running, etcd.connect());
+    eventually(WAIT, "first publish", || {
+        snapshot(&running).filter(|s| s.names.len() == 2)
+    })
+    .await;
+
+    // Two transactions of a publish whose leader died before its last one: the
+    // commit marker never comes.
+    let seen = stats.events();
+    client
+        .put(record_key(PREFIX, ZONE, "www"), record(2), None)
+        .await
+        .unwrap();
+    client
+        .delete(record_key(PREFIX, ZONE, "api"), None)
+        .await
+        .unwrap();
+    eventually(WAIT, "both changes watched", || {
+        (stats.events() >= seen + 2).then_some(())
+    })
+    .await;
+    assert_eq!(number(&running, "www"), Some(1), "held, not served");
+    assert_eq!(number(&running, "api"), Some(1), "held, not served");
+
+    // A replica starting now loads the last whole publish.
+    let starting = start_shim(&dir.path().join("starting")).await;
+    let (task2, _) = spawn_source(&starting, etcd.connect());
+    eventually(WAIT, "full load", || snapshot(&starting)).await;
+    assert_eq!(number(&starting, "www"), Some(1));
+    assert_eq!(number(&starting, "api"), Some(1));
+
+    // The next publish commits, and both take everything at once.
+    let rev = put(&mut client, "db", 3).await as u64;
+    for shim in [&running, &starting] {
+        let snap = eventually(WAIT, "next publish", || {
+            snapshot(shim).filter(|s| s.revision == rev)
+        })
+        .await;
+        let names: Vec<&String> = snap.names.keys().collect();
+        assert_eq!(names, ["db", "www"]);
+        assert_eq!(number(shim, "www"), Some(2));
+        assert_eq!(number(shim, "db"), Some(3));
+    }
+    task.abort();
+    task2.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_written_without_commit_markers_are_followed_change_by_change() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let mut client = etcd.client().await;
+    let record = |n: u32| encode_value(&numbered(n), Some(std::time::SystemTime::now())).unwrap();
+    // A writer that puts no marker (an older version).
+    client
+        .put(record_key(PREFIX, ZONE, "www"), record(1), None)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let shim = start_shim(dir.path()).await;
+    let (task, _) = spawn_source(&shim, etcd.connect());
+    eventually(WAIT, "load", || number(&shim, "www")).await;
+    client
+        .put(record_key(PREFIX, ZONE, "www"), record(2), None)
+        .await
+        .unwrap();
+    eventually(WAIT, "unmarked change", || {
+        (number(&shim, "www") == Some(2)).then_some(())
     })
     .await;
     task.abort();

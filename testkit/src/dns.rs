@@ -157,38 +157,84 @@ pub fn query_a(server: SocketAddr, name: &str) -> Answer {
 
 /// One A query over UDP, waiting at most `timeout` for the reply.
 pub fn query_a_within(server: SocketAddr, name: &str, timeout: Duration) -> Answer {
-    let attempt = || -> Option<Answer> {
-        let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
-        socket.set_read_timeout(Some(timeout)).ok()?;
-        let mut msg = Message::query();
-        msg.metadata.id = rand::random();
-        msg.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
-        socket.send_to(&msg.to_vec().ok()?, server).ok()?;
-        let mut buf = [0u8; 4096];
-        // Skip replies to other ids (a late reply to an earlier query on a reused port).
-        for _ in 0..4 {
-            let (n, _) = socket.recv_from(&mut buf).ok()?;
-            let resp = Message::from_vec(&buf[..n]).ok()?;
-            if resp.metadata.id != msg.metadata.id {
-                continue;
-            }
-            if resp.metadata.response_code != ResponseCode::NoError {
-                return Some(Answer::Error(format!("{:?}", resp.metadata.response_code)));
-            }
-            let mut ips: Vec<IpAddr> = resp
-                .answers
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    _ => None,
-                })
-                .collect();
-            ips.sort();
-            return Some(Answer::Addresses(ips));
-        }
-        None
+    query_within(server, name, RecordType::A, false, timeout)
+}
+
+/// One query for `rtype` (A or AAAA) over UDP, or over a new TCP connection when `tcp`,
+/// waiting at most `timeout` for the reply (and, over TCP, for the connection).
+pub fn query_within(
+    server: SocketAddr,
+    name: &str,
+    rtype: RecordType,
+    tcp: bool,
+    timeout: Duration,
+) -> Answer {
+    let mut msg = Message::query();
+    msg.metadata.id = rand::random();
+    let Ok(qname) = Name::from_ascii(name) else {
+        return Answer::Error(format!("bad name {name:?}"));
     };
-    attempt().unwrap_or(Answer::NoReply)
+    msg.add_query(Query::query(qname, rtype));
+    let Ok(bytes) = msg.to_vec() else {
+        return Answer::Error("cannot encode the query".into());
+    };
+    let reply = if tcp {
+        tcp_exchange(server, &bytes, timeout)
+    } else {
+        udp_exchange(server, &bytes, msg.metadata.id, timeout)
+    };
+    let Some(resp) = reply else {
+        return Answer::NoReply;
+    };
+    if resp.metadata.response_code != ResponseCode::NoError {
+        return Answer::Error(format!("{:?}", resp.metadata.response_code));
+    }
+    let mut ips: Vec<IpAddr> = resp
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) if rtype == RecordType::A => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) if rtype == RecordType::AAAA => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect();
+    ips.sort();
+    Answer::Addresses(ips)
+}
+
+fn udp_exchange(server: SocketAddr, bytes: &[u8], id: u16, timeout: Duration) -> Option<Message> {
+    let local = if server.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    };
+    let socket = UdpSocket::bind(local).ok()?;
+    socket.set_read_timeout(Some(timeout)).ok()?;
+    socket.send_to(bytes, server).ok()?;
+    let mut buf = [0u8; 4096];
+    // Skip replies to other ids (a late reply to an earlier query on a reused port).
+    for _ in 0..4 {
+        let (n, _) = socket.recv_from(&mut buf).ok()?;
+        let resp = Message::from_vec(&buf[..n]).ok()?;
+        if resp.metadata.id == id {
+            return Some(resp);
+        }
+    }
+    None
+}
+
+fn tcp_exchange(server: SocketAddr, bytes: &[u8], timeout: Duration) -> Option<Message> {
+    let mut s = TcpStream::connect_timeout(&server, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(bytes);
+    s.write_all(&framed).ok()?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).ok()?;
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf).ok()?;
+    Message::from_vec(&buf).ok()
 }
 
 /// Polls `name` on `server` every 20 ms until its A addresses (sorted) satisfy `want`,

@@ -93,8 +93,8 @@ pub struct StormReport {
     pub dns_queries: usize,
     pub dns_empty: usize,
     pub dns_failed: usize,
-    /// Queries whose first attempt got no reply (a second attempt is made).
-    pub dns_retried: usize,
+    /// Queries whose first attempt failed (no reply, then a second attempt; or an error).
+    pub dns_first_try_failed: usize,
     /// The API server's own account, per priority level.
     pub levels: BTreeMap<String, Level>,
 }
@@ -411,7 +411,7 @@ policySource: {{type: files, paths: [docs.yaml]}}\n",
         dns_queries: history.queries(),
         dns_empty: history.empty().len(),
         dns_failed: history.failed().len(),
-        dns_retried: history.retried(),
+        dns_first_try_failed: history.first_try_failed().len(),
         levels,
     }))
 }
@@ -484,8 +484,8 @@ pub fn table(reports: &[StormReport]) -> String {
         );
         row(
             9,
-            "DNS first attempts lost (retried)",
-            r.dns_retried.to_string(),
+            "DNS queries failed at the first attempt",
+            r.dns_first_try_failed.to_string(),
         );
         for (n, name) in ["workload-low", "lifeline"].iter().enumerate() {
             let l = r.levels.get(*name).copied().unwrap_or_default();

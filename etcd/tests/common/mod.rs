@@ -28,3 +28,33 @@ pub async fn start_shim(data_dir: &std::path::Path) -> ShimHandle {
     };
     Shim::start(&dns, &[zone_config()]).await.unwrap()
 }
+
+/// Runs `ops` and the records commit marker in one transaction, as a leader's publish
+/// does; returns its revision.
+pub async fn write_committed(
+    client: &mut etcd_client::Client,
+    prefix: &str,
+    mut ops: Vec<etcd_client::TxnOp>,
+) -> i64 {
+    let marker = lifeline_etcd::source::encode_value(
+        &lifeline_etcd::source::RecordsCommit {
+            zone: ZONE.into(),
+            upserts: ops.len(),
+            deletes: 0,
+        },
+        None,
+    )
+    .unwrap();
+    ops.push(etcd_client::TxnOp::put(
+        lifeline_etcd::source::records_commit_key(prefix),
+        marker,
+        None,
+    ));
+    let resp = lifeline_testkit::within(
+        std::time::Duration::from_secs(5),
+        client.txn(etcd_client::Txn::new().and_then(ops)),
+    )
+    .await
+    .unwrap();
+    resp.header().unwrap().revision()
+}

@@ -72,17 +72,18 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "| scenario | API servers | duration | DNS queries | failed / empty | max answer-change latency | API requests (during scenario) | result |"
+        "| scenario | API servers | duration | DNS queries | failed / first-try failed / empty | max answer-change latency | API requests (during scenario) | result |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for r in &reports {
         println!(
-            "| {} | {} | {:.1} s | {} | {} / {} | {} | {} | {} |",
+            "| {} | {} | {:.1} s | {} | {} / {} / {} | {} | {} | {} |",
             r.name,
             r.backend,
             r.duration.as_secs_f64(),
             r.queries,
             r.failed,
+            r.first_try_failed,
             r.empty,
             r.max_change_latency
                 .map_or("-".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),

@@ -1,5 +1,7 @@
 //! The load generator: queries every replica's DNS at a bounded rate for a bounded time
 //! and keeps every answer with its timestamp, so a scenario can judge the whole history.
+//! Each round asks every server for A over UDP, AAAA over UDP and A over TCP (what a
+//! stub resolver asks, and where a truncated answer sends it).
 //!
 //! ```text
 //!  LoadGen::start(servers, name, every, limit) ─ thread: round r ─► query each server
@@ -16,6 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use hickory_proto::rr::RecordType;
 use parking_lot::Mutex;
 
 pub use lifeline_testkit::dns::Answer;
@@ -25,15 +28,33 @@ pub fn query_a(server: SocketAddr, name: &str) -> Answer {
     lifeline_testkit::dns::query_a_within(server, name, Duration::from_millis(300))
 }
 
+/// What a sample asked, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asked {
+    UdpA,
+    UdpAaaa,
+    TcpA,
+}
+
+impl Asked {
+    /// An A query: its answer holds the served addresses (the fleet is IPv4, so AAAA
+    /// answers are NODATA and judged only by not failing).
+    pub fn is_a(self) -> bool {
+        self != Asked::UdpAaaa
+    }
+}
+
 /// One recorded query.
 #[derive(Clone, Debug)]
 pub struct Sample {
+    pub asked: Asked,
     /// When the reply (or the timeout) came.
     pub at: Instant,
     /// Index of the server in the list the generator was given.
     pub server: usize,
     pub answer: Answer,
-    /// The first attempt got no reply and was sent again, as a stub resolver does.
+    /// The first attempt (UDP only) got no reply and was sent again, as a stub
+    /// resolver does; `answer` is the second attempt's.
     pub retried: bool,
 }
 
@@ -60,19 +81,37 @@ impl LoadGen {
                     return;
                 }
                 for (server, addr) in servers.iter().enumerate() {
-                    // One retry after a lost reply, like a stub resolver: a query fails
-                    // only when both attempts get nothing.
-                    let mut answer = query_a(*addr, &name);
-                    let retried = answer == Answer::NoReply;
-                    if retried {
-                        answer = query_a(*addr, &name);
+                    for asked in [Asked::UdpA, Asked::UdpAaaa, Asked::TcpA] {
+                        let (rtype, tcp) = match asked {
+                            Asked::UdpA => (RecordType::A, false),
+                            Asked::UdpAaaa => (RecordType::AAAA, false),
+                            Asked::TcpA => (RecordType::A, true),
+                        };
+                        let ask = || {
+                            lifeline_testkit::dns::query_within(
+                                *addr,
+                                &name,
+                                rtype,
+                                tcp,
+                                Duration::from_millis(300),
+                            )
+                        };
+                        // Over UDP one retry after a lost reply, like a stub resolver: a
+                        // query fails only when both attempts get nothing. The first
+                        // attempt's loss is kept (`retried`).
+                        let mut answer = ask();
+                        let retried = !tcp && answer == Answer::NoReply;
+                        if retried {
+                            answer = ask();
+                        }
+                        out.lock().push(Sample {
+                            asked,
+                            at: Instant::now(),
+                            server,
+                            answer,
+                            retried,
+                        });
                     }
-                    out.lock().push(Sample {
-                        at: Instant::now(),
-                        server,
-                        answer,
-                        retried,
-                    });
                 }
                 // Paced by the schedule, not by the replies: a slow round is not repeated.
                 let next = every * (round as u32 + 1);
@@ -137,14 +176,30 @@ impl History {
         self.0.iter().filter(|s| s.answer.is_failed()).collect()
     }
 
-    /// Samples that were NOERROR without an address.
+    /// A queries that were NOERROR without an address.
     pub fn empty(&self) -> Vec<&Sample> {
-        self.0.iter().filter(|s| s.answer.is_empty()).collect()
+        self.a().filter(|s| s.answer.is_empty()).collect()
     }
 
-    /// Queries whose first attempt got no reply.
-    pub fn retried(&self) -> usize {
-        self.0.iter().filter(|s| s.retried).count()
+    /// Queries whose first attempt failed: no reply (then retried) or an error.
+    pub fn first_try_failed(&self) -> Vec<&Sample> {
+        self.0
+            .iter()
+            .filter(|s| s.retried || s.answer.is_failed())
+            .collect()
+    }
+
+    /// Failed queries (after the retry) of one kind.
+    pub fn failed_of(&self, asked: Asked) -> usize {
+        self.0
+            .iter()
+            .filter(|s| s.asked == asked && s.answer.is_failed())
+            .count()
+    }
+
+    /// The A samples: the ones whose answers carry the served addresses.
+    fn a(&self) -> impl Iterator<Item = &Sample> {
+        self.0.iter().filter(|s| s.asked.is_a())
     }
 
     /// The history without `server`'s samples.
@@ -167,7 +222,7 @@ impl History {
     pub fn changes(&self) -> Vec<Change> {
         let mut last: Vec<Option<&[IpAddr]>> = Vec::new();
         let mut out = Vec::new();
-        for s in self.0.iter().filter(|s| !s.answer.is_failed()) {
+        for s in self.a().filter(|s| !s.answer.is_failed()) {
             if last.len() <= s.server {
                 last.resize(s.server + 1, None);
             }
@@ -212,8 +267,7 @@ impl History {
         let mut worst = Duration::ZERO;
         for server in self.servers() {
             let mine: Vec<&Sample> = self
-                .0
-                .iter()
+                .a()
                 .filter(|s| s.server == server && s.at >= t && s.at <= end)
                 .collect();
             // The sample after the last one that did not match.
@@ -229,8 +283,7 @@ impl History {
 
     /// Whether any sample at or after `t` answered an address `bad` accepts.
     pub fn any_since(&self, t: Instant, bad: impl Fn(&[IpAddr]) -> bool) -> Vec<&Sample> {
-        self.0
-            .iter()
+        self.a()
             .filter(|s| s.at >= t && bad(s.answer.addresses()))
             .collect()
     }

@@ -18,7 +18,7 @@ use std::{
 };
 
 use super::{
-    dns::{History, LoadGen},
+    dns::{Asked, History, LoadGen},
     fleet::{ApiBackend, Fleet, FleetSpec, hostname, member_ip},
 };
 use crate::kube::Fault;
@@ -50,8 +50,14 @@ pub struct ScenarioReport {
     /// What the API servers were: the emulator or real kube-apiservers.
     pub backend: &'static str,
     pub duration: Duration,
+    /// DNS queries: A over UDP, AAAA over UDP and A over TCP to every replica.
     pub queries: usize,
+    /// Failed after a stub resolver's one retry over UDP (TCP is not retried).
     pub failed: usize,
+    /// Failed at the first attempt (lost reply, then retried; or an error).
+    pub first_try_failed: usize,
+    /// Failed, by what was asked: A/UDP, AAAA/UDP, A/TCP.
+    pub failed_by_kind: [usize; 3],
     pub empty: usize,
     /// The slowest measured move of the answers (every replica settled) after an event.
     pub max_change_latency: Option<Duration>,
@@ -118,12 +124,16 @@ impl fmt::Display for ScenarioReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} [{}]: {:.1} s, {} queries, {} failed, {} empty, max change latency {}",
+            "{} [{}]: {:.1} s, {} queries (A/UDP, AAAA/UDP, A/TCP), {} failed ({} / {} / {}), {} failed at the first try, {} empty, max change latency {}",
             self.name,
             self.backend,
             self.duration.as_secs_f64(),
             self.queries,
             self.failed,
+            self.failed_by_kind[0],
+            self.failed_by_kind[1],
+            self.failed_by_kind[2],
+            self.first_try_failed,
             self.empty,
             self.max_change_latency
                 .map_or("-".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()))
@@ -224,14 +234,11 @@ impl Run {
         report.api_requests = delta(&self.counts, &self.fleet.api_counts());
         report.queries = history.queries();
         report.failed = history.failed().len();
+        report.first_try_failed = history.first_try_failed().len();
+        report.failed_by_kind =
+            [Asked::UdpA, Asked::UdpAaaa, Asked::TcpA].map(|k| history.failed_of(k));
         report.empty = history.empty().len();
         report.check(report.queries > 0, || "no DNS queries were made".into());
-        if history.retried() > 0 {
-            report.notes.push(format!(
-                "{} queries needed a retry after a lost reply",
-                history.retried()
-            ));
-        }
         let bad: Vec<String> = history
             .failed()
             .into_iter()
