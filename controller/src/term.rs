@@ -85,7 +85,9 @@ pub(crate) struct Shared {
 
 /// Annotation on a FailoverPolicy that makes deciding it panic (`panic`) or never return
 /// (`hang`), or the process abort between saving a decision that changes its answers
-/// and publishing it (`abort-before-publish`), when the process was started with test
+/// and publishing it (`abort-before-publish`), or the leader stop for good between
+/// making such a decision and saving it (`hang-before-save`, once per process, for a
+/// test to kill it there), when the process was started with test
 /// faults enabled (`LIFELINE_TEST_FAULTS=1`): how tests prove that one poisoned policy
 /// cannot stop DNS or the other policies, and that a crash at the worst moment loses
 /// no decision.
@@ -101,6 +103,7 @@ enum TestFault {
     Panic,
     Hang,
     AbortBeforePublish,
+    HangBeforeSave,
 }
 
 /// Where policy documents come from, and what was last seen of them.
@@ -453,6 +456,7 @@ impl<'a> LeaderTerm<'a> {
                         "panic" => TestFault::Panic,
                         "hang" => TestFault::Hang,
                         "abort-before-publish" => TestFault::AbortBeforePublish,
+                        "hang-before-save" => TestFault::HangBeforeSave,
                         _ => return None,
                     };
                     Some((crate::policies::policy_id(p), kind))
@@ -713,6 +717,16 @@ impl<'a> LeaderTerm<'a> {
         self.dirty || self.last_decide.elapsed() >= Duration::from_secs(1)
     }
 
+    /// Whether a policy with test fault `fault` changes its (non-empty) answers in `next`.
+    fn fault_hit(&self, fault: TestFault, next: &Decision) -> bool {
+        self.faults.iter().any(|(id, f)| {
+            let before = self.decision.policies.get(id).map(|p| &p.answers);
+            *f == fault
+                && before.is_some_and(|b| !b.is_empty())
+                && before != next.policies.get(id).map(|p| &p.answers)
+        })
+    }
+
     /// Decides, shows the decision in status, publishes it, and saves it when something
     /// that must survive a restart changed.
     async fn decide(&mut self) {
@@ -746,7 +760,7 @@ impl<'a> LeaderTerm<'a> {
                         Some(TestFault::Hang) => loop {
                             std::thread::sleep(Duration::from_secs(3600));
                         },
-                        Some(TestFault::AbortBeforePublish) | None => {}
+                        Some(TestFault::AbortBeforePublish | TestFault::HangBeforeSave) | None => {}
                     }
                 }
             }) as Arc<guard::Fault<'static>>
@@ -806,6 +820,13 @@ impl<'a> LeaderTerm<'a> {
         // Saved before it is published: a leader that dies in between hands its
         // successor this decision, never an older one that could bring back a target
         // whose failover DNS already answers.
+        // Once per process: a successor in the same process (tests run replicas side by
+        // side) decides normally.
+        static HUNG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if self.fault_hit(TestFault::HangBeforeSave, &next) && !HUNG.swap(true, Ordering::Relaxed) {
+            tracing::error!("test fault: the leader stops between deciding and saving a decision");
+            std::future::pending::<()>().await;
+        }
         let print = fingerprint(&next);
         if print != self.last_saved || next.revision != self.decision.revision {
             match self.store.save_decision(self.leader, &next).await {
@@ -813,13 +834,7 @@ impl<'a> LeaderTerm<'a> {
                 Err(e) => warn!(error = %e, "cannot save the decision"),
             }
         }
-        let abort = self.faults.iter().any(|(id, f)| {
-            let before = self.decision.policies.get(id).map(|p| &p.answers);
-            *f == TestFault::AbortBeforePublish
-                && before.is_some_and(|b| !b.is_empty())
-                && before != next.policies.get(id).map(|p| &p.answers)
-        });
-        if abort {
+        if self.fault_hit(TestFault::AbortBeforePublish, &next) {
             tracing::error!("test fault: aborting between saving and publishing a decision");
             std::process::abort();
         }

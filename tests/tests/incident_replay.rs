@@ -118,6 +118,11 @@ async fn a_leader_killed_mid_failover_is_replaced_and_the_failover_completes_wit
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_after_deciding_and_before_saving_is_succeeded_without_the_dead_primary() {
+    replay(Scenario::LeaderKilledBeforeSaving).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_restarted_without_management_serve_from_snapshots_and_still_steer() {
     replay(Scenario::RestartWithoutManagement).await;
 }

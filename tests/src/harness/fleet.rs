@@ -54,8 +54,11 @@ pub const PREFIX: &str = "/lifeline-incident";
 pub struct FleetSpec {
     pub members: usize,
     pub replicas: usize,
-    /// Policies `web0..`, each over every member.
+    /// Policies `web0..`, each over every member, with HTTP checks.
     pub policies: usize,
+    /// Further policies after those, with no health check: their targets' health is
+    /// only what the member API says (its endpoints' readiness).
+    pub hint_only_policies: usize,
     /// `failback.holdDown`, `rampDuration` (humantime text) and `rampSteps`.
     pub hold_down: String,
     pub ramp_duration: String,
@@ -69,6 +72,9 @@ pub struct FleetSpec {
     /// management cluster (`kubeconfigSecretRef`).
     pub kubeconfig_files: bool,
     pub backend: ApiBackend,
+    /// A test fault annotation (`lifeline.dev/test-fault`) on policy `web0`, honoured
+    /// by every replica.
+    pub test_fault: Option<&'static str>,
 }
 
 /// What the API servers are.
@@ -214,6 +220,7 @@ impl Default for FleetSpec {
             members: 3,
             replicas: 2,
             policies: 1,
+            hint_only_policies: 0,
             hold_down: "0s".into(),
             ramp_duration: "0s".into(),
             ramp_steps: 4,
@@ -222,6 +229,7 @@ impl Default for FleetSpec {
             burst: 5,
             kubeconfig_files: false,
             backend: ApiBackend::Emulator,
+            test_fault: None,
         }
     }
 }
@@ -244,6 +252,7 @@ pub struct Replica {
     pub dns: SocketAddr,
     pub admin: SocketAddr,
     config: String,
+    test_faults: bool,
     running: Option<Running>,
 }
 
@@ -270,7 +279,7 @@ impl Replica {
             admin_token: None,
             admin_routes: Vec::new(),
             on_ready: None,
-            test_faults: false,
+            test_faults: self.test_faults,
         };
         let task = tokio::spawn(run::run(options, async move {
             let _ = rx.await;
@@ -455,22 +464,33 @@ impl Fleet {
                 Backend::try_serve(&Behaviour::default(), SocketAddr::new(*ip, port)).await?;
             members.push(Member { name, api, backend });
         }
-        for k in 0..spec.policies {
+        for k in 0..spec.policies + spec.hint_only_policies {
             let targets: Vec<Value> = (0..spec.members)
                 .map(|i| json!({"cluster": format!("m{i}"), "priority": i}))
                 .collect();
-            management.create(json!({
+            let mut policy = json!({
                 "apiVersion": "lifeline.dev/v1alpha1", "kind": "FailoverPolicy",
-                "metadata": {"name": format!("web{k}"), "namespace": "shop"},
+                "metadata": {
+                    "name": format!("web{k}"), "namespace": "shop",
+                    "annotations": match spec.test_fault {
+                        Some(fault) if k == 0 => json!({lifeline_controller::term::TEST_FAULT: fault}),
+                        _ => json!({}),
+                    },
+                },
                 "spec": {
                     "hostname": hostname(k), "ttl": 5, "service": {"name": "web"},
                     "targets": targets,
-                    "healthCheck": {"http": {"port": port}, "interval": "200ms", "timeout": "150ms",
-                                    "unhealthyThreshold": 2, "healthyThreshold": 2},
                     "failback": {"holdDown": spec.hold_down, "rampDuration": spec.ramp_duration,
                                  "rampSteps": spec.ramp_steps}
                 }
-            }))?;
+            });
+            if k < spec.policies {
+                policy["spec"]["healthCheck"] = json!({
+                    "http": {"port": port}, "interval": "200ms", "timeout": "150ms",
+                    "unhealthyThreshold": 2, "healthyThreshold": 2,
+                });
+            }
+            management.create(policy)?;
         }
         let kubeconfig = dir.path().join("management.kubeconfig");
         std::fs::write(&kubeconfig, management.kubeconfig_yaml())?;
@@ -503,6 +523,7 @@ memberCredentials: {{keyFile: {key}}}\n",
                 dns,
                 admin,
                 config,
+                test_faults: spec.test_fault.is_some(),
                 running: None,
             };
             replica.start().await?;
