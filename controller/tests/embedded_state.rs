@@ -156,3 +156,74 @@ fn a_corrupt_overrides_file_keeps_the_drain_and_refuses_changes_until_repaired()
     wait_for(dns, ip(2));
     lifeline.stop();
 }
+
+#[test]
+fn a_leader_prunes_audit_entries_past_their_retention_so_the_trail_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dns, admin) = (free_addr(), free_addr());
+    write_files(dir.path(), dns, admin);
+    // Retention 30 days (default 90); a trail with entries 100, 40 and 1 day old.
+    let config = dir.path().join("lifeline.yaml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("audit: {retention: 720h}\n");
+    std::fs::write(&config, text).unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let day = Duration::from_secs(86_400);
+    let entry = |age_days: u32, id: &str| {
+        let at = std::time::SystemTime::now() - day * age_days;
+        serde_json::to_string(&lifeline_model::overrides::AuditEntry {
+            at,
+            action: "set".into(),
+            by: "oncall".into(),
+            r#override: lifeline_engine::Override {
+                id: id.into(),
+                cluster: "primary".into(),
+                policy: None,
+                action: lifeline_engine::OverrideAction::Drain,
+                created_at: at,
+                expires_at: at + Duration::from_secs(600),
+                author: "oncall".into(),
+                reason: "test".into(),
+            },
+        })
+        .unwrap()
+    };
+    let audit = store.join("audit.jsonl");
+    std::fs::write(
+        &audit,
+        format!(
+            "{}\n{}\n{}\n",
+            entry(100, "old"),
+            entry(40, "older-than-retention"),
+            entry(1, "recent")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&audit, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let _run = spawn_run(&config, false);
+    wait_for(dns, ip(2));
+    let ids = || -> Vec<String> {
+        std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["override"]["id"].to_string())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ids().len() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "entries past the retention were kept: {:?}",
+            ids()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        ids(),
+        ["\"recent\""],
+        "only the entry inside the retention stays"
+    );
+}

@@ -269,6 +269,17 @@ async fn watches_resume_without_relisting_on_timeout_and_after_an_api_server_res
         quiet.last_contact.is_some_and(|t| t > contact) && quiet.watches_open == 2,
         "{quiet:?}"
     );
+    // The resumes came from bookmarks: the server sent them on both quiet streams.
+    println!(
+        "bookmarks received in those 12 s: {}",
+        quiet.bookmarks - first.bookmarks
+    );
+    ensure!(
+        quiet.bookmarks >= first.bookmarks + 2,
+        "the server sent bookmarks before its deadlines: {} -> {}",
+        first.bookmarks,
+        quiet.bookmarks
+    );
 
     // The API server dies: the view keeps its addresses; after the restart the watches
     // resume and a new endpoint arrives.

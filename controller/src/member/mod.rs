@@ -161,6 +161,9 @@ pub struct MemberView {
     pub requests: u64,
     /// Watch streams open right now (0..=2).
     pub watches_open: u32,
+    /// Bookmarks received so far: each one moves the version a stream resumes from
+    /// while nothing it watches changes.
+    pub bookmarks: u64,
     /// Every stream of the current scope has finished its initial list.
     pub synced: bool,
     /// Services and EndpointSlices held: what the selectors returned.
@@ -279,6 +282,7 @@ impl MemberWatcher {
             last_contact: None,
             requests: 0,
             watches_open: 0,
+            bookmarks: 0,
             synced: false,
             objects: ObjectCounts::default(),
             services: BTreeMap::new(),
@@ -343,6 +347,7 @@ struct Shared {
 struct StreamState {
     scope: BTreeSet<ServiceKey>,
     watches_open: u32,
+    bookmarks: u64,
     /// Streams running for this scope, and how many have listed.
     expected: u32,
     listed: u32,
@@ -379,7 +384,7 @@ impl Shared {
 
     /// Recomputes the view; receivers wake only when something changed.
     fn publish(&self) {
-        let (objects, services, watches_open, synced, denied) = {
+        let (objects, services, watches_open, bookmarks, synced, denied) = {
             let streams = self.streams.lock();
             let index = self.index.lock();
             let (svc, slices) = index.counts();
@@ -390,6 +395,7 @@ impl Shared {
                 },
                 index.services_view(&streams.scope),
                 streams.watches_open,
+                streams.bookmarks,
                 streams.listed >= streams.expected,
                 streams.denied.values().cloned().collect(),
             )
@@ -400,6 +406,7 @@ impl Shared {
             last_contact: self.budget.last_contact(),
             requests: self.budget.requests(),
             watches_open,
+            bookmarks,
             synced,
             objects,
             services,
@@ -793,6 +800,7 @@ async fn follow<K: Indexed>(
             }
             WatchEvent::Bookmark(bookmark) => {
                 *version = Some(bookmark.metadata.resource_version);
+                shared.streams.lock().bookmarks += 1;
             }
             WatchEvent::Error(status) if status.code == 410 => return WatchEnd::Gone,
             WatchEvent::Error(status) => {
