@@ -560,3 +560,93 @@ async fn a_decision_save_cut_short_between_its_transactions_is_not_read_half_app
         .unwrap();
     assert_eq!(successor.load_decision().await.unwrap(), Some(done));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_that_decode_but_break_the_rules_are_ignored_and_counted() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let loaded = lifeline_controller::documents::load(
+        &[
+            examples.join("clusters.yaml"),
+            examples.join("policies.yaml"),
+        ],
+        &[],
+    );
+    assert!(loaded.is_valid(), "{:?}", loaded.problems);
+    let snapshot = PolicySnapshot {
+        policies: loaded.policies.into_iter().map(|(_, p)| p).collect(),
+        clusters: loaded.clusters.into_iter().map(|(_, c)| c).collect(),
+    };
+    let s = store(&etcd).await;
+    let leader = within(
+        Duration::from_secs(10),
+        Leadership::new(&s, "replica-a", TTL).campaign(),
+    )
+    .await
+    .unwrap();
+    s.mirror_policies(&leader, &snapshot).await.unwrap();
+
+    // Someone with etcd access writes a mirrored policy that decodes but is invalid
+    // (ttl 0), and an override whose weight is far out of range.
+    let mut client = etcd.client().await;
+    let listed = client
+        .get(
+            "/lifeline/policies/",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
+        )
+        .await
+        .unwrap();
+    let key = listed.kvs().first().unwrap().key_str().unwrap().to_owned();
+    let mut bad = snapshot
+        .policies
+        .iter()
+        .find(|p| key.ends_with(p.metadata.name.as_deref().unwrap_or("?")))
+        .expect("the key names a mirrored policy")
+        .clone();
+    let bad_name = bad.metadata.name.clone().unwrap();
+    bad.spec.ttl = 0;
+    client
+        .put(key.as_str(), encode_value(&bad, None).unwrap(), None)
+        .await
+        .unwrap();
+    let heavy = Override {
+        action: OverrideAction::Weight(lifeline_model::limits::WEIGHT_MAX * 1000),
+        ..an_override("heavy")
+    };
+    client
+        .put(
+            "/lifeline/overrides/heavy",
+            encode_value(&heavy, None).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    s.put_override(&an_override("fine"), "alice").await.unwrap();
+
+    let replica = store(&etcd).await;
+    let policies = replica.load_policies().await.unwrap();
+    assert_eq!(policies.policies.len(), snapshot.policies.len() - 1);
+    assert!(
+        policies
+            .policies
+            .iter()
+            .all(|p| p.metadata.name.as_deref() != Some(bad_name.as_str())),
+        "the invalid mirrored policy is not used"
+    );
+    assert_eq!(policies.clusters.len(), snapshot.clusters.len());
+    let ids: Vec<String> = replica
+        .overrides()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.id)
+        .collect();
+    assert_eq!(ids, ["fine"], "the out-of-range weight is not acted on");
+    assert_eq!(replica.bad_values(), 2, "both are counted");
+}

@@ -90,9 +90,24 @@ async fn poll(connect: EtcdConnect, prefix: String, shim: ShimHandle) {
         let mut current = BTreeMap::new();
         for kv in resp.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
-            match decode_value::<Override>(kv.value()) {
-                Ok(d) => {
-                    current.insert(key, d.value);
+            let decoded = decode_value::<Override>(kv.value())
+                .map_err(|e| e.to_string())
+                .and_then(|d| match d.value.action {
+                    // Anyone with etcd access can write here: never act on a weight
+                    // outside the documented range.
+                    lifeline_model::OverrideAction::Weight(w)
+                        if w > lifeline_model::limits::WEIGHT_MAX =>
+                    {
+                        Err(format!(
+                            "weight {w} is out of range (at most {})",
+                            lifeline_model::limits::WEIGHT_MAX
+                        ))
+                    }
+                    _ => Ok(d.value),
+                });
+            match decoded {
+                Ok(o) => {
+                    current.insert(key, o);
                 }
                 Err(e) => {
                     // The last good value of that key stays, if there was one.

@@ -627,3 +627,62 @@ async fn records_written_without_commit_markers_are_followed_change_by_change() 
     .await;
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shim_never_takes_an_override_weight_outside_the_documented_range() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dns = lifeline_dns::DnsConfig {
+        udp: vec![SocketAddr::new(lifeline_testkit::loopback(), 0)],
+        tcp: vec![SocketAddr::new(lifeline_testkit::loopback(), 0)],
+        data_dir: dir.path().to_owned(),
+        ..lifeline_dns::DnsConfig::default()
+    };
+    let shim = lifeline_dns::Shim::start_with(
+        &dns,
+        &[common::zone_config()],
+        lifeline_dns::StartOptions { break_glass: true },
+    )
+    .await
+    .unwrap();
+    let task = source::spawn(
+        Box::new(lifeline_etcd::overrides::EtcdOverrides::new(
+            etcd.connect(),
+            PREFIX,
+        )),
+        shim.clone(),
+    );
+    let now = std::time::SystemTime::now();
+    let mut client = etcd.client().await;
+    for (id, weight) in [("heavy", 5_000_000), ("fine", 10)] {
+        let o = lifeline_model::Override {
+            id: id.into(),
+            cluster: "c1".into(),
+            policy: None,
+            action: lifeline_model::OverrideAction::Weight(weight),
+            created_at: now,
+            expires_at: now + Duration::from_secs(600),
+            author: "oncall".into(),
+            reason: "test".into(),
+        };
+        client
+            .put(
+                format!("{PREFIX}/overrides/{id}"),
+                encode_value(&o, None).unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    // What the shim applies is what it keeps on disk.
+    let kept = eventually(WAIT, "overrides applied and kept", || {
+        let (set, _) = lifeline_dns::persist::load_overrides(dir.path());
+        set.filter(|s| !s.overrides.is_empty())
+    })
+    .await;
+    let ids: Vec<&str> = kept.overrides.iter().map(|o| o.id.as_str()).collect();
+    assert_eq!(ids, ["fine"]);
+    task.abort();
+}

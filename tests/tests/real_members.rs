@@ -243,9 +243,32 @@ async fn watches_resume_without_relisting_on_timeout_and_after_an_api_server_res
     .await?;
     let before = h.budget().stats();
     let contact = first.last_contact.context("a contact time")?;
-    // Nothing changes for 12 s: every watch ends at least once and is opened again from
-    // its last resourceVersion, never with a new list.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // Nothing the watches select changes for 12 s: every watch ends at least once and is
+    // opened again from its last resourceVersion, never with a new list. Objects they do
+    // not select change meanwhile, so the server's resourceVersion moves on and its
+    // bookmarks carry it to the watcher.
+    for i in 0..6 {
+        apply(
+            &planes[0],
+            &json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"namespace": "shop", "name": format!("noise-{i}")},
+                "spec": {"ports": [{"name": "http", "port": 80}]}
+            }),
+        )?;
+        apply(
+            &planes[0],
+            &json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"namespace": "shop", "name": format!("noise-{i}"),
+                             "labels": {"kubernetes.io/service-name": format!("noise-{i}")}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.9.9.9"], "conditions": {"ready": true}}],
+                "ports": [{"name": "http", "port": 8080}]
+            }),
+        )?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let quiet = rx.borrow().clone();
     let after = h.budget().stats();
     let count = |s: &lifeline_controller::budget::BudgetStats, verb| {
@@ -253,7 +276,7 @@ async fn watches_resume_without_relisting_on_timeout_and_after_an_api_server_res
     };
     use lifeline_controller::budget::Verb;
     println!(
-        "12 s without changes: {} watch re-opens, {} lists",
+        "12 s without selected changes: {} watch re-opens, {} lists",
         count(&after, Verb::Watch) - count(&before, Verb::Watch),
         count(&after, Verb::List) - count(&before, Verb::List)
     );
