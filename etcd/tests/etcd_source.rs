@@ -676,10 +676,21 @@ async fn a_shim_never_takes_an_override_weight_outside_the_documented_range() {
             .await
             .unwrap();
     }
-    // What the shim applies is what it keeps on disk.
+    // What the shim applies is what it keeps on disk. Read without `load_overrides`,
+    // which also clears the writer's temporary files (it is meant for start-up).
+    let newest = || {
+        let mut kept: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path())
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "overrides"))
+            .collect();
+        kept.sort();
+        let bytes = std::fs::read(kept.last()?).ok()?;
+        lifeline_dns::persist::decode_overrides(&bytes).ok()
+    };
     let kept = eventually(WAIT, "overrides applied and kept", || {
-        let (set, _) = lifeline_dns::persist::load_overrides(dir.path());
-        set.filter(|s| !s.overrides.is_empty())
+        newest().filter(|s| !s.overrides.is_empty())
     })
     .await;
     let ids: Vec<&str> = kept.overrides.iter().map(|o| o.id.as_str()).collect();

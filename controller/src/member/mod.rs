@@ -26,7 +26,8 @@
 //!
 //! **Streams.** Each stream lists once (`resourceVersion=0`, served from the API
 //! server's watch cache) and then watches from the list's resourceVersion with
-//! bookmarks, so the version stays fresh while nothing changes. A stream that ends or
+//! bookmarks, so the version stays fresh while nothing it selects changes (a real API
+//! server sends one only once its resourceVersion has moved on). A stream that ends or
 //! breaks is resumed from the last version seen; only `410 Gone` relists. A changed scope
 //! reopens the streams and relists once. Nothing is polled; Nodes and Pods are never read.
 //!
