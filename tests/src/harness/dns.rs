@@ -48,6 +48,8 @@ impl Asked {
 #[derive(Clone, Debug)]
 pub struct Sample {
     pub asked: Asked,
+    /// When the (first) query was sent.
+    pub sent: Instant,
     /// When the reply (or the timeout) came.
     pub at: Instant,
     /// Index of the server in the list the generator was given.
@@ -99,6 +101,7 @@ impl LoadGen {
                         // Over UDP one retry after a lost reply, like a stub resolver: a
                         // query fails only when both attempts get nothing. The first
                         // attempt's loss is kept (`retried`).
+                        let sent = Instant::now();
                         let mut answer = ask();
                         let retried = !tcp && answer == Answer::NoReply;
                         if retried {
@@ -106,6 +109,7 @@ impl LoadGen {
                         }
                         out.lock().push(Sample {
                             asked,
+                            sent,
                             at: Instant::now(),
                             server,
                             answer,

@@ -232,7 +232,9 @@ impl Run {
                 .into_iter()
                 .filter(|s| {
                     !ignored.iter().any(|(i, from, until)| {
-                        s.server == *i && s.at >= *from && until.is_none_or(|u| s.at <= u)
+                        // Answered after it went down, and asked before it was back (a
+                        // query in flight then times out after its first answer).
+                        s.server == *i && s.at >= *from && until.is_none_or(|u| s.sent <= u)
                     })
                 })
                 .collect(),
