@@ -104,6 +104,7 @@ pub fn compile(
         if let Some(hc) = &spec.health_check
             && let Some((check, interval, timeout)) = probe::check_from_spec(hc, &spec.hostname)
         {
+            let fast_interval = probe::fast_interval_from_spec(hc, interval);
             for t in &targets {
                 if t.addresses.is_empty() {
                     continue;
@@ -116,7 +117,10 @@ pub fn compile(
                     addresses: t.addresses.clone(),
                     check: check.clone(),
                     interval,
+                    fast_interval,
                     timeout,
+                    unhealthy_threshold,
+                    healthy_threshold,
                 });
             }
         }

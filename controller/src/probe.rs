@@ -109,8 +109,18 @@ pub struct ProbeSpec {
     pub check: Check,
     /// Time between rounds (jittered by ±10%).
     pub interval: Duration,
+    /// Time from the end of a round to the next while the target is unsettled: its last
+    /// result contradicts the outcome the thresholds last confirmed (or none is confirmed
+    /// yet). At most `threshold - 1` rounds in a row are fast, so the extra load per change
+    /// of health is bounded. Never longer than `interval`.
+    pub fast_interval: Duration,
     /// Time one address may take before it counts as failed.
     pub timeout: Duration,
+    /// Consecutive failures that confirm a target down (the policy's
+    /// `unhealthyThreshold`, which the engine applies; here it only ends fast rounds).
+    pub unhealthy_threshold: u32,
+    /// Consecutive successes that confirm a target up (`healthyThreshold`).
+    pub healthy_threshold: u32,
 }
 
 /// The outcome of one round of one target.
@@ -178,6 +188,19 @@ pub fn check_from_spec(
         .unwrap_or(DEFAULT_TIMEOUT)
         .min(interval);
     Some((check, interval, timeout))
+}
+
+/// A health check's `fastInterval`, clamped to `[PROBE_INTERVAL_MIN, interval]` (the
+/// bounds validation enforces) and defaulting to the shortest interval.
+pub fn fast_interval_from_spec(hc: &HealthCheck, interval: Duration) -> Duration {
+    hc.fast_interval
+        .parse()
+        .ok()
+        .unwrap_or(limits::PROBE_INTERVAL_MIN)
+        .clamp(
+            limits::PROBE_INTERVAL_MIN,
+            interval.max(limits::PROBE_INTERVAL_MIN),
+        )
 }
 
 fn port(port: u32) -> Option<u16> {
@@ -351,8 +374,12 @@ async fn run_target(shared: Arc<Shared>, spec: ProbeSpec, live: Arc<Mutex<bool>>
     let interval = spec
         .interval
         .clamp(limits::PROBE_INTERVAL_MIN, limits::PROBE_INTERVAL_MAX);
+    let fast_interval = spec
+        .fast_interval
+        .clamp(limits::PROBE_INTERVAL_MIN, interval);
     let mut next = Instant::now() + first_offset(interval);
     let mut last_ok = None;
+    let mut settle = Settle::new(spec.unhealthy_threshold, spec.healthy_threshold);
     loop {
         tokio::time::sleep_until(next).await;
         let Ok(permit) = shared.semaphore.clone().acquire_owned().await else {
@@ -366,6 +393,7 @@ async fn run_target(shared: Arc<Shared>, spec: ProbeSpec, live: Arc<Mutex<bool>>
             info!(ok = result.ok, detail = %result.detail, "probe outcome changed");
             last_ok = Some(result.ok);
         }
+        let ok = result.ok;
         // Wait for room outside the lock, then send under it (see `Task::live`).
         let Ok(slot) = shared.results.reserve().await else {
             debug!("result receiver closed; probe task ends");
@@ -379,10 +407,57 @@ async fn run_target(shared: Arc<Shared>, spec: ProbeSpec, live: Arc<Mutex<bool>>
             slot.send(result);
         }
 
-        // Keep to the planned schedule, but skip rounds missed while waiting for a permit
-        // or for room in the channel rather than firing them back to back.
-        next += jittered(interval);
-        next = next.max(Instant::now());
+        if settle.observe(ok) {
+            // Confirm or dismiss the change now instead of an interval later.
+            next = Instant::now() + fast_interval;
+        } else {
+            // Keep to the planned schedule, but skip rounds missed while waiting for a
+            // permit or for room in the channel rather than firing them back to back.
+            next += jittered(interval);
+            next = next.max(Instant::now());
+        }
+    }
+}
+
+/// Tracks whether a target's results have settled: the same outcome `threshold` times in
+/// a row confirms it, as the engine's hysteresis does.
+#[derive(Debug)]
+struct Settle {
+    unhealthy_threshold: u32,
+    healthy_threshold: u32,
+    /// The outcome last confirmed; `None` before the first confirmation.
+    confirmed: Option<bool>,
+    /// The latest outcome and how many times in a row it came.
+    streak: Option<(bool, u32)>,
+}
+
+impl Settle {
+    fn new(unhealthy_threshold: u32, healthy_threshold: u32) -> Self {
+        Self {
+            unhealthy_threshold: unhealthy_threshold.max(1),
+            healthy_threshold: healthy_threshold.max(1),
+            confirmed: None,
+            streak: None,
+        }
+    }
+
+    /// Records one round's outcome; true while the target is unsettled, i.e. the next
+    /// round should come at the fast interval.
+    fn observe(&mut self, ok: bool) -> bool {
+        let run = match self.streak {
+            Some((last, n)) if last == ok => n.saturating_add(1),
+            _ => 1,
+        };
+        self.streak = Some((ok, run));
+        let threshold = if ok {
+            self.healthy_threshold
+        } else {
+            self.unhealthy_threshold
+        };
+        if run >= threshold {
+            self.confirmed = Some(ok);
+        }
+        self.confirmed != Some(ok)
     }
 }
 
@@ -660,4 +735,40 @@ fn error_chain(err: &(dyn StdError + 'static)) -> String {
         cur = e.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Settle;
+
+    /// Which of a sequence of outcomes leave the target unsettled (next round fast).
+    fn fast_after(unhealthy: u32, healthy: u32, outcomes: &[bool]) -> Vec<bool> {
+        let mut settle = Settle::new(unhealthy, healthy);
+        outcomes.iter().map(|ok| settle.observe(*ok)).collect()
+    }
+
+    #[test]
+    fn a_first_failure_is_rechecked_fast_until_the_threshold_confirms_it() {
+        // Up confirmed after two, then three failures confirm down.
+        let got = fast_after(3, 2, &[true, true, false, false, false, false]);
+        assert_eq!(got, [true, false, true, true, false, false]);
+    }
+
+    #[test]
+    fn a_failure_dismissed_by_the_next_success_returns_to_the_normal_interval() {
+        let got = fast_after(2, 2, &[true, true, false, true, true]);
+        assert_eq!(got, [true, false, true, false, false]);
+    }
+
+    #[test]
+    fn recovery_of_a_confirmed_down_target_is_rechecked_fast_too() {
+        let got = fast_after(2, 3, &[false, false, true, true, true, false]);
+        assert_eq!(got, [true, false, true, true, false, true]);
+    }
+
+    #[test]
+    fn a_threshold_of_one_never_needs_a_fast_round() {
+        let got = fast_after(1, 1, &[true, false, true, false]);
+        assert_eq!(got, [false, false, false, false]);
+    }
 }

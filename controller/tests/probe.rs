@@ -12,7 +12,7 @@ use std::{
 };
 
 use lifeline_controller::probe::{
-    Check, ProbeResult, ProbeSpec, Prober, TargetKey, check_from_spec,
+    Check, ProbeResult, ProbeSpec, Prober, TargetKey, check_from_spec, fast_interval_from_spec,
 };
 use lifeline_testkit::backend::{Backend, Behaviour};
 use parking_lot::Mutex;
@@ -65,7 +65,10 @@ fn spec(
         addresses: vec![addr.ip()],
         check,
         interval: Duration::from_millis(interval_ms),
+        fast_interval: Duration::from_millis(interval_ms),
         timeout: Duration::from_millis(timeout_ms),
+        unhealthy_threshold: 1,
+        healthy_threshold: 1,
     }
 }
 
@@ -180,6 +183,45 @@ async fn backend_returning_503_reports_failing_with_the_status() {
     let r = next_for(&mut rx, &key("a")).await;
     assert!(!r.ok);
     assert_eq!(r.detail, format!("status 503 not in [200] at {addr}"));
+}
+
+#[tokio::test]
+async fn an_unsettled_target_is_reprobed_at_the_fast_interval_until_a_threshold_confirms_it() {
+    // A 60 s interval: the first round lands within 5 s, and without the fast interval
+    // every later one would be about a minute away.
+    let interval = Duration::from_secs(60);
+    let backend = Behaviour::new(503);
+    let (addr, _server) = serve(&backend, "127.0.0.2", 0).await;
+    let (prober, mut rx) = prober(4);
+    let mut s = spec("a", addr, http_check(addr.port(), &[200]), 60_000, 1000);
+    s.fast_interval = Duration::from_millis(100);
+    s.unhealthy_threshold = 5;
+    s.healthy_threshold = 2;
+    prober.set_targets(vec![s]);
+
+    // Two failures (short of five), then the backend heals (a round already under way
+    // may fail once more, still short of five): two successes confirm it up. Each result
+    // must come within RECV_TIMEOUT of the previous one.
+    let first = next_for(&mut rx, &key("a")).await;
+    assert!(!first.ok, "{first:?}");
+    let second = next_for(&mut rx, &key("a")).await;
+    assert!(!second.ok, "{second:?}");
+    backend.set_status(200);
+    wait_for(&mut rx, &key("a"), "a success after healing", |r| r.ok).await;
+    let fourth = next_for(&mut rx, &key("a")).await;
+    assert!(fourth.ok, "{fourth:?}");
+    let span = fourth.at.duration_since(first.at).unwrap();
+    assert!(
+        span < interval / 2,
+        "four rounds took {span:?}: the fast interval was not used"
+    );
+
+    // Confirmed up: back to the normal interval, so nothing more comes for a while.
+    let more = collect(&mut rx, Duration::from_secs(1)).await;
+    assert!(
+        more.iter().all(|r| r.key != key("a")),
+        "a settled target was probed again at once: {more:?}"
+    );
 }
 
 #[tokio::test]
@@ -735,6 +777,39 @@ fn tcp_health_check_converts_and_a_check_without_a_kind_is_none() {
     assert!(check_from_spec(&health_check(serde_json::json!({})), "x.example.com").is_none());
     let bad_port = health_check(serde_json::json!({"tcp": {"port": 70000}}));
     assert!(check_from_spec(&bad_port, "x.example.com").is_none());
+}
+
+#[test]
+fn the_fast_interval_defaults_to_the_shortest_and_never_exceeds_the_interval() {
+    let interval =
+        |hc: &lifeline_crds::HealthCheck| check_from_spec(hc, "x.example.com").unwrap().1;
+    let hc = health_check(serde_json::json!({"tcp": {"port": 80}, "interval": "5s"}));
+    assert_eq!(
+        fast_interval_from_spec(&hc, interval(&hc)),
+        Duration::from_millis(100)
+    );
+    let hc = health_check(
+        serde_json::json!({"tcp": {"port": 80}, "interval": "5s", "fastInterval": "1s"}),
+    );
+    assert_eq!(
+        fast_interval_from_spec(&hc, interval(&hc)),
+        Duration::from_secs(1)
+    );
+    // A document that skipped validation: clamped to the interval, and to the minimum.
+    let hc = health_check(
+        serde_json::json!({"tcp": {"port": 80}, "interval": "2s", "fastInterval": "1m"}),
+    );
+    assert_eq!(
+        fast_interval_from_spec(&hc, interval(&hc)),
+        Duration::from_secs(2)
+    );
+    let hc = health_check(
+        serde_json::json!({"tcp": {"port": 80}, "interval": "2s", "fastInterval": "1ms"}),
+    );
+    assert_eq!(
+        fast_interval_from_spec(&hc, interval(&hc)),
+        Duration::from_millis(100)
+    );
 }
 
 #[test]

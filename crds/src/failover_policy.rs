@@ -154,6 +154,7 @@ pub use lifeline_model::Strategy;
 #[x_kube(validation = Rule::new("has(self.http) != has(self.tcp)").message("exactly one of http or tcp must be set"))]
 #[x_kube(validation = Rule::new("duration(self.timeout) <= duration(self.interval)").message("timeout must not exceed interval").field_path(".timeout"))]
 #[x_kube(validation = Rule::new("duration(self.interval) >= duration('100ms') && duration(self.interval) <= duration('1h')").message("interval must be between 100ms and 1h").field_path(".interval"))]
+#[x_kube(validation = Rule::new("duration(self.fastInterval) >= duration('100ms') && duration(self.fastInterval) <= duration(self.interval)").message("fastInterval must be at least 100ms and not exceed interval").field_path(".fastInterval"))]
 pub struct HealthCheck {
     /// HTTP or HTTPS GET.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,6 +165,11 @@ pub struct HealthCheck {
     /// Time between probes of one target.
     #[serde(default = "default_interval")]
     pub interval: Duration,
+    /// Time between probes of a target whose last result contradicts its confirmed
+    /// health, until the thresholds confirm the change or the old state returns (HAProxy's
+    /// `fastinter`): one failure on a 10 s interval is re-checked at once, not 10 s later.
+    #[serde(default = "default_fast_interval")]
+    pub fast_interval: Duration,
     /// Time a probe may take before it counts as failed.
     #[serde(default = "default_timeout")]
     pub timeout: Duration,
@@ -179,6 +185,9 @@ pub struct HealthCheck {
 
 fn default_interval() -> Duration {
     Duration::new("10s")
+}
+fn default_fast_interval() -> Duration {
+    Duration::new(limits::PROBE_FAST_INTERVAL_DEFAULT_TEXT)
 }
 fn default_timeout() -> Duration {
     Duration::new("2s")

@@ -349,6 +349,23 @@ fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
                 format!("{} must not exceed interval {}", hc.timeout, hc.interval),
             );
         }
+        let fast_interval = p.duration(
+            "spec.healthCheck.fastInterval",
+            &hc.fast_interval,
+            limits::PROBE_INTERVAL_MIN,
+            limits::PROBE_INTERVAL_MAX,
+        );
+        if let (Some(interval), Some(fast)) = (interval, fast_interval)
+            && fast > interval
+        {
+            p.push(
+                "spec.healthCheck.fastInterval",
+                format!(
+                    "{} must not exceed interval {}",
+                    hc.fast_interval, hc.interval
+                ),
+            );
+        }
         p.range(
             "spec.healthCheck.unhealthyThreshold",
             hc.unhealthy_threshold,
@@ -738,6 +755,7 @@ mod tests {
                 "healthCheck": {
                     "http": {"port": 65535, "expectedStatus": l(limits::EXPECTED_STATUS_MAX, &|i| json!(200 + i))},
                     "interval": limits::PROBE_INTERVAL_MAX_TEXT,
+                    "fastInterval": limits::PROBE_INTERVAL_MAX_TEXT,
                     "timeout": limits::PROBE_INTERVAL_MAX_TEXT,
                     "unhealthyThreshold": limits::THRESHOLD_MAX,
                     "healthyThreshold": limits::THRESHOLD_MAX,
@@ -762,13 +780,14 @@ mod tests {
         assert_eq!(problems(at_the_limits()), []);
         let mut fastest = at_the_limits();
         fastest["spec"]["healthCheck"]["interval"] = json!(limits::PROBE_INTERVAL_MIN_TEXT);
+        fastest["spec"]["healthCheck"]["fastInterval"] = json!(limits::PROBE_INTERVAL_MIN_TEXT);
         fastest["spec"]["healthCheck"]["timeout"] = json!(limits::PROBE_INTERVAL_MIN_TEXT);
         assert_eq!(problems(fastest), []);
     }
 
     #[test]
     fn every_value_past_its_limit_is_named() {
-        let past: [(&str, Value, &str); 14] = [
+        let past: [(&str, Value, &str); 16] = [
             ("/spec/ttl", json!(limits::TTL_MAX + 1), "spec.ttl"),
             (
                 "/spec/maxAnswers",
@@ -795,6 +814,16 @@ mod tests {
                 "/spec/healthCheck/interval",
                 json!("99ms"),
                 "spec.healthCheck.interval",
+            ),
+            (
+                "/spec/healthCheck/fastInterval",
+                json!("99ms"),
+                "spec.healthCheck.fastInterval",
+            ),
+            (
+                "/spec/healthCheck/fastInterval",
+                json!("61m"),
+                "spec.healthCheck.fastInterval",
             ),
             (
                 "/spec/healthCheck/unhealthyThreshold",

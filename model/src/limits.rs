@@ -60,6 +60,9 @@ pub const LONG_DURATION_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const PROBE_INTERVAL_MIN_TEXT: &str = "100ms";
 pub const PROBE_INTERVAL_MAX_TEXT: &str = "1h";
 pub const LONG_DURATION_MAX_TEXT: &str = "168h";
+/// A health check's `fastInterval` when it does not say: the shortest interval, so a
+/// first failure is confirmed (or dismissed) as soon as probing allows.
+pub const PROBE_FAST_INTERVAL_DEFAULT_TEXT: &str = PROBE_INTERVAL_MIN_TEXT;
 
 /// Static addresses of one MemberCluster.
 pub const CLUSTER_ADDRESSES_MAX: usize = 10_000;

@@ -5,6 +5,7 @@
 //!  etcd     Etcd::start(): a real etcd on such an address, with a temporary data dir
 //!  control_plane  ControlPlanes::start(n): real kube-apiservers over one real etcd
 //!  pki      TestCa: a CA of the test's own and the leaves it signs
+//!  netns    Netns: a namespace behind a veth link, for real black holes
 //!  proxy    Proxy: a TCP hop a test can cut (a partition) or point elsewhere
 //!  process  Process: a child killed on drop, stopped with SIGTERM
 //!  dns      query builders, raw UDP/TCP exchange, query_a() -> Answer
@@ -27,6 +28,7 @@ pub mod dns;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod net;
+pub mod netns;
 #[cfg(feature = "etcd")]
 pub mod pki;
 pub mod process;

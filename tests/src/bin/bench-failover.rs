@@ -6,9 +6,12 @@
 //! ```
 //!
 //! 1. Failover latency: `lifeline run` (a real process) with a Failover policy probing
-//!    every 250 ms, `unhealthyThreshold: 2`; the primary's HTTP backend is killed and DNS
-//!    is polled every 10 ms until the answer changes. Repeated `--rounds` times.
-//!    PowerDNS's Lua `ifurlup` is measured the same way when `pdns_server` is installed.
+//!    every 1 s (`fastInterval: 100ms`, `unhealthyThreshold: 2`, timeout `--timeout-ms`,
+//!    250 by default), and PowerDNS's Lua `ifurlup` beside it when `pdns_server` is
+//!    installed, both probing the same backends. The primary runs in a network namespace
+//!    the bench creates (root and iproute2 needed) and dies two ways: its process killed
+//!    (connections refused) and a black hole (its replies dropped). DNS is polled every
+//!    10 ms until the answer changes. Repeated `--rounds` times each way.
 //! 2. `engine::decide` time for 10,000 policies × 10 targets.
 //! 3. Resident memory of `lifeline run` holding 10,000 policies.
 
@@ -25,21 +28,29 @@ use hickory_proto::{
     rr::{Name, RData, RecordType},
 };
 use lifeline_engine::{self as engine, Decision, EngineConfig, Observation, Signals, TargetKey};
-use lifeline_testkit::backend::{Backend, Behaviour};
+use lifeline_testkit::{
+    backend::{Backend, Behaviour},
+    netns::Netns,
+};
 
 const ZONE: &str = "bench.lifeline.test";
 const NAME: &str = "app.bench.lifeline.test";
 
 fn main() -> Result<()> {
     let mut rounds = 20usize;
+    let mut timeout_ms = 250u64;
     let mut parts: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--rounds" => rounds = args.next().context("--rounds N")?.parse()?,
+            "--timeout-ms" => timeout_ms = args.next().context("--timeout-ms N")?.parse()?,
             "--only" => parts.push(args.next().context("--only failover|decide|memory")?),
+            "--serve-backend" => {
+                return serve_backend(&args.next().context("--serve-backend ADDR")?);
+            }
             other => bail!(
-                "unknown argument {other:?} (known: --rounds N, --only failover|decide|memory)"
+                "unknown argument {other:?} (known: --rounds N, --timeout-ms N, --only failover|decide|memory)"
             ),
         }
     }
@@ -56,19 +67,15 @@ fn main() -> Result<()> {
 
     if run("failover") {
         println!(
-            "\n== failover latency: probe every 250ms, unhealthyThreshold 2, DNS polled every 10ms, {rounds} rounds"
+            "\n== failover latency, from the primary's death to the first answer of only the secondary (DNS polled every 10ms), {rounds} rounds each"
         );
-        let samples = rt.block_on(failover_rounds(&lifeline, rounds))?;
-        print_latency("lifeline", &samples);
-        match which("pdns_server") {
-            Some(pdns) => {
-                let samples = rt.block_on(pdns_rounds(&pdns, rounds))?;
-                print_latency("powerdns lua ifurlup", &samples);
-            }
-            None => println!(
-                "powerdns: pdns_server not installed, skipped (apt-get install pdns-server pdns-backend-bind)"
-            ),
-        }
+        let pdns = which("pdns_server");
+        rt.block_on(failover_side_by_side(
+            &lifeline,
+            pdns.as_deref(),
+            rounds,
+            timeout_ms,
+        ))?;
     }
     if run("memory") {
         println!("\n== memory of `lifeline run` with 10,000 policies (no health checks)");
@@ -181,17 +188,187 @@ async fn backend(addr: SocketAddr) -> Result<Backend> {
     Ok(Backend::try_serve(&Behaviour::default(), addr).await?)
 }
 
-async fn failover_rounds(lifeline: &Path, rounds: usize) -> Result<Vec<Duration>> {
+/// How the primary dies in a round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Death {
+    /// Its process is killed: connections are refused at once.
+    Refused,
+    /// Its host drops every packet: connections and requests get no answer at all.
+    BlackHole,
+}
+
+impl Death {
+    fn name(self) -> &'static str {
+        match self {
+            Death::Refused => "refused (process killed)",
+            Death::BlackHole => "black hole (packets dropped)",
+        }
+    }
+}
+
+/// The primary backend: a copy of this program serving HTTP inside a network namespace,
+/// so it can be killed (refused) or cut off (black hole) like a real remote host.
+struct Primary {
+    ns: Netns,
+    port: u16,
+    process: Option<Process>,
+}
+
+impl Primary {
+    fn start(port: u16) -> Result<Self> {
+        let ns = Netns::create().map_err(|e| anyhow::anyhow!("network namespace: {e}"))?;
+        let mut primary = Primary {
+            ns,
+            port,
+            process: None,
+        };
+        primary.revive()?;
+        Ok(primary)
+    }
+
+    fn addr(&self) -> IpAddr {
+        self.ns.addr()
+    }
+
+    fn die(&mut self, death: Death) -> Result<()> {
+        match death {
+            Death::Refused => drop(self.process.take()),
+            Death::BlackHole => self.ns.black_hole(true).map_err(anyhow::Error::msg)?,
+        }
+        Ok(())
+    }
+
+    /// Undoes either death and waits (bounded) until the backend answers again.
+    fn revive(&mut self) -> Result<()> {
+        let _ = self.ns.black_hole(false);
+        if self.process.is_none() {
+            let exe = std::env::current_exe()?;
+            let addr = SocketAddr::new(self.addr(), self.port);
+            self.process = Some(Process(
+                self.ns
+                    .command(exe)
+                    .args(["--serve-backend", &addr.to_string()])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("starting the backend in its namespace")?,
+            ));
+        }
+        let addr = SocketAddr::new(self.addr(), self.port);
+        let start = Instant::now();
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("the primary backend at {addr} did not come up within 10s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+/// `--serve-backend ADDR`: the primary's process, run inside its namespace.
+fn serve_backend(addr: &str) -> Result<()> {
+    let addr: SocketAddr = addr.parse()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let _backend = backend(addr).await?;
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+}
+
+/// A DNS server under test, answering for `NAME`.
+struct Contender {
+    name: String,
+    dns: SocketAddr,
+    _process: Process,
+}
+
+/// Lifeline and PowerDNS (when installed) probe the same primary and secondary; the
+/// primary dies `rounds` times each way, and each server is timed from the death to its
+/// first answer of only the secondary.
+async fn failover_side_by_side(
+    lifeline: &Path,
+    pdns: Option<&Path>,
+    rounds: usize,
+    timeout_ms: u64,
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let primary = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
     let secondary = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
-    let port = free_port(primary)?;
+    let port = free_port(secondary)?;
+    let _secondary = backend(SocketAddr::new(secondary, port)).await?;
+    let mut primary = Primary::start(port)?;
+    let mut contenders = vec![start_lifeline(
+        lifeline,
+        dir.path(),
+        primary.addr(),
+        secondary,
+        port,
+        timeout_ms,
+    )?];
+    match pdns {
+        Some(pdns) => contenders.push(start_pdns(
+            pdns,
+            dir.path(),
+            primary.addr(),
+            secondary,
+            port,
+        )?),
+        None => println!(
+            "powerdns: pdns_server not installed, skipped (apt-get install pdns-server pdns-backend-bind)"
+        ),
+    }
+    let dns: Vec<SocketAddr> = contenders.iter().map(|c| c.dns).collect();
+    all_answer(&dns, primary.addr(), Duration::from_secs(30)).await?;
+
+    for death in [Death::Refused, Death::BlackHole] {
+        let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); contenders.len()];
+        for round in 0..rounds {
+            primary.die(death)?;
+            let died = Instant::now();
+            let mut waits = Vec::new();
+            for &server in &dns {
+                waits.push(tokio::task::spawn_blocking(move || {
+                    poll_until(server, |ips| ips == [secondary], Duration::from_secs(15))
+                }));
+            }
+            for (i, wait) in waits.into_iter().enumerate() {
+                samples[i].push(wait.await?? - died);
+            }
+            primary.revive()?;
+            all_answer(&dns, primary.addr(), Duration::from_secs(30)).await?;
+            // Let the probe phase drift so rounds do not all die at the same point of it.
+            tokio::time::sleep(Duration::from_millis(137 * (round as u64 % 7))).await;
+        }
+        println!("\n{}:", death.name());
+        for (c, s) in contenders.iter().zip(&samples) {
+            print_latency(&c.name, s);
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every server answers only `ip`.
+async fn all_answer(dns: &[SocketAddr], ip: IpAddr, limit: Duration) -> Result<()> {
+    for &server in dns {
+        tokio::task::spawn_blocking(move || poll_until(server, |ips| ips == [ip], limit)).await??;
+    }
+    Ok(())
+}
+
+fn start_lifeline(
+    lifeline: &Path,
+    dir: &Path,
+    primary: IpAddr,
+    secondary: IpAddr,
+    port: u16,
+    timeout_ms: u64,
+) -> Result<Contender> {
     let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let dns = SocketAddr::new(lo, free_port(lo)?);
     let admin = SocketAddr::new(lo, free_port(lo)?);
-    let d = dir.path().display();
+    let d = dir.display();
     std::fs::write(
-        dir.path().join("lifeline.yaml"),
+        dir.join("lifeline.yaml"),
         format!(
             "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
 dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\nadmin: {{listen: \"{admin}\"}}\n\
@@ -199,61 +376,28 @@ store: {{type: embedded, dataDir: {d}/store}}\npolicySource: {{type: files, path
         ),
     )?;
     std::fs::write(
-        dir.path().join("docs.yaml"),
+        dir.join("docs.yaml"),
         format!(
             "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: primary}}\nspec: {{region: a, addressSource: Static, addresses: [\"{primary}\"]}}\n---\n\
 apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: secondary}}\nspec: {{region: b, addressSource: Static, addresses: [\"{secondary}\"]}}\n---\n\
-apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: app, namespace: bench}}\nspec:\n  hostname: {NAME}\n  ttl: 5\n  targets: [{{cluster: primary, priority: 0}}, {{cluster: secondary, priority: 1}}]\n  healthCheck: {{http: {{port: {port}}}, interval: 250ms, timeout: 200ms, unhealthyThreshold: 2, healthyThreshold: 2}}\n  failback: {{holdDown: 0s, rampDuration: 0s}}\n"
+apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: app, namespace: bench}}\nspec:\n  hostname: {NAME}\n  ttl: 5\n  targets: [{{cluster: primary, priority: 0}}, {{cluster: secondary, priority: 1}}]\n  healthCheck: {{http: {{port: {port}}}, interval: 1s, fastInterval: 100ms, timeout: {timeout_ms}ms, unhealthyThreshold: 2, healthyThreshold: 2}}\n  failback: {{holdDown: 0s, rampDuration: 0s}}\n"
         ),
     )?;
-    let _lifeline = Process(
+    let process = Process(
         Command::new(lifeline)
             .args(["--log", "warn", "run", "--config"])
-            .arg(dir.path().join("lifeline.yaml"))
+            .arg(dir.join("lifeline.yaml"))
             .stdout(Stdio::null())
             .spawn()
             .context("starting lifeline run")?,
     );
-    kill_primary_rounds(
+    Ok(Contender {
+        name: format!(
+            "lifeline (interval 1s, fastInterval 100ms, timeout {timeout_ms}ms, unhealthyThreshold 2)"
+        ),
         dns,
-        primary,
-        secondary,
-        port,
-        rounds,
-        Duration::from_secs(10),
-    )
-    .await
-}
-
-/// Starts both backends, waits for the primary to be answered, then `rounds` times:
-/// kills the primary, measures until DNS answers the secondary, restarts the primary
-/// and waits until it is answered again.
-async fn kill_primary_rounds(
-    dns: SocketAddr,
-    primary: IpAddr,
-    secondary: IpAddr,
-    port: u16,
-    rounds: usize,
-    limit: Duration,
-) -> Result<Vec<Duration>> {
-    let _secondary = backend(SocketAddr::new(secondary, port)).await?;
-    let mut primary_backend = backend(SocketAddr::new(primary, port)).await?;
-    let only = |ip: IpAddr| move |ips: &[IpAddr]| ips == [ip];
-    tokio::task::spawn_blocking(move || poll_until(dns, only(primary), Duration::from_secs(30)))
-        .await??;
-    let mut samples = Vec::with_capacity(rounds);
-    for round in 0..rounds {
-        primary_backend.kill().await;
-        let killed = Instant::now();
-        let changed =
-            tokio::task::spawn_blocking(move || poll_until(dns, only(secondary), limit)).await??;
-        samples.push(changed - killed);
-        primary_backend = backend(SocketAddr::new(primary, port)).await?;
-        tokio::task::spawn_blocking(move || poll_until(dns, only(primary), limit)).await??;
-        // Let the probe phase drift so rounds do not all kill at the same point of it.
-        tokio::time::sleep(Duration::from_millis(37 * (round as u64 % 7))).await;
-    }
-    Ok(samples)
+        _process: process,
+    })
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -458,22 +602,26 @@ store: {{type: embedded, dataDir: {d}/store}}\npolicySource: {{type: files, path
     Ok(())
 }
 
-/// The same failover measurement against PowerDNS's Lua `ifurlup`, checking every 1 s
-/// (`lua-health-checks-interval=1`), on the same kind of backends.
-async fn pdns_rounds(pdns: &Path, rounds: usize) -> Result<Vec<Duration>> {
-    let dir = tempfile::tempdir()?;
-    let primary = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-    let secondary = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
-    let port = free_port(primary)?;
+/// PowerDNS with the Lua `ifurlup` record, checking every 1 s
+/// (`lua-health-checks-interval=1`) with its shortest timeout (1 s; it takes whole
+/// seconds); one failed check marks an address down.
+fn start_pdns(
+    pdns: &Path,
+    dir: &Path,
+    primary: IpAddr,
+    secondary: IpAddr,
+    port: u16,
+) -> Result<Contender> {
     let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let dns_port = free_port(lo)?;
     let dns = SocketAddr::new(lo, dns_port);
-    let d = dir.path();
+    let d = dir.join("pdns");
+    std::fs::create_dir_all(&d)?;
     std::fs::write(
         d.join("zone"),
         format!(
             "$ORIGIN {ZONE}.\n@ 3600 IN SOA ns1 h 1 3600 600 604800 5\n@ 3600 IN NS ns1\nns1 3600 IN A 127.0.0.1\n\
-app 5 IN LUA A \"ifurlup('http://{NAME}:{port}/healthz', {{{{'{primary}'}}, {{'{secondary}'}}}})\"\n"
+app 5 IN LUA A \"ifurlup('http://{NAME}:{port}/healthz', {{{{'{primary}'}}, {{'{secondary}'}}}}, {{timeout='1'}})\"\n"
         ),
     )?;
     std::fs::write(
@@ -492,7 +640,7 @@ socket-dir={}\ndaemon=no\nguardian=no\ndisable-syslog=yes\nloglevel=3\n",
             d.display()
         ),
     )?;
-    let _pdns = Process(
+    let process = Process(
         Command::new(pdns)
             .arg(format!("--config-dir={}", d.display()))
             .stdout(Stdio::null())
@@ -500,13 +648,9 @@ socket-dir={}\ndaemon=no\nguardian=no\ndisable-syslog=yes\nloglevel=3\n",
             .spawn()
             .context("starting pdns_server")?,
     );
-    kill_primary_rounds(
+    Ok(Contender {
+        name: "powerdns lua ifurlup (interval 1s, timeout 1s, one failure)".to_owned(),
         dns,
-        primary,
-        secondary,
-        port,
-        rounds,
-        Duration::from_secs(30),
-    )
-    .await
+        _process: process,
+    })
 }
