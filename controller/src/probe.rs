@@ -109,7 +109,7 @@ pub struct ProbeSpec {
     pub check: Check,
     /// Time between rounds (jittered by ±10%).
     pub interval: Duration,
-    /// Time from the end of a round to the next while the target is unsettled: its last
+    /// Time from the start of a round to the next while the target is unsettled: its last
     /// result contradicts the outcome the thresholds last confirmed (or none is confirmed
     /// yet). At most `threshold - 1` rounds in a row are fast, so the extra load per change
     /// of health is bounded. Never longer than `interval`.
@@ -385,6 +385,7 @@ async fn run_target(shared: Arc<Shared>, spec: ProbeSpec, live: Arc<Mutex<bool>>
         let Ok(permit) = shared.semaphore.clone().acquire_owned().await else {
             return;
         };
+        let started = Instant::now();
         let result = round(&spec, &probes).await;
         drop(permit);
 
@@ -408,8 +409,10 @@ async fn run_target(shared: Arc<Shared>, spec: ProbeSpec, live: Arc<Mutex<bool>>
         }
 
         if settle.observe(ok) {
-            // Confirm or dismiss the change now instead of an interval later.
-            next = Instant::now() + fast_interval;
+            // Confirm or dismiss the change now instead of an interval later. Counted from
+            // this round's start, like the interval: a round that timed out (a black hole)
+            // is followed at once, not a further fast interval later.
+            next = (started + fast_interval).max(Instant::now());
         } else {
             // Keep to the planned schedule, but skip rounds missed while waiting for a
             // permit or for room in the channel rather than firing them back to back.

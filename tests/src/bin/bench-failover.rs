@@ -7,7 +7,7 @@
 //!
 //! 1. Failover latency: `lifeline run` (a real process) with a Failover policy probing
 //!    every 1 s (`fastInterval: 100ms`, `unhealthyThreshold: 2`, timeout `--timeout-ms`,
-//!    250 by default), and PowerDNS's Lua `ifurlup` beside it when `pdns_server` is
+//!    100 by default), and PowerDNS's Lua `ifurlup` beside it when `pdns_server` is
 //!    installed, both probing the same backends. The primary runs in a network namespace
 //!    the bench creates (root and iproute2 needed) and dies two ways: its process killed
 //!    (connections refused) and a black hole (its replies dropped). DNS is polled every
@@ -38,7 +38,7 @@ const NAME: &str = "app.bench.lifeline.test";
 
 fn main() -> Result<()> {
     let mut rounds = 20usize;
-    let mut timeout_ms = 250u64;
+    let mut timeout_ms = 100u64;
     let mut parts: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
