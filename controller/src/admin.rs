@@ -620,7 +620,11 @@ async fn delete_override(
     let Some(store) = state.store.read().clone() else {
         return not_connected();
     };
-    match store.remove_overrides(|o| o.id == id, &caller.0).await {
+    let wanted = id.clone();
+    match store
+        .remove_overrides(move |o| o.id == wanted, &caller.0)
+        .await
+    {
         Ok(removed) if removed.is_empty() => {
             error(StatusCode::NOT_FOUND, format!("no override with id {id:?}"))
         }
@@ -656,7 +660,13 @@ async fn clear_overrides(
         return not_connected();
     };
     match store
-        .remove_overrides(|o| o.cluster == cluster, &caller.0)
+        .remove_overrides(
+            {
+                let cluster = cluster.clone();
+                move |o| o.cluster == cluster
+            },
+            &caller.0,
+        )
         .await
     {
         Ok(removed) => {

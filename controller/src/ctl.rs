@@ -139,7 +139,7 @@ async fn run_etcd(
             let by = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
             let removed = store
                 .remove_overrides(
-                    |o| match (&id, &cluster) {
+                    move |o| match (&id, &cluster) {
                         (Some(id), _) => &o.id == id,
                         (None, Some(c)) => &o.cluster == c,
                         (None, None) => false,

@@ -108,7 +108,7 @@ impl Store {
     /// Every override (expired ones included; the engine ignores those).
     pub async fn overrides(&self) -> Result<Vec<Override>> {
         match self {
-            Store::Embedded(s) => Ok(s.overrides()),
+            Store::Embedded(s) => Ok(off_runtime(s, |s| s.overrides()).await),
             Store::Etcd(s) => Ok(s.overrides().await?),
         }
     }
@@ -116,7 +116,10 @@ impl Store {
     /// Adds or replaces (by id) an override, recording it in the audit trail.
     pub async fn put_override(&self, o: Override, by: &str) -> Result<()> {
         match self {
-            Store::Embedded(s) => s.put_override(o, by),
+            Store::Embedded(s) => {
+                let by = by.to_owned();
+                off_runtime(s, move |s| s.put_override(o, &by)).await
+            }
             Store::Etcd(s) => Ok(s.put_override(&o, by).await?),
         }
     }
@@ -124,11 +127,14 @@ impl Store {
     /// Removes overrides matching `pred`, recording each in the audit trail.
     pub async fn remove_overrides(
         &self,
-        pred: impl Fn(&Override) -> bool,
+        pred: impl Fn(&Override) -> bool + Send + 'static,
         by: &str,
     ) -> Result<Vec<Override>> {
         match self {
-            Store::Embedded(s) => s.remove_overrides(pred, by),
+            Store::Embedded(s) => {
+                let by = by.to_owned();
+                off_runtime(s, move |s| s.remove_overrides(pred, &by)).await
+            }
             Store::Etcd(s) => Ok(s.remove_overrides(pred, by).await?),
         }
     }
@@ -136,7 +142,7 @@ impl Store {
     /// Removes audit entries older than `before`; returns how many.
     pub async fn prune_audit(&self, before: SystemTime) -> Result<usize> {
         match self {
-            Store::Embedded(s) => s.prune_audit(before),
+            Store::Embedded(s) => off_runtime(s, move |s| s.prune_audit(before)).await,
             Store::Etcd(s) => Ok(usize::try_from(s.prune_audit(before).await?).unwrap_or(0)),
         }
     }
@@ -144,7 +150,7 @@ impl Store {
     /// The audit trail, oldest first.
     pub async fn audit(&self) -> Result<Vec<AuditEntry>> {
         match self {
-            Store::Embedded(s) => Ok(s.audit()),
+            Store::Embedded(s) => Ok(off_runtime(s, |s| s.audit()).await),
             Store::Etcd(s) => Ok(s.audit().await?),
         }
     }
@@ -161,7 +167,10 @@ impl Store {
     /// The policy change the leader is holding, if any.
     pub async fn policy_hold(&self) -> Result<Option<PolicyHold>> {
         match self {
-            Store::Embedded(s) => Ok(s.read::<Option<PolicyHold>>("policy-hold.json").flatten()),
+            Store::Embedded(s) => Ok(off_runtime(s, |s| {
+                s.read::<Option<PolicyHold>>("policy-hold.json").flatten()
+            })
+            .await),
             Store::Etcd(s) => Ok(s.policy_hold().await?),
         }
     }
@@ -173,7 +182,10 @@ impl Store {
         hold: Option<&PolicyHold>,
     ) -> Result<()> {
         match (self, leader) {
-            (Store::Embedded(s), _) => s.write("policy-hold.json", &hold),
+            (Store::Embedded(s), _) => {
+                let bytes = EmbeddedStore::encode("policy-hold.json", &hold)?;
+                off_runtime(s, move |s| s.write_encoded("policy-hold.json", &bytes)).await
+            }
             (Store::Etcd(s), Some(l)) => Ok(s.save_policy_hold(l, hold).await?),
             (Store::Etcd(_), None) => Err(Error::NotLeader),
         }
@@ -182,7 +194,10 @@ impl Store {
     /// Releases a held change (any replica, or ctl).
     pub async fn release_policy_change(&self, release: &PolicyRelease) -> Result<()> {
         match self {
-            Store::Embedded(s) => s.write("policy-release.json", release),
+            Store::Embedded(s) => {
+                let bytes = EmbeddedStore::encode("policy-release.json", release)?;
+                off_runtime(s, move |s| s.write_encoded("policy-release.json", &bytes)).await
+            }
             Store::Etcd(s) => Ok(s.release_policy_change(release).await?),
         }
     }
@@ -190,7 +205,7 @@ impl Store {
     /// The last release written, if any.
     pub async fn policy_release(&self) -> Result<Option<PolicyRelease>> {
         match self {
-            Store::Embedded(s) => Ok(s.read("policy-release.json")),
+            Store::Embedded(s) => Ok(off_runtime(s, |s| s.read("policy-release.json")).await),
             Store::Etcd(s) => Ok(s.policy_release().await?),
         }
     }
@@ -198,7 +213,7 @@ impl Store {
     /// The last saved decision; `None` when none was ever saved (or none decodes).
     pub async fn load_decision(&self) -> Result<Option<Decision>> {
         match self {
-            Store::Embedded(s) => Ok(s.load_decision()),
+            Store::Embedded(s) => Ok(off_runtime(s, |s| s.load_decision()).await),
             Store::Etcd(s) => Ok(s.load_decision().await?),
         }
     }
@@ -207,7 +222,7 @@ impl Store {
     /// is never saved: the loop waits for a usable one instead.)
     pub async fn load_policies(&self) -> Result<Option<PolicySnapshot>> {
         match self {
-            Store::Embedded(s) => Ok(s.load_policies()),
+            Store::Embedded(s) => Ok(off_runtime(s, |s| s.load_policies()).await),
             Store::Etcd(s) => {
                 let saved = s.load_policies().await?;
                 Ok((!saved.policies.is_empty() || !saved.clusters.is_empty()).then_some(saved))
@@ -218,7 +233,10 @@ impl Store {
     /// Saves the decision (leader only).
     pub async fn save_decision(&self, leader: Option<&Leader>, decision: &Decision) -> Result<()> {
         match (self, leader) {
-            (Store::Embedded(s), _) => s.save_decision(decision),
+            (Store::Embedded(s), _) => {
+                let bytes = EmbeddedStore::encode(DECISION, decision)?;
+                off_runtime(s, move |s| s.write_encoded(DECISION, &bytes)).await
+            }
             (Store::Etcd(s), Some(l)) => Ok(s.save_decision(l, decision).await?),
             (Store::Etcd(_), None) => Err(Error::NotLeader),
         }
@@ -231,7 +249,10 @@ impl Store {
         snapshot: &PolicySnapshot,
     ) -> Result<()> {
         match (self, leader) {
-            (Store::Embedded(s), _) => s.save_policies(snapshot),
+            (Store::Embedded(s), _) => {
+                let bytes = EmbeddedStore::encode(POLICIES, snapshot)?;
+                off_runtime(s, move |s| s.write_encoded(POLICIES, &bytes)).await
+            }
             (Store::Etcd(s), Some(l)) => Ok(s.mirror_policies(l, snapshot).await?),
             (Store::Etcd(_), None) => Err(Error::NotLeader),
         }
@@ -240,7 +261,10 @@ impl Store {
     /// The sealed kubeconfig cached for `cluster`, if any (any replica).
     pub async fn credential(&self, cluster: &str) -> Result<Option<SealedKubeconfig>> {
         match self {
-            Store::Embedded(s) => Ok(s.read(&credential_file(cluster)?)),
+            Store::Embedded(s) => {
+                let name = credential_file(cluster)?;
+                Ok(off_runtime(s, move |s| s.read(&name)).await)
+            }
             Store::Etcd(s) => Ok(s.credential(cluster).await?),
         }
     }
@@ -255,8 +279,11 @@ impl Store {
         match (self, leader) {
             (Store::Embedded(s), _) => {
                 let name = credential_file(cluster)?;
-                match sealed {
-                    Some(v) => s.write(&name, v),
+                let bytes = sealed
+                    .map(|v| EmbeddedStore::encode(&name, v))
+                    .transpose()?;
+                off_runtime(s, move |s| match bytes {
+                    Some(bytes) => s.write_encoded(&name, &bytes),
                     None => match fs::remove_file(s.dir.join(&name)) {
                         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
                             path: s.dir.join(name),
@@ -264,7 +291,8 @@ impl Store {
                         }),
                         _ => Ok(()),
                     },
-                }
+                })
+                .await
             }
             (Store::Etcd(s), Some(l)) => Ok(s.save_credential(l, cluster, sealed).await?),
             (Store::Etcd(_), None) => Err(Error::NotLeader),
@@ -286,6 +314,28 @@ impl Store {
             }
             (Store::Etcd(_), None) => Err(Error::NotLeader),
         }
+    }
+}
+
+/// Files of the embedded store.
+const DECISION: &str = "decision.json";
+const POLICIES: &str = "policies.json";
+
+/// Runs `f` on the blocking pool. The embedded store's file I/O, fsync included, takes
+/// as long as the disk does (a stalled disk: seconds), and must never hold one of the
+/// runtime's few worker threads: the admin API's `/readyz` and `/metrics`, and the
+/// leader's loop, run on them.
+async fn off_runtime<T: Send + 'static>(
+    store: &Arc<EmbeddedStore>,
+    f: impl FnOnce(&EmbeddedStore) -> T + Send + 'static,
+) -> T {
+    let store = Arc::clone(store);
+    match tokio::task::spawn_blocking(move || f(&store)).await {
+        Ok(v) => v,
+        // A panic inside stays a panic of the caller (the guards around terms and
+        // handlers catch it); cancellation only happens while the runtime shuts down.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("embedded store call cancelled: {e}"),
     }
 }
 
@@ -320,12 +370,12 @@ impl EmbeddedStore {
 
     /// The last saved decision, if a valid one exists.
     pub fn load_decision(&self) -> Option<Decision> {
-        self.read("decision.json")
+        self.read(DECISION)
     }
 
     /// Saves the decision atomically.
     pub fn save_decision(&self, decision: &Decision) -> Result<()> {
-        self.write("decision.json", decision)
+        self.write(DECISION, decision)
     }
 
     /// The overrides in force (expired ones included; the engine ignores those): the
@@ -446,12 +496,12 @@ impl EmbeddedStore {
 
     /// The last good policy documents.
     pub fn load_policies(&self) -> Option<PolicySnapshot> {
-        self.read("policies.json")
+        self.read(POLICIES)
     }
 
     /// Saves the policy documents atomically.
     pub fn save_policies(&self, snapshot: &PolicySnapshot) -> Result<()> {
-        self.write("policies.json", snapshot)
+        self.write(POLICIES, snapshot)
     }
 
     fn audit_append(&self, entry: AuditEntry) -> Result<()> {
@@ -502,16 +552,25 @@ impl EmbeddedStore {
     }
 
     fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
-        let path = self.dir.join(name);
-        let bytes = serde_json::to_vec_pretty(&Envelope {
+        let bytes = Self::encode(name, value)?;
+        self.write_encoded(name, &bytes)
+    }
+
+    /// The bytes [`EmbeddedStore::write_encoded`] stores for `value` under `name` (pure:
+    /// encoding happens where the caller is, the write where it may block).
+    fn encode<T: Serialize + ?Sized>(name: &str, value: &T) -> Result<Vec<u8>> {
+        serde_json::to_vec_pretty(&Envelope {
             format: FORMAT,
             value,
         })
         .map_err(|source| Error::Encode {
-            path: path.clone(),
+            path: PathBuf::from(name),
             source,
-        })?;
-        atomic_write(&path, &bytes)
+        })
+    }
+
+    fn write_encoded(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        atomic_write(&self.dir.join(name), bytes)
     }
 }
 

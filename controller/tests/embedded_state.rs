@@ -1,7 +1,8 @@
 //! The embedded store across crashes and damage, with `lifeline run` and `lifeline ctl`
 //! as real processes: an unreadable `overrides.json` never lifts a drain and is never
 //! written over; state is private (0700 directories, 0600 files); temporary files a
-//! crash left behind are removed at start.
+//! crash left behind are removed at start; a stalled disk under the store delays
+//! changes, never answers or readiness.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -13,7 +14,13 @@ use std::{
 mod common;
 
 use common::{admin_target, ctl, get, spawn_run};
-use lifeline_testkit::{dns::query_a, free_addr};
+use hickory_proto::rr::RecordType;
+use lifeline_testkit::{
+    disk::FreezableDisk,
+    dns::{query_a, query_within},
+    free_addr,
+    http::status_within,
+};
 use serde_json::Value;
 
 const ZONE: &str = "state.lifeline.test";
@@ -226,4 +233,101 @@ fn a_leader_prunes_audit_entries_past_their_retention_so_the_trail_stays_bounded
         ["\"recent\""],
         "only the entry inside the retention stays"
     );
+}
+
+/// `POST /v1/overrides` draining `cluster`, waiting as long as `limit` for the answer:
+/// the HTTP status curl saw (0 when none came).
+fn post_drain(admin: SocketAddr, cluster: &str, reason: &str, limit: Duration) -> u16 {
+    let body = format!(
+        r#"{{"cluster":"{cluster}","action":"drain","for":"1h","author":"oncall","reason":"{reason}"}}"#
+    );
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["--max-time", &limit.as_secs().to_string()])
+        .args(["-H", "content-type: application/json", "-d", &body])
+        .arg(format!("http://{admin}/v1/overrides"))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_stalled_store_disk_stops_neither_answers_nor_readiness_and_changes_land_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Some(disk) = FreezableDisk::mount(&d.join("store")) else {
+        eprintln!(
+            "SKIPPED: cannot loop-mount an ext4 image here (needs root, mkfs.ext4, loop devices)"
+        );
+        return;
+    };
+    let (dns, admin) = (free_addr(), free_addr());
+    write_files(d, dns, admin);
+    let _lifeline = spawn_run(&d.join("lifeline.yaml"), false);
+    wait_for(dns, ip(2));
+
+    // The store's disk stops answering for 10 s. Operators drain meanwhile: each drain
+    // waits for the disk, more of them than the process has runtime workers.
+    let thawer = disk
+        .stall_for(Duration::from_secs(10))
+        .expect("fsfreeze the store's disk");
+    let drains: Vec<_> = (0..4)
+        .map(|i| {
+            std::thread::spawn(move || {
+                post_drain(
+                    admin,
+                    "primary",
+                    &format!("stall {i}"),
+                    Duration::from_secs(30),
+                )
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let within = Duration::from_secs(1);
+    for second in 0..5 {
+        assert_eq!(
+            status_within(admin, "/readyz", within),
+            Ok(200),
+            "/readyz, {second} s into the stall"
+        );
+        assert_eq!(
+            status_within(admin, "/metrics", within),
+            Ok(200),
+            "/metrics, {second} s into the stall"
+        );
+        for tcp in [false, true] {
+            let got = query_within(dns, NAME, RecordType::A, tcp, within);
+            assert_eq!(
+                got.addresses(),
+                [ip(2)],
+                "tcp={tcp}, {second} s into the stall: {got:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // The stall is real: no drain has been stored yet.
+    assert!(
+        drains.iter().all(|d| !d.is_finished()),
+        "a drain finished while the store's disk was frozen"
+    );
+
+    // Once the disk answers, every drain is stored and the answer moves.
+    thawer.join().unwrap();
+    for d in drains {
+        assert_eq!(d.join().unwrap(), 201, "a drain made during the stall");
+    }
+    wait_for(dns, ip(3));
 }

@@ -19,12 +19,12 @@
 use std::{
     fs::{self, File},
     io::Write,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
 use sha2::{Digest, Sha256};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use serde::{Deserialize, Serialize};
 
@@ -245,8 +245,28 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Narrows an existing data directory that others may read to 0700: snapshots and
+/// break-glass overrides are private, whoever created the directory first.
+fn narrow(dir: &Path) {
+    let Ok(meta) = fs::metadata(dir) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        match fs::set_permissions(dir, fs::Permissions::from_mode(0o700)) {
+            Ok(()) => {
+                info!(dir = %dir.display(), from = format!("{mode:o}"), "data directory narrowed to 0700")
+            }
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "data directory is readable by others and cannot be narrowed")
+            }
+        }
+    }
+}
+
 /// Removes `.<stem>@<generation><suffix>.tmp` files: what a crash during a write leaves.
 fn remove_stray_temporaries(dir: &Path, stem: &str, suffix: &str) {
+    narrow(dir);
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };

@@ -13,6 +13,7 @@ use std::{
 use common::*;
 use hickory_proto::{op::ResponseCode, rr::RecordType};
 use lifeline_dns::{DirectorySource, Shim, Update, ZonePatch, persist, source};
+use lifeline_testkit::disk::{FreezableDisk, SmallDisk};
 
 /// A generous bound for writes to a healthy local disk; hitting it means the writer is stuck.
 const FLUSH: Duration = Duration::from_secs(30);
@@ -73,6 +74,30 @@ fn a_restarted_shim_answers_from_the_persisted_snapshot_with_no_source() {
     assert_eq!(state.zones[0].revision, Some(7));
     assert!(state.sources.is_empty(), "no source at all");
     assert_eq!(www(&shim), vec!["192.0.2.77".parse::<IpAddr>().unwrap()]);
+    shim.shutdown();
+}
+
+#[test]
+fn the_data_directory_and_its_files_are_private_even_when_the_directory_was_not() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shim = rt
+        .block_on(Shim::start(&dns_config(&data), &[zone_config()]))
+        .unwrap();
+    assert_eq!(mode(&data), 0o700, "an existing 0755 directory is narrowed");
+    shim.apply(Update::Replace(with_www(1, "192.0.2.1")))
+        .unwrap();
+    assert_eq!(shim.flush(FLUSH), Some(true));
+    let files = generations(&data);
+    assert!(!files.is_empty());
+    for f in files {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
     shim.shutdown();
 }
 
@@ -727,37 +752,6 @@ fn a_failed_start_releases_the_sockets_it_already_opened() {
     }));
 }
 
-/// A tmpfs of `size` mounted at `dir`, unmounted on drop; `None` where this process may
-/// not mount (not root, or in a container without the capability).
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
-        std::fs::create_dir_all(dir).ok()?;
-        let ok = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Self(dir.to_owned()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn a_full_disk_is_counted_answers_go_on_and_the_next_persist_after_space_returns_lands() {
     let rt = rt();
@@ -825,81 +819,9 @@ fn tcp_www(shim: &lifeline_dns::ShimHandle) -> Vec<IpAddr> {
     ))
 }
 
-/// An ext4 filesystem in a file, loop-mounted on `dir`, that the test can freeze with
-/// `fsfreeze`: while frozen, every write and fsync on it blocks in the kernel, as on a
-/// disk that has stopped answering. Dropping it thaws and unmounts.
-struct FreezableDisk {
-    mount: std::path::PathBuf,
-    _image: tempfile::TempDir,
-}
-
-impl FreezableDisk {
-    fn mount(dir: &std::path::Path) -> Option<Self> {
-        let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
-            std::process::Command::new(cmd)
-                .args(args)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        let image_dir = tempfile::tempdir().ok()?;
-        let image = image_dir.path().join("disk.img");
-        std::fs::File::create(&image)
-            .and_then(|f| f.set_len(16 << 20))
-            .ok()?;
-        std::fs::create_dir_all(dir).ok()?;
-        let ok = run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), image.as_ref()])
-            && run(
-                "mount",
-                &["-o".as_ref(), "loop".as_ref(), image.as_ref(), dir.as_ref()],
-            );
-        ok.then(|| Self {
-            mount: dir.to_owned(),
-            _image: image_dir,
-        })
-    }
-
-    fn fsfreeze(&self, flag: &str) -> bool {
-        std::process::Command::new("fsfreeze")
-            .arg(flag)
-            .arg(&self.mount)
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-}
-
-impl Drop for FreezableDisk {
-    fn drop(&mut self) {
-        // Thawed already, unless the test failed while the disk was frozen.
-        let _ = std::process::Command::new("fsfreeze")
-            .arg("-u")
-            .arg(&self.mount)
-            .stderr(std::process::Stdio::null())
-            .status();
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.mount)
-            .status();
-    }
-}
-
 /// `GET path` with the 1 s the readiness promise allows: the status code, or why not.
 fn http_status_within_a_second(addr: std::net::SocketAddr, path: &str) -> Result<u16, String> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
-        .map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out)
-        .map_err(|e| format!("no answer to {path} within 1 s: {e}"))?;
-    out.get(9..12)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not an HTTP answer: {out:?}"))
+    lifeline_testkit::http::status_within(addr, path, Duration::from_secs(1))
 }
 
 #[test]
@@ -931,19 +853,9 @@ fn a_stalled_disk_delays_neither_answers_nor_updates_nor_readiness() {
     assert_eq!(shim.flush(FLUSH), Some(true));
 
     // Stall the disk for 10 s; a thread thaws it then whatever the test is doing.
-    assert!(disk.fsfreeze("-f"), "fsfreeze -f {}", data.display());
-    let thaw_at = std::time::Instant::now() + Duration::from_secs(10);
-    let thawer = {
-        let mount = data.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(thaw_at.saturating_duration_since(std::time::Instant::now()));
-            std::process::Command::new("fsfreeze")
-                .arg("-u")
-                .arg(&mount)
-                .status()
-                .unwrap();
-        })
-    };
+    let thawer = disk
+        .stall_for(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("fsfreeze -f {}", data.display()));
 
     // Updates keep arriving, a second apart, well inside the stall.
     for rev in 2..=5u64 {

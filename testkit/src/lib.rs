@@ -8,6 +8,8 @@
 //!  netns    Netns: a namespace behind a veth link, for real black holes
 //!  proxy    Proxy: a TCP hop a test can cut (a partition) or point elsewhere
 //!  process  Process: a child killed on drop, stopped with SIGTERM
+//!  disk     SmallDisk (fills up) and FreezableDisk (stalls writes and fsync)
+//!  http     status_within(): GET with a deadline
 //!  dns      query builders, raw UDP/TCP exchange, query_a() -> Answer
 //!  backend  Backend: an HTTP server that can be killed, slowed or made to fail
 //!  wait     within() / eventually() / init_tracing()
@@ -24,9 +26,11 @@
 pub mod backend;
 #[cfg(feature = "control-plane")]
 pub mod control_plane;
+pub mod disk;
 pub mod dns;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod http;
 pub mod net;
 pub mod netns;
 #[cfg(feature = "etcd")]
