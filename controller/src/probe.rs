@@ -231,7 +231,8 @@ struct Shared {
 
 /// A running target.
 struct Task {
-    spec: ProbeSpec,
+    /// Shared with the running task (one copy per target, not two).
+    spec: Arc<ProbeSpec>,
     /// Cleared (under the lock) before the task is aborted; the task sends only while
     /// holding the lock and seeing `true`, so nothing is sent after it is stopped.
     live: Arc<Mutex<bool>>,
@@ -288,7 +289,7 @@ impl Prober {
         let mut tasks = self.tasks.lock();
         let mut stopped = 0usize;
         tasks.retain(|key, task| {
-            if wanted.get(key) == Some(&task.spec) {
+            if wanted.get(key) == Some(&*task.spec) {
                 wanted.remove(key);
                 true
             } else {
@@ -355,6 +356,7 @@ fn client_builder() -> ClientBuilder {
 
 impl Task {
     fn spawn(shared: Arc<Shared>, spec: ProbeSpec) -> Self {
+        let spec = Arc::new(spec);
         let live = Arc::new(Mutex::new(true));
         let span = info_span!("probe", policy = %spec.key.policy, cluster = %spec.key.cluster);
         let handle = tokio::spawn(run_target(shared, spec.clone(), live.clone()).instrument(span));
@@ -369,7 +371,7 @@ impl Task {
 
 /// The schedule of one target: rounds at its interval with jitter, until stopped or the
 /// receiver is gone.
-async fn run_target(shared: Arc<Shared>, spec: ProbeSpec, live: Arc<Mutex<bool>>) {
+async fn run_target(shared: Arc<Shared>, spec: Arc<ProbeSpec>, live: Arc<Mutex<bool>>) {
     let probes = plan(&shared, &spec);
     let interval = spec
         .interval
@@ -386,7 +388,9 @@ async fn run_target(shared: Arc<Shared>, spec: ProbeSpec, live: Arc<Mutex<bool>>
             return;
         };
         let started = Instant::now();
-        let result = round(&spec, &probes).await;
+        // Boxed: a round's future is large and lives only while the round runs, so a
+        // sleeping target (nearly all of them, nearly always) does not carry its space.
+        let result = Box::pin(round(&spec, &probes)).await;
         drop(permit);
 
         debug!(ok = result.ok, detail = %result.detail, latency_ms = result.latency.as_millis() as u64, "probe round");

@@ -3,14 +3,16 @@
 //!
 //! ```text
 //! cargo run --release -p lifeline-tests --bin bench-probe [-- --targets 100000 \
-//!     --interval-s 10 --seconds 60 --concurrency 64 --backends 500]
+//!     --interval-s 10 --seconds 60 --concurrency 64 --backends 500 --warmup-s 30]
 //! ```
 //!
 //! Lifeline's prober (the one `lifeline run` uses) probes `--targets` HTTP targets every
 //! `--interval-s`, each round on a fresh connection, against `--backends` HTTP servers on
 //! loopback addresses. The servers run in a child process (this program, re-executed
-//! with `--serve-backends`), so their CPU is not counted as the prober's. After one
-//! interval of warm-up, it reports over `--seconds`:
+//! with `--serve-backends`), so their CPU is not counted as the prober's. Every target
+//! starts at once, as when a leader takes over, and is probed again at the fast interval
+//! once (two successes confirm it up): that backlog is what `--warmup-s` (30 s) lets
+//! pass. Then it reports over `--seconds`:
 //! - probes per second and failed probes;
 //! - CPU cores used by this process (utime + stime from /proc over wall time);
 //! - resident memory before the targets were set and with them running;
@@ -34,6 +36,7 @@ struct Args {
     seconds: u64,
     concurrency: usize,
     backends: usize,
+    warmup: Duration,
 }
 
 fn main() -> Result<()> {
@@ -43,6 +46,7 @@ fn main() -> Result<()> {
         seconds: 60,
         concurrency: 64,
         backends: 500,
+        warmup: Duration::from_secs(30),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -53,13 +57,14 @@ fn main() -> Result<()> {
             "--seconds" => a.seconds = value()?.parse()?,
             "--concurrency" => a.concurrency = value()?.parse()?,
             "--backends" => a.backends = value()?.parse()?,
+            "--warmup-s" => a.warmup = Duration::from_secs(value()?.parse()?),
             "--serve-backends" => {
                 let n: usize = value()?.parse()?;
                 let port: u16 = value()?.parse()?;
                 return serve_backends(n, port);
             }
             other => bail!(
-                "unknown argument {other:?} (known: --targets N, --interval-s S, --seconds S, --concurrency N, --backends N)"
+                "unknown argument {other:?} (known: --targets N, --interval-s S, --seconds S, --concurrency N, --backends N, --warmup-s S)"
             ),
         }
     }
@@ -192,12 +197,12 @@ async fn measure(a: &Args, port: u16) -> Result<()> {
     prober.set_targets(specs);
     println!(
         "== {} targets every {:?}, concurrency {}, {} backends; warm-up {:?}, then {} s measured",
-        a.targets, a.interval, a.concurrency, a.backends, a.interval, a.seconds
+        a.targets, a.interval, a.concurrency, a.backends, a.warmup, a.seconds
     );
 
     // Per target: when its last round finished (None before the first).
     let mut last: Vec<Option<Instant>> = vec![None; a.targets];
-    let warm_until = Instant::now() + a.interval;
+    let warm_until = Instant::now() + a.warmup;
     let mut t0: Option<Instant> = None;
     let mut cpu_at_start = 0.0;
     let mut gaps_ms: Vec<u32> = Vec::new();
