@@ -13,7 +13,7 @@
 
 use std::{
     fmt,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -468,7 +468,16 @@ pub async fn member_api_dark(scale: Scale, backend: ApiBackend) -> anyhow::Resul
     )
     .await?;
     let hinted = hostname(1);
-    let hinted_before = super::dns::query_a(run.fleet.dns_addrs()[0], &hinted);
+    // Its answer settles once every member's view has listed (on a real server the
+    // last member's LoadBalancer address can come a second after the others): the
+    // outage must change nothing of the settled answer.
+    let hinted_before = settled_answer(
+        run.fleet.dns_addrs()[0],
+        &hinted,
+        Duration::from_secs(3),
+        Duration::from_secs(30),
+    )
+    .await?;
     let before = hinted_before.addresses().to_vec();
     let leader = run.fleet.leader().await.unwrap_or(0);
     run.fleet.members[0].api.outage().await;
@@ -538,6 +547,36 @@ pub async fn member_api_dark(scale: Scale, backend: ApiBackend) -> anyhow::Resul
         )
     });
     Ok(report)
+}
+
+/// The answer for `name` once it has stayed the same for `quiet` (polled every 250 ms,
+/// for at most `limit`).
+async fn settled_answer(
+    dns: SocketAddr,
+    name: &str,
+    quiet: Duration,
+    limit: Duration,
+) -> anyhow::Result<super::dns::Answer> {
+    let start = Instant::now();
+    let mut last: Option<(super::dns::Answer, Instant)> = None;
+    // Bounded by `limit` and by its count of 250 ms steps.
+    for _ in 0..=limit.as_millis() / 250 {
+        let name = name.to_owned();
+        let now = tokio::task::spawn_blocking(move || super::dns::query_a(dns, &name)).await?;
+        match &last {
+            Some((answer, since)) if *answer == now => {
+                if since.elapsed() >= quiet {
+                    return Ok(now);
+                }
+            }
+            _ => last = Some((now, Instant::now())),
+        }
+        if start.elapsed() > limit {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    anyhow::bail!("{name} did not keep one answer for {quiet:?} within {limit:?}: last {last:?}")
 }
 
 // === 3. the incident: every API server saturated ===
