@@ -35,6 +35,7 @@ pub(crate) struct Metrics {
     pub store_unreadable: Gauge,
     pub term_failures: Counter,
     pub publish_errors: Counter,
+    pub save_errors: Counter,
 }
 
 impl Metrics {
@@ -99,6 +100,11 @@ impl Metrics {
             "lifeline_publish_errors",
             "Updates the DNS shim refused",
             self.publish_errors.clone(),
+        );
+        r.register(
+            "lifeline_decision_save_errors",
+            "Decisions published without having been saved (the store refused or failed the write)",
+            self.save_errors.clone(),
         );
     }
 

@@ -335,6 +335,8 @@ struct LeaderTerm<'a> {
     last_decide: tokio::time::Instant,
     /// What survived the last save (see [`fingerprint`]).
     last_saved: Vec<(String, Arc<str>, Health, bool)>,
+    /// The last decision could not be saved: the next one is saved whatever changed.
+    unsaved: bool,
     /// Policies whose decision panics: not decided, their last answers kept.
     quarantine: Quarantine,
     /// Policies carrying the test fault annotation (only with test faults on).
@@ -405,6 +407,7 @@ impl<'a> LeaderTerm<'a> {
             leader,
             publisher,
             last_saved: fingerprint(&decision),
+            unsaved: false,
             decision: Arc::new(decision),
             policies: Arc::new(Vec::new()),
             decider: guard::Decider::new(),
@@ -828,10 +831,24 @@ impl<'a> LeaderTerm<'a> {
             std::future::pending::<()>().await;
         }
         let print = fingerprint(&next);
-        if print != self.last_saved || next.revision != self.decision.revision {
+        if self.unsaved || print != self.last_saved || next.revision != self.decision.revision {
+            self.unsaved = true;
             match self.store.save_decision(self.leader, &next).await {
-                Ok(()) => self.last_saved = print,
-                Err(e) => warn!(error = %e, "cannot save the decision"),
+                Ok(()) => {
+                    self.last_saved = print;
+                    self.unsaved = false;
+                }
+                // Published all the same, and saved again at the next decision (at least
+                // once a second, whether or not anything changes). Holding
+                // the answers back until the store takes them would keep a dead target
+                // answered for as long as the disk (or etcd) fails; publishing unsaved
+                // only risks, after a crash in this window, a successor starting from the
+                // older decision until its probes confirm the failure again. On etcd a
+                // leader that cannot save cannot publish either: both writes are fenced.
+                Err(e) => {
+                    shared.metrics.save_errors.inc();
+                    warn!(error = %e, "cannot save the decision; publishing it unsaved");
+                }
             }
         }
         if self.fault_hit(TestFault::AbortBeforePublish, &next) {

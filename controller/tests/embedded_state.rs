@@ -16,7 +16,7 @@ mod common;
 use common::{admin_target, ctl, get, spawn_run};
 use hickory_proto::rr::RecordType;
 use lifeline_testkit::{
-    disk::FreezableDisk,
+    disk::{FreezableDisk, SmallDisk},
     dns::{query_a, query_within},
     free_addr,
     http::status_within,
@@ -330,4 +330,72 @@ fn a_stalled_store_disk_stops_neither_answers_nor_readiness_and_changes_land_aft
         assert_eq!(d.join().unwrap(), 201, "a drain made during the stall");
     }
     wait_for(dns, ip(3));
+}
+
+/// Fills the filesystem holding `dir` with one file (removed by the caller to free it).
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let block = vec![0u8; 4096];
+    // Bounded: a disk of a few hundred KiB fills long before this.
+    for _ in 0..100_000 {
+        if f.write_all(&block).is_err() {
+            break;
+        }
+    }
+    let _ = f.sync_all();
+    path
+}
+
+#[test]
+fn a_decision_the_store_cannot_save_is_published_counted_and_saved_once_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let store = d.join("store");
+    let Some(_disk) = SmallDisk::mount(&store, "512k") else {
+        eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
+        return;
+    };
+    let (dns, admin) = (free_addr(), free_addr());
+    write_files(d, dns, admin);
+    let _lifeline = spawn_run(&d.join("lifeline.yaml"), false);
+    wait_for(dns, ip(2));
+    let errors = || {
+        get(admin, "/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix("lifeline_decision_save_errors_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    assert_eq!(errors(), Some(0.0));
+
+    // The store's disk is full; the policy now prefers the secondary.
+    let filler = fill(&store);
+    let docs = std::fs::read_to_string(d.join("docs.yaml")).unwrap();
+    std::fs::write(
+        d.join("docs.yaml"),
+        docs.replace(
+            "{cluster: primary, priority: 0}",
+            "{cluster: primary, priority: 2}",
+        ),
+    )
+    .unwrap();
+    // Answers move all the same, and the failed save is counted.
+    wait_for(dns, ip(3));
+    assert!(errors().is_some_and(|n| n >= 1.0), "{:?}", errors());
+
+    // With room again, the next decision is saved: it is what a restart starts from.
+    std::fs::remove_file(filler).unwrap();
+    let saved = Instant::now() + Duration::from_secs(20);
+    loop {
+        let decision = std::fs::read_to_string(store.join("decision.json")).unwrap_or_default();
+        if decision.contains(&ip(3).to_string()) {
+            break;
+        }
+        assert!(
+            Instant::now() < saved,
+            "the decision was never saved: {decision}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
