@@ -371,6 +371,15 @@ async fn a_watch_resumed_after_compaction_gets_410_and_relists_to_the_current_st
         .context("etcd header")?
         .revision();
     planes.etcd().compact(revision).await;
+    let lists = |h: &MemberHandle| {
+        h.budget()
+            .stats()
+            .by_verb
+            .get(&lifeline_controller::budget::Verb::List)
+            .copied()
+            .unwrap_or(0)
+    };
+    let lists_before = lists(&h);
     proxy.set_blocked(false);
 
     let v = wait_view(&mut rx, "the relisted state, watched again", |v| {
@@ -378,5 +387,13 @@ async fn a_watch_resumed_after_compaction_gets_410_and_relists_to_the_current_st
     })
     .await?;
     ensure!(v.synced, "{v:?}");
+    // A watch resumes from its last version and relists only on 410 Gone (the test of
+    // watch timeouts above shows no list without one): the compaction is what made it
+    // list again.
+    let relists = lists(&h) - lists_before;
+    ensure!(
+        relists >= 1,
+        "the watcher got the new state without a relist ({relists} lists): no 410 came"
+    );
     Ok(())
 }
