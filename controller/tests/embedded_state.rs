@@ -267,8 +267,8 @@ fn a_stalled_store_disk_stops_neither_answers_nor_readiness_and_changes_land_aft
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let Some(disk) = FreezableDisk::mount(&d.join("store")) else {
-        eprintln!(
-            "SKIPPED: cannot loop-mount an ext4 image here (needs root, mkfs.ext4, loop devices)"
+        lifeline_testkit::skipped(
+            "cannot loop-mount an ext4 image here (needs root, mkfs.ext4, loop devices)",
         );
         return;
     };
@@ -354,7 +354,7 @@ fn a_decision_the_store_cannot_save_is_published_counted_and_saved_once_space_re
     let d = dir.path();
     let store = d.join("store");
     let Some(_disk) = SmallDisk::mount(&store, "512k") else {
-        eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
+        lifeline_testkit::skipped("cannot mount a small tmpfs here (needs root)");
         return;
     };
     let (dns, admin) = (free_addr(), free_addr());

@@ -758,7 +758,7 @@ fn a_full_disk_is_counted_answers_go_on_and_the_next_persist_after_space_returns
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let Some(_disk) = SmallDisk::mount(&data, "256k") else {
-        eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
+        lifeline_testkit::skipped("cannot mount a small tmpfs here (needs root)");
         return;
     };
     let dns = dns_config(&data);
@@ -830,8 +830,8 @@ fn a_stalled_disk_delays_neither_answers_nor_updates_nor_readiness() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let Some(disk) = FreezableDisk::mount(&data) else {
-        eprintln!(
-            "SKIPPED: cannot loop-mount an ext4 image here (needs root, mkfs.ext4, loop devices)"
+        lifeline_testkit::skipped(
+            "cannot loop-mount an ext4 image here (needs root, mkfs.ext4, loop devices)",
         );
         return;
     };

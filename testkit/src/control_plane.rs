@@ -130,7 +130,7 @@ impl ControlPlanes {
                 if std::env::var("LIFELINE_REQUIRE_CONTROL_PLANE").as_deref() == Ok("1") {
                     panic!("real control planes are required here: {why}");
                 }
-                eprintln!("SKIPPED: no real control plane: {why}");
+                crate::skipped(format_args!("no real control plane: {why}"));
                 return None;
             }
         };

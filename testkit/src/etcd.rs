@@ -68,7 +68,9 @@ impl Etcd {
     async fn start_with(tls: bool) -> Option<Etcd> {
         crate::init_tracing();
         if !Self::available() {
-            eprintln!("SKIPPED: {ETCD_BINARY} is not installed (Debian package etcd-server)");
+            crate::skipped(format_args!(
+                "{ETCD_BINARY} is not installed (Debian package etcd-server)"
+            ));
             return None;
         }
         Some(Self::start_binary(Path::new(ETCD_BINARY), tls).await)

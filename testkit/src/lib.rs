@@ -12,6 +12,7 @@
 //!  http     status_within(): GET with a deadline
 //!  dns      query builders, raw UDP/TCP exchange, query_a() -> Answer
 //!  backend  Backend: an HTTP server that can be killed, slowed or made to fail
+//!  skip     skipped(): a skip that `cargo test` shows without --nocapture
 //!  wait     within() / eventually() / init_tracing()
 //! ```
 //!
@@ -37,6 +38,7 @@ pub mod netns;
 pub mod pki;
 pub mod process;
 pub mod proxy;
+pub mod skip;
 pub mod wait;
 
 pub use backend::Backend;
@@ -46,4 +48,5 @@ pub use control_plane::ControlPlanes;
 pub use etcd::Etcd;
 pub use net::{free_addr, free_port, free_ports, loopback};
 pub use proxy::Proxy;
+pub use skip::skipped;
 pub use wait::{eventually, eventually_async, init_tracing, poll, within};

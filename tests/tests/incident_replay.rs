@@ -20,14 +20,14 @@ async fn replay(scenario: Scenario) {
 
 async fn replay_on(scenario: Scenario, backend: ApiBackend) {
     if !Etcd::available() {
-        eprintln!("SKIPPED: /usr/bin/etcd is not installed (Debian package etcd-server)");
+        lifeline_testkit::skipped("/usr/bin/etcd is not installed (Debian package etcd-server)");
         return;
     }
     if backend == ApiBackend::Real && !ControlPlanes::available() {
         if std::env::var("LIFELINE_REQUIRE_CONTROL_PLANE").as_deref() == Ok("1") {
             panic!("real control planes are required here; run tests/control-plane/build.sh");
         }
-        eprintln!("SKIPPED: no real control plane; run tests/control-plane/build.sh");
+        lifeline_testkit::skipped("no real control plane; run tests/control-plane/build.sh");
         return;
     }
     let _one = ONE_AT_A_TIME.lock().await;

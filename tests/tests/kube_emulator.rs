@@ -83,9 +83,9 @@ impl Kubectl {
 fn kubectl_available() -> bool {
     let present = Path::new(KUBECTL).exists();
     if !present {
-        eprintln!(
-            "SKIPPED: {KUBECTL} is not installed; the kubectl checks of the emulator did not run"
-        );
+        lifeline_testkit::skipped(format_args!(
+            "{KUBECTL} is not installed; the kubectl checks of the emulator did not run"
+        ));
     }
     present
 }
