@@ -208,6 +208,16 @@ async fn the_member_role_is_enough_and_each_missing_grant_is_reported_as_forbidd
                 "a refusal is an answer: {:?}",
                 v.control_plane
             );
+            // It does not loop: a refused request is retried after the longest pause
+            // (2 s here) at once, so 5 s see at most three retries (plain exponential
+            // backoff from 100 ms would send five or more).
+            let before = h.budget().stats().requests;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let retries = h.budget().stats().requests - before;
+            ensure!(
+                retries <= 3,
+                "without {verb} {resource}: {retries} requests in 5 s after the refusal"
+            );
             drop(h);
         }
         apply(s, &role)?;
