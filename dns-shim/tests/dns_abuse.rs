@@ -1,7 +1,8 @@
 //! TCP under abuse, over real sockets: 2,000 connections that send nothing, or a byte
 //! now and then, cannot keep a legitimate client from being answered, and a connection
 //! dribbling one byte at a time is closed at its message deadline, measured from the
-//! message's first byte.
+//! message's first byte, and clients that never read their answers lose their slots at
+//! the write deadline.
 
 mod common;
 
@@ -126,4 +127,84 @@ async fn a_connection_that_dribbles_bytes_is_closed_at_its_message_deadline() {
     .unwrap();
     let after = closed.expect("the dribbling connection was never closed");
     eprintln!("dribbling connection closed after {after:?}");
+}
+
+/// A connection from `source` that sends queries and never reads an answer, until its
+/// writes block: both directions' buffers are then full and the server's write of an
+/// answer is stuck. The stream is returned open.
+fn stuck_reader(source: IpAddr, server: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    // Small buffers, so the server's answers fill them soon.
+    socket.set_recv_buffer_size(4096)?;
+    socket.set_send_buffer_size(4096)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&server.into(), Duration::from_secs(3))?;
+    let mut stream: TcpStream = socket.into();
+    stream.set_write_timeout(Some(Duration::from_millis(500)))?;
+    let query = message("www.global.example.com.", RecordType::A, &Ask::default())
+        .to_vec()
+        .map_err(std::io::Error::other)?;
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&query);
+    let batch: Vec<u8> = framed.repeat(256);
+    // Bounded: a few MiB at most, long after every buffer on the way is full.
+    for _ in 0..1000 {
+        if stream.write_all(&batch).is_err() {
+            return Ok(stream);
+        }
+    }
+    Err(std::io::Error::other(
+        "the server kept reading without its answers being read",
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_their_answers_lose_their_slots_at_the_write_deadline() {
+    let (shim, _dir) = start().await;
+    let server = shim.tcp_addrs()[0];
+    let host = |n: u8| IpAddr::V4(Ipv4Addr::new(127, 78, 0, n));
+
+    // A whole prefix's share of connections, each stuck writing an answer its client
+    // does not read; made at once, well inside the write deadline.
+    let stuck = tokio::task::spawn_blocking(move || {
+        let makers: Vec<_> = (0..TCP_MAX_PER_PREFIX)
+            .map(|i| std::thread::spawn(move || stuck_reader(host(1 + (i % 200) as u8), server)))
+            .collect();
+        makers
+            .into_iter()
+            .map(|m| m.join().unwrap())
+            .collect::<std::io::Result<Vec<TcpStream>>>()
+    })
+    .await
+    .unwrap()
+    .expect("stuck connections");
+    let blocked_at = Instant::now();
+
+    // The prefix is full: another host in it is not served now.
+    let refused = tokio::task::spawn_blocking(move || query_from(host(250), server))
+        .await
+        .unwrap();
+    assert!(
+        refused.is_err(),
+        "a 65th connection from the prefix was served: {refused:?}"
+    );
+
+    // The write deadline frees the slots (the connection lifetime, 120 s, would be
+    // much later): bounded by count and time, try until a query from the prefix is
+    // answered again.
+    let mut answered = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let reply = tokio::task::spawn_blocking(move || query_from(host(251), server))
+            .await
+            .unwrap();
+        if let Ok(reply) = reply {
+            answered = Some((blocked_at.elapsed(), reply));
+            break;
+        }
+    }
+    let (after, reply) = answered.expect("the prefix was never served again within 20 s");
+    assert_eq!(addresses(&reply), [IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))]);
+    eprintln!("slots of clients that do not read were freed after {after:?}");
+    drop(stuck);
 }
