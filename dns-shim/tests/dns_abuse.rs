@@ -16,19 +16,38 @@ use common::*;
 use hickory_proto::{op::Message, rr::RecordType};
 use lifeline_dns::net::{TCP_IDLE, TCP_MAX_PER_PREFIX};
 
-/// One query over TCP from `source`, with a 3 s limit on the whole exchange.
-fn query_from(source: IpAddr, server: SocketAddr) -> std::io::Result<Message> {
+/// A TCP connection from `source` (3 s to connect), with `buffers` bytes of socket
+/// buffer each way when given.
+fn connect_from(
+    source: IpAddr,
+    server: SocketAddr,
+    buffers: Option<usize>,
+) -> std::io::Result<TcpStream> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    if let Some(size) = buffers {
+        socket.set_recv_buffer_size(size)?;
+        socket.set_send_buffer_size(size)?;
+    }
     socket.bind(&SocketAddr::new(source, 0).into())?;
     socket.connect_timeout(&server.into(), Duration::from_secs(3))?;
-    let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    Ok(socket.into())
+}
+
+/// An A query for the test name, with its TCP length prefix.
+fn framed_query() -> std::io::Result<Vec<u8>> {
     let query = message("www.global.example.com.", RecordType::A, &Ask::default())
         .to_vec()
         .map_err(std::io::Error::other)?;
     let mut framed = (query.len() as u16).to_be_bytes().to_vec();
     framed.extend_from_slice(&query);
-    stream.write_all(&framed)?;
+    Ok(framed)
+}
+
+/// One query over TCP from `source`, with a 3 s limit on the whole exchange.
+fn query_from(source: IpAddr, server: SocketAddr) -> std::io::Result<Message> {
+    let mut stream = connect_from(source, server, None)?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    stream.write_all(&framed_query()?)?;
     let mut len = [0u8; 2];
     stream.read_exact(&mut len)?;
     let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
@@ -133,19 +152,10 @@ async fn a_connection_that_dribbles_bytes_is_closed_at_its_message_deadline() {
 /// writes block: both directions' buffers are then full and the server's write of an
 /// answer is stuck. The stream is returned open.
 fn stuck_reader(source: IpAddr, server: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     // Small buffers, so the server's answers fill them soon.
-    socket.set_recv_buffer_size(4096)?;
-    socket.set_send_buffer_size(4096)?;
-    socket.bind(&SocketAddr::new(source, 0).into())?;
-    socket.connect_timeout(&server.into(), Duration::from_secs(3))?;
-    let mut stream: TcpStream = socket.into();
+    let mut stream = connect_from(source, server, Some(4096))?;
     stream.set_write_timeout(Some(Duration::from_millis(500)))?;
-    let query = message("www.global.example.com.", RecordType::A, &Ask::default())
-        .to_vec()
-        .map_err(std::io::Error::other)?;
-    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
-    framed.extend_from_slice(&query);
+    let framed = framed_query()?;
     let batch: Vec<u8> = framed.repeat(256);
     // Bounded: a few MiB at most, long after every buffer on the way is full.
     for _ in 0..1000 {
