@@ -48,6 +48,10 @@ pub const TCP_LIFETIME: Duration = Duration::from_secs(120);
 /// Socket buffer size asked for (the kernel caps it at `net.core.rmem_max`). Bursts from
 /// many resolvers at once must queue, not be dropped, while the thread catches up.
 const UDP_BUFFER: usize = 4 << 20;
+/// Socket buffers each way on a TCP connection. A message is at most 64 KiB, so this
+/// holds a whole answer; without it the kernel grows a busy connection's buffers to
+/// megabytes, kernel memory a client that never reads would pin, 64 times per prefix.
+const TCP_BUFFER: usize = 64 << 10;
 
 /// Binds a UDP socket; the answering thread is started by [`spawn_udp`].
 pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -243,6 +247,16 @@ mod batch {
 pub fn spawn_tcp(listener: TcpListener, engine: Arc<Engine>) -> JoinHandle<()> {
     let local = listener.local_addr().ok();
     let span = info_span!("dns_tcp", local = ?local);
+    // Accepted connections take their buffer sizes from the listener.
+    let sock = socket2::SockRef::from(&listener);
+    for (what, r) in [
+        ("receive", sock.set_recv_buffer_size(TCP_BUFFER)),
+        ("send", sock.set_send_buffer_size(TCP_BUFFER)),
+    ] {
+        if let Err(e) = r {
+            warn!(error = %e, buffer = what, "could not bound tcp socket buffer");
+        }
+    }
     tokio::spawn(
         async move {
             let permits = Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS));

@@ -150,17 +150,17 @@ async fn a_connection_that_dribbles_bytes_is_closed_at_its_message_deadline() {
 
 /// A connection from `source` that sends queries and never reads an answer, until its
 /// writes block: both directions' buffers are then full and the server's write of an
-/// answer is stuck. The stream is returned open.
-fn stuck_reader(source: IpAddr, server: SocketAddr) -> std::io::Result<TcpStream> {
+/// answer is stuck. The stream is returned open, with the bytes the server took first.
+fn stuck_reader(source: IpAddr, server: SocketAddr) -> std::io::Result<(TcpStream, usize)> {
     // Small buffers, so the server's answers fill them soon.
     let mut stream = connect_from(source, server, Some(4096))?;
     stream.set_write_timeout(Some(Duration::from_millis(500)))?;
     let framed = framed_query()?;
     let batch: Vec<u8> = framed.repeat(256);
     // Bounded: a few MiB at most, long after every buffer on the way is full.
-    for _ in 0..1000 {
+    for written in (0..1000).map(|n| n * batch.len()) {
         if stream.write_all(&batch).is_err() {
-            return Ok(stream);
+            return Ok((stream, written));
         }
     }
     Err(std::io::Error::other(
@@ -176,6 +176,7 @@ async fn clients_that_never_read_their_answers_lose_their_slots_at_the_write_dea
 
     // A whole prefix's share of connections, each stuck writing an answer its client
     // does not read; made at once, well inside the write deadline.
+    let started = Instant::now();
     let stuck = tokio::task::spawn_blocking(move || {
         let makers: Vec<_> = (0..TCP_MAX_PER_PREFIX)
             .map(|i| std::thread::spawn(move || stuck_reader(host(1 + (i % 200) as u8), server)))
@@ -183,12 +184,25 @@ async fn clients_that_never_read_their_answers_lose_their_slots_at_the_write_dea
         makers
             .into_iter()
             .map(|m| m.join().unwrap())
-            .collect::<std::io::Result<Vec<TcpStream>>>()
+            .collect::<std::io::Result<Vec<(TcpStream, usize)>>>()
     })
     .await
     .unwrap()
     .expect("stuck connections");
     let blocked_at = Instant::now();
+    // The server's buffers for one connection are bounded: a client that never reads
+    // pins little kernel memory, and gets stuck soon (unbounded, the kernel grew them
+    // to megabytes, and making these connections outlasted the write deadline).
+    let most = stuck.iter().map(|(_, taken)| *taken).max().unwrap_or(0);
+    eprintln!(
+        "{} stuck connections made in {:?}; the server took at most {most} bytes of one",
+        stuck.len(),
+        started.elapsed()
+    );
+    assert!(
+        most < 1 << 20,
+        "the server took {most} bytes from a client that never read its answers"
+    );
 
     // The prefix is full: another host in it is not served now.
     let refused = tokio::task::spawn_blocking(move || query_from(host(250), server))
