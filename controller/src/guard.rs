@@ -23,6 +23,7 @@
 //! same panic again and quarantines the same policy, so it never crash-loops.
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{Arc, mpsc},
@@ -83,28 +84,33 @@ pub fn decide(
         }))
         .map_err(|payload| panic_text(payload.as_ref()))
     };
-    let healthy = |q: &Quarantine| -> Vec<Policy> {
-        policies
-            .iter()
-            .filter(|p| !q.contains_key(&p.id))
-            .cloned()
-            .collect()
+    // The policies to decide: all of them, borrowed, unless some are quarantined (a
+    // copy of every policy each round was the decider's largest allocation).
+    let healthy = |q: &Quarantine| -> Cow<'_, [Policy]> {
+        if q.is_empty() {
+            return Cow::Borrowed(policies);
+        }
+        Cow::Owned(
+            policies
+                .iter()
+                .filter(|p| !q.contains_key(&p.id))
+                .cloned()
+                .collect(),
+        )
     };
-    let mut set = healthy(quarantine);
     let hidden = without(quarantine);
-    let decided = match attempt(&set, hidden.as_ref().unwrap_or(previous)) {
+    let decided = match attempt(&healthy(quarantine), hidden.as_ref().unwrap_or(previous)) {
         Ok(d) => Ok(d),
         Err(_) => {
             // Find the policies that panic on their own.
-            for p in &set {
+            for p in healthy(quarantine).iter() {
                 if let Err(reason) = attempt(std::slice::from_ref(p), previous) {
                     tracing::error!(policy = %p.id, %reason, "deciding this policy panics; quarantined, its last answers stay");
                     quarantine.insert(p.id.clone(), format!("deciding it panicked: {reason}"));
                 }
             }
-            set = healthy(quarantine);
             let hidden = without(quarantine);
-            attempt(&set, hidden.as_ref().unwrap_or(previous))
+            attempt(&healthy(quarantine), hidden.as_ref().unwrap_or(previous))
         }
     };
     match decided {

@@ -53,7 +53,8 @@ pub fn compile(
         let spec = &fp.spec;
         let want_v4 = spec.record_types.contains(&RecordType::A);
         let want_v6 = spec.record_types.contains(&RecordType::Aaaa);
-        let mut targets = Vec::new();
+        // Sized exactly: ten thousand policies hold these for as long as they are in force.
+        let mut targets = Vec::with_capacity(spec.targets.as_ref().map_or(0, Vec::len));
         for t in spec.targets.iter().flatten() {
             let Some(cluster) = by_name.get(t.cluster.as_str()) else {
                 set.warnings.push(format!(
@@ -77,10 +78,11 @@ pub fn compile(
                     .cloned()
                     .unwrap_or_default()
             };
-            let addresses: Vec<IpAddr> = listed
+            let mut addresses: Vec<IpAddr> = listed
                 .into_iter()
                 .filter(|a| (a.is_ipv4() && want_v4) || (a.is_ipv6() && want_v6))
                 .collect();
+            addresses.shrink_to_fit();
             if addresses.is_empty() {
                 set.warnings.push(format!(
                     "{id}: target {:?} has no address for record types {:?} yet",

@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeMap,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -85,8 +86,9 @@ fn big_decision(n: usize, bump: Option<usize>) -> Decision {
                 targets,
                 last_good: answers,
                 changed_at: at,
+                basis: 0,
             };
-            (format!("team-{}/svc-{i}", i % 7), pd)
+            (format!("team-{}/svc-{i}", i % 7), Arc::new(pd))
         })
         .collect();
     Decision {

@@ -110,7 +110,7 @@ fn default_min_targets() -> usize {
 }
 
 /// A policy as the engine sees it: validated, with addresses resolved.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Hash)]
 pub struct Policy {
     pub id: PolicyId,
     pub hostname: String,
@@ -131,7 +131,7 @@ pub struct Policy {
 }
 
 /// One member cluster that can answer for a policy.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Hash)]
 pub struct TargetSpec {
     /// Shared text: every decision copies it into answers and state maps.
     pub cluster: Arc<str>,
@@ -142,7 +142,7 @@ pub struct TargetSpec {
 }
 
 /// What to answer when no target is eligible.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Hash)]
 pub enum WhenAllUnhealthy {
     ServeAll,
     LastKnownGood,
@@ -151,7 +151,7 @@ pub enum WhenAllUnhealthy {
 }
 
 /// What to do while a target's signal source is unavailable.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Hash)]
 pub enum OnSourceUnavailable {
     Freeze,
     TreatAsUnhealthy { max_stale: Duration },
@@ -220,12 +220,14 @@ pub struct Decision {
     /// When the answers last changed.
     #[serde(with = "opt_time_text", default)]
     pub changed_at: Option<SystemTime>,
-    pub policies: BTreeMap<PolicyId, PolicyDecision>,
+    /// Shared between decisions: a policy nothing new touched keeps its entry as it
+    /// was, not a copy.
+    pub policies: BTreeMap<PolicyId, Arc<PolicyDecision>>,
     pub alarms: Vec<Alarm>,
 }
 
 /// The decision for one policy.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyDecision {
     pub hostname: String,
@@ -245,6 +247,38 @@ pub struct PolicyDecision {
     /// When `answers` last changed.
     #[serde(with = "lifeline_model::time::rfc3339")]
     pub changed_at: SystemTime,
+    /// A digest of the policy and the overrides this was decided from (see [`basis`]);
+    /// 0 when unknown, as after a restart: then it is decided afresh.
+    #[serde(skip)]
+    pub basis: u64,
+}
+
+/// Equal when everything decided is: `basis` is how it was reached, not what it says (a
+/// decision read back from storage has none).
+impl PartialEq for PolicyDecision {
+    fn eq(&self, other: &Self) -> bool {
+        let Self {
+            hostname,
+            ttl,
+            max_answers,
+            strategy,
+            answers,
+            outcome,
+            targets,
+            last_good,
+            changed_at,
+            basis: _,
+        } = self;
+        *hostname == other.hostname
+            && *ttl == other.ttl
+            && *max_answers == other.max_answers
+            && *strategy == other.strategy
+            && *answers == other.answers
+            && *outcome == other.outcome
+            && *targets == other.targets
+            && *last_good == other.last_good
+            && *changed_at == other.changed_at
+    }
 }
 
 fn default_max_answers() -> u16 {
@@ -319,7 +353,7 @@ pub struct TargetState {
 }
 
 /// Health states; see the module docs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Health {
     Unknown,
     Healthy,
@@ -353,6 +387,12 @@ pub enum AlarmKind {
 }
 
 /// Computes the next decision. Pure: no I/O, no clock; `now` is the decision time.
+///
+/// Only policies with something new are decided again: a signal, a change to the policy
+/// or to the overrides that apply to it, or a state that moves with time (a hold-down
+/// or ramp in progress). Every other policy keeps its previous entry, shared; deciding
+/// it afresh would give the same result (the engine's tests check this on random
+/// histories).
 pub fn decide(
     config: &EngineConfig,
     policies: &[Policy],
@@ -360,6 +400,31 @@ pub fn decide(
     overrides: &[Override],
     previous: &Decision,
     now: SystemTime,
+) -> Decision {
+    decide_with(config, policies, signals, overrides, previous, now, true)
+}
+
+/// [`decide`] with every policy decided afresh, nothing reused: the same result, at the
+/// cost of the whole fleet. For tests and benchmarks that compare the two.
+pub fn decide_afresh(
+    config: &EngineConfig,
+    policies: &[Policy],
+    signals: &Signals,
+    overrides: &[Override],
+    previous: &Decision,
+    now: SystemTime,
+) -> Decision {
+    decide_with(config, policies, signals, overrides, previous, now, false)
+}
+
+fn decide_with(
+    config: &EngineConfig,
+    policies: &[Policy],
+    signals: &Signals,
+    overrides: &[Override],
+    previous: &Decision,
+    now: SystemTime,
+    reuse: bool,
 ) -> Decision {
     let overrides: Vec<&Override> = overrides.iter().filter(|o| o.is_active(now)).collect();
     let empty = TargetSignal::default();
@@ -371,7 +436,7 @@ pub fn decide(
         .iter()
         .map(|(k, v)| (k.cluster.as_str(), v))
         .collect();
-    let mut runs: HashMap<&str, std::ops::Range<usize>> = HashMap::new();
+    let mut runs: Index<std::ops::Range<usize>> = Index::default();
     for (i, k) in signals.targets.keys().enumerate() {
         runs.entry(k.policy.as_str()).or_insert(i..i).end = i + 1;
     }
@@ -381,17 +446,43 @@ pub fn decide(
             .map_or(&empty, |(_, s)| *s)
     };
 
-    let previous_of: HashMap<&str, &PolicyDecision> = previous
+    let previous_of: Index<&Arc<PolicyDecision>> = previous
         .policies
         .iter()
         .map(|(id, p)| (id.as_str(), p))
         .collect();
 
+    // 0. What each policy is decided from, and which policies keep their previous
+    //    entry: nothing new for them, and no state of theirs that moves with time.
+    let bases: Vec<u64> = policies.iter().map(|p| basis(p, &overrides)).collect();
+    let kept: Vec<Option<&Arc<PolicyDecision>>> = policies
+        .iter()
+        .zip(&bases)
+        .map(|(policy, &b)| {
+            let prev = *previous_of.get(policy.id.as_str())?;
+            let at_rest = || {
+                prev.targets.values().all(|t| {
+                    matches!(
+                        t.health,
+                        Health::Unknown | Health::Healthy | Health::Unhealthy
+                    )
+                })
+            };
+            (reuse && prev.basis == b && !runs.contains_key(policy.id.as_str()) && at_rest())
+                .then_some(prev)
+        })
+        .collect();
+
     // 1. Fold new evidence into each target's state (hysteresis, source freeze).
-    //    `states[p][t]` is target `t` of `policies[p]`, with its previous health.
+    //    `states[p][t]` is target `t` of `policies[p]`, with its previous health; empty
+    //    for a policy that keeps its previous entry.
     let mut states: Vec<Vec<(TargetState, Option<Health>)>> = policies
         .iter()
-        .map(|policy| {
+        .zip(&kept)
+        .map(|(policy, kept)| {
+            if kept.is_some() {
+                return Vec::new();
+            }
             let prev_policy = previous_of.get(policy.id.as_str()).copied();
             policy
                 .targets
@@ -404,17 +495,34 @@ pub fn decide(
                 .collect()
         })
         .collect();
-    let total: usize = states.iter().map(Vec::len).sum();
+    let total: usize = policies.iter().map(|p| p.targets.len()).sum();
 
     // 2. Blast-radius guard: many new failures at once are held back.
     let mut alarms = Vec::new();
     let guard = &config.blast_radius;
-    if guard.enabled && total >= guard.min_targets.max(1) {
-        let is_fresh = |s: &TargetState, prev: &Option<Health>| {
-            s.health == Health::Unhealthy && *prev != Some(Health::Unhealthy)
+    let is_fresh = |s: &TargetState, prev: &Option<Health>| {
+        s.health == Health::Unhealthy && *prev != Some(Health::Unhealthy)
+    };
+    // Only a policy decided again can have a fresh failure; the others count as they
+    // stand (their state is their previous one).
+    let fresh = states
+        .iter()
+        .flatten()
+        .filter(|(s, prev)| is_fresh(s, prev))
+        .count();
+    if guard.enabled && total >= guard.min_targets.max(1) && fresh > 0 {
+        let kept_states = || {
+            kept.iter()
+                .flatten()
+                .flat_map(|p| p.targets.values().map(|s| (s, Some(s.health))))
         };
-        let all = || states.iter().flatten();
-        let fresh = all().filter(|(s, prev)| is_fresh(s, prev)).count();
+        let all = || {
+            states
+                .iter()
+                .flatten()
+                .map(|(s, prev)| (s, *prev))
+                .chain(kept_states())
+        };
         let recent = all()
             .filter(|(s, prev)| {
                 *prev == Some(Health::Unhealthy)
@@ -428,7 +536,7 @@ pub fn decide(
             .filter(|(s, _)| s.health != Health::Unhealthy && s.fail_streak > 0)
             .count();
         let failing = fresh + recent + suspects;
-        if fresh > 0 && failing as f64 > guard.fraction * total as f64 {
+        if failing as f64 > guard.fraction * total as f64 {
             let since = previous
                 .alarms
                 .iter()
@@ -464,7 +572,9 @@ pub fn decide(
     }
 
     // 3. Paced failback: recovered targets past their hold-down start ramping, a
-    //    bounded number of policies at a time (oldest recovery first).
+    //    bounded number of policies at a time (oldest recovery first). A policy with a
+    //    target recovering or ramping is always decided again, so `states` holds them
+    //    all.
     let mut ramping: BTreeSet<usize> = states
         .iter()
         .enumerate()
@@ -531,16 +641,16 @@ pub fn decide(
         }
     }
 
-    // 5. Answers.
-    let mut out = Decision {
-        revision: previous.revision,
-        changed_at: previous.changed_at,
-        policies: BTreeMap::new(),
-        alarms,
-    };
+    // 5. Answers, collected before the map is built: built from sorted entries at once
+    //    is linear, inserted one by one is a search each.
+    let mut decided: Vec<(PolicyId, Arc<PolicyDecision>)> = Vec::with_capacity(policies.len());
     let mut changed = false;
-    for (policy, row) in policies.iter().zip(states) {
-        let prev = previous_of.get(policy.id.as_str()).copied();
+    for (((policy, row), kept), &basis) in policies.iter().zip(states).zip(&kept).zip(&bases) {
+        if let Some(kept) = kept {
+            decided.push((policy.id.clone(), Arc::clone(kept)));
+            continue;
+        }
+        let prev = previous_of.get(policy.id.as_str()).map(|p| &***p);
         let mut targets = BTreeMap::new();
         for (t, (mut state, _)) in policy.targets.iter().zip(row) {
             state.drained = overrides
@@ -560,9 +670,9 @@ pub fn decide(
         if !same {
             changed = true;
         }
-        out.policies.insert(
+        decided.push((
             policy.id.clone(),
-            PolicyDecision {
+            Arc::new(PolicyDecision {
                 hostname: policy.hostname.clone(),
                 ttl: policy.ttl,
                 max_answers: policy.max_answers,
@@ -576,14 +686,44 @@ pub fn decide(
                 } else {
                     now
                 },
-            },
-        );
+                basis,
+            }),
+        ));
     }
+    let mut out = Decision {
+        revision: previous.revision,
+        changed_at: previous.changed_at,
+        policies: decided.into_iter().collect(),
+        alarms,
+    };
     if changed || out.policies.len() != previous.policies.len() {
         out.revision = out.revision.saturating_add(1);
         out.changed_at = Some(now);
     }
     out
+}
+
+/// Borrowed lookups by policy id, with a hasher much faster than the default for short
+/// keys (two of these are built at every decision).
+type Index<'a, V> = HashMap<&'a str, V, foldhash::fast::RandomState>;
+
+/// A digest of what a policy's decision is made from besides its targets' states and
+/// signals: the policy itself and the active overrides that apply to it. Never 0 (the
+/// value of a decision read back from storage, which is decided afresh).
+fn basis(policy: &Policy, overrides: &[&Override]) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = foldhash::fast::FixedState::default().build_hasher();
+    policy.hash(&mut h);
+    for o in overrides {
+        if policy
+            .targets
+            .iter()
+            .any(|t| o.applies_to(&policy.id, &t.cluster))
+        {
+            o.hash(&mut h);
+        }
+    }
+    h.finish() | 1
 }
 
 fn initial_state(now: SystemTime) -> TargetState {

@@ -1,7 +1,9 @@
 //! `decide` never panics, whatever it is given: policies with every bounded value at its
 //! edges (and, separately, values no validation would pass, as a store could hold),
 //! arbitrary signal histories with clocks that jump both ways, arbitrary overrides, and
-//! restarts from a persisted decision, including one edited to extremes.
+//! restarts from a persisted decision, including one edited to extremes. Along the same
+//! histories, with policies edited on the way, deciding only what changed gives exactly
+//! the decision that deciding everything afresh gives.
 //!
 //! Tests run in debug builds, where integer overflow panics, so these properties also
 //! prove the arithmetic is checked or saturating.
@@ -16,6 +18,7 @@ use std::{
 use lifeline_engine::{
     Decision, EngineConfig, Observation, OnSourceUnavailable, Override, OverrideAction, Policy,
     Signals, SourceState, TargetKey, TargetSignal, TargetSpec, WhenAllUnhealthy, decide,
+    decide_afresh,
 };
 use lifeline_model::{Strategy as Plan, limits};
 use proptest::prelude::*;
@@ -185,6 +188,9 @@ struct Step {
     reports: Vec<Report>,
     overrides: Vec<(usize, Option<usize>, u8, u32, i64)>,
     restart: Option<Edit>,
+    /// A policy edited before this step: its index, a new strategy and a new weight for
+    /// its first target.
+    touch: Option<(usize, u8, u32)>,
 }
 
 /// Policy index, target index, observations as (ok, offset from now in ms, either
@@ -223,12 +229,14 @@ fn step() -> impl Strategy<Value = Step> {
             0.2,
             prop_oneof![Just(Edit::None), Just(Edit::Extremes), Just(Edit::Empty)],
         ),
+        prop::option::weighted(0.15, (0usize..4, 0u8..4, 0u32..=limits::WEIGHT_MAX)),
     )
-        .prop_map(|(tick, reports, overrides, restart)| Step {
+        .prop_map(|(tick, reports, overrides, restart, touch)| Step {
             tick,
             reports,
             overrides,
             restart,
+            touch,
         })
 }
 
@@ -244,6 +252,7 @@ fn shift(t: SystemTime, ms: i64) -> SystemTime {
 fn extremes(decision: &mut Decision) {
     decision.revision = u64::MAX;
     for p in decision.policies.values_mut() {
+        let p = std::sync::Arc::make_mut(p);
         for t in p.targets.values_mut() {
             t.ok_streak = u32::MAX;
             t.fail_streak = u32::MAX;
@@ -256,12 +265,26 @@ fn extremes(decision: &mut Decision) {
 }
 
 /// Runs a history. Panics are what the properties are about; besides, revisions never
-/// go back, every policy is decided, and a decision always persists and reads back.
+/// go back, every policy is decided, a decision always persists and reads back, and
+/// deciding only what changed equals deciding all afresh at every step.
 fn walk(policies: &[Policy], steps: &[Step], start: SystemTime) -> Result<(), TestCaseError> {
     let config = EngineConfig::default();
     let mut now = start;
     let mut decision = Decision::default();
+    let mut afresh = Decision::default();
+    let mut policies = policies.to_vec();
+    let policies = &mut policies;
     for s in steps {
+        if let Some((p, strategy, weight)) = s.touch
+            && let Some(policy) = policies.get_mut(p)
+        {
+            policy.strategy = [Plan::Failover, Plan::Weighted, Plan::RoundRobin, Plan::Geo]
+                [usize::from(strategy % 4)];
+            if let Some(t) = policy.targets.first_mut() {
+                t.weight = weight;
+            }
+        }
+        let policies: &[Policy] = policies;
         now = match s.tick {
             Tick::Forward(d) => now.checked_add(d).unwrap_or(now),
             Tick::Backward(d) => now.checked_sub(d).unwrap_or(now),
@@ -316,6 +339,12 @@ fn walk(policies: &[Policy], steps: &[Step], start: SystemTime) -> Result<(), Te
             .collect();
         let before = decision.revision;
         decision = decide(&config, policies, &signals, &overrides, &decision, now);
+        afresh = decide_afresh(&config, policies, &signals, &overrides, &afresh, now);
+        prop_assert_eq!(
+            &decision,
+            &afresh,
+            "deciding what changed differs from afresh"
+        );
         prop_assert!(decision.revision >= before, "revision went back");
         prop_assert!(
             decision.policies.keys().eq(policies
@@ -335,6 +364,7 @@ fn walk(policies: &[Policy], steps: &[Step], start: SystemTime) -> Result<(), Te
                 Edit::Extremes => extremes(&mut decision),
                 Edit::Empty => decision = Decision::default(),
             }
+            afresh = decision.clone();
         }
     }
     Ok(())

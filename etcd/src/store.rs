@@ -535,7 +535,9 @@ impl EtcdStore {
         let mut decision = head.unwrap_or_default();
         for (key, pd) in parts {
             if let Some(id) = key.strip_prefix(&dir) {
-                decision.policies.insert(id.to_owned(), pd);
+                decision
+                    .policies
+                    .insert(id.to_owned(), std::sync::Arc::new(pd));
             }
         }
         Ok(Some(decision))

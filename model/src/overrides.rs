@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::records::{NameRecords, ZoneSnapshot};
 
 /// An operator override, with expiry and an audit trail.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Override {
     pub id: String,
@@ -55,7 +55,7 @@ impl Override {
 }
 
 /// What an override does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "type", content = "weight")]
 pub enum OverrideAction {
     /// Take the cluster out of answers.
