@@ -1,8 +1,8 @@
 //! The controller's own metrics (the DNS server registers its own beside them).
 
-use std::{collections::BTreeMap, time::SystemTime};
+use std::time::SystemTime;
 
-use lifeline_engine::Decision;
+use lifeline_engine::{Decision, Health};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -114,29 +114,34 @@ impl Metrics {
             now.duration_since(t).unwrap_or_default().as_secs_f64()
         }));
         self.alarms.set(d.alarms.len() as i64);
-        let mut counts: BTreeMap<String, i64> = [
-            "Unknown",
-            "Healthy",
-            "Unhealthy",
-            "Recovering",
-            "Ramping",
-            "Draining",
-        ]
-        .iter()
-        .map(|s| (s.to_string(), 0))
-        .collect();
+        // Counted without an allocation per target: this runs at every decision.
+        let mut counts = [
+            ("Unknown", 0i64),
+            ("Healthy", 0),
+            ("Unhealthy", 0),
+            ("Recovering", 0),
+            ("Ramping", 0),
+            ("Draining", 0),
+        ];
         for p in d.policies.values() {
             for t in p.targets.values() {
-                let key = if t.drained {
-                    "Draining".to_owned()
-                } else {
-                    format!("{:?}", t.health)
+                let i = match (t.drained, t.health) {
+                    (true, _) => 5,
+                    (false, Health::Unknown) => 0,
+                    (false, Health::Healthy) => 1,
+                    (false, Health::Unhealthy) => 2,
+                    (false, Health::Recovering) => 3,
+                    (false, Health::Ramping) => 4,
                 };
-                *counts.entry(key).or_default() += 1;
+                counts[i].1 += 1;
             }
         }
         for (state, n) in counts {
-            self.targets.get_or_create(&StateLabels { state }).set(n);
+            self.targets
+                .get_or_create(&StateLabels {
+                    state: state.to_owned(),
+                })
+                .set(n);
         }
     }
 }

@@ -15,6 +15,10 @@ pub struct Publisher {
     zones: Vec<String>,
     /// Last published records per zone, by owner name.
     published: BTreeMap<String, BTreeMap<String, NameRecords>>,
+    /// The decision `published` was built from; `None` after a seed or a reset. A
+    /// decision sharing all its entries with it has the same records, and is not
+    /// rebuilt.
+    built_from: Option<Decision>,
     /// Revision of the last update sent. Snapshot revisions must grow even across a
     /// lost store, so they are the publisher's own counter, started above whatever the
     /// shim already holds.
@@ -30,6 +34,7 @@ impl Publisher {
                 .map(|z| lifeline_crds::validate::normalize_name(z))
                 .collect(),
             published: BTreeMap::new(),
+            built_from: None,
             revision: start_revision,
         }
     }
@@ -38,6 +43,7 @@ impl Publisher {
     /// store holds, so its first publish is a patch, not a rewrite of every name).
     pub fn seed(&mut self, records: BTreeMap<String, BTreeMap<String, NameRecords>>) {
         self.published = records;
+        self.built_from = None;
     }
 
     /// Records per zone for a decision.
@@ -93,6 +99,14 @@ impl Publisher {
     /// The updates that bring the shim from what was last published to `decision`.
     /// Empty when nothing changed.
     pub fn updates(&mut self, decision: &Decision, now: SystemTime) -> Vec<Update> {
+        // Records come from the policies' entries alone: none changed, none to send.
+        if self
+            .built_from
+            .as_ref()
+            .is_some_and(|b| b.shares_entries_with(decision))
+        {
+            return Vec::new();
+        }
         let mut updates = Vec::new();
         for (zone, names) in self.records(decision) {
             match self.published.get(&zone) {
@@ -129,6 +143,11 @@ impl Publisher {
             }
             self.published.insert(zone, names);
         }
+        // Only the entries are kept (shared with the decision): cheap to hold.
+        self.built_from = Some(Decision {
+            policies: decision.policies.clone(),
+            ..Decision::default()
+        });
         updates
     }
 
@@ -136,5 +155,112 @@ impl Publisher {
     /// rejected an update, for instance).
     pub fn reset(&mut self) {
         self.published.clear();
+        self.built_from = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{IpAddr, Ipv4Addr},
+        time::Duration,
+    };
+
+    use lifeline_engine::{
+        EngineConfig, OnSourceUnavailable, Override, OverrideAction, Policy, Signals, TargetSpec,
+        WhenAllUnhealthy, decide,
+    };
+
+    use super::*;
+
+    const ZONE: &str = "global.example.com";
+
+    fn policy(name: &str) -> Policy {
+        Policy {
+            id: format!("shop/{name}"),
+            hostname: format!("{name}.{ZONE}"),
+            ttl: 30,
+            max_answers: 8,
+            strategy: Strategy::Failover,
+            targets: (1..=2u8)
+                .map(|i| TargetSpec {
+                    cluster: format!("c{i}").into(),
+                    region: "r".into(),
+                    priority: u32::from(i),
+                    weight: 100,
+                    addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, i))],
+                })
+                .collect(),
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
+            when_all_unhealthy: WhenAllUnhealthy::ServeAll,
+            on_source_unavailable: OnSourceUnavailable::Freeze,
+            hold_down: Duration::ZERO,
+            ramp_duration: Duration::ZERO,
+            ramp_steps: 1,
+        }
+    }
+
+    #[test]
+    fn only_what_changed_is_sent_and_a_reset_sends_the_whole_zone_again() {
+        let config = EngineConfig::default();
+        let policies = [policy("cart"), policy("search")];
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let first = decide(
+            &config,
+            &policies,
+            &Signals::default(),
+            &[],
+            &Decision::default(),
+            now,
+        );
+        let mut publisher = Publisher::new(&[ZONE.to_owned()], 0);
+        let sent = publisher.updates(&first, now);
+        assert!(
+            matches!(sent.as_slice(), [Update::Replace(s)] if s.names.len() == 2),
+            "{sent:?}"
+        );
+
+        // Nothing new: every entry is shared with the published decision, nothing sent.
+        let quiet = decide(&config, &policies, &Signals::default(), &[], &first, now);
+        assert!(quiet.shares_entries_with(&first));
+        assert!(publisher.updates(&quiet, now).is_empty());
+
+        // A drain on one policy's first cluster moves its answer: one name patched.
+        let drain = Override {
+            id: "d".into(),
+            cluster: "c1".into(),
+            policy: Some("shop/cart".into()),
+            action: OverrideAction::Drain,
+            created_at: now,
+            expires_at: now + Duration::from_secs(600),
+            author: "t".into(),
+            reason: "t".into(),
+        };
+        let drained = decide(
+            &config,
+            &policies,
+            &Signals::default(),
+            &[drain],
+            &quiet,
+            now,
+        );
+        assert!(!drained.shares_entries_with(&quiet));
+        let sent = publisher.updates(&drained, now);
+        match sent.as_slice() {
+            [Update::Patch(p)] => {
+                assert_eq!(p.upsert.keys().collect::<Vec<_>>(), ["cart"]);
+                assert!(p.delete.is_empty());
+            }
+            other => panic!("expected one patch, got {other:?}"),
+        }
+
+        // After a reset (the shim refused an update), the same decision is sent whole.
+        publisher.reset();
+        let sent = publisher.updates(&drained, now);
+        assert!(
+            matches!(sent.as_slice(), [Update::Replace(s)] if s.names.len() == 2),
+            "{sent:?}"
+        );
     }
 }

@@ -335,6 +335,8 @@ struct LeaderTerm<'a> {
     last_decide: tokio::time::Instant,
     /// What survived the last save (see [`fingerprint`]).
     last_saved: u64,
+    /// The fingerprint of `decision`.
+    print: u64,
     /// The last decision could not be saved: the next one is saved whatever changed.
     unsaved: bool,
     /// Policies whose decision panics: not decided, their last answers kept.
@@ -407,6 +409,7 @@ impl<'a> LeaderTerm<'a> {
             leader,
             publisher,
             last_saved: fingerprint(&decision),
+            print: fingerprint(&decision),
             unsaved: false,
             decision: Arc::new(decision),
             policies: Arc::new(Vec::new()),
@@ -830,7 +833,12 @@ impl<'a> LeaderTerm<'a> {
             tracing::error!("test fault: the leader stops between deciding and saving a decision");
             std::future::pending::<()>().await;
         }
-        let print = fingerprint(&next);
+        // The same entries as the decision before have its fingerprint: not hashed again.
+        let print = if next.shares_entries_with(&self.decision) {
+            self.print
+        } else {
+            fingerprint(&next)
+        };
         if self.unsaved || print != self.last_saved || next.revision != self.decision.revision {
             self.unsaved = true;
             match self.store.save_decision(self.leader, &next).await {
@@ -868,6 +876,7 @@ impl<'a> LeaderTerm<'a> {
         }
         shared.metrics.observe(&next, now);
         self.decision = next;
+        self.print = print;
         if !published {
             // Retry soon rather than waiting for the next change.
             self.dirty = true;

@@ -455,6 +455,16 @@ fn decide_with(
     // 0. What each policy is decided from, and which policies keep their previous
     //    entry: nothing new for them, and no state of theirs that moves with time.
     let bases: Vec<u64> = policies.iter().map(|p| basis(p, &overrides)).collect();
+    // A signal without observations from an available source says nothing new (the
+    // controller sends one each round for every target whose health comes from
+    // readiness hints).
+    let news = |policy: &str| {
+        runs.get(policy).is_some_and(|r| {
+            flat[r.clone()]
+                .iter()
+                .any(|(_, s)| !s.observations.is_empty() || s.source != SourceState::Available)
+        })
+    };
     let kept: Vec<Option<&Arc<PolicyDecision>>> = policies
         .iter()
         .zip(&bases)
@@ -468,8 +478,7 @@ fn decide_with(
                     )
                 })
             };
-            (reuse && prev.basis == b && !runs.contains_key(policy.id.as_str()) && at_rest())
-                .then_some(prev)
+            (reuse && prev.basis == b && !news(&policy.id) && at_rest()).then_some(prev)
         })
         .collect();
 
@@ -701,6 +710,19 @@ fn decide_with(
         out.changed_at = Some(now);
     }
     out
+}
+
+impl Decision {
+    /// True when `other` holds the very same entry for every policy (shared, not equal):
+    /// then nothing about any policy changed between the two. Cheap: no entry is compared.
+    pub fn shares_entries_with(&self, other: &Decision) -> bool {
+        self.policies.len() == other.policies.len()
+            && self
+                .policies
+                .iter()
+                .zip(&other.policies)
+                .all(|((a, pa), (b, pb))| Arc::ptr_eq(pa, pb) && a == b)
+    }
 }
 
 /// Borrowed lookups by policy id, with a hasher much faster than the default for short

@@ -618,7 +618,30 @@ store: {{type: embedded, dataDir: {d}/store}}\npolicySource: {{type: files, path
     std::thread::sleep(Duration::from_secs(3));
     let rss = rss_kib(child.0.id()).context("reading VmRSS")?;
     println!("resident memory: {:.1} MiB", rss as f64 / 1024.0);
+    // At rest: nothing changes, and the leader still decides once a second.
+    let window = Duration::from_secs(20);
+    let before = cpu_ticks(child.0.id()).context("reading CPU time")?;
+    std::thread::sleep(window);
+    let after = cpu_ticks(child.0.id()).context("reading CPU time")?;
+    // Clock ticks are 1/100 s on Linux.
+    let busy = (after - before) as f64 / 100.0;
+    println!(
+        "CPU at rest: {:.2} s in {} s ({:.1}% of a core)",
+        busy,
+        window.as_secs(),
+        busy / window.as_secs_f64() * 100.0
+    );
     Ok(())
+}
+
+/// User plus system CPU time of a process so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 /// PowerDNS with the Lua `ifurlup` record, checking every 1 s
