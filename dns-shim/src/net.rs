@@ -57,16 +57,21 @@ const TCP_BUFFER: usize = 64 << 10;
 pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let socket = UdpSocket::bind(addr)?;
     socket.set_read_timeout(Some(UDP_POLL))?;
-    let sock = socket2::SockRef::from(&socket);
+    size_buffers(socket2::SockRef::from(&socket), UDP_BUFFER, "udp");
+    Ok(socket)
+}
+
+/// Sets a socket's receive and send buffers to `size`; a refusal is logged, not fatal
+/// (the socket still works with the kernel's default).
+fn size_buffers(sock: socket2::SockRef<'_>, size: usize, transport: &str) {
     for (what, r) in [
-        ("receive", sock.set_recv_buffer_size(UDP_BUFFER)),
-        ("send", sock.set_send_buffer_size(UDP_BUFFER)),
+        ("receive", sock.set_recv_buffer_size(size)),
+        ("send", sock.set_send_buffer_size(size)),
     ] {
         if let Err(e) = r {
-            warn!(error = %e, buffer = what, "could not enlarge udp socket buffer");
+            warn!(error = %e, transport, buffer = what, size, "could not size socket buffer");
         }
     }
-    Ok(socket)
 }
 
 /// Answers on `socket` until `stop` is set.
@@ -248,15 +253,7 @@ pub fn spawn_tcp(listener: TcpListener, engine: Arc<Engine>) -> JoinHandle<()> {
     let local = listener.local_addr().ok();
     let span = info_span!("dns_tcp", local = ?local);
     // Accepted connections take their buffer sizes from the listener.
-    let sock = socket2::SockRef::from(&listener);
-    for (what, r) in [
-        ("receive", sock.set_recv_buffer_size(TCP_BUFFER)),
-        ("send", sock.set_send_buffer_size(TCP_BUFFER)),
-    ] {
-        if let Err(e) = r {
-            warn!(error = %e, buffer = what, "could not bound tcp socket buffer");
-        }
-    }
+    size_buffers(socket2::SockRef::from(&listener), TCP_BUFFER, "tcp");
     tokio::spawn(
         async move {
             let permits = Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS));
