@@ -638,6 +638,129 @@ fn run(policy: &Policy, steps: &[Vec<(Option<bool>, bool)>]) -> Vec<Decision> {
     out
 }
 
+/// Which policies keep their previous entry (the very same one, shared) and which are
+/// decided again. The property tests show reuse never changes a result; this shows it
+/// happens.
+#[test]
+fn only_policies_with_something_new_are_decided_again() {
+    let named = |name: &str| Policy {
+        id: format!("shop/{name}"),
+        hostname: format!("{name}.global.example.com"),
+        ..three_tiers()
+    };
+    let policies = [
+        named("heard"),
+        named("hint"),
+        named("quiet"),
+        named("edited"),
+    ];
+    let config = no_guard();
+    let healthy = |ids: &[&Policy], at: SystemTime| {
+        let mut signals = Signals::default();
+        for p in ids {
+            for t in &p.targets {
+                signals.targets.insert(
+                    TargetKey::new(&p.id, &*t.cluster),
+                    TargetSignal {
+                        observations: vec![Observation {
+                            at,
+                            ok: true,
+                            detail: "200 OK".into(),
+                        }],
+                        source: SourceState::Available,
+                    },
+                );
+            }
+        }
+        signals
+    };
+    // Two rounds of successes: every target healthy, nothing moving with time.
+    let all: Vec<&Policy> = policies.iter().collect();
+    let mut d = Decision::default();
+    for s in 0..2 {
+        let at = t0() + Duration::from_secs(s);
+        d = decide(&config, &policies, &healthy(&all, at), &[], &d, at);
+    }
+    let at = t0() + Duration::from_secs(5);
+    // "heard" reports again; "hint" gets a signal with no news (the controller sends
+    // one for readiness-hint targets each round); "quiet" gets nothing; "edited"
+    // changes its TTL.
+    let mut signals = healthy(&[&policies[0]], at);
+    signals
+        .targets
+        .insert(TargetKey::new("shop/hint", "a"), TargetSignal::default());
+    let mut next_policies = policies.clone();
+    next_policies[3].ttl = 60;
+    let next = decide(&config, &next_policies, &signals, &[], &d, at);
+    let shared = |id: &str| Arc::ptr_eq(&next.policies[id], &d.policies[id]);
+    assert!(
+        !shared("shop/heard"),
+        "a policy with an observation was kept"
+    );
+    assert!(
+        shared("shop/hint"),
+        "a signal with no news made a policy decided again"
+    );
+    assert!(
+        shared("shop/quiet"),
+        "a policy with nothing new was decided again"
+    );
+    assert!(!shared("shop/edited"), "an edited policy was kept");
+    assert_eq!(next.policies["shop/edited"].ttl, 60);
+
+    // A target in hold-down moves with time: its policy is decided at every round.
+    let failing = |at: SystemTime| {
+        let mut s = Signals::default();
+        s.targets.insert(
+            TargetKey::new("shop/quiet", "a"),
+            TargetSignal {
+                observations: vec![Observation {
+                    at,
+                    ok: false,
+                    detail: "refused".into(),
+                }],
+                source: SourceState::Available,
+            },
+        );
+        s
+    };
+    let mut d = next;
+    for s in 0..2 {
+        let at = t0() + Duration::from_secs(6 + s);
+        d = decide(&config, &next_policies, &failing(at), &[], &d, at);
+    }
+    for s in 0..2 {
+        let at = t0() + Duration::from_secs(8 + s);
+        let mut ok = healthy(&[], at);
+        ok.targets.insert(
+            TargetKey::new("shop/quiet", "a"),
+            TargetSignal {
+                observations: vec![Observation {
+                    at,
+                    ok: true,
+                    detail: "200 OK".into(),
+                }],
+                source: SourceState::Available,
+            },
+        );
+        d = decide(&config, &next_policies, &ok, &[], &d, at);
+    }
+    assert_eq!(
+        d.policies["shop/quiet"].targets["a"].health,
+        Health::Recovering
+    );
+    let at = t0() + Duration::from_secs(12);
+    let later = decide(&config, &next_policies, &Signals::default(), &[], &d, at);
+    assert!(
+        !Arc::ptr_eq(&later.policies["shop/quiet"], &d.policies["shop/quiet"]),
+        "a policy in hold-down was kept"
+    );
+    assert!(Arc::ptr_eq(
+        &later.policies["shop/hint"],
+        &d.policies["shop/hint"]
+    ));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
