@@ -655,17 +655,18 @@ fn only_policies_with_something_new_are_decided_again() {
         named("edited"),
     ];
     let config = no_guard();
-    let healthy = |ids: &[&Policy], at: SystemTime| {
+    // One observation, `ok` or not, for each of `policies`' targets.
+    let report = |policies: &[&Policy], ok: bool, at: SystemTime| {
         let mut signals = Signals::default();
-        for p in ids {
+        for p in policies {
             for t in &p.targets {
                 signals.targets.insert(
                     TargetKey::new(&p.id, &*t.cluster),
                     TargetSignal {
                         observations: vec![Observation {
                             at,
-                            ok: true,
-                            detail: "200 OK".into(),
+                            ok,
+                            detail: if ok { "200 OK" } else { "refused" }.into(),
                         }],
                         source: SourceState::Available,
                     },
@@ -679,13 +680,13 @@ fn only_policies_with_something_new_are_decided_again() {
     let mut d = Decision::default();
     for s in 0..2 {
         let at = t0() + Duration::from_secs(s);
-        d = decide(&config, &policies, &healthy(&all, at), &[], &d, at);
+        d = decide(&config, &policies, &report(&all, true, at), &[], &d, at);
     }
     let at = t0() + Duration::from_secs(5);
     // "heard" reports again; "hint" gets a signal with no news (the controller sends
     // one for readiness-hint targets each round); "quiet" gets nothing; "edited"
     // changes its TTL.
-    let mut signals = healthy(&[&policies[0]], at);
+    let mut signals = report(&[&policies[0]], true, at);
     signals
         .targets
         .insert(TargetKey::new("shop/hint", "a"), TargetSignal::default());
@@ -708,42 +709,20 @@ fn only_policies_with_something_new_are_decided_again() {
     assert!(!shared("shop/edited"), "an edited policy was kept");
     assert_eq!(next.policies["shop/edited"].ttl, 60);
 
-    // A target in hold-down moves with time: its policy is decided at every round.
-    let failing = |at: SystemTime| {
-        let mut s = Signals::default();
-        s.targets.insert(
-            TargetKey::new("shop/quiet", "a"),
-            TargetSignal {
-                observations: vec![Observation {
-                    at,
-                    ok: false,
-                    detail: "refused".into(),
-                }],
-                source: SourceState::Available,
-            },
-        );
-        s
-    };
+    // A target in hold-down moves with time: its policy is decided at every round. Its
+    // policy's targets fail twice, then succeed twice.
+    let quiet = &next_policies[2];
     let mut d = next;
-    for s in 0..2 {
-        let at = t0() + Duration::from_secs(6 + s);
-        d = decide(&config, &next_policies, &failing(at), &[], &d, at);
-    }
-    for s in 0..2 {
-        let at = t0() + Duration::from_secs(8 + s);
-        let mut ok = healthy(&[], at);
-        ok.targets.insert(
-            TargetKey::new("shop/quiet", "a"),
-            TargetSignal {
-                observations: vec![Observation {
-                    at,
-                    ok: true,
-                    detail: "200 OK".into(),
-                }],
-                source: SourceState::Available,
-            },
+    for (s, ok) in [(6, false), (7, false), (8, true), (9, true)] {
+        let at = t0() + Duration::from_secs(s);
+        d = decide(
+            &config,
+            &next_policies,
+            &report(&[quiet], ok, at),
+            &[],
+            &d,
+            at,
         );
-        d = decide(&config, &next_policies, &ok, &[], &d, at);
     }
     assert_eq!(
         d.policies["shop/quiet"].targets["a"].health,
