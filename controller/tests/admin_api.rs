@@ -15,7 +15,7 @@ use lifeline_controller::{
 };
 use lifeline_testkit::{
     Backend,
-    dns::{await_exactly, query_a},
+    dns::{answer_a, await_exactly},
     free_port, loopback,
 };
 use serde_json::{Value, json};
@@ -254,7 +254,7 @@ async fn bad_override_requests_are_rejected_with_the_field_named() {
         .unwrap();
     assert_eq!(resp.status(), 404);
     // Still serving after all that.
-    assert_eq!(query_a(lifeline.dns, NAME).ok(), Some(vec![lifeline.one]));
+    assert_eq!(answer_a(lifeline.dns, NAME).ok(), Some(vec![lifeline.one]));
     lifeline.stop().await;
 }
 

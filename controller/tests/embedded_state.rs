@@ -17,7 +17,7 @@ use common::{admin_target, ctl, get, spawn_run};
 use hickory_proto::rr::RecordType;
 use lifeline_testkit::{
     disk::{FreezableDisk, SmallDisk},
-    dns::{query_a, query_within},
+    dns::{answer_a, query_a, query_within},
     free_addr,
     http::status_within,
 };
@@ -157,7 +157,7 @@ fn a_corrupt_overrides_file_keeps_the_drain_and_refuses_changes_until_repaired()
 
     // Repaired (removed): the good copy stays in force and changes work again.
     std::fs::remove_file(store.join("overrides.json")).unwrap();
-    assert_eq!(query_a(dns, NAME).addresses(), [ip(3)]);
+    assert_eq!(answer_a(dns, NAME).addresses(), [ip(3)]);
     let (ok, text) = ctl(&admin_target(admin), &["clear", "primary"]);
     assert!(ok && text.contains("cleared 1"), "{text}");
     wait_for(dns, ip(2));

@@ -15,7 +15,7 @@ mod common;
 use common::spawn_run;
 use lifeline_testkit::{
     Backend,
-    dns::{await_exactly, query_a},
+    dns::{answer_a, await_exactly, query_a},
     free_addr, loopback,
     process::Process,
 };
@@ -134,7 +134,7 @@ async fn a_policy_whose_decision_panics_is_quarantined_and_dns_and_the_others_go
     primary.kill().await;
     await_exactly(dns, CHECKOUT, ips[1], Duration::from_secs(10)).await;
     assert_eq!(
-        query_a(dns, SEARCH).ok(),
+        answer_a(dns, SEARCH).ok(),
         Some(vec![ips[0]]),
         "a quarantined policy keeps serving its last answers"
     );
@@ -145,7 +145,7 @@ async fn a_policy_whose_decision_panics_is_quarantined_and_dns_and_the_others_go
     drop(lifeline);
     let mut lifeline = start(&config);
     await_exactly(dns, CHECKOUT, ips[1], Duration::from_secs(15)).await;
-    assert_eq!(query_a(dns, SEARCH).ok(), Some(vec![ips[0]]));
+    assert_eq!(answer_a(dns, SEARCH).ok(), Some(vec![ips[0]]));
     status_until(admin, "search quarantined again after the restart", |s| {
         s["quarantined"]["shop/search"].is_string()
     })
@@ -182,13 +182,13 @@ async fn a_policy_whose_decision_never_returns_is_quarantined_and_the_others_go_
     .await;
     let reason = status["quarantined"]["shop/search"].as_str().unwrap();
     assert!(reason.contains("did not finish"), "{reason}");
-    assert_eq!(query_a(dns, SEARCH).ok(), Some(vec![ips[0]]));
+    assert_eq!(answer_a(dns, SEARCH).ok(), Some(vec![ips[0]]));
 
     // The other policy is still decided: it fails over.
     primary.kill().await;
     await_exactly(dns, CHECKOUT, ips[1], Duration::from_secs(10)).await;
     assert_eq!(
-        query_a(dns, SEARCH).ok(),
+        answer_a(dns, SEARCH).ok(),
         Some(vec![ips[0]]),
         "the hung policy keeps its last answers"
     );
@@ -280,7 +280,7 @@ async fn with_replicas_a_poisoned_policy_stops_no_replica_and_no_leader_that_tak
     primary.kill().await;
     for (dns, _) in &replicas {
         await_exactly(*dns, CHECKOUT, ips[1], Duration::from_secs(15)).await;
-        assert_eq!(query_a(*dns, SEARCH).ok(), Some(vec![ips[0]]));
+        assert_eq!(answer_a(*dns, SEARCH).ok(), Some(vec![ips[0]]));
     }
     assert!(
         running.iter_mut().all(Process::is_running),
@@ -292,8 +292,8 @@ async fn with_replicas_a_poisoned_policy_stops_no_replica_and_no_leader_that_tak
     drop(running.remove(leader));
     let (dns, admin) = replicas[1 - leader];
     status_until(admin, "the new leader quarantines search", quarantined).await;
-    assert_eq!(query_a(dns, CHECKOUT).ok(), Some(vec![ips[1]]));
-    assert_eq!(query_a(dns, SEARCH).ok(), Some(vec![ips[0]]));
+    assert_eq!(answer_a(dns, CHECKOUT).ok(), Some(vec![ips[1]]));
+    assert_eq!(answer_a(dns, SEARCH).ok(), Some(vec![ips[0]]));
     assert!(
         running[0].is_running(),
         "the new leader survives the panics"

@@ -12,7 +12,7 @@ mod common;
 
 use lifeline_testkit::{
     Backend,
-    dns::{query_a, wait_for_answer as wait_for},
+    dns::{answer_a, query_a, wait_for_answer as wait_for},
     free_addr, free_port,
     process::Process,
 };
@@ -209,7 +209,7 @@ async fn a_broken_policy_edit_keeps_the_last_good_set_and_a_fixed_one_applies() 
     std::fs::write(dir.path().join("policies.yaml"), "apiVersion: [broken\n").unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     for _ in 0..20 {
-        assert_eq!(query_a(dns, NAME).ok(), Some(vec![primary()]));
+        assert_eq!(answer_a(dns, NAME).ok(), Some(vec![primary()]));
     }
 
     // A valid edit that adds a name is picked up.
@@ -227,6 +227,6 @@ async fn a_broken_policy_edit_keeps_the_last_good_set_and_a_fixed_one_applies() 
     })
     .await
     .unwrap();
-    assert_eq!(query_a(dns, NAME).ok(), Some(vec![primary()]));
+    assert_eq!(answer_a(dns, NAME).ok(), Some(vec![primary()]));
     lifeline.stop();
 }

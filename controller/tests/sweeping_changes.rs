@@ -13,7 +13,7 @@ mod common;
 
 use common::{admin_target, ctl, get, spawn_run};
 use lifeline_testkit::{
-    dns::{Answer, query_a},
+    dns::{Answer, answer_a, query_a},
     free_addr,
     process::Process,
 };
@@ -163,7 +163,7 @@ fn a_sweeping_edit_is_held_until_released_through_the_admin_api() {
     );
     assert!(!ok && text.contains("not 0123456789abcdef"), "{text}");
     std::thread::sleep(Duration::from_secs(2));
-    assert!(served(&query_a(dns, &host("a"))));
+    assert!(served(&answer_a(dns, &host("a"))));
 
     let (ok, text) = ctl(
         &target,

@@ -23,7 +23,7 @@ fn ip(last: u8) -> IpAddr {
 
 /// The A addresses answered for the test name, `None` on no reply or an error code.
 fn query_a(server: SocketAddr) -> Option<Vec<IpAddr>> {
-    lifeline_tests::harness::dns::query_a(server, NAME).ok()
+    lifeline_tests::harness::dns::answer_a(server, NAME).ok()
 }
 
 async fn wait_for(dns: SocketAddr, want: IpAddr, limit: Duration) {

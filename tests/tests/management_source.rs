@@ -26,16 +26,19 @@ fn ip(last: u8) -> IpAddr {
 
 /// The A addresses answered, `None` on no reply or an error code.
 fn query_a(server: SocketAddr, name: &str) -> Option<Vec<IpAddr>> {
-    lifeline_tests::harness::dns::query_a(server, name).ok()
+    lifeline_tests::harness::dns::answer_a(server, name).ok()
 }
 
 async fn wait_for(dns: SocketAddr, name: &'static str, want: IpAddr, limit: Duration) {
     await_exactly(dns, name, want, limit).await;
 }
 
-/// Polls `check` every 100 ms for up to 15 s.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(check: impl Fn() -> F) -> T {
-    eventually_async(Duration::from_secs(15), "the condition", check).await
+/// Polls `check` every 100 ms for up to 15 s; a timeout names `what` was awaited.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    check: impl Fn() -> F,
+) -> T {
+    eventually_async(Duration::from_secs(15), what, check).await
 }
 
 async fn start_lifeline(dir: &Path, dns: SocketAddr) -> Running {
@@ -108,15 +111,18 @@ async fn policies_come_from_crs_and_survive_a_management_outage_and_a_restart() 
     };
     // The first status can be written before the first probe results (targets still
     // Unknown); wait for the one written after both targets were seen healthy.
-    let status = eventually(|| async {
-        let p = policies.get("web").await.ok()?;
-        let s = p.status.as_ref()?;
-        let probed = s
-            .targets
-            .iter()
-            .all(|t| t.state != lifeline_crds::TargetState::Unknown);
-        (s.answers == ["127.0.0.7"] && probed).then_some(p)
-    })
+    let status = eventually(
+        "the status written after both targets were seen healthy",
+        || async {
+            let p = policies.get("web").await.ok()?;
+            let s = p.status.as_ref()?;
+            let probed = s
+                .targets
+                .iter()
+                .all(|t| t.state != lifeline_crds::TargetState::Unknown);
+            (s.answers == ["127.0.0.7"] && probed).then_some(p)
+        },
+    )
     .await;
     assert_eq!(ready(&status).unwrap().status, "True");
     let targets = &status.status.as_ref().unwrap().targets;
@@ -128,7 +134,7 @@ async fn policies_come_from_crs_and_survive_a_management_outage_and_a_restart() 
         "{targets:?}"
     );
     let clusters: kube::Api<lifeline_crds::MemberCluster> = kube::Api::all(client.clone());
-    eventually(|| async {
+    eventually("the cluster's Static condition", || async {
         let c = clusters.get("one").await.ok()?;
         (c.status?.conditions.first()?.reason == "Static").then_some(())
     })
@@ -141,7 +147,7 @@ async fn policies_come_from_crs_and_survive_a_management_outage_and_a_restart() 
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(query_a(dns, NAME).as_deref(), Some(&[ip(7)][..]));
     // ...and the CR says why: Ready=False with the field path.
-    let invalid = eventually(|| async {
+    let invalid = eventually("Ready=False on the invalid policy", || async {
         let p = policies.get("web").await.ok()?;
         let c = ready(&p)?;
         (c.status == "False").then_some(c)
@@ -169,7 +175,7 @@ async fn policies_come_from_crs_and_survive_a_management_outage_and_a_restart() 
     // The change is told as an Event on the policy.
     let events: kube::Api<k8s_openapi::api::events::v1::Event> =
         kube::Api::namespaced(client.clone(), "shop");
-    let event = eventually(|| async {
+    let event = eventually("the Event for the invalid policy", || async {
         let list = events.list(&Default::default()).await.ok()?;
         list.items
             .into_iter()
@@ -318,7 +324,7 @@ async fn a_member_kubeconfig_that_cannot_be_loaded_is_reported_and_retried_until
     let client = management.client().await.unwrap();
     let clusters: kube::Api<lifeline_crds::MemberCluster> = kube::Api::all(client);
     let ready = |c: lifeline_crds::MemberCluster| c.status?.conditions.into_iter().next();
-    let unavailable = eventually(|| async {
+    let unavailable = eventually("KubeconfigUnavailable on the cluster", || async {
         let c = ready(clusters.get("one").await.ok()?)?;
         (c.reason == "KubeconfigUnavailable").then_some(c)
     })
@@ -344,10 +350,13 @@ async fn a_member_kubeconfig_that_cannot_be_loaded_is_reported_and_retried_until
         )
         .unwrap();
     wait_for(dns, NAME, ip(11), Duration::from_secs(30)).await;
-    let reachable = eventually(|| async {
-        let c = ready(clusters.get("one").await.ok()?)?;
-        (c.reason == "Reachable").then_some(c)
-    })
+    let reachable = eventually(
+        "Reachable on the cluster once its kubeconfig loads",
+        || async {
+            let c = ready(clusters.get("one").await.ok()?)?;
+            (c.reason == "Reachable").then_some(c)
+        },
+    )
     .await;
     assert_eq!(reachable.status, "True");
     lifeline.stop().await;
@@ -376,7 +385,10 @@ memberCredentials: {{keyFile: {d}/credential.key, recheckInterval: 1s}}\n",
 
     // Cached in the store, private, and nothing of the kubeconfig readable in it.
     let cached = dir.path().join("store/credential-one.json");
-    let sealed = eventually(|| async { std::fs::read_to_string(&cached).ok() }).await;
+    let sealed = eventually("the sealed copy in the store", || async {
+        std::fs::read_to_string(&cached).ok()
+    })
+    .await;
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(&cached).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{cached:?} has mode {mode:o}");
@@ -413,7 +425,7 @@ memberCredentials: {{keyFile: {d}/credential.key, recheckInterval: 1s}}\n",
     };
     set_secret(second.kubeconfig_yaml());
     wait_for(dns, NAME, ip(12), Duration::from_secs(20)).await;
-    let resealed = eventually(|| async {
+    let resealed = eventually("the copy resealed for the second cluster", || async {
         std::fs::read_to_string(&cached)
             .ok()
             .filter(|now| *now != sealed)
@@ -429,7 +441,10 @@ memberCredentials: {{keyFile: {d}/credential.key, recheckInterval: 1s}}\n",
     };
     let before = reads();
     set_secret("clusters: [not, a, kubeconfig".to_owned());
-    eventually(|| async { (reads() >= before + 3).then_some(()) }).await;
+    eventually("three reads of the broken Secret", || async {
+        (reads() >= before + 3).then_some(())
+    })
+    .await;
     assert_eq!(query_a(dns, NAME), Some(vec![ip(12)]));
     second
         .merge_patch(

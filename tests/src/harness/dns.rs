@@ -21,7 +21,7 @@ use std::{
 use hickory_proto::rr::RecordType;
 use parking_lot::Mutex;
 
-pub use lifeline_testkit::dns::Answer;
+pub use lifeline_testkit::dns::{Answer, answer_a};
 
 /// Sends one A query over UDP with a 300 ms timeout.
 pub fn query_a(server: SocketAddr, name: &str) -> Answer {
