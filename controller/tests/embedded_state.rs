@@ -123,7 +123,7 @@ fn a_corrupt_overrides_file_keeps_the_drain_and_refuses_changes_until_repaired()
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         assert_eq!(
-            query_a(dns, NAME).addresses(),
+            answer_a(dns, NAME).addresses(),
             [ip(3)],
             "the drain was lifted"
         );

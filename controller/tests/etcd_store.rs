@@ -19,7 +19,9 @@ use lifeline_etcd::{
 };
 use lifeline_testkit::{Etcd, within};
 
-const TTL: Duration = Duration::from_secs(2);
+/// No test here waits for a lease to expire (they revoke or resign): a long TTL keeps a
+/// late renewal on a loaded machine from fencing off a write by accident.
+const TTL: Duration = Duration::from_secs(10);
 const ZONE: &str = "global.example.com";
 
 async fn store(etcd: &Etcd) -> EtcdStore {

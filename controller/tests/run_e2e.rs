@@ -103,7 +103,7 @@ async fn a_killed_primary_fails_over_and_returns_only_after_hold_down() {
     // Kill the primary: the answer moves to the secondary.
     a.kill().await;
     let (_, took) = tokio::task::spawn_blocking(move || {
-        wait_for(dns, NAME, Duration::from_secs(5), |ips| {
+        wait_for(dns, NAME, Duration::from_secs(15), |ips| {
             ips == [secondary()]
         })
     })

@@ -125,7 +125,7 @@ fn serve_then_sweep(dir: &Path, dns: SocketAddr, admin: SocketAddr) -> Process {
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         for n in &NAMES[..3] {
-            let a = query_a(dns, &host(n));
+            let a = answer_a(dns, &host(n));
             assert!(
                 served(&a),
                 "{n} stopped answering while the change is held: {a:?}"

@@ -96,7 +96,7 @@ async fn event_note(
 async fn nxdomain(dns: SocketAddr, name: &str) -> bool {
     let name = name.to_owned();
     tokio::task::spawn_blocking(move || {
-        lifeline_testkit::dns::query_a(dns, &name)
+        lifeline_testkit::dns::answer_a(dns, &name)
             == lifeline_testkit::dns::Answer::Error("NXDomain".into())
     })
     .await
@@ -169,7 +169,7 @@ async fn a_hostname_has_one_owner_and_zones_choose_their_namespaces() {
     })
     .await;
     for _ in 0..20 {
-        let got = lifeline_testkit::dns::query_a(dns, &web);
+        let got = lifeline_testkit::dns::answer_a(dns, &web);
         assert_eq!(
             got.addresses(),
             [ip(7)],
@@ -196,7 +196,7 @@ async fn a_hostname_has_one_owner_and_zones_choose_their_namespaces() {
     let note = event_note(&client, "team-a", "PolicyChangeHeld", None).await;
     assert!(note.contains("lifeline ctl release"), "{note}");
     for _ in 0..20 {
-        let got = lifeline_testkit::dns::query_a(dns, &format!("api.{CLOSED}"));
+        let got = lifeline_testkit::dns::answer_a(dns, &format!("api.{CLOSED}"));
         assert_eq!(got.addresses(), [ip(7)], "a held change keeps the names");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -1577,7 +1577,7 @@ async fn deletecollection_removes_only_selected_objects_and_a_timed_outage_ends_
     let r = send_json(
         &emu,
         "POST",
-        "/_emulator/outage?seconds=1",
+        "/_emulator/outage?seconds=3",
         "application/json",
         b"",
     )

@@ -522,9 +522,10 @@ async fn a_429_storm_gets_no_request_before_each_retry_after_has_elapsed() -> Re
             "the watches never came back to be throttled"
         );
         for g in &gaps {
-            // 10 ms sampling on either side.
+            // Arrivals are sampled every 10 ms by a task a loaded machine can delay;
+            // 300 ms of slack still tells Retry-After from any backoff of our own.
             ensure!(
-                *g >= Duration::from_millis(RETRY_AFTER * 1000 - 50),
+                *g >= Duration::from_millis(RETRY_AFTER * 1000 - 300),
                 "a request came {g:?} after a 429"
             );
         }

@@ -52,7 +52,7 @@ pub struct ScenarioReport {
     pub duration: Duration,
     /// DNS queries: A over UDP, AAAA over UDP and A over TCP to every replica.
     pub queries: usize,
-    /// Failed after a stub resolver's one retry over UDP (TCP is not retried).
+    /// Failed after a stub resolver's one retry (a new connection over TCP).
     pub failed: usize,
     /// Failed at the first attempt (lost reply, then retried; or an error).
     pub first_try_failed: usize,
@@ -504,7 +504,7 @@ pub async fn member_api_dark(scale: Scale, backend: ApiBackend) -> anyhow::Resul
         for dns in run.fleet.dns_addrs() {
             let name = hinted.clone();
             hinted_during
-                .push(tokio::task::spawn_blocking(move || super::dns::query_a(dns, &name)).await?);
+                .push(tokio::task::spawn_blocking(move || super::dns::answer_a(dns, &name)).await?);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -924,7 +924,16 @@ pub async fn leader_killed_during_failover(
         .fleet
         .wait_all_answer(&[member_ip(1)], Duration::from_secs(15))
         .await;
-    let successor = run.fleet.leader().await;
+    // The answer can move before the successor is elected (a failover the old leader
+    // published just before it died): look for it until its lease is won, at most 10 s.
+    let mut successor = None;
+    let looked = Instant::now();
+    while looked.elapsed() < Duration::from_secs(10) {
+        successor = run.fleet.leader().await;
+        if successor.is_some_and(|s| s != leader) {
+            break;
+        }
+    }
     tokio::time::sleep(after).await;
     let (mut report, history) = run.end().await;
     report
@@ -998,7 +1007,16 @@ pub async fn leader_killed_before_saving(
         .fleet
         .wait_all_answer(&[member_ip(1)], Duration::from_secs(15))
         .await;
-    let successor = run.fleet.leader().await;
+    // The answer can move before the successor is elected (a failover the old leader
+    // published just before it died): look for it until its lease is won, at most 10 s.
+    let mut successor = None;
+    let looked = Instant::now();
+    while looked.elapsed() < Duration::from_secs(10) {
+        successor = run.fleet.leader().await;
+        if successor.is_some_and(|s| s != leader) {
+            break;
+        }
+    }
     tokio::time::sleep(after).await;
     let (mut report, history) = run.end().await;
     report.check(decided.is_some(), || {
