@@ -333,9 +333,9 @@ struct LeaderTerm<'a> {
     /// Something changed since the last decision.
     dirty: bool,
     last_decide: tokio::time::Instant,
-    /// What survived the last save (see [`fingerprint`]).
+    /// What survived the last save (see [`saved_print`]).
     last_saved: u64,
-    /// The fingerprint of `decision`.
+    /// The fingerprint of `decision`'s entries.
     print: u64,
     /// The last decision could not be saved: the next one is saved whatever changed.
     unsaved: bool,
@@ -408,7 +408,7 @@ impl<'a> LeaderTerm<'a> {
             store,
             leader,
             publisher,
-            last_saved: fingerprint(&decision),
+            last_saved: saved_print(fingerprint(&decision), &decision),
             print: fingerprint(&decision),
             unsaved: false,
             decision: Arc::new(decision),
@@ -839,11 +839,12 @@ impl<'a> LeaderTerm<'a> {
         } else {
             fingerprint(&next)
         };
-        if self.unsaved || print != self.last_saved || next.revision != self.decision.revision {
+        let saved = saved_print(print, &next);
+        if self.unsaved || saved != self.last_saved || next.revision != self.decision.revision {
             self.unsaved = true;
             match self.store.save_decision(self.leader, &next).await {
                 Ok(()) => {
-                    self.last_saved = print;
+                    self.last_saved = saved;
                     self.unsaved = false;
                 }
                 // Published all the same, and saved again at the next decision (at least
@@ -947,6 +948,18 @@ fn fingerprint(d: &Decision) -> u64 {
             t.health.hash(&mut h);
             t.drained.hash(&mut h);
         }
+    }
+    h.finish()
+}
+
+/// What a saved decision must match: its entries' fingerprint and its alarms. Followers
+/// show the saved decision, so an alarm raised or cleared is saved even when no target
+/// changed (the systemic guard holds every target where it was).
+fn saved_print(entries: u64, d: &Decision) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    entries.hash(&mut h);
+    for a in &d.alarms {
+        std::mem::discriminant(&a.kind).hash(&mut h);
     }
     h.finish()
 }

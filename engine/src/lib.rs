@@ -67,7 +67,10 @@ fn default_max_ramps() -> usize {
 }
 
 /// The blast-radius guard: when more than `fraction` of all targets turn unhealthy
-/// within `window`, the observer is more likely broken than the world.
+/// within `window`, the observer is more likely broken than the world. Their answers
+/// are held and `SystemicFailureSuspected` is raised until no more than `fraction` are
+/// failing. Then every failure streak starts again, so a target still down moves its
+/// answers only after `unhealthyThreshold` failures seen after the hold.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BlastRadius {
@@ -452,6 +455,16 @@ fn decide_with(
         .map(|(id, p)| (id.as_str(), p))
         .collect();
 
+    // While the blast-radius guard holds, every policy is decided each round: its
+    //    release touches targets of every policy (below), and it is rare.
+    let guard = &config.blast_radius;
+    let was_holding = guard.enabled
+        && previous
+            .alarms
+            .iter()
+            .any(|a| a.kind == AlarmKind::SystemicFailureSuspected);
+    let reuse = reuse && !was_holding;
+
     // 0. What each policy is decided from, and which policies keep their previous
     //    entry: nothing new for them, and no state of theirs that moves with time.
     let bases: Vec<u64> = policies.iter().map(|p| basis(p, &overrides)).collect();
@@ -508,7 +521,6 @@ fn decide_with(
 
     // 2. Blast-radius guard: many new failures at once are held back.
     let mut alarms = Vec::new();
-    let guard = &config.blast_radius;
     let is_fresh = |s: &TargetState, prev: &Option<Health>| {
         s.health == Health::Unhealthy && *prev != Some(Health::Unhealthy)
     };
@@ -519,7 +531,10 @@ fn decide_with(
         .flatten()
         .filter(|(s, prev)| is_fresh(s, prev))
         .count();
-    if guard.enabled && total >= guard.min_targets.max(1) && fresh > 0 {
+    // Once it holds, the guard is judged every round, so it stays up while most targets
+    // fail and not only in rounds where one crosses its threshold.
+    let mut tripped = false;
+    if guard.enabled && total >= guard.min_targets.max(1) && (fresh > 0 || was_holding) {
         let kept_states = || {
             kept.iter()
                 .flatten()
@@ -545,7 +560,8 @@ fn decide_with(
             .filter(|(s, _)| s.health != Health::Unhealthy && s.fail_streak > 0)
             .count();
         let failing = fresh + recent + suspects;
-        if failing as f64 > guard.fraction * total as f64 {
+        tripped = failing as f64 > guard.fraction * total as f64;
+        if tripped {
             let since = previous
                 .alarms
                 .iter()
@@ -575,6 +591,30 @@ fn decide_with(
                     state.fail_streak = fail;
                     state.last_detail = detail;
                     state.reason = "failure held back: systemic failure suspected".into();
+                }
+            }
+        }
+    }
+    // The round the guard lets go. The fleet's return is not in step either: a target
+    // whose next probe has not come yet, or whose failure was in flight, still has the
+    // failure streak it built while everything failed, and would move its answers
+    // although it is as healthy as the rest. Failures seen while the guard held are not
+    // trusted: every streak starts again, and a target really down is confirmed by
+    // `unhealthyThreshold` new failures.
+    if was_holding && !tripped {
+        for (policy, row) in policies.iter().zip(states.iter_mut()) {
+            let prev_policy = previous_of.get(policy.id.as_str()).copied();
+            for (target, (state, prev_health)) in policy.targets.iter().zip(row.iter_mut()) {
+                if is_fresh(state, prev_health) {
+                    let prev = prev_policy.and_then(|p| p.targets.get(&target.cluster));
+                    let (ok, detail) = (state.ok_streak, std::mem::take(&mut state.last_detail));
+                    *state = prev.cloned().unwrap_or_else(|| initial_state(now));
+                    state.ok_streak = ok;
+                    state.last_detail = detail;
+                    state.reason = "failure to be confirmed after a systemic failure".into();
+                }
+                if state.health != Health::Unhealthy {
+                    state.fail_streak = 0;
                 }
             }
         }

@@ -482,6 +482,99 @@ fn blast_radius_guard_lets_a_single_failure_through() {
     assert_eq!(sim.clusters(), ["b"]);
 }
 
+/// One observation per listed (cluster, ok) for every policy of `sim`, a second later.
+fn step_all(sim: &mut Sim, results: &[(&str, bool)]) {
+    let mut signals = Signals::default();
+    for p in &sim.policies {
+        for (cluster, ok) in results {
+            signals
+                .targets
+                .entry(TargetKey::new(&p.id, *cluster))
+                .or_default()
+                .observations
+                .push(Observation {
+                    at: sim.now,
+                    ok: *ok,
+                    detail: if *ok { "200" } else { "refused" }.into(),
+                });
+        }
+    }
+    sim.now += Duration::from_secs(1);
+    sim.decide(&signals);
+}
+
+/// Every answer of every policy, by policy.
+fn every_answer(sim: &Sim) -> Vec<Vec<String>> {
+    sim.decision
+        .policies
+        .values()
+        .map(|p| p.answers.iter().map(|a| a.cluster.to_string()).collect())
+        .collect()
+}
+
+#[test]
+fn after_a_systemic_failure_a_target_must_fail_again_before_its_answers_move() {
+    let policies: Vec<Policy> = (0..3)
+        .map(|i| {
+            let mut p = three_tiers();
+            p.id = format!("shop/p{i}");
+            p.hold_down = Duration::ZERO;
+            p.ramp_duration = Duration::ZERO;
+            p
+        })
+        .collect();
+    let all_ok = [("a", true), ("b", true), ("c", true)];
+    let all_down = [("a", false), ("b", false), ("c", false)];
+    let on_a = vec![vec!["a".to_owned()]; 3];
+    let on_b = vec![vec!["b".to_owned()]; 3];
+    let systemic = |sim: &Sim| {
+        sim.decision
+            .alarms
+            .iter()
+            .any(|a| a.kind == AlarmKind::SystemicFailureSuspected)
+    };
+    for really_down in [false, true] {
+        let mut sim = Sim::with_config(EngineConfig::default(), policies.clone());
+        for _ in 0..2 {
+            step_all(&mut sim, &all_ok);
+        }
+        assert_eq!(every_answer(&sim), on_a);
+        // The first failures cross no threshold; from the second on, all are held.
+        step_all(&mut sim, &all_down);
+        for _ in 0..3 {
+            step_all(&mut sim, &all_down);
+            assert!(systemic(&sim), "every target failing is held");
+        }
+        // A round with nothing new: the guard still holds.
+        step_all(&mut sim, &[]);
+        assert!(systemic(&sim), "the guard lets go only when failures stop");
+        assert_eq!(every_answer(&sim), on_a);
+
+        // The fleet returns, out of step: b and c answer again while a's failure (a probe
+        // sent before its return) lands in the same round. The guard lets go, and a's
+        // streak from the held time does not move the answers.
+        step_all(&mut sim, &[("a", false), ("b", true), ("c", true)]);
+        assert!(!systemic(&sim));
+        assert_eq!(
+            every_answer(&sim),
+            on_a,
+            "moved on a failure seen while held"
+        );
+        if really_down {
+            // A target really down is confirmed by a full threshold of new failures.
+            step_all(&mut sim, &[("a", false)]);
+            assert_eq!(every_answer(&sim), on_a, "moved after one new failure");
+            step_all(&mut sim, &[("a", false)]);
+            assert_eq!(every_answer(&sim), on_b, "a down for good moves after two");
+        } else {
+            step_all(&mut sim, &all_ok);
+            step_all(&mut sim, &all_ok);
+            assert_eq!(every_answer(&sim), on_a);
+        }
+        assert!(!systemic(&sim));
+    }
+}
+
 fn an_override(cluster: &str, action: OverrideAction, expires_in: u64) -> Override {
     Override {
         id: format!("{cluster}-{action:?}"),

@@ -622,6 +622,22 @@ memberCredentials: {{keyFile: {key}}}\n",
         })
     }
 
+    /// The replica that leads after `old`, looked for until one is found or `limit`
+    /// passes. The answers can move before the successor is elected (a failover the old
+    /// leader published just before it died), so one look is not enough.
+    pub async fn successor_of(&self, old: usize, limit: Duration) -> Option<usize> {
+        let started = std::time::Instant::now();
+        let mut found = None;
+        // Bounded by `limit`; each look takes 600 ms.
+        while started.elapsed() < limit {
+            found = self.leader().await;
+            if found.is_some_and(|s| s != old) {
+                break;
+            }
+        }
+        found
+    }
+
     /// The data directories and configuration live as long as the fleet.
     pub fn dir(&self) -> PathBuf {
         self._dir.path().to_owned()
