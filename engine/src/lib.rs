@@ -389,6 +389,9 @@ pub enum AlarmKind {
     SystemicFailureSuspected,
 }
 
+/// The reason of a target whose failure the blast-radius guard holds back.
+const HELD: &str = "failure held back: systemic failure suspected";
+
 /// Computes the next decision. Pure: no I/O, no clock; `now` is the decision time.
 ///
 /// Only policies with something new are decided again: a signal, a change to the policy
@@ -456,7 +459,7 @@ fn decide_with(
         .collect();
 
     // While the blast-radius guard holds, every policy is decided each round: its
-    //    release touches targets of every policy (below), and it is rare.
+    // release touches targets of every policy (below), and it is rare.
     let guard = &config.blast_radius;
     let was_holding = guard.enabled
         && previous
@@ -590,7 +593,7 @@ fn decide_with(
                     state.ok_streak = ok;
                     state.fail_streak = fail;
                     state.last_detail = detail;
-                    state.reason = "failure held back: systemic failure suspected".into();
+                    state.reason = HELD.into();
                 }
             }
         }
@@ -615,6 +618,10 @@ fn decide_with(
                 }
                 if state.health != Health::Unhealthy {
                     state.fail_streak = 0;
+                }
+                if &*state.reason == HELD {
+                    state.reason =
+                        "failures seen during a systemic failure were not trusted".into();
                 }
             }
         }

@@ -560,6 +560,15 @@ fn after_a_systemic_failure_a_target_must_fail_again_before_its_answers_move() {
             on_a,
             "moved on a failure seen while held"
         );
+        let still_held: Vec<&str> = sim
+            .decision
+            .policies
+            .values()
+            .flat_map(|p| p.targets.values())
+            .map(|t| &*t.reason)
+            .filter(|r| r.starts_with("failure held back"))
+            .collect();
+        assert!(still_held.is_empty(), "stale reasons: {still_held:?}");
         if really_down {
             // A target really down is confirmed by a full threshold of new failures.
             step_all(&mut sim, &[("a", false)]);
