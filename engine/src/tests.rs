@@ -63,6 +63,18 @@ fn three_tiers() -> Policy {
     )
 }
 
+/// `n` copies of [`three_tiers`], each with an id and hostname of its own.
+fn numbered(n: usize) -> Vec<Policy> {
+    (0..n)
+        .map(|i| {
+            let mut p = three_tiers();
+            p.id = format!("shop/p{i}");
+            p.hostname = format!("p{i}.global.example.com");
+            p
+        })
+        .collect()
+}
+
 fn no_guard() -> EngineConfig {
     EngineConfig {
         blast_radius: BlastRadius {
@@ -331,14 +343,7 @@ fn a_failure_during_the_ramp_sends_the_target_back_to_unhealthy() {
 
 #[test]
 fn at_most_n_policies_ramp_at_once() {
-    let policies: Vec<Policy> = (0..4)
-        .map(|i| {
-            let mut p = three_tiers();
-            p.id = format!("shop/p{i}");
-            p.hostname = format!("p{i}.global.example.com");
-            p
-        })
-        .collect();
+    let policies = numbered(4);
     let mut sim = Sim::new(policies.clone());
     let all = |ok: bool| {
         let mut s = Signals::default();
@@ -429,13 +434,7 @@ fn treat_as_unhealthy_gives_up_after_max_stale() {
 
 #[test]
 fn blast_radius_guard_freezes_when_most_targets_fail_at_once() {
-    let policies: Vec<Policy> = (0..3)
-        .map(|i| {
-            let mut p = three_tiers();
-            p.id = format!("shop/p{i}");
-            p
-        })
-        .collect();
+    let policies = numbered(3);
     let mut sim = Sim::with_config(EngineConfig::default(), policies.clone());
     let before = sim.decision.clone();
     let mut signals = Signals::default();
@@ -469,13 +468,7 @@ fn blast_radius_guard_freezes_when_most_targets_fail_at_once() {
 
 #[test]
 fn blast_radius_guard_lets_a_single_failure_through() {
-    let policies: Vec<Policy> = (0..3)
-        .map(|i| {
-            let mut p = three_tiers();
-            p.id = format!("shop/p{i}");
-            p
-        })
-        .collect();
+    let policies = numbered(3);
     let mut sim = Sim::with_config(EngineConfig::default(), policies);
     sim.wait(2, &[("a", false)]);
     assert!(sim.decision.alarms.is_empty());
@@ -514,15 +507,11 @@ fn every_answer(sim: &Sim) -> Vec<Vec<String>> {
 
 #[test]
 fn after_a_systemic_failure_a_target_must_fail_again_before_its_answers_move() {
-    let policies: Vec<Policy> = (0..3)
-        .map(|i| {
-            let mut p = three_tiers();
-            p.id = format!("shop/p{i}");
-            p.hold_down = Duration::ZERO;
-            p.ramp_duration = Duration::ZERO;
-            p
-        })
-        .collect();
+    let mut policies = numbered(3);
+    for p in &mut policies {
+        p.hold_down = Duration::ZERO;
+        p.ramp_duration = Duration::ZERO;
+    }
     let all_ok = [("a", true), ("b", true), ("c", true)];
     let all_down = [("a", false), ("b", false), ("c", false)];
     let on_a = vec![vec!["a".to_owned()]; 3];
