@@ -36,6 +36,7 @@ pub(crate) struct Metrics {
     pub term_failures: Counter,
     pub publish_errors: Counter,
     pub save_errors: Counter,
+    pub policy_save_errors: Counter,
 }
 
 impl Metrics {
@@ -105,6 +106,11 @@ impl Metrics {
             "lifeline_decision_save_errors",
             "Decisions published without having been saved (the store refused or failed the write)",
             self.save_errors.clone(),
+        );
+        r.register(
+            "lifeline_policy_save_errors",
+            "Failed saves of the last good policy set (retried every second until one succeeds)",
+            self.policy_save_errors.clone(),
         );
     }
 

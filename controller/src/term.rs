@@ -339,6 +339,9 @@ struct LeaderTerm<'a> {
     print: u64,
     /// The last decision could not be saved: the next one is saved whatever changed.
     unsaved: bool,
+    /// The policy set in force could not be saved as the last good set: retried each
+    /// tick, since a restart without the policy source starts from it.
+    policies_unsaved: bool,
     /// Policies whose decision panics: not decided, their last answers kept.
     quarantine: Quarantine,
     /// Policies carrying the test fault annotation (only with test faults on).
@@ -411,6 +414,7 @@ impl<'a> LeaderTerm<'a> {
             last_saved: saved_print(fingerprint(&decision), &decision),
             print: fingerprint(&decision),
             unsaved: false,
+            policies_unsaved: false,
             decision: Arc::new(decision),
             policies: Arc::new(Vec::new()),
             decider: guard::Decider::new(),
@@ -443,13 +447,32 @@ impl<'a> LeaderTerm<'a> {
         Ok(term)
     }
 
+    /// Saves the set in force as the last good set. A failure is counted, and the save
+    /// is tried again each tick until it succeeds: until then a restart without the
+    /// policy source would start from an older set, or from none.
+    async fn save_policies(&mut self) {
+        match self.store.save_policies(self.leader, &self.current).await {
+            Ok(()) => {
+                if self.policies_unsaved {
+                    info!("the policy set in force is saved as the last good set again");
+                }
+                self.policies_unsaved = false;
+            }
+            Err(e) => {
+                if !self.policies_unsaved {
+                    warn!(error = %e, "cannot save the policy set; trying again every second");
+                }
+                self.shared.metrics.policy_save_errors.inc();
+                self.policies_unsaved = true;
+            }
+        }
+    }
+
     /// Puts a policy set in force: saved as the last good set, member watchers
     /// reconciled, then compiled.
     async fn adopt(&mut self, snapshot: PolicySnapshot) {
-        if let Err(e) = self.store.save_policies(self.leader, &snapshot).await {
-            warn!(error = %e, "cannot save the policy set");
-        }
         self.current = snapshot;
+        self.save_policies().await;
         // New documents may carry the fix: decide every policy again.
         self.quarantine.clear();
         self.faults = if self.shared.test_faults {
@@ -682,6 +705,9 @@ impl<'a> LeaderTerm<'a> {
                 held: self.held.as_ref().map(|(h, _)| h.clone()),
                 set_problems: self.shared.policy_feed.set_problems.clone(),
             });
+        }
+        if self.policies_unsaved {
+            self.save_policies().await;
         }
         self.check_release().await;
         self.prune_audit().await;

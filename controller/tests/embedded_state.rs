@@ -349,7 +349,8 @@ fn fill(dir: &Path) -> std::path::PathBuf {
 }
 
 #[test]
-fn a_decision_the_store_cannot_save_is_published_counted_and_saved_once_space_returns() {
+fn a_decision_and_policy_set_the_store_cannot_save_are_published_counted_and_saved_once_space_returns()
+ {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let store = d.join("store");
@@ -361,13 +362,27 @@ fn a_decision_the_store_cannot_save_is_published_counted_and_saved_once_space_re
     write_files(d, dns, admin);
     let _lifeline = spawn_run(&d.join("lifeline.yaml"), false);
     wait_for(dns, ip(2));
-    let errors = || {
+    let counter = |name: &str| {
         get(admin, "/metrics")
             .lines()
-            .find_map(|l| l.strip_prefix("lifeline_decision_save_errors_total "))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix("_total "))
             .and_then(|v| v.trim().parse::<f64>().ok())
     };
+    let errors = || counter("lifeline_decision_save_errors");
+    let policy_errors = || counter("lifeline_policy_save_errors");
     assert_eq!(errors(), Some(0.0));
+    assert_eq!(policy_errors(), Some(0.0));
+    // The primary's priority in the last good policy set on disk.
+    let saved_priority = || {
+        let text = std::fs::read_to_string(store.join("policies.json")).ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        v["value"]["policies"][0]["spec"]["targets"]
+            .as_array()?
+            .iter()
+            .find(|t| t["cluster"] == "primary")?["priority"]
+            .as_u64()
+    };
+    assert_eq!(saved_priority(), Some(0));
 
     // The store's disk is full; the policy now prefers the secondary.
     let filler = fill(&store);
@@ -383,6 +398,12 @@ fn a_decision_the_store_cannot_save_is_published_counted_and_saved_once_space_re
     // Answers move all the same, and the failed save is counted.
     wait_for(dns, ip(3));
     assert!(errors().is_some_and(|n| n >= 1.0), "{:?}", errors());
+    assert!(
+        policy_errors().is_some_and(|n| n >= 1.0),
+        "{:?}",
+        policy_errors()
+    );
+    assert_eq!(saved_priority(), Some(0), "the edit cannot have been saved");
 
     // With room again, the next decision is saved: it is what a restart starts from.
     std::fs::remove_file(filler).unwrap();
@@ -395,6 +416,16 @@ fn a_decision_the_store_cannot_save_is_published_counted_and_saved_once_space_re
         assert!(
             Instant::now() < saved,
             "the decision was never saved: {decision}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // So is the policy set in force: a restart without the policy source starts from
+    // it, not from the set before the edit.
+    while saved_priority() != Some(2) {
+        assert!(
+            Instant::now() < saved,
+            "the policy set in force was never saved: primary at priority {:?}",
+            saved_priority()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
