@@ -349,8 +349,7 @@ fn fill(dir: &Path) -> std::path::PathBuf {
 }
 
 #[test]
-fn a_decision_and_policy_set_the_store_cannot_save_are_published_counted_and_saved_once_space_returns()
- {
+fn what_the_store_cannot_save_is_published_counted_and_saved_once_space_returns() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let store = d.join("store");

@@ -578,50 +578,43 @@ fn decide_with(
                 ),
                 since,
             });
-            for (policy, row) in policies.iter().zip(states.iter_mut()) {
-                let prev_policy = previous_of.get(policy.id.as_str()).copied();
-                for (target, (state, prev_health)) in policy.targets.iter().zip(row.iter_mut()) {
-                    if !is_fresh(state, prev_health) {
-                        continue;
-                    }
-                    let prev = prev_policy.and_then(|p| p.targets.get(&target.cluster));
-                    // Keep the streak counters so the failure is acted on as soon as
-                    // the guard releases, but not the state change.
-                    let (ok, fail) = (state.ok_streak, state.fail_streak);
-                    let detail = std::mem::take(&mut state.last_detail);
-                    *state = prev.cloned().unwrap_or_else(|| initial_state(now));
-                    state.ok_streak = ok;
-                    state.fail_streak = fail;
-                    state.last_detail = detail;
-                    state.reason = HELD.into();
-                }
-            }
         }
     }
-    // The round the guard lets go. The fleet's return is not in step either: a target
+    // While the guard holds, a target that turned unhealthy this round keeps its old
+    // health; its streaks stay, so it still counts as failing in the next round's tally.
+    //
+    // The round the guard lets go, the fleet's return is not in step either: a target
     // whose next probe has not come yet, or whose failure was in flight, still has the
     // failure streak it built while everything failed, and would move its answers
     // although it is as healthy as the rest. Failures seen while the guard held are not
     // trusted: every streak starts again, and a target really down is confirmed by
     // `unhealthyThreshold` new failures.
-    if was_holding && !tripped {
+    let release = was_holding && !tripped;
+    if tripped || release {
         for (policy, row) in policies.iter().zip(states.iter_mut()) {
             let prev_policy = previous_of.get(policy.id.as_str()).copied();
             for (target, (state, prev_health)) in policy.targets.iter().zip(row.iter_mut()) {
                 if is_fresh(state, prev_health) {
                     let prev = prev_policy.and_then(|p| p.targets.get(&target.cluster));
-                    let (ok, detail) = (state.ok_streak, std::mem::take(&mut state.last_detail));
+                    let (ok, fail) = (state.ok_streak, state.fail_streak);
+                    let detail = std::mem::take(&mut state.last_detail);
                     *state = prev.cloned().unwrap_or_else(|| initial_state(now));
                     state.ok_streak = ok;
                     state.last_detail = detail;
-                    state.reason = "failure to be confirmed after a systemic failure".into();
+                    (state.fail_streak, state.reason) = if tripped {
+                        (fail, HELD.into())
+                    } else {
+                        (0, "failure to be confirmed after a systemic failure".into())
+                    };
                 }
-                if state.health != Health::Unhealthy {
-                    state.fail_streak = 0;
-                }
-                if &*state.reason == HELD {
-                    state.reason =
-                        "failures seen during a systemic failure were not trusted".into();
+                if release {
+                    if state.health != Health::Unhealthy {
+                        state.fail_streak = 0;
+                    }
+                    if &*state.reason == HELD {
+                        state.reason =
+                            "failures seen during a systemic failure were not trusted".into();
+                    }
                 }
             }
         }
