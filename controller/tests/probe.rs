@@ -714,6 +714,71 @@ async fn concurrency_bound_holds_across_slow_targets() {
     }
 }
 
+#[tokio::test]
+async fn a_target_of_many_addresses_holds_at_most_the_global_limit_of_connections_and_is_covered_in_turn()
+ {
+    // 200 addresses on one target, each answering after 200 ms; one of them (late in the
+    // list) has no server at all. A round used to open every address at once.
+    let backend = Behaviour::new(200).slow(Duration::from_millis(200));
+    let ips: Vec<IpAddr> = (1..=200).map(|i| ip(&format!("127.0.2.{i}"))).collect();
+    let dead = ips[170];
+    let first = Backend::serve(&backend, SocketAddr::new(ips[0], 0)).await;
+    let port = first.addr.port();
+    let mut servers = vec![first];
+    for &address in &ips[1..] {
+        if address != dead {
+            servers.push(Backend::serve(&backend, SocketAddr::new(address, port)).await);
+        }
+    }
+    let concurrency = 12;
+    let (prober, mut rx) = prober(concurrency);
+    let mut target = spec(
+        "many",
+        SocketAddr::new(ips[0], port),
+        http_check(port, &[200]),
+        100,
+        2000,
+    );
+    target.addresses = ips.clone();
+    prober.set_targets(vec![target]);
+
+    // The rotation reaches the dead address within ceil(200 / batch) rounds, and from
+    // then on it is checked again each round, so the target stays failing.
+    let failing = wait_for(&mut rx, &key("many"), "the dead address named", |r| {
+        !r.ok && r.detail.contains(&format!("at {dead}:{port}"))
+    })
+    .await;
+    assert!(
+        failing.detail.starts_with("connect refused"),
+        "{}",
+        failing.detail
+    );
+    for _ in 0..3 {
+        let r = next_for(&mut rx, &key("many")).await;
+        assert!(
+            !r.ok,
+            "a failing address must keep the target failing: {r:?}"
+        );
+    }
+    assert!(
+        backend.max_in_flight() <= concurrency,
+        "{} requests in flight at once; the global limit is {concurrency}",
+        backend.max_in_flight()
+    );
+    assert!(
+        backend.requests() >= 199,
+        "only {} requests: the rotation did not cover the target",
+        backend.requests()
+    );
+
+    // The dead address comes back: it is re-checked first, so the target recovers at the
+    // next round rather than when the rotation comes round again.
+    servers.push(Backend::serve(&backend, SocketAddr::new(dead, port)).await);
+    let healed = wait_for(&mut rx, &key("many"), "the target healthy again", |r| r.ok).await;
+    assert_eq!(healed.detail, "200 OK");
+    drop(servers);
+}
+
 // === check_from_spec ===
 
 fn health_check(json: serde_json::Value) -> lifeline_crds::HealthCheck {

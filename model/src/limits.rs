@@ -66,6 +66,11 @@ pub const PROBE_FAST_INTERVAL_DEFAULT_TEXT: &str = PROBE_INTERVAL_MIN_TEXT;
 
 /// Static addresses of one MemberCluster.
 pub const CLUSTER_ADDRESSES_MAX: usize = 10_000;
+/// Addresses of one target probed in one round. A target with more is probed in
+/// rotating batches of this many: its failing addresses again first (up to half the
+/// batch), then the next addresses in turn, so each address is checked every
+/// `ceil(addresses / batch)` rounds at worst. Bounds the connections one target can hold.
+pub const PROBE_ADDRESSES_PER_ROUND: usize = 32;
 /// Expected HTTP statuses of one check.
 pub const EXPECTED_STATUS_MAX: usize = 32;
 

@@ -2,19 +2,30 @@
 //! Lifeline hands out.
 //!
 //! ```text
-//!   set_targets(specs) ──► one task per TargetKey ──(global semaphore)──► round
-//!                                                                          │ every address,
-//!                                                                          │ concurrently
-//!   results: mpsc::Sender<ProbeResult> ◄───────────────────────────────────┘
+//!   set_targets(specs) ──► one task per TargetKey ──► round: a batch of its addresses,
+//!                                                      each probe holding one permit of
+//!                                                      the global semaphore
+//!   results: mpsc::Sender<ProbeResult> ◄──────────────┘
 //! ```
 //!
-//! Each target has its own task, so a slow or hanging target only ever delays itself; the
-//! semaphore bounds how many rounds are in flight across all targets. A round probes every
-//! address of the target and succeeds only when all of them pass. After [`Prober::set_targets`]
+//! Each target has its own task, so a slow or hanging target only ever delays itself. The
+//! cost is bounded whatever a policy says:
+//! - the semaphore bounds the probes (connections) in flight across all targets, and a
+//!   probe's future exists only once it holds a permit;
+//! - a round probes at most [`limits::PROBE_ADDRESSES_PER_ROUND`] addresses of its target:
+//!   the ones that failed last (up to half the batch), then the next in turn, so a target
+//!   of 10,000 addresses is covered over rounds, not all at once;
+//! - every HTTPS probe shares one TLS configuration, its trust roots parsed once.
+//!
+//! A target is healthy when no address's latest probe failed: a round reports failing
+//! while any address is failing, naming the first. With no more addresses than a batch,
+//! that is simply "every address passed this round". After [`Prober::set_targets`]
 //! returns, no result is sent for a target it removed or replaced.
 
+mod http;
+
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     error::Error as StdError,
     fmt, io,
     net::{IpAddr, SocketAddr},
@@ -26,7 +37,6 @@ use lifeline_crds::{HealthCheck, HttpScheme};
 use lifeline_model::limits;
 use parking_lot::Mutex;
 use rand::Rng;
-use reqwest::{Client, ClientBuilder, header, redirect};
 use tokio::{
     sync::{Semaphore, mpsc},
     task::{JoinHandle, JoinSet},
@@ -53,12 +63,12 @@ const JITTER: f64 = 0.1;
 /// they are results with `ok: false`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The shared HTTP client could not be built.
-    #[error("building the HTTP client")]
-    Client(#[source] reqwest::Error),
+    /// The shared TLS configuration could not be built.
+    #[error("building the TLS configuration: {0}")]
+    Tls(String),
     /// A certificate given as an extra trust root could not be parsed.
-    #[error("parsing trusted CA certificates")]
-    Certificate(#[source] reqwest::Error),
+    #[error("parsing trusted CA certificates: {0}")]
+    Certificate(String),
 }
 
 /// Result type of this module.
@@ -219,14 +229,11 @@ pub struct Prober {
 
 /// What every probe task shares.
 struct Shared {
-    /// Rounds in flight across all targets.
+    /// Address probes (connections) in flight across all targets.
     semaphore: Arc<Semaphore>,
     results: mpsc::Sender<ProbeResult>,
-    /// The client for plain HTTP, shared by every target: the URL names the address and
-    /// the Host header carries the name, so nothing in it is per target.
-    http: Client,
-    /// Extra trust roots for HTTPS, on top of the system's.
-    extra_roots: Vec<reqwest::Certificate>,
+    /// One TLS configuration per verification mode, for every HTTPS probe.
+    tls: http::Tls,
 }
 
 /// A running target.
@@ -240,7 +247,8 @@ struct Task {
 }
 
 impl Prober {
-    /// `concurrency`: probe rounds in flight at once across all targets (at least 1).
+    /// `concurrency`: address probes (connections) in flight at once across all targets
+    /// (at least 1).
     pub fn new(concurrency: usize, results: mpsc::Sender<ProbeResult>) -> Result<Self> {
         Self::with_extra_roots(concurrency, results, &[])
     }
@@ -252,24 +260,12 @@ impl Prober {
         results: mpsc::Sender<ProbeResult>,
         ca_pem: &[u8],
     ) -> Result<Self> {
-        // The process is meant to install the provider at start; doing it here too (if
-        // nobody has) turns a forgotten install into a working prober instead of a panic
-        // inside reqwest.
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let extra_roots = if ca_pem.is_empty() {
-            Vec::new()
-        } else {
-            reqwest::Certificate::from_pem_bundle(ca_pem).map_err(Error::Certificate)?
-        };
-        let http = client_builder().build().map_err(Error::Client)?;
+        let tls = http::Tls::new(ca_pem)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 semaphore: Arc::new(Semaphore::new(concurrency.max(1))),
                 results,
-                http,
-                extra_roots,
+                tls,
             }),
             tasks: Mutex::new(HashMap::new()),
         })
@@ -336,22 +332,6 @@ impl fmt::Debug for Prober {
     }
 }
 
-/// The settings every probe client shares.
-fn client_builder() -> ClientBuilder {
-    Client::builder()
-        // Health must be measured on the path clients take; a proxy (or the transparent
-        // one these machines have) would answer for a dead backend.
-        .no_proxy()
-        // A redirect is an answer of the backend we probe; following it would judge some
-        // other server.
-        .redirect(redirect::Policy::none())
-        // No idle connections kept: every round opens a fresh connection, so a backend
-        // that stopped accepting connections is noticed even if an old one still works.
-        // One handshake per interval per address is a negligible cost.
-        .pool_max_idle_per_host(0)
-        .user_agent(concat!("lifeline-probe/", env!("CARGO_PKG_VERSION")))
-}
-
 // === impl Task ===
 
 impl Task {
@@ -372,7 +352,7 @@ impl Task {
 /// The schedule of one target: rounds at its interval with jitter, until stopped or the
 /// receiver is gone.
 async fn run_target(shared: Arc<Shared>, spec: Arc<ProbeSpec>, live: Arc<Mutex<bool>>) {
-    let probes = plan(&shared, &spec);
+    let mut health = Health::default();
     let interval = spec
         .interval
         .clamp(limits::PROBE_INTERVAL_MIN, limits::PROBE_INTERVAL_MAX);
@@ -384,14 +364,10 @@ async fn run_target(shared: Arc<Shared>, spec: Arc<ProbeSpec>, live: Arc<Mutex<b
     let mut settle = Settle::new(spec.unhealthy_threshold, spec.healthy_threshold);
     loop {
         tokio::time::sleep_until(next).await;
-        let Ok(permit) = shared.semaphore.clone().acquire_owned().await else {
-            return;
-        };
         let started = Instant::now();
         // Boxed: a round's future is large and lives only while the round runs, so a
         // sleeping target (nearly all of them, nearly always) does not carry its space.
-        let result = Box::pin(round(&spec, &probes)).await;
-        drop(permit);
+        let result = Box::pin(round(&shared, &spec, &mut health)).await;
 
         debug!(ok = result.ok, detail = %result.detail, latency_ms = result.latency.as_millis() as u64, "probe round");
         if last_ok != Some(result.ok) {
@@ -478,145 +454,108 @@ fn jittered(interval: Duration) -> Duration {
 
 // === Rounds ===
 
-/// How to probe one address, prepared once per task.
-#[derive(Clone)]
-enum AddressProbe {
-    Http {
-        client: Client,
-        url: String,
-        host: Option<String>,
-        expected: Vec<u16>,
-    },
-    Tcp,
-    /// The probe could not be set up (e.g. its client failed to build); every round
-    /// reports this reason.
-    Broken(String),
+/// What a target's task remembers between rounds: which addresses failed at their latest
+/// probe (with why), and where the rotation goes on. Its size grows with failing
+/// addresses only; addresses that pass cost nothing here.
+#[derive(Debug, Default)]
+struct Health {
+    /// Index into the spec's addresses → the reason its latest probe failed.
+    failing: BTreeMap<usize, String>,
+    /// The next address the rotation probes.
+    next: usize,
+    /// The failing address the next round re-checks first.
+    next_failing: usize,
 }
 
-/// Prepares the per-address probes of a target.
-///
-/// Plain HTTP uses the shared client with the address in the URL and the name in the
-/// Host header. HTTPS must present the name as the TLS server name (SNI, so the backend
-/// picks the certificate clients get, and certificate verification against that name),
-/// which reqwest takes only from the URL; so the URL carries the name and a client per
-/// address pins that name to the address with `resolve`. Those clients are built once
-/// per task, not per round.
-fn plan(shared: &Shared, spec: &ProbeSpec) -> Vec<(SocketAddr, AddressProbe)> {
-    spec.addresses
-        .iter()
-        .map(|ip| match &spec.check {
-            Check::Tcp { port } => (SocketAddr::new(*ip, *port), AddressProbe::Tcp),
-            Check::Http {
-                https,
-                port,
-                path,
-                host,
-                expected_status,
-                insecure_skip_verify,
-            } => {
-                let addr = SocketAddr::new(*ip, *port);
-                let path = if path.starts_with('/') {
-                    path.clone()
-                } else {
-                    format!("/{path}")
-                };
-                // A host that is itself an IP literal cannot be pinned with `resolve`
-                // (reqwest never resolves literals), so it is probed like no host.
-                let tls_name = host
-                    .as_deref()
-                    .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
-                    .filter(|h| !h.is_empty() && h.parse::<IpAddr>().is_err());
-                let (client, url) = match (https, tls_name) {
-                    (false, _) => (Ok(shared.http.clone()), format!("http://{addr}{path}")),
-                    (true, None) => (
-                        https_client(shared, None, *insecure_skip_verify),
-                        format!("https://{addr}{path}"),
-                    ),
-                    (true, Some(name)) => (
-                        https_client(shared, Some((&name, addr)), *insecure_skip_verify),
-                        format!("https://{name}:{port}{path}"),
-                    ),
-                };
-                let probe = match client {
-                    Ok(client) => AddressProbe::Http {
-                        client,
-                        url,
-                        host: host.clone(),
-                        expected: expected_status.clone(),
-                    },
-                    Err(e) => {
-                        warn!(%addr, error = %error_chain(&e), "cannot build HTTPS probe client");
-                        AddressProbe::Broken(format!("client setup failed: {}", innermost(&e)))
-                    }
-                };
-                (addr, probe)
-            }
-        })
-        .collect()
-}
-
-fn https_client(
-    shared: &Shared,
-    pin: Option<(&str, SocketAddr)>,
-    insecure_skip_verify: bool,
-) -> reqwest::Result<Client> {
-    let mut builder = client_builder()
-        .tls_danger_accept_invalid_certs(insecure_skip_verify)
-        .tls_certs_merge(shared.extra_roots.iter().cloned());
-    if let Some((name, addr)) = pin {
-        builder = builder.resolve(name, addr);
-    }
-    builder.build()
-}
-
-/// Probes every address of a target at once and folds the outcomes.
-async fn round(spec: &ProbeSpec, probes: &[(SocketAddr, AddressProbe)]) -> ProbeResult {
-    let started = Instant::now();
-    let outcomes: Vec<(SocketAddr, Result<String, String>)> = match probes {
-        [] => Vec::new(),
-        // The common case needs no extra task.
-        [(addr, probe)] => vec![(
-            *addr,
-            probe_address(*addr, probe.clone(), spec.timeout).await,
-        )],
-        many => {
-            let mut set = JoinSet::new();
-            for (i, (addr, probe)) in many.iter().enumerate() {
-                let (addr, probe, timeout) = (*addr, probe.clone(), spec.timeout);
-                set.spawn(async move { (i, addr, probe_address(addr, probe, timeout).await) });
-            }
-            let mut done = Vec::with_capacity(many.len());
-            while let Some(joined) = set.join_next().await {
-                match joined {
-                    Ok(outcome) => done.push(outcome),
-                    // Only a panic inside a probe gets here; count it as that address failing.
-                    Err(e) => warn!(error = %e, "probe subtask failed"),
-                }
-            }
-            done.sort_by_key(|(i, ..)| *i);
-            let mut outcomes: Vec<_> = done.into_iter().map(|(_, a, o)| (a, o)).collect();
-            for (addr, _) in many {
-                if !outcomes.iter().any(|(a, _)| a == addr) {
-                    outcomes.push((*addr, Err("probe task failed".to_owned())));
-                }
-            }
-            outcomes
+impl Health {
+    /// The addresses the next round probes, at most `batch`: failing ones first (up to
+    /// half the batch, rotating among them), then the rotation, never one twice.
+    fn batch(&mut self, len: usize, batch: usize) -> Vec<usize> {
+        if len <= batch {
+            return (0..len).collect();
         }
-    };
+        let mut chosen = Vec::with_capacity(batch);
+        let retries = self
+            .failing
+            .range(self.next_failing..)
+            .chain(self.failing.range(..self.next_failing))
+            .map(|(i, _)| *i)
+            .take((batch / 2).max(1));
+        chosen.extend(retries);
+        self.next_failing = chosen.last().map_or(0, |i| i + 1);
+        let mut walked = 0;
+        while chosen.len() < batch && walked < len {
+            let i = self.next;
+            self.next = (self.next + 1) % len;
+            walked += 1;
+            if !chosen.contains(&i) {
+                chosen.push(i);
+            }
+        }
+        chosen
+    }
+}
+
+/// Probes one batch of a target's addresses, each holding a permit of the global
+/// semaphore while it runs, and folds the outcome into the target's health.
+async fn round(shared: &Arc<Shared>, spec: &ProbeSpec, health: &mut Health) -> ProbeResult {
+    let started = Instant::now();
+    let batch = health.batch(spec.addresses.len(), limits::PROBE_ADDRESSES_PER_ROUND);
+    let mut set = JoinSet::new();
+    let mut first_ok: Option<(usize, String)> = None;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for &i in &batch {
+        // A probe exists only once it holds a permit: what is in flight is bounded
+        // across all targets, whatever their number or size.
+        let Ok(permit) = shared.semaphore.clone().acquire_owned().await else {
+            break;
+        };
+        let addr = spec.addresses[i];
+        let (shared, spec_check, timeout) = (shared.clone(), spec.check.clone(), spec.timeout);
+        set.spawn(async move {
+            let outcome = probe_address(&shared, addr, &spec_check, timeout).await;
+            drop(permit);
+            (i, outcome)
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(outcome) => outcomes.push(outcome),
+            // Only a panic inside a probe gets here; the address is counted failing below.
+            Err(e) => warn!(error = %e, "probe subtask failed"),
+        }
+    }
+    for &i in &batch {
+        match outcomes.iter().position(|(j, _)| *j == i) {
+            Some(at) => match outcomes.swap_remove(at).1 {
+                Ok(detail) => {
+                    health.failing.remove(&i);
+                    if first_ok.as_ref().is_none_or(|(j, _)| i < *j) {
+                        first_ok = Some((i, detail));
+                    }
+                }
+                Err(reason) => {
+                    health.failing.insert(i, reason);
+                }
+            },
+            None => {
+                health.failing.insert(i, "probe task failed".to_owned());
+            }
+        }
+    }
     let latency = started.elapsed();
 
-    let failures: Vec<_> = outcomes
-        .iter()
-        .filter_map(|(addr, o)| o.as_ref().err().map(|reason| (addr, reason)))
-        .collect();
-    let (ok, detail) = match (failures.as_slice(), outcomes.first()) {
-        (_, None) => (false, "no addresses to probe".to_owned()),
-        ([], Some((_, first))) => (true, first.clone().unwrap_or_default()),
-        ([(addr, reason)], _) => (false, format!("{reason} at {addr}")),
-        ([(addr, reason), rest @ ..], _) => (
-            false,
-            format!("{reason} at {addr} (+{} more failing)", rest.len()),
-        ),
+    let (ok, detail) = match (health.failing.iter().next(), first_ok) {
+        _ if spec.addresses.is_empty() => (false, "no addresses to probe".to_owned()),
+        (None, Some((_, detail))) => (true, detail),
+        (None, None) => (false, "no address probed".to_owned()),
+        (Some((i, reason)), _) => {
+            let addr = SocketAddr::new(spec.addresses[*i], spec.check.port());
+            match health.failing.len() - 1 {
+                0 => (false, format!("{reason} at {addr}")),
+                more => (false, format!("{reason} at {addr} (+{more} more failing)")),
+            }
+        }
     };
     ProbeResult {
         key: spec.key.clone(),
@@ -627,46 +566,67 @@ async fn round(spec: &ProbeSpec, probes: &[(SocketAddr, AddressProbe)]) -> Probe
     }
 }
 
+impl Check {
+    fn port(&self) -> u16 {
+        match self {
+            Check::Http { port, .. } | Check::Tcp { port } => *port,
+        }
+    }
+}
+
 /// Probes one address; `Ok` carries the success detail, `Err` the reason it failed.
 async fn probe_address(
-    addr: SocketAddr,
-    probe: AddressProbe,
+    shared: &Shared,
+    ip: IpAddr,
+    check: &Check,
     timeout: Duration,
 ) -> Result<String, String> {
+    let addr = SocketAddr::new(ip, check.port());
     let attempt = async {
-        match probe {
-            AddressProbe::Tcp => tokio::net::TcpStream::connect(addr)
+        match check {
+            Check::Tcp { .. } => tokio::net::TcpStream::connect(addr)
                 .await
                 .map(|_| "connected".to_owned())
                 .map_err(|e| describe_io(&e).unwrap_or_else(|| format!("connect failed: {e}"))),
-            AddressProbe::Http {
-                client,
-                url,
+            Check::Http {
+                https,
+                path,
                 host,
-                expected,
+                expected_status,
+                insecure_skip_verify,
+                ..
             } => {
-                let mut request = client.get(&url);
-                if let Some(host) = &host {
-                    request = request.header(header::HOST, host);
-                }
-                // Only the status matters; the body is never read, and dropping the
-                // response closes the connection (no pooling).
-                let response = request.send().await.map_err(|e| describe(&e))?;
-                let status = response.status();
-                let healthy = if expected.is_empty() {
+                let path = if path.starts_with('/') {
+                    std::borrow::Cow::Borrowed(path.as_str())
+                } else {
+                    std::borrow::Cow::Owned(format!("/{path}"))
+                };
+                let status = http::get(
+                    &shared.tls,
+                    http::Get {
+                        addr,
+                        tls: https.then_some(*insecure_skip_verify),
+                        host: host.as_deref(),
+                        path: &path,
+                    },
+                )
+                .await?;
+                let healthy = if expected_status.is_empty() {
                     status.is_success()
                 } else {
-                    expected.contains(&status.as_u16())
+                    expected_status.contains(&status.as_u16())
                 };
                 if healthy {
                     Ok(status.to_string())
-                } else if expected.is_empty() {
+                } else if expected_status.is_empty() {
                     Err(format!("status {} not 2xx", status.as_u16()))
                 } else {
-                    Err(format!("status {} not in {expected:?}", status.as_u16()))
+                    Err(format!(
+                        "status {} not in {expected_status:?}",
+                        status.as_u16()
+                    ))
                 }
             }
-            AddressProbe::Broken(reason) => Err(reason),
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -678,8 +638,9 @@ async fn probe_address(
     }
 }
 
-/// A short reason for a failed request, from the most telling error in its chain.
-fn describe(err: &reqwest::Error) -> String {
+/// A short reason for a failed exchange, from the most telling error in its chain;
+/// `what` names the step when nothing in the chain is more specific.
+fn describe_chain(err: &(dyn StdError + 'static), what: &str) -> String {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
@@ -700,11 +661,6 @@ fn describe(err: &reqwest::Error) -> String {
             None => e.source(),
         };
     }
-    let what = if err.is_connect() {
-        "connect failed"
-    } else {
-        "request failed"
-    };
     format!("{what}: {}", innermost(err))
 }
 
@@ -732,21 +688,72 @@ fn innermost(err: &(dyn StdError + 'static)) -> String {
     e.to_string()
 }
 
-/// The whole chain, for logs.
-fn error_chain(err: &(dyn StdError + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        cur = e.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    use super::Settle;
+    use std::collections::BTreeSet;
+
+    use super::{Health, Settle};
+
+    #[test]
+    fn a_target_with_few_addresses_probes_every_one_each_round() {
+        let mut health = Health::default();
+        health.failing.insert(3, "down".into());
+        for _ in 0..3 {
+            assert_eq!(health.batch(5, 32), vec![0, 1, 2, 3, 4]);
+        }
+    }
+
+    #[test]
+    fn a_large_target_is_covered_in_rotating_batches_and_its_failing_addresses_come_first() {
+        let (len, batch) = (10_000, 32);
+        let mut health = Health::default();
+        let mut seen = BTreeSet::new();
+        let mut rounds = 0;
+        while seen.len() < len {
+            let chosen = health.batch(len, batch);
+            assert!(chosen.len() <= batch, "{}", chosen.len());
+            let unique: BTreeSet<_> = chosen.iter().collect();
+            assert_eq!(unique.len(), chosen.len(), "an address twice in one round");
+            seen.extend(chosen);
+            rounds += 1;
+        }
+        assert_eq!(
+            rounds,
+            len.div_ceil(batch),
+            "every address within ceil(n / batch) rounds"
+        );
+
+        // Failing addresses are checked again at every round, ahead of the rotation.
+        for i in [17, 5_000, 9_999] {
+            health.failing.insert(i, "down".into());
+        }
+        for _ in 0..5 {
+            let chosen = health.batch(len, batch);
+            assert_eq!(&chosen[..3], &[17, 5_000, 9_999]);
+            assert_eq!(chosen.len(), batch);
+        }
+
+        // More failing than half a batch: they take turns, and the rotation still moves.
+        health.failing = (0..100).map(|i| (i * 7, "down".to_owned())).collect();
+        let mut retried = BTreeSet::new();
+        let before = health.next;
+        for _ in 0..7 {
+            let chosen = health.batch(len, batch);
+            retried.extend(
+                chosen
+                    .iter()
+                    .filter(|i| health.failing.contains_key(i))
+                    .copied(),
+            );
+            assert!(chosen.len() == batch);
+        }
+        assert_eq!(
+            retried.len(),
+            100,
+            "every failing address re-checked in turn"
+        );
+        assert_ne!(health.next, before, "the rotation kept going");
+    }
 
     /// Which of a sequence of outcomes leave the target unsettled (next round fast).
     fn fast_after(unhealthy: u32, healthy: u32, outcomes: &[bool]) -> Vec<bool> {
