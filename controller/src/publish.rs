@@ -8,6 +8,47 @@ use lifeline_model::{AddressSet, NameRecords, Target, Update, ZonePatch, ZoneSna
 
 use lifeline_engine::Decision;
 
+/// Records per zone (normalised apex) and owner name, as published and served.
+pub type ZoneRecords = BTreeMap<String, BTreeMap<String, NameRecords>>;
+
+/// The longest of `zones` that contains `hostname` (zones may nest).
+fn zone_of<'z>(zones: &'z [String], hostname: &str) -> Option<&'z String> {
+    zones
+        .iter()
+        .filter(|z| name_in_zone(hostname, z))
+        .max_by_key(|z| z.len())
+}
+
+/// The owner key of `hostname` in `zone`: relative and lower-case (`checkout`, not
+/// `checkout.global.example.com`), as the shim starts fastest from canonical keys.
+fn key_in_zone(hostname: &str, zone: &str) -> String {
+    hostname
+        .strip_suffix(zone)
+        .and_then(|rest| rest.strip_suffix('.'))
+        .map_or_else(|| hostname.to_owned(), str::to_owned)
+}
+
+/// The address records `served` holds for `hostname`, under its canonical key or its
+/// absolute name. `zones` are normalised apexes.
+pub fn served_addresses<'a>(
+    served: &'a ZoneRecords,
+    zones: &[String],
+    hostname: &str,
+) -> Option<&'a AddressSet> {
+    let hostname = lifeline_crds::validate::normalize_name(hostname);
+    let zone = zone_of(zones, &hostname)?;
+    let names = served.get(zone)?;
+    [
+        key_in_zone(&hostname, zone),
+        hostname.clone(),
+        format!("{hostname}."),
+    ]
+    .iter()
+    .find_map(|key| names.get(key))?
+    .address
+    .as_ref()
+}
+
 /// Remembers what was last published per zone so the next publish is a minimal patch.
 #[derive(Debug)]
 pub struct Publisher {
@@ -54,13 +95,7 @@ impl Publisher {
             .map(|z| (z.clone(), BTreeMap::new()))
             .collect();
         for pd in decision.policies.values() {
-            // Longest zone that contains the name (zones may nest).
-            let Some(zone) = self
-                .zones
-                .iter()
-                .filter(|z| name_in_zone(&pd.hostname, z))
-                .max_by_key(|z| z.len())
-            else {
+            let Some(zone) = zone_of(&self.zones, &pd.hostname) else {
                 continue;
             };
             let targets = pd
@@ -82,13 +117,7 @@ impl Publisher {
                 }),
                 ..NameRecords::default()
             };
-            // Keys relative to the zone and lower-case (`checkout`, not
-            // `checkout.global.example.com`): the shim starts fastest from canonical keys.
-            let key = pd
-                .hostname
-                .strip_suffix(zone.as_str())
-                .and_then(|rest| rest.strip_suffix('.'))
-                .map_or_else(|| pd.hostname.clone(), str::to_owned);
+            let key = key_in_zone(&pd.hostname, zone);
             if let Some(names) = out.get_mut(zone) {
                 names.insert(key, records);
             }

@@ -246,7 +246,20 @@ async fn run_embedded(
             shutdown.as_mut().await;
             TermEnd::Shutdown
         };
-        match term::lead(shared, &store, None, publisher, stop).await {
+        // What DNS serves now: a term with no decision to resume starts from it.
+        let served = shared
+            .config
+            .zone_origins()
+            .iter()
+            .filter_map(|origin| {
+                let snapshot = shim.snapshot(origin)?;
+                Some((
+                    lifeline_crds::validate::normalize_name(origin),
+                    snapshot.names,
+                ))
+            })
+            .collect();
+        match term::lead(shared, &store, None, publisher, served, stop).await {
             TermEnd::Shutdown | TermEnd::Deposed => return Ok(()),
             // Never exit for a controller failure while DNS can answer: retry, paced.
             TermEnd::Failed(e) => {
@@ -317,18 +330,26 @@ async fn run_replica(
             };
             info!(%identity, "elected leader");
             // Seed the publisher with what etcd holds, so the first publish is a patch.
+            // What every replica serves is what etcd holds: a term with no decision to
+            // resume starts from it.
             let mut publisher = Publisher::new(&shared.config.zone_origins(), 0);
-            match etcd.records().await {
-                Ok(records) => publisher.seed(records),
-                Err(e) => warn!(error = %e, "cannot read published records; republishing every zone"),
-            }
+            let served = match etcd.records().await {
+                Ok(records) => {
+                    publisher.seed(records.clone());
+                    records
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot read published records; republishing every zone");
+                    Default::default()
+                }
+            };
             let stop = async {
                 tokio::select! {
                     _ = shutdown.as_mut() => TermEnd::Shutdown,
                     _ = leader.lost() => TermEnd::Deposed,
                 }
             };
-            match term::lead(shared, &store, Some(&leader), publisher, stop).await {
+            match term::lead(shared, &store, Some(&leader), publisher, served, stop).await {
                 TermEnd::Shutdown => {
                     let _ = leader.resign().await;
                     return Ok(());

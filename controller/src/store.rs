@@ -235,7 +235,7 @@ impl Store {
         match (self, leader) {
             (Store::Embedded(s), _) => {
                 let bytes = EmbeddedStore::encode(DECISION, decision)?;
-                off_runtime(s, move |s| s.write_encoded(DECISION, &bytes)).await
+                off_runtime(s, move |s| s.write_decision_encoded(&bytes)).await
             }
             (Store::Etcd(s), Some(l)) => Ok(s.save_decision(l, decision).await?),
             (Store::Etcd(_), None) => Err(Error::NotLeader),
@@ -319,6 +319,9 @@ impl Store {
 
 /// Files of the embedded store.
 const DECISION: &str = "decision.json";
+/// A second copy of the decision, written after the first: a decision file lost or
+/// damaged on disk falls back to it, not to no decision at all.
+const DECISION_GOOD: &str = "decision.good.json";
 const POLICIES: &str = "policies.json";
 
 /// Runs `f` on the blocking pool. The embedded store's file I/O, fsync included, takes
@@ -368,14 +371,26 @@ impl EmbeddedStore {
         self
     }
 
-    /// The last saved decision, if a valid one exists.
+    /// The last saved decision, if a valid one exists: the decision file, or its good
+    /// copy when the file is gone or does not decode.
     pub fn load_decision(&self) -> Option<Decision> {
-        self.read(DECISION)
+        self.read(DECISION).or_else(|| {
+            let good = self.read(DECISION_GOOD);
+            if good.is_some() {
+                tracing::warn!(path = %self.dir.join(DECISION).display(), "the decision file is missing or unreadable; resuming from its good copy");
+            }
+            good
+        })
     }
 
-    /// Saves the decision atomically.
+    /// Saves the decision atomically, then its good copy.
     pub fn save_decision(&self, decision: &Decision) -> Result<()> {
-        self.write(DECISION, decision)
+        self.write_decision_encoded(&Self::encode(DECISION, decision)?)
+    }
+
+    fn write_decision_encoded(&self, bytes: &[u8]) -> Result<()> {
+        self.write_encoded(DECISION, bytes)?;
+        self.write_encoded(DECISION_GOOD, bytes)
     }
 
     /// The overrides in force (expired ones included; the engine ignores those): the
@@ -684,6 +699,27 @@ mod tests {
         store.save_decision(&decision).unwrap();
         let reopened = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(reopened.load_decision(), Some(decision));
+    }
+
+    #[test]
+    fn a_damaged_or_lost_decision_file_falls_back_to_its_good_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let decision = Decision {
+            revision: 9,
+            ..Decision::default()
+        };
+        store.save_decision(&decision).unwrap();
+        fs::write(
+            dir.path().join("decision.json"),
+            b"{\"format\":1,\"value\":{\"revis",
+        )
+        .unwrap();
+        assert_eq!(store.load_decision(), Some(decision.clone()), "damaged");
+        fs::remove_file(dir.path().join("decision.json")).unwrap();
+        assert_eq!(store.load_decision(), Some(decision), "lost");
+        fs::remove_file(dir.path().join("decision.good.json")).unwrap();
+        assert_eq!(store.load_decision(), None, "both gone");
     }
 
     #[test]

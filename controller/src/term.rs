@@ -50,7 +50,7 @@ use crate::{
     metrics::{Metrics, ResultLabels},
     policies,
     probe::{ProbeResult, Prober},
-    publish::Publisher,
+    publish::{Publisher, ZoneRecords},
     status::{StatusInput, StatusTask},
     store::Store,
     sweep,
@@ -254,11 +254,15 @@ fn arbitrate(
 /// Leads until `stop` completes (with `Shutdown` or `Deposed`) or the term fails. The
 /// management cluster is watched only during the term, so its load does not grow with
 /// the number of replicas.
+///
+/// `served` is what DNS serves as the term begins: a term that finds no decision to
+/// resume starts from those answers (see [`LeaderTerm::resume_from_dns`]).
 pub(crate) async fn lead(
     shared: &mut Shared,
     store: &Store,
     leader: Option<&Leader>,
     publisher: Publisher,
+    served: ZoneRecords,
     stop: impl Future<Output = TermEnd>,
 ) -> TermEnd {
     if let Some((client, namespace)) = shared.policy_feed.management_client.clone() {
@@ -272,7 +276,8 @@ pub(crate) async fn lead(
     let end = AssertUnwindSafe(async {
         let (tx, mut results) = mpsc::channel::<ProbeResult>(4096);
         let mut term =
-            match LeaderTerm::begin(shared, store, leader, publisher, tx, &mut stop).await {
+            match LeaderTerm::begin(shared, store, leader, publisher, &served, tx, &mut stop).await
+            {
                 Ok(term) => term,
                 Err(end) => return end,
             };
@@ -360,11 +365,16 @@ impl<'a> LeaderTerm<'a> {
         store: &'a Store,
         leader: Option<&'a Leader>,
         publisher: Publisher,
+        served: &ZoneRecords,
         results: mpsc::Sender<ProbeResult>,
         stop: &mut std::pin::Pin<&mut impl Future<Output = TermEnd>>,
     ) -> Result<LeaderTerm<'a>, TermEnd> {
+        let resume;
         let decision = match store.load_decision().await {
-            Ok(d) => d.unwrap_or_default(),
+            Ok(d) => {
+                resume = d.is_none();
+                d.unwrap_or_default()
+            }
             Err(e) => {
                 return Err(TermEnd::Failed(
                     anyhow::Error::new(e).context("reading the last decision"),
@@ -444,7 +454,70 @@ impl<'a> LeaderTerm<'a> {
                 term.clear_hold().await;
             }
         }
+        if resume {
+            term.resume_from_dns(served);
+        }
         Ok(term)
+    }
+
+    /// With no decision to resume (lost, or unreadable with its good copy), each
+    /// health-checked policy starts from the answers DNS serves now, and keeps them
+    /// until probes have confirmed every one of its targets: a restart never answers a
+    /// dead primary again just because nobody remembered it was dead. (Without a
+    /// health check nothing would ever confirm a target, so those start afresh.)
+    fn resume_from_dns(&mut self, served: &ZoneRecords) {
+        let checked: BTreeSet<String> = self
+            .current
+            .policies
+            .iter()
+            .filter(|p| p.spec.health_check.is_some())
+            .map(crate::policies::policy_id)
+            .collect();
+        let zones: Vec<String> = self
+            .shared
+            .config
+            .zone_origins()
+            .iter()
+            .map(|z| lifeline_crds::validate::normalize_name(z))
+            .collect();
+        let now = SystemTime::now();
+        let mut decision = (*self.decision).clone();
+        let mut resumed = 0usize;
+        for policy in self.policies.iter().filter(|p| checked.contains(&p.id)) {
+            let Some(set) = crate::publish::served_addresses(served, &zones, &policy.hostname)
+            else {
+                continue;
+            };
+            let mut answers: Vec<engine::Answer> = set
+                .targets
+                .iter()
+                .map(|t| engine::Answer {
+                    cluster: t.cluster.as_str().into(),
+                    address: t.address,
+                    region: t.region.as_str().into(),
+                    weight: t.weight,
+                })
+                .collect();
+            if answers.is_empty() {
+                continue;
+            }
+            answers.sort_by(|a, b| (&a.cluster, a.address).cmp(&(&b.cluster, b.address)));
+            decision.policies.insert(
+                policy.id.clone(),
+                Arc::new(engine::PolicyDecision::resumed_from(policy, answers, now)),
+            );
+            resumed += 1;
+        }
+        if resumed > 0 {
+            info!(
+                resumed,
+                "no decision to resume: policies keep the answers DNS serves until probes confirm each target"
+            );
+            self.decision = Arc::new(decision);
+            // Targets not yet listed by their member API are probed at the served
+            // addresses (see `addresses_to_compile`).
+            self.recompile();
+        }
     }
 
     /// Saves the set in force as the last good set. A failure is counted, and the save

@@ -89,6 +89,7 @@ fn big_decision(n: usize, bump: Option<usize>) -> Decision {
                 last_good: answers,
                 changed_at: at,
                 basis: 0,
+                resumed: false,
             };
             (format!("team-{}/svc-{i}", i % 7), Arc::new(pd))
         })

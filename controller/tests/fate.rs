@@ -425,3 +425,94 @@ async fn with_replicas_a_leader_killed_between_saving_and_publishing_a_failover_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// What happens to the store's decision files while the process is down.
+#[derive(Clone, Copy, Debug)]
+enum Loss {
+    /// Both copies deleted.
+    Removed,
+    /// Both copies overwritten with bytes that do not decode.
+    Corrupted,
+}
+
+/// Runs, kills -9, loses the decision (`loss`), restarts, and samples both names every
+/// 20 ms for 5 s after the restart: every answer must be the one served before the
+/// kill. With `primary_alive` false the primary is killed (and failed over from) first.
+async fn restart_without_the_decision(primary_alive: bool, loss: Loss) {
+    let dir = tempfile::tempdir().unwrap();
+    let ips = [loopback(), loopback()];
+    let [mut primary, _secondary] = Backend::start_on(ips).await;
+    let port = primary.addr.port();
+    let (dns, admin) = (free_addr(), free_addr());
+    write_files(dir.path(), dns, admin, ips, port);
+    let config = dir.path().join("lifeline.yaml");
+    let lifeline = spawn_run(&config, false);
+    await_exactly(dns, CHECKOUT, ips[0], Duration::from_secs(15)).await;
+    await_exactly(dns, SEARCH, ips[0], Duration::from_secs(15)).await;
+    let expected = if primary_alive {
+        ips[0]
+    } else {
+        primary.kill().await;
+        await_exactly(dns, CHECKOUT, ips[1], Duration::from_secs(15)).await;
+        await_exactly(dns, SEARCH, ips[1], Duration::from_secs(15)).await;
+        ips[1]
+    };
+    // Let the decision be saved, then kill -9.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(lifeline);
+    let store = dir.path().join("store");
+    for file in ["decision.json", "decision.good.json"] {
+        let path = store.join(file);
+        assert!(path.exists(), "{file} was not saved");
+        match loss {
+            Loss::Removed => std::fs::remove_file(&path).unwrap(),
+            Loss::Corrupted => std::fs::write(&path, b"{\"format\":1,\"value\":{\"rev").unwrap(),
+        }
+    }
+
+    let _restarted = spawn_run(&config, false);
+    let case = format!("primary alive: {primary_alive}, decision {loss:?}");
+    let sampler = tokio::task::spawn_blocking(move || {
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        let (mut answered, mut wrong) = (0usize, Vec::new());
+        while std::time::Instant::now() < until {
+            for name in [CHECKOUT, SEARCH] {
+                // A short wait: a reply lost while the process starts must not hide the
+                // few hundred milliseconds a wrong answer would last.
+                let answer =
+                    lifeline_testkit::dns::query_a_within(dns, name, Duration::from_millis(50));
+                match answer.ok() {
+                    Some(ips) if ips == [expected] => answered += 1,
+                    Some(ips) => wrong.push(format!("{name}: {ips:?}")),
+                    // A lost reply is not an answer; what is answered is what counts.
+                    None => {}
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (answered, wrong)
+    });
+    let (answered, wrong) = sampler.await.unwrap();
+    assert!(
+        wrong.is_empty(),
+        "{case}: answers moved after the restart (expected only {expected}): {:?}",
+        &wrong[..wrong.len().min(5)]
+    );
+    assert!(answered > 100, "{case}: only {answered} answers in 5 s");
+    // Probes have confirmed every target by now; the answer is still the same one.
+    assert_eq!(answer_a(dns, CHECKOUT).ok(), Some(vec![expected]), "{case}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_without_its_decision_never_answers_a_dead_primary_again() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    restart_without_the_decision(false, Loss::Removed).await;
+    restart_without_the_decision(false, Loss::Corrupted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_without_its_decision_keeps_answering_a_live_primary() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    restart_without_the_decision(true, Loss::Removed).await;
+    restart_without_the_decision(true, Loss::Corrupted).await;
+}

@@ -254,6 +254,33 @@ pub struct PolicyDecision {
     /// 0 when unknown, as after a restart: then it is decided afresh.
     #[serde(skip)]
     pub basis: u64,
+    /// The answers were taken from what DNS served when a leader started without a
+    /// usable decision (see [`PolicyDecision::resumed_from`]). They are kept while any
+    /// target's health is still unconfirmed, so a restart never moves an answer on
+    /// anything but probes: a dead primary is not answered again because nobody
+    /// remembered it was dead. An operator override on the policy ends it at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
+}
+
+impl PolicyDecision {
+    /// An entry that keeps serving `answers` (what DNS serves now) until every target of
+    /// `policy` has a confirmed health: for a leader that starts with no decision.
+    pub fn resumed_from(policy: &Policy, answers: Vec<Answer>, now: SystemTime) -> Self {
+        Self {
+            hostname: policy.hostname.clone(),
+            ttl: policy.ttl,
+            max_answers: policy.max_answers,
+            strategy: policy.strategy,
+            last_good: answers.clone(),
+            answers,
+            outcome: Outcome::Normal,
+            targets: BTreeMap::new(),
+            changed_at: now,
+            basis: 0,
+            resumed: true,
+        }
+    }
 }
 
 /// Equal when everything decided is: `basis` is how it was reached, not what it says (a
@@ -271,6 +298,7 @@ impl PartialEq for PolicyDecision {
             last_good,
             changed_at,
             basis: _,
+            resumed,
         } = self;
         *hostname == other.hostname
             && *ttl == other.ttl
@@ -281,6 +309,7 @@ impl PartialEq for PolicyDecision {
             && *targets == other.targets
             && *last_good == other.last_good
             && *changed_at == other.changed_at
+            && *resumed == other.resumed
     }
 }
 
@@ -707,8 +736,22 @@ fn decide_with(
                 .any(|o| o.action == OverrideAction::Drain && o.applies_to(&policy.id, &t.cluster));
             targets.insert(t.cluster.clone(), state);
         }
-        let (answers, outcome) = choose(policy, &targets, &overrides, prev);
-        let last_good = if outcome == Outcome::Normal {
+        // Answers resumed from DNS at a start without a decision stay until probes
+        // have confirmed every target one way or the other (or an operator acts).
+        let resumed = prev.filter(|p| {
+            p.resumed
+                && targets.values().any(|s| s.health == Health::Unknown)
+                && !policy.targets.iter().any(|t| {
+                    overrides
+                        .iter()
+                        .any(|o| o.applies_to(&policy.id, &t.cluster))
+                })
+        });
+        let (answers, outcome) = match resumed {
+            Some(p) => (p.answers.clone(), p.outcome),
+            None => choose(policy, &targets, &overrides, prev),
+        };
+        let last_good = if outcome == Outcome::Normal && resumed.is_none() {
             answers.clone()
         } else {
             prev.map(|p| p.last_good.clone()).unwrap_or_default()
@@ -736,6 +779,7 @@ fn decide_with(
                     now
                 },
                 basis,
+                resumed: resumed.is_some(),
             }),
         ));
     }

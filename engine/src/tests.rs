@@ -959,3 +959,95 @@ fn targets_whose_addresses_are_unknown_never_empty_a_served_name() {
     sim.step(&[]);
     assert!(sim.clusters().is_empty());
 }
+
+// === a start without a decision ===
+
+/// A sim whose previous decision is what DNS served at start: the answers of `served`.
+fn resumed_sim(served: &str) -> Sim {
+    let policy = three_tiers();
+    let answer = policy
+        .targets
+        .iter()
+        .find(|t| &*t.cluster == served)
+        .map(|t| super::Answer {
+            cluster: t.cluster.clone(),
+            address: t.addresses[0],
+            region: t.region.clone(),
+            weight: 1000 * t.weight,
+        })
+        .unwrap();
+    let mut previous = Decision::default();
+    previous.policies.insert(
+        policy.id.clone(),
+        Arc::new(super::PolicyDecision::resumed_from(
+            &policy,
+            vec![answer],
+            t0(),
+        )),
+    );
+    Sim {
+        config: no_guard(),
+        policies: vec![policy],
+        overrides: Vec::new(),
+        decision: previous,
+        now: t0(),
+    }
+}
+
+#[test]
+fn answers_resumed_from_dns_stay_until_probes_confirm_every_target() {
+    // DNS served the secondary (the primary had died) when the decision was lost.
+    let mut sim = resumed_sim("b");
+    sim.step(&[]);
+    assert_eq!(
+        sim.clusters(),
+        ["b"],
+        "nothing probed yet: DNS's answer stays"
+    );
+    sim.step(&[("a", false), ("b", true), ("c", true)]);
+    assert_eq!(
+        sim.clusters(),
+        ["b"],
+        "one failure of the primary is below its threshold: still not confirmed"
+    );
+    sim.step(&[("a", false), ("b", true), ("c", true)]);
+    assert_eq!(sim.health("a"), Health::Unhealthy);
+    assert_eq!(
+        sim.clusters(),
+        ["b"],
+        "every target confirmed: the engine agrees"
+    );
+    assert!(!sim.decision.policies["shop/checkout"].resumed);
+
+    // Alive after all: confirmed healthy, and the engine's choice takes over.
+    let mut sim = resumed_sim("b");
+    sim.step(&[("a", true), ("b", true), ("c", true)]);
+    assert_eq!(sim.clusters(), ["b"]);
+    sim.step(&[("a", true), ("b", true), ("c", true)]);
+    assert_eq!(
+        sim.clusters(),
+        ["a"],
+        "a primary probed healthy is answered"
+    );
+}
+
+#[test]
+fn an_operator_override_ends_resumed_answers_at_once() {
+    let mut sim = resumed_sim("a");
+    sim.overrides.push(Override {
+        id: "drain-a".to_owned(),
+        policy: None,
+        cluster: "a".to_owned(),
+        action: OverrideAction::Drain,
+        created_at: t0(),
+        expires_at: t0() + Duration::from_secs(3600),
+        author: "test".to_owned(),
+        reason: String::new(),
+    });
+    sim.step(&[]);
+    assert_eq!(
+        sim.clusters(),
+        ["b"],
+        "a drain applies without waiting for probes"
+    );
+}

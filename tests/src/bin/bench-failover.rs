@@ -14,6 +14,11 @@
 //!    10 ms until the answer changes. Repeated `--rounds` times each way.
 //! 2. `engine::decide` time for 10,000 policies × 10 targets.
 //! 3. Resident memory of `lifeline run` holding 10,000 policies.
+//! 4. `--only wide`: memory and CPU of `lifeline run` with one target of 10,000 static
+//!    addresses under an HTTPS check whose servers never answer (listeners on
+//!    127.3.0.0/16 that never accept, so handshakes hang until the probe's timeout),
+//!    against the same process with the same policy and no health check (the idle
+//!    figure).
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
@@ -45,12 +50,12 @@ fn main() -> Result<()> {
         match a.as_str() {
             "--rounds" => rounds = args.next().context("--rounds N")?.parse()?,
             "--timeout-ms" => timeout_ms = args.next().context("--timeout-ms N")?.parse()?,
-            "--only" => parts.push(args.next().context("--only failover|decide|memory")?),
+            "--only" => parts.push(args.next().context("--only failover|decide|memory|wide")?),
             "--serve-backend" => {
                 return serve_backend(&args.next().context("--serve-backend ADDR")?);
             }
             other => bail!(
-                "unknown argument {other:?} (known: --rounds N, --timeout-ms N, --only failover|decide|memory)"
+                "unknown argument {other:?} (known: --rounds N, --timeout-ms N, --only failover|decide|memory|wide)"
             ),
         }
     }
@@ -59,7 +64,7 @@ fn main() -> Result<()> {
         println!("== engine::decide, 10,000 policies x 10 targets");
         decide_cost();
     }
-    if !run("failover") && !run("memory") {
+    if !run("failover") && !run("memory") && !run("wide") {
         return Ok(());
     }
     let lifeline = lifeline_binary()?;
@@ -81,7 +86,151 @@ fn main() -> Result<()> {
         println!("\n== memory of `lifeline run` with 10,000 policies (no health checks)");
         memory_with_policies(&lifeline, 10_000)?;
     }
+    if run("wide") {
+        println!(
+            "\n== `lifeline run`, one target of 10,000 addresses, HTTPS check, servers that never answer"
+        );
+        wide_target(&lifeline, 10_000)?;
+    }
     Ok(())
+}
+
+/// One policy, one static cluster of `n` addresses; measured once without a health check
+/// (idle) and once with an HTTPS check against listeners that never accept.
+fn wide_target(lifeline: &Path, n: usize) -> Result<()> {
+    raise_fd_limit();
+    let address = |i: usize| Ipv4Addr::new(127, 3, (i / 250) as u8, (i % 250 + 1) as u8);
+    // Listeners that are never accepted from: the kernel completes a few handshakes per
+    // address into the backlog and then drops SYNs, and no TLS byte is ever sent back.
+    let first = std::net::TcpListener::bind((address(0), 0))?;
+    let port = first.local_addr()?.port();
+    let mut silent = vec![first];
+    for i in 1..n {
+        silent.push(
+            std::net::TcpListener::bind((address(i), port))
+                .with_context(|| format!("binding {}:{port}", address(i)))?,
+        );
+    }
+    let addresses: Vec<String> = (0..n).map(|i| format!("\"{}\"", address(i))).collect();
+    let mut figures = Vec::new();
+    for check in [
+        "",
+        "\n  healthCheck: {http: {scheme: https, port: PORT, path: /healthz}, interval: 10s, timeout: 2s}",
+    ] {
+        let dir = tempfile::tempdir()?;
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let dns = SocketAddr::new(lo, free_port(lo)?);
+        let admin = SocketAddr::new(lo, free_port(lo)?);
+        let d = dir.path().display();
+        std::fs::write(
+            dir.path().join("lifeline.yaml"),
+            format!(
+                "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
+dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\nadmin: {{listen: \"{admin}\"}}\n\
+store: {{type: embedded, dataDir: {d}/store}}\npolicySource: {{type: files, paths: [docs.yaml]}}\n"
+            ),
+        )?;
+        std::fs::write(
+            dir.path().join("docs.yaml"),
+            format!(
+                "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: wide}}\nspec: {{region: r0, addressSource: Static, addresses: [{}]}}\n---\n\
+apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: app, namespace: b}}\nspec:\n  hostname: {NAME}\n  targets: [{{cluster: wide}}]{}\n",
+                addresses.join(", "),
+                check.replace("PORT", &port.to_string())
+            ),
+        )?;
+        let child = Process(
+            Command::new(lifeline)
+                .args(["--log", "warn", "run", "--config"])
+                .arg(dir.path().join("lifeline.yaml"))
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+        let pid = child.0.id();
+        let started = Instant::now();
+        wait_for_answer(dns, NAME, started)?;
+        // Warm-up: the first rounds, and the fast re-checks a first failure brings.
+        std::thread::sleep(Duration::from_secs(20));
+        let window = Duration::from_secs(30);
+        let before = cpu_ticks(pid).context("reading CPU time")?;
+        std::thread::sleep(window);
+        let after = cpu_ticks(pid).context("reading CPU time")?;
+        let rss = rss_kib(pid).context("reading VmRSS")? as f64 / 1024.0;
+        let peak = peak_kib(pid).context("reading VmHWM")? as f64 / 1024.0;
+        let core = (after - before) as f64 / 100.0 / window.as_secs_f64();
+        let label = if check.is_empty() {
+            "no health check (idle)"
+        } else {
+            "HTTPS check, never answered"
+        };
+        println!(
+            "{label}: resident {rss:.1} MiB, peak {peak:.1} MiB, CPU {core:.3} cores over {}s",
+            window.as_secs()
+        );
+        figures.push((rss, peak, core));
+    }
+    if let [idle, wide] = figures[..] {
+        println!(
+            "over idle: resident +{:.1} MiB, peak +{:.1} MiB, CPU +{:.3} cores (targets: +64 MiB, 0.1 core)",
+            wide.0 - idle.0,
+            wide.1 - idle.1,
+            wide.2 - idle.2
+        );
+    }
+    drop(silent);
+    Ok(())
+}
+
+/// 10,000 listeners need more descriptors than the usual soft limit of 1,024.
+fn raise_fd_limit() {
+    let pid = std::process::id().to_string();
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        })
+        .unwrap_or_else(|| "65536".to_owned());
+    let _ = Command::new("prlimit")
+        .args(["--pid", &pid, &format!("--nofile={hard}:{hard}")])
+        .status();
+}
+
+/// Polls `name` over UDP until it has an answer (two minutes at most).
+fn wait_for_answer(dns: SocketAddr, name: &str, started: Instant) -> Result<()> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut id = 0u16;
+    loop {
+        id = id.wrapping_add(1);
+        let mut msg = Message::query();
+        msg.metadata.id = id;
+        msg.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
+        socket.send_to(&msg.to_vec()?, dns)?;
+        let mut buf = [0u8; 4096];
+        if let Ok((len, _)) = socket.recv_from(&mut buf)
+            && Message::from_vec(&buf[..len]).is_ok_and(|m| !m.answers.is_empty())
+        {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("lifeline did not answer for {name} within 120s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Builds (if needed) and returns the release `lifeline` binary next to this one.
