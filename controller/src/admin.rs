@@ -58,8 +58,10 @@ pub struct AdminState {
     /// Where overrides are kept; `None` until the store is reachable (etcd may be down
     /// while DNS already answers).
     pub store: RwLock<Option<Store>>,
-    /// Cluster names known from the policy set, to reject overrides for typos.
-    pub clusters: RwLock<BTreeSet<String>>,
+    /// Clusters and policies of the set in force (set by the leader), to refuse
+    /// overrides naming something that does not exist. Empty on a follower, which reads
+    /// the saved set instead.
+    pub known: RwLock<Known>,
     /// Bearer token for `/v1` routes.
     pub token: Option<String>,
     /// Who a change made with the token is recorded as, in the audit trail.
@@ -508,26 +510,95 @@ pub struct OverrideRequest {
     pub reason: String,
 }
 
-/// Checks a request and turns it into an override.
+/// The clusters and policies an override may name: those of a policy set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Known {
+    pub clusters: BTreeSet<String>,
+    /// Policy ids (`namespace/name`).
+    pub policies: BTreeSet<String>,
+}
+
+impl Known {
+    /// What `snapshot` defines.
+    pub fn of(snapshot: &lifeline_crds::document::PolicySnapshot) -> Self {
+        Self {
+            clusters: snapshot
+                .clusters
+                .iter()
+                .filter_map(|c| c.metadata.name.clone())
+                .collect(),
+            policies: snapshot
+                .policies
+                .iter()
+                .map(crate::policies::policy_id)
+                .collect(),
+        }
+    }
+
+    /// Nothing is known yet (no policy set was ever saved): any name is taken.
+    pub fn is_empty(&self) -> bool {
+        self.clusters.is_empty() && self.policies.is_empty()
+    }
+}
+
+/// Why an override request is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// The request is malformed (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// It names a cluster or policy the policy set does not define (422).
+    #[error("{0}")]
+    Unknown(String),
+}
+
+impl Refused {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refused::Invalid(_) => StatusCode::BAD_REQUEST,
+            Refused::Unknown(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+}
+
+/// Checks a request and turns it into an override with an id of its own: two requests
+/// never share an id, however close together they come, so one never replaces the
+/// other.
 pub fn override_from_request(
     req: OverrideRequest,
-    known_clusters: &BTreeSet<String>,
+    known: &Known,
     now: SystemTime,
-) -> Result<Override, String> {
+) -> Result<Override, Refused> {
+    use Refused::{Invalid, Unknown};
     if req.cluster.is_empty() {
-        return Err("cluster: must not be empty".to_owned());
+        return Err(Invalid("cluster: must not be empty".to_owned()));
     }
-    if !known_clusters.is_empty() && !known_clusters.contains(&req.cluster) {
-        let list = known_clusters
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ");
-        return Err(format!(
-            "cluster: unknown cluster {:?} (known: {list})",
-            req.cluster
-        ));
+    let list = |names: &BTreeSet<String>| names.iter().cloned().collect::<Vec<_>>().join(", ");
+    if !known.is_empty() && !known.clusters.contains(&req.cluster) {
+        return Err(Unknown(format!(
+            "cluster: unknown cluster {:?} (known: {})",
+            req.cluster,
+            list(&known.clusters)
+        )));
     }
+    let policy = req
+        .policy
+        .as_deref()
+        .map(lifeline_crds::validate::policy_id_from_text);
+    if let Some(id) = &policy
+        && !known.is_empty()
+        && !known.policies.contains(id)
+    {
+        return Err(Unknown(format!(
+            "policy: unknown policy {id:?} (known: {})",
+            list(&known.policies)
+        )));
+    }
+    let req = OverrideRequest { policy, ..req };
+    override_checked(req, now).map_err(Invalid)
+}
+
+fn override_checked(req: OverrideRequest, now: SystemTime) -> Result<Override, String> {
     let action = match (req.action.as_str(), req.weight) {
         ("drain", None) => OverrideAction::Drain,
         ("pin", None) => OverrideAction::Pin,
@@ -564,8 +635,11 @@ pub fn override_from_request(
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
+    // The time orders ids for a reader; 64 random bits make them unique across
+    // requests, replicas and `ctl --etcd` alike.
+    let nonce: u64 = rand::random();
     Ok(Override {
-        id: format!("{}-{}-{millis}", req.action, req.cluster),
+        id: format!("{}-{}-{millis}-{nonce:016x}", req.action, req.cluster),
         cluster: req.cluster,
         policy: req.policy,
         action,
@@ -592,15 +666,27 @@ async fn create_override(
             );
         }
     };
-    let clusters = state.clusters.read().clone();
-    let o = match override_from_request(req, &clusters, SystemTime::now()) {
-        Ok(o) => o,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    let by = caller.0;
     let Some(store) = state.store.read().clone() else {
         return not_connected();
     };
+    // The leader knows the set in force; a follower reads the set the leader saved.
+    let mut known = state.known.read().clone();
+    if known.is_empty() {
+        match store.load_policies().await {
+            Ok(saved) => known = saved.as_ref().map(Known::of).unwrap_or_default(),
+            Err(e) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot read the policy set to check the override against: {e}"),
+                );
+            }
+        }
+    }
+    let o = match override_from_request(req, &known, SystemTime::now()) {
+        Ok(o) => o,
+        Err(e) => return error(e.status(), e.to_string()),
+    };
+    let by = caller.0;
     if let Err(e) = store.put_override(o.clone(), &by).await {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -373,6 +373,50 @@ impl Config {
         self.zones.iter().map(|z| z.origin.clone()).collect()
     }
 
+    /// The address records of each zone's in-zone name servers, by normalised apex and
+    /// owner key: published beside the policies' names (no policy may claim them).
+    pub fn nameserver_records(&self) -> crate::publish::ZoneRecords {
+        self.zones
+            .iter()
+            .filter(|z| !z.nameserver_addresses.is_empty())
+            .map(|z| {
+                let apex = lifeline_crds::validate::normalize_name(&z.origin);
+                let names = z
+                    .nameserver_addresses
+                    .iter()
+                    .map(|(name, addresses)| {
+                        let records = lifeline_model::NameRecords {
+                            address: Some(lifeline_model::AddressSet {
+                                ttl: z.ttl,
+                                targets: addresses
+                                    .iter()
+                                    .map(|a| lifeline_model::Target {
+                                        address: *a,
+                                        cluster: String::new(),
+                                        region: String::new(),
+                                        weight: 1,
+                                        share: None,
+                                    })
+                                    .collect(),
+                                max_answers: None,
+                                geo: false,
+                            }),
+                            ..Default::default()
+                        };
+                        (
+                            crate::publish::key_in_zone(
+                                &lifeline_crds::validate::normalize_name(name),
+                                &apex,
+                            ),
+                            records,
+                        )
+                    })
+                    .collect();
+                (apex, names)
+            })
+            .collect()
+    }
+
     /// Zones as the cross-document checks see them: apex and allowed namespaces.
     pub fn zone_rules(&self) -> Vec<lifeline_crds::validate::ZoneRule> {
         self.zones
@@ -380,6 +424,13 @@ impl Config {
             .map(|z| lifeline_crds::validate::ZoneRule {
                 apex: z.origin.clone(),
                 namespaces: z.namespaces.clone(),
+                reserved: z
+                    .nameservers
+                    .iter()
+                    .chain([&z.primary_ns])
+                    .cloned()
+                    .collect(),
+                cross_namespace_services: z.allow_cross_namespace_services,
             })
             .collect()
     }

@@ -1,7 +1,7 @@
 //! `lifeline ctl`: the operator's client. It works through the admin API of any replica
 //! or, for break-glass use, straight against etcd — no Kubernetes API, no running leader.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -64,18 +64,14 @@ async fn run_etcd(
         .with_context(|| format!("cannot reach etcd at {}", connect.endpoints.join(",")))?;
     let now = std::time::SystemTime::now();
     let set = |req: OverrideRequest| async {
-        // Clusters the mirrored policies know; empty (nothing mirrored yet) accepts any.
-        let known: BTreeSet<String> = store
+        // What the mirrored policy set defines; nothing mirrored yet accepts any name.
+        let known = store
             .load_policies()
             .await
-            .map(|p| {
-                p.clusters
-                    .iter()
-                    .filter_map(|c| c.metadata.name.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let o = admin::override_from_request(req, &known, now).map_err(anyhow::Error::msg)?;
+            .map(|p| admin::Known::of(&p))
+            .context("reading the policy set to check the override against")?;
+        let o = admin::override_from_request(req, &known, now)
+            .map_err(|e| anyhow::anyhow!("override refused: {e}"))?;
         let by = o.author.clone();
         store
             .put_override(&o, &by)

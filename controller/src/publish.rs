@@ -21,7 +21,7 @@ fn zone_of<'z>(zones: &'z [String], hostname: &str) -> Option<&'z String> {
 
 /// The owner key of `hostname` in `zone`: relative and lower-case (`checkout`, not
 /// `checkout.global.example.com`), as the shim starts fastest from canonical keys.
-fn key_in_zone(hostname: &str, zone: &str) -> String {
+pub fn key_in_zone(hostname: &str, zone: &str) -> String {
     hostname
         .strip_suffix(zone)
         .and_then(|rest| rest.strip_suffix('.'))
@@ -64,6 +64,9 @@ pub struct Publisher {
     /// lost store, so they are the publisher's own counter, started above whatever the
     /// shim already holds.
     revision: u64,
+    /// Names every zone serves whatever the policies say: its in-zone name servers'
+    /// addresses.
+    fixed: ZoneRecords,
 }
 
 impl Publisher {
@@ -77,7 +80,15 @@ impl Publisher {
             published: BTreeMap::new(),
             built_from: None,
             revision: start_revision,
+            fixed: ZoneRecords::new(),
         }
+    }
+
+    /// Publishes `records` in every update besides the policies' names (the zones'
+    /// name server addresses; validation keeps policies off those names).
+    pub fn with_fixed(mut self, records: ZoneRecords) -> Self {
+        self.fixed = records;
+        self
     }
 
     /// Treats `records` as already published (a new leader seeds itself with what the
@@ -92,7 +103,7 @@ impl Publisher {
         let mut out: BTreeMap<String, BTreeMap<String, NameRecords>> = self
             .zones
             .iter()
-            .map(|z| (z.clone(), BTreeMap::new()))
+            .map(|z| (z.clone(), self.fixed.get(z).cloned().unwrap_or_default()))
             .collect();
         for pd in decision.policies.values() {
             let Some(zone) = zone_of(&self.zones, &pd.hostname) else {
@@ -106,6 +117,13 @@ impl Publisher {
                     cluster: a.cluster.to_string(),
                     region: a.region.to_string(),
                     weight: a.weight,
+                    // A ramp's share travels with the weight it scaled, so a replica
+                    // applying a weight override scales that override the same way.
+                    share: pd
+                        .targets
+                        .get(&a.cluster)
+                        .map(|t| t.share)
+                        .filter(|share| *share < 1000),
                 })
                 .collect();
             let records = NameRecords {

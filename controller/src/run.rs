@@ -23,7 +23,6 @@
 //! change, and at least once a second (hold-downs, ramps and expiries move with time).
 
 use std::{
-    collections::BTreeSet,
     future::Future,
     net::SocketAddr,
     path::Path,
@@ -134,7 +133,7 @@ pub async fn run(
     let state = Arc::new(AdminState {
         decision: RwLock::new(Arc::new(Decision::default())),
         store: RwLock::new(None),
-        clusters: RwLock::new(BTreeSet::new()),
+        known: Default::default(),
         token: admin_token,
         token_identity: config.admin.token_identity.clone(),
         loopback: admin::is_loopback(&admin_addr),
@@ -241,7 +240,8 @@ async fn run_embedded(
             .filter_map(|z| z.revision)
             .max()
             .unwrap_or(0);
-        let publisher = Publisher::new(&shared.config.zone_origins(), start_revision);
+        let publisher = Publisher::new(&shared.config.zone_origins(), start_revision)
+            .with_fixed(shared.config.nameserver_records());
         let stop = async {
             shutdown.as_mut().await;
             TermEnd::Shutdown
@@ -332,7 +332,8 @@ async fn run_replica(
             // Seed the publisher with what etcd holds, so the first publish is a patch.
             // What every replica serves is what etcd holds: a term with no decision to
             // resume starts from it.
-            let mut publisher = Publisher::new(&shared.config.zone_origins(), 0);
+            let mut publisher = Publisher::new(&shared.config.zone_origins(), 0)
+                .with_fixed(shared.config.nameserver_records());
             let served = match etcd.records().await {
                 Ok(records) => {
                     publisher.seed(records.clone());

@@ -567,7 +567,7 @@ impl<'a> LeaderTerm<'a> {
             BTreeMap::new()
         };
         self.fleet.reconcile(&self.current, self.leader).await;
-        *self.shared.state.clusters.write() = cluster_names(&self.current);
+        *self.shared.state.known.write() = crate::admin::Known::of(&self.current);
         self.recompile();
     }
 
@@ -1023,14 +1023,6 @@ async fn usable_policies(source: &mut PolicyFeed, store: &Store) -> (PolicySnaps
             }
         }
     }
-}
-
-fn cluster_names(snapshot: &PolicySnapshot) -> BTreeSet<String> {
-    snapshot
-        .clusters
-        .iter()
-        .filter_map(|c| c.metadata.name.clone())
-        .collect()
 }
 
 /// A hash of what must survive a restart: every target's health and drain, by policy

@@ -176,6 +176,56 @@ async fn a_drain_through_the_admin_api_moves_the_answer_and_clearing_it_moves_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrides_sent_at_the_same_moment_each_get_an_id_of_their_own_and_all_stay() {
+    let lifeline = start(None).await;
+    let http = client();
+    let sends = (0..64).map(|i| {
+        let http = http.clone();
+        let url = format!("{}/v1/overrides", lifeline.admin);
+        let cluster = if i % 2 == 0 { "one" } else { "two" };
+        async move {
+            let resp = http
+                .post(url)
+                .json(&json!({"cluster": cluster, "action": "weight", "weight": 10 + i, "for": "10m", "author": "burst", "reason": format!("request {i}")}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap();
+            (status, body["id"].as_str().unwrap_or_default().to_owned())
+        }
+    });
+    // Eight at a time: the admin API takes 16 connections from one address.
+    use futures::StreamExt as _;
+    let created: Vec<(u16, String)> = futures::stream::iter(sends)
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert!(
+        created.iter().all(|(status, _)| *status == 201),
+        "{created:?}"
+    );
+    let ids: std::collections::BTreeSet<&str> = created.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(ids.len(), 64, "ids repeat: {created:?}");
+    let listed: Value = http
+        .get(format!("{}/v1/overrides", lifeline.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let in_force: std::collections::BTreeSet<&str> = listed["overrides"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["id"].as_str())
+        .collect();
+    assert_eq!(in_force, ids, "every 201 is an override in force");
+    lifeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_override_requests_are_rejected_with_the_field_named() {
     let lifeline = start(None).await;
     let http = client();
@@ -199,11 +249,29 @@ async fn bad_override_requests_are_rejected_with_the_field_named() {
         b[k] = v;
         b
     };
-    let cases = [
+    // A name the policy set does not define is refused as unprocessable, naming it.
+    for (body, expect) in [
         (
             with("cluster", json!("nope")),
-            "cluster: unknown cluster \"nope\"",
+            "cluster: unknown cluster \"nope\" (known: one, two)",
         ),
+        (
+            with("policy", json!("shop/nope")),
+            "policy: unknown policy \"shop/nope\" (known: shop/web)",
+        ),
+        (
+            with("policy", json!("web")),
+            "policy: unknown policy \"default/web\"",
+        ),
+    ] {
+        let (status, error) = post(body).await;
+        assert_eq!(status, 422, "{expect}: {error}");
+        assert!(error.contains(expect), "expected {expect:?} in {error:?}");
+    }
+    // (The secondary, so the answer checked at the end stays where it is.)
+    let (status, error) = post(json!({"cluster": "two", "policy": "shop/web", "action": "drain", "for": "10m", "author": "a", "reason": "r"})).await;
+    assert_eq!(status, 201, "a known policy is taken: {error}");
+    let cases = [
         (
             with("action", json!("explode")),
             "action: unknown action \"explode\"",
@@ -334,7 +402,7 @@ async fn without_a_token_v1_routes_are_refused_beyond_loopback() {
         store: parking_lot::RwLock::new(Some(Store::Embedded(Arc::new(
             EmbeddedStore::open(dir.path()).unwrap(),
         )))),
-        clusters: Default::default(),
+        known: Default::default(),
         token: None,
         token_identity: "admin".into(),
         // As if bound to 0.0.0.0: the test itself only ever binds loopback.

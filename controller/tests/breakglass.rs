@@ -53,6 +53,22 @@ fn ctl(etcd: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// `lifeline ctl --etcd` that must fail; what it printed.
+fn ctl_refused(etcd: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_lifeline"))
+        .args(["ctl", "--etcd", etcd, "--etcd-prefix", PREFIX])
+        .args(args)
+        .output()
+        .expect("run lifeline ctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "ctl {args:?} succeeded: {text}");
+    text
+}
+
 /// Waits until the answer holds exactly the addresses in `want` (in any order).
 async fn wait_for(dns: SocketAddr, want: &[IpAddr], limit: Duration) {
     let mut want = want.to_vec();
@@ -123,6 +139,30 @@ async fn ctl_against_etcd_drains_a_cluster_on_a_standalone_dns_replica_with_no_l
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // A name the mirrored policy set does not define is refused, naming it, and
+    // nothing is written.
+    for (args, expect) in [
+        (vec!["drain", "nope"], "unknown cluster \"nope\""),
+        (
+            vec!["drain", "primary", "--policy", "shop/nope"],
+            "unknown policy \"shop/nope\"",
+        ),
+    ] {
+        let refused = ctl_refused(
+            &endpoint,
+            &[
+                &args[..],
+                &["--for", "10m", "--reason", "typo", "--author", "oncall"],
+            ]
+            .concat(),
+        );
+        assert!(refused.contains(expect), "expected {expect:?} in {refused}");
+    }
+    assert!(
+        !ctl(&endpoint, &["overrides"]).contains("typo"),
+        "a refused override was stored"
+    );
 
     // Break glass: drain the primary straight through etcd.
     let out = ctl(

@@ -49,6 +49,7 @@ impl Drop for Process {
 
 struct Replica {
     dns: SocketAddr,
+    admin: SocketAddr,
     config: PathBuf,
 }
 
@@ -81,7 +82,7 @@ policySource: {{type: files, paths: [docs.yaml]}}\n",
                 ),
             )
             .unwrap();
-            Replica { dns, config }
+            Replica { dns, admin, config }
         })
         .collect()
 }
@@ -178,6 +179,48 @@ async fn one_replica_leads_and_a_kill_9_hands_over_without_changing_answers() {
     let leader = leader_pid(&store).await.expect("a leader");
     assert!(pids.contains(&leader), "leader {leader} is one of {pids:?}");
     let (leader_idx, follower_idx) = if pids[0] == leader { (0, 1) } else { (1, 0) };
+
+    // A follower refuses an override naming a cluster or policy that does not exist,
+    // checked against the set the leader saved.
+    for (body, expect) in [
+        (
+            r#"{"cluster":"nope","action":"drain","for":"10m","author":"a","reason":"typo"}"#,
+            "unknown cluster \"nope\"",
+        ),
+        (
+            r#"{"cluster":"primary","policy":"shop/nope","action":"drain","for":"10m","author":"a","reason":"typo"}"#,
+            "unknown policy \"shop/nope\"",
+        ),
+    ] {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--noproxy",
+                "*",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                body,
+            ])
+            .arg(format!(
+                "http://{}/v1/overrides",
+                replicas[follower_idx].admin
+            ))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, status) = text.trim_end().rsplit_once('\n').unwrap_or_default();
+        let error: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let error = error["error"].as_str().unwrap_or_default();
+        assert!(
+            status == "422" && error.contains(expect),
+            "expected 422 and {expect:?}: {text:?}"
+        );
+    }
 
     let watcher = Watcher::start(vec![replicas[follower_idx].dns]);
     let killed = Instant::now();
@@ -371,6 +414,7 @@ async fn bench_record_propagation_to_replicas() {
                         cluster: "c".to_owned(),
                         region: String::new(),
                         weight: 1,
+                        share: None,
                     }],
                     max_answers: None,
                     geo: false,

@@ -230,3 +230,39 @@ async fn a_broken_policy_edit_keeps_the_last_good_set_and_a_fixed_one_applies() 
     assert_eq!(answer_a(dns, NAME).ok(), Some(vec![primary()]));
     lifeline.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zones_own_name_server_is_answered_with_its_configured_address() {
+    let s = setup();
+    let config = s.dir.path().join("lifeline.yaml");
+    let nameservers = format!("    nameservers: [ns1.{ZONE}]\n");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &nameservers,
+        &format!("{nameservers}    nameserverAddresses: {{ns1.{ZONE}: [\"192.0.2.53\"]}}\n"),
+    );
+    std::fs::write(&config, text).unwrap();
+    let _lifeline = start(&config);
+    let ns1 = format!("ns1.{ZONE}");
+    lifeline_testkit::dns::await_exactly(
+        s.dns,
+        &ns1,
+        "192.0.2.53".parse().unwrap(),
+        Duration::from_secs(15),
+    )
+    .await;
+    // Beside the policy's own name, and authoritatively (the AA flag), as a delegation
+    // to it needs.
+    assert!(!answer_a(s.dns, NAME).addresses().is_empty());
+    if lifeline_testkit::dns::Dig::available() {
+        let dig = lifeline_testkit::dns::Dig::query(s.dns, &ns1, &[]).expect("dig runs");
+        assert_eq!(dig.answers(), ["192.0.2.53"], "{}", dig.text);
+        let flags = dig
+            .text
+            .lines()
+            .find(|l| l.starts_with(";; flags:"))
+            .unwrap_or_default();
+        assert!(flags.contains(" aa"), "not authoritative: {}", dig.text);
+    } else {
+        lifeline_testkit::skipped("the AA flag check needs dig, which is not installed");
+    }
+}

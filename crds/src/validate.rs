@@ -502,6 +502,12 @@ pub enum SetReason {
     OutsideZones,
     /// The hostname's zone does not accept names from the policy's namespace.
     NamespaceNotAllowed,
+    /// The hostname is one of its zone's own name servers.
+    ReservedName,
+    /// The service is in another namespace and the zone does not allow that.
+    ServiceNamespaceNotAllowed,
+    /// SRV records are asked of a target whose addresses have no ports.
+    SrvWithoutPorts,
     /// A target names a MemberCluster that does not exist.
     UnknownCluster,
     /// Two documents of the same kind and name.
@@ -515,6 +521,9 @@ impl SetReason {
             SetReason::HostnameConflict => "HostnameConflict",
             SetReason::OutsideZones => "HostnameOutsideZones",
             SetReason::NamespaceNotAllowed => "NamespaceNotAllowed",
+            SetReason::ReservedName => "HostnameReserved",
+            SetReason::ServiceNamespaceNotAllowed => "ServiceNamespaceNotAllowed",
+            SetReason::SrvWithoutPorts => "SrvWithoutPorts",
             SetReason::UnknownCluster => "UnknownCluster",
             SetReason::Duplicate => "Duplicate",
         }
@@ -541,14 +550,24 @@ pub struct ZoneRule {
     pub apex: String,
     /// Namespaces whose policies may publish names in the zone; `None`: every one.
     pub namespaces: Option<Vec<String>>,
+    /// Names no policy may claim: the zone's own name servers (its NS targets and SOA
+    /// primary). Answering for them would hijack the zone's delegation.
+    pub reserved: Vec<String>,
+    /// Policies may look for their service in a namespace other than their own. Off
+    /// unless a zone says so: on a shared management cluster one team's policy must not
+    /// publish another team's service.
+    pub cross_namespace_services: bool,
 }
 
 impl ZoneRule {
-    /// A zone open to every namespace.
+    /// A zone open to every namespace, with no reserved names (what a policy file
+    /// checked without a configuration is held to).
     pub fn open(apex: impl Into<String>) -> Self {
         Self {
             apex: apex.into(),
             namespaces: None,
+            reserved: Vec::new(),
+            cross_namespace_services: true,
         }
     }
 }
@@ -667,9 +686,23 @@ pub fn cross_check(
                         SetReason::OutsideZones,
                     );
                 }
+                Some(ZoneRule { apex, reserved, .. })
+                    if reserved.iter().any(|r| normalize_name(r) == host) =>
+                {
+                    push(
+                        DocumentRef::Policy(i),
+                        "spec.hostname",
+                        format!(
+                            "{host:?} is a name server of zone {} and is reserved for it",
+                            normalize_name(apex)
+                        ),
+                        SetReason::ReservedName,
+                    )
+                }
                 Some(ZoneRule {
                     apex,
                     namespaces: Some(allowed),
+                    ..
                 }) if !allowed.contains(&id.0) => push(
                     DocumentRef::Policy(i),
                     "spec.hostname",
@@ -681,6 +714,28 @@ pub fn cross_check(
                     ),
                     SetReason::NamespaceNotAllowed,
                 ),
+                Some(ZoneRule {
+                    apex,
+                    cross_namespace_services: false,
+                    ..
+                }) if policy
+                    .spec
+                    .service
+                    .as_ref()
+                    .and_then(|s| s.namespace.as_deref())
+                    .is_some_and(|ns| ns != id.0) =>
+                {
+                    push(
+                        DocumentRef::Policy(i),
+                        "spec.service.namespace",
+                        format!(
+                            "must be the policy's own namespace {:?}: zone {} does not allow services of other namespaces (allowCrossNamespaceServices)",
+                            id.0,
+                            normalize_name(apex)
+                        ),
+                        SetReason::ServiceNamespaceNotAllowed,
+                    )
+                }
                 Some(_) => {}
             }
         }
@@ -697,6 +752,22 @@ pub fn cross_check(
                         &format!("spec.targets[{t}].cluster"),
                         format!("unknown MemberCluster {:?}", target.cluster),
                         SetReason::UnknownCluster,
+                    );
+                } else if policy.spec.record_types.contains(&crate::RecordType::Srv)
+                    && cluster_names
+                        .get(target.cluster.as_str())
+                        .is_some_and(|&c| {
+                            clusters[c].spec.address_source == crate::AddressSource::Static
+                        })
+                {
+                    push(
+                        DocumentRef::Policy(i),
+                        &format!("spec.targets[{t}].cluster"),
+                        format!(
+                            "MemberCluster {:?} lists static addresses, which have no ports: SRV records cannot be made for it",
+                            target.cluster
+                        ),
+                        SetReason::SrvWithoutPorts,
                     );
                 }
             }
@@ -728,6 +799,17 @@ pub fn name_in_zone(name: &str, zone: &str) -> bool {
         || name
             .strip_suffix(&zone)
             .is_some_and(|rest| rest.ends_with('.'))
+}
+
+/// The id of a policy as an operator may write it: `namespace/name`, or a bare `name`
+/// in the `default` namespace, as a document without a namespace is.
+pub fn policy_id_from_text(text: &str) -> String {
+    let text = text.trim();
+    if text.contains('/') {
+        text.to_owned()
+    } else {
+        format!("default/{text}")
+    }
 }
 
 #[cfg(test)]
@@ -924,6 +1006,42 @@ mod tests {
     }
 
     #[test]
+    fn srv_records_are_refused_for_a_target_whose_addresses_have_no_ports() {
+        let cluster = |name: &str, source: &str| -> MemberCluster {
+            serde_json::from_value(json!({
+                "apiVersion": "lifeline.dev/v1alpha1", "kind": "MemberCluster",
+                "metadata": {"name": name},
+                "spec": {"region": "r", "addressSource": source, "addresses": if source == "Static" { json!(["192.0.2.1"]) } else { json!([]) }},
+            }))
+            .unwrap()
+        };
+        let (fixed, balanced) = (cluster("fixed", "Static"), cluster("lb", "LoadBalancer"));
+        let policy: FailoverPolicy = serde_json::from_value(json!({
+            "apiVersion": "lifeline.dev/v1alpha1", "kind": "FailoverPolicy",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"hostname": "web.global.example.com", "recordTypes": ["A", "SRV"],
+                     "service": {"name": "web", "portName": "https"},
+                     "targets": [{"cluster": "lb"}, {"cluster": "fixed"}]},
+        }))
+        .unwrap();
+        let zones = [ZoneRule::open("global.example.com")];
+        let found = cross_check(&[&policy], &[&fixed, &balanced], &zones);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].reason, SetReason::SrvWithoutPorts);
+        assert_eq!(found[0].problem.path, "spec.targets[1].cluster");
+        assert!(
+            found[0].reason.excludes(),
+            "the policy is not served half-made"
+        );
+        let mut a_only = policy.clone();
+        a_only
+            .spec
+            .record_types
+            .retain(|t| *t != crate::RecordType::Srv);
+        assert!(cross_check(&[&a_only], &[&fixed, &balanced], &zones).is_empty());
+    }
+
+    #[test]
     fn the_oldest_claimant_owns_a_hostname_and_zones_choose_namespaces() {
         let fp = |ns: &str, created: &str, host: &str| -> FailoverPolicy {
             serde_json::from_value(json!({
@@ -940,6 +1058,8 @@ mod tests {
             ZoneRule {
                 apex: "closed.example.com".into(),
                 namespaces: Some(vec!["zzz".into()]),
+                reserved: vec!["ns1.closed.example.com.".into()],
+                cross_namespace_services: false,
             },
         ];
         let found = cross_check(&[&newer, &older], &[], &zones);
@@ -954,6 +1074,42 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].reason, SetReason::NamespaceNotAllowed);
         assert_eq!(found[0].document, DocumentRef::Policy(0));
+
+        // A zone's own name server is no policy's to answer for.
+        let hijack = fp("zzz", "2026-01-01T00:00:00Z", "NS1.closed.example.com");
+        let found = cross_check(&[&hijack], &[], &zones);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].reason, SetReason::ReservedName);
+        assert!(
+            found[0]
+                .problem
+                .message
+                .contains("name server of zone closed.example.com"),
+            "{found:?}"
+        );
+
+        // Another namespace's service only where the zone allows it.
+        let mut borrower = fp("zzz", "2026-01-01T00:00:00Z", "b.closed.example.com");
+        borrower.spec.service = Some(crate::ServiceRef {
+            name: "api".into(),
+            namespace: Some("other".into()),
+            port_name: None,
+        });
+        let found = cross_check(&[&borrower], &[], &zones);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].reason, SetReason::ServiceNamespaceNotAllowed);
+        assert_eq!(found[0].problem.path, "spec.service.namespace");
+        borrower.spec.hostname = "b.global.example.com".into();
+        assert!(
+            cross_check(&[&borrower], &[], &zones).is_empty(),
+            "an open zone allows it"
+        );
+        borrower.spec.hostname = "b.closed.example.com".into();
+        borrower.spec.service.as_mut().unwrap().namespace = Some("zzz".into());
+        assert!(
+            cross_check(&[&borrower], &[], &zones).is_empty(),
+            "its own namespace, spelled out"
+        );
     }
 
     #[test]

@@ -1116,6 +1116,7 @@ mod tests {
             cluster: String::new(),
             region: String::new(),
             weight,
+            share: None,
         }
     }
 

@@ -4,7 +4,12 @@
 //! These types are embedded in the process configuration file (`lifeline.yaml`), so
 //! every struct rejects unknown fields.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -40,6 +45,17 @@ pub struct ZoneConfig {
     /// namespace when absent. The DNS server ignores it; the controller enforces it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespaces: Option<Vec<String>>,
+    /// Addresses of the zone's own name servers that lie inside it (`ns1.<zone>`),
+    /// answered authoritatively so that the parent zone can delegate to them. Keys must
+    /// be names listed in `nameservers`; no policy may claim any name server.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nameserver_addresses: BTreeMap<String, Vec<IpAddr>>,
+    /// FailoverPolicies publishing names in this zone may look for their service in
+    /// another namespace than their own (`spec.service.namespace`). Off by default: on
+    /// a management cluster shared by teams, a policy must not publish another team's
+    /// service.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_cross_namespace_services: bool,
 }
 
 fn default_zone_ttl() -> u32 {
@@ -255,6 +271,39 @@ impl ZoneConfig {
         for (i, n) in self.nameservers.iter().enumerate() {
             if let Err(e) = name_ok(n) {
                 p.push((format!("{path}.nameservers[{i}]"), e));
+            }
+        }
+        let origin = crate::wire::normalize_name(&self.origin, "").unwrap_or_default();
+        let servers: Vec<String> = self
+            .nameservers
+            .iter()
+            .filter_map(|n| crate::wire::normalize_name(n, "").ok())
+            .collect();
+        for (name, addresses) in &self.nameserver_addresses {
+            let at = format!("{path}.nameserverAddresses[{name:?}]");
+            let Ok(normal) = crate::wire::normalize_name(name, "") else {
+                p.push((at, "is not a valid DNS name".into()));
+                continue;
+            };
+            if !servers.contains(&normal) {
+                p.push((at, "is not one of the zone's nameservers".into()));
+            } else if normal != origin && !normal.ends_with(&format!(".{origin}")) {
+                p.push((
+                    at,
+                    format!(
+                        "is not inside zone {origin}: only in-zone name servers need addresses here"
+                    ),
+                ));
+            } else if addresses.is_empty()
+                || addresses.len() > lifeline_model::limits::ADDRESSES_MAX
+            {
+                p.push((
+                    at,
+                    format!(
+                        "must list 1 to {} addresses",
+                        lifeline_model::limits::ADDRESSES_MAX
+                    ),
+                ));
             }
         }
         if self.retry > self.refresh {

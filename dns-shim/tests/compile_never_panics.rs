@@ -64,6 +64,7 @@ fn targets() -> impl Strategy<Value = Vec<Target>> {
         cluster: format!("c{r}"),
         region: ["eu-west", "us-east", "nowhere"][usize::from(r)].to_owned(),
         weight: weight % 4 * (weight >> 30).max(1),
+        share: None,
     });
     prop_oneof![
         20 => prop::collection::vec(one.clone(), 0..20),

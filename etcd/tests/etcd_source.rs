@@ -34,6 +34,7 @@ fn numbered(n: u32) -> NameRecords {
                 cluster: "c1".into(),
                 region: "r1".into(),
                 weight: 1,
+                share: None,
             }],
             max_answers: None,
             geo: false,

@@ -124,7 +124,9 @@ fn apply_name(records: &mut NameRecords, active: &[&Override]) {
             _ => None,
         });
         if let Some(w) = weight {
-            t.weight = w.saturating_mul(1000);
+            // In the controller's scale, and ramped as the leader ramps it.
+            let share = t.share.map_or(1000, |s| s.min(1000));
+            t.weight = w.saturating_mul(share);
         }
     }
 }
@@ -158,6 +160,7 @@ mod tests {
             cluster: cluster.to_owned(),
             region: String::new(),
             weight: 100_000,
+            share: None,
         };
         let mut s = ZoneSnapshot::empty("z.test", 1, now());
         s.names.insert(
@@ -197,6 +200,28 @@ mod tests {
             .iter()
             .map(|t| (t.cluster.clone(), t.weight))
             .collect()
+    }
+
+    #[test]
+    fn a_weight_override_on_a_replica_keeps_the_leaders_ramp() {
+        let mut s = snapshot();
+        // The leader ramps `a` back at a quarter of its weight.
+        let set = s.names.get_mut("web").unwrap().address.as_mut().unwrap();
+        set.targets[0].weight = 25_000;
+        set.targets[0].share = Some(250);
+        let out = apply(
+            &s,
+            &[
+                ovr("a", OverrideAction::Weight(40), 60),
+                ovr("b", OverrideAction::Weight(40), 60),
+            ],
+            now(),
+        );
+        assert_eq!(
+            clusters(&out),
+            [("a".to_owned(), 10_000), ("b".to_owned(), 40_000)],
+            "the override replaces the weight, the ramp still scales it"
+        );
     }
 
     #[test]

@@ -94,6 +94,11 @@ pub struct Target {
     /// else has weight".
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// The part of its weight a recovering target is ramped to, in thousandths; absent
+    /// when whole. `weight` already includes it; a replica that applies a weight override
+    /// itself scales the override by it, so a break-glass weight never undoes a ramp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<u32>,
 }
 
 fn default_weight() -> u32 {

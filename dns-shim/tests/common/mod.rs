@@ -54,6 +54,7 @@ pub fn target(addr: &str, cluster: &str, region: &str, weight: u32) -> Target {
         cluster: cluster.into(),
         region: region.into(),
         weight,
+        share: None,
     }
 }
 

@@ -141,6 +141,7 @@ fn target(address: std::net::IpAddr) -> Target {
         cluster: "c1".into(),
         region: "r1".into(),
         weight: 1,
+        share: None,
     }
 }
 
