@@ -150,7 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 lifeline_dns::standalone::run_with_sources(
                     &parts.dns,
                     &parts.zones,
-                    Some(parts.admin.listen),
+                    Some(parts.dns_server.admin.unwrap_or(parts.admin.listen)),
                     sources,
                     shutdown_signal(),
                 )
@@ -264,6 +264,9 @@ struct DnsParts {
     /// With an etcd store, the shim follows the leader's records in etcd.
     #[serde(default)]
     store: Option<crate::config::StoreConfig>,
+    /// Its own admin address, when `lifeline run` shares the network namespace.
+    #[serde(default)]
+    dns_server: crate::config::DnsServer,
 }
 
 fn load_dns_parts(path: &std::path::Path) -> anyhow::Result<DnsParts> {

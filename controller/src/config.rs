@@ -52,6 +52,30 @@ pub struct Config {
     /// management API.
     #[serde(default)]
     pub member_credentials: MemberCredentials,
+    /// Where DNS is answered: in this process (the default) or by a `lifeline dns` of
+    /// its own.
+    #[serde(default)]
+    pub dns_server: DnsServer,
+}
+
+/// Where DNS is answered.
+///
+/// With `separate: true`, `lifeline run` opens no DNS socket: a `lifeline dns` process
+/// (a container of its own, with its own limits, in Kubernetes) answers, fed through
+/// etcd with the etcd store, or through `dns.sourceDir`, where `lifeline run` writes
+/// each zone after every change, with the embedded store. Nothing the controller does
+/// with memory, CPU or descriptors, and no crash of it, can then stop answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsServer {
+    /// DNS is answered by `lifeline dns`, not by `lifeline run`.
+    #[serde(default)]
+    pub separate: bool,
+    /// Where `lifeline dns` serves `/healthz`, `/readyz` and `/metrics`; `admin.listen`
+    /// when absent. Set it when both processes share a network namespace (containers
+    /// of one pod do), as the two cannot listen on one port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// Member kubeconfigs read from `kubeconfigSecretRef` Secrets are sealed with the key in
@@ -443,6 +467,26 @@ impl Config {
         // The DNS shim owns the rules for its own sections.
         for (path, message) in lifeline_dns::config::validate(&self.dns, &self.zones) {
             push(path, message);
+        }
+
+        if self.dns_server.separate
+            && matches!(self.store, StoreConfig::Embedded { .. })
+            && self.dns.source_dir.is_none()
+        {
+            push(
+                "dns.sourceDir".into(),
+                "is required when dnsServer.separate is set with the embedded store: lifeline run writes each zone there for lifeline dns to serve".into(),
+            );
+        }
+        if let Some(dns_admin) = self.dns_server.admin
+            && dns_admin == self.admin.listen
+        {
+            push(
+                "dnsServer.admin".into(),
+                format!(
+                    "{dns_admin} is admin.listen already; lifeline run and lifeline dns cannot share it"
+                ),
+            );
         }
 
         if self.member_credentials.recheck_interval < std::time::Duration::from_secs(1) {

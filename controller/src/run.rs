@@ -118,9 +118,23 @@ pub async fn run(
     } = options;
 
     // 1. DNS from the persisted snapshot, then sockets: nothing else is needed to answer.
-    let shim = Shim::start(&config.dns, &config.zones)
-        .await
-        .context("starting DNS")?;
+    //    With a separate DNS server this process keeps the same view without sockets,
+    //    beside (not in) the directory of the `lifeline dns` that answers.
+    let shim = if config.dns_server.separate {
+        let mut dns = config.dns.clone();
+        let mut own = dns.data_dir.clone().into_os_string();
+        own.push("-controller");
+        dns.data_dir = own.into();
+        dns.source_dir = None;
+        let options = lifeline_dns::StartOptions {
+            no_sockets: true,
+            ..Default::default()
+        };
+        Shim::start_with(&dns, &config.zones, options).await
+    } else {
+        Shim::start(&config.dns, &config.zones).await
+    }
+    .context("starting DNS")?;
     info!(udp = ?shim.udp_addrs(), tcp = ?shim.tcp_addrs(), ready = shim.state().ready, "DNS answering");
 
     // 2. Admin API.
@@ -225,8 +239,15 @@ async fn run_embedded(
     data_dir: &Path,
     shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
 ) -> anyhow::Result<()> {
-    let store = EmbeddedStore::open(data_dir).context("opening the store")?;
-    let store = Store::Embedded(Arc::new(store.publishing_to(shim.clone())));
+    let mut store = EmbeddedStore::open(data_dir)
+        .context("opening the store")?
+        .publishing_to(shim.clone());
+    if shared.config.dns_server.separate
+        && let Some(dir) = &shared.config.dns.source_dir
+    {
+        store = store.exporting_to(dir).context("opening dns.sourceDir")?;
+    }
+    let store = Store::Embedded(Arc::new(store));
     *shared.state.store.write() = Some(store.clone());
     shim.set_source_connected("controller", true);
     let mut shutdown = shutdown;

@@ -305,7 +305,18 @@ impl Store {
         match (self, leader) {
             (Store::Embedded(s), _) => {
                 let shim = s.dns.as_ref().ok_or(Error::NoDnsServer)?;
-                shim.apply_async(update).await?;
+                let applied = shim.apply_async(update).await?;
+                if s.export.is_some()
+                    && let Some(snapshot) = shim.snapshot(&applied.zone)
+                {
+                    // The whole zone: `lifeline dns` takes each file as it stands, and a
+                    // write that failed is made good by the next one.
+                    let bytes = serde_json::to_vec(&snapshot).map_err(|source| Error::Encode {
+                        path: PathBuf::from(&applied.zone),
+                        source,
+                    })?;
+                    off_runtime(s, move |s| s.export_zone(&applied.zone, &bytes)).await?;
+                }
                 Ok(())
             }
             (Store::Etcd(s), Some(l)) => {
@@ -350,6 +361,9 @@ pub struct EmbeddedStore {
     lock: Mutex<()>,
     /// Where published records go (the in-process DNS server), when set.
     dns: Option<ShimHandle>,
+    /// Where each zone is also written whole, for a `lifeline dns` of its own
+    /// (`dns.sourceDir`), when set.
+    export: Option<PathBuf>,
 }
 
 impl EmbeddedStore {
@@ -362,7 +376,23 @@ impl EmbeddedStore {
             dir: dir.to_owned(),
             lock: Mutex::new(()),
             dns: None,
+            export: None,
         })
+    }
+
+    /// Also writes every zone it publishes, whole, into `dir` as `<zone>.json` (created
+    /// private if missing), for a `lifeline dns` watching it.
+    pub fn exporting_to(mut self, dir: &Path) -> Result<Self> {
+        private_dir(dir)?;
+        self.export = Some(dir.to_owned());
+        Ok(self)
+    }
+
+    fn export_zone(&self, zone: &str, bytes: &[u8]) -> Result<()> {
+        let Some(dir) = &self.export else {
+            return Ok(());
+        };
+        atomic_write(&dir.join(format!("{zone}.json")), bytes)
     }
 
     /// Publishes records to `dns`, the DNS server in this process.

@@ -46,6 +46,10 @@ pub struct StartOptions {
     /// come from a store (a `lifeline dns` replica); a shim that is never handed
     /// overrides must not pick up a set another process left in its directory.
     pub break_glass: bool,
+    /// Hold, persist and compile zones but open no socket: the view of a controller
+    /// whose DNS is answered by a `lifeline dns` process of its own. `dns.udp` and
+    /// `dns.tcp` are ignored.
+    pub no_sockets: bool,
 }
 
 impl Shim {
@@ -62,7 +66,16 @@ impl Shim {
         zones: &[ZoneConfig],
         options: StartOptions,
     ) -> Result<ShimHandle> {
-        let problems = crate::config::validate(dns, zones);
+        let mut dns = dns.clone();
+        if options.no_sockets {
+            dns.udp.clear();
+            dns.tcp.clear();
+        }
+        let dns = &dns;
+        let problems: Vec<_> = crate::config::validate(dns, zones)
+            .into_iter()
+            .filter(|(path, _)| !(options.no_sockets && path == "dns.udp"))
+            .collect();
         if !problems.is_empty() {
             return Err(Error::Config(problems));
         }

@@ -38,6 +38,7 @@ pub async fn run_with_sources(
 ) -> Result<()> {
     let options = crate::shim::StartOptions {
         break_glass: sources.iter().any(|s| s.sets_overrides()),
+        no_sockets: false,
     };
     let shim = Shim::start_with(dns, zones, options).await?;
     let mut tasks = Vec::new();

@@ -919,7 +919,10 @@ fn break_glass_overrides_outlive_a_restart_and_a_corrupt_newest_copy_falls_back(
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
     let dns = dns_config(dir.path());
-    let edge = lifeline_dns::StartOptions { break_glass: true };
+    let edge = lifeline_dns::StartOptions {
+        break_glass: true,
+        ..Default::default()
+    };
     let shim = rt
         .block_on(Shim::start_with(&dns, &[zone_config()], edge))
         .unwrap();

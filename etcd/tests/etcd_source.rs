@@ -645,7 +645,10 @@ async fn a_shim_never_takes_an_override_weight_outside_the_documented_range() {
     let shim = lifeline_dns::Shim::start_with(
         &dns,
         &[common::zone_config()],
-        lifeline_dns::StartOptions { break_glass: true },
+        lifeline_dns::StartOptions {
+            break_glass: true,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();

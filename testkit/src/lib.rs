@@ -8,6 +8,7 @@
 //!  netns    Netns: a namespace behind a veth link, for real black holes
 //!  proxy    Proxy: a TCP hop a test can cut (a partition) or point elsewhere
 //!  process  Process: a child killed on drop, stopped with SIGTERM
+//!  cgroup   MemoryCage: a memory limit the kernel enforces on a process
 //!  disk     SmallDisk (fills up) and FreezableDisk (stalls writes and fsync)
 //!  http     status_within(): GET with a deadline
 //!  dns      query builders, raw UDP/TCP exchange, query_a() -> Answer
@@ -25,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod cgroup;
 #[cfg(feature = "control-plane")]
 pub mod control_plane;
 pub mod disk;
