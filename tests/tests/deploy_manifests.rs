@@ -362,35 +362,55 @@ fn pod_spec(docs: &[Value]) -> Result<Value> {
     Ok(serde_json::to_value(spec.context("pod spec")?)?)
 }
 
+/// The container of an overlay's pod named `name`.
+fn container<'a>(pod: &'a Value, name: &str) -> Result<&'a Value> {
+    pod["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .with_context(|| format!("no container {name}"))
+}
+
 #[test]
-fn the_controller_runs_unprivileged_and_answers_dns_on_port_53_through_the_service() -> Result<()> {
+fn dns_and_the_controller_run_unprivileged_in_containers_of_their_own_and_dns_answers_on_port_53()
+-> Result<()> {
     for overlay in OVERLAYS {
         let docs = rendered(overlay)?;
         let pod = pod_spec(&docs)?;
         let containers = pod["containers"].as_array().context("containers")?;
-        ensure!(containers.len() == 1, "{overlay}: one container");
-        let c = &containers[0];
+        ensure!(containers.len() == 2, "{overlay}: two containers");
+        let dns_c = container(&pod, "dns")?;
+        let c = container(&pod, "controller")?;
         ensure!(
-            c["args"] == json!(["run", "--config", "/etc/lifeline/lifeline.yaml"]),
-            "{overlay}: args {}",
+            dns_c["args"] == json!(["dns", "--config", "/etc/lifeline/lifeline.yaml"])
+                && c["args"] == json!(["run", "--config", "/etc/lifeline/lifeline.yaml"]),
+            "{overlay}: args {} / {}",
+            dns_c["args"],
             c["args"]
         );
         ensure!(pod["securityContext"]["runAsNonRoot"] == true, "{overlay}");
-        let sc = &c["securityContext"];
-        ensure!(
-            sc["readOnlyRootFilesystem"] == true
-                && sc["allowPrivilegeEscalation"] == false
-                && sc["capabilities"] == json!({"drop": ["ALL"]}),
-            "{overlay}: container securityContext {sc}"
-        );
+        for each in [dns_c, c] {
+            let sc = &each["securityContext"];
+            ensure!(
+                sc["readOnlyRootFilesystem"] == true
+                    && sc["allowPrivilegeEscalation"] == false
+                    && sc["capabilities"] == json!({"drop": ["ALL"]}),
+                "{overlay}: container securityContext {sc}"
+            );
+            ensure!(
+                each["resources"]["requests"].is_object()
+                    && each["resources"]["limits"]["memory"].is_string(),
+                "{overlay}: {}: resources with a memory limit of its own",
+                each["name"]
+            );
+        }
         ensure!(
             c["livenessProbe"]["httpGet"] == json!({"path": "/healthz", "port": "admin"})
-                && c["readinessProbe"]["httpGet"] == json!({"path": "/readyz", "port": "admin"}),
+                && c["readinessProbe"]["httpGet"] == json!({"path": "/readyz", "port": "admin"})
+                && dns_c["livenessProbe"]["httpGet"]
+                    == json!({"path": "/healthz", "port": "dns-admin"})
+                && dns_c["readinessProbe"]["httpGet"]
+                    == json!({"path": "/readyz", "port": "dns-admin"}),
             "{overlay}: probes"
-        );
-        ensure!(
-            c["resources"]["requests"].is_object() && c["resources"]["limits"].is_object(),
-            "{overlay}: resources"
         );
         let env = c["env"].as_array().context("env")?;
         ensure!(
@@ -400,6 +420,18 @@ fn the_controller_runs_unprivileged_and_answers_dns_on_port_53_through_the_servi
         );
         let config = config_of(&docs)?;
         ensure!(
+            config.dns_server.separate,
+            "{overlay}: lifeline.yaml must say dnsServer.separate"
+        );
+        if matches!(config.store, StoreConfig::Embedded { .. }) {
+            let export = config.dns.source_dir.as_ref().context("dns.sourceDir")?;
+            ensure!(
+                export.starts_with("/var/lib/lifeline"),
+                "{overlay}: dns.sourceDir {} is not on the shared data volume",
+                export.display()
+            );
+        }
+        ensure!(
             env.iter()
                 .any(|e| e["name"] == config.admin.token_env.as_str()
                     && e["valueFrom"]["secretKeyRef"]["name"] == "lifeline-admin-token"),
@@ -407,24 +439,26 @@ fn the_controller_runs_unprivileged_and_answers_dns_on_port_53_through_the_servi
         );
 
         // Named container ports match what lifeline.yaml listens on.
-        let port = |name: &str| {
+        let port = |c: &Value, name: &str| {
             c["ports"]
                 .as_array()
                 .and_then(|ps| ps.iter().find(|p| p["name"] == name))
                 .and_then(|p| p["containerPort"].as_u64())
         };
+        let dns_admin = config.dns_server.admin.context("dnsServer.admin")?;
         ensure!(
             config
                 .dns
                 .udp
                 .iter()
-                .all(|a| Some(u64::from(a.port())) == port("dns-udp"))
+                .all(|a| Some(u64::from(a.port())) == port(dns_c, "dns-udp"))
                 && config
                     .dns
                     .tcp
                     .iter()
-                    .all(|a| Some(u64::from(a.port())) == port("dns-tcp"))
-                && Some(u64::from(config.admin.listen.port())) == port("admin"),
+                    .all(|a| Some(u64::from(a.port())) == port(dns_c, "dns-tcp"))
+                && Some(u64::from(dns_admin.port())) == port(dns_c, "dns-admin")
+                && Some(u64::from(config.admin.listen.port())) == port(c, "admin"),
             "{overlay}: container ports do not match lifeline.yaml"
         );
         ensure!(
@@ -437,6 +471,13 @@ fn the_controller_runs_unprivileged_and_answers_dns_on_port_53_through_the_servi
             .iter()
             .find(|s| s.metadata.name.as_deref() == Some("lifeline-dns"))
             .context("the lifeline-dns Service")?;
+        ensure!(
+            dns.spec
+                .as_ref()
+                .and_then(|s| s.publish_not_ready_addresses)
+                == Some(true),
+            "{overlay}: the DNS Service must publish pods whose controller is restarting"
+        );
         let ports = serde_json::to_value(&dns.spec.as_ref().context("spec")?.ports)?;
         ensure!(
             ports
@@ -471,14 +512,15 @@ fn every_volume_the_config_names_is_mounted_and_writable_paths_are_only_the_data
     for overlay in OVERLAYS {
         let docs = rendered(overlay)?;
         let pod = pod_spec(&docs)?;
-        let mounts = pod["containers"][0]["volumeMounts"]
-            .as_array()
-            .context("mounts")?;
-        let writable: Vec<&Value> = mounts.iter().filter(|m| m["readOnly"] != true).collect();
-        ensure!(
-            writable.len() == 1 && writable[0]["mountPath"] == "/var/lib/lifeline",
-            "{overlay}: writable mounts {writable:?}"
-        );
+        for c in pod["containers"].as_array().context("containers")? {
+            let mounts = c["volumeMounts"].as_array().context("mounts")?;
+            let writable: Vec<&Value> = mounts.iter().filter(|m| m["readOnly"] != true).collect();
+            ensure!(
+                writable.len() == 1 && writable[0]["mountPath"] == "/var/lib/lifeline",
+                "{overlay}: {}: writable mounts {writable:?}",
+                c["name"]
+            );
+        }
         let config = config_of(&docs)?;
         if let StoreConfig::Etcd { tls: Some(tls), .. } = &config.store {
             // The projected config volume carries each TLS file at the configured path.
@@ -525,14 +567,17 @@ fn ha_spreads_three_replicas_and_keeps_two_through_disruptions() -> Result<()> {
         pdb["spec"]["minAvailable"] == 2 && pdb["spec"].get("maxUnavailable").is_none(),
         "{pdb}"
     );
-    let env = pod["containers"][0]["env"].to_string();
     let config = config_of(&docs)?;
     if let StoreConfig::Etcd {
         password_env: Some(var),
         ..
     } = &config.store
     {
-        ensure!(env.contains(var.as_str()), "{var} is not set in the pod");
+        // Both talk to etcd: the controller to lead, `dns` to follow the records.
+        for name in ["controller", "dns"] {
+            let env = container(&pod, name)?["env"].to_string();
+            ensure!(env.contains(var.as_str()), "{var} is not set in {name}");
+        }
     }
     Ok(())
 }
