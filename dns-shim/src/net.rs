@@ -348,7 +348,9 @@ struct PrefixSlot {
 
 impl PrefixCounts {
     fn key(ip: IpAddr) -> u128 {
-        match ip {
+        // IPv4 clients of a dual-stack listener arrive IPv4-mapped; counted as IPv6
+        // they would all share the one /56 holding `::ffff:0:0/96`.
+        match ip.to_canonical() {
             // Tagged so an IPv4 /24 never collides with an IPv6 /56.
             IpAddr::V4(v4) => (1u128 << 64) | u128::from(u32::from(v4) >> 8),
             IpAddr::V6(v6) => u128::from(v6) >> 72,
@@ -379,5 +381,24 @@ impl Drop for PrefixSlot {
                 counts.remove(&self.key);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::PrefixCounts;
+
+    #[test]
+    fn ipv4_clients_of_a_dual_stack_listener_count_by_their_own_prefix() {
+        let mapped = |c: u8| IpAddr::V6(Ipv4Addr::new(198, 51, c, 7).to_ipv6_mapped());
+        let plain = |c: u8| IpAddr::V4(Ipv4Addr::new(198, 51, c, 9));
+        assert_eq!(PrefixCounts::key(mapped(1)), PrefixCounts::key(plain(1)));
+        assert_ne!(
+            PrefixCounts::key(mapped(1)),
+            PrefixCounts::key(mapped(2)),
+            "two /24s must not share slots"
+        );
     }
 }

@@ -87,6 +87,9 @@ impl RateLimiter {
 
     /// Charges one response to `ip`'s prefix.
     pub fn check(&self, ip: IpAddr) -> Verdict {
+        // An IPv4 client on a dual-stack socket arrives as `::ffff:a.b.c.d`: as an IPv6
+        // address every IPv4 client would share one /56 bucket.
+        let ip = ip.to_canonical();
         let prefix = match ip {
             IpAddr::V4(a) => IpNet::new(IpAddr::V4(a), self.v4_len),
             IpAddr::V6(a) => IpNet::new(IpAddr::V6(a), self.v6_len),
@@ -158,6 +161,25 @@ mod tests {
     use std::net::Ipv6Addr;
 
     use super::*;
+
+    #[test]
+    fn ipv4_clients_of_a_dual_stack_socket_have_buckets_of_their_own() {
+        let rrl = limiter(1);
+        let mapped = |a: u8| IpAddr::V6(std::net::Ipv4Addr::new(192, 0, a, 1).to_ipv6_mapped());
+        // One client of 192.0.1.0/24 spends its bucket (bounded: a bucket holds little)...
+        let mut spent = 0;
+        while rrl.check(mapped(1)) == Verdict::Pass {
+            spent += 1;
+            assert!(spent < 1000, "the bucket never ran out");
+        }
+        // ...and a client of another /24 still has its own.
+        assert_eq!(rrl.check(mapped(2)), Verdict::Pass);
+        // The mapped form and the plain form are one client.
+        assert_ne!(
+            rrl.check(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 1, 9))),
+            Verdict::Pass
+        );
+    }
 
     fn limiter(rate: u32) -> RateLimiter {
         RateLimiter::new(&RateLimitConfig {

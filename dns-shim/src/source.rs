@@ -112,6 +112,14 @@ impl SnapshotSource for DirectorySource {
                         Ok(a) => {
                             info!(path = %path.display(), zone = %a.zone, revision = a.revision, "snapshot file applied")
                         }
+                        // The same revision again is a file rewritten as it was; an
+                        // older one means whoever writes the directory went back (a
+                        // restored backup, a second writer): served data stays, and an
+                        // operator should know.
+                        Err(Error::StaleRevision { zone, have, got }) if got < have => {
+                            warn!(path = %path.display(), %zone, served = have, file = got, "snapshot file goes back in revision; it is ignored and the newer served data stays");
+                            shim.count_load_error();
+                        }
                         Err(Error::StaleRevision { .. }) => {
                             debug!(path = %path.display(), "snapshot file not newer than served data")
                         }

@@ -351,6 +351,20 @@ fn the_directory_source_applies_files_and_losing_it_keeps_the_records() {
         www(&shim) == vec!["192.0.2.44".parse::<IpAddr>().unwrap()]
     }));
 
+    // The writer goes back in revision: ignored, the newer records stay, and it is
+    // counted (and logged at warn level) rather than passed over in silence.
+    let errors = shim.state().load_errors;
+    std::fs::write(
+        feed.path().join("zone.json"),
+        serde_json::to_vec(&with_www(2, "192.0.2.22")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        lifeline_testkit::poll(Duration::from_secs(5), || shim.state().load_errors > errors),
+        "a revision going back was not reported"
+    );
+    assert_eq!(www(&shim), vec!["192.0.2.44".parse::<IpAddr>().unwrap()]);
+
     // The directory disappears: the source is disconnected, the records stay.
     drop(feed);
     assert!(lifeline_testkit::poll(Duration::from_secs(5), || {
