@@ -598,6 +598,18 @@ pub fn override_from_request(
     override_checked(req, now).map_err(Invalid)
 }
 
+/// `Err` when [`lifeline_model::limits::OVERRIDES_MAX`] overrides are in force already.
+pub fn room_for_one_more(all: &[Override], now: SystemTime) -> Result<(), String> {
+    let active = all.iter().filter(|o| o.is_active(now)).count();
+    if active >= lifeline_model::limits::OVERRIDES_MAX {
+        return Err(format!(
+            "{active} overrides are in force, the most allowed ({}); clear some first",
+            lifeline_model::limits::OVERRIDES_MAX
+        ));
+    }
+    Ok(())
+}
+
 fn override_checked(req: OverrideRequest, now: SystemTime) -> Result<Override, String> {
     let action = match (req.action.as_str(), req.weight) {
         ("drain", None) => OverrideAction::Drain,
@@ -686,6 +698,19 @@ async fn create_override(
         Ok(o) => o,
         Err(e) => return error(e.status(), e.to_string()),
     };
+    match store.overrides().await {
+        Ok(all) => {
+            if let Err(full) = room_for_one_more(&all, o.created_at) {
+                return error(StatusCode::CONFLICT, full);
+            }
+        }
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the overrides in force: {e}"),
+            );
+        }
+    }
     let by = caller.0;
     if let Err(e) = store.put_override(o.clone(), &by).await {
         return error(

@@ -72,6 +72,12 @@ async fn run_etcd(
             .context("reading the policy set to check the override against")?;
         let o = admin::override_from_request(req, &known, now)
             .map_err(|e| anyhow::anyhow!("override refused: {e}"))?;
+        let all = store
+            .overrides()
+            .await
+            .context("reading the overrides in force")?;
+        admin::room_for_one_more(&all, now)
+            .map_err(|e| anyhow::anyhow!("override refused: {e}"))?;
         let by = o.author.clone();
         store
             .put_override(&o, &by)

@@ -355,6 +355,8 @@ struct LeaderTerm<'a> {
     held: Option<(PolicyHold, PolicySnapshot)>,
     /// When the audit trail was last pruned.
     last_prune: Option<tokio::time::Instant>,
+    /// When expired overrides were last removed.
+    last_expiry_sweep: Option<tokio::time::Instant>,
 }
 
 impl<'a> LeaderTerm<'a> {
@@ -442,6 +444,7 @@ impl<'a> LeaderTerm<'a> {
             faults: BTreeMap::new(),
             held: None,
             last_prune: None,
+            last_expiry_sweep: None,
         };
         let share = term.shared.config.policy_changes.max_removed_share;
         match last_good {
@@ -645,6 +648,35 @@ impl<'a> LeaderTerm<'a> {
         }
     }
 
+    /// Takes expired overrides out of the set in force, at most every 5 s, so the set
+    /// stays bounded by what is active; the audit trail records each one.
+    async fn drop_expired_overrides(&mut self) {
+        let now = SystemTime::now();
+        if !self.overrides_ok
+            || !self.overrides.iter().any(|o| !o.is_active(now))
+            || self
+                .last_expiry_sweep
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        {
+            return;
+        }
+        self.last_expiry_sweep = Some(tokio::time::Instant::now());
+        match self
+            .store
+            .remove_overrides(move |o| !o.is_active(now), "expiry")
+            .await
+        {
+            Ok(gone) if !gone.is_empty() => {
+                info!(
+                    removed = gone.len(),
+                    "expired overrides left the set in force"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot remove expired overrides"),
+        }
+    }
+
     /// Applies the held change once an operator released it (by its fingerprint).
     async fn check_release(&mut self) {
         let Some((hold, _)) = &self.held else {
@@ -784,6 +816,7 @@ impl<'a> LeaderTerm<'a> {
         }
         self.check_release().await;
         self.prune_audit().await;
+        self.drop_expired_overrides().await;
         let unreadable = self.store.unreadable();
         if unreadable.len() as i64 != self.shared.metrics.store_unreadable.get() {
             for problem in &unreadable {

@@ -226,6 +226,72 @@ async fn overrides_sent_at_the_same_moment_each_get_an_id_of_their_own_and_all_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_override_leaves_the_set_in_force_and_the_audit_keeps_it() {
+    let lifeline = start(None).await;
+    let http = client();
+    let created: Value = http
+        .post(format!("{}/v1/overrides", lifeline.admin))
+        .json(&json!({"cluster": "two", "action": "drain", "for": "1s", "author": "a", "reason": "short"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let url = format!("{}/v1/overrides", lifeline.admin);
+    let audit = lifeline_testkit::eventually_async(
+        Duration::from_secs(20),
+        "the expired override is removed, by expiry",
+        || async {
+            let listed: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+            let audit = listed["audit"].as_array()?.clone();
+            audit
+                .iter()
+                .any(|e| {
+                    e["action"] == "cleared"
+                        && e["by"] == "expiry"
+                        && e["override"]["id"] == id.as_str()
+                })
+                .then_some(audit)
+        },
+    )
+    .await;
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "set" && e["override"]["id"] == id.as_str()),
+        "the audit keeps when it was set: {audit:?}"
+    );
+    lifeline.stop().await;
+}
+
+#[test]
+fn no_more_overrides_are_taken_once_the_most_allowed_are_in_force() {
+    let now = std::time::SystemTime::now();
+    let one = |i: usize, expires: std::time::SystemTime| lifeline_engine::Override {
+        id: format!("o{i}"),
+        cluster: "one".into(),
+        policy: None,
+        action: lifeline_engine::OverrideAction::Drain,
+        created_at: now,
+        expires_at: expires,
+        author: "a".into(),
+        reason: "r".into(),
+    };
+    let max = lifeline_model::limits::OVERRIDES_MAX;
+    let later = now + Duration::from_secs(60);
+    let mut all: Vec<_> = (0..max - 1).map(|i| one(i, later)).collect();
+    assert!(lifeline_controller::admin::room_for_one_more(&all, now).is_ok());
+    all.push(one(max, later));
+    let full = lifeline_controller::admin::room_for_one_more(&all, now).unwrap_err();
+    assert!(full.contains("the most allowed (1000)"), "{full}");
+    // Expired ones do not count.
+    all[0].expires_at = now;
+    assert!(lifeline_controller::admin::room_for_one_more(&all, now).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_override_requests_are_rejected_with_the_field_named() {
     let lifeline = start(None).await;
     let http = client();

@@ -433,7 +433,11 @@ pub struct CompileOptions {
 }
 
 impl CompileOptions {
+    /// Every TTL served, from whatever source: at most a day (what validation allows a
+    /// policy), then the stale cap. A snapshot file or store value that skipped
+    /// validation cannot make resolvers keep an answer for years.
     fn ttl(&self, ttl: u32) -> u32 {
+        let ttl = ttl.min(lifeline_model::limits::TTL_MAX);
         self.ttl_cap.map_or(ttl, |c| ttl.min(c))
     }
 }
@@ -1133,6 +1137,15 @@ mod tests {
     fn leaders(w: &Wheel) -> Vec<u8> {
         // Last octet of the first A record in each reply (owner 2 + fixed 10 + 3 bytes).
         replies(w).iter().map(|(_, b)| b[15]).collect()
+    }
+
+    #[test]
+    fn no_ttl_served_is_longer_than_a_day_whatever_the_input_says() {
+        let opts = CompileOptions::default();
+        assert_eq!(opts.ttl(u32::MAX), lifeline_model::limits::TTL_MAX);
+        assert_eq!(opts.ttl(30), 30);
+        let stale = CompileOptions { ttl_cap: Some(30) };
+        assert_eq!(stale.ttl(u32::MAX), 30);
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub const CLUSTER_ADDRESSES_MAX: usize = 10_000;
 /// batch), then the next addresses in turn, so each address is checked every
 /// `ceil(addresses / batch)` rounds at worst. Bounds the connections one target can hold.
 pub const PROBE_ADDRESSES_PER_ROUND: usize = 32;
+/// Operator overrides in force at once (expired ones leave the set; the audit keeps
+/// them). Far more than any incident needs, and it bounds what every decision and every
+/// replica's DNS server reads.
+pub const OVERRIDES_MAX: usize = 1000;
 /// Expected HTTP statuses of one check.
 pub const EXPECTED_STATUS_MAX: usize = 32;
 

@@ -177,9 +177,26 @@ impl Index {
         for slice in self.slices.values() {
             if let Some(view) = out.get_mut(&slice.service) {
                 view.endpoint_slices += 1;
-                view.ready_endpoints += slice.ready_endpoints;
+                view.ready_endpoints = view.ready_endpoints.saturating_add(slice.ready_endpoints);
                 view.ready_addresses
                     .extend(slice.ready_addresses.iter().copied());
+            }
+        }
+        // A service with more ready addresses than a MemberCluster may list is answered
+        // from the lowest of them: what one target costs (records, probes, decisions)
+        // stays bounded by the same figure whichever way its addresses come.
+        for (service, view) in &mut out {
+            if view.ready_addresses.len() > lifeline_model::limits::CLUSTER_ADDRESSES_MAX {
+                tracing::warn!(
+                    namespace = %service.0,
+                    service = %service.1,
+                    ready = view.ready_addresses.len(),
+                    kept = lifeline_model::limits::CLUSTER_ADDRESSES_MAX,
+                    "more ready addresses than one target may have; the lowest are used"
+                );
+                while view.ready_addresses.len() > lifeline_model::limits::CLUSTER_ADDRESSES_MAX {
+                    view.ready_addresses.pop_last();
+                }
             }
         }
         out
@@ -190,6 +207,37 @@ impl Index {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_service_with_more_endpoints_than_a_target_may_have_is_cut_to_the_bound() {
+        let mut index = Index::default();
+        let max = lifeline_model::limits::CLUSTER_ADDRESSES_MAX;
+        // Slices of 1,000 endpoints (the API server's own cap), over the bound.
+        let per_slice = 1000;
+        for s in 0..(max / per_slice + 2) {
+            let ips: Vec<String> = (0..per_slice)
+                .map(|i| {
+                    let n = s * per_slice + i;
+                    format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255)
+                })
+                .collect();
+            let ready: Vec<(&str, Option<bool>)> =
+                ips.iter().map(|ip| (ip.as_str(), Some(true))).collect();
+            index.apply_slice(&slice("shop", &format!("web-{s}"), "web", &ready));
+        }
+        let scope = BTreeSet::from([("shop".to_owned(), "web".to_owned())]);
+        let view = &index.services_view(&scope)[&("shop".to_owned(), "web".to_owned())];
+        assert_eq!(view.ready_addresses.len(), max);
+        assert_eq!(
+            view.ready_endpoints as usize,
+            (max / per_slice + 2) * per_slice
+        );
+        assert_eq!(
+            view.ready_addresses.first().copied(),
+            Some("10.0.0.0".parse().unwrap()),
+            "the lowest are kept"
+        );
+    }
 
     fn slice(ns: &str, name: &str, service: &str, ready: &[(&str, Option<bool>)]) -> EndpointSlice {
         let endpoints: Vec<_> = ready
