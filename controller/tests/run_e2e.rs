@@ -266,3 +266,62 @@ async fn the_zones_own_name_server_is_answered_with_its_configured_address() {
         lifeline_testkit::skipped("the AA flag check needs dig, which is not installed");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_ca_bundle_http_checks_decide_and_https_ones_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port(&[primary(), secondary()]);
+    let (dns, admin) = (free_addr(), free_addr());
+    let secure = format!(
+        "---\napiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: secure, namespace: shop}}\nspec:\n  hostname: secure.{ZONE}\n  targets: [{{cluster: primary}}, {{cluster: secondary, priority: 1}}]\n  healthCheck: {{http: {{scheme: https, port: {port}}}, interval: 200ms, timeout: 150ms, unhealthyThreshold: 2}}\n"
+    );
+    write_files(dir.path(), dns, admin, port, &secure);
+    // Its failures are expected here; the guard against systemic failure would hold
+    // the HTTP policy's failover back.
+    let config = dir.path().join("lifeline.yaml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("engine: {blastRadius: {enabled: false}}\n");
+    std::fs::write(&config, text).unwrap();
+    let mut a = Backend::start(SocketAddr::new(primary(), port)).await;
+    let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
+    // No CA bundle: rustls-native-certs reads only these when they are set.
+    let empty = dir.path().join("no-certs");
+    std::fs::create_dir(&empty).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lifeline"));
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("SSL_CERT_FILE", dir.path().join("no-such-bundle.pem"))
+        .env("SSL_CERT_DIR", &empty)
+        .env("LIFELINE_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    let mut lifeline = Process::spawn(command);
+
+    // HTTP decides as ever.
+    lifeline_testkit::dns::await_exactly(dns, NAME, primary(), Duration::from_secs(15)).await;
+    a.kill().await;
+    lifeline_testkit::dns::await_exactly(dns, NAME, secondary(), Duration::from_secs(15)).await;
+
+    // HTTPS says why it fails.
+    let why = lifeline_testkit::eventually_async(
+        Duration::from_secs(15),
+        "the HTTPS policy's targets report the missing CA bundle",
+        || async {
+            let status = common::get(admin, "/v1/status");
+            let reason = status.contains("no trusted CA certificates on this machine");
+            reason.then_some(status)
+        },
+    )
+    .await;
+    assert!(why.contains("shop/secure"), "{why}");
+    // And leadership never failed over it.
+    let metrics = common::get(admin, "/metrics");
+    let failures = metrics
+        .lines()
+        .find(|l| l.starts_with("lifeline_leader_term_failures_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or("missing");
+    assert_eq!(failures, "0", "leader term failures: {failures}");
+    assert!(lifeline.is_running());
+}

@@ -124,6 +124,8 @@ pub(super) struct Get<'a> {
 /// "tls: invalid peer certificate: UnknownIssuer", ...). The connection is closed when it
 /// returns; the body is never read.
 pub(super) async fn get(tls: &Tls, get: Get<'_>) -> Result<http::StatusCode, String> {
+    // A check that cannot verify anything (no trust roots) says so without connecting.
+    let config = get.tls.map(|skip| tls.config(skip)).transpose()?;
     let tcp = TcpStream::connect(get.addr)
         .await
         .map_err(|e| describe_io(&e).unwrap_or_else(|| format!("connect failed: {e}")))?;
@@ -133,10 +135,9 @@ pub(super) async fn get(tls: &Tls, get: Get<'_>) -> Result<http::StatusCode, Str
         Some(host) => host.to_owned(),
         None => get.addr.to_string(),
     };
-    match get.tls {
+    match config {
         None => exchange(TokioIo::new(tcp), &host_header, get.path).await,
-        Some(insecure_skip_verify) => {
-            let config = tls.config(insecure_skip_verify)?;
+        Some(config) => {
             // A host that is itself an IP literal is verified as that address, as is no host.
             let name = match get
                 .host
