@@ -25,7 +25,9 @@ fn path_arg(p: &Path) -> String {
 /// policies, the MemberClusters), which a schema cannot see.
 const CROSS_OBJECT: &[&str] = &[
     "duplicate-hostname.yaml",
+    "hostname-is-a-name-server.yaml",
     "hostname-outside-zones.yaml",
+    "srv-on-static-cluster.yaml",
     "unknown-cluster.yaml",
 ];
 
