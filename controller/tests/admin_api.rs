@@ -111,6 +111,17 @@ async fn wait_answer(dns: SocketAddr, want: IpAddr) {
     await_exactly(dns, NAME, want, Duration::from_secs(10)).await;
 }
 
+/// `GET /v1/overrides`: the overrides in force and the audit trail.
+async fn overrides_listed(http: &reqwest::Client, admin: &str) -> Value {
+    http.get(format!("{admin}/v1/overrides"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().no_proxy().build().unwrap()
@@ -151,14 +162,7 @@ async fn a_drain_through_the_admin_api_moves_the_answer_and_clearing_it_moves_it
     assert_eq!(one["state"], "Draining");
     assert_eq!(status["activeOverrides"], 1);
 
-    let listed: Value = http
-        .get(format!("{}/v1/overrides", lifeline.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = overrides_listed(&http, &lifeline.admin).await;
     assert_eq!(listed["overrides"].as_array().unwrap().len(), 1);
     assert_eq!(listed["audit"][0]["action"], "set");
     // Audited as the caller authorization found, with the author the request named.
@@ -207,14 +211,7 @@ async fn overrides_sent_at_the_same_moment_each_get_an_id_of_their_own_and_all_s
     );
     let ids: std::collections::BTreeSet<&str> = created.iter().map(|(_, id)| id.as_str()).collect();
     assert_eq!(ids.len(), 64, "ids repeat: {created:?}");
-    let listed: Value = http
-        .get(format!("{}/v1/overrides", lifeline.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = overrides_listed(&http, &lifeline.admin).await;
     let in_force: std::collections::BTreeSet<&str> = listed["overrides"]
         .as_array()
         .unwrap()

@@ -38,35 +38,33 @@ fn lifeline(args: &[&str], config: &Path) -> Process {
     )
 }
 
-fn ctl(etcd: &str, args: &[&str]) -> String {
+/// `lifeline ctl --etcd` against this test's prefix: whether it succeeded, and what it
+/// printed (stdout, then stderr).
+fn run_ctl(etcd: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_lifeline"))
         .args(["ctl", "--etcd", etcd, "--etcd-prefix", PREFIX])
         .args(args)
         .output()
         .expect("run lifeline ctl");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
+    (
         out.status.success(),
-        "ctl {args:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `lifeline ctl --etcd` that must succeed; what it printed.
+fn ctl(etcd: &str, args: &[&str]) -> String {
+    let (ok, stdout, stderr) = run_ctl(etcd, args);
+    assert!(ok, "ctl {args:?} failed: {stdout}{stderr}");
     stdout
 }
 
 /// `lifeline ctl --etcd` that must fail; what it printed.
 fn ctl_refused(etcd: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_lifeline"))
-        .args(["ctl", "--etcd", etcd, "--etcd-prefix", PREFIX])
-        .args(args)
-        .output()
-        .expect("run lifeline ctl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "ctl {args:?} succeeded: {text}");
-    text
+    let (ok, stdout, stderr) = run_ctl(etcd, args);
+    assert!(!ok, "ctl {args:?} succeeded: {stdout}{stderr}");
+    format!("{stdout}{stderr}")
 }
 
 /// Waits until the answer holds exactly the addresses in `want` (in any order).

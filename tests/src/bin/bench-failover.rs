@@ -118,18 +118,7 @@ fn wide_target(lifeline: &Path, n: usize) -> Result<()> {
         "\n  healthCheck: {http: {scheme: https, port: PORT, path: /healthz}, interval: 10s, timeout: 2s}",
     ] {
         let dir = tempfile::tempdir()?;
-        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let dns = SocketAddr::new(lo, free_port(lo)?);
-        let admin = SocketAddr::new(lo, free_port(lo)?);
-        let d = dir.path().display();
-        std::fs::write(
-            dir.path().join("lifeline.yaml"),
-            format!(
-                "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
-dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\nadmin: {{listen: \"{admin}\"}}\n\
-store: {{type: embedded, dataDir: {d}/store}}\npolicySource: {{type: files, paths: [docs.yaml]}}\n"
-            ),
-        )?;
+        let dns = write_config(dir.path(), &["docs.yaml"])?;
         std::fs::write(
             dir.path().join("docs.yaml"),
             format!(
@@ -179,6 +168,25 @@ apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: app, 
     }
     drop(silent);
     Ok(())
+}
+
+/// `lifeline.yaml` in `dir`: the bench zone on a free loopback port, the embedded store,
+/// and `paths` as the policy files. Returns the DNS address.
+fn write_config(dir: &Path, paths: &[&str]) -> Result<SocketAddr> {
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let dns = SocketAddr::new(lo, free_port(lo)?);
+    let admin = SocketAddr::new(lo, free_port(lo)?);
+    let d = dir.display();
+    std::fs::write(
+        dir.join("lifeline.yaml"),
+        format!(
+            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
+dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\nadmin: {{listen: \"{admin}\"}}\n\
+store: {{type: embedded, dataDir: {d}/store}}\npolicySource: {{type: files, paths: [{}]}}\n",
+            paths.join(", ")
+        ),
+    )?;
+    Ok(dns)
 }
 
 /// 10,000 listeners need more descriptors than the usual soft limit of 1,024.
@@ -696,17 +704,19 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 fn memory_with_policies(lifeline: &Path, n: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let dns = SocketAddr::new(lo, free_port(lo)?);
-    let admin = SocketAddr::new(lo, free_port(lo)?);
-    let d = dir.path().display();
-    std::fs::write(
-        dir.path().join("lifeline.yaml"),
-        format!(
-            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
-dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\nadmin: {{listen: \"{admin}\"}}\n\
-store: {{type: embedded, dataDir: {d}/store}}\npolicySource: {{type: files, paths: [clusters.yaml, p0.yaml, p1.yaml, p2.yaml, p3.yaml, p4.yaml, p5.yaml, p6.yaml, p7.yaml]}}\n"
-        ),
+    let dns = write_config(
+        dir.path(),
+        &[
+            "clusters.yaml",
+            "p0.yaml",
+            "p1.yaml",
+            "p2.yaml",
+            "p3.yaml",
+            "p4.yaml",
+            "p5.yaml",
+            "p6.yaml",
+            "p7.yaml",
+        ],
     )?;
     let mut clusters = String::new();
     for c in 0..10 {
@@ -739,27 +749,7 @@ store: {{type: embedded, dataDir: {d}/store}}\npolicySource: {{type: files, path
             .stdout(Stdio::null())
             .spawn()?,
     );
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
-    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let last = format!("p{}.{ZONE}", n - 1);
-    let mut id = 0u16;
-    loop {
-        id = id.wrapping_add(1);
-        let mut msg = Message::query();
-        msg.metadata.id = id;
-        msg.add_query(Query::query(Name::from_ascii(&last)?, RecordType::A));
-        socket.send_to(&msg.to_vec()?, dns)?;
-        let mut buf = [0u8; 2048];
-        if let Ok((len, _)) = socket.recv_from(&mut buf)
-            && Message::from_vec(&buf[..len]).is_ok_and(|m| !m.answers.is_empty())
-        {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            bail!("lifeline did not answer for {last} within 120s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_answer(dns, &format!("p{}.{ZONE}", n - 1), started)?;
     println!(
         "all {n} policies answered {:.1}s after start",
         started.elapsed().as_secs_f64()
