@@ -689,10 +689,14 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         f.sync_all().map_err(io)?;
     }
     fs::rename(&tmp, path).map_err(io)?;
-    // Persist the rename itself.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    // The rename is durable only once the directory entry is: a failure here is a
+    // failed save (reported and retried), as the DNS server's snapshot writer treats it.
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| Error::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
     Ok(())
 }
 
