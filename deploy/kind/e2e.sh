@@ -20,7 +20,7 @@ fail() {
   printf 'FAIL: %s\n' "$*"
   log "diagnostics"
   kubectl --context "$(ctx "$MANAGEMENT")" -n "$NAMESPACE" get failoverpolicies,memberclusters -o wide >&2 || true
-  kubectl --context "$(ctx "$MANAGEMENT")" -n "$NAMESPACE" logs deployment/lifeline --tail=40 >&2 || true
+  kubectl --context "$(ctx "$MANAGEMENT")" -n "$NAMESPACE" logs deployment/lifeline --all-containers --prefix --tail=40 >&2 || true
   exit 1
 }
 
