@@ -520,18 +520,7 @@ fn start_lifeline(
     port: u16,
     timeout_ms: u64,
 ) -> Result<Contender> {
-    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let dns = SocketAddr::new(lo, free_port(lo)?);
-    let admin = SocketAddr::new(lo, free_port(lo)?);
-    let d = dir.display();
-    std::fs::write(
-        dir.join("lifeline.yaml"),
-        format!(
-            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
-dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\nadmin: {{listen: \"{admin}\"}}\n\
-store: {{type: embedded, dataDir: {d}/store}}\npolicySource: {{type: files, paths: [docs.yaml]}}\n"
-        ),
-    )?;
+    let dns = write_config(dir, &["docs.yaml"])?;
     std::fs::write(
         dir.join("docs.yaml"),
         format!(
