@@ -1,96 +1,228 @@
 #!/usr/bin/env bash
-# The failover smoke test on the clusters up.sh made: hello.global.example.com answers
-# member-a's address; with member-a's workload scaled to zero it moves to member-b;
-# scaled back, it returns to member-a after the hold-down and ramp. Every wait is
-# bounded; the last line says PASS or FAIL.
+# The end-to-end checks on the clusters up.sh made, each printing its figures:
+#   1. policies and members Ready; hello.global.example.com answers member-a's address
+#      from the host (the load-balancer address of Lifeline's DNS) and from a pod in
+#      each member (through its CoreDNS);
+#   2. member-a's workload scaled to zero: answers move to member-b; scaled back: they
+#      return after the hold-down;
+#   3. the incident: member-a's control-plane node paused while its worker serves:
+#      answers stay; then its worker paused too: answers move, decided from the data
+#      plane alone;
+#   4. the management cluster's control plane paused: every Lifeline replica keeps
+#      answering, and a drain written straight to etcd (lifeline ctl --etcd) moves
+#      traffic;
+#   5. a replica's controller container killed (SIGKILL, as the OOM killer does) and a
+#      replica deleted: answers never stop on the others, nor on the killed
+#      container's own pod, whose DNS runs in a container of its own.
+# Every wait is bounded; whatever fails, paused nodes are resumed and the drain cleared.
+# The last line says PASS or FAIL.
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-LOCAL_PORT=${LOCAL_PORT:-15353}
-FORWARD_PID=
+PAUSED=()
+DRAINED=false
+LIFELINE=$STATE_DIR/bin/lifeline
+MGMT=$(ctx "$MANAGEMENT")
 
 cleanup() {
-  if [[ -n $FORWARD_PID ]]; then
-    kill "$FORWARD_PID" 2>/dev/null || true
-  fi
+  local node
+  for node in "${PAUSED[@]}"; do docker unpause "$node" >/dev/null 2>&1 || true; done
+  if $DRAINED; then ctl_etcd clear member-a >/dev/null 2>&1 || true; fi
 }
 
 fail() {
   printf 'FAIL: %s\n' "$*"
+  cleanup
+  PAUSED=()
+  DRAINED=false
   log "diagnostics"
-  kubectl --context "$(ctx "$MANAGEMENT")" -n "$NAMESPACE" get failoverpolicies,memberclusters -o wide >&2 || true
-  kubectl --context "$(ctx "$MANAGEMENT")" -n "$NAMESPACE" logs deployment/lifeline --all-containers --prefix --tail=40 >&2 || true
+  kubectl --context "$MGMT" -n "$NAMESPACE" get failoverpolicies,memberclusters,pods -o wide >&2 || true
+  kubectl --context "$MGMT" -n "$NAMESPACE" logs deployment/lifeline --all-containers --prefix --tail=40 >&2 || true
   exit 1
 }
 
-# Lifeline's DNS through a port-forward to the pod's TCP listener (port-forward carries
-# TCP only, hence dig +tcp). The pod, not the Service: the Service has UDP and TCP
-# ports both numbered 53.
-forward_dns() {
-  kubectl --context "$(ctx "$MANAGEMENT")" -n "$NAMESPACE" port-forward deployment/lifeline \
-    "$LOCAL_PORT:5353" >/dev/null 2>&1 &
-  FORWARD_PID=$!
-  local i
-  for ((i = 0; i < 15; i++)); do
-    if dig @127.0.0.1 -p "$LOCAL_PORT" +tcp +time=1 +tries=1 "$GLOBAL_NAME" >/dev/null 2>&1; then
-      return 0
-    fi
-    sleep 1
-  done
-  fail "no DNS answer through the port-forward on 127.0.0.1:$LOCAL_PORT"
+pause_node() {
+  docker pause "$1" >/dev/null
+  PAUSED+=("$1")
+}
+unpause_all() {
+  local node
+  for node in "${PAUSED[@]}"; do docker unpause "$node" >/dev/null; done
+  PAUSED=()
 }
 
-# The A records served for the global name, sorted, space-separated.
+# answer SERVER PORT: the A records served for the global name, sorted, space-separated.
 answer() {
-  dig @127.0.0.1 -p "$LOCAL_PORT" +tcp +short +time=2 +tries=1 "$GLOBAL_NAME" A 2>/dev/null \
-    | sort | paste -sd' ' -
+  dig @"$1" -p "$2" +short +time=1 +tries=2 "$GLOBAL_NAME" A 2>/dev/null | sort | paste -sd' ' -
 }
 
-lb_address() {
-  kubectl --context "$(ctx "$1")" -n demo get service hello \
-    -o jsonpath='{.status.loadBalancer.ingress[0].ip}'
-}
-
-# expect_answer SECONDS WANT STEP: waits until the answer is exactly WANT.
+# expect_answer SECONDS WANT STEP: waits until the load-balanced DNS answers exactly
+# WANT; prints the time it took.
 expect_answer() {
-  local seconds=$1 want=$2 step=$3 start got i
+  local seconds=$1 want=$2 step=$3 start got
   start=$SECONDS
-  for ((i = 0; i < seconds; i++)); do
-    got=$(answer)
+  while ((SECONDS - start < seconds)); do
+    got=$(answer "$DNS" 53)
     if [[ $got == "$want" ]]; then
-      printf 'ok   %-44s %s after %ds\n' "$step" "$want" $((SECONDS - start))
+      printf 'ok   %-58s %s after %ds\n' "$step" "$want" $((SECONDS - start))
       return 0
     fi
-    sleep 1
+    sleep 0.5
   done
   fail "$step: expected $want within ${seconds}s, last answer was '${got:-<none>}'"
+}
+
+# hold_answer SECONDS WANT STEP SERVER:PORT...: queries every server every 0.5 s for
+# SECONDS; every answer must be WANT. Prints how many queries were answered.
+hold_answer() {
+  local seconds=$1 want=$2 step=$3 start got server queries=0 bad=0
+  shift 3
+  start=$SECONDS
+  while ((SECONDS - start < seconds)); do
+    for server in "$@"; do
+      got=$(answer "${server%:*}" "${server##*:}")
+      queries=$((queries + 1))
+      if [[ $got != "$want" ]]; then
+        bad=$((bad + 1))
+        printf '     %s answered %s\n' "$server" "'${got:-<none>}'"
+      fi
+    done
+    sleep 0.5
+  done
+  ((bad == 0)) || fail "$step: $bad of $queries queries were not answered $want"
+  printf 'ok   %-58s %d/%d queries answered %s\n' "$step" "$queries" "$queries" "$want"
+}
+
+lb_address() { lb_address_of "$1" "$2" "$3"; }
+
+ctl_etcd() {
+  local etcd=$STATE_DIR/etcd
+  LIFELINE_ETCD_PASSWORD=$(cat "$etcd/password") "$LIFELINE" ctl --etcd "https://$ETCD_ADDRESS:2379" \
+    --etcd-ca "$etcd/ca.pem" --etcd-cert "$etcd/client.pem" --etcd-key "$etcd/client-key.pem" \
+    --etcd-user lifeline "$@"
+}
+
+# The lifeline binary of the image, for ctl from the host.
+extract_lifeline() {
+  local container
+  container=$(docker create "$IMAGE")
+  mkdir -p "$STATE_DIR/bin"
+  docker cp "$container:/lifeline" "$LIFELINE" >/dev/null
+  docker rm "$container" >/dev/null
+}
+
+check_ready() {
+  local ready
+  kubectl --context "$MGMT" -n "$NAMESPACE" wait --for=condition=Ready failoverpolicy/hello --timeout=180s >/dev/null \
+    || fail "the hello policy is not Ready"
+  kubectl --context "$MGMT" -n "$NAMESPACE" get failoverpolicies,memberclusters
+  ready=$(kubectl --context "$MGMT" -n "$NAMESPACE" get deployment lifeline -o jsonpath='{.status.readyReplicas}')
+  printf 'ok   %-58s %s of 3\n' "Lifeline replicas ready" "${ready:-0}"
+  [[ ${ready:-0} == 3 ]] || fail "Lifeline has ${ready:-0} ready replicas, not 3"
+}
+
+# Each member's pods resolve the global name through their CoreDNS.
+check_member_pods() {
+  local cluster got i
+  for cluster in "${MEMBERS[@]}"; do
+    for ((i = 0; i < 60; i++)); do
+      got=$(kubectl --context "$(ctx "$cluster")" -n demo exec deployment/hello -- \
+        hello -resolve "$GLOBAL_NAME." 2>/dev/null | paste -sd' ' -) || true
+      [[ $got == "$A" ]] && break
+      sleep 2
+    done
+    [[ $got == "$A" ]] || fail "a pod in $cluster resolved '${got:-<nothing>}', not $A"
+    printf 'ok   %-58s %s after %ds\n' "a pod in $cluster resolves through CoreDNS" "$got" $((i * 2))
+  done
 }
 
 scale_hello() {
   kubectl --context "$(ctx "$1")" -n demo scale deployment/hello --replicas="$2" >/dev/null
 }
 
-main() {
-  require kubectl dig sort paste
-  trap cleanup EXIT
-  local a b
-  a=$(lb_address "${MEMBERS[0]}")
-  b=$(lb_address "${MEMBERS[1]}")
-  [[ -n $a && -n $b ]] || fail "member LoadBalancer addresses missing (run up.sh first)"
-  printf 'member-a hello at %s, member-b hello at %s\n' "$a" "$b"
+# The pod addresses of Lifeline's replicas, as SERVER:5353 words, and a host route to
+# each replica's node so the host reaches them directly.
+replica_servers() {
+  local ip node
+  while read -r _ ip node; do
+    ip route replace "$ip/32" via "$(node_ip "$node")"
+    printf '%s:5353 ' "$ip"
+  done < <(kubectl --context "$MGMT" -n "$NAMESPACE" get pods -l app.kubernetes.io/component=controller \
+    -o jsonpath='{range .items[*]}{.metadata.name} {.status.podIP} {.spec.nodeName}{"\n"}{end}')
+}
 
-  forward_dns
-  expect_answer 120 "$a" "steady state: member-a serves"
+main() {
+  require kubectl dig sort paste docker
+  trap cleanup EXIT
+  network_addresses
+  A=$(lb_address "${MEMBERS[0]}" demo hello)
+  B=$(lb_address "${MEMBERS[1]}" demo hello)
+  DNS=$(lb_address "$MANAGEMENT" "$NAMESPACE" lifeline-dns)
+  [[ -n $A && -n $B && -n $DNS ]] || fail "load-balancer addresses missing (run up.sh first)"
+  printf 'member-a hello at %s, member-b hello at %s, Lifeline DNS at %s\n' "$A" "$B" "$DNS"
+  extract_lifeline
+
+  # 1. Steady state.
+  check_ready
+  expect_answer 120 "$A" "steady: the host's query answers member-a"
+  check_member_pods
+
+  # 2. Failover and paced failback. The policy: probes every 2 s, down after 2 failures,
+  # up after 2 successes, then a 10 s hold-down and a 10 s ramp.
   scale_hello "${MEMBERS[0]}" 0
-  printf '...  member-a scaled to zero\n'
-  expect_answer 60 "$b" "failover: member-b serves"
+  expect_answer 60 "$B" "member-a scaled to zero: member-b serves"
   scale_hello "${MEMBERS[0]}" 1
   kubectl --context "$(ctx "${MEMBERS[0]}")" -n demo rollout status deployment/hello --timeout=120s >/dev/null
-  printf '...  member-a scaled back to one\n'
-  # Hold-down 10 s, then a two-step ramp over 10 s (manifests/management/lifeline-demo.yaml).
-  expect_answer 120 "$a" "failback: member-a serves again"
-  printf 'PASS: %s failed over and back\n' "$GLOBAL_NAME"
+  expect_answer 120 "$A" "member-a back: member-a serves again (hold-down 10 s)"
+
+  # 3. The incident: member-a's API server is gone, its workload is not.
+  local cp_a worker_a
+  cp_a=$(control_plane_node "${MEMBERS[0]}")
+  worker_a=$(worker_nodes "${MEMBERS[0]}" | head -1)
+  pause_node "$cp_a"
+  printf '...  %s paused (member-a has no API server)\n' "$cp_a"
+  hold_answer 30 "$A" "member-a's API dark, its worker serving: no move" "$DNS:53"
+  pause_node "$worker_a"
+  printf '...  %s paused too (member-a serves nothing)\n' "$worker_a"
+  expect_answer 60 "$B" "member-a's data plane gone: member-b serves"
+  unpause_all
+  expect_answer 180 "$A" "member-a resumed: member-a serves again"
+
+  # 4. The management cluster's control plane is gone.
+  local servers cp_m
+  read -r -a servers <<<"$(replica_servers)"
+  ((${#servers[@]} == 3)) || fail "expected 3 Lifeline replicas, found ${#servers[@]}"
+  cp_m=$(control_plane_node "$MANAGEMENT")
+  pause_node "$cp_m"
+  printf '...  %s paused (the management API is gone)\n' "$cp_m"
+  hold_answer 20 "$A" "management API dark: every replica answers" "${servers[@]}" "$DNS:53"
+  ctl_etcd drain member-a --for 10m --reason "kind e2e: drain with the management API down" >/dev/null \
+    || fail "lifeline ctl --etcd drain failed"
+  DRAINED=true
+  printf '...  member-a drained through lifeline ctl --etcd\n'
+  expect_answer 60 "$B" "drain written to etcd: member-b serves"
+  ctl_etcd clear member-a >/dev/null || fail "lifeline ctl --etcd clear failed"
+  DRAINED=false
+  expect_answer 60 "$A" "drain cleared: member-a serves again"
+  unpause_all
+  kubectl --context "$MGMT" wait --for=condition=Ready nodes --all --timeout=180s >/dev/null
+
+  # 5. A replica's controller container killed, then a replica deleted.
+  local victim victim_node victim_ip others s
+  read -r victim victim_node victim_ip < <(kubectl --context "$MGMT" -n "$NAMESPACE" get pods \
+    -l app.kubernetes.io/component=controller \
+    -o jsonpath='{.items[0].metadata.name} {.items[0].spec.nodeName} {.items[0].status.podIP}')
+  docker exec "$victim_node" pkill -KILL -f 'lifeline run' || fail "no controller process on $victim_node"
+  printf '...  the controller container of %s killed with SIGKILL\n' "$victim"
+  hold_answer 20 "$A" "a controller killed: every replica, its own pod too, answers" "${servers[@]}" "$DNS:53"
+  kubectl --context "$MGMT" -n "$NAMESPACE" delete pod "$victim" --wait=false >/dev/null
+  printf '...  pod %s deleted\n' "$victim"
+  others=()
+  for s in "${servers[@]}"; do [[ ${s%:*} == "$victim_ip" ]] || others+=("$s"); done
+  hold_answer 20 "$A" "a replica deleted: the others answer" "${others[@]}" "$DNS:53"
+  kubectl --context "$MGMT" -n "$NAMESPACE" rollout status deployment/lifeline --timeout=180s >/dev/null
+  printf 'PASS: %s on kind: failover, failback, the incident, a dark management API, a killed controller\n' "$GLOBAL_NAME"
 }
 
 main "$@"

@@ -9,14 +9,27 @@ MEMBERS=(lifeline-member-a lifeline-member-b)
 MEMBER_NAMES=(member-a member-b)
 NAMESPACE=lifeline-system
 IMAGE=lifeline:kind
+HELLO_IMAGE=lifeline-hello:kind
 GLOBAL_NAME=hello.global.example.com
-# cloud-provider-kind gives LoadBalancer Services an address on the kind network. One
-# container serves every kind cluster on the machine.
+# Where a registry is reachable, cloud-provider-kind gives LoadBalancer Services an
+# address on the kind network (one container serves every kind cluster on the machine);
+# elsewhere up.sh gives them addresses of its own (see assign_load_balancers).
 CLOUD_PROVIDER_KIND_IMAGE=${CLOUD_PROVIDER_KIND_IMAGE:-registry.k8s.io/cloud-provider-kind/cloud-controller-manager:v0.6.0}
 CLOUD_PROVIDER_KIND_CONTAINER=lifeline-cloud-provider-kind
 
 KIND_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$KIND_DIR/../.." && pwd)
+# kind itself, installed from the Go module proxy when absent (see ensure_kind).
+KIND_VERSION=v0.33.0
+# One Kubernetes version for the tests and the clusters: the one tests/control-plane pins.
+go_mod_version() { awk -v m="$1" '$1 == m { print $2; exit }' "$REPO_ROOT/tests/control-plane/go.mod"; }
+kubernetes_version() { go_mod_version k8s.io/kubernetes; }
+# Images of the offline node build, by the names kubeadm and containerd ask for. etcd is
+# the version go.mod pins, so the clusters' kubeadm configuration names its tag.
+ETCD_TAG="$(go_mod_version go.etcd.io/etcd/server/v3 | sed 's/^v//')-0"
+ETCD_IMAGE=registry.k8s.io/etcd:$ETCD_TAG
+COREDNS_IMAGE=registry.k8s.io/coredns/coredns:v1.13.1
+PAUSE_IMAGE=registry.k8s.io/pause:3.10.1
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() {
@@ -51,4 +64,73 @@ wait_until() {
     sleep 2
   done
   die "timed out after ${seconds}s waiting for $what"
+}
+
+# The kind network: created by up.sh with this subnet when absent. Docker assigns node
+# addresses from the lower half; etcd and the load-balancer addresses sit at the top.
+KIND_SUBNET=${LIFELINE_KIND_SUBNET:-172.30.0.0/16}
+KIND_IP_RANGE=${KIND_SUBNET%.*.*/*}.0.0/17
+ETCD_CONTAINER=lifeline-kind-etcd
+
+# Sets ETCD_ADDRESS and LB_PREFIX from the kind network's IPv4 subnet (a /16).
+network_addresses() {
+  local subnet
+  subnet=$(docker network inspect kind -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' | tr ' ' '\n' | grep -m1 '\.') \
+    || die "the kind network has no IPv4 subnet"
+  [[ $subnet == */16 ]] || die "the kind network's subnet $subnet is not a /16 (delete it, or set LIFELINE_KIND_SUBNET)"
+  LB_PREFIX=${subnet%.*.*/*}.255
+  ETCD_ADDRESS=$LB_PREFIX.2
+}
+
+# What the scripts build and keep: certificates, the etcd password, kind itself.
+STATE_DIR=${LIFELINE_KIND_STATE:-$REPO_ROOT/target/kind}
+CACHE=${LIFELINE_KIND_CACHE:-/var/cache/lifeline-kind}
+export PATH="$STATE_DIR/bin:$REPO_ROOT/target/control-plane:$PATH"
+
+# The nodes of a cluster, by role.
+control_plane_node() { printf '%s-control-plane' "$1"; }
+worker_nodes() { kind get nodes --name "$1" | grep -- '-worker' | sort; }
+all_nodes() {
+  local cluster
+  for cluster in "$MANAGEMENT" "${MEMBERS[@]}"; do kind get nodes --name "$cluster"; done
+}
+node_ip() { docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$1"; }
+
+# static_image NAME BINARY: an image of one static binary from target/control-plane,
+# with an /etc/passwd naming root and nonroot (65532).
+static_image() {
+  local name=$1 binary=$2 dir
+  dir=$(mktemp -d)
+  mkdir -p "$dir/usr/local/bin" "$dir/etc" "$dir/tmp" "$dir/var/lib"
+  chmod 1777 "$dir/tmp"
+  cp "$REPO_ROOT/target/control-plane/$binary" "$dir/usr/local/bin/"
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$dir/etc/passwd"
+  printf 'root:x:0:\nnonroot:x:65532:\n' >"$dir/etc/group"
+  tar -C "$dir" -c . | docker import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
+    -c "ENTRYPOINT [\"/usr/local/bin/$binary\"]" - "$name" >/dev/null
+  rm -rf "$dir"
+}
+
+# load_image IMAGE CLUSTER: into every node's containerd, unless it is there already.
+# (kind load docker-image does the same, but asks crictl, which the offline node lacks.)
+load_image() {
+  local image=$1 cluster=$2 id node
+  id=$(docker image inspect -f '{{.Id}}' "$image")
+  for node in $(kind get nodes --name "$cluster"); do
+    if docker exec "$node" ctr -n k8s.io images ls -q "name==docker.io/library/$image" 2>/dev/null | grep -q . \
+      && [[ $(docker exec "$node" cat /var/lib/lifeline-loaded/"${image//[:\/]/_}" 2>/dev/null) == "$id" ]]; then
+      continue
+    fi
+    docker save "$image" | docker exec -i "$node" ctr -n k8s.io images import --no-unpack - >/dev/null
+    docker exec "$node" sh -c "mkdir -p /var/lib/lifeline-loaded && echo $id >/var/lib/lifeline-loaded/${image//[:\/]/_}"
+  done
+}
+
+ensure_kind() {
+  if [[ $(kind version 2>/dev/null) == "kind $KIND_VERSION "* ]]; then
+    return 0
+  fi
+  require go
+  log "installing kind $KIND_VERSION into $STATE_DIR/bin"
+  GOFLAGS='' GOBIN="$STATE_DIR/bin" go install "sigs.k8s.io/kind@$KIND_VERSION"
 }
