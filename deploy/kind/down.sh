@@ -39,6 +39,13 @@ main() {
   # kind mounts /lib/modules into its nodes; on a host without it dockerd created an
   # empty directory. Remove it only when empty.
   if [[ -d /lib/modules ]]; then rmdir /lib/modules 2>/dev/null || true; fi
+  local saved
+  for saved in "$STATE_DIR"/sysctl/*; do
+    [[ -f $saved ]] || continue
+    sysctl -qw "$(basename "$saved")=$(cat "$saved")"
+    log "$(basename "$saved") set back to $(cat "$saved")"
+    rm -f "$saved"
+  done
   bash "$KIND_DIR/engine.sh" stop
   log "deleted"
 }

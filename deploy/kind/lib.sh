@@ -94,6 +94,10 @@ all_nodes() {
   local cluster
   for cluster in "$MANAGEMENT" "${MEMBERS[@]}"; do kind get nodes --name "$cluster"; done
 }
+# lb_address_of CLUSTER NAMESPACE SERVICE: its load-balancer address, or nothing yet.
+lb_address_of() {
+  kubectl --context "$(ctx "$1")" -n "$2" get service "$3" -o jsonpath='{.status.loadBalancer.ingress[0].ip}'
+}
 node_ip() { docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$1"; }
 
 # static_image NAME BINARY: an image of one static binary from target/control-plane,

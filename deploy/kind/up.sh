@@ -19,6 +19,24 @@ set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# Eight nodes' kubelets and containerds watch many files: the kernel's default of 128
+# inotify instances per user stops the later ones starting ("kubelet is not healthy").
+# Raised as kind's documentation advises; down.sh puts back what it found.
+raise_inotify_limits() {
+  local key want current
+  for key in fs.inotify.max_user_instances:512 fs.inotify.max_user_watches:524288; do
+    want=${key#*:}
+    key=${key%%:*}
+    current=$(sysctl -n "$key")
+    if ((current < want)); then
+      mkdir -p "$STATE_DIR/sysctl"
+      [[ -f $STATE_DIR/sysctl/$key ]] || echo "$current" >"$STATE_DIR/sysctl/$key"
+      sysctl -qw "$key=$want"
+      log "$key raised from $current to $want"
+    fi
+  done
+}
+
 choose_node_image() {
   local published
   published="kindest/node:$(kubernetes_version)"
@@ -174,7 +192,7 @@ extendedKeyUsage=serverAuth,clientAuth"
 extendedKeyUsage=clientAuth"
     issue client lifeline "basicConstraints=CA:FALSE
 extendedKeyUsage=clientAuth"
-    head -c 24 /dev/urandom | base64 | tr -d '/+=' >password
+    head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >password
     chmod 0644 ./*.pem
   )
 }
@@ -259,6 +277,8 @@ install_members() {
     kubectl --context "$context" apply -f "$REPO_ROOT/deploy/rbac/member-cluster.yaml" >/dev/null
     kubectl --context "$context" apply -f "$KIND_DIR/manifests/member/reader-token.yaml" >/dev/null
     sed "s/@CLUSTER@/$cluster/" "$KIND_DIR/manifests/member/hello.yaml" | kubectl --context "$context" apply -f - >/dev/null
+    # Same tag, maybe a new image: restart so a re-run serves what was just built.
+    kubectl --context "$context" -n demo rollout restart deployment/hello >/dev/null
   done
   for cluster in "${MEMBERS[@]}"; do
     context=$(ctx "$cluster")
@@ -268,10 +288,6 @@ install_members() {
 }
 
 # --- load balancers
-
-lb_address_of() {
-  kubectl --context "$(ctx "$1")" -n "$2" get service "$3" -o jsonpath='{.status.loadBalancer.ingress[0].ip}'
-}
 
 # route_everywhere ADDRESS NODE: the host and every node send ADDRESS to NODE.
 route_everywhere() {
@@ -391,6 +407,7 @@ main() {
   local started=$SECONDS
   bash "$KIND_DIR/engine.sh" start
   ensure_kind
+  raise_inotify_limits
   choose_node_image
   ensure_network
   network_addresses

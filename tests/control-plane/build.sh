@@ -31,7 +31,7 @@ components=("$@")
 want="$(
   {
     go version
-    cat "$here/go.mod" "$here/go.sum" "$0"
+    cat "$here/go.mod" "$here/go.sum" "$0" "$here"/*/*.go
   } | sha256sum | cut -d' ' -f1
 )"
 # Each binary has a stamp of its own: a set asked for later rebuilds only what it adds.
