@@ -24,6 +24,8 @@ main() {
     fi
   done
   docker rm -f "$ETCD_CONTAINER" "$CLOUD_PROVIDER_KIND_CONTAINER" >/dev/null 2>&1 || true
+  # etcd kept its data in memory; its certificates name its address on this network.
+  rm -rf "$STATE_DIR/etcd"
   if docker network inspect kind >/dev/null 2>&1; then
     network_addresses
     prefix=${LB_PREFIX%.*}

@@ -106,7 +106,7 @@ lb_address() { lb_address_of "$1" "$2" "$3"; }
 
 ctl_etcd() {
   local etcd=$STATE_DIR/etcd
-  LIFELINE_ETCD_PASSWORD=$(cat "$etcd/password") "$LIFELINE" ctl --etcd "https://$ETCD_ADDRESS:2379" \
+  USER=kind-e2e LIFELINE_ETCD_PASSWORD=$(cat "$etcd/password") "$LIFELINE" ctl --etcd "https://$ETCD_ADDRESS:2379" \
     --etcd-ca "$etcd/ca.pem" --etcd-cert "$etcd/client.pem" --etcd-key "$etcd/client-key.pem" \
     --etcd-user lifeline "$@"
 }
