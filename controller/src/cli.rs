@@ -197,7 +197,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     key_file: etcd_key,
                 });
                 connect.user = etcd_user.map(|u| {
-                    let password = std::env::var("LIFELINE_ETCD_PASSWORD").unwrap_or_default();
+                    let password = crate::config::etcd_password("LIFELINE_ETCD_PASSWORD");
                     (u, password)
                 });
                 ctl::Target::Etcd {

@@ -249,8 +249,8 @@ impl StoreConfig {
         });
         if let Some(user) = username {
             let password = password_env
-                .as_ref()
-                .and_then(|v| std::env::var(v).ok())
+                .as_deref()
+                .map(etcd_password)
                 .unwrap_or_default();
             connect.user = Some((user.clone(), password));
         }
@@ -264,6 +264,23 @@ impl Default for StoreConfig {
             data_dir: default_store_dir(),
         }
     }
+}
+
+/// The etcd password in environment variable `var` (empty when unset), without one
+/// trailing line ending: a Secret made with `kubectl create secret --from-file` keeps
+/// the file's last newline, and etcd would refuse the password with it.
+pub fn etcd_password(var: &str) -> String {
+    without_line_ending(std::env::var(var).unwrap_or_default())
+}
+
+fn without_line_ending(mut value: String) -> String {
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    value
 }
 
 fn default_store_dir() -> PathBuf {
@@ -607,5 +624,24 @@ impl Config {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_line_ending;
+
+    #[test]
+    fn a_password_from_a_file_loses_its_last_line_ending_and_nothing_else() {
+        for (value, want) in [
+            ("s3cret", "s3cret"),
+            ("s3cret\n", "s3cret"),
+            ("s3cret\r\n", "s3cret"),
+            ("s3cret\n\n", "s3cret\n"),
+            (" s3cret ", " s3cret "),
+            ("", ""),
+        ] {
+            assert_eq!(without_line_ending(value.to_owned()), want, "{value:?}");
+        }
     }
 }

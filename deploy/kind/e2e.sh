@@ -13,7 +13,11 @@
 #      traffic;
 #   5. a replica's controller container killed (SIGKILL, as the OOM killer does) and a
 #      replica deleted: answers never stop on the others, nor on the killed
-#      container's own pod, whose DNS runs in a container of its own.
+#      container's own pod, whose DNS runs in a container of its own;
+#   6. the telemetry storm: pods in member-a list every ConfigMap in a loop, first
+#      without Lifeline's FlowSchema, then with it; Lifeline's reader lists member-a's
+#      EndpointSlices meanwhile, and DNS answers throughout. With the FlowSchema none of
+#      the reader's lists may be refused.
 # Every wait is bounded; whatever fails, paused nodes are resumed and the drain cleared.
 # The last line says PASS or FAIL.
 set -euo pipefail
@@ -160,8 +164,81 @@ replica_servers() {
     -o jsonpath='{range .items[*]}{.metadata.name} {.status.podIP} {.spec.nodeName}{"\n"}{end}')
 }
 
+# --- the telemetry storm
+
+STORM_SECONDS=${STORM_SECONDS:-40}
+
+# reader_lists CLUSTER SECONDS OUT: LISTs member EndpointSlices once a second as
+# Lifeline's reader (its token, its FlowSchema when present), one "code seconds" line
+# per request into OUT.
+reader_lists() {
+  local cluster=$1 seconds=$2 out=$3 server token ca start
+  server="https://$(node_ip "$(control_plane_node "$cluster")"):6443"
+  token=$(kubectl --context "$(ctx "$cluster")" -n "$NAMESPACE" get secret lifeline-member-reader-token \
+    -o jsonpath='{.data.token}' | base64 -d)
+  ca=$(mktemp)
+  kubectl config view --raw -o jsonpath="{.clusters[?(@.name==\"$(ctx "$cluster")\")].cluster.certificate-authority-data}" \
+    | base64 -d >"$ca"
+  start=$SECONDS
+  while ((SECONDS - start < seconds)); do
+    curl -s -o /dev/null --max-time 20 --cacert "$ca" -H "Authorization: Bearer $token" \
+      -w '%{http_code} %{time_total}\n' "$server/apis/discovery.k8s.io/v1/endpointslices?limit=500" >>"$out" || true
+    sleep 1
+  done
+  rm -f "$ca"
+}
+
+# storm_round LABEL: one storm in member-a; prints the storm's totals, the reader's
+# lists and the DNS answers during it. Sets READER_REFUSED.
+storm_round() {
+  local label=$1 context reader pid totals ok median max
+  context=$(ctx "${MEMBERS[0]}")
+  kubectl --context "$context" -n telemetry delete job storm --ignore-not-found --wait=true >/dev/null
+  sed "s/@SECONDS@/$STORM_SECONDS/" "$KIND_DIR/manifests/member/storm.yaml" | kubectl --context "$context" apply -f - >/dev/null
+  reader=$(mktemp)
+  reader_lists "${MEMBERS[0]}" "$STORM_SECONDS" "$reader" &
+  pid=$!
+  hold_answer "$STORM_SECONDS" "$A" "storm $label: DNS answers" "$DNS:53"
+  wait "$pid"
+  kubectl --context "$context" -n telemetry wait --for=condition=Complete job/storm --timeout=120s >/dev/null \
+    || fail "the storm job did not complete"
+  totals=$(kubectl --context "$context" -n telemetry logs -l job-name=storm --tail=-1 2>/dev/null \
+    | awk -F'[ =]' '/storm: ok=/ {for (i = 1; i <= NF; i++) if ($i == "ok" || $i == "throttled" || $i == "failed") t[$i] += $(i + 1)}
+      END {printf "%d ok, %d throttled, %d failed", t["ok"], t["throttled"], t["failed"]}')
+  ok=$(awk '$1 == 200' "$reader" | wc -l)
+  READER_REFUSED=$(awk '$1 != 200' "$reader" | wc -l)
+  median=$(awk '{print $2}' "$reader" | sort -n | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]; else print "-"}')
+  max=$(awk '{print $2}' "$reader" | sort -n | tail -1)
+  printf 'ok   %-58s storm LISTs %s\n' "storm $label: the telemetry pods" "$totals"
+  printf 'ok   %-58s %d ok, %d refused or failed; median %s s, max %s s\n' \
+    "storm $label: Lifeline's reader lists" "$ok" "$READER_REFUSED" "$median" "${max:--}"
+  rm -f "$reader"
+}
+
+storm() {
+  local context
+  context=$(ctx "${MEMBERS[0]}")
+  kubectl --context "$context" create namespace telemetry --dry-run=client -o yaml | kubectl --context "$context" apply -f - >/dev/null
+  # What the telemetry agent lists: 200 ConfigMaps of 16 KiB.
+  if [[ $(kubectl --context "$context" -n telemetry get configmaps -o name | grep -c '/bulk-') -lt 200 ]]; then
+    local i payload
+    payload=$(head -c 12288 /dev/urandom | base64 -w0)
+    for ((i = 0; i < 200; i++)); do
+      printf -- '---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: bulk-%d, namespace: telemetry}\ndata: {payload: "%s"}\n' "$i" "$payload"
+    done | kubectl --context "$context" apply -f - >/dev/null
+  fi
+  kubectl --context "$context" delete flowschema lifeline --ignore-not-found >/dev/null
+  printf '...  member-a API server: --max-requests-inflight=%d; FlowSchema lifeline removed\n' "$MEMBER_MAX_INFLIGHT"
+  storm_round "without FlowSchema"
+  kubectl --context "$context" apply -f "$REPO_ROOT/deploy/rbac/member-cluster.yaml" >/dev/null
+  printf '...  FlowSchema lifeline applied\n'
+  storm_round "with FlowSchema"
+  ((READER_REFUSED == 0)) || fail "with its FlowSchema, $READER_REFUSED of Lifeline's reader lists were refused"
+  kubectl --context "$context" -n telemetry delete job storm --ignore-not-found >/dev/null
+}
+
 main() {
-  require kubectl dig sort paste docker
+  require kubectl dig sort paste docker curl
   trap cleanup EXIT
   network_addresses
   A=$(lb_address "${MEMBERS[0]}" demo hello)
@@ -230,7 +307,10 @@ main() {
   for s in "${servers[@]}"; do [[ ${s%:*} == "$victim_ip" ]] || others+=("$s"); done
   hold_answer 20 "$A" "a replica deleted: the others answer" "${others[@]}" "$DNS:53"
   kubectl --context "$MGMT" -n "$NAMESPACE" rollout status deployment/lifeline --timeout=180s >/dev/null
-  printf 'PASS: %s on kind: failover, failback, the incident, a dark management API, a killed controller\n' "$GLOBAL_NAME"
+
+  # 6. The telemetry storm.
+  storm
+  printf 'PASS: %s on kind: failover, failback, the incident, a dark management API, a killed controller, a storm\n' "$GLOBAL_NAME"
 }
 
 main "$@"

@@ -66,12 +66,8 @@ WRAPPER
 }
 
 install_engine() {
-  command -v dockerd >/dev/null 2>&1 && command -v jq >/dev/null 2>&1 && return 0
-  command -v apt-get >/dev/null 2>&1 || die "no Docker daemon answers and there is no apt-get to install one: install Docker and start it"
-  log "installing Debian's docker.io"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q docker.io jq </dev/null >/dev/null \
-    || { apt-get update -q </dev/null >/dev/null && apt-get install -y -q docker.io jq </dev/null >/dev/null; }
+  command -v dockerd >/dev/null 2>&1 || apt_install docker.io
+  command -v jq >/dev/null 2>&1 || apt_install jq
 }
 
 start() {

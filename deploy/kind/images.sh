@@ -43,7 +43,7 @@ pullable() { timeout 60 docker pull -q "$1" >/dev/null 2>&1; }
 build_root() {
   local root=$1
   if [[ ! -f $root/.complete ]]; then
-    require debootstrap
+    command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
     log "debootstrap of Debian bookworm with $BUILD_PACKAGES into $root"
     rm -rf "$root"
     mkdir -p "$CACHE"

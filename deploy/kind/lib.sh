@@ -8,6 +8,8 @@ MEMBERS=(lifeline-member-a lifeline-member-b)
 # The MemberCluster names in manifests/management/lifeline-demo.yaml, in MEMBERS order.
 MEMBER_NAMES=(member-a member-b)
 NAMESPACE=lifeline-system
+# Requests in flight each member API server admits (--max-requests-inflight).
+MEMBER_MAX_INFLIGHT=${LIFELINE_KIND_MEMBER_INFLIGHT:-20}
 IMAGE=lifeline:kind
 HELLO_IMAGE=lifeline-hello:kind
 GLOBAL_NAME=hello.global.example.com
@@ -44,6 +46,16 @@ require() {
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
   done
   ((${#missing[@]} == 0)) || die "missing prerequisites: ${missing[*]} (see README.md, \"Run on kind\")"
+}
+
+# apt_install PACKAGE...: installs Debian packages a script needs, where it can.
+apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1 || ((EUID != 0)); then
+    die "missing: $* (install them, or run as root on Debian)"
+  fi
+  log "installing Debian's $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" </dev/null >/dev/null \
+    || { apt-get update -q </dev/null >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" </dev/null >/dev/null; }
 }
 
 require_docker_daemon() {

@@ -86,7 +86,7 @@ build_base() {
     log "base image $BASE_IMAGE is current"
     return
   fi
-  require debootstrap
+  command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
   root=$CACHE/rootfs-$key
   if [[ ! -f $root/.complete ]]; then
     log "debootstrap of Debian bookworm into $root (a few minutes the first time)"

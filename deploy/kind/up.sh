@@ -99,6 +99,21 @@ CONFIG
         imageTag: "$ETCD_TAG"
 CONFIG
   fi
+  if [[ $cluster != "$MANAGEMENT" ]]; then
+    # Members' API servers get a small budget of requests in flight, as a busy
+    # production API server has relative to its load, so that e2e.sh's telemetry storm
+    # saturates it on a two-core machine.
+    cat <<CONFIG
+  - |
+    kind: ClusterConfiguration
+    apiServer:
+      extraArgs:
+        - name: max-requests-inflight
+          value: "$MEMBER_MAX_INFLIGHT"
+        - name: max-mutating-requests-inflight
+          value: "$((MEMBER_MAX_INFLIGHT / 2))"
+CONFIG
+  fi
 }
 
 create_clusters() {
@@ -204,6 +219,8 @@ etcdctl_root() {
 }
 
 start_etcd() {
+  # etcdctl sets up etcd's users, at the etcd version the node image carries.
+  bash "$REPO_ROOT/tests/control-plane/build.sh" etcdctl >&2
   etcd_certificates
   if [[ -z $(docker ps -q --filter "name=^${ETCD_CONTAINER}$") ]]; then
     docker rm -f "$ETCD_CONTAINER" >/dev/null 2>&1 || true

@@ -13,6 +13,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount,
 };
@@ -134,6 +135,7 @@ fn parse_strictly(doc: &Value) -> Result<()> {
         "ConfigMap" => round_trip::<ConfigMap>(doc),
         "Secret" => round_trip::<Secret>(doc),
         "Deployment" => round_trip::<Deployment>(doc),
+        "Job" => round_trip::<Job>(doc),
         "Service" => round_trip::<Service>(doc),
         "PersistentVolumeClaim" => round_trip::<PersistentVolumeClaim>(doc),
         "PodDisruptionBudget" => round_trip::<PodDisruptionBudget>(doc),
@@ -264,7 +266,11 @@ fn every_rendered_object_is_fully_understood_by_its_kubernetes_type() -> Result<
 #[test]
 fn every_manifest_the_kind_scripts_apply_is_fully_understood_by_its_type() -> Result<()> {
     let root = repo();
-    for file in ["member/hello.yaml", "member/reader-token.yaml"] {
+    for file in [
+        "member/hello.yaml",
+        "member/reader-token.yaml",
+        "member/storm.yaml",
+    ] {
         let path = root.join("deploy/kind/manifests").join(file);
         for doc in documents(&read(&path)?)? {
             parse_strictly(&doc).with_context(|| path.display().to_string())?;
