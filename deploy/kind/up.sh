@@ -108,10 +108,8 @@ CONFIG
     kind: ClusterConfiguration
     apiServer:
       extraArgs:
-        - name: max-requests-inflight
-          value: "$MEMBER_MAX_INFLIGHT"
-        - name: max-mutating-requests-inflight
-          value: "$((MEMBER_MAX_INFLIGHT / 2))"
+        max-requests-inflight: "$MEMBER_MAX_INFLIGHT"
+        max-mutating-requests-inflight: "$((MEMBER_MAX_INFLIGHT / 2))"
 CONFIG
   fi
 }
