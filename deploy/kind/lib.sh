@@ -26,12 +26,11 @@ KIND_VERSION=v0.33.0
 # One Kubernetes version for the tests and the clusters: the one tests/control-plane pins.
 go_mod_version() { awk -v m="$1" '$1 == m { print $2; exit }' "$REPO_ROOT/tests/control-plane/go.mod"; }
 kubernetes_version() { go_mod_version k8s.io/kubernetes; }
-# Images of the offline node build, by the names kubeadm and containerd ask for. etcd is
-# the version go.mod pins, so the clusters' kubeadm configuration names its tag.
+# etcd in the offline node image is the version go.mod pins, so the clusters' kubeadm
+# configuration names its tag. (CoreDNS and pause are named as kubeadm asks: see
+# node-image.sh.)
 ETCD_TAG="$(go_mod_version go.etcd.io/etcd/server/v3 | sed 's/^v//')-0"
 ETCD_IMAGE=registry.k8s.io/etcd:$ETCD_TAG
-COREDNS_IMAGE=registry.k8s.io/coredns/coredns:v1.13.1
-PAUSE_IMAGE=registry.k8s.io/pause:3.10.1
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() {
@@ -45,7 +44,7 @@ require() {
   for cmd in "$@"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
   done
-  ((${#missing[@]} == 0)) || die "missing prerequisites: ${missing[*]} (see README.md, \"Run on kind\")"
+  ((${#missing[@]} == 0)) || die "missing prerequisites: ${missing[*]} (see docs/kind.md)"
 }
 
 # apt_install PACKAGE...: installs Debian packages a script needs, where it can.

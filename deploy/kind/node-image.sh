@@ -170,6 +170,12 @@ main() {
   ((EUID == 0)) || die "building the node image needs root (debootstrap, chroot)"
   K8S_VERSION=$(kubernetes_version)
   build_binaries
+  # CoreDNS and pause under the names this kubeadm asks for (build.sh builds CoreDNS at
+  # that version too).
+  local wanted
+  wanted=$("$BIN/kubeadm" config images list --kubernetes-version "$K8S_VERSION")
+  COREDNS_IMAGE=$(grep -m1 '/coredns:' <<<"$wanted") || die "kubeadm names no CoreDNS image"
+  PAUSE_IMAGE=$(grep -m1 '/pause:' <<<"$wanted") || die "kubeadm names no pause image"
   build_base
   build_node
   printf '%s\n' "$NODE_IMAGE_BUILT"

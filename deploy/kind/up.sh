@@ -28,7 +28,9 @@ raise_inotify_limits() {
     want=${key#*:}
     key=${key%%:*}
     current=$(sysctl -n "$key")
-    if ((current < want)); then
+    if ((current < want)) && ((EUID != 0)); then
+      log "warning: $key is $current; kind advises $want (sysctl -w $key=$want as root)"
+    elif ((current < want)); then
       mkdir -p "$STATE_DIR/sysctl"
       [[ -f $STATE_DIR/sysctl/$key ]] || echo "$current" >"$STATE_DIR/sysctl/$key"
       sysctl -qw "$key=$want"
@@ -257,7 +259,6 @@ has_token() { [[ -n $(member_token "$1") ]]; }
 member_kubeconfig() {
   local cluster=$1 internal server ca token
   internal=$(kind get kubeconfig --internal --name "$cluster")
-  server=$(awk '$1 == "server:" {print $2; exit}' <<<"$internal")
   # The address, not the container's name: pods resolve names through cluster DNS,
   # which knows nothing of docker's.
   server="https://$(node_ip "$(control_plane_node "$cluster")"):6443"
