@@ -166,7 +166,7 @@ replica_servers() {
 
 # --- the telemetry storm
 
-STORM_SECONDS=${STORM_SECONDS:-40}
+STORM_SECONDS=${STORM_SECONDS:-30}
 
 # reader_lists CLUSTER SECONDS OUT: LISTs member EndpointSlices once a second as
 # Lifeline's reader (its token, its FlowSchema when present), one "code seconds" line
@@ -267,7 +267,7 @@ main() {
   worker_a=$(worker_nodes "${MEMBERS[0]}" | head -1)
   pause_node "$cp_a"
   printf '...  %s paused (member-a has no API server)\n' "$cp_a"
-  hold_answer 30 "$A" "member-a's API dark, its worker serving: no move" "$DNS:53"
+  hold_answer 20 "$A" "member-a's API dark, its worker serving: no move" "$DNS:53"
   pause_node "$worker_a"
   printf '...  %s paused too (member-a serves nothing)\n' "$worker_a"
   expect_answer 60 "$B" "member-a's data plane gone: member-b serves"
@@ -281,7 +281,7 @@ main() {
   cp_m=$(control_plane_node "$MANAGEMENT")
   pause_node "$cp_m"
   printf '...  %s paused (the management API is gone)\n' "$cp_m"
-  hold_answer 20 "$A" "management API dark: every replica answers" "${servers[@]}" "$DNS:53"
+  hold_answer 15 "$A" "management API dark: every replica answers" "${servers[@]}" "$DNS:53"
   ctl_etcd drain member-a --for 10m --author kind-e2e --reason "kind e2e: drain with the management API down" 2>/dev/null \
     || fail "lifeline ctl --etcd drain failed"
   DRAINED=true
@@ -300,12 +300,12 @@ main() {
     -o jsonpath='{.items[0].metadata.name} {.items[0].spec.nodeName} {.items[0].status.podIP}{"\n"}')
   docker exec "$victim_node" pkill -KILL -f 'lifeline run' || fail "no controller process on $victim_node"
   printf '...  the controller container of %s killed with SIGKILL\n' "$victim"
-  hold_answer 20 "$A" "a controller killed: every replica, its own pod too, answers" "${servers[@]}" "$DNS:53"
+  hold_answer 15 "$A" "a controller killed: every replica, its own pod too, answers" "${servers[@]}" "$DNS:53"
   kubectl --context "$MGMT" -n "$NAMESPACE" delete pod "$victim" --wait=false >/dev/null
   printf '...  pod %s deleted\n' "$victim"
   others=()
   for s in "${servers[@]}"; do [[ ${s%:*} == "$victim_ip" ]] || others+=("$s"); done
-  hold_answer 20 "$A" "a replica deleted: the others answer" "${others[@]}" "$DNS:53"
+  hold_answer 15 "$A" "a replica deleted: the others answer" "${others[@]}" "$DNS:53"
   kubectl --context "$MGMT" -n "$NAMESPACE" rollout status deployment/lifeline --timeout=180s >/dev/null
 
   # 6. The telemetry storm.
