@@ -106,8 +106,6 @@ hold_answer() {
   printf 'ok   %-58s %d/%d queries answered %s (%d after a retry)\n' "$step" "$queries" "$queries" "$want" "$retried"
 }
 
-lb_address() { lb_address_of "$1" "$2" "$3"; }
-
 ctl_etcd() {
   local etcd=$STATE_DIR/etcd
   USER=kind-e2e LIFELINE_ETCD_PASSWORD=$(cat "$etcd/password") "$LIFELINE" ctl --etcd "https://$ETCD_ADDRESS:2379" \
@@ -241,9 +239,9 @@ main() {
   require kubectl dig sort paste docker curl
   trap cleanup EXIT
   network_addresses
-  A=$(lb_address "${MEMBERS[0]}" demo hello)
-  B=$(lb_address "${MEMBERS[1]}" demo hello)
-  DNS=$(lb_address "$MANAGEMENT" "$NAMESPACE" lifeline-dns)
+  A=$(lb_address_of "${MEMBERS[0]}" demo hello)
+  B=$(lb_address_of "${MEMBERS[1]}" demo hello)
+  DNS=$(lb_address_of "$MANAGEMENT" "$NAMESPACE" lifeline-dns)
   [[ -n $A && -n $B && -n $DNS ]] || fail "load-balancer addresses missing (run up.sh first)"
   printf 'member-a hello at %s, member-b hello at %s, Lifeline DNS at %s\n' "$A" "$B" "$DNS"
   extract_lifeline

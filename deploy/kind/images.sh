@@ -12,7 +12,6 @@ set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-MIRROR=${LIFELINE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PUBLIC_BUILD_IMAGE=docker.io/library/rust:1.95-bookworm
 PUBLIC_RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 BUILD_PACKAGES=gcc,libc6-dev,ca-certificates
@@ -41,17 +40,9 @@ docker_build() {
 pullable() { timeout 60 docker pull -q "$1" >/dev/null 2>&1; }
 
 build_root() {
-  local root=$1
-  if [[ ! -f $root/.complete ]]; then
-    command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
-    log "debootstrap of Debian bookworm with $BUILD_PACKAGES into $root"
-    rm -rf "$root"
-    mkdir -p "$CACHE"
-    debootstrap --variant=minbase --include="$BUILD_PACKAGES" bookworm "$root" "$MIRROR" >"$CACHE/debootstrap-build.log" 2>&1 \
-      || { tail -20 "$CACHE/debootstrap-build.log" >&2; die "debootstrap failed (log: $CACHE/debootstrap-build.log)"; }
-    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-    touch "$root/.complete"
-  fi
+  [[ -f $1/.complete ]] && return
+  debootstrap_root "$1" "$BUILD_PACKAGES" debootstrap-build.log
+  touch "$1/.complete"
 }
 
 # The build image: the Debian root plus this machine's toolchain (no documentation,
@@ -66,15 +57,15 @@ local_build_image() {
     cargo -V
     cat "$HOST_CA_BUNDLE"
   } | sha256sum | cut -c1-12)
-  BUILD_IMAGE=lifeline-build:local-$key
-  image_present "$BUILD_IMAGE" && return
+  CHOSEN=lifeline-build:local-$key
+  image_exists "$CHOSEN" && return
   root=$CACHE/buildroot-$ROOT_KEY
   build_root "$root"
-  log "importing $BUILD_IMAGE (the host's $(rustc -V))"
+  log "importing $CHOSEN (the host's $(rustc -V))"
   mkdir -p "$root/usr/local/cargo"
   tar -C "$root" --exclude=./.complete -c . \
     | docker import -c 'ENV PATH=/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-      -c 'ENV CARGO_HOME=/usr/local/cargo' - "$BUILD_IMAGE-root" >/dev/null
+      -c 'ENV CARGO_HOME=/usr/local/cargo' - "$CHOSEN-root" >/dev/null
   # The toolchain joins as a layer of its own: the root stays shared with the runtime.
   local dir
   dir=$(mktemp -d)
@@ -84,17 +75,17 @@ local_build_image() {
   # (through whatever TLS-inspecting proxy it trusts).
   cp "$HOST_CA_BUNDLE" "$dir/ca-certificates.crt"
   printf 'FROM %s\nCOPY rust /usr/local/rust\nCOPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt\n' \
-    "$BUILD_IMAGE-root" >"$dir/Dockerfile"
-  docker build -q -t "$BUILD_IMAGE" "$dir" >/dev/null
+    "$CHOSEN-root" >"$dir/Dockerfile"
+  docker build -q -t "$CHOSEN" "$dir" >/dev/null
   rm -rf "$dir"
-  docker rmi "$BUILD_IMAGE-root" >/dev/null
+  docker rmi "$CHOSEN-root" >/dev/null
 }
 
 # The runtime image: what distroless/cc holds, taken from the same Debian root.
 local_runtime_image() {
   local root dir lib
-  RUNTIME_IMAGE=lifeline-runtime:local-$ROOT_KEY
-  image_present "$RUNTIME_IMAGE" && return
+  CHOSEN=lifeline-runtime:local-$ROOT_KEY
+  image_exists "$CHOSEN" && return
   root=$CACHE/buildroot-$ROOT_KEY
   build_root "$root"
   dir=$(mktemp -d)
@@ -110,30 +101,31 @@ local_runtime_image() {
   printf 'hosts: files dns\n' >"$dir/etc/nsswitch.conf"
   chmod 1777 "$dir/tmp"
   chown 65532:65532 "$dir/home/nonroot"
-  tar -C "$dir" -c . | docker import -c 'USER 65532:65532' - "$RUNTIME_IMAGE" >/dev/null
+  tar -C "$dir" -c . | docker import -c 'USER 65532:65532' - "$CHOSEN" >/dev/null
   rm -rf "$dir"
 }
 
-image_present() { docker image inspect "$1" >/dev/null 2>&1; }
+# base_image PUBLIC BUILDER: the public image where it can be pulled, else BUILDER's
+# local one. Sets CHOSEN.
+base_image() {
+  if pullable "$1"; then
+    CHOSEN=$1
+  else
+    log "$1 cannot be pulled: building one here"
+    "$2"
+  fi
+}
 
 choose_base_images() {
   BUILD_IMAGE=${LIFELINE_BUILD_IMAGE:-}
   RUNTIME_IMAGE=${LIFELINE_RUNTIME_IMAGE:-}
   if [[ -z $BUILD_IMAGE ]]; then
-    if pullable "$PUBLIC_BUILD_IMAGE"; then
-      BUILD_IMAGE=$PUBLIC_BUILD_IMAGE
-    else
-      log "$PUBLIC_BUILD_IMAGE cannot be pulled: building a build image here"
-      local_build_image
-    fi
+    base_image "$PUBLIC_BUILD_IMAGE" local_build_image
+    BUILD_IMAGE=$CHOSEN
   fi
   if [[ -z $RUNTIME_IMAGE ]]; then
-    if pullable "$PUBLIC_RUNTIME_IMAGE"; then
-      RUNTIME_IMAGE=$PUBLIC_RUNTIME_IMAGE
-    else
-      log "$PUBLIC_RUNTIME_IMAGE cannot be pulled: building a runtime image here"
-      local_runtime_image
-    fi
+    base_image "$PUBLIC_RUNTIME_IMAGE" local_runtime_image
+    RUNTIME_IMAGE=$CHOSEN
   fi
 }
 

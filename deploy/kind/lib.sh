@@ -15,7 +15,7 @@ HELLO_IMAGE=lifeline-hello:kind
 GLOBAL_NAME=hello.global.example.com
 # Where a registry is reachable, cloud-provider-kind gives LoadBalancer Services an
 # address on the kind network (one container serves every kind cluster on the machine);
-# elsewhere up.sh gives them addresses of its own (see assign_load_balancers).
+# elsewhere up.sh gives them addresses of its own (see load_balancers in up.sh).
 CLOUD_PROVIDER_KIND_IMAGE=${CLOUD_PROVIDER_KIND_IMAGE:-registry.k8s.io/cloud-provider-kind/cloud-controller-manager:v0.6.0}
 CLOUD_PROVIDER_KIND_CONTAINER=lifeline-cloud-provider-kind
 
@@ -96,6 +96,23 @@ network_addresses() {
 # What the scripts build and keep: certificates, the etcd password, kind itself.
 STATE_DIR=${LIFELINE_KIND_STATE:-$REPO_ROOT/target/kind}
 CACHE=${LIFELINE_KIND_CACHE:-/var/cache/lifeline-kind}
+MIRROR=${LIFELINE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+
+# debootstrap_root DIR PACKAGES LOG: a fresh Debian bookworm (minbase) with PACKAGES in
+# DIR, debootstrap's output in $CACHE/LOG. The caller marks DIR complete once it has
+# set it up, so an interrupted build starts again.
+debootstrap_root() {
+  local root=$1 packages=$2 logfile=$CACHE/$3
+  command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
+  log "debootstrap of Debian bookworm with $packages into $root"
+  rm -rf "$root"
+  mkdir -p "$CACHE"
+  debootstrap --variant=minbase --include="$packages" bookworm "$root" "$MIRROR" >"$logfile" 2>&1 \
+    || { tail -20 "$logfile" >&2; die "debootstrap failed (log: $logfile)"; }
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+}
 export PATH="$STATE_DIR/bin:$REPO_ROOT/target/control-plane:$PATH"
 
 # The nodes of a cluster, by role.
@@ -126,18 +143,17 @@ static_image() {
   rm -rf "$dir"
 }
 
-# load_image IMAGE CLUSTER: into every node's containerd, unless it is there already.
-# (kind load docker-image does the same, but asks crictl, which the offline node lacks.)
+# load_image IMAGE CLUSTER: into every node's containerd, unless that node already has
+# this build of it (a marker in the node names the image ID it loaded last). kind load
+# docker-image does the same, but asks crictl, which the offline node lacks.
 load_image() {
-  local image=$1 cluster=$2 id node
+  local image=$1 cluster=$2 id node marker
   id=$(docker image inspect -f '{{.Id}}' "$image")
+  marker=/var/lib/lifeline-loaded/${image//[:\/]/_}
   for node in $(kind get nodes --name "$cluster"); do
-    if docker exec "$node" ctr -n k8s.io images ls -q "name==docker.io/library/$image" 2>/dev/null | grep -q . \
-      && [[ $(docker exec "$node" cat /var/lib/lifeline-loaded/"${image//[:\/]/_}" 2>/dev/null) == "$id" ]]; then
-      continue
-    fi
+    [[ $(docker exec "$node" cat "$marker" 2>/dev/null) == "$id" ]] && continue
     docker save "$image" | docker exec -i "$node" ctr -n k8s.io images import --no-unpack - >/dev/null
-    docker exec "$node" sh -c "mkdir -p /var/lib/lifeline-loaded && echo $id >/var/lib/lifeline-loaded/${image//[:\/]/_}"
+    docker exec "$node" sh -c "mkdir -p ${marker%/*} && echo $id >$marker"
   done
 }
 

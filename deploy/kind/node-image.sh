@@ -18,14 +18,12 @@ set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-MIRROR=${LIFELINE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 BIN=$REPO_ROOT/target/control-plane
 NODE_FILES=$KIND_DIR/node
 BASE_PACKAGES=systemd,systemd-sysv,dbus,containerd,runc,iptables,nftables,iproute2,ca-certificates,conntrack,ethtool,kmod,jq,pigz,bash,containernetworking-plugins,mount,util-linux,procps,libseccomp2,e2fsprogs
 COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd coredns pause)
 
 hash_of() { sha256sum | cut -c1-12; }
-image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 
 build_binaries() {
   bash "$REPO_ROOT/tests/control-plane/build.sh" kubelet kubeadm kubectl "${COMPONENTS[@]}" >&2
@@ -69,7 +67,6 @@ configure_rootfs() {
   echo "ReadKMsg=no" >>"$root/etc/systemd/journald.conf"
   systemctl --root="$root" enable kubelet.service containerd.service undo-mount-hacks.service >/dev/null 2>&1
   systemctl --root="$root" mask systemd-binfmt.service >/dev/null 2>&1
-  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
 }
 
 build_base() {
@@ -86,14 +83,9 @@ build_base() {
     log "base image $BASE_IMAGE is current"
     return
   fi
-  command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
   root=$CACHE/rootfs-$key
   if [[ ! -f $root/.complete ]]; then
-    log "debootstrap of Debian bookworm into $root (a few minutes the first time)"
-    rm -rf "$root"
-    mkdir -p "$CACHE"
-    debootstrap --variant=minbase --include="$BASE_PACKAGES" bookworm "$root" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
-      || { tail -20 "$CACHE/debootstrap.log" >&2; die "debootstrap failed (log: $CACHE/debootstrap.log)"; }
+    debootstrap_root "$root" "$BASE_PACKAGES" debootstrap.log
     configure_rootfs "$root" "$kind_files"
     touch "$root/.complete"
   fi

@@ -245,6 +245,18 @@ start_etcd() {
   fi
 }
 
+# apply_rolling CONTEXT NAMESPACE DEPLOYMENT < MANIFESTS: applies them; a Deployment
+# that was already there is restarted, so that a re-run serves the image just built
+# under the same tag (a new one starts with it anyway).
+apply_rolling() {
+  local context=$1 namespace=$2 deployment=$3 existed=false
+  kubectl --context "$context" -n "$namespace" get deployment "$deployment" >/dev/null 2>&1 && existed=true
+  kubectl --context "$context" apply -f - >/dev/null
+  if $existed; then
+    kubectl --context "$context" -n "$namespace" rollout restart deployment "$deployment" >/dev/null
+  fi
+}
+
 # --- members
 
 # The member's read-only ServiceAccount token, once the token controller has filled it in.
@@ -292,9 +304,8 @@ install_members() {
     log "member $cluster: RBAC, reader token, hello"
     kubectl --context "$context" apply -f "$REPO_ROOT/deploy/rbac/member-cluster.yaml" >/dev/null
     kubectl --context "$context" apply -f "$KIND_DIR/manifests/member/reader-token.yaml" >/dev/null
-    sed "s/@CLUSTER@/$cluster/" "$KIND_DIR/manifests/member/hello.yaml" | kubectl --context "$context" apply -f - >/dev/null
-    # Same tag, maybe a new image: restart so a re-run serves what was just built.
-    kubectl --context "$context" -n demo rollout restart deployment/hello >/dev/null
+    apply_rolling "$context" demo hello \
+      < <(sed "s/@CLUSTER@/$cluster/" "$KIND_DIR/manifests/member/hello.yaml")
   done
   for cluster in "${MEMBERS[@]}"; do
     context=$(ctx "$cluster")
@@ -408,10 +419,8 @@ install_management() {
   rm -f "$file"
 
   log "management: Lifeline (deploy/overlays/ha, image $IMAGE, etcd at $ETCD_ADDRESS)"
-  kubectl kustomize "$KIND_DIR/manifests/management" | sed "s/@ETCD_ADDRESS@/$ETCD_ADDRESS/g" \
-    | kubectl --context "$context" apply -f - >/dev/null
-  # Same tag, maybe a new image: restart so a re-run deploys what was just built.
-  kubectl --context "$context" -n "$NAMESPACE" rollout restart deployment/lifeline >/dev/null
+  apply_rolling "$context" "$NAMESPACE" lifeline \
+    < <(kubectl kustomize "$KIND_DIR/manifests/management" | sed "s/@ETCD_ADDRESS@/$ETCD_ADDRESS/g")
   kubectl --context "$context" wait --for condition=established --timeout=60s \
     crd/failoverpolicies.lifeline.dev crd/memberclusters.lifeline.dev >/dev/null
   kubectl --context "$context" apply -f "$KIND_DIR/manifests/management/lifeline-demo.yaml" >/dev/null
