@@ -23,10 +23,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, OnceLock},
     time::{Duration, SystemTime},
 };
 
@@ -38,10 +35,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::watch;
 
 use lifeline_engine::{Decision, Health, Override, OverrideAction};
 use lifeline_model::hold::{PolicyHold, PolicyRelease};
@@ -53,35 +50,61 @@ const MAX_OVERRIDE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What the admin API reads and changes.
 pub struct AdminState {
-    /// The latest decision.
-    pub decision: RwLock<Arc<Decision>>,
-    /// Where overrides are kept; `None` until the store is reachable (etcd may be down
+    /// What the decision loop shows: one value, replaced whole, so a reader never sees
+    /// a decision and a quarantine from different rounds.
+    pub view: watch::Sender<Arc<View>>,
+    /// Where overrides are kept; unset until the store is reachable (etcd may be down
     /// while DNS already answers).
-    pub store: RwLock<Option<Store>>,
-    /// Clusters and policies of the set in force (set by the leader), to refuse
-    /// overrides naming something that does not exist. Empty on a follower, which reads
-    /// the saved set instead.
-    pub known: RwLock<Known>,
+    pub store: OnceLock<Store>,
     /// Bearer token for `/v1` routes.
     pub token: Option<String>,
     /// Who a change made with the token is recorded as, in the audit trail.
     pub token_identity: String,
     /// True when the listener is loopback-only (tokenless access is then allowed).
     pub loopback: bool,
-    /// True once a decision was made.
-    pub decided: AtomicBool,
     /// Whether the DNS shim has a snapshot loaded.
     pub dns_ready: Box<dyn Fn() -> bool + Send + Sync>,
     /// Metrics of the controller and the shim.
     pub registry: Registry,
     /// Woken when overrides change, so the controller decides again at once.
     pub overrides_changed: tokio::sync::Notify,
+}
+
+/// What the leader decided (or, on a follower, what it last read of the leader's
+/// decision), with what goes with it.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// The latest decision.
+    pub decision: Arc<Decision>,
+    /// False until a decision is made or read.
+    pub decided: bool,
     /// Policies the leader stopped deciding because deciding them panics, with why
     /// (their last answers stay).
-    pub quarantined: RwLock<crate::guard::Quarantine>,
+    pub quarantined: crate::leader::Quarantine,
+    /// Clusters and policies of the set in force (set by the leader), to refuse
+    /// overrides naming something that does not exist. Empty on a follower, which reads
+    /// the saved set instead.
+    pub known: Arc<Known>,
     /// When a follower last read the leader's decision from the store; `None` while
     /// this replica decides itself.
-    pub decision_read_at: RwLock<Option<SystemTime>>,
+    pub followed_at: Option<SystemTime>,
+}
+
+impl AdminState {
+    /// The view as it stands.
+    pub fn view(&self) -> Arc<View> {
+        self.view.borrow().clone()
+    }
+
+    /// Replaces the view.
+    pub fn show(&self, view: View) {
+        self.view.send_replace(Arc::new(view));
+    }
+
+    /// The store, once reachable.
+    fn store(&self) -> Option<Store> {
+        self.store.get().cloned()
+    }
 }
 
 impl std::fmt::Debug for AdminState {
@@ -207,7 +230,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// for a decision, because the DNS Service routes by readiness and a replica that
 /// restarts while etcd or every API is down must still serve its persisted snapshot.
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
-    let decided = state.decided.load(Ordering::Relaxed);
+    let decided = state.view().decided;
     if (state.dns_ready)() {
         let note = if decided {
             ""
@@ -371,9 +394,9 @@ fn not_connected() -> Response {
 }
 
 async fn status(State(state): State<Arc<AdminState>>) -> Response {
-    let decision = state.decision.read().clone();
+    let view = state.view();
     // Status must work while the store is down: overrides are then reported unknown (0).
-    let store = state.store.read().clone();
+    let store = state.store();
     let (overrides, held, store_problems) = match store {
         Some(store) => (
             store.overrides().await.unwrap_or_default(),
@@ -382,11 +405,11 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         ),
         None => (Vec::new(), None, Vec::new()),
     };
-    let mut status = status_of(&decision, &overrides, SystemTime::now());
-    status.quarantined = state.quarantined.read().clone();
+    let mut status = status_of(&view.decision, &overrides, SystemTime::now());
+    status.quarantined = view.quarantined.clone();
     status.held = held;
     status.store_problems = store_problems;
-    status.followed = state.decision_read_at.read().map(|t| Followed {
+    status.followed = view.followed_at.map(|t| Followed {
         read_at: lifeline_model::time::format(t).to_string(),
         refresh_seconds: FOLLOW_REFRESH.as_secs(),
     });
@@ -443,7 +466,7 @@ async fn release_policy_change(
             );
         }
     };
-    let Some(store) = state.store.read().clone() else {
+    let Some(store) = state.store() else {
         return not_connected();
     };
     let held = match store.policy_hold().await {
@@ -473,7 +496,7 @@ async fn release_policy_change(
 }
 
 async fn list_overrides(State(state): State<Arc<AdminState>>) -> Response {
-    let Some(store) = state.store.read().clone() else {
+    let Some(store) = state.store() else {
         return not_connected();
     };
     let now = SystemTime::now();
@@ -678,11 +701,11 @@ async fn create_override(
             );
         }
     };
-    let Some(store) = state.store.read().clone() else {
+    let Some(store) = state.store() else {
         return not_connected();
     };
     // The leader knows the set in force; a follower reads the set the leader saved.
-    let mut known = state.known.read().clone();
+    let mut known = (*state.view().known).clone();
     if known.is_empty() {
         match store.load_policies().await {
             Ok(saved) => known = saved.as_ref().map(Known::of).unwrap_or_default(),
@@ -728,7 +751,7 @@ async fn delete_override(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(store) = state.store.read().clone() else {
+    let Some(store) = state.store() else {
         return not_connected();
     };
     let wanted = id.clone();
@@ -767,7 +790,7 @@ async fn clear_overrides(
             "cluster: query parameter is required (?cluster=NAME)",
         );
     };
-    let Some(store) = state.store.read().clone() else {
+    let Some(store) = state.store() else {
         return not_connected();
     };
     match store

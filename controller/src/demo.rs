@@ -281,9 +281,8 @@ async fn print_status(state: Arc<AdminState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let decision = state.decision.read().clone();
-        let store = state.store.read().clone();
-        let overrides = match store {
+        let decision = state.view().decision.clone();
+        let overrides = match state.store.get() {
             Some(store) => store.overrides().await.unwrap_or_default(),
             None => Vec::new(),
         };

@@ -30,7 +30,6 @@ use std::{
 };
 
 use lifeline_crds::{AddressSource, FailoverPolicy, MemberCluster, SecretKeyRef};
-use lifeline_etcd::Leader;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -41,7 +40,7 @@ use crate::{
     credentials::SealKey,
     member::{self, MemberHandle, MemberView, MemberWatcher, ServiceKey, WatchOptions},
     policies::policy_id,
-    store::{PolicySnapshot, Store},
+    store::{PolicySnapshot, Store, Writer},
 };
 
 /// Watchers of the member clusters, owned by the leader.
@@ -247,7 +246,7 @@ impl Fleet {
         &mut self,
         name: &str,
         r: &SecretKeyRef,
-        leader: Option<&Leader>,
+        writer: Writer<'_>,
     ) -> Result<(kube::Config, Digest), String> {
         let Some(client) = &self.management else {
             return Err(
@@ -294,11 +293,7 @@ impl Fleet {
                 let same = matches!(&cached, Ok((plain, _)) if *plain == bytes);
                 if !same {
                     let sealed = cache.key.seal(name, &secret, &bytes);
-                    match cache
-                        .store
-                        .save_credential(leader, name, Some(&sealed))
-                        .await
-                    {
+                    match writer.save_credential(name, Some(&sealed)).await {
                         Ok(()) => info!(cluster = %name, "member kubeconfig cached, sealed"),
                         Err(e) => {
                             warn!(cluster = %name, error = %e, "cannot cache the member kubeconfig")
@@ -324,9 +319,9 @@ impl Fleet {
         }
     }
 
-    /// Starts, re-scopes and stops watchers to match the policy set. `leader` fences
-    /// what is cached in the store.
-    pub async fn reconcile(&mut self, snapshot: &PolicySnapshot, leader: Option<&Leader>) {
+    /// Starts, re-scopes and stops watchers to match the policy set. `writer` caches
+    /// member kubeconfigs in the store.
+    pub async fn reconcile(&mut self, snapshot: &PolicySnapshot, writer: Writer<'_>) {
         let mut wanted: BTreeMap<String, (&MemberCluster, BTreeSet<ServiceKey>)> = BTreeMap::new();
         for c in snapshot.clusters.iter().filter(|c| needs_watcher(c)) {
             if let Some(name) = &c.metadata.name {
@@ -363,8 +358,8 @@ impl Fleet {
             .collect();
         for name in gone {
             self.sealed.remove(&name);
-            if let Some(cache) = &self.cache
-                && let Err(e) = cache.store.save_credential(leader, &name, None).await
+            if self.cache.is_some()
+                && let Err(e) = writer.save_credential(&name, None).await
             {
                 warn!(cluster = %name, error = %e, "cannot forget the cached member kubeconfig");
             }
@@ -387,7 +382,7 @@ impl Fleet {
                     .map(|c| (c, None))
                     .map_err(|e| e.to_string()),
                 (None, Some(r)) => self
-                    .load_from_secret(&name, r, leader)
+                    .load_from_secret(&name, r, writer)
                     .await
                     .map(|(c, d)| (c, Some(d))),
                 (None, None) => Err("no kubeconfig for a cluster that needs API access".to_owned()),

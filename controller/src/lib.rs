@@ -24,9 +24,9 @@
 //! | DNS sockets | the `lifeline-dns` crate |
 //!
 //! The decisions themselves are the pure `lifeline-engine` crate. `run` starts DNS, the
-//! admin API and the store, and campaigns; `term` is one leadership term (one method per
-//! event); `sweep` holds back policy changes that would remove many names at once;
-//! `admin` and `ctl` are the operator's surface; `cli` holds the subcommands.
+//! admin API and the store, and campaigns; `leader` is one leadership term (one method
+//! per event, a round in named steps, the change hold and the panic boundary); `admin`
+//! and `ctl` are the operator's surface; `cli` holds the subcommands.
 
 #![forbid(unsafe_code)]
 
@@ -39,7 +39,7 @@ pub mod ctl;
 pub mod demo;
 pub mod documents;
 pub mod fleet;
-pub mod guard;
+pub mod leader;
 pub mod management;
 pub mod member;
 pub mod metrics;
@@ -49,5 +49,3 @@ pub mod publish;
 pub mod run;
 pub mod status;
 pub mod store;
-pub mod sweep;
-pub mod term;

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::SystemTime};
 use lifeline_crds::{Strategy, validate::name_in_zone};
 use lifeline_model::{AddressSet, NameRecords, Target, Update, ZonePatch, ZoneSnapshot};
 
-use lifeline_engine::Decision;
+use lifeline_engine::{Answer, Decision};
 
 /// Records per zone (normalised apex) and owner name, as published and served.
 pub type ZoneRecords = BTreeMap<String, BTreeMap<String, NameRecords>>;
@@ -26,27 +26,6 @@ pub fn key_in_zone(hostname: &str, zone: &str) -> String {
         .strip_suffix(zone)
         .and_then(|rest| rest.strip_suffix('.'))
         .map_or_else(|| hostname.to_owned(), str::to_owned)
-}
-
-/// The address records `served` holds for `hostname`, under its canonical key or its
-/// absolute name. `zones` are normalised apexes.
-pub fn served_addresses<'a>(
-    served: &'a ZoneRecords,
-    zones: &[String],
-    hostname: &str,
-) -> Option<&'a AddressSet> {
-    let hostname = lifeline_crds::validate::normalize_name(hostname);
-    let zone = zone_of(zones, &hostname)?;
-    let names = served.get(zone)?;
-    [
-        key_in_zone(&hostname, zone),
-        hostname.clone(),
-        format!("{hostname}."),
-    ]
-    .iter()
-    .find_map(|key| names.get(key))?
-    .address
-    .as_ref()
 }
 
 /// Remembers what was last published per zone so the next publish is a minimal patch.
@@ -82,6 +61,34 @@ impl Publisher {
             revision: start_revision,
             fixed: ZoneRecords::new(),
         }
+    }
+
+    /// The answers `served` holds for `hostname` (under its canonical key or its absolute
+    /// name), sorted by cluster and address; `None` when it holds none.
+    pub fn served_answers(&self, served: &ZoneRecords, hostname: &str) -> Option<Vec<Answer>> {
+        let hostname = lifeline_crds::validate::normalize_name(hostname);
+        let zone = zone_of(&self.zones, &hostname)?;
+        let names = served.get(zone)?;
+        let keys = [
+            key_in_zone(&hostname, zone),
+            hostname.clone(),
+            format!("{hostname}."),
+        ];
+        let set = keys
+            .iter()
+            .find_map(|key| names.get(key))?
+            .address
+            .as_ref()?;
+        let mut answers: Vec<Answer> = (set.targets.iter())
+            .map(|t| Answer {
+                cluster: t.cluster.as_str().into(),
+                address: t.address,
+                region: t.region.as_str().into(),
+                weight: t.weight,
+            })
+            .collect();
+        answers.sort_by(|a, b| (&a.cluster, a.address).cmp(&(&b.cluster, b.address)));
+        (!answers.is_empty()).then_some(answers)
     }
 
     /// Publishes `records` in every update besides the policies' names (the zones'

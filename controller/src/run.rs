@@ -22,31 +22,24 @@
 //! The loop decides whenever probe results arrive (batched per 100 ms), when overrides
 //! change, and at least once a second (hold-downs, ramps and expiries move with time).
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    path::Path,
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use lifeline_dns::{Shim, ShimHandle};
-use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
-use lifeline_engine::Decision;
 use lifeline_etcd::{EtcdStore, Leadership};
+use lifeline_model::Backoff;
 
 pub use crate::documents::Documents;
 use crate::{
     admin::{self, AdminState, ExtraRoutes},
     config::{Config, PolicySource, StoreConfig},
+    leader::{self, PolicyFeed, Shared, TermEnd},
     metrics::Metrics,
     publish::Publisher,
-    store::{EmbeddedStore, Store},
-    term::{self, PolicyFeed, Shared, TermEnd},
+    store::{EmbeddedStore, Store, Writer},
 };
 
 /// A callback run once the controller is serving.
@@ -145,18 +138,14 @@ pub async fn run(
     let admin_addr: SocketAddr = admin.local_addr()?;
     let dns_for_ready = shim.clone();
     let state = Arc::new(AdminState {
-        decision: RwLock::new(Arc::new(Decision::default())),
-        store: RwLock::new(None),
-        known: Default::default(),
+        view: Default::default(),
+        store: Default::default(),
         token: admin_token,
         token_identity: config.admin.token_identity.clone(),
         loopback: admin::is_loopback(&admin_addr),
-        decided: Default::default(),
         dns_ready: Box::new(move || dns_for_ready.state().ready),
         registry,
         overrides_changed: tokio::sync::Notify::new(),
-        quarantined: Default::default(),
-        decision_read_at: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut admin_stop = stop_rx.clone();
@@ -186,7 +175,7 @@ pub async fn run(
     let credential_key = credential_key(&config);
     let mut shared = Shared {
         // Building the client contacts nothing; only the leader watches (see
-        // `term::lead`), so management API load does not grow with replicas.
+        // `leader::lead`), so management API load does not grow with replicas.
         policy_feed: PolicyFeed::new(documents, config.zone_rules(), management_client),
         config,
         metrics,
@@ -247,11 +236,11 @@ async fn run_embedded(
     {
         store = store.exporting_to(dir).context("opening dns.sourceDir")?;
     }
-    let store = Store::Embedded(Arc::new(store));
-    *shared.state.store.write() = Some(store.clone());
+    let store = Arc::new(store);
+    let _ = shared.state.store.set(Store::Embedded(store.clone()));
     shim.set_source_connected("controller", true);
     let mut shutdown = shutdown;
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         // Each term publishes on top of what the DNS server holds now.
         let start_revision = shim
@@ -280,16 +269,17 @@ async fn run_embedded(
                 ))
             })
             .collect();
-        match term::lead(shared, &store, None, publisher, served, stop).await {
+        let writer = Writer::Embedded(&store);
+        match leader::lead(shared, writer, publisher, served, stop).await {
             TermEnd::Shutdown | TermEnd::Deposed => return Ok(()),
             // Never exit for a controller failure while DNS can answer: retry, paced.
             TermEnd::Failed(e) => {
-                warn!(error = format!("{e:#}"), retry_in = ?backoff, "the controller failed; DNS keeps answering from its snapshot");
+                let pause = backoff.next_delay();
+                warn!(error = format!("{e:#}"), retry_in = ?pause, "the controller failed; DNS keeps answering from its snapshot");
                 tokio::select! {
                     _ = shutdown.as_mut() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }
@@ -338,8 +328,7 @@ async fn run_replica(
                 },
             }
         };
-        let store = Store::Etcd(etcd.clone());
-        *shared.state.store.write() = Some(store.clone());
+        let _ = shared.state.store.set(Store::Etcd(etcd.clone()));
         let leadership = Leadership::new(&etcd, identity.clone(), ttl);
         loop {
             info!(%identity, "campaigning for leadership");
@@ -371,7 +360,8 @@ async fn run_replica(
                     _ = leader.lost() => TermEnd::Deposed,
                 }
             };
-            match term::lead(shared, &store, Some(&leader), publisher, served, stop).await {
+            let writer = Writer::Etcd(&etcd, &leader);
+            match leader::lead(shared, writer, publisher, served, stop).await {
                 TermEnd::Shutdown => {
                     let _ = leader.resign().await;
                     return Ok(());
@@ -416,9 +406,13 @@ async fn management_client(
 async fn follow_status(store: &EtcdStore, state: &AdminState) {
     loop {
         if let Ok(Some(d)) = store.load_decision().await {
-            *state.decision.write() = Arc::new(d);
-            *state.decision_read_at.write() = Some(std::time::SystemTime::now());
-            state.decided.store(true, Ordering::Relaxed);
+            let view = admin::View {
+                decision: Arc::new(d),
+                decided: true,
+                followed_at: Some(std::time::SystemTime::now()),
+                ..(*state.view()).clone()
+            };
+            state.show(view);
         }
         tokio::time::sleep(admin::FOLLOW_REFRESH).await;
     }

@@ -713,7 +713,7 @@ mod tests {
             "spec": {"hostname": "web.global.example.com", "targets": [{"cluster": "one"}]}
         }))
         .unwrap();
-        let policy = crate::guard::tests::policy("web", 1);
+        let policy = crate::leader::panic_boundary::tests::policy("web", 1);
         let decision = lifeline_engine::decide(
             &EngineConfig::default(),
             &[policy],

@@ -11,9 +11,10 @@
 //!  Store::Etcd      replicas: everything in etcd; writes fenced by the leader key
 //! ```
 //!
-//! Readers (overrides, audit, decision, policies) work on any replica. The leader's
-//! writes (records, decision, policies) take its [`Leader`] handle; the embedded store
-//! has one writer by construction and takes `None`.
+//! Readers (overrides, audit, decision, policies) work on any replica. What only the
+//! leader writes (records, decision, policies) goes through a [`Writer`], which only a
+//! leader is given: the embedded store has one writer by construction, and on etcd the
+//! writer carries the election's [`Leader`] key that fences each write.
 //!
 //! The embedded store keeps each item as one JSON file in a directory (mode 0700, files
 //! 0600), replaced atomically (write to a temporary file, fsync, rename, fsync the
@@ -64,9 +65,6 @@ pub enum Error {
     },
     #[error(transparent)]
     Etcd(#[from] lifeline_etcd::store::Error),
-    /// A leader's write without the leader's handle (etcd fences every such write).
-    #[error("only the leader writes records, decisions and policies")]
-    NotLeader,
     /// The embedded store was opened without a DNS server to publish to.
     #[error("this store has no DNS server to publish records to")]
     NoDnsServer,
@@ -175,22 +173,6 @@ impl Store {
         }
     }
 
-    /// Records (`None`: clears) the held change (leader only).
-    pub async fn save_policy_hold(
-        &self,
-        leader: Option<&Leader>,
-        hold: Option<&PolicyHold>,
-    ) -> Result<()> {
-        match (self, leader) {
-            (Store::Embedded(s), _) => {
-                let bytes = EmbeddedStore::encode("policy-hold.json", &hold)?;
-                off_runtime(s, move |s| s.write_encoded("policy-hold.json", &bytes)).await
-            }
-            (Store::Etcd(s), Some(l)) => Ok(s.save_policy_hold(l, hold).await?),
-            (Store::Etcd(_), None) => Err(Error::NotLeader),
-        }
-    }
-
     /// Releases a held change (any replica, or ctl).
     pub async fn release_policy_change(&self, release: &PolicyRelease) -> Result<()> {
         match self {
@@ -230,34 +212,6 @@ impl Store {
         }
     }
 
-    /// Saves the decision (leader only).
-    pub async fn save_decision(&self, leader: Option<&Leader>, decision: &Decision) -> Result<()> {
-        match (self, leader) {
-            (Store::Embedded(s), _) => {
-                let bytes = EmbeddedStore::encode(DECISION, decision)?;
-                off_runtime(s, move |s| s.write_decision_encoded(&bytes)).await
-            }
-            (Store::Etcd(s), Some(l)) => Ok(s.save_decision(l, decision).await?),
-            (Store::Etcd(_), None) => Err(Error::NotLeader),
-        }
-    }
-
-    /// Saves the last good policy documents (leader only).
-    pub async fn save_policies(
-        &self,
-        leader: Option<&Leader>,
-        snapshot: &PolicySnapshot,
-    ) -> Result<()> {
-        match (self, leader) {
-            (Store::Embedded(s), _) => {
-                let bytes = EmbeddedStore::encode(POLICIES, snapshot)?;
-                off_runtime(s, move |s| s.write_encoded(POLICIES, &bytes)).await
-            }
-            (Store::Etcd(s), Some(l)) => Ok(s.mirror_policies(l, snapshot).await?),
-            (Store::Etcd(_), None) => Err(Error::NotLeader),
-        }
-    }
-
     /// The sealed kubeconfig cached for `cluster`, if any (any replica).
     pub async fn credential(&self, cluster: &str) -> Result<Option<SealedKubeconfig>> {
         match self {
@@ -268,16 +222,68 @@ impl Store {
             Store::Etcd(s) => Ok(s.credential(cluster).await?),
         }
     }
+}
 
-    /// Caches (or, with `None`, forgets) the sealed kubeconfig of `cluster` (leader only).
+/// The right to write what only the leader writes: the decision, the last good policy
+/// set, the held change, cached member credentials and the records every DNS server
+/// serves. The embedded store has one writer by construction; on etcd a writer is made
+/// from the election's [`Leader`], and every write it makes is fenced by that key.
+#[derive(Clone, Copy, Debug)]
+pub enum Writer<'a> {
+    Embedded(&'a Arc<EmbeddedStore>),
+    Etcd(&'a lifeline_etcd::EtcdStore, &'a Leader),
+}
+
+impl Writer<'_> {
+    /// The store this writer writes to, for reads.
+    pub fn store(&self) -> Store {
+        match *self {
+            Writer::Embedded(s) => Store::Embedded(s.clone()),
+            Writer::Etcd(s, _) => Store::Etcd(s.clone()),
+        }
+    }
+
+    /// Records (`None`: clears) the held change.
+    pub async fn save_policy_hold(&self, hold: Option<&PolicyHold>) -> Result<()> {
+        match *self {
+            Writer::Embedded(s) => {
+                let bytes = EmbeddedStore::encode("policy-hold.json", &hold)?;
+                off_runtime(s, move |s| s.write_encoded("policy-hold.json", &bytes)).await
+            }
+            Writer::Etcd(s, l) => Ok(s.save_policy_hold(l, hold).await?),
+        }
+    }
+
+    /// Saves the decision.
+    pub async fn save_decision(&self, decision: &Decision) -> Result<()> {
+        match *self {
+            Writer::Embedded(s) => {
+                let bytes = EmbeddedStore::encode(DECISION, decision)?;
+                off_runtime(s, move |s| s.write_decision_encoded(&bytes)).await
+            }
+            Writer::Etcd(s, l) => Ok(s.save_decision(l, decision).await?),
+        }
+    }
+
+    /// Saves the last good policy documents.
+    pub async fn save_policies(&self, snapshot: &PolicySnapshot) -> Result<()> {
+        match *self {
+            Writer::Embedded(s) => {
+                let bytes = EmbeddedStore::encode(POLICIES, snapshot)?;
+                off_runtime(s, move |s| s.write_encoded(POLICIES, &bytes)).await
+            }
+            Writer::Etcd(s, l) => Ok(s.mirror_policies(l, snapshot).await?),
+        }
+    }
+
+    /// Caches (or, with `None`, forgets) the sealed kubeconfig of `cluster`.
     pub async fn save_credential(
         &self,
-        leader: Option<&Leader>,
         cluster: &str,
         sealed: Option<&SealedKubeconfig>,
     ) -> Result<()> {
-        match (self, leader) {
-            (Store::Embedded(s), _) => {
+        match *self {
+            Writer::Embedded(s) => {
                 let name = credential_file(cluster)?;
                 let bytes = sealed
                     .map(|v| EmbeddedStore::encode(&name, v))
@@ -294,16 +300,15 @@ impl Store {
                 })
                 .await
             }
-            (Store::Etcd(s), Some(l)) => Ok(s.save_credential(l, cluster, sealed).await?),
-            (Store::Etcd(_), None) => Err(Error::NotLeader),
+            Writer::Etcd(s, l) => Ok(s.save_credential(l, cluster, sealed).await?),
         }
     }
 
-    /// Publishes records (leader only): to the in-process DNS server, or to etcd where
+    /// Publishes records: to the in-process DNS server, or to etcd where
     /// every replica's DNS server reads them.
-    pub async fn publish(&self, leader: Option<&Leader>, update: Update) -> Result<()> {
-        match (self, leader) {
-            (Store::Embedded(s), _) => {
+    pub async fn publish(&self, update: Update) -> Result<()> {
+        match *self {
+            Writer::Embedded(s) => {
                 let shim = s.dns.as_ref().ok_or(Error::NoDnsServer)?;
                 let applied = shim.apply_async(update).await?;
                 if s.export.is_some()
@@ -319,11 +324,10 @@ impl Store {
                 }
                 Ok(())
             }
-            (Store::Etcd(s), Some(l)) => {
+            Writer::Etcd(s, l) => {
                 s.publish_update(l, &update).await?;
                 Ok(())
             }
-            (Store::Etcd(_), None) => Err(Error::NotLeader),
         }
     }
 }

@@ -461,21 +461,15 @@ async fn a_configured_token_is_required_for_v1_routes_but_not_for_health() {
 async fn without_a_token_v1_routes_are_refused_beyond_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let state = Arc::new(AdminState {
-        decision: Default::default(),
-        store: parking_lot::RwLock::new(Some(Store::Embedded(Arc::new(
-            EmbeddedStore::open(dir.path()).unwrap(),
-        )))),
-        known: Default::default(),
+        view: Default::default(),
+        store: Store::Embedded(Arc::new(EmbeddedStore::open(dir.path()).unwrap())).into(),
         token: None,
         token_identity: "admin".into(),
         // As if bound to 0.0.0.0: the test itself only ever binds loopback.
         loopback: false,
-        decided: Default::default(),
         dns_ready: Box::new(|| false),
         registry: Default::default(),
         overrides_changed: Default::default(),
-        quarantined: Default::default(),
-        decision_read_at: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

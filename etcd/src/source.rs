@@ -52,11 +52,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use backon::BackoffBuilder;
 use etcd_client::{
     Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
     WatchResponse,
 };
+use lifeline_model::Backoff;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tracing::{debug, info, warn};
 
@@ -316,43 +316,6 @@ pub async fn timed<T>(
     match tokio::time::timeout(limit, call).await {
         Ok(r) => r.map_err(Error::from),
         Err(_) => Err(Error::Timeout(limit)),
-    }
-}
-
-/// Exponential backoff with full jitter between `min` and `max`, never giving up.
-#[derive(Debug)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    delays: backon::ExponentialBackoff,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max,
-            delays: Self::build(min, max),
-        }
-    }
-
-    fn build(min: Duration, max: Duration) -> backon::ExponentialBackoff {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(min)
-            .with_max_delay(max)
-            .with_jitter()
-            .without_max_times()
-            .build()
-    }
-
-    /// The next delay.
-    pub fn next_delay(&mut self) -> Duration {
-        self.delays.next().unwrap_or(self.max)
-    }
-
-    /// Starts again from `min` (after a success).
-    pub fn reset(&mut self) {
-        self.delays = Self::build(self.min, self.max);
     }
 }
 

@@ -70,7 +70,7 @@ use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, KeyValu
 use lifeline_crds::document::PolicySnapshot;
 use lifeline_engine::{Decision, Override, PolicyDecision};
 use lifeline_model::{
-    NameRecords, Update,
+    Backoff, NameRecords, Update,
     hold::{PolicyHold, PolicyRelease},
     overrides::AuditEntry,
 };
@@ -80,8 +80,7 @@ use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::source::{
-    self as etcd_source, Backoff, EtcdConnect, VALUE_LIMIT, decode_value, encode_value, record_key,
-    timed,
+    self as etcd_source, EtcdConnect, VALUE_LIMIT, decode_value, encode_value, record_key, timed,
 };
 
 /// etcd rejects transactions with more operations than `--max-txn-ops` (128 by

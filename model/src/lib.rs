@@ -7,6 +7,7 @@
 //!             and the part a shim can apply alone (break-glass)
 //!  hold       PolicyHold / PolicyRelease: a sweeping policy change held, and its release
 //!  limits     the bound of every number a document can hold, with the reasons
+//!  backoff    Backoff: jittered exponential pauses between retries, the one schedule
 //!  duration   Duration: the Go grammar the CRDs use ("500ms", "1m30s"), one parser
 //!  name       normalize_name / to_wire: the one DNS-name grammar
 //!  strategy   Strategy: Failover | Weighted | RoundRobin | Geo
@@ -18,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod duration;
 pub mod hold;
 pub mod limits;
@@ -27,6 +29,7 @@ pub mod records;
 pub mod strategy;
 pub mod time;
 
+pub use backoff::Backoff;
 pub use duration::{DURATION_PATTERN, Duration, parse_duration};
 pub use overrides::{Override, OverrideAction};
 pub use records::{

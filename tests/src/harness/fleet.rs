@@ -473,7 +473,7 @@ impl Fleet {
                 "metadata": {
                     "name": format!("web{k}"), "namespace": "shop",
                     "annotations": match spec.test_fault {
-                        Some(fault) if k == 0 => json!({lifeline_controller::term::TEST_FAULT: fault}),
+                        Some(fault) if k == 0 => json!({lifeline_controller::leader::TEST_FAULT: fault}),
                         _ => json!({}),
                     },
                 },

@@ -1,0 +1,201 @@
+//! Where policy documents come from (inline, files, or the management cluster's CRs),
+//! what was last seen of them, and the cross-document arbitration of CRs.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use lifeline_crds::{
+    FailoverPolicy, MemberCluster,
+    document::PolicySnapshot,
+    validate::{self, DocumentRef, SetReason, ZoneRule},
+};
+use tracing::warn;
+
+use crate::{
+    documents::Documents,
+    management::{ManagementSource, ManagementView},
+    policies::policy_id,
+    store::Store,
+};
+
+/// Where policy documents come from, and what was last seen of them.
+pub(crate) struct PolicyFeed {
+    pub docs: Documents,
+    /// Modification stamps of the files at the last load.
+    stamps: Vec<Option<(SystemTime, u64)>>,
+    zones: Vec<ZoneRule>,
+    /// The management cluster's client and namespace, for `Documents::Kubernetes`.
+    pub(super) management_client: Option<(kube::Client, Option<String>)>,
+    /// The management cluster's view while this replica leads.
+    pub(super) management: Option<(
+        ManagementSource,
+        tokio::sync::watch::Receiver<ManagementView>,
+    )>,
+    /// Cross-document problems of the last Kubernetes load, by policy id: the policy
+    /// is left out of the set (a hostname owned by an older policy, a zone it may not
+    /// publish in) or served with the problem reported (an unknown cluster).
+    pub set_problems: BTreeMap<String, (SetReason, String)>,
+}
+
+impl PolicyFeed {
+    pub fn new(
+        docs: Documents,
+        zones: Vec<ZoneRule>,
+        management_client: Option<(kube::Client, Option<String>)>,
+    ) -> Self {
+        Self {
+            docs,
+            stamps: Vec::new(),
+            zones,
+            management_client,
+            management: None,
+            set_problems: BTreeMap::new(),
+        }
+    }
+
+    fn stamp(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+        paths
+            .iter()
+            .map(|p| {
+                std::fs::metadata(p)
+                    .ok()
+                    .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+            })
+            .collect()
+    }
+
+    /// Loads the documents. `Err` carries every problem; the caller keeps its last good set.
+    pub(super) fn load(&mut self) -> Result<PolicySnapshot, Vec<String>> {
+        match &self.docs {
+            Documents::Inline { policies, clusters } => Ok(PolicySnapshot {
+                policies: policies.clone(),
+                clusters: clusters.clone(),
+            }),
+            Documents::Files(paths) => {
+                self.stamps = Self::stamp(paths);
+                let loaded = crate::documents::load(paths, &self.zones);
+                if !loaded.is_valid() {
+                    return Err(loaded.problems.iter().map(ToString::to_string).collect());
+                }
+                Ok(PolicySnapshot {
+                    policies: loaded.policies.into_iter().map(|(_, p)| p).collect(),
+                    clusters: loaded.clusters.into_iter().map(|(_, c)| c).collect(),
+                })
+            }
+            Documents::Kubernetes { .. } => {
+                let Some((_, view)) = self.management.as_mut() else {
+                    return Err(vec![
+                        "the management cluster is not being watched".to_owned(),
+                    ]);
+                };
+                let view = view.borrow_and_update().clone();
+                if !view.synced {
+                    return Err(vec![format!(
+                        "the management cluster has not been listed yet (reachable: {})",
+                        view.connected
+                    )]);
+                }
+                // Invalid objects keep their last good version in the view; they are
+                // reported, not fatal to the rest of the set.
+                for (object, problems) in &view.problems {
+                    for p in problems {
+                        warn!(%object, problem = %p, "invalid object in the management cluster");
+                    }
+                }
+                let clusters: Vec<_> = view.clusters.into_values().collect();
+                let (policies, set_problems) = arbitrate(
+                    view.policies.into_values().collect(),
+                    &clusters,
+                    &self.zones,
+                );
+                self.set_problems = set_problems;
+                Ok(PolicySnapshot { policies, clusters })
+            }
+        }
+    }
+
+    /// True when a file changed since the last load. Polling the modification time and
+    /// size once a second is enough for files an operator edits, and it also sees the
+    /// symlink swaps of a mounted ConfigMap, which inotify-style watches can miss.
+    pub(super) fn changed(&self) -> bool {
+        match &self.docs {
+            Documents::Files(paths) => Self::stamp(paths) != self.stamps,
+            Documents::Inline { .. } => false,
+            Documents::Kubernetes { .. } => self
+                .management
+                .as_ref()
+                .is_some_and(|(_, view)| view.has_changed().unwrap_or(false)),
+        }
+    }
+}
+
+/// Applies the cross-document checks to CRs: each policy is judged on its own, so one
+/// conflicting CR cannot block the others (as one bad file blocks its whole set).
+fn arbitrate(
+    policies: Vec<FailoverPolicy>,
+    clusters: &[MemberCluster],
+    zones: &[ZoneRule],
+) -> (Vec<FailoverPolicy>, BTreeMap<String, (SetReason, String)>) {
+    let refs: Vec<&FailoverPolicy> = policies.iter().collect();
+    let cluster_refs: Vec<&MemberCluster> = clusters.iter().collect();
+    let mut excluded = BTreeSet::new();
+    let mut problems = BTreeMap::new();
+    for p in validate::cross_check(&refs, &cluster_refs, zones) {
+        let DocumentRef::Policy(i) = p.document else {
+            continue;
+        };
+        let id = policy_id(&policies[i]);
+        warn!(policy = %id, reason = p.reason.as_str(), problem = %p.problem, "policy not served as written");
+        if p.reason.excludes() {
+            excluded.insert(i);
+        }
+        problems
+            .entry(id)
+            .or_insert((p.reason, p.problem.to_string()));
+    }
+    let kept = policies
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !excluded.contains(i))
+        .map(|(_, p)| p)
+        .collect();
+    (kept, problems)
+}
+
+/// Policies to start a term with: fresh if valid, else the last good set; with neither,
+/// polls once a second (DNS keeps answering from its snapshot) rather than publish an
+/// empty set.
+/// The flag is true for freshly loaded documents, false for the stored set.
+pub(super) async fn usable_policies(
+    source: &mut PolicyFeed,
+    store: &Store,
+) -> (PolicySnapshot, bool) {
+    let mut waiting_logged = false;
+    loop {
+        match source.load() {
+            Ok(snapshot) => return (snapshot, true),
+            Err(problems) => {
+                match store.load_policies().await {
+                    Ok(Some(s)) => {
+                        for p in &problems {
+                            warn!(problem = %p, "policy documents unavailable; using the last good set");
+                        }
+                        return (s, false);
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(error = %e, "cannot read the last good policy set"),
+                }
+                if !waiting_logged {
+                    for p in &problems {
+                        warn!(problem = %p, "no usable policy set yet; DNS keeps answering from its snapshot");
+                    }
+                    waiting_logged = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
