@@ -146,38 +146,53 @@ impl SealKey {
         cluster: &str,
         secret: &str,
         sealed: &SealedKubeconfig,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, OpenError> {
         if sealed.secret != secret {
-            return Err(format!(
-                "the cached kubeconfig was read from Secret {}, not {secret}",
-                sealed.secret
-            ));
+            return Err(OpenError::OtherSecret {
+                read_from: sealed.secret.clone(),
+                wanted: secret.to_owned(),
+            });
         }
         if sealed.key_id != self.id {
-            return Err(format!(
-                "the cached kubeconfig was sealed with key {}, and the key file now holds key {}",
-                sealed.key_id, self.id
-            ));
+            return Err(OpenError::OtherKey {
+                sealed_with: sealed.key_id.clone(),
+                now: self.id.clone(),
+            });
         }
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(&sealed.sealed)
-            .map_err(|_| "the cached kubeconfig is not valid base64".to_owned())?;
+            .map_err(|_| OpenError::Base64)?;
         if bytes.len() < NONCE_LEN + AES_256_GCM.tag_len() {
-            return Err("the cached kubeconfig is truncated".to_owned());
+            return Err(OpenError::Truncated);
         }
         let (nonce, rest) = bytes.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce)
-            .map_err(|_| "the cached kubeconfig is truncated".to_owned())?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| OpenError::Truncated)?;
         let mut buf = rest.to_vec();
         let plain = self
             .key
             .open_in_place(nonce, Aad::from(associated(cluster, secret)), &mut buf)
-            .map_err(|_| {
-                "the cached kubeconfig does not open with this key (altered, or sealed for another cluster)"
-                    .to_owned()
-            })?;
+            .map_err(|_| OpenError::Altered)?;
         Ok(plain.to_vec())
     }
+}
+
+/// Why a sealed kubeconfig cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("the cached kubeconfig was read from Secret {read_from}, not {wanted}")]
+    OtherSecret { read_from: String, wanted: String },
+    #[error(
+        "the cached kubeconfig was sealed with key {sealed_with}, and the key file now holds key {now}"
+    )]
+    OtherKey { sealed_with: String, now: String },
+    #[error("the cached kubeconfig is not valid base64")]
+    Base64,
+    #[error("the cached kubeconfig is truncated")]
+    Truncated,
+    #[error(
+        "the cached kubeconfig does not open with this key (altered, or sealed for another cluster)"
+    )]
+    Altered,
 }
 
 /// What is authenticated besides the kubeconfig: where it belongs.
@@ -206,11 +221,20 @@ mod tests {
             b"apiVersion: v1\n"
         );
         assert!(!sealed.sealed.contains("apiVersion"));
-        let wrong_cluster = k.open("m1", "ns/s/kubeconfig", &sealed).unwrap_err();
+        let wrong_cluster = k
+            .open("m1", "ns/s/kubeconfig", &sealed)
+            .unwrap_err()
+            .to_string();
         assert!(wrong_cluster.contains("another cluster"), "{wrong_cluster}");
-        let wrong_secret = k.open("m0", "ns/t/kubeconfig", &sealed).unwrap_err();
+        let wrong_secret = k
+            .open("m0", "ns/t/kubeconfig", &sealed)
+            .unwrap_err()
+            .to_string();
         assert!(wrong_secret.contains("ns/s/kubeconfig"), "{wrong_secret}");
-        let wrong_key = key(8).open("m0", "ns/s/kubeconfig", &sealed).unwrap_err();
+        let wrong_key = key(8)
+            .open("m0", "ns/s/kubeconfig", &sealed)
+            .unwrap_err()
+            .to_string();
         assert!(wrong_key.contains("sealed with key"), "{wrong_key}");
         let mut altered = sealed.clone();
         let mut raw = base64::engine::general_purpose::STANDARD
@@ -224,6 +248,7 @@ mod tests {
         assert!(
             k.open("m0", "ns/s/kubeconfig", &altered)
                 .unwrap_err()
+                .to_string()
                 .contains("truncated")
         );
     }

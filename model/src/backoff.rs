@@ -12,27 +12,41 @@ use backon::BackoffBuilder as _;
 pub struct Backoff {
     min: Duration,
     max: Duration,
+    jitter: bool,
     delays: backon::ExponentialBackoff,
 }
 
 impl Backoff {
     /// Pauses from `min` up to `max` (a `max` below `min` is taken as `min`).
     pub fn new(min: Duration, max: Duration) -> Self {
+        Self::with_jitter(min, max, true)
+    }
+
+    /// The same schedule without jitter (`min`, twice `min`, ... up to `max`), for a
+    /// retry only one client makes, where spreading has nothing to spread.
+    pub fn unjittered(min: Duration, max: Duration) -> Self {
+        Self::with_jitter(min, max, false)
+    }
+
+    fn with_jitter(min: Duration, max: Duration, jitter: bool) -> Self {
         let max = max.max(min);
         Self {
             min,
             max,
-            delays: Self::schedule(min, max),
+            jitter,
+            delays: Self::schedule(min, max, jitter),
         }
     }
 
-    fn schedule(min: Duration, max: Duration) -> backon::ExponentialBackoff {
-        backon::ExponentialBuilder::default()
+    fn schedule(min: Duration, max: Duration, jitter: bool) -> backon::ExponentialBackoff {
+        let builder = backon::ExponentialBuilder::default()
             .with_min_delay(min)
             .with_max_delay(max)
-            .with_jitter()
-            .without_max_times()
-            .build()
+            .without_max_times();
+        match jitter {
+            true => builder.with_jitter().build(),
+            false => builder.build(),
+        }
     }
 
     /// The pause before the next attempt.
@@ -48,7 +62,7 @@ impl Backoff {
 
     /// Starts again from `min` (after a success).
     pub fn reset(&mut self) {
-        self.delays = Self::schedule(self.min, self.max);
+        self.delays = Self::schedule(self.min, self.max, self.jitter);
     }
 }
 
@@ -68,5 +82,12 @@ mod tests {
         b.reset();
         assert!((min..=min * 2).contains(&b.next_delay()));
         assert_eq!(b.max(), max);
+    }
+
+    #[test]
+    fn without_jitter_pauses_double_up_to_the_greatest() {
+        let mut b = Backoff::unjittered(Duration::from_secs(1), Duration::from_secs(60));
+        let pauses: Vec<u64> = (0..9).map(|_| b.next_delay().as_secs()).collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
     }
 }
