@@ -38,7 +38,7 @@ use crate::{
     config::{Config, PolicySource, StoreConfig},
     leader::{self, PolicyFeed, Shared, TermEnd},
     metrics::Metrics,
-    publish::Publisher,
+    publish::{Publisher, ZoneRecords},
     store::{EmbeddedStore, Store, Writer},
 };
 
@@ -109,10 +109,58 @@ pub async fn run(
         on_ready,
         test_faults,
     } = options;
-
     // 1. DNS from the persisted snapshot, then sockets: nothing else is needed to answer.
-    //    With a separate DNS server this process keeps the same view without sockets,
-    //    beside (not in) the directory of the `lifeline dns` that answers.
+    let shim = start_dns(&config).await?;
+    // 2. Admin API.
+    let metrics = Arc::new(Metrics::default());
+    let admin_token = (admin_token, config.admin.token_identity.clone());
+    let (state, stop_admin) = start_admin(admin, admin_token, admin_routes, &metrics, &shim)?;
+    if let Some(f) = on_ready {
+        f(state.clone(), shim.clone());
+    }
+    // 3. Lead, or campaign to.
+    let management_client = match &documents {
+        Documents::Kubernetes {
+            kubeconfig,
+            namespace,
+        } => Some((
+            management_client(kubeconfig.as_deref(), &config).await?,
+            namespace.clone(),
+        )),
+        _ => None,
+    };
+    let mut shared = Shared {
+        // Building the client contacts nothing; only the leader watches (see
+        // `leader::lead`), so management API load does not grow with replicas.
+        policy_feed: PolicyFeed::new(documents, config.zone_rules(), management_client),
+        credential_key: credential_key(&config),
+        config,
+        metrics,
+        state,
+        identity: replica_identity(),
+        namespace: crate::fleet::own_namespace(),
+        // Set only by tests.
+        test_faults,
+    };
+    let mut shutdown = std::pin::pin!(shutdown);
+    let result = match shared.config.store.clone() {
+        StoreConfig::Embedded { data_dir } => {
+            run_embedded(&mut shared, &shim, &data_dir, shutdown.as_mut()).await
+        }
+        StoreConfig::Etcd { lease_ttl, .. } => {
+            run_replica(&mut shared, &shim, lease_ttl, shutdown.as_mut()).await
+        }
+    };
+    info!("shutting down");
+    stop_admin.stop().await;
+    shim.shutdown();
+    result
+}
+
+/// Starts DNS from its persisted snapshot. With a separate DNS server this process keeps
+/// the same view without sockets, beside (not in) the directory of the `lifeline dns`
+/// that answers.
+async fn start_dns(config: &Config) -> anyhow::Result<ShimHandle> {
     let shim = if config.dns_server.separate {
         let mut dns = config.dns.clone();
         let mut own = dns.data_dir.clone().into_os_string();
@@ -129,78 +177,53 @@ pub async fn run(
     }
     .context("starting DNS")?;
     info!(udp = ?shim.udp_addrs(), tcp = ?shim.tcp_addrs(), ready = shim.state().ready, "DNS answering");
+    Ok(shim)
+}
 
-    // 2. Admin API.
-    let metrics = Arc::new(Metrics::default());
+/// The admin API's task, and how to stop it.
+struct AdminTask {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl AdminTask {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Serves the admin API on `admin`, with the controller's and the DNS server's metrics.
+/// `token` is the bearer token, if any, and who a change made with it is recorded as.
+fn start_admin(
+    admin: tokio::net::TcpListener,
+    (token, token_identity): (Option<String>, String),
+    routes: ExtraRoutes,
+    metrics: &Metrics,
+    shim: &ShimHandle,
+) -> anyhow::Result<(Arc<AdminState>, AdminTask)> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     shim.metrics().register(&mut registry);
     let admin_addr: SocketAddr = admin.local_addr()?;
-    let dns_for_ready = shim.clone();
+    let dns = shim.clone();
     let state = Arc::new(AdminState {
         view: Default::default(),
         store: Default::default(),
-        token: admin_token,
-        token_identity: config.admin.token_identity.clone(),
+        token,
+        token_identity,
         loopback: admin::is_loopback(&admin_addr),
-        dns_ready: Box::new(move || dns_for_ready.state().ready),
+        dns_ready: Box::new(move || dns.state().ready),
         registry,
         overrides_changed: tokio::sync::Notify::new(),
     });
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut admin_stop = stop_rx.clone();
-    let admin_task = tokio::spawn(admin::serve(
-        admin,
-        state.clone(),
-        admin_routes,
-        async move {
-            let _ = admin_stop.wait_for(|s| *s).await;
-        },
-    ));
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let until = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let task = tokio::spawn(admin::serve(admin, state.clone(), routes, until));
     info!(%admin_addr, "admin API listening");
-    if let Some(f) = on_ready {
-        f(state.clone(), shim.clone());
-    }
-
-    let management_client = match &documents {
-        Documents::Kubernetes {
-            kubeconfig,
-            namespace,
-        } => Some((
-            management_client(kubeconfig.as_deref(), &config).await?,
-            namespace.clone(),
-        )),
-        _ => None,
-    };
-    let credential_key = credential_key(&config);
-    let mut shared = Shared {
-        // Building the client contacts nothing; only the leader watches (see
-        // `leader::lead`), so management API load does not grow with replicas.
-        policy_feed: PolicyFeed::new(documents, config.zone_rules(), management_client),
-        config,
-        metrics,
-        state,
-        identity: replica_identity(),
-        namespace: crate::fleet::own_namespace(),
-        credential_key,
-        // Set only by tests.
-        test_faults,
-    };
-    let mut shutdown = std::pin::pin!(shutdown);
-    let result = match shared.config.store.clone() {
-        StoreConfig::Embedded { data_dir } => {
-            run_embedded(&mut shared, &shim, &data_dir, shutdown.as_mut()).await
-        }
-        StoreConfig::Etcd { lease_ttl, .. } => {
-            run_replica(&mut shared, &shim, lease_ttl, shutdown.as_mut()).await
-        }
-    };
-
-    info!("shutting down");
-    let _ = stop_tx.send(true);
-    let _ = admin_task.await;
-    shim.shutdown();
-    result
+    Ok((state, AdminTask { stop, task }))
 }
 
 /// The key for cached member kubeconfigs. A key file that cannot be used is reported
@@ -315,18 +338,9 @@ async fn run_replica(
     );
     let identity = shared.identity.clone();
     let result = async {
-        // Connecting fails fast while etcd is down; DNS is already answering, so retry.
-        let etcd = loop {
-            tokio::select! {
-                _ = shutdown.as_mut() => return Ok(()),
-                r = EtcdStore::connect(&connect, &prefix) => match r {
-                    Ok(s) => break s,
-                    Err(e) => {
-                        warn!(error = %e, "cannot reach etcd yet; DNS keeps answering from its snapshot");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                },
-            }
+        let etcd = tokio::select! {
+            _ = shutdown.as_mut() => return Ok(()),
+            etcd = connect_etcd(&connect, &prefix) => etcd,
         };
         let _ = shared.state.store.set(Store::Etcd(etcd.clone()));
         let leadership = Leadership::new(&etcd, identity.clone(), ttl);
@@ -339,21 +353,7 @@ async fn run_replica(
                 _ = follow_status(&etcd, &shared.state) => unreachable!("follow_status never returns"),
             };
             info!(%identity, "elected leader");
-            // Seed the publisher with what etcd holds, so the first publish is a patch.
-            // What every replica serves is what etcd holds: a term with no decision to
-            // resume starts from it.
-            let mut publisher = Publisher::new(&shared.config.zone_origins(), 0)
-                .with_fixed(shared.config.nameserver_records());
-            let served = match etcd.records().await {
-                Ok(records) => {
-                    publisher.seed(records.clone());
-                    records
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot read published records; republishing every zone");
-                    Default::default()
-                }
-            };
+            let (publisher, served) = publisher_from_etcd(&etcd, &shared.config).await;
             let stop = async {
                 tokio::select! {
                     _ = shutdown.as_mut() => TermEnd::Shutdown,
@@ -379,6 +379,38 @@ async fn run_replica(
     source.abort();
     overrides_source.abort();
     result
+}
+
+/// Connects to etcd. Connecting fails fast while etcd is down; DNS is already
+/// answering, so this retries every second until it succeeds.
+async fn connect_etcd(connect: &lifeline_etcd::source::EtcdConnect, prefix: &str) -> EtcdStore {
+    loop {
+        match EtcdStore::connect(connect, prefix).await {
+            Ok(s) => return s,
+            Err(e) => {
+                warn!(error = %e, "cannot reach etcd yet; DNS keeps answering from its snapshot");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// A publisher seeded with what etcd holds, so a term's first publish is a patch, and
+/// those records: what every replica serves, where a term with no decision to resume
+/// starts from.
+async fn publisher_from_etcd(etcd: &EtcdStore, config: &Config) -> (Publisher, ZoneRecords) {
+    let mut publisher =
+        Publisher::new(&config.zone_origins(), 0).with_fixed(config.nameserver_records());
+    match etcd.records().await {
+        Ok(records) => {
+            publisher.seed(records.clone());
+            (publisher, records)
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read published records; republishing every zone");
+            (publisher, Default::default())
+        }
+    }
 }
 
 /// A client for the management cluster, under the same API budget as member clusters.
