@@ -426,21 +426,34 @@ pub struct ReleaseRequest {
     pub reason: String,
 }
 
+/// Why a release is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseRefused {
+    #[error("author and reason are required")]
+    Unsigned,
+    #[error("no policy change is held")]
+    NothingHeld,
+    #[error(
+        "the held change is {held}, not {asked}: it changed since you looked; check `lifeline ctl status` again"
+    )]
+    Changed { held: String, asked: String },
+}
+
 /// Checks a release against what is held and turns it into the stored form.
 pub fn release_from_request(
     req: ReleaseRequest,
     held: Option<&PolicyHold>,
     now: SystemTime,
-) -> Result<PolicyRelease, String> {
+) -> Result<PolicyRelease, ReleaseRefused> {
     if req.author.trim().is_empty() || req.reason.trim().is_empty() {
-        return Err("author and reason are required".to_owned());
+        return Err(ReleaseRefused::Unsigned);
     }
     match held {
-        None => Err("no policy change is held".to_owned()),
-        Some(h) if h.fingerprint != req.fingerprint => Err(format!(
-            "the held change is {}, not {}: it changed since you looked; check `lifeline ctl status` again",
-            h.fingerprint, req.fingerprint
-        )),
+        None => Err(ReleaseRefused::NothingHeld),
+        Some(h) if h.fingerprint != req.fingerprint => Err(ReleaseRefused::Changed {
+            held: h.fingerprint.clone(),
+            asked: req.fingerprint,
+        }),
         Some(_) => Ok(PolicyRelease {
             fingerprint: req.fingerprint,
             by: req.author,
@@ -481,7 +494,7 @@ async fn release_policy_change(
     let author = req.author.clone();
     let mut release = match release_from_request(req, held.as_ref(), SystemTime::now()) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::CONFLICT, e),
+        Err(e) => return error(StatusCode::CONFLICT, e.to_string()),
     };
     release.by = caller.0;
     if let Err(e) = store.release_policy_change(&release).await {
@@ -569,7 +582,7 @@ impl Known {
 pub enum Refused {
     /// The request is malformed (400).
     #[error("{0}")]
-    Invalid(String),
+    Invalid(#[from] Invalid),
     /// It names a cluster or policy the policy set does not define (422).
     #[error("{0}")]
     Unknown(String),
@@ -594,7 +607,7 @@ pub fn override_from_request(
 ) -> Result<Override, Refused> {
     use Refused::{Invalid, Unknown};
     if req.cluster.is_empty() {
-        return Err(Invalid("cluster: must not be empty".to_owned()));
+        return Err(Invalid(self::Invalid::NoCluster));
     }
     let list = |names: &BTreeSet<String>| names.iter().cloned().collect::<Vec<_>>().join(", ");
     if !known.is_empty() && !known.clusters.contains(&req.cluster) {
@@ -618,53 +631,70 @@ pub fn override_from_request(
         )));
     }
     let req = OverrideRequest { policy, ..req };
-    override_checked(req, now).map_err(Invalid)
+    Ok(override_checked(req, now)?)
+}
+
+/// What is malformed in an override request.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    #[error("cluster: must not be empty")]
+    NoCluster,
+    #[error("weight: {0} is out of range: must be between 0 and 1000")]
+    WeightRange(u32),
+    #[error("weight: is required when action is weight")]
+    NoWeight,
+    #[error("weight: is only allowed when action is weight")]
+    NeedlessWeight,
+    #[error("action: unknown action {0:?}: expected drain, pin or weight")]
+    Action(String),
+    #[error("for: {0}")]
+    Duration(String),
+    #[error("for: {0:?} must be more than 0 and at most 168h")]
+    DurationRange(String),
+    #[error("author: must not be empty")]
+    NoAuthor,
+    #[error("reason: must not be empty")]
+    NoReason,
+}
+
+/// As many overrides are in force as are allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("{active} overrides are in force, the most allowed ({max}); clear some first")]
+pub struct Full {
+    active: usize,
+    max: usize,
 }
 
 /// `Err` when [`lifeline_model::limits::OVERRIDES_MAX`] overrides are in force already.
-pub fn room_for_one_more(all: &[Override], now: SystemTime) -> Result<(), String> {
+pub fn room_for_one_more(all: &[Override], now: SystemTime) -> Result<(), Full> {
     let active = all.iter().filter(|o| o.is_active(now)).count();
-    if active >= lifeline_model::limits::OVERRIDES_MAX {
-        return Err(format!(
-            "{active} overrides are in force, the most allowed ({}); clear some first",
-            lifeline_model::limits::OVERRIDES_MAX
-        ));
+    let max = lifeline_model::limits::OVERRIDES_MAX;
+    if active >= max {
+        return Err(Full { active, max });
     }
     Ok(())
 }
 
-fn override_checked(req: OverrideRequest, now: SystemTime) -> Result<Override, String> {
+fn override_checked(req: OverrideRequest, now: SystemTime) -> Result<Override, Invalid> {
     let action = match (req.action.as_str(), req.weight) {
         ("drain", None) => OverrideAction::Drain,
         ("pin", None) => OverrideAction::Pin,
         ("weight", Some(w)) if w <= 1000 => OverrideAction::Weight(w),
-        ("weight", Some(w)) => {
-            return Err(format!(
-                "weight: {w} is out of range: must be between 0 and 1000"
-            ));
-        }
-        ("weight", None) => return Err("weight: is required when action is weight".to_owned()),
-        ("drain" | "pin", Some(_)) => {
-            return Err("weight: is only allowed when action is weight".to_owned());
-        }
-        (other, _) => {
-            return Err(format!(
-                "action: unknown action {other:?}: expected drain, pin or weight"
-            ));
-        }
+        ("weight", Some(w)) => return Err(Invalid::WeightRange(w)),
+        ("weight", None) => return Err(Invalid::NoWeight),
+        ("drain" | "pin", Some(_)) => return Err(Invalid::NeedlessWeight),
+        (other, _) => return Err(Invalid::Action(other.to_owned())),
     };
-    let duration = lifeline_crds::parse_duration(&req.duration).map_err(|e| format!("for: {e}"))?;
+    let duration = lifeline_crds::parse_duration(&req.duration)
+        .map_err(|e| Invalid::Duration(e.to_string()))?;
     if duration.is_zero() || duration > MAX_OVERRIDE {
-        return Err(format!(
-            "for: {:?} must be more than 0 and at most 168h",
-            req.duration
-        ));
+        return Err(Invalid::DurationRange(req.duration));
     }
     if req.author.trim().is_empty() {
-        return Err("author: must not be empty".to_owned());
+        return Err(Invalid::NoAuthor);
     }
     if req.reason.trim().is_empty() {
-        return Err("reason: must not be empty".to_owned());
+        return Err(Invalid::NoReason);
     }
     let millis = now
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -724,7 +754,7 @@ async fn create_override(
     match store.overrides().await {
         Ok(all) => {
             if let Err(full) = room_for_one_more(&all, o.created_at) {
-                return error(StatusCode::CONFLICT, full);
+                return error(StatusCode::CONFLICT, full.to_string());
             }
         }
         Err(e) => {

@@ -74,13 +74,24 @@ pub enum Error {
     #[error(
         "{path} is unreadable ({problem}); its last good copy stays in force and changes are refused until the file is repaired or removed"
     )]
-    Unreadable { path: PathBuf, problem: String },
+    Unreadable { path: PathBuf, problem: Unusable },
     /// A cluster name that cannot name a stored file.
     #[error("{0:?} cannot name a stored file (empty, starts with '.', or contains '/')")]
     BadName(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a stored file that exists cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    #[error("cannot read it: {0}")]
+    Read(std::io::Error),
+    #[error("unknown format {0}")]
+    Format(u32),
+    #[error("does not decode: {0}")]
+    Decode(serde_json::Error),
+}
 
 /// Format version of every stored file; a file with another version is not read.
 const FORMAT: u32 = 1;
@@ -586,17 +597,17 @@ impl EmbeddedStore {
 
     /// `Ok(None)` when the file does not exist; `Err` says why an existing one is
     /// unusable.
-    fn read_strict<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, String> {
+    fn read_strict<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, Unusable> {
         let path = self.dir.join(name);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read it: {e}")),
+            Err(e) => return Err(Unusable::Read(e)),
         };
         match serde_json::from_slice::<Envelope<T>>(&bytes) {
             Ok(env) if env.format == FORMAT => Ok(Some(env.value)),
-            Ok(env) => Err(format!("unknown format {}", env.format)),
-            Err(e) => Err(format!("does not decode: {e}")),
+            Ok(env) => Err(Unusable::Format(env.format)),
+            Err(e) => Err(Unusable::Decode(e)),
         }
     }
 

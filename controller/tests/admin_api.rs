@@ -281,7 +281,7 @@ fn no_more_overrides_are_taken_once_the_most_allowed_are_in_force() {
     let mut all: Vec<_> = (0..max - 1).map(|i| one(i, later)).collect();
     assert!(lifeline_controller::admin::room_for_one_more(&all, now).is_ok());
     all.push(one(max, later));
-    let full = lifeline_controller::admin::room_for_one_more(&all, now).unwrap_err();
+    let full = (lifeline_controller::admin::room_for_one_more(&all, now).unwrap_err()).to_string();
     assert!(full.contains("the most allowed (1000)"), "{full}");
     // Expired ones do not count.
     all[0].expires_at = now;
