@@ -453,6 +453,32 @@ struct Prepared<V> {
     negative_ttl: u32,
 }
 
+impl<V> Prepared<V> {
+    /// The table of the zone: `names` compiled ahead, and `lazy`, when set, what is
+    /// built per query.
+    fn into_table(
+        self,
+        snapshot: &ZoneSnapshot,
+        opts: CompileOptions,
+        names: NameMap<NameEntry>,
+        lazy: Option<Lazy>,
+    ) -> ZoneTable {
+        ZoneTable {
+            origin: self.origin,
+            apex: self.apex,
+            revision: snapshot.revision,
+            decided_at: snapshot.decided_at,
+            soa_rdata: self.soa_rdata.into(),
+            negative_ttl: self.negative_ttl,
+            names,
+            rejected: self.rejected,
+            name_count: snapshot.names.len(),
+            ttl_capped: opts.ttl_cap.is_some(),
+            lazy,
+        }
+    }
+}
+
 fn prepare<'s, V>(
     zone: &ZoneConfig,
     snapshot: &'s ZoneSnapshot,
@@ -525,19 +551,7 @@ pub fn compile_zone(
         lookup: &lookup,
     };
     let names = build_entries(&cx, &p.records, &p.apex);
-    ZoneTable {
-        origin: p.origin,
-        apex: p.apex.clone(),
-        revision: snapshot.revision,
-        decided_at: snapshot.decided_at,
-        soa_rdata: p.soa_rdata.into(),
-        negative_ttl: p.negative_ttl,
-        names,
-        rejected: p.rejected,
-        name_count: snapshot.names.len(),
-        ttl_capped: opts.ttl_cap.is_some(),
-        lazy: None,
-    }
+    p.into_table(snapshot, opts, names, None)
 }
 
 /// Indexes a zone without pre-serialising its answers: a fraction of the work of
@@ -552,10 +566,10 @@ pub fn index_zone(
     let origin = wire::normalize_name(&zone.origin, "").unwrap_or_default();
     let canonical = snapshot.names.keys().all(|k| is_canonical(k, &origin));
     if canonical {
-        return index_canonical(zone, snapshot, geo, opts, origin);
+        return index_canonical(zone, snapshot, geo, opts);
     }
-    let p = prepare(zone, &snapshot, opts, |key, _| Some(Box::<str>::from(key)));
-    let mut index = p.records;
+    let mut p = prepare(zone, &snapshot, opts, |key, _| Some(Box::<str>::from(key)));
+    let mut index = std::mem::take(&mut p.records);
     index.entry(p.apex.clone()).or_insert(None);
     let owners: Vec<Box<[u8]>> = index
         .keys()
@@ -574,25 +588,14 @@ pub fn index_zone(
             cur = parent;
         }
     }
-    ZoneTable {
-        origin: p.origin,
-        apex: p.apex,
-        revision: snapshot.revision,
-        decided_at: snapshot.decided_at,
-        soa_rdata: p.soa_rdata.into(),
-        negative_ttl: p.negative_ttl,
-        names: NameMap::default(),
-        rejected: p.rejected,
-        name_count: snapshot.names.len(),
-        ttl_capped: opts.ttl_cap.is_some(),
-        lazy: Some(Lazy {
-            snapshot,
-            keys: Keys::Index(index),
-            zone: zone.clone(),
-            geo,
-            opts,
-        }),
-    }
+    let lazy = Lazy {
+        snapshot: snapshot.clone(),
+        keys: Keys::Index(index),
+        zone: zone.clone(),
+        geo,
+        opts,
+    };
+    p.into_table(&snapshot, opts, NameMap::default(), Some(lazy))
 }
 
 /// [`index_zone`] for a snapshot whose keys are all canonical: only the empty
@@ -602,7 +605,6 @@ fn index_canonical(
     snapshot: Arc<ZoneSnapshot>,
     geo: Arc<GeoTable>,
     opts: CompileOptions,
-    origin: String,
 ) -> ZoneTable {
     let empty = ZoneSnapshot::empty(
         snapshot.zone.clone(),
@@ -629,25 +631,16 @@ fn index_canonical(
             rest = parent;
         }
     }
-    ZoneTable {
-        origin,
-        apex: p.apex,
-        revision: snapshot.revision,
-        decided_at: snapshot.decided_at,
-        soa_rdata: p.soa_rdata.into(),
-        negative_ttl: p.negative_ttl,
-        names: NameMap::default(),
-        rejected: Vec::new(),
-        name_count: snapshot.names.len(),
-        ttl_capped: opts.ttl_cap.is_some(),
-        lazy: Some(Lazy {
-            snapshot,
-            keys: Keys::Canonical { ents },
-            zone: zone.clone(),
-            geo,
-            opts,
-        }),
-    }
+    let lazy = Lazy {
+        snapshot: snapshot.clone(),
+        keys: Keys::Canonical { ents },
+        zone: zone.clone(),
+        geo,
+        opts,
+    };
+    // Prepared from no names, so nothing is rejected yet: the full compile that replaces
+    // this table reports what it rejects.
+    p.into_table(&snapshot, opts, NameMap::default(), Some(lazy))
 }
 
 /// Zones this large are compiled on two threads: it halves warm start on big zones.
