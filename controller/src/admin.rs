@@ -463,24 +463,31 @@ pub fn release_from_request(
     }
 }
 
+/// A `/v1` request's JSON body, and the store it changes; the answer to send instead
+/// when the body is malformed (naming where) or the store is not reachable yet.
+fn request<T: serde::de::DeserializeOwned>(
+    state: &AdminState,
+    body: &[u8],
+    what: &str,
+) -> Result<(T, Store), Response> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let req = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = format!("invalid {what} request at {path}: {}", e.inner());
+        error(StatusCode::BAD_REQUEST, message)
+    })?;
+    let store = state.store().ok_or_else(not_connected)?;
+    Ok((req, store))
+}
+
 async fn release_policy_change(
     State(state): State<Arc<AdminState>>,
     Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Response {
-    let mut de = serde_json::Deserializer::from_slice(&body);
-    let req: ReleaseRequest = match serde_path_to_error::deserialize(&mut de) {
-        Ok(r) => r,
-        Err(e) => {
-            let path = e.path().to_string();
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid release request at {path}: {}", e.inner()),
-            );
-        }
-    };
-    let Some(store) = state.store() else {
-        return not_connected();
+    let (req, store) = match request::<ReleaseRequest>(&state, &body, "release") {
+        Ok(parts) => parts,
+        Err(refused) => return refused,
     };
     let held = match store.policy_hold().await {
         Ok(h) => h,
@@ -720,19 +727,9 @@ async fn create_override(
     Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Response {
-    let mut de = serde_json::Deserializer::from_slice(&body);
-    let req: OverrideRequest = match serde_path_to_error::deserialize(&mut de) {
-        Ok(r) => r,
-        Err(e) => {
-            let path = e.path().to_string();
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid override request at {path}: {}", e.inner()),
-            );
-        }
-    };
-    let Some(store) = state.store() else {
-        return not_connected();
+    let (req, store) = match request::<OverrideRequest>(&state, &body, "override") {
+        Ok(parts) => parts,
+        Err(refused) => return refused,
     };
     // The leader knows the set in force; a follower reads the set the leader saved.
     let mut known = (*state.view().known).clone();
