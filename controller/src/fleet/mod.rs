@@ -112,6 +112,14 @@ fn needs_watcher(c: &MemberCluster) -> bool {
     c.spec.address_source != AddressSource::Static
 }
 
+/// The targets of policies without a health check, which member views judge, with
+/// their policy.
+fn hint_only(snapshot: &PolicySnapshot) -> impl Iterator<Item = (&FailoverPolicy, &str)> {
+    (snapshot.policies.iter())
+        .filter(|p| p.spec.health_check.is_none())
+        .flat_map(|p| (p.spec.targets.iter().flatten()).map(move |t| (p, t.cluster.as_str())))
+}
+
 /// The clusters that need a watcher, by name, with the services their policies look for.
 type Wanted<'a> = BTreeMap<String, (&'a MemberCluster, BTreeSet<ServiceKey>)>;
 
@@ -315,30 +323,21 @@ impl Fleet {
         snapshot: &PolicySnapshot,
         at: SystemTime,
     ) -> Vec<(TargetKey, Observation)> {
-        let views = self.views();
         let mut out = Vec::new();
-        for p in snapshot
-            .policies
-            .iter()
-            .filter(|p| p.spec.health_check.is_none())
-        {
-            let Some(service) = service_of(p) else {
+        for (p, cluster) in hint_only(snapshot) {
+            let (Some(service), Some(w)) = (service_of(p), self.watchers.get(cluster)) else {
                 continue;
             };
-            for t in p.spec.targets.iter().flatten() {
-                let Some(s) = views.get(&t.cluster).and_then(|v| v.services.get(&service)) else {
-                    continue;
-                };
-                let ok = !s.unhealthy_hint();
-                out.push((
-                    TargetKey::new(policy_id(p), &t.cluster),
-                    Observation {
-                        at,
-                        ok,
-                        detail: format!("{} ready endpoints", s.ready_endpoints),
-                    },
-                ));
-            }
+            let view = w.view.borrow();
+            let Some(s) = view.services.get(&service) else {
+                continue;
+            };
+            let observation = Observation {
+                at,
+                ok: !s.unhealthy_hint(),
+                detail: format!("{} ready endpoints", s.ready_endpoints),
+            };
+            out.push((TargetKey::new(policy_id(p), cluster), observation));
         }
         out
     }
@@ -346,20 +345,11 @@ impl Fleet {
     /// Control-plane reachability of hint-only targets (targets with a health check are
     /// judged by the data plane, which an API outage does not stop).
     pub fn sources(&self, snapshot: &PolicySnapshot) -> BTreeMap<TargetKey, SourceState> {
-        let views = self.views();
         let mut out = BTreeMap::new();
-        for p in snapshot
-            .policies
-            .iter()
-            .filter(|p| p.spec.health_check.is_none())
-        {
-            for t in p.spec.targets.iter().flatten() {
-                if let Some(view) = views.get(&t.cluster) {
-                    out.insert(
-                        TargetKey::new(policy_id(p), &t.cluster),
-                        view.control_plane.source_state(),
-                    );
-                }
+        for (p, cluster) in hint_only(snapshot) {
+            if let Some(w) = self.watchers.get(cluster) {
+                let state = w.view.borrow().control_plane.source_state();
+                out.insert(TargetKey::new(policy_id(p), cluster), state);
             }
         }
         out
