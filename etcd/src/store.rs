@@ -678,12 +678,7 @@ impl EtcdStore {
     pub async fn put_override(&self, o: &Override, by: &str) -> Result<()> {
         let key = self.key(&["overrides", &o.id])?;
         let value = Self::encode(&key, o, None)?;
-        let audit = self.audit_op(&AuditEntry {
-            at: SystemTime::now(),
-            action: "set".to_owned(),
-            by: by.to_owned(),
-            r#override: o.clone(),
-        })?;
+        let audit = self.audit_op(&AuditEntry::set(o.clone(), by, SystemTime::now()))?;
         let txn = Txn::new().and_then([TxnOp::put(key, value, None), audit]);
         let mut kv = self.client.kv_client();
         timed(self.timeout, kv.txn(txn)).await?;
@@ -710,12 +705,7 @@ impl EtcdStore {
             if !pred(&o) {
                 continue;
             }
-            let audit = self.audit_op(&AuditEntry {
-                at: SystemTime::now(),
-                action: "cleared".to_owned(),
-                by: by.to_owned(),
-                r#override: o.clone(),
-            })?;
+            let audit = self.audit_op(&AuditEntry::cleared(o.clone(), by, SystemTime::now()))?;
             let txn = Txn::new()
                 .when([Compare::mod_revision(
                     kv.key(),

@@ -143,6 +143,27 @@ pub struct AuditEntry {
     pub r#override: Override,
 }
 
+impl AuditEntry {
+    /// `by` set `o` at `at`.
+    pub fn set(o: Override, by: &str, at: SystemTime) -> Self {
+        Self::of("set", o, by, at)
+    }
+
+    /// `by` cleared `o` at `at`.
+    pub fn cleared(o: Override, by: &str, at: SystemTime) -> Self {
+        Self::of("cleared", o, by, at)
+    }
+
+    fn of(action: &str, o: Override, by: &str, at: SystemTime) -> Self {
+        Self {
+            at,
+            action: action.to_owned(),
+            by: by.to_owned(),
+            r#override: o,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{net::IpAddr, time::Duration};

@@ -158,12 +158,7 @@ impl EmbeddedStore {
         all.retain(|x| x.id != o.id);
         all.push(o.clone());
         self.save_overrides(&all)?;
-        self.audit_append(AuditEntry {
-            at: SystemTime::now(),
-            action: "set".to_owned(),
-            by: by.to_owned(),
-            r#override: o,
-        })
+        self.audit_append(AuditEntry::set(o, by, SystemTime::now()))
     }
 
     /// Removes overrides matching `pred`, records each in the audit log, and returns them.
@@ -182,12 +177,7 @@ impl EmbeddedStore {
         }
         self.save_overrides(&kept)?;
         for o in &removed {
-            self.audit_append(AuditEntry {
-                at: SystemTime::now(),
-                action: "cleared".to_owned(),
-                by: by.to_owned(),
-                r#override: o.clone(),
-            })?;
+            self.audit_append(AuditEntry::cleared(o.clone(), by, SystemTime::now()))?;
         }
         Ok(removed)
     }
