@@ -131,24 +131,22 @@ fn key_of(obj: &DynamicObject, kind: Kind) -> String {
 fn decode(obj: &DynamicObject, kind: Kind) -> Result<Decoded, Vec<Problem>> {
     let value = serde_json::to_value(obj).map_err(|e| vec![Problem::new("", e.to_string())])?;
     match kind {
-        Kind::Policy => {
-            let p: FailoverPolicy = document::decode(value).map_err(|p| vec![p])?;
-            let problems = validate::failover_policy(&p);
-            if problems.is_empty() {
-                Ok(Decoded::Policy(p))
-            } else {
-                Err(problems)
-            }
-        }
-        Kind::Cluster => {
-            let c: MemberCluster = document::decode(value).map_err(|p| vec![p])?;
-            let problems = validate::member_cluster(&c);
-            if problems.is_empty() {
-                Ok(Decoded::Cluster(c))
-            } else {
-                Err(problems)
-            }
-        }
+        Kind::Policy => checked(value, validate::failover_policy).map(Decoded::Policy),
+        Kind::Cluster => checked(value, validate::member_cluster).map(Decoded::Cluster),
+    }
+}
+
+/// `value` decoded as a `T` that `validate` finds no problem with.
+fn checked<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    validate: fn(&T) -> Vec<Problem>,
+) -> Result<T, Vec<Problem>> {
+    let object: T = document::decode(value).map_err(|p| vec![p])?;
+    let problems = validate(&object);
+    if problems.is_empty() {
+        Ok(object)
+    } else {
+        Err(problems)
     }
 }
 
