@@ -278,14 +278,14 @@ fn request<T: serde::de::DeserializeOwned>(
     state: &AdminState,
     body: &[u8],
     what: &str,
-) -> Result<(T, Store), Response> {
+) -> Result<(T, Store), Box<Response>> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let req = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let message = format!("invalid {what} request at {path}: {}", e.inner());
-        error(StatusCode::BAD_REQUEST, message)
+        Box::new(error(StatusCode::BAD_REQUEST, message))
     })?;
-    let store = state.store().ok_or_else(not_connected)?;
+    let store = state.store().ok_or_else(|| Box::new(not_connected()))?;
     Ok((req, store))
 }
 

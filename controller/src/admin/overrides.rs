@@ -72,7 +72,7 @@ pub(super) async fn release_policy_change(
 ) -> Response {
     let (req, store) = match request::<ReleaseRequest>(&state, &body, "release") {
         Ok(parts) => parts,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let held = match store.policy_hold().await {
         Ok(h) => h,
@@ -314,7 +314,7 @@ pub(super) async fn create_override(
 ) -> Response {
     let (req, store) = match request::<OverrideRequest>(&state, &body, "override") {
         Ok(parts) => parts,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     // The leader knows the set in force; a follower reads the set the leader saved.
     let mut known = (*state.view().known).clone();
