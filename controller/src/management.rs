@@ -119,10 +119,7 @@ enum Kind {
 fn key_of(obj: &DynamicObject, kind: Kind) -> String {
     let name = obj.metadata.name.clone().unwrap_or_default();
     match kind {
-        Kind::Policy => format!(
-            "{}/{name}",
-            obj.metadata.namespace.as_deref().unwrap_or("default")
-        ),
+        Kind::Policy => format!("{}/{name}", lifeline_crds::namespace_of(&obj.metadata)),
         Kind::Cluster => name,
     }
 }

@@ -21,11 +21,7 @@ impl Document {
     /// `Kind/name` (with namespace for policies) for messages.
     pub fn describe(&self) -> String {
         match self {
-            Document::FailoverPolicy(p) => format!(
-                "FailoverPolicy {}/{}",
-                p.metadata.namespace.as_deref().unwrap_or("default"),
-                p.metadata.name.as_deref().unwrap_or("")
-            ),
+            Document::FailoverPolicy(p) => format!("FailoverPolicy {}", p.id()),
             Document::MemberCluster(c) => {
                 format!("MemberCluster {}", c.metadata.name.as_deref().unwrap_or(""))
             }

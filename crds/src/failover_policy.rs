@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -348,6 +348,28 @@ fn default_ramp_duration() -> Duration {
 }
 fn default_ramp_steps() -> u32 {
     4
+}
+
+/// Where a policy that names no namespace lives, as the API server defaults it.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The namespace `metadata` names, [`DEFAULT_NAMESPACE`] when it names none.
+pub fn namespace_of(metadata: &ObjectMeta) -> &str {
+    metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+}
+
+impl FailoverPolicy {
+    /// `namespace/name`: how a policy is named everywhere (decisions, status,
+    /// overrides, the store), the namespace defaulted as the API server does.
+    pub fn id(&self) -> String {
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        format!("{}/{name}", namespace_of(&self.metadata))
+    }
+
+    /// The policy's namespace, defaulted.
+    pub fn namespace_or_default(&self) -> &str {
+        namespace_of(&self.metadata)
+    }
 }
 
 /// Observed state of a policy, written by the leader.

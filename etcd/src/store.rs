@@ -547,9 +547,8 @@ impl EtcdStore {
     pub async fn mirror_policies(&self, leader: &Leader, snapshot: &PolicySnapshot) -> Result<()> {
         let mut wanted: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         for p in &snapshot.policies {
-            let ns = p.metadata.namespace.as_deref().unwrap_or("default");
             let name = p.metadata.name.as_deref().unwrap_or_default();
-            let key = self.key(&["policies", ns, name])?;
+            let key = self.key(&["policies", p.namespace_or_default(), name])?;
             let value = Self::encode(&key, p, None)?;
             wanted.insert(key, value);
         }

@@ -100,12 +100,8 @@ struct Watched {
 /// The service a policy looks for, as `(namespace, name)`.
 fn service_of(p: &FailoverPolicy) -> Option<ServiceKey> {
     let s = p.spec.service.as_ref()?;
-    let ns = s
-        .namespace
-        .clone()
-        .or_else(|| p.metadata.namespace.clone())
-        .unwrap_or_else(|| "default".to_owned());
-    Some((ns, s.name.clone()))
+    let ns = s.namespace.as_deref().unwrap_or(p.namespace_or_default());
+    Some((ns.to_owned(), s.name.clone()))
 }
 
 fn needs_watcher(c: &MemberCluster) -> bool {
