@@ -3,6 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    hash::{Hash, Hasher},
     path::PathBuf,
     time::{Duration, SystemTime},
 };
@@ -38,6 +39,8 @@ pub(crate) struct PolicyFeed {
     /// is left out of the set (a hostname owned by an older policy, a zone it may not
     /// publish in) or served with the problem reported (an unknown cluster).
     pub set_problems: BTreeMap<String, (SetReason, String)>,
+    /// What the last set loaded means (see [`meaning`]).
+    meaning: Option<(String, u64)>,
 }
 
 impl PolicyFeed {
@@ -53,6 +56,7 @@ impl PolicyFeed {
             management_client,
             management: None,
             set_problems: BTreeMap::new(),
+            meaning: None,
         }
     }
 
@@ -69,6 +73,30 @@ impl PolicyFeed {
 
     /// Loads the documents. `Err` carries every problem; the caller keeps its last good set.
     pub(super) fn load(&mut self) -> Result<PolicySnapshot, Vec<String>> {
+        let loaded = self.read();
+        if let Ok(set) = &loaded {
+            self.meaning = Some(meaning(set));
+        }
+        loaded
+    }
+
+    /// Loads the documents again when they changed and now make a set that means
+    /// something else than the last set loaded; `None` otherwise. The leader's own
+    /// status writes change the CRs' resource versions, and an editor may save a file
+    /// unchanged: neither is a new policy set.
+    pub(super) fn reload(&mut self) -> Option<Result<PolicySnapshot, Vec<String>>> {
+        if !self.changed() {
+            return None;
+        }
+        let before = self.meaning.clone();
+        let loaded = self.load();
+        match &loaded {
+            Ok(_) if self.meaning == before => None,
+            _ => Some(loaded),
+        }
+    }
+
+    fn read(&mut self) -> Result<PolicySnapshot, Vec<String>> {
         match &self.docs {
             Documents::Inline { policies, clusters } => Ok(PolicySnapshot {
                 policies: policies.clone(),
@@ -120,7 +148,7 @@ impl PolicyFeed {
     /// True when a file changed since the last load. Polling the modification time and
     /// size once a second is enough for files an operator edits, and it also sees the
     /// symlink swaps of a mounted ConfigMap, which inotify-style watches can miss.
-    pub(super) fn changed(&self) -> bool {
+    fn changed(&self) -> bool {
         match &self.docs {
             Documents::Files(paths) => Self::stamp(paths) != self.stamps,
             Documents::Inline { .. } => false,
@@ -130,6 +158,18 @@ impl PolicyFeed {
                 .is_some_and(|(_, view)| view.has_changed().unwrap_or(false)),
         }
     }
+}
+
+/// What a policy set means: its content's fingerprint (each document's name and spec,
+/// as the change hold knows it) and a digest of the documents' annotations, which carry
+/// test faults. Resource versions, managed fields and status are left out.
+fn meaning(set: &PolicySnapshot) -> (String, u64) {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let policies = set.policies.iter().map(|p| &p.metadata.annotations);
+    for annotations in policies.chain(set.clusters.iter().map(|c| &c.metadata.annotations)) {
+        annotations.hash(&mut h);
+    }
+    (super::change_hold::fingerprint(set), h.finish())
 }
 
 /// Applies the cross-document checks to CRs: each policy is judged on its own, so one
@@ -197,5 +237,69 @@ pub(super) async fn usable_policies(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leader::TEST_FAULT;
+
+    const POLICY: &str = "apiVersion: lifeline.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: one}
+spec: {region: eu, addressSource: Static, addresses: [192.0.2.1]}
+---
+apiVersion: lifeline.dev/v1alpha1
+kind: FailoverPolicy
+metadata: {name: web, namespace: shop}
+spec: {hostname: web.global.example.com, ttl: TTL, targets: [{cluster: one}]}
+";
+
+    #[test]
+    fn a_file_saved_unchanged_is_not_a_new_set_and_an_edit_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policies.yaml");
+        std::fs::write(&path, POLICY.replace("TTL", "30")).unwrap();
+        let mut feed = PolicyFeed::new(Documents::Files(vec![path.clone()]), Vec::new(), None);
+        assert_eq!(feed.load().unwrap().policies.len(), 1);
+        assert!(feed.reload().is_none(), "nothing changed");
+
+        // Saved again with the same content: the stamp moves, the meaning does not.
+        let later = SystemTime::now() + Duration::from_secs(5);
+        std::fs::write(&path, POLICY.replace("TTL", "30")).unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(later).unwrap();
+        assert!(feed.changed(), "the stamp moved");
+        assert!(feed.reload().is_none(), "the same set is not reloaded");
+
+        std::fs::write(&path, POLICY.replace("TTL", "60")).unwrap();
+        file.set_modified(later + Duration::from_secs(5)).unwrap();
+        let edited = feed.reload().expect("an edit is a new set").unwrap();
+        assert_eq!(edited.policies[0].spec.ttl, 60);
+    }
+
+    #[test]
+    fn meaning_follows_specs_and_annotations_not_versions_or_status() {
+        let policy: FailoverPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "lifeline.dev/v1alpha1", "kind": "FailoverPolicy",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"hostname": "web.global.example.com", "targets": [{"cluster": "one"}]},
+        }))
+        .unwrap();
+        let set = |p: &FailoverPolicy| PolicySnapshot {
+            policies: vec![p.clone()],
+            clusters: Vec::new(),
+        };
+        let mut written = policy.clone();
+        written.metadata.resource_version = Some("42".into());
+        written.status = Some(Default::default());
+        assert_eq!(meaning(&set(&policy)), meaning(&set(&written)));
+        let mut annotated = policy.clone();
+        annotated.metadata.annotations = Some([(TEST_FAULT.into(), "panic".into())].into());
+        assert_ne!(meaning(&set(&policy)), meaning(&set(&annotated)));
+        let mut edited = policy.clone();
+        edited.spec.ttl = 5;
+        assert_ne!(meaning(&set(&policy)), meaning(&set(&edited)));
     }
 }

@@ -67,10 +67,10 @@ impl LeaderTerm<'_> {
     /// Considers the documents again when they changed; invalid ones leave the set in
     /// force as it is.
     async fn reload_documents(&mut self) {
-        if !self.shared.policy_feed.changed() {
+        let Some(reloaded) = self.shared.policy_feed.reload() else {
             return;
-        }
-        match self.shared.policy_feed.load() {
+        };
+        match reloaded {
             Ok(snapshot) => {
                 info!(
                     policies = snapshot.policies.len(),
