@@ -1,24 +1,24 @@
 //! Where policy documents come from (inline, files, or the management cluster's CRs),
-//! what was last seen of them, and the cross-document arbitration of CRs.
+//! and what was last seen of them.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     hash::{Hash, Hasher},
     path::PathBuf,
     time::{Duration, SystemTime},
 };
 
 use lifeline_crds::{
-    FailoverPolicy, MemberCluster,
     document::PolicySnapshot,
-    validate::{self, DocumentRef, SetReason, ZoneRule},
+    validate::{SetReason, ZoneRule},
 };
 use tracing::warn;
+
+use super::arbitrate::arbitrate;
 
 use crate::{
     documents::Documents,
     management::{ManagementSource, ManagementView},
-    policies::policy_id,
     store::Store,
 };
 
@@ -172,39 +172,6 @@ fn meaning(set: &PolicySnapshot) -> (String, u64) {
     (super::change_hold::fingerprint(set), h.finish())
 }
 
-/// Applies the cross-document checks to CRs: each policy is judged on its own, so one
-/// conflicting CR cannot block the others (as one bad file blocks its whole set).
-fn arbitrate(
-    policies: Vec<FailoverPolicy>,
-    clusters: &[MemberCluster],
-    zones: &[ZoneRule],
-) -> (Vec<FailoverPolicy>, BTreeMap<String, (SetReason, String)>) {
-    let refs: Vec<&FailoverPolicy> = policies.iter().collect();
-    let cluster_refs: Vec<&MemberCluster> = clusters.iter().collect();
-    let mut excluded = BTreeSet::new();
-    let mut problems = BTreeMap::new();
-    for p in validate::cross_check(&refs, &cluster_refs, zones) {
-        let DocumentRef::Policy(i) = p.document else {
-            continue;
-        };
-        let id = policy_id(&policies[i]);
-        warn!(policy = %id, reason = p.reason.as_str(), problem = %p.problem, "policy not served as written");
-        if p.reason.excludes() {
-            excluded.insert(i);
-        }
-        problems
-            .entry(id)
-            .or_insert((p.reason, p.problem.to_string()));
-    }
-    let kept = policies
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !excluded.contains(i))
-        .map(|(_, p)| p)
-        .collect();
-    (kept, problems)
-}
-
 /// Policies to start a term with: fresh if valid, else the last good set; with neither,
 /// polls once a second (DNS keeps answering from its snapshot) rather than publish an
 /// empty set.
@@ -244,6 +211,7 @@ pub(super) async fn usable_policies(
 mod tests {
     use super::*;
     use crate::leader::TEST_FAULT;
+    use lifeline_crds::FailoverPolicy;
 
     const POLICY: &str = "apiVersion: lifeline.dev/v1alpha1
 kind: MemberCluster

@@ -20,7 +20,8 @@
 //! | file | what |
 //! |---|---|
 //! | `term` | the term's state; how a policy set is put in force and compiled |
-//! | `feed` | where policy documents come from, and the cross-document arbitration of CRs |
+//! | `feed` | where policy documents come from, and what was last seen of them |
+//! | `arbitrate` | the cross-document checks of CRs, each policy judged on its own |
 //! | `round` | one decision round, in named steps |
 //! | `tick` | what happens once a second, and probe results |
 //! | `change_hold` | holding back a policy change that would stop serving many names |
@@ -45,6 +46,7 @@ use crate::{
     store::Writer,
 };
 
+mod arbitrate;
 mod change_hold;
 mod faults;
 mod feed;
