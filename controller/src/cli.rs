@@ -105,77 +105,23 @@ pub enum Command {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Args { log: _, command } = args;
     match command {
-        Command::Crds => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(lifeline_crds::crds_yaml().as_bytes())?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Crds => print_crds(),
         Command::Validate { files } => Ok(validate(&files)),
-        Command::Run { config: path } => {
-            let config = load_config(&path)?;
-            let documents = run::documents_of(&config, &path)?;
-            runtime()?.block_on(async move {
-                let admin = tokio::net::TcpListener::bind(config.admin.listen)
-                    .await
-                    .with_context(|| format!("binding the admin API on {}", config.admin.listen))?;
-                let admin_token = std::env::var(&config.admin.token_env)
-                    .ok()
-                    .filter(|t| !t.is_empty());
-                let options = run::Options {
-                    config,
-                    documents,
-                    admin,
-                    admin_token,
-                    admin_routes: Vec::new(),
-                    on_ready: None,
-                    test_faults: std::env::var_os("LIFELINE_TEST_FAULTS").is_some_and(|v| v == "1"),
-                };
-                run::run(options, shutdown_signal()).await
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Dns { config: path } => {
-            let parts = load_dns_parts(&path)?;
-            let mut sources: Vec<Box<dyn lifeline_dns::source::SnapshotSource>> = Vec::new();
-            if let Some((connect, prefix)) = parts.store.as_ref().and_then(|s| s.etcd_connect()) {
-                sources.push(Box::new(lifeline_etcd::source::EtcdSource::new(
-                    connect.clone(),
-                    prefix.clone(),
-                )));
-                sources.push(Box::new(lifeline_etcd::overrides::EtcdOverrides::new(
-                    connect, prefix,
-                )));
-            }
-            runtime()?.block_on(async move {
-                lifeline_dns::standalone::run_with_sources(
-                    &parts.dns,
-                    &parts.zones,
-                    Some(parts.dns_server.admin.unwrap_or(parts.admin.listen)),
-                    sources,
-                    shutdown_signal(),
-                )
-                .await
-                .context("DNS server")
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Run { config: path } => run_controller(&path),
+        Command::Dns { config: path } => serve_dns(&path),
         Command::Demo {
             dns,
             admin,
             backend_port,
             data_dir,
             quiet,
-        } => {
-            let options = demo::DemoOptions {
-                dns,
-                admin,
-                backend_port,
-                data_dir,
-                watch: !quiet,
-            };
-            runtime()?.block_on(demo::run(options, shutdown_signal()))?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => run_demo(demo::DemoOptions {
+            dns,
+            admin,
+            backend_port,
+            data_dir,
+            watch: !quiet,
+        }),
         Command::Ctl {
             admin,
             token,
@@ -190,26 +136,102 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let target = if etcd.is_empty() {
                 ctl::Target::Admin { url: admin, token }
             } else {
-                let mut connect = lifeline_etcd::source::EtcdConnect::new(etcd);
-                connect.tls = etcd_ca.map(|ca_file| lifeline_etcd::source::EtcdTlsFiles {
+                let tls = etcd_ca.map(|ca_file| lifeline_etcd::source::EtcdTlsFiles {
                     ca_file,
                     cert_file: etcd_cert,
                     key_file: etcd_key,
                 });
-                connect.user = etcd_user.map(|u| {
-                    let password = crate::config::etcd_password("LIFELINE_ETCD_PASSWORD");
-                    (u, password)
-                });
-                ctl::Target::Etcd {
-                    connect,
-                    prefix: etcd_prefix,
-                }
+                etcd_target(etcd, etcd_prefix, tls, etcd_user)
             };
-            let out = runtime()?.block_on(ctl::run_on(target, command))?;
-            print!("{out}");
-            Ok(ExitCode::SUCCESS)
+            run_ctl(target, command)
         }
     }
+}
+
+fn print_crds() -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(lifeline_crds::crds_yaml().as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `lifeline run`: the controller, with the admin API bound before anything starts.
+fn run_controller(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = load_config(path)?;
+    let documents = run::documents_of(&config, path)?;
+    runtime()?.block_on(async move {
+        let admin = tokio::net::TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("binding the admin API on {}", config.admin.listen))?;
+        let admin_token = std::env::var(&config.admin.token_env)
+            .ok()
+            .filter(|t| !t.is_empty());
+        let options = run::Options {
+            config,
+            documents,
+            admin,
+            admin_token,
+            admin_routes: Vec::new(),
+            on_ready: None,
+            test_faults: std::env::var_os("LIFELINE_TEST_FAULTS").is_some_and(|v| v == "1"),
+        };
+        run::run(options, shutdown_signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `lifeline dns`: the DNS server alone, following etcd when the store is etcd.
+fn serve_dns(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let parts = load_dns_parts(path)?;
+    let mut sources: Vec<Box<dyn lifeline_dns::source::SnapshotSource>> = Vec::new();
+    if let Some((connect, prefix)) = parts.store.as_ref().and_then(|s| s.etcd_connect()) {
+        sources.push(Box::new(lifeline_etcd::source::EtcdSource::new(
+            connect.clone(),
+            prefix.clone(),
+        )));
+        sources.push(Box::new(lifeline_etcd::overrides::EtcdOverrides::new(
+            connect, prefix,
+        )));
+    }
+    runtime()?.block_on(async move {
+        lifeline_dns::standalone::run_with_sources(
+            &parts.dns,
+            &parts.zones,
+            Some(parts.dns_server.admin.unwrap_or(parts.admin.listen)),
+            sources,
+            shutdown_signal(),
+        )
+        .await
+        .context("DNS server")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_demo(options: demo::DemoOptions) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(demo::run(options, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Break-glass access straight to etcd, for when neither the Kubernetes API nor a leader
+/// is there to answer.
+fn etcd_target(
+    endpoints: Vec<String>,
+    prefix: String,
+    tls: Option<lifeline_etcd::source::EtcdTlsFiles>,
+    user: Option<String>,
+) -> ctl::Target {
+    let mut connect = lifeline_etcd::source::EtcdConnect::new(endpoints);
+    connect.tls = tls;
+    connect.user = user.map(|u| {
+        let password = crate::config::etcd_password("LIFELINE_ETCD_PASSWORD");
+        (u, password)
+    });
+    ctl::Target::Etcd { connect, prefix }
+}
+
+fn run_ctl(target: ctl::Target, command: ctl::CtlCommand) -> anyhow::Result<ExitCode> {
+    let out = runtime()?.block_on(ctl::run_on(target, command))?;
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

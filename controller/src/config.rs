@@ -478,152 +478,176 @@ impl Config {
 
     /// Every problem in the configuration, with field paths.
     pub fn validate(&self) -> Vec<Problem> {
-        let mut out = Vec::new();
-        let mut push = |path: String, message: String| out.push(Problem::new(path, message));
-
         // The DNS shim owns the rules for its own sections.
-        for (path, message) in lifeline_dns::config::validate(&self.dns, &self.zones) {
-            push(path, message);
-        }
+        let mut out: Vec<Problem> = lifeline_dns::config::validate(&self.dns, &self.zones)
+            .into_iter()
+            .map(|(path, message)| Problem::new(path, message))
+            .collect();
+        self.check_dns_server(&mut out);
+        self.check_credentials(&mut out);
+        self.check_store(&mut out);
+        self.check_policy_source(&mut out);
+        self.check_probe_defaults(&mut out);
+        self.check_limits(&mut out);
+        self.check_api_budget(&mut out);
+        out
+    }
 
+    /// A separate `lifeline dns` needs a way to be fed and a port of its own.
+    fn check_dns_server(&self, out: &mut Vec<Problem>) {
         if self.dns_server.separate
             && matches!(self.store, StoreConfig::Embedded { .. })
             && self.dns.source_dir.is_none()
         {
-            push(
-                "dns.sourceDir".into(),
-                "is required when dnsServer.separate is set with the embedded store: lifeline run writes each zone there for lifeline dns to serve".into(),
-            );
+            out.push(Problem::new(
+                "dns.sourceDir",
+                "is required when dnsServer.separate is set with the embedded store: lifeline run writes each zone there for lifeline dns to serve",
+            ));
         }
         if let Some(dns_admin) = self.dns_server.admin
             && dns_admin == self.admin.listen
         {
-            push(
-                "dnsServer.admin".into(),
+            out.push(Problem::new(
+                "dnsServer.admin",
                 format!(
                     "{dns_admin} is admin.listen already; lifeline run and lifeline dns cannot share it"
                 ),
-            );
+            ));
         }
+    }
 
+    /// How member kubeconfigs are rechecked and how admin callers are authenticated.
+    fn check_credentials(&self, out: &mut Vec<Problem>) {
         if self.member_credentials.recheck_interval < std::time::Duration::from_secs(1) {
-            push(
-                "memberCredentials.recheckInterval".into(),
-                "must be at least 1s".into(),
-            );
+            out.push(Problem::new(
+                "memberCredentials.recheckInterval",
+                "must be at least 1s",
+            ));
         }
-
         if self.admin.token_identity.trim().is_empty() {
-            push("admin.tokenIdentity".into(), "must not be empty".into());
+            out.push(Problem::new("admin.tokenIdentity", "must not be empty"));
         }
-
         if self.admin.token_env.is_empty() {
-            push(
-                "admin.tokenEnv".into(),
-                "must name an environment variable".into(),
-            );
+            out.push(Problem::new(
+                "admin.tokenEnv",
+                "must name an environment variable",
+            ));
         }
+    }
 
-        if let StoreConfig::Etcd {
+    /// The etcd store's settings (the embedded store has none that can be wrong).
+    fn check_store(&self, out: &mut Vec<Problem>) {
+        let StoreConfig::Etcd {
             endpoints,
             prefix,
             lease_ttl,
             ..
         } = &self.store
-        {
-            if *lease_ttl < std::time::Duration::from_secs(1) {
-                push("store.leaseTtl".into(), "must be at least 1s".into());
-            }
-            if endpoints.is_empty() {
-                push(
-                    "store.endpoints".into(),
-                    "must list at least one etcd endpoint".into(),
-                );
-            }
-            if !prefix.starts_with('/') {
-                push(
-                    "store.prefix".into(),
-                    format!("{prefix:?} must start with '/'"),
-                );
-            }
+        else {
+            return;
+        };
+        if *lease_ttl < std::time::Duration::from_secs(1) {
+            out.push(Problem::new("store.leaseTtl", "must be at least 1s"));
         }
+        if endpoints.is_empty() {
+            out.push(Problem::new(
+                "store.endpoints",
+                "must list at least one etcd endpoint",
+            ));
+        }
+        if !prefix.starts_with('/') {
+            out.push(Problem::new(
+                "store.prefix",
+                format!("{prefix:?} must start with '/'"),
+            ));
+        }
+    }
 
+    fn check_policy_source(&self, out: &mut Vec<Problem>) {
         if let PolicySource::Files { paths } = &self.policy_source
             && paths.is_empty()
         {
-            push(
-                "policySource.paths".into(),
-                "must list at least one file".into(),
-            );
+            out.push(Problem::new(
+                "policySource.paths",
+                "must list at least one file",
+            ));
         }
+    }
 
+    fn check_probe_defaults(&self, out: &mut Vec<Problem>) {
         let probe = &self.defaults.probe;
         for (field, d) in [("interval", probe.interval), ("timeout", probe.timeout)] {
             if d.is_zero() {
-                push(
+                out.push(Problem::new(
                     format!("defaults.probe.{field}"),
-                    "must be greater than zero".into(),
-                );
+                    "must be greater than zero",
+                ));
             }
         }
         if !(1..=10_000).contains(&probe.concurrency) {
-            push(
-                "defaults.probe.concurrency".into(),
+            out.push(Problem::new(
+                "defaults.probe.concurrency",
                 format!(
                     "{} is out of range: must be between 1 and 10000",
                     probe.concurrency
                 ),
-            );
+            ));
         }
+    }
+
+    /// The bounds on what the engine, the policy-change guard and the audit trail do.
+    fn check_limits(&self, out: &mut Vec<Problem>) {
         let guard = &self.engine.blast_radius;
         if !(guard.fraction > 0.0 && guard.fraction <= 1.0) {
-            push(
-                "engine.blastRadius.fraction".into(),
+            out.push(Problem::new(
+                "engine.blastRadius.fraction",
                 format!(
                     "{} is out of range: must be above 0 and at most 1",
                     guard.fraction
                 ),
-            );
+            ));
         }
         if self.audit.retention < std::time::Duration::from_secs(3600) {
-            push(
-                "audit.retention".into(),
-                "must be at least 1h (entries are pruned hourly)".into(),
-            );
+            out.push(Problem::new(
+                "audit.retention",
+                "must be at least 1h (entries are pruned hourly)",
+            ));
         }
         let share = self.policy_changes.max_removed_share;
         if !(0.0..=1.0).contains(&share) {
-            push(
-                "policyChanges.maxRemovedShare".into(),
+            out.push(Problem::new(
+                "policyChanges.maxRemovedShare",
                 format!("{share} is out of range: must be between 0 and 1"),
-            );
+            ));
         }
         if self.engine.max_concurrent_ramps == 0 {
-            push(
-                "engine.maxConcurrentRamps".into(),
-                "must be at least 1".into(),
-            );
+            out.push(Problem::new(
+                "engine.maxConcurrentRamps",
+                "must be at least 1",
+            ));
         }
+    }
+
+    fn check_api_budget(&self, out: &mut Vec<Problem>) {
         let budget = &self.defaults.api_budget;
         if !(0.01..=100.0).contains(&budget.qps) {
-            push(
-                "defaults.apiBudget.qps".into(),
+            out.push(Problem::new(
+                "defaults.apiBudget.qps",
                 format!(
                     "{} is out of range: must be between 0.01 and 100",
                     budget.qps
                 ),
-            );
+            ));
         }
         if !(1..=1000).contains(&budget.burst) {
-            push(
-                "defaults.apiBudget.burst".into(),
+            out.push(Problem::new(
+                "defaults.apiBudget.burst",
                 format!(
                     "{} is out of range: must be between 1 and 1000",
                     budget.burst
                 ),
-            );
+            ));
         }
-        out
     }
 }
 

@@ -1,7 +1,7 @@
 //! `lifeline ctl`: the operator's client. It works through the admin API of any replica
 //! or, for break-glass use, straight against etcd — no Kubernetes API, no running leader.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -63,95 +63,121 @@ async fn run_etcd(
         .await
         .with_context(|| format!("cannot reach etcd at {}", connect.endpoints.join(",")))?;
     let now = std::time::SystemTime::now();
-    let set = |req: OverrideRequest| async {
-        // What the mirrored policy set defines; nothing mirrored yet accepts any name.
-        let known = store
-            .load_policies()
-            .await
-            .map(|p| admin::Known::of(&p))
-            .context("reading the policy set to check the override against")?;
-        let o = admin::override_from_request(req, &known, now)
-            .map_err(|e| anyhow::anyhow!("override refused: {e}"))?;
-        let all = store
-            .overrides()
-            .await
-            .context("reading the overrides in force")?;
-        admin::room_for_one_more(&all, now)
-            .map_err(|e| anyhow::anyhow!("override refused: {e}"))?;
-        let by = o.author.clone();
-        store
-            .put_override(&o, &by)
-            .await
-            .context("writing the override")?;
-        Ok::<String, anyhow::Error>(set_line(&o))
-    };
     match command {
-        CtlCommand::Status => {
-            let decision = store.load_decision().await?.unwrap_or_default();
-            let overrides = store.overrides().await?;
-            let leader = store
-                .leader_identity()
-                .await?
-                .unwrap_or_else(|| "none".to_owned());
-            let mut status = admin::status_of(&decision, &overrides, now);
-            status.held = store.policy_hold().await?;
-            Ok(format!("leader: {leader}\n{}", render_status(&status)))
+        CtlCommand::Status => status_from_etcd(&store, now).await,
+        CtlCommand::Overrides => overrides_from_etcd(&store, now).await,
+        CtlCommand::Drain(args) => set_in_etcd(&store, request("drain", args, None), now).await,
+        CtlCommand::Pin(args) => set_in_etcd(&store, request("pin", args, None), now).await,
+        CtlCommand::Weight { args, weight } => {
+            set_in_etcd(&store, request("weight", args, Some(weight)), now).await
         }
-        CtlCommand::Overrides => {
-            let overrides: Vec<Value> = store
-                .overrides()
-                .await?
-                .into_iter()
-                .filter(|o| o.is_active(now))
-                .map(|o| serde_json::to_value(o).unwrap_or_default())
-                .collect();
-            let audit: Vec<Value> = store
-                .audit()
-                .await?
-                .into_iter()
-                .map(|e| serde_json::to_value(e).unwrap_or_default())
-                .collect();
-            Ok(render_overrides(
-                &json!({ "overrides": overrides, "audit": audit }),
-            ))
-        }
-        CtlCommand::Drain(args) => set(request("drain", args, None)).await,
-        CtlCommand::Pin(args) => set(request("pin", args, None)).await,
-        CtlCommand::Weight { args, weight } => set(request("weight", args, Some(weight))).await,
         CtlCommand::Release {
             fingerprint,
             reason,
             author,
         } => {
-            let held = store.policy_hold().await?;
-            let release = admin::release_from_request(
-                admin::ReleaseRequest {
-                    fingerprint,
-                    author,
-                    reason,
-                },
-                held.as_ref(),
-                now,
-            )
-            .map_err(anyhow::Error::msg)?;
-            store.release_policy_change(&release).await?;
-            Ok(released_line(&release.fingerprint))
+            let req = admin::ReleaseRequest {
+                fingerprint,
+                author,
+                reason,
+            };
+            release_in_etcd(&store, req, now).await
         }
-        CtlCommand::Clear { cluster, id } => {
-            let by = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
-            let removed = store
-                .remove_overrides(
-                    move |o| match (&id, &cluster) {
-                        (Some(id), _) => &o.id == id,
-                        (None, Some(c)) => &o.cluster == c,
-                        (None, None) => false,
-                    },
-                    &by,
-                )
-                .await?;
-            Ok(format!("cleared {} override(s)\n", removed.len()))
-        }
+        CtlCommand::Clear { cluster, id } => clear_in_etcd(&store, cluster, id).await,
     }
+}
+
+/// The status table as the admin API would show it, with the leader named.
+async fn status_from_etcd(store: &EtcdStore, now: SystemTime) -> anyhow::Result<String> {
+    let decision = store.load_decision().await?.unwrap_or_default();
+    let overrides = store.overrides().await?;
+    let leader = store
+        .leader_identity()
+        .await?
+        .unwrap_or_else(|| "none".to_owned());
+    let mut status = admin::status_of(&decision, &overrides, now);
+    status.held = store.policy_hold().await?;
+    Ok(format!("leader: {leader}\n{}", render_status(&status)))
+}
+
+/// Active overrides and the audit trail, in the admin API's shape.
+async fn overrides_from_etcd(store: &EtcdStore, now: SystemTime) -> anyhow::Result<String> {
+    let overrides: Vec<Value> = store
+        .overrides()
+        .await?
+        .into_iter()
+        .filter(|o| o.is_active(now))
+        .map(|o| serde_json::to_value(o).unwrap_or_default())
+        .collect();
+    let audit: Vec<Value> = store
+        .audit()
+        .await?
+        .into_iter()
+        .map(|e| serde_json::to_value(e).unwrap_or_default())
+        .collect();
+    Ok(render_overrides(
+        &json!({ "overrides": overrides, "audit": audit }),
+    ))
+}
+
+/// Writes an override after the checks the admin API makes: a known cluster and policy,
+/// and room for one more.
+async fn set_in_etcd(
+    store: &EtcdStore,
+    req: OverrideRequest,
+    now: SystemTime,
+) -> anyhow::Result<String> {
+    // What the mirrored policy set defines; nothing mirrored yet accepts any name.
+    let known = store
+        .load_policies()
+        .await
+        .map(|p| admin::Known::of(&p))
+        .context("reading the policy set to check the override against")?;
+    let o = admin::override_from_request(req, &known, now)
+        .map_err(|e| anyhow::anyhow!("override refused: {e}"))?;
+    let all = store
+        .overrides()
+        .await
+        .context("reading the overrides in force")?;
+    admin::room_for_one_more(&all, now).map_err(|e| anyhow::anyhow!("override refused: {e}"))?;
+    let by = o.author.clone();
+    store
+        .put_override(&o, &by)
+        .await
+        .context("writing the override")?;
+    Ok(set_line(&o))
+}
+
+async fn release_in_etcd(
+    store: &EtcdStore,
+    req: admin::ReleaseRequest,
+    now: SystemTime,
+) -> anyhow::Result<String> {
+    let held = store.policy_hold().await?;
+    let release =
+        admin::release_from_request(req, held.as_ref(), now).map_err(anyhow::Error::msg)?;
+    store.release_policy_change(&release).await?;
+    Ok(released_line(&release.fingerprint))
+}
+
+/// Removes the override `id`, or else every override of `cluster`; with neither, none.
+async fn clear_in_etcd(
+    store: &EtcdStore,
+    cluster: Option<String>,
+    id: Option<String>,
+) -> anyhow::Result<String> {
+    let by = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
+    let removed = store
+        .remove_overrides(
+            move |o| match (&id, &cluster) {
+                (Some(id), _) => &o.id == id,
+                (None, Some(c)) => &o.cluster == c,
+                (None, None) => false,
+            },
+            &by,
+        )
+        .await?;
+    Ok(format!("cleared {} override(s)\n", removed.len()))
 }
 
 /// Operator commands.
@@ -217,77 +243,23 @@ pub struct OverrideArgs {
 
 /// Runs a ctl command against `admin` (e.g. `http://127.0.0.1:8080`).
 pub async fn run(admin: &str, token: Option<&str>, command: CtlCommand) -> anyhow::Result<String> {
-    // Never through a proxy: the admin API is reached directly, and a proxy on the way
-    // could answer for a dead replica.
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("building the HTTP client")?;
-    let base = admin.trim_end_matches('/');
-    let auth = |r: reqwest::RequestBuilder| match token {
-        Some(t) => r.bearer_auth(t),
-        None => r,
-    };
-    let send = |r: reqwest::RequestBuilder| async move {
-        let resp = auth(r)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the admin API at {base}"))?;
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let msg = body["error"].as_str().unwrap_or("no error message");
-            bail!("admin API answered {status}: {msg}");
-        }
-        Ok::<Value, anyhow::Error>(body)
-    };
-    let set = |action: &str, args: OverrideArgs, weight: Option<u32>| {
-        serde_json::to_value(request(action, args, weight)).unwrap_or_default()
-    };
-    let created = |v: Value| {
-        format!(
-            "override {} set: {} {} until {}\n",
-            v["id"].as_str().unwrap_or("?"),
-            v["action"]["type"].as_str().unwrap_or("?"),
-            v["cluster"].as_str().unwrap_or("?"),
-            v["expiresAt"].as_str().unwrap_or("?")
-        )
-    };
+    let api = AdminApi::new(admin, token)?;
     match command {
         CtlCommand::Status => {
-            let v = send(client.get(format!("{base}/v1/status"))).await?;
+            let v = api.send(api.get("/v1/status")).await?;
             let status: Status = serde_json::from_value(v).context("decoding the status")?;
             Ok(render_status(&status))
         }
         CtlCommand::Overrides => {
-            let v = send(client.get(format!("{base}/v1/overrides"))).await?;
+            let v = api.send(api.get("/v1/overrides")).await?;
             Ok(render_overrides(&v))
         }
-        CtlCommand::Drain(args) => Ok(created(
-            send(
-                client
-                    .post(format!("{base}/v1/overrides"))
-                    .json(&set("drain", args, None)),
-            )
-            .await?,
-        )),
-        CtlCommand::Pin(args) => Ok(created(
-            send(
-                client
-                    .post(format!("{base}/v1/overrides"))
-                    .json(&set("pin", args, None)),
-            )
-            .await?,
-        )),
-        CtlCommand::Weight { args, weight } => Ok(created(
-            send(client.post(format!("{base}/v1/overrides")).json(&set(
-                "weight",
-                args,
-                Some(weight),
-            )))
-            .await?,
-        )),
+        CtlCommand::Drain(args) => api.set_override(request("drain", args, None)).await,
+        CtlCommand::Pin(args) => api.set_override(request("pin", args, None)).await,
+        CtlCommand::Weight { args, weight } => {
+            api.set_override(request("weight", args, Some(weight)))
+                .await
+        }
         CtlCommand::Release {
             fingerprint,
             reason,
@@ -298,28 +270,100 @@ pub async fn run(admin: &str, token: Option<&str>, command: CtlCommand) -> anyho
                 author,
                 reason,
             };
-            let v = send(
-                client
-                    .post(format!("{base}/v1/policy-change/release"))
-                    .json(&body),
-            )
-            .await?;
+            let v = api
+                .send(api.post("/v1/policy-change/release").json(&body))
+                .await?;
             Ok(released_line(v["fingerprint"].as_str().unwrap_or("?")))
         }
-        CtlCommand::Clear { cluster, id } => {
-            let v = match (id, cluster) {
-                (Some(id), _) => send(client.delete(format!("{base}/v1/overrides/{id}"))).await?,
-                (None, Some(cluster)) => {
-                    let mut url = reqwest::Url::parse(&format!("{base}/v1/overrides"))
-                        .context("admin URL")?;
-                    url.query_pairs_mut().append_pair("cluster", &cluster);
-                    send(client.delete(url)).await?
-                }
-                (None, None) => bail!("give a cluster or --id"),
-            };
-            let n = v["cleared"].as_array().map_or(0, Vec::len);
-            Ok(format!("cleared {n} override(s)\n"))
+        CtlCommand::Clear { cluster, id } => api.clear(cluster, id).await,
+    }
+}
+
+/// One replica's admin API.
+struct AdminApi<'a> {
+    client: reqwest::Client,
+    /// The base URL without a trailing `/`.
+    base: &'a str,
+    token: Option<&'a str>,
+}
+
+impl<'a> AdminApi<'a> {
+    fn new(admin: &'a str, token: Option<&'a str>) -> anyhow::Result<Self> {
+        // Never through a proxy: the admin API is reached directly, and a proxy on the way
+        // could answer for a dead replica.
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            client,
+            base: admin.trim_end_matches('/'),
+            token,
+        })
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(format!("{}{path}", self.base))
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(format!("{}{path}", self.base))
+    }
+
+    /// Sends `r` with the token; an answer that is not a success is an error carrying
+    /// the API's own message.
+    async fn send(&self, r: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let r = match self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        };
+        let base = self.base;
+        let resp = r
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {base}"))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = body["error"].as_str().unwrap_or("no error message");
+            bail!("admin API answered {status}: {msg}");
         }
+        Ok(body)
+    }
+
+    async fn set_override(&self, req: OverrideRequest) -> anyhow::Result<String> {
+        let body = serde_json::to_value(req).unwrap_or_default();
+        let v = self.send(self.post("/v1/overrides").json(&body)).await?;
+        Ok(format!(
+            "override {} set: {} {} until {}\n",
+            v["id"].as_str().unwrap_or("?"),
+            v["action"]["type"].as_str().unwrap_or("?"),
+            v["cluster"].as_str().unwrap_or("?"),
+            v["expiresAt"].as_str().unwrap_or("?")
+        ))
+    }
+
+    /// Removes the override `id`, or else every override of `cluster`.
+    async fn clear(&self, cluster: Option<String>, id: Option<String>) -> anyhow::Result<String> {
+        let v = match (id, cluster) {
+            (Some(id), _) => {
+                self.send(
+                    self.client
+                        .delete(format!("{}/v1/overrides/{id}", self.base)),
+                )
+                .await?
+            }
+            (None, Some(cluster)) => {
+                let mut url = reqwest::Url::parse(&format!("{}/v1/overrides", self.base))
+                    .context("admin URL")?;
+                url.query_pairs_mut().append_pair("cluster", &cluster);
+                self.send(self.client.delete(url)).await?
+            }
+            (None, None) => bail!("give a cluster or --id"),
+        };
+        let n = v["cleared"].as_array().map_or(0, Vec::len);
+        Ok(format!("cleared {n} override(s)\n"))
     }
 }
 

@@ -159,31 +159,62 @@ pub async fn run(
     options: DemoOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let temp;
-    let data_dir = match &options.data_dir {
-        Some(d) => d.clone(),
+    // Held to the end: the temporary directory is removed when it is dropped.
+    let (data_dir, _temp) = data_dir(&options)?;
+    let config = demo_config(&options, &data_dir)?;
+    let documents = demo_documents(options.backend_port)?;
+    let backends = start_backends(options.backend_port).await?;
+    let admin = tokio::net::TcpListener::bind(options.admin)
+        .await
+        .with_context(|| format!("binding the admin API on {}", options.admin))?;
+    let admin_token = std::env::var(&config.admin.token_env)
+        .ok()
+        .filter(|t| !t.is_empty());
+    run::run(
+        run::Options {
+            config,
+            documents,
+            admin,
+            admin_token,
+            admin_routes: vec![("/v1/demo", Arc::new(backends).routes())],
+            on_ready: Some(announce(&options)),
+            test_faults: false,
+        },
+        shutdown,
+    )
+    .await
+}
+
+/// Where state is kept: the chosen directory, or a temporary one (returned with it).
+fn data_dir(options: &DemoOptions) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match &options.data_dir {
+        Some(d) => Ok((d.clone(), None)),
         None => {
-            temp = tempfile::Builder::new()
+            let temp = tempfile::Builder::new()
                 .prefix("lifeline-demo-")
                 .tempdir()?;
-            temp.path().to_owned()
+            Ok((temp.path().to_owned(), Some(temp)))
         }
-    };
+    }
+}
 
-    let config =
-        Config::from_bytes(config_text(&options, &data_dir).as_bytes()).map_err(|problems| {
-            anyhow::anyhow!(
-                "demo configuration is invalid: {}",
-                problems
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
-        })?;
+fn demo_config(options: &DemoOptions, data_dir: &std::path::Path) -> anyhow::Result<Config> {
+    Config::from_bytes(config_text(options, data_dir).as_bytes()).map_err(|problems| {
+        anyhow::anyhow!(
+            "demo configuration is invalid: {}",
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })
+}
+
+fn demo_documents(port: u16) -> anyhow::Result<Documents> {
     let mut policies = Vec::new();
     let mut clusters = Vec::new();
-    let docs = document::parse_yaml_stream(&documents_text(options.backend_port))
+    let docs = document::parse_yaml_stream(&documents_text(port))
         .map_err(|p| anyhow::anyhow!("demo documents: {p}"))?;
     for value in docs {
         match document::decode_document(value) {
@@ -194,13 +225,16 @@ pub async fn run(
             (_, problems) => anyhow::bail!("demo document is invalid: {problems:?}"),
         }
     }
+    Ok(Documents::Inline { policies, clusters })
+}
 
-    // The simulated clusters.
+/// Starts the simulated clusters' HTTP backends, each healthy until switched.
+async fn start_backends(port: u16) -> anyhow::Result<Backends> {
     let mut backends = Backends::default();
     for (name, _, ip) in CLUSTERS {
         let flag = Arc::new(AtomicBool::new(false));
         backends.failed.insert(name.to_owned(), flag.clone());
-        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), options.backend_port);
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding simulated cluster {name} on {addr}"))?;
@@ -217,37 +251,22 @@ pub async fn run(
             }
         });
     }
+    Ok(backends)
+}
 
-    let admin = tokio::net::TcpListener::bind(options.admin)
-        .await
-        .with_context(|| format!("binding the admin API on {}", options.admin))?;
-    let admin_token_env = config.admin.token_env.clone();
+/// Once the demo answers: print how to use it, then (when watching) the status table.
+fn announce(options: &DemoOptions) -> run::OnReady {
     let watch = options.watch;
     let dns = options.dns;
     let admin_url = format!("http://{}", options.admin);
-    let on_ready = Box::new(
+    Box::new(
         move |state: Arc<AdminState>, _shim: lifeline_dns::ShimHandle| {
             println!("{}", instructions(dns, &admin_url));
             if watch {
                 tokio::spawn(print_status(state));
             }
         },
-    );
-    run::run(
-        run::Options {
-            config,
-            documents: Documents::Inline { policies, clusters },
-            admin,
-            admin_token: std::env::var(&admin_token_env)
-                .ok()
-                .filter(|t| !t.is_empty()),
-            admin_routes: vec![("/v1/demo", Arc::new(backends).routes())],
-            on_ready: Some(on_ready),
-            test_faults: false,
-        },
-        shutdown,
     )
-    .await
 }
 
 fn instructions(dns: SocketAddr, admin: &str) -> String {

@@ -110,64 +110,15 @@ pub fn load(paths: &[PathBuf], zones: &[validate::ZoneRule]) -> Loaded {
 }
 
 fn load_file(path: &Path, loaded: &mut Loaded) {
-    let whole = Origin {
-        file: path.to_owned(),
-        document: None,
-    };
-    let report = |loaded: &mut Loaded, origin: &Origin, problem: Problem| {
-        loaded.problems.push(Report {
-            origin: origin.clone(),
-            problem,
-        })
-    };
-    // Refuse oversized files before reading them whole.
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.len() > document::MAX_FILE_BYTES as u64 => {
-            let problem = Problem::new(
-                "",
-                format!(
-                    "file is {} bytes; the limit is {} bytes",
-                    meta.len(),
-                    document::MAX_FILE_BYTES
-                ),
-            );
-            return report(loaded, &whole, problem);
+    let docs = match read_documents(path) {
+        Ok(docs) => docs,
+        Err(problem) => {
+            let whole = Origin {
+                file: path.to_owned(),
+                document: None,
+            };
+            return loaded.report(&whole, [problem]);
         }
-        Ok(_) => {}
-        Err(e) => {
-            return report(
-                loaded,
-                &whole,
-                Problem::new("", format!("cannot read file: {e}")),
-            );
-        }
-    }
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) => {
-            return report(
-                loaded,
-                &whole,
-                Problem::new("", format!("cannot read file: {e}")),
-            );
-        }
-    };
-    if let Err(p) = document::check_size(&bytes) {
-        return report(loaded, &whole, p);
-    }
-    let text = match std::str::from_utf8(&bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            return report(
-                loaded,
-                &whole,
-                Problem::new("", format!("file is not UTF-8: {e}")),
-            );
-        }
-    };
-    let docs = match document::parse_yaml_stream(text) {
-        Ok(d) => d,
-        Err(p) => return report(loaded, &whole, p),
     };
     let multi = docs.len() > 1;
     for (i, value) in docs.into_iter().enumerate() {
@@ -175,26 +126,57 @@ fn load_file(path: &Path, loaded: &mut Loaded) {
             file: path.to_owned(),
             document: multi.then_some(i + 1),
         };
+        loaded.add_document(origin, value);
+    }
+}
+
+/// The YAML documents in a file, or the one problem that keeps it from being read.
+fn read_documents(path: &Path) -> Result<Vec<Value>, Problem> {
+    let unreadable = |e: std::io::Error| Problem::new("", format!("cannot read file: {e}"));
+    // Refuse oversized files before reading them whole.
+    let size = std::fs::metadata(path).map_err(unreadable)?.len();
+    if size > document::MAX_FILE_BYTES as u64 {
+        return Err(Problem::new(
+            "",
+            format!(
+                "file is {size} bytes; the limit is {} bytes",
+                document::MAX_FILE_BYTES
+            ),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(unreadable)?;
+    document::check_size(&bytes)?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| Problem::new("", format!("file is not UTF-8: {e}")))?;
+    document::parse_yaml_stream(text)
+}
+
+impl Loaded {
+    /// Keeps one document by what it is (a resource, or else a configuration) if it is
+    /// valid, and reports its problems either way.
+    fn add_document(&mut self, origin: Origin, value: Value) {
         if is_resource(&value) {
             let (doc, problems) = document::decode_document(value);
-            for p in problems {
-                report(loaded, &origin, p);
-            }
+            self.report(&origin, problems);
             match doc {
-                Some(Document::FailoverPolicy(p)) => loaded.policies.push((origin, p)),
-                Some(Document::MemberCluster(c)) => loaded.clusters.push((origin, c)),
+                Some(Document::FailoverPolicy(p)) => self.policies.push((origin, p)),
+                Some(Document::MemberCluster(c)) => self.clusters.push((origin, c)),
                 None => {}
             }
         } else {
             match Config::from_value(value) {
-                Ok(config) => loaded.configs.push((origin, config)),
-                Err(problems) => {
-                    for p in problems {
-                        report(loaded, &origin, p);
-                    }
-                }
+                Ok(config) => self.configs.push((origin, config)),
+                Err(problems) => self.report(&origin, problems),
             }
         }
+    }
+
+    fn report(&mut self, origin: &Origin, problems: impl IntoIterator<Item = Problem>) {
+        self.problems
+            .extend(problems.into_iter().map(|problem| Report {
+                origin: origin.clone(),
+                problem,
+            }));
     }
 }
 

@@ -23,7 +23,7 @@ use lifeline_crds::{
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
-use lifeline_engine::{AlarmKind, Decision, Health, Outcome};
+use lifeline_engine::{AlarmKind, Decision, Health, Outcome, PolicyDecision};
 use lifeline_model::hold::PolicyHold;
 
 use crate::{member::MemberView, policies::policy_id};
@@ -87,173 +87,51 @@ pub fn policy_status(
 ) -> FailoverPolicyStatus {
     let generation = p.metadata.generation;
     let now = SystemTime::now();
+    let not_ready = |reason: &str, message: String| FailoverPolicyStatus {
+        conditions: vec![condition("Ready", false, reason, message, generation, now)],
+        observed_generation: generation,
+        ..FailoverPolicyStatus::default()
+    };
     // Left out of the set: another policy owns the hostname, or its zone refuses it.
     if let Some((reason, message)) = set_problem.filter(|(r, _)| r.excludes()) {
-        return FailoverPolicyStatus {
-            conditions: vec![condition(
-                "Ready",
-                false,
-                reason.as_str(),
-                message.clone(),
-                generation,
-                now,
-            )],
-            observed_generation: generation,
-            ..FailoverPolicyStatus::default()
-        };
+        return not_ready(reason.as_str(), message.clone());
     }
     if let Some(problems) = problems {
-        let message = problems
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        return FailoverPolicyStatus {
-            conditions: vec![condition(
-                "Ready",
-                false,
-                "InvalidSpec",
-                message,
-                generation,
-                now,
-            )],
-            observed_generation: generation,
-            ..FailoverPolicyStatus::default()
-        };
+        return not_ready("InvalidSpec", joined(problems));
     }
     let Some(pd) = decision.policies.get(&policy_id(p)) else {
-        let (reason, message) = match quarantined {
-            Some(why) => (
-                "Quarantined",
-                format!("not decided ({why}); nothing served yet"),
-            ),
-            None => ("Pending", "not decided yet".to_owned()),
-        };
-        return FailoverPolicyStatus {
-            conditions: vec![condition("Ready", false, reason, message, generation, now)],
-            observed_generation: generation,
-            ..FailoverPolicyStatus::default()
-        };
+        let (reason, message) = undecided(quarantined);
+        return not_ready(reason, message);
     };
-    // A name can have thousands of addresses; a status lists a bounded number of them.
-    let answers: Vec<String> = pd
-        .answers
-        .iter()
-        .take(STATUS_ANSWERS)
-        .map(|a| a.address.to_string())
-        .collect();
-    let mut summary = answers.join(",");
-    if summary.len() > 60 {
-        summary.truncate(40);
-        summary.push_str(&format!("... ({} addresses)", pd.answers.len()));
-    }
-    let unhealthy = pd
-        .targets
-        .values()
-        .filter(|t| t.health == Health::Unhealthy)
-        .count();
-    let ready = !pd.answers.is_empty() && matches!(pd.outcome, Outcome::Normal | Outcome::Pinned);
-    let systemic = decision
-        .alarms
-        .iter()
-        .find(|a| a.kind == AlarmKind::SystemicFailureSuspected);
-    let mut conditions = vec![
-        condition(
-            "Ready",
-            ready,
-            &format!("{:?}", pd.outcome),
-            format!(
-                "answering {}",
-                if summary.is_empty() {
-                    "nothing"
-                } else {
-                    &summary
-                }
-            ),
-            generation,
-            pd.changed_at,
-        ),
-        condition(
-            "Degraded",
-            unhealthy > 0,
-            if unhealthy > 0 {
-                "TargetsUnhealthy"
-            } else {
-                "AllTargetsHealthy"
-            },
-            format!("{unhealthy} of {} targets unhealthy", pd.targets.len()),
-            generation,
-            pd.changed_at,
-        ),
-    ];
-    if let Some(why) = quarantined {
-        conditions[0] = condition(
+    let answers = listed_answers(pd);
+    let summary = answer_summary(&answers, pd.answers.len());
+    let ready = match quarantined {
+        Some(why) => condition(
             "Ready",
             false,
             "Quarantined",
             format!("not decided ({why}); serving its last answers: {summary}"),
             generation,
             now,
-        );
-        conditions.push(condition(
-            "Quarantined",
-            true,
-            "DecisionFailed",
-            why.clone(),
-            generation,
-            now,
-        ));
-    }
-    if let Some((reason, message)) = set_problem {
-        conditions.push(condition(
-            "ResolvedRefs",
-            false,
-            reason.as_str(),
-            message.clone(),
-            generation,
-            now,
-        ));
-    }
-    if let Some(why) = held {
-        conditions.push(condition(
-            "RemovalHeld",
-            true,
-            "SweepingChange",
-            why.clone(),
-            generation,
-            now,
-        ));
-    }
-    if let Some(a) = systemic {
-        conditions.push(condition(
-            "SystemicFailureSuspected",
-            true,
-            "BlastRadius",
-            a.message.clone(),
-            generation,
-            a.since,
-        ));
-    }
+        ),
+        None => ready_condition(pd, &summary, generation),
+    };
+    let mut conditions = vec![ready, degraded_condition(pd, generation)];
+    let raised = |kind: &str, ok: bool, reason: &str, message: &String| {
+        condition(kind, ok, reason, message.clone(), generation, now)
+    };
+    conditions.extend(quarantined.map(|why| raised("Quarantined", true, "DecisionFailed", why)));
+    conditions.extend(
+        set_problem
+            .map(|(reason, message)| raised("ResolvedRefs", false, reason.as_str(), message)),
+    );
+    conditions.extend(held.map(|why| raised("RemovalHeld", true, "SweepingChange", why)));
+    conditions.extend(systemic_condition(decision, generation));
     FailoverPolicyStatus {
         targets: pd
             .targets
             .iter()
-            .map(|(cluster, t)| TargetStatus {
-                cluster: cluster.to_string(),
-                state: if t.drained {
-                    TargetState::Draining
-                } else {
-                    match t.health {
-                        Health::Healthy => TargetState::Healthy,
-                        Health::Unhealthy => TargetState::Unhealthy,
-                        Health::Unknown => TargetState::Unknown,
-                        Health::Recovering | Health::Ramping => TargetState::Recovering,
-                    }
-                },
-                reason: t.reason.to_string(),
-                last_transition_time: Some(time(t.since)),
-                details: BTreeMap::new(),
-            })
+            .map(|(cluster, t)| target_status(cluster, t))
             .collect(),
         answers,
         answer_summary: Some(summary),
@@ -261,6 +139,122 @@ pub fn policy_status(
         decided_at: Some(time(pd.changed_at)),
         conditions,
         observed_generation: generation,
+    }
+}
+
+/// Every problem of an invalid spec, in one condition message.
+fn joined(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why a policy has no decision yet: quarantined (`why`), or simply not reached.
+fn undecided(quarantined: Option<&String>) -> (&'static str, String) {
+    match quarantined {
+        Some(why) => (
+            "Quarantined",
+            format!("not decided ({why}); nothing served yet"),
+        ),
+        None => ("Pending", "not decided yet".to_owned()),
+    }
+}
+
+/// A name can have thousands of addresses; a status lists a bounded number of them.
+fn listed_answers(pd: &PolicyDecision) -> Vec<String> {
+    pd.answers
+        .iter()
+        .take(STATUS_ANSWERS)
+        .map(|a| a.address.to_string())
+        .collect()
+}
+
+/// The listed answers in one short line, with the full count when it is cut.
+fn answer_summary(listed: &[String], total: usize) -> String {
+    let mut summary = listed.join(",");
+    if summary.len() > 60 {
+        summary.truncate(40);
+        summary.push_str(&format!("... ({total} addresses)"));
+    }
+    summary
+}
+
+/// Ready when something healthy (or pinned) is answered.
+fn ready_condition(pd: &PolicyDecision, summary: &str, generation: Option<i64>) -> Condition {
+    let ready = !pd.answers.is_empty() && matches!(pd.outcome, Outcome::Normal | Outcome::Pinned);
+    condition(
+        "Ready",
+        ready,
+        &format!("{:?}", pd.outcome),
+        format!(
+            "answering {}",
+            if summary.is_empty() {
+                "nothing"
+            } else {
+                summary
+            }
+        ),
+        generation,
+        pd.changed_at,
+    )
+}
+
+/// Degraded while any target is unhealthy.
+fn degraded_condition(pd: &PolicyDecision, generation: Option<i64>) -> Condition {
+    let unhealthy = pd
+        .targets
+        .values()
+        .filter(|t| t.health == Health::Unhealthy)
+        .count();
+    condition(
+        "Degraded",
+        unhealthy > 0,
+        if unhealthy > 0 {
+            "TargetsUnhealthy"
+        } else {
+            "AllTargetsHealthy"
+        },
+        format!("{unhealthy} of {} targets unhealthy", pd.targets.len()),
+        generation,
+        pd.changed_at,
+    )
+}
+
+/// The fleet-wide alarm, repeated on every policy while it is raised.
+fn systemic_condition(decision: &Decision, generation: Option<i64>) -> Option<Condition> {
+    let alarm = decision
+        .alarms
+        .iter()
+        .find(|a| a.kind == AlarmKind::SystemicFailureSuspected)?;
+    Some(condition(
+        "SystemicFailureSuspected",
+        true,
+        "BlastRadius",
+        alarm.message.clone(),
+        generation,
+        alarm.since,
+    ))
+}
+
+/// One target's state as the CR shows it: a drained target is Draining whatever its health.
+fn target_status(cluster: &str, t: &lifeline_engine::TargetState) -> TargetStatus {
+    TargetStatus {
+        cluster: cluster.to_string(),
+        state: if t.drained {
+            TargetState::Draining
+        } else {
+            match t.health {
+                Health::Healthy => TargetState::Healthy,
+                Health::Unhealthy => TargetState::Unhealthy,
+                Health::Unknown => TargetState::Unknown,
+                Health::Recovering | Health::Ramping => TargetState::Recovering,
+            }
+        },
+        reason: t.reason.to_string(),
+        last_transition_time: Some(time(t.since)),
+        details: BTreeMap::new(),
     }
 }
 

@@ -88,7 +88,7 @@ impl Problems {
             }
             Ok(d) => Some(d),
             Err(e) => {
-                self.push(path, e);
+                self.push(path, e.to_string());
                 None
             }
         }
@@ -125,18 +125,31 @@ fn show(d: StdDuration) -> String {
     }
 }
 
+/// Why a text is not a hostname; the message follows the field's path.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidHostname {
+    #[error("must not be empty")]
+    Empty,
+    /// More than 253 characters.
+    #[error("is {len} characters long; the limit is 253")]
+    TooLong { len: usize },
+    /// A label that is empty, longer than 63, holds something other than letters, digits,
+    /// `-` or `_`, or starts or ends with `-`.
+    #[error(
+        "{name:?} is not a valid DNS name: label {label:?} must be 1-63 letters, digits or hyphens, not starting or ending with a hyphen"
+    )]
+    Label { name: String, label: String },
+}
+
 /// Checks a DNS hostname (no trailing dot needed): labels of 1–63 letters, digits and
 /// hyphens, not starting or ending with a hyphen, at most 253 characters.
-pub fn check_hostname(name: &str) -> Result<(), String> {
+pub fn check_hostname(name: &str) -> Result<(), InvalidHostname> {
     let name = name.strip_suffix('.').unwrap_or(name);
     if name.is_empty() {
-        return Err("must not be empty".to_owned());
+        return Err(InvalidHostname::Empty);
     }
     if name.len() > 253 {
-        return Err(format!(
-            "is {} characters long; the limit is 253",
-            name.len()
-        ));
+        return Err(InvalidHostname::TooLong { len: name.len() });
     }
     for label in name.split('.') {
         let ok = !label.is_empty()
@@ -147,9 +160,10 @@ pub fn check_hostname(name: &str) -> Result<(), String> {
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
-            return Err(format!(
-                "{name:?} is not a valid DNS name: label {label:?} must be 1-63 letters, digits or hyphens, not starting or ending with a hyphen"
-            ));
+            return Err(InvalidHostname::Label {
+                name: name.to_owned(),
+                label: label.to_owned(),
+            });
         }
     }
     Ok(())
@@ -186,7 +200,7 @@ pub fn failover_policy(policy: &FailoverPolicy) -> Vec<Problem> {
 
 fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
     if let Err(e) = check_hostname(&spec.hostname) {
-        p.push("spec.hostname", e);
+        p.push("spec.hostname", e.to_string());
     }
     p.range("spec.ttl", spec.ttl, limits::TTL_MIN, limits::TTL_MAX);
     p.range(
@@ -323,7 +337,7 @@ fn policy_spec(p: &mut Problems, spec: &FailoverPolicySpec) {
             if let Some(host) = &http.host
                 && let Err(e) = check_hostname(host)
             {
-                p.push("spec.healthCheck.http.host", e);
+                p.push("spec.healthCheck.http.host", e.to_string());
             }
         }
         if let Some(tcp) = &hc.tcp {

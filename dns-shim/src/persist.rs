@@ -94,53 +94,111 @@ fn frame(magic: &str, version: u32, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Why a persisted file is not used. Such a file is skipped (and counted), never served.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreadable {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("no header line")]
+    NoHeader,
+    #[error("header is not UTF-8")]
+    HeaderEncoding,
+    /// The header's first word is not the file kind's magic.
+    #[error("not a {0} file")]
+    Magic(&'static str),
+    #[error("bad file version")]
+    BadVersion,
+    #[error("file version {0} not supported")]
+    Version(u32),
+    #[error("no checksum")]
+    NoChecksum,
+    #[error("no length")]
+    NoLength,
+    /// The body is not as long as the header says.
+    #[error("truncated or padded: {actual} bytes, header says {header}")]
+    Length { actual: usize, header: usize },
+    #[error("checksum mismatch")]
+    Checksum,
+    #[error("no snapshot header")]
+    NoSnapshotHeader,
+    #[error("invalid snapshot header: {0}")]
+    SnapshotHeader(#[source] serde_json::Error),
+    /// The record model's format version, not the file layout's.
+    #[error("format version {0} not supported")]
+    Format(u32),
+    #[error("invalid record line: {0}")]
+    RecordLine(#[source] serde_json::Error),
+    /// A thread parsing half of a large body panicked.
+    #[error("parser failed")]
+    Parser,
+    #[error("invalid overrides: {0}")]
+    Overrides(#[source] serde_json::Error),
+    /// A snapshot file whose content is another zone or revision than its name says.
+    #[error(
+        "content is zone {zone} revision {revision}, file name says {named_zone} {named_revision}"
+    )]
+    MisnamedSnapshot {
+        zone: String,
+        revision: u64,
+        named_zone: String,
+        named_revision: u64,
+    },
+    /// An overrides file whose content is another generation than its name says.
+    #[error("content is generation {generation}, file name says {named}")]
+    MisnamedOverrides { generation: u64, named: u64 },
+}
+
 /// Splits a framed file into its expected checksum and its body, checking the magic,
 /// the version and the length (the checksum is left to the caller, who may verify it
 /// while parsing).
-fn unframe<'a>(bytes: &'a [u8], magic: &str, want: u32) -> Result<(&'a str, &'a [u8]), String> {
+fn unframe<'a>(
+    bytes: &'a [u8],
+    magic: &'static str,
+    want: u32,
+) -> Result<(&'a str, &'a [u8]), Unreadable> {
     let nl = bytes
         .iter()
         .position(|b| *b == b'\n')
-        .ok_or("no header line")?;
-    let header = std::str::from_utf8(&bytes[..nl]).map_err(|_| "header is not UTF-8")?;
+        .ok_or(Unreadable::NoHeader)?;
+    let header = std::str::from_utf8(&bytes[..nl]).map_err(|_| Unreadable::HeaderEncoding)?;
     let body = &bytes[nl + 1..];
     let mut parts = header.split(' ');
     if parts.next() != Some(magic) {
-        return Err(format!("not a {magic} file"));
+        return Err(Unreadable::Magic(magic));
     }
     let version: u32 = parts
         .next()
         .and_then(|v| v.parse().ok())
-        .ok_or("bad file version")?;
+        .ok_or(Unreadable::BadVersion)?;
     if version != want {
-        return Err(format!("file version {version} not supported"));
+        return Err(Unreadable::Version(version));
     }
     let digest = parts
         .next()
         .and_then(|p| p.strip_prefix("sha256="))
-        .ok_or("no checksum")?;
+        .ok_or(Unreadable::NoChecksum)?;
     let len: usize = parts
         .next()
         .and_then(|p| p.strip_prefix("len="))
         .and_then(|l| l.parse().ok())
-        .ok_or("no length")?;
+        .ok_or(Unreadable::NoLength)?;
     if body.len() != len {
-        return Err(format!(
-            "truncated or padded: {} bytes, header says {len}",
-            body.len()
-        ));
+        return Err(Unreadable::Length {
+            actual: body.len(),
+            header: len,
+        });
     }
     Ok((digest, body))
 }
 
 /// Reads the on-disk format: length and checksum are verified, and nothing parsed is
 /// used unless both hold.
-pub fn decode(bytes: &[u8]) -> Result<ZoneSnapshot, String> {
+pub fn decode(bytes: &[u8]) -> Result<ZoneSnapshot, Unreadable> {
     let (digest, body) = unframe(bytes, MAGIC, FILE_VERSION)?;
     let meta_end = body
         .iter()
         .position(|b| *b == b'\n')
-        .ok_or("no snapshot header")?;
+        .ok_or(Unreadable::NoSnapshotHeader)?;
     let lines = &body[meta_end + 1..];
     // Checksum and parsing run side by side; the result is discarded if the sum is wrong.
     let (sum_ok, parsed) = if body.len() >= PARALLEL_FROM {
@@ -154,9 +212,7 @@ pub fn decode(bytes: &[u8]) -> Result<ZoneSnapshot, String> {
             let sum = scope.spawn(|| hex::encode(Sha256::digest(body)) == digest);
             let second = scope.spawn(|| parse_lines(b));
             let first = parse_lines(a);
-            let second = second
-                .join()
-                .unwrap_or_else(|_| Err("parser failed".into()));
+            let second = second.join().unwrap_or(Err(Unreadable::Parser));
             let sum = sum.join().unwrap_or(false);
             (
                 sum,
@@ -173,12 +229,12 @@ pub fn decode(bytes: &[u8]) -> Result<ZoneSnapshot, String> {
         )
     };
     if !sum_ok {
-        return Err("checksum mismatch".into());
+        return Err(Unreadable::Checksum);
     }
-    let meta: Meta = serde_json::from_slice(&body[..meta_end])
-        .map_err(|e| format!("invalid snapshot header: {e}"))?;
+    let meta: Meta =
+        serde_json::from_slice(&body[..meta_end]).map_err(Unreadable::SnapshotHeader)?;
     if meta.format != FORMAT_VERSION {
-        return Err(format!("format version {} not supported", meta.format));
+        return Err(Unreadable::Format(meta.format));
     }
     Ok(ZoneSnapshot {
         format: meta.format,
@@ -189,11 +245,11 @@ pub fn decode(bytes: &[u8]) -> Result<ZoneSnapshot, String> {
     })
 }
 
-fn parse_lines(lines: &[u8]) -> Result<Vec<(String, NameRecords)>, String> {
+fn parse_lines(lines: &[u8]) -> Result<Vec<(String, NameRecords)>, Unreadable> {
     lines
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).map_err(|e| format!("invalid record line: {e}")))
+        .map(|l| serde_json::from_slice(l).map_err(Unreadable::RecordLine))
         .collect()
 }
 
@@ -317,9 +373,8 @@ fn prune(dir: &Path, stem: &str, suffix: &str, keep: u64, valid: impl Fn(&Path) 
     }
 }
 
-fn read(path: &Path) -> Result<ZoneSnapshot, String> {
-    let bytes = fs::read(path).map_err(|e| e.to_string())?;
-    decode(&bytes)
+fn read(path: &Path) -> Result<ZoneSnapshot, Unreadable> {
+    decode(&fs::read(path)?)
 }
 
 /// Result of looking for the newest usable generation of a zone.
@@ -327,7 +382,7 @@ fn read(path: &Path) -> Result<ZoneSnapshot, String> {
 pub struct Loaded {
     pub snapshot: Option<(ZoneSnapshot, PathBuf)>,
     /// Files that were skipped, with why.
-    pub errors: Vec<(PathBuf, String)>,
+    pub errors: Vec<(PathBuf, Unreadable)>,
 }
 
 /// Loads the newest generation of `zone` that verifies; corrupt files are reported in
@@ -338,10 +393,12 @@ pub fn load_newest(dir: &Path, zone: &str) -> Loaded {
     for (rev, path) in generations(dir, zone, SUFFIX) {
         match read(&path).and_then(|s| {
             if s.zone != zone || s.revision != rev {
-                Err(format!(
-                    "content is zone {} revision {}, file name says {zone} {rev}",
-                    s.zone, s.revision
-                ))
+                Err(Unreadable::MisnamedSnapshot {
+                    zone: s.zone,
+                    revision: s.revision,
+                    named_zone: zone.to_owned(),
+                    named_revision: rev,
+                })
             } else {
                 Ok(s)
             }
@@ -376,17 +433,16 @@ pub fn encode_overrides(set: &OverrideSet) -> Result<Vec<u8>> {
     ))
 }
 
-pub fn decode_overrides(bytes: &[u8]) -> Result<OverrideSet, String> {
+pub fn decode_overrides(bytes: &[u8]) -> Result<OverrideSet, Unreadable> {
     let (digest, body) = unframe(bytes, OVERRIDES_MAGIC, OVERRIDES_VERSION)?;
     if hex::encode(Sha256::digest(body)) != digest {
-        return Err("checksum mismatch".into());
+        return Err(Unreadable::Checksum);
     }
-    serde_json::from_slice(body).map_err(|e| format!("invalid overrides: {e}"))
+    serde_json::from_slice(body).map_err(Unreadable::Overrides)
 }
 
-fn read_overrides(path: &Path) -> Result<OverrideSet, String> {
-    let bytes = fs::read(path).map_err(|e| e.to_string())?;
-    decode_overrides(&bytes)
+fn read_overrides(path: &Path) -> Result<OverrideSet, Unreadable> {
+    decode_overrides(&fs::read(path)?)
 }
 
 /// Writes a new generation of the break-glass overrides and prunes old ones.
@@ -406,7 +462,7 @@ pub fn write_overrides(dir: &Path, set: &OverrideSet) -> Result<PathBuf> {
 
 /// The newest generation of break-glass overrides that verifies, and the files skipped
 /// with why. `None` when there is none (never written, or every copy is corrupt).
-pub fn load_overrides(dir: &Path) -> (Option<OverrideSet>, Vec<(PathBuf, String)>) {
+pub fn load_overrides(dir: &Path) -> (Option<OverrideSet>, Vec<(PathBuf, Unreadable)>) {
     remove_stray_temporaries(dir, OVERRIDES_STEM, OVERRIDES_SUFFIX);
     let mut errors = Vec::new();
     for (generation, path) in generations(dir, OVERRIDES_STEM, OVERRIDES_SUFFIX) {
@@ -414,10 +470,10 @@ pub fn load_overrides(dir: &Path) -> (Option<OverrideSet>, Vec<(PathBuf, String)
             if s.generation == generation {
                 Ok(s)
             } else {
-                Err(format!(
-                    "content is generation {}, file name says {generation}",
-                    s.generation
-                ))
+                Err(Unreadable::MisnamedOverrides {
+                    generation: s.generation,
+                    named: generation,
+                })
             }
         }) {
             Ok(set) => return (Some(set), errors),

@@ -153,17 +153,31 @@ fn list(dir: &Path) -> std::io::Result<Vec<(PathBuf, (u64, SystemTime))>> {
     Ok(out)
 }
 
+/// Why a file in the directory is skipped.
+#[derive(Debug, thiserror::Error)]
+enum BadFile {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("invalid JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    /// JSON with a `kind`, but not an update of that kind.
+    #[error("invalid update: {0}")]
+    Update(#[source] serde_json::Error),
+    /// JSON without a `kind`, but not a snapshot.
+    #[error("invalid snapshot: {0}")]
+    Snapshot(#[source] serde_json::Error),
+}
+
 /// Reads a file holding either an update (`{"kind": "replace"|"patch", ...}`) or a bare
 /// snapshot.
-async fn read_update(path: &Path) -> Result<Update, String> {
-    let bytes = tokio::fs::read(path).await.map_err(|e| e.to_string())?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("invalid JSON: {e}"))?;
+async fn read_update(path: &Path) -> Result<Update, BadFile> {
+    let bytes = tokio::fs::read(path).await?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(BadFile::Json)?;
     if value.get("kind").is_some() {
-        serde_json::from_value(value).map_err(|e| format!("invalid update: {e}"))
+        serde_json::from_value(value).map_err(BadFile::Update)
     } else {
         serde_json::from_value::<ZoneSnapshot>(value)
             .map(Update::Replace)
-            .map_err(|e| format!("invalid snapshot: {e}"))
+            .map_err(BadFile::Snapshot)
     }
 }

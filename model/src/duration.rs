@@ -37,7 +37,7 @@ impl Duration {
     }
 
     /// Parses the text, explaining what is wrong when it is not a valid duration.
-    pub fn parse(&self) -> Result<StdDuration, String> {
+    pub fn parse(&self) -> Result<StdDuration, InvalidDuration> {
         parse_duration(&self.0)
     }
 }
@@ -97,21 +97,29 @@ pub mod text {
     }
 }
 
+/// Why a text is not a duration; the message is what an operator reads beside the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidDuration {
+    /// Not the grammar: a sign, a space, a missing number or an unknown unit.
+    #[error(
+        "invalid duration {text:?}: expected a number and unit such as \"500ms\", \"30s\", \"5m\" or \"1h30m\" (units ns, us, ms, s, m, h)"
+    )]
+    Syntax { text: String },
+    /// Longer than [`MAX_TEXT`] characters.
+    #[error("invalid duration: {len} characters long; the limit is {MAX_TEXT}")]
+    TooLong { len: usize },
+}
+
 /// Parses a Go-style duration (`"1m30s"`), rejecting signs, spaces and unknown units.
-pub fn parse_duration(text: &str) -> Result<StdDuration, String> {
-    let bad = || {
-        format!(
-            "invalid duration {text:?}: expected a number and unit such as \"500ms\", \"30s\", \"5m\" or \"1h30m\" (units ns, us, ms, s, m, h)"
-        )
+pub fn parse_duration(text: &str) -> Result<StdDuration, InvalidDuration> {
+    let bad = || InvalidDuration::Syntax {
+        text: text.to_owned(),
     };
     if text.is_empty() {
         return Err(bad());
     }
     if text.len() > MAX_TEXT {
-        return Err(format!(
-            "invalid duration: {} characters long; the limit is {MAX_TEXT}",
-            text.len()
-        ));
+        return Err(InvalidDuration::TooLong { len: text.len() });
     }
     // humantime accepts a wider language ("5 minutes", "1sec"); check the narrow grammar
     // first so the Rust check and the schema pattern agree.

@@ -4,13 +4,31 @@
 /// Longest name in wire form, the terminating root label included (RFC 1035).
 pub const MAX_NAME: usize = 255;
 
+/// Why a text is not a DNS name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidName {
+    #[error("empty name")]
+    Empty,
+    /// Two dots in a row, or a dot at the start.
+    #[error("empty label in {name:?}")]
+    EmptyLabel { name: String },
+    #[error("label longer than 63 bytes in {name:?}")]
+    LongLabel { name: String },
+    /// A byte that is not printable ASCII, or one that zone files quote (`\`, `"`).
+    #[error("byte {byte:#04x} not allowed in {name:?}")]
+    Byte { byte: u8, name: String },
+    /// Longer than [`MAX_NAME`] bytes in wire form.
+    #[error("name longer than 255 bytes: {name:?}")]
+    TooLong { name: String },
+}
+
 /// Normalises a configured or published name to lowercase, absolute, without the
 /// trailing dot. A name that is not already inside `origin` is taken as relative to it;
 /// `@` is the origin itself. An empty `origin` means "take the name as absolute".
-pub fn normalize_name(name: &str, origin: &str) -> Result<String, String> {
+pub fn normalize(name: &str, origin: &str) -> Result<String, InvalidName> {
     let name = name.trim();
     if name.is_empty() {
-        return Err("empty name".into());
+        return Err(InvalidName::Empty);
     }
     let lower = name.to_ascii_lowercase();
     let out = if lower == "@" {
@@ -27,26 +45,29 @@ pub fn normalize_name(name: &str, origin: &str) -> Result<String, String> {
     } else {
         format!("{lower}.{origin}")
     };
-    to_wire(&out)?;
+    encode(&out)?;
     Ok(out)
 }
 
 /// Encodes a normalised name (no trailing dot; empty string is the root) as wire labels.
-pub fn to_wire(name: &str) -> Result<Vec<u8>, String> {
+pub fn encode(name: &str) -> Result<Vec<u8>, InvalidName> {
     let mut out = Vec::with_capacity(name.len() + 2);
     if !name.is_empty() {
         for label in name.split('.') {
             if label.is_empty() {
-                return Err(format!("empty label in {name:?}"));
+                return Err(InvalidName::EmptyLabel { name: name.into() });
             }
             if label.len() > 63 {
-                return Err(format!("label longer than 63 bytes in {name:?}"));
+                return Err(InvalidName::LongLabel { name: name.into() });
             }
-            if let Some(c) = label
+            if let Some(byte) = label
                 .bytes()
                 .find(|c| !c.is_ascii_graphic() || *c == b'\\' || *c == b'"')
             {
-                return Err(format!("byte {c:#04x} not allowed in {name:?}"));
+                return Err(InvalidName::Byte {
+                    byte,
+                    name: name.into(),
+                });
             }
             out.push(label.len() as u8);
             out.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
@@ -54,7 +75,18 @@ pub fn to_wire(name: &str) -> Result<Vec<u8>, String> {
     }
     out.push(0);
     if out.len() > MAX_NAME {
-        return Err(format!("name longer than 255 bytes: {name:?}"));
+        return Err(InvalidName::TooLong { name: name.into() });
     }
     Ok(out)
+}
+
+/// [`normalize`], with the problem as text: for checks that collect their findings as
+/// `(path, message)` pairs.
+pub fn normalize_name(name: &str, origin: &str) -> Result<String, String> {
+    normalize(name, origin).map_err(|e| e.to_string())
+}
+
+/// [`encode`], with the problem as text, to chain with [`normalize_name`].
+pub fn to_wire(name: &str) -> Result<Vec<u8>, String> {
+    encode(name).map_err(|e| e.to_string())
 }

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{Context, KubeConfigOptions, Kubeconfig};
 
 use super::Error;
 
@@ -28,7 +28,24 @@ pub async fn kube_config_from_path(path: &Path) -> Result<kube::Config, Error> {
 /// Parses a kubeconfig (YAML) held in memory, e.g. a Secret's `data.kubeconfig`. The
 /// context used is `current-context`, or the only context when there is one.
 pub async fn kube_config_from_bytes(bytes: &[u8]) -> Result<kube::Config, Error> {
-    let bad = |reason: String| Error::Kubeconfig(reason);
+    let kc = parse(bytes)?;
+    let context_name = chosen_context(&kc)?;
+    let context = context_named(&kc, &context_name)?;
+    let cluster_name = context.cluster.clone();
+    let server = server_url(&kc, &context_name, &cluster_name)?;
+    check_user(&kc, &context_name, context)?;
+    let config = config_for(kc, &context_name, &cluster_name).await?;
+    if server.scheme_str() == Some("https") {
+        check_tls_material(&config, &context_name)?;
+    }
+    Ok(config)
+}
+
+fn bad(reason: String) -> Error {
+    Error::Kubeconfig(reason)
+}
+
+fn parse(bytes: &[u8]) -> Result<Kubeconfig, Error> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         bad(format!(
             "not UTF-8 text (invalid byte at offset {})",
@@ -40,32 +57,39 @@ pub async fn kube_config_from_bytes(bytes: &[u8]) -> Result<kube::Config, Error>
     }
     // The parser's message can quote the document (a token, a key); only its shape is
     // reported, never the text.
-    let kc = Kubeconfig::from_yaml(text)
-        .map_err(|e| bad(format!("not a kubeconfig: {}", redact(&error_chain(&e)))))?;
-    let context_name = match (&kc.current_context, kc.contexts.as_slice()) {
-        (Some(c), _) if !c.is_empty() => c.clone(),
-        (_, [only]) => only.name.clone(),
-        (_, []) => return Err(bad("no contexts defined".to_owned())),
-        (_, many) => {
-            return Err(bad(format!(
-                "current-context is not set and there are {} contexts to choose from",
-                many.len()
-            )));
-        }
-    };
-    let context = kc
-        .contexts
+    Kubeconfig::from_yaml(text)
+        .map_err(|e| bad(format!("not a kubeconfig: {}", redact(&error_chain(&e)))))
+}
+
+/// `current-context`, or the only context; several without a current one is ambiguous.
+fn chosen_context(kc: &Kubeconfig) -> Result<String, Error> {
+    match (&kc.current_context, kc.contexts.as_slice()) {
+        (Some(c), _) if !c.is_empty() => Ok(c.clone()),
+        (_, [only]) => Ok(only.name.clone()),
+        (_, []) => Err(bad("no contexts defined".to_owned())),
+        (_, many) => Err(bad(format!(
+            "current-context is not set and there are {} contexts to choose from",
+            many.len()
+        ))),
+    }
+}
+
+fn context_named<'a>(kc: &'a Kubeconfig, name: &str) -> Result<&'a Context, Error> {
+    kc.contexts
         .iter()
-        .find(|c| c.name == context_name)
+        .find(|c| c.name == name)
         .ok_or_else(|| {
             bad(format!(
-                "current-context {context_name:?} is not among the contexts"
+                "current-context {name:?} is not among the contexts"
             ))
         })?
         .context
         .as_ref()
-        .ok_or_else(|| bad(format!("context {context_name:?} is empty")))?;
-    let cluster_name = context.cluster.clone();
+        .ok_or_else(|| bad(format!("context {name:?} is empty")))
+}
+
+/// The context's cluster's server, which must be an http(s) URL with a host.
+fn server_url(kc: &Kubeconfig, context_name: &str, cluster_name: &str) -> Result<http::Uri, Error> {
     if cluster_name.is_empty() {
         return Err(bad(format!("context {context_name:?} names no cluster")));
     }
@@ -94,15 +118,27 @@ pub async fn kube_config_from_bytes(bytes: &[u8]) -> Result<kube::Config, Error>
             "cluster {cluster_name:?} server {server:?} must be an http:// or https:// URL with a host"
         )));
     }
-    if let Some(user) = context.user.as_deref().filter(|u| !u.is_empty())
-        && !kc.auth_infos.iter().any(|a| a.name == user)
-    {
-        return Err(bad(format!(
+    Ok(uri)
+}
+
+/// A user the context names must be defined; a context may name none.
+fn check_user(kc: &Kubeconfig, context_name: &str, context: &Context) -> Result<(), Error> {
+    match context.user.as_deref().filter(|u| !u.is_empty()) {
+        Some(user) if !kc.auth_infos.iter().any(|a| a.name == user) => Err(bad(format!(
             "context {context_name:?} refers to user {user:?}, which is not defined"
-        )));
+        ))),
+        _ => Ok(()),
     }
+}
+
+/// kube's configuration for exactly `context_name`, with a CA that holds a certificate.
+async fn config_for(
+    kc: Kubeconfig,
+    context_name: &str,
+    cluster_name: &str,
+) -> Result<kube::Config, Error> {
     let options = KubeConfigOptions {
-        context: Some(context_name.clone()),
+        context: Some(context_name.to_owned()),
         ..KubeConfigOptions::default()
     };
     // What remains (certificate and key material, auth plugins) kube checks itself; its
@@ -120,19 +156,21 @@ pub async fn kube_config_from_bytes(bytes: &[u8]) -> Result<kube::Config, Error>
             "cluster {cluster_name:?}: certificate-authority(-data) holds no PEM certificate"
         )));
     }
-    if uri.scheme_str() == Some("https") {
-        // kube parses certificates only when a client is built; building the TLS
-        // configuration now turns a bad CA or client key into this error, not a
-        // connection failure later. The provider is process-wide; one may be installed.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        kube::client::ConfigExt::rustls_client_config(&config).map_err(|e| {
-            bad(format!(
-                "context {context_name:?}: TLS material: {}",
-                error_chain(&e)
-            ))
-        })?;
-    }
     Ok(config)
+}
+
+/// kube parses certificates only when a client is built; building the TLS configuration
+/// now turns a bad CA or client key into this error, not a connection failure later.
+fn check_tls_material(config: &kube::Config, context_name: &str) -> Result<(), Error> {
+    // The provider is process-wide; one may be installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    kube::client::ConfigExt::rustls_client_config(config).map_err(|e| {
+        bad(format!(
+            "context {context_name:?}: TLS material: {}",
+            error_chain(&e)
+        ))
+    })?;
+    Ok(())
 }
 
 /// `text` with every quoted part (`"…"`, `'…'`, `` `…` ``) replaced by `<redacted>`,

@@ -647,87 +647,137 @@ async fn run_stream<K: Indexed>(
     selector: &str,
     options: &WatchOptions,
 ) {
-    let kind = K::KIND;
-    let mut version: Option<String> = None;
-    let mut pauses = Pauses::new(options);
+    let mut stream = ListWatch {
+        shared,
+        api,
+        selector,
+        options,
+        version: None,
+        pauses: Pauses::new(options),
+    };
     // Bounded by the supervisor, which drops this future on re-scope or shutdown.
     loop {
-        let rv = match version.clone() {
-            Some(rv) => rv,
-            None => match tokio::time::timeout(
-                options.list_timeout,
-                list::<K>(&api, selector, options.page_size),
-            )
-            .await
-            .unwrap_or_else(|_| Err(kube::Error::Service("list timed out".into())))
-            {
-                Ok((items, rv)) => {
-                    info!(kind, objects = items.len(), %rv, "listed");
-                    K::reset(&mut shared.index.lock(), &items);
-                    {
-                        let mut streams = shared.streams.lock();
-                        streams.listed += 1;
-                        streams.denied.remove(kind);
-                    }
-                    shared.publish();
-                    version = Some(rv.clone());
-                    rv
-                }
-                Err(error) => {
-                    warn!(kind, error = %kubeconfig::error_chain(&error), "list failed");
-                    let refused = shared.note_refusal(kind, refusal("list", kind, &error));
-                    shared.publish();
-                    pauses.wait_after(refused).await;
-                    continue;
-                }
-            },
+        let Some(rv) = stream.listed_version().await else {
+            continue;
         };
+        let Some((end, opened)) = stream.watch_from(&rv).await else {
+            continue;
+        };
+        stream.resume_after(end, opened).await;
+    }
+}
+
+/// One stream's selection and where it resumes.
+struct ListWatch<'a, K> {
+    shared: &'a Shared,
+    api: Api<K>,
+    selector: &'a str,
+    options: &'a WatchOptions,
+    /// The last resourceVersion seen; `None` lists afresh.
+    version: Option<String>,
+    pauses: Pauses,
+}
+
+impl<K: Indexed> ListWatch<'_, K> {
+    /// The version to watch from: the last one seen, or else a new list's, which resets
+    /// the index. `None` when the list failed (after the pause that follows).
+    async fn listed_version(&mut self) -> Option<String> {
+        if let Some(rv) = &self.version {
+            return Some(rv.clone());
+        }
+        let kind = K::KIND;
+        let listed = tokio::time::timeout(
+            self.options.list_timeout,
+            list::<K>(&self.api, self.selector, self.options.page_size),
+        )
+        .await
+        .unwrap_or_else(|_| Err(kube::Error::Service("list timed out".into())));
+        match listed {
+            Ok((items, rv)) => {
+                info!(kind, objects = items.len(), %rv, "listed");
+                K::reset(&mut self.shared.index.lock(), &items);
+                {
+                    let mut streams = self.shared.streams.lock();
+                    streams.listed += 1;
+                    streams.denied.remove(kind);
+                }
+                self.shared.publish();
+                self.version = Some(rv.clone());
+                Some(rv)
+            }
+            Err(error) => {
+                warn!(kind, error = %kubeconfig::error_chain(&error), "list failed");
+                self.pause_after("list", &error).await;
+                None
+            }
+        }
+    }
+
+    /// Watches from `rv` until the watch ends; returns how it ended and when it opened.
+    /// `None` when it could not be opened (an expired version is forgotten, so the next
+    /// round lists).
+    async fn watch_from(&mut self, rv: &str) -> Option<(WatchEnd, Instant)> {
+        let kind = K::KIND;
         let params = WatchParams::default()
-            .labels(selector)
-            .timeout(options.watch_timeout.as_secs().clamp(1, 294) as u32);
-        let stream = match api.watch(&params, &rv).await {
+            .labels(self.selector)
+            .timeout(self.options.watch_timeout.as_secs().clamp(1, 294) as u32);
+        let stream = match self.api.watch(&params, rv).await {
             Ok(stream) => stream,
             Err(kube::Error::Api(status)) if status.code == 410 => {
                 info!(kind, %rv, "resourceVersion expired; relisting");
-                version = None;
-                continue;
+                self.version = None;
+                return None;
             }
             Err(error) => {
                 debug!(kind, %rv, error = %kubeconfig::error_chain(&error), "watch failed to open");
-                let refused = shared.note_refusal(kind, refusal("watch", kind, &error));
-                shared.publish();
-                pauses.wait_after(refused).await;
-                continue;
+                self.pause_after("watch", &error).await;
+                return None;
             }
         };
+        let shared = self.shared;
         shared.streams.lock().denied.remove(kind);
         let opened = Instant::now();
         shared.streams.lock().watches_open += 1;
         shared.publish();
-        let end = follow::<K>(shared, stream, &mut version, options.idle_timeout).await;
+        let end = follow::<K>(shared, stream, &mut self.version, self.options.idle_timeout).await;
         {
             let mut s = shared.streams.lock();
             s.watches_open = s.watches_open.saturating_sub(1);
         }
         shared.publish();
+        Some((end, opened))
+    }
+
+    /// A failed request is published (a refusal named) and paused after.
+    async fn pause_after(&mut self, verb: &str, error: &kube::Error) {
+        let kind = K::KIND;
+        let refused = self.shared.note_refusal(kind, refusal(verb, kind, error));
+        self.shared.publish();
+        self.pauses.wait_after(refused).await;
+    }
+
+    /// Resumes at once after a watch the server closed in the normal way, and pauses
+    /// first after one that broke or closed as soon as it opened.
+    async fn resume_after(&mut self, end: WatchEnd, opened: Instant) {
+        let kind = K::KIND;
         match end {
             WatchEnd::Closed { delivered }
-                if delivered || opened.elapsed() >= options.min_watch_life =>
+                if delivered || opened.elapsed() >= self.options.min_watch_life =>
             {
                 debug!(kind, "watch closed by the server; resuming");
-                pauses.reset();
+                self.pauses.reset();
             }
             WatchEnd::Closed { .. } => {
                 debug!(kind, "watch closed at once; pausing before resuming");
-                pauses.wait().await;
+                self.pauses.wait().await;
             }
             WatchEnd::Gone => {
                 info!(kind, "resourceVersion expired during the watch; relisting");
-                version = None;
+                self.version = None;
             }
             WatchEnd::Failed(reason) => {
                 info!(kind, %reason, "watch broke; resuming from the last version");
-                pauses.wait().await;
+                self.pauses.wait().await;
             }
         }
     }

@@ -19,7 +19,7 @@ use rustls::{
 };
 use tokio::net::TcpStream;
 
-use super::{describe_chain, describe_io};
+use super::{Failure, connect_failure, describe_chain, describe_io};
 
 const USER_AGENT: &str = concat!("lifeline-probe/", env!("CARGO_PKG_VERSION"));
 
@@ -29,7 +29,7 @@ pub(super) struct Tls {
     /// Verifies certificates against the system's roots and any extra ones; `Err` says
     /// why there is nothing to verify against (no CA bundle on the machine), which every
     /// verified HTTPS probe then reports as its failure.
-    verified: Result<Arc<ClientConfig>, String>,
+    verified: Result<Arc<ClientConfig>, Failure>,
     /// Accepts any certificate (`insecureSkipVerify`), still checking the handshake's
     /// signatures, so the server holds the key of what it presented.
     unverified: Arc<ClientConfig>,
@@ -74,9 +74,7 @@ impl Tls {
             tracing::warn!(
                 "no trusted CA certificates on this machine{why}; HTTPS checks that verify certificates will fail until some are installed"
             );
-            Err(format!(
-                "tls: no trusted CA certificates on this machine{why}"
-            ))
+            Err(Failure::NoTrustRoots(why))
         } else {
             tracing::debug!(system, extra, "trust roots loaded for HTTPS probes");
             Ok(Arc::new(
@@ -99,7 +97,7 @@ impl Tls {
         })
     }
 
-    fn config(&self, insecure_skip_verify: bool) -> Result<Arc<ClientConfig>, String> {
+    fn config(&self, insecure_skip_verify: bool) -> Result<Arc<ClientConfig>, Failure> {
         if insecure_skip_verify {
             Ok(self.unverified.clone())
         } else {
@@ -123,12 +121,12 @@ pub(super) struct Get<'a> {
 /// Sends one GET and returns the status; `Err` is a short reason ("connect refused",
 /// "tls: invalid peer certificate: UnknownIssuer", ...). The connection is closed when it
 /// returns; the body is never read.
-pub(super) async fn get(tls: &Tls, get: Get<'_>) -> Result<http::StatusCode, String> {
+pub(super) async fn get(tls: &Tls, get: Get<'_>) -> Result<http::StatusCode, Failure> {
     // A check that cannot verify anything (no trust roots) says so without connecting.
     let config = get.tls.map(|skip| tls.config(skip)).transpose()?;
     let tcp = TcpStream::connect(get.addr)
         .await
-        .map_err(|e| describe_io(&e).unwrap_or_else(|| format!("connect failed: {e}")))?;
+        .map_err(|e| connect_failure(&e))?;
     // Nagle would hold the request behind the handshake's last segment for nothing.
     let _ = tcp.set_nodelay(true);
     let host_header = match get.host {
@@ -144,8 +142,9 @@ pub(super) async fn get(tls: &Tls, get: Get<'_>) -> Result<http::StatusCode, Str
                 .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
                 .filter(|h| !h.is_empty() && h.parse::<std::net::IpAddr>().is_err())
             {
-                Some(name) => ServerName::try_from(name)
-                    .map_err(|e| format!("tls: host is not a valid server name: {e}"))?,
+                Some(name) => {
+                    ServerName::try_from(name).map_err(|e| Failure::ServerName(e.to_string()))?
+                }
                 None => ServerName::IpAddress(get.addr.ip().into()),
             };
             let stream = tokio_rustls::TlsConnector::from(config)
@@ -158,7 +157,7 @@ pub(super) async fn get(tls: &Tls, get: Get<'_>) -> Result<http::StatusCode, Str
 }
 
 /// HTTP/1.1 over an open connection: one request, its status, then close.
-async fn exchange<I>(io: I, host: &str, path: &str) -> Result<http::StatusCode, String>
+async fn exchange<I>(io: I, host: &str, path: &str) -> Result<http::StatusCode, Failure>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -170,7 +169,7 @@ where
         .header(header::USER_AGENT, USER_AGENT)
         .header(header::CONNECTION, "close")
         .body(String::new())
-        .map_err(|e| format!("request failed: {e}"))?;
+        .map_err(|e| Failure::Exchange(format!("request failed: {e}")))?;
     // The connection is driven here rather than on a task of its own, so dropping the
     // probe (its timeout, or the target being removed) closes it at once.
     let send = sender.send_request(request);
@@ -190,15 +189,12 @@ where
     }
 }
 
-fn describe_tls(e: &io::Error) -> String {
-    if let Some(reason) = describe_io(e) {
-        return reason;
-    }
-    describe_chain(e, "tls handshake failed")
+fn describe_tls(e: &io::Error) -> Failure {
+    Failure::Handshake(describe_io(e).unwrap_or_else(|| describe_chain(e, "tls handshake failed")))
 }
 
-fn describe_hyper(e: &hyper::Error) -> String {
-    describe_chain(e, "request failed")
+fn describe_hyper(e: &hyper::Error) -> Failure {
+    Failure::Exchange(describe_chain(e, "request failed"))
 }
 
 /// `insecureSkipVerify`: any certificate is accepted; handshake signatures are still

@@ -74,6 +74,42 @@ pub enum Error {
 /// Result type of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Why one address failed its probe. Its text is the reason a result, the status and the
+/// logs show, so it stays short and names the failing step.
+#[derive(Debug, Clone, thiserror::Error)]
+enum Failure {
+    /// No TCP connection (refused, unreachable, ...).
+    #[error("{0}")]
+    Connect(String),
+    /// A verified HTTPS check on a machine without trust roots; `.0` is `": why"` when
+    /// the system said why, else empty.
+    #[error("tls: no trusted CA certificates on this machine{0}")]
+    NoTrustRoots(String),
+    /// The check's host cannot be presented as a TLS server name.
+    #[error("tls: host is not a valid server name: {0}")]
+    ServerName(String),
+    /// The TLS handshake failed (a certificate refused, above all).
+    #[error("{0}")]
+    Handshake(String),
+    /// The HTTP request could not be sent or answered.
+    #[error("{0}")]
+    Exchange(String),
+    /// An answer whose status is not a healthy one (any 2xx when `expected` is empty).
+    #[error("status {status} not {}", wanted(expected))]
+    Status { status: u16, expected: Vec<u16> },
+    /// Nothing within the probe's timeout.
+    #[error("timeout after {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+}
+
+fn wanted(expected: &[u16]) -> String {
+    if expected.is_empty() {
+        "2xx".to_owned()
+    } else {
+        format!("in {expected:?}")
+    }
+}
+
 // === Types ===
 
 /// Identifies one probed target: a policy and one of its member clusters (the same key
@@ -535,7 +571,7 @@ async fn round(shared: &Arc<Shared>, spec: &ProbeSpec, health: &mut Health) -> P
                     }
                 }
                 Err(reason) => {
-                    health.failing.insert(i, reason);
+                    health.failing.insert(i, reason.to_string());
                 }
             },
             None => {
@@ -580,14 +616,14 @@ async fn probe_address(
     ip: IpAddr,
     check: &Check,
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<String, Failure> {
     let addr = SocketAddr::new(ip, check.port());
     let attempt = async {
         match check {
             Check::Tcp { .. } => tokio::net::TcpStream::connect(addr)
                 .await
                 .map(|_| "connected".to_owned())
-                .map_err(|e| describe_io(&e).unwrap_or_else(|| format!("connect failed: {e}"))),
+                .map_err(|e| connect_failure(&e)),
             Check::Http {
                 https,
                 path,
@@ -618,24 +654,24 @@ async fn probe_address(
                 };
                 if healthy {
                     Ok(status.to_string())
-                } else if expected_status.is_empty() {
-                    Err(format!("status {} not 2xx", status.as_u16()))
                 } else {
-                    Err(format!(
-                        "status {} not in {expected_status:?}",
-                        status.as_u16()
-                    ))
+                    Err(Failure::Status {
+                        status: status.as_u16(),
+                        expected: expected_status.clone(),
+                    })
                 }
             }
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(outcome) => outcome,
-        Err(_) => Err(format!(
-            "timeout after {}",
-            humantime::format_duration(timeout)
-        )),
+        Err(_) => Err(Failure::Timeout(timeout)),
     }
+}
+
+/// A failed connect, by the socket error's name when it has one an operator knows.
+fn connect_failure(e: &io::Error) -> Failure {
+    Failure::Connect(describe_io(e).unwrap_or_else(|| format!("connect failed: {e}")))
 }
 
 /// A short reason for a failed exchange, from the most telling error in its chain;
