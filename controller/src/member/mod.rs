@@ -53,6 +53,7 @@ use kube::{
     api::{ListParams, ObjectList, WatchEvent, WatchParams},
 };
 use lifeline_crds::AddressSource;
+use lifeline_model::Backoff;
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
@@ -597,43 +598,26 @@ enum WatchEnd {
 }
 
 /// Jittered exponential pauses between failed attempts.
-struct Pauses {
-    builder: backon::ExponentialBuilder,
-    current: backon::ExponentialBackoff,
-    max: Duration,
-}
+struct Pauses(Backoff);
 
 impl Pauses {
     fn new(options: &WatchOptions) -> Self {
-        use backon::BackoffBuilder as _;
-        let builder = backon::ExponentialBuilder::default()
-            .with_min_delay(options.backoff_min)
-            .with_max_delay(options.backoff_max)
-            .with_jitter()
-            .without_max_times();
-        Self {
-            current: builder.build(),
-            builder,
-            max: options.backoff_max,
-        }
+        Self(Backoff::new(options.backoff_min, options.backoff_max))
     }
 
     fn reset(&mut self) {
-        use backon::BackoffBuilder as _;
-        self.current = self.builder.build();
+        self.0.reset();
     }
 
     async fn wait(&mut self) {
-        // The builder has no limit on attempts, so `None` never comes; the cap is a guard.
-        let pause = self.current.next().unwrap_or(self.max);
-        tokio::time::sleep(pause).await;
+        tokio::time::sleep(self.0.next_delay()).await;
     }
 
     /// After a refusal (401/403) the longest pause at once: retrying sooner cannot help
     /// until someone changes the grant, and it only adds load. Otherwise [`Pauses::wait`].
     async fn wait_after(&mut self, refused: bool) {
         if refused {
-            tokio::time::sleep(self.max).await;
+            tokio::time::sleep(self.0.max()).await;
         } else {
             self.wait().await;
         }
