@@ -421,7 +421,7 @@ impl Config {
             .iter()
             .filter(|z| !z.nameserver_addresses.is_empty())
             .map(|z| {
-                let apex = lifeline_crds::validate::normalize_name(&z.origin);
+                let apex = lifeline_model::name::canonical(&z.origin);
                 let names = z
                     .nameserver_addresses
                     .iter()
@@ -446,7 +446,7 @@ impl Config {
                         };
                         (
                             crate::publish::key_in_zone(
-                                &lifeline_crds::validate::normalize_name(name),
+                                &lifeline_model::name::canonical(name),
                                 &apex,
                             ),
                             records,

@@ -210,7 +210,7 @@ fn engine_policy(
 ) -> engine::Policy {
     engine::Policy {
         id,
-        hostname: lifeline_crds::validate::normalize_name(&spec.hostname),
+        hostname: lifeline_model::name::canonical(&spec.hostname),
         ttl: spec.ttl.clamp(limits::TTL_MIN, limits::TTL_MAX),
         max_answers: spec
             .max_answers

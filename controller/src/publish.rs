@@ -3,7 +3,8 @@
 
 use std::{collections::BTreeMap, time::SystemTime};
 
-use lifeline_crds::{Strategy, validate::name_in_zone};
+use lifeline_crds::Strategy;
+use lifeline_model::name::in_zone as name_in_zone;
 use lifeline_model::{AddressSet, NameRecords, Target, Update, ZonePatch, ZoneSnapshot};
 
 use lifeline_engine::{Answer, Decision};
@@ -54,7 +55,7 @@ impl Publisher {
         Self {
             zones: zones
                 .iter()
-                .map(|z| lifeline_crds::validate::normalize_name(z))
+                .map(|z| lifeline_model::name::canonical(z))
                 .collect(),
             published: BTreeMap::new(),
             built_from: None,
@@ -66,7 +67,7 @@ impl Publisher {
     /// The answers `served` holds for `hostname` (under its canonical key or its absolute
     /// name), sorted by cluster and address; `None` when it holds none.
     pub fn served_answers(&self, served: &ZoneRecords, hostname: &str) -> Option<Vec<Answer>> {
-        let hostname = lifeline_crds::validate::normalize_name(hostname);
+        let hostname = lifeline_model::name::canonical(hostname);
         let zone = zone_of(&self.zones, &hostname)?;
         let names = served.get(zone)?;
         let keys = [

@@ -286,10 +286,7 @@ async fn run_embedded(
             .iter()
             .filter_map(|origin| {
                 let snapshot = shim.snapshot(origin)?;
-                Some((
-                    lifeline_crds::validate::normalize_name(origin),
-                    snapshot.names,
-                ))
+                Some((lifeline_model::name::canonical(origin), snapshot.names))
             })
             .collect();
         let writer = Writer::Embedded(&store);

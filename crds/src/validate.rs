@@ -7,7 +7,10 @@
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, time::Duration as StdDuration};
 
-use lifeline_model::limits;
+use lifeline_model::{
+    limits,
+    name::{canonical as normalize_name, in_zone as name_in_zone},
+};
 
 use crate::{
     AddressSource, AllUnhealthyMode, Duration, FailoverPolicy, FailoverPolicySpec, MemberCluster,
@@ -800,21 +803,6 @@ fn policy_id(p: &FailoverPolicy) -> (String, String) {
     )
 }
 
-/// Lower-cases a DNS name and strips a trailing dot.
-pub fn normalize_name(name: &str) -> String {
-    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
-}
-
-/// True when `name` equals `zone` or lies below it (label-aligned).
-pub fn name_in_zone(name: &str, zone: &str) -> bool {
-    let name = normalize_name(name);
-    let zone = normalize_name(zone);
-    name == zone
-        || name
-            .strip_suffix(&zone)
-            .is_some_and(|rest| rest.ends_with('.'))
-}
-
 /// The id of a policy as an operator may write it: `namespace/name`, or a bare `name`
 /// in the `default` namespace, as a document without a namespace is.
 pub fn policy_id_from_text(text: &str) -> String {
@@ -822,7 +810,7 @@ pub fn policy_id_from_text(text: &str) -> String {
     if text.contains('/') {
         text.to_owned()
     } else {
-        format!("default/{text}")
+        format!("{}/{text}", crate::DEFAULT_NAMESPACE)
     }
 }
 

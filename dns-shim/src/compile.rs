@@ -501,7 +501,7 @@ fn prepare<'s, V>(
                     rejected.push((name.clone(), "duplicate name".into()));
                 }
             }
-            Err(e) => rejected.push((name.clone(), e)),
+            Err(e) => rejected.push((name.clone(), e.to_string())),
         }
     }
     for (name, problem) in &rejected {

@@ -14,7 +14,7 @@ use hickory_proto::{
 };
 
 pub const HEADER_LEN: usize = 12;
-pub use lifeline_model::name::{MAX_NAME, normalize_name, to_wire};
+pub use lifeline_model::name::{InvalidName, MAX_NAME, encode, normalize_name, to_wire};
 
 pub const TYPE_A: u16 = 1;
 pub const TYPE_NS: u16 = 2;
@@ -46,13 +46,22 @@ const OPTION_ECS: u16 = 8;
 
 // === names ===
 
-/// Converts a snapshot owner name to lowercase wire form in one pass: absolute with a
-/// trailing dot, `@` for the apex, the apex spelled out, or relative to `apex` (wire).
-/// The result must lie within `apex`.
-pub fn owner_to_wire(name: &str, apex: &[u8]) -> Result<Box<[u8]>, String> {
+/// Why a snapshot owner name cannot be served in its zone.
+#[derive(Debug, thiserror::Error)]
+pub enum BadOwner {
+    #[error(transparent)]
+    Name(#[from] InvalidName),
+    #[error("{0} is outside the zone")]
+    OutsideZone(String),
+}
+
+/// Converts a snapshot owner name to lowercase wire form: absolute with a trailing dot,
+/// `@` for the apex, the apex spelled out, or relative to `apex` (wire). The result must
+/// lie within `apex`.
+pub fn owner_to_wire(name: &str, apex: &[u8]) -> Result<Box<[u8]>, BadOwner> {
     let name = name.trim();
     if name.is_empty() {
-        return Err("empty name".into());
+        return Err(InvalidName::Empty.into());
     }
     if name == "@" {
         return Ok(apex.into());
@@ -61,33 +70,17 @@ pub fn owner_to_wire(name: &str, apex: &[u8]) -> Result<Box<[u8]>, String> {
         Some(n) => (n, true),
         None => (name, false),
     };
-    let mut out = Vec::with_capacity(text.len() + 2 + apex.len());
-    if !text.is_empty() {
-        for label in text.split('.') {
-            if label.is_empty() || label.len() > 63 {
-                return Err(format!("bad label length in {name:?}"));
-            }
-            if let Some(c) = label
-                .bytes()
-                .find(|c| !c.is_ascii_graphic() || *c == b'\\' || *c == b'"')
-            {
-                return Err(format!("byte {c:#04x} not allowed in {name:?}"));
-            }
-            out.push(label.len() as u8);
-            out.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
-        }
-    }
-    out.push(0);
+    let mut out = encode(text)?;
     // Without a trailing dot, a name that already ends in the apex is taken as written.
     if !absolute && !is_within(&out, apex) {
         out.pop();
         out.extend_from_slice(apex);
-    }
-    if out.len() > MAX_NAME {
-        return Err(format!("name longer than 255 bytes: {name:?}"));
+        if out.len() > MAX_NAME {
+            return Err(InvalidName::TooLong { name: name.into() }.into());
+        }
     }
     if !is_within(&out, apex) {
-        return Err(format!("{name} is outside the zone"));
+        return Err(BadOwner::OutsideZone(name.into()));
     }
     Ok(out.into())
 }

@@ -80,6 +80,22 @@ pub fn encode(name: &str) -> Result<Vec<u8>, InvalidName> {
     Ok(out)
 }
 
+/// A name as names are compared and keyed: lowercase, without the trailing dot. It
+/// checks nothing ([`normalize`] does).
+pub fn canonical(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// True when `name` equals `zone` or lies below it, on a label boundary (either may be
+/// spelled in any case, with or without the trailing dot).
+pub fn in_zone(name: &str, zone: &str) -> bool {
+    let (name, zone) = (canonical(name), canonical(zone));
+    name == zone
+        || name
+            .strip_suffix(&zone)
+            .is_some_and(|rest| rest.ends_with('.'))
+}
+
 /// [`normalize`], with the problem as text: for checks that collect their findings as
 /// `(path, message)` pairs.
 pub fn normalize_name(name: &str, origin: &str) -> Result<String, String> {

@@ -15,8 +15,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use lifeline_crds::{document::PolicySnapshot, validate::normalize_name};
+use lifeline_crds::document::PolicySnapshot;
 use lifeline_model::hold::{PolicyHold, PolicyRelease};
+use lifeline_model::name::canonical as normalize_name;
 use tracing::{debug, info, warn};
 
 use super::term::LeaderTerm;
