@@ -13,7 +13,10 @@ use std::{
 use common::*;
 use hickory_proto::{op::ResponseCode, rr::RecordType};
 use lifeline_dns::{DirectorySource, Shim, Update, ZonePatch, persist, source};
-use lifeline_testkit::disk::{FreezableDisk, SmallDisk};
+use lifeline_testkit::{
+    disk::{FreezableDisk, SmallDisk},
+    fixtures::drain,
+};
 
 /// A generous bound for writes to a healthy local disk; hitting it means the writer is stuck.
 const FLUSH: Duration = Duration::from_secs(30);
@@ -812,19 +815,6 @@ fn a_stalled_disk_delays_neither_answers_nor_updates_nor_readiness() {
     assert_eq!(shim.state().zones[0].revision, Some(5));
     assert_eq!(www(&shim), vec!["192.0.2.5".parse::<IpAddr>().unwrap()]);
     shim.shutdown();
-}
-
-fn drain(cluster: &str) -> lifeline_model::overrides::Override {
-    lifeline_model::overrides::Override {
-        id: format!("drain-{cluster}"),
-        cluster: cluster.into(),
-        policy: None,
-        action: lifeline_model::overrides::OverrideAction::Drain,
-        created_at: SystemTime::now(),
-        expires_at: SystemTime::now() + Duration::from_secs(600),
-        author: "oncall".into(),
-        reason: "test".into(),
-    }
 }
 
 fn rr(shim: &lifeline_dns::ShimHandle) -> Vec<IpAddr> {

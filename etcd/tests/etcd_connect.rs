@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::start_shim;
-use lifeline_dns::{NameRecords, TxtSet, source};
+use common::{start_shim, txt};
+use lifeline_dns::source;
 use lifeline_engine::Override;
 use lifeline_etcd::{
     EtcdConnect, EtcdSource, EtcdStore,
@@ -100,17 +100,7 @@ async fn the_shim_source_reads_records_over_tls() {
     let source = EtcdSource::new(etcd.connect(), "/lifeline");
     let task = source::spawn(Box::new(source), shim.clone());
     let mut client = etcd.client().await;
-    let value = encode_value(
-        &NameRecords {
-            txt: Some(TxtSet {
-                ttl: 30,
-                records: vec!["over tls".to_owned()],
-            }),
-            ..Default::default()
-        },
-        None,
-    )
-    .unwrap();
+    let value = encode_value(&txt("over tls"), None).unwrap();
     common::write_committed(
         &mut client,
         "/lifeline",

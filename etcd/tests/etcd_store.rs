@@ -2,14 +2,17 @@
 //! with their audit trail, mirrored policies, and bad values that are reported and
 //! ignored.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
+use common::txt;
 use lifeline_crds::document::PolicySnapshot;
-use lifeline_dns::{NameRecords, TxtSet, Update, ZoneSnapshot};
+use lifeline_dns::{NameRecords, Update, ZoneSnapshot};
 use lifeline_engine::{
     Answer, Decision, Health, Outcome, Override, OverrideAction, PolicyDecision, TargetState,
 };
@@ -31,16 +34,6 @@ const TTL: Duration = Duration::from_secs(10);
 
 async fn store(etcd: &Etcd) -> EtcdStore {
     etcd.store("/lifeline").await
-}
-
-fn txt(text: &str) -> NameRecords {
-    NameRecords {
-        txt: Some(TxtSet {
-            ttl: 30,
-            records: vec![text.to_owned()],
-        }),
-        ..NameRecords::default()
-    }
 }
 
 fn names(pairs: &[(&str, &str)]) -> BTreeMap<String, NameRecords> {

@@ -1,11 +1,11 @@
-//! A real DNS shim on loopback for the etcd adapter's tests, and a publish written by
-//! hand (everything else they share comes from the test kit).
+//! A real DNS shim on loopback for the etcd adapter's tests, a record, and a publish
+//! written by hand (everything else they share comes from the test kit).
 
 #![allow(dead_code)]
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use lifeline_dns::{DnsConfig, Shim, ShimHandle};
+use lifeline_dns::{DnsConfig, NameRecords, Shim, ShimHandle, TxtSet};
 use lifeline_testkit::fixtures::{ZONE, zone_config};
 
 /// A shim's configuration: UDP and TCP on a loopback address of its own (ephemeral
@@ -25,6 +25,17 @@ pub async fn start_shim(data_dir: &Path) -> ShimHandle {
     Shim::start(&shim_config(data_dir), &[zone_config()])
         .await
         .unwrap()
+}
+
+/// A name's records: one TXT record holding `text`, TTL 30 s.
+pub fn txt(text: &str) -> NameRecords {
+    NameRecords {
+        txt: Some(TxtSet {
+            ttl: 30,
+            records: vec![text.to_owned()],
+        }),
+        ..NameRecords::default()
+    }
 }
 
 /// Runs `ops` and the records commit marker in one transaction, as a leader's publish
