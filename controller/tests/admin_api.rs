@@ -7,6 +7,9 @@ use std::{
     time::Duration,
 };
 
+mod common;
+
+use common::{json_body, text_body};
 use lifeline_controller::{
     admin::{self, AdminState},
     config::Config,
@@ -16,6 +19,7 @@ use lifeline_controller::{
 use lifeline_testkit::{
     Backend,
     dns::{answer_a, await_exactly},
+    fixtures::{static_cluster, zone_line},
     free_port, loopback,
 };
 use serde_json::{Value, json};
@@ -53,19 +57,21 @@ async fn start(token: Option<&str>) -> Running {
     let dns = lifeline_testkit::free_addr();
     let config = Config::from_bytes(
         format!(
-            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: hostmaster.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
+            "zones:\n{zone}\
 dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap}}\n\
 store: {{type: embedded, dataDir: {d}/store}}\n\
 policySource: {{type: files, paths: [unused.yaml]}}\n",
+            zone = zone_line(ZONE),
             d = dir.path().display()
         )
         .as_bytes(),
     )
     .unwrap();
     let docs = format!(
-        "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: one}}\nspec: {{region: a, addressSource: Static, addresses: [\"{one}\"]}}\n---\n\
-apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: two}}\nspec: {{region: b, addressSource: Static, addresses: [\"{two}\"]}}\n---\n\
-apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hostname: {NAME}\n  targets: [{{cluster: one, priority: 0}}, {{cluster: two, priority: 1}}]\n  healthCheck: {{http: {{port: {port}}}, interval: 200ms, timeout: 150ms}}\n"
+        "{}---\n{}---\n\
+apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hostname: {NAME}\n  targets: [{{cluster: one, priority: 0}}, {{cluster: two, priority: 1}}]\n  healthCheck: {{http: {{port: {port}}}, interval: 200ms, timeout: 150ms}}\n",
+        static_cluster("one", "a", one),
+        static_cluster("two", "b", two),
     );
     let mut policies = Vec::new();
     let mut clusters = Vec::new();
@@ -113,13 +119,7 @@ async fn wait_answer(dns: SocketAddr, want: IpAddr) {
 
 /// `GET /v1/overrides`: the overrides in force and the audit trail.
 async fn overrides_listed(http: &reqwest::Client, admin: &str) -> Value {
-    http.get(format!("{admin}/v1/overrides"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    json_body(http.get(format!("{admin}/v1/overrides"))).await
 }
 
 fn client() -> reqwest::Client {
@@ -142,14 +142,7 @@ async fn a_drain_through_the_admin_api_moves_the_answer_and_clearing_it_moves_it
     assert_eq!(created["author"], "alice");
     wait_answer(lifeline.dns, lifeline.two).await;
 
-    let status: Value = http
-        .get(format!("{}/v1/status", lifeline.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = json_body(http.get(format!("{}/v1/status", lifeline.admin))).await;
     let policy = &status["policies"][0];
     assert_eq!(policy["name"], "shop/web");
     assert_eq!(policy["answers"], json!([lifeline.two.to_string()]));
@@ -226,15 +219,11 @@ async fn overrides_sent_at_the_same_moment_each_get_an_id_of_their_own_and_all_s
 async fn an_expired_override_leaves_the_set_in_force_and_the_audit_keeps_it() {
     let lifeline = start(None).await;
     let http = client();
-    let created: Value = http
-        .post(format!("{}/v1/overrides", lifeline.admin))
-        .json(&json!({"cluster": "two", "action": "drain", "for": "1s", "author": "a", "reason": "short"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = json_body(
+        http.post(format!("{}/v1/overrides", lifeline.admin))
+            .json(&json!({"cluster": "two", "action": "drain", "for": "1s", "author": "a", "reason": "short"})),
+    )
+    .await;
     let id = created["id"].as_str().unwrap().to_owned();
     let url = format!("{}/v1/overrides", lifeline.admin);
     let audit = lifeline_testkit::eventually_async(
@@ -417,15 +406,7 @@ async fn a_configured_token_is_required_for_v1_routes_but_not_for_health() {
         .await
         .unwrap();
     assert_eq!(cleared.status(), 200);
-    let listed: Value = http
-        .get(&overrides)
-        .bearer_auth("s3cret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = json_body(http.get(&overrides).bearer_auth("s3cret")).await;
     let by: Vec<&str> = listed["audit"]
         .as_array()
         .unwrap()
@@ -441,14 +422,7 @@ async fn a_configured_token_is_required_for_v1_routes_but_not_for_health() {
         code(http.get(format!("{}/readyz", lifeline.admin))).await,
         200
     );
-    let metrics = http
-        .get(format!("{}/metrics", lifeline.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text_body(http.get(format!("{}/metrics", lifeline.admin))).await;
     assert!(metrics.contains("lifeline_decisions_total"), "{metrics}");
     assert!(
         metrics.contains("lifeline_targets{state=\"Healthy\"}"),

@@ -2,47 +2,30 @@
 //! what a standalone `lifeline dns` replica answers, the replica keeps the drain across
 //! a restart while etcd is down, and `clear` undoes it.
 
+mod common;
+
 use std::{
     net::{IpAddr, SocketAddr},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use lifeline_etcd::EtcdStore;
-use lifeline_testkit::{Backend, Etcd, dns::await_answer, free_addr, free_port, loopback};
+use common::{ConfigFile, etcd_store, etcd_target, spawn};
+use lifeline_testkit::{
+    Backend, Etcd, dns::await_answer, fixtures::static_cluster, free_addr, free_port, loopback,
+};
 
 const ZONE: &str = "bg.lifeline.test";
 const NAME: &str = "web.bg.lifeline.test";
 const PREFIX: &str = "/lifeline-breakglass";
 
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn lifeline(args: &[&str], config: &Path) -> Process {
-    Process(
-        Command::new(env!("CARGO_BIN_EXE_lifeline"))
-            .args(args)
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start lifeline"),
-    )
-}
-
 /// `lifeline ctl --etcd` against this test's prefix: whether it succeeded, and what it
 /// printed (stdout, then stderr).
 fn run_ctl(etcd: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_lifeline"))
-        .args(["ctl", "--etcd", etcd, "--etcd-prefix", PREFIX])
+        .arg("ctl")
+        .args(etcd_target(etcd, PREFIX))
         .args(args)
         .output()
         .expect("run lifeline ctl");
@@ -83,25 +66,22 @@ fn config(
 ) -> (SocketAddr, std::path::PathBuf) {
     let (dns, admin) = (free_addr(), free_addr());
     let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(
-        &path,
-        format!(
-            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
-dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap-{name}}}\n\
-admin: {{listen: \"{admin}\"}}\n\
-store: {{type: etcd, endpoints: [\"{etcd}\"], prefix: {PREFIX}, leaseTtl: 2s}}\n\
-policySource: {{type: files, paths: [docs.yaml]}}\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
+    ConfigFile {
+        zone: ZONE,
+        dns,
+        snapshots: dir.join(format!("snap-{name}")),
+        admin,
+        store: etcd_store(etcd, PREFIX, "2s"),
+        documents: &["docs.yaml"],
+    }
+    .write(&path);
     std::fs::write(
         dir.join("docs.yaml"),
         format!(
-            "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: primary}}\nspec: {{region: a, addressSource: Static, addresses: [\"{}\"]}}\n---\n\
-apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: secondary}}\nspec: {{region: b, addressSource: Static, addresses: [\"{}\"]}}\n---\n\
+            "{}---\n{}---\n\
 apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hostname: {NAME}\n  strategy: Weighted\n  targets: [{{cluster: primary, weight: 50}}, {{cluster: secondary, weight: 50}}]\n  healthCheck: {{http: {{port: {port}}}, interval: 200ms, timeout: 150ms}}\n",
-            primary, secondary
+            static_cluster("primary", "a", primary),
+            static_cluster("secondary", "b", secondary),
         ),
     )
     .unwrap();
@@ -123,12 +103,12 @@ async fn ctl_against_etcd_drains_a_cluster_on_a_standalone_dns_replica_with_no_l
     let (edge_dns, edge_config) = config(dir.path(), "edge", &endpoint, members, port);
 
     // A leader publishes the records once, then goes away for good.
-    let leader = lifeline(&["run"], &run_config);
+    let leader = spawn(&["run"], &run_config);
     wait_for(run_dns, &[members.0, members.1], Duration::from_secs(20)).await;
-    let edge = lifeline(&["dns"], &edge_config);
+    let edge = spawn(&["dns"], &edge_config);
     wait_for(edge_dns, &[members.0, members.1], Duration::from_secs(20)).await;
     drop(leader);
-    let store = EtcdStore::connect(&etcd.connect(), PREFIX).await.unwrap();
+    let store = etcd.store(PREFIX).await;
     let start = Instant::now();
     while store.leader_identity().await.unwrap().is_some() {
         assert!(
@@ -204,7 +184,7 @@ async fn ctl_against_etcd_drains_a_cluster_on_a_standalone_dns_replica_with_no_l
     }
     etcd.stop();
     drop(edge); // SIGKILL
-    let edge = lifeline(&["dns"], &edge_config);
+    let edge = spawn(&["dns"], &edge_config);
     let first = tokio::task::spawn_blocking(move || {
         // Bounded: 200 tries of at most 500 ms.
         (0..200)

@@ -37,35 +37,29 @@ async fn the_demo_switches_fail_a_cluster_and_dns_fails_over() {
 
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let base = format!("http://{admin}/v1/demo/clusters");
-    let resp = http
-        .post(format!("{base}/eu-west-1/fail"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
+    // A switch: POST to `<base>/<cluster>/<fail|heal>`; the status and the JSON body.
+    let switch = |path: &str| {
+        let request = http.post(format!("{base}/{path}"));
+        async move {
+            let resp = request.send().await.unwrap();
+            let status = resp.status();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = switch("eu-west-1/fail").await;
+    assert_eq!(status, 200);
     assert_eq!(body["cluster"], "eu-west-1");
     assert_eq!(body["failed"], true);
     await_exactly(dns, NAME, cluster(3), Duration::from_secs(10)).await;
 
-    let resp = http
-        .post(format!("{base}/nowhere/fail"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
-    let body: Value = resp.json().await.unwrap();
+    let (status, body) = switch("nowhere/fail").await;
+    assert_eq!(status, 404);
     assert!(
         body["error"].as_str().unwrap().contains("nowhere"),
         "{body}"
     );
-    let resp = http
-        .post(format!("{base}/us-east-1/explode"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
-    let body: Value = resp.json().await.unwrap();
+    let (status, body) = switch("us-east-1/explode").await;
+    assert_eq!(status, 404);
     assert!(
         body["error"]
             .as_str()

@@ -6,19 +6,18 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::Path,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 mod common;
 
-use common::spawn_run;
+use common::{spawn, spawn_run};
 use lifeline_testkit::{
     Backend,
     cgroup::MemoryCage,
     dns::{Answer, answer_a, await_exactly},
+    fixtures::{static_cluster, zone_line},
     free_addr, loopback,
-    process::Process,
 };
 
 const ZONE: &str = "apart.lifeline.test";
@@ -28,12 +27,13 @@ fn write_files(dir: &Path, dns: SocketAddr, admins: [SocketAddr; 2], ips: [IpAdd
     std::fs::write(
         dir.join("lifeline.yaml"),
         format!(
-            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
+            "zones:\n{zone}\
 dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snapshots, sourceDir: {d}/export}}\n\
 dnsServer: {{separate: true, admin: \"{dns_admin}\"}}\n\
 admin: {{listen: \"{admin}\"}}\n\
 store: {{type: embedded, dataDir: {d}/store}}\n\
 policySource: {{type: files, paths: [docs.yaml]}}\n",
+            zone = zone_line(ZONE),
             d = dir.display(),
             admin = admins[0],
             dns_admin = admins[1],
@@ -43,10 +43,10 @@ policySource: {{type: files, paths: [docs.yaml]}}\n",
     std::fs::write(
         dir.join("docs.yaml"),
         format!(
-            "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: primary}}\nspec: {{region: eu, addressSource: Static, addresses: [\"{}\"]}}\n---\n\
-apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: secondary}}\nspec: {{region: us, addressSource: Static, addresses: [\"{}\"]}}\n---\n\
+            "{}---\n{}---\n\
 apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hostname: {NAME}\n  ttl: 5\n  targets: [{{cluster: primary, priority: 0}}, {{cluster: secondary, priority: 1}}]\n  healthCheck: {{http: {{port: {port}}}, interval: 200ms, timeout: 150ms, unhealthyThreshold: 2, healthyThreshold: 2}}\n",
-            ips[0], ips[1]
+            static_cluster("primary", "eu", ips[0]),
+            static_cluster("secondary", "us", ips[1]),
         ),
     )
     .unwrap();
@@ -83,14 +83,7 @@ async fn dns_answers_while_the_controller_runs_out_of_memory_and_follows_it_once
     write_files(dir.path(), dns, [admin, dns_admin], ips, port);
     let config = dir.path().join("lifeline.yaml");
 
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lifeline"));
-    command
-        .args(["dns", "--config"])
-        .arg(&config)
-        .env("LIFELINE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let mut edge = Process::spawn(command);
+    let mut edge = spawn(&["dns"], &config);
     let mut controller = spawn_run(&config, false);
     await_exactly(dns, NAME, ips[0], Duration::from_secs(20)).await;
     assert!(

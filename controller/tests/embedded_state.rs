@@ -13,11 +13,12 @@ use std::{
 
 mod common;
 
-use common::{admin_target, ctl, get, spawn_run};
+use common::{ConfigFile, admin_target, ctl, embedded_store, get, spawn_run};
 use hickory_proto::rr::RecordType;
 use lifeline_testkit::{
     disk::{FreezableDisk, SmallDisk},
-    dns::{answer_a, query_a, query_within},
+    dns::{answer_a, query_within, wait_for_answer},
+    fixtures::{drain, static_cluster},
     free_addr,
     http::status_within,
 };
@@ -31,41 +32,29 @@ fn ip(last: u8) -> IpAddr {
 }
 
 fn write_files(dir: &Path, dns: SocketAddr, admin: SocketAddr) {
-    std::fs::write(
-        dir.join("lifeline.yaml"),
-        format!(
-            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
-dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snapshots}}\n\
-admin: {{listen: \"{admin}\"}}\n\
-store: {{type: embedded, dataDir: {d}/store}}\n\
-policySource: {{type: files, paths: [docs.yaml]}}\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
+    ConfigFile {
+        zone: ZONE,
+        dns,
+        snapshots: dir.join("snapshots"),
+        admin,
+        store: embedded_store(&dir.join("store")),
+        documents: &["docs.yaml"],
+    }
+    .write(&dir.join("lifeline.yaml"));
     std::fs::write(
         dir.join("docs.yaml"),
         format!(
-            "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: primary}}\nspec: {{region: eu, addressSource: Static, addresses: [\"{}\"]}}\n---\n\
-apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: secondary}}\nspec: {{region: us, addressSource: Static, addresses: [\"{}\"]}}\n---\n\
+            "{}---\n{}---\n\
 apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, namespace: shop}}\nspec: {{hostname: {NAME}, ttl: 5, targets: [{{cluster: primary, priority: 0}}, {{cluster: secondary, priority: 1}}]}}\n",
-            ip(2),
-            ip(3)
+            static_cluster("primary", "eu", ip(2)),
+            static_cluster("secondary", "us", ip(3)),
         ),
     )
     .unwrap();
 }
 
 fn wait_for(dns: SocketAddr, want: IpAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = query_a(dns, NAME);
-        if got.addresses() == [want] {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{NAME}: last answer {got:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_answer(dns, NAME, Duration::from_secs(20), |ips| ips == [want]);
 }
 
 fn status(admin: SocketAddr) -> Value {
@@ -186,13 +175,9 @@ fn a_leader_prunes_audit_entries_past_their_retention_so_the_trail_stays_bounded
             by: "oncall".into(),
             r#override: lifeline_engine::Override {
                 id: id.into(),
-                cluster: "primary".into(),
-                policy: None,
-                action: lifeline_engine::OverrideAction::Drain,
                 created_at: at,
                 expires_at: at + Duration::from_secs(600),
-                author: "oncall".into(),
-                reason: "test".into(),
+                ..drain("primary")
             },
         })
         .unwrap()

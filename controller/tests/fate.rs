@@ -12,10 +12,11 @@ use std::{
 
 mod common;
 
-use common::spawn_run;
+use common::{ConfigFile, embedded_store, etcd_store, json_body, spawn_run, text_body};
 use lifeline_testkit::{
     Backend,
     dns::{answer_a, await_exactly},
+    fixtures::static_cluster,
     free_addr, loopback,
     process::Process,
 };
@@ -24,36 +25,74 @@ use serde_json::Value;
 const ZONE: &str = "fate.lifeline.test";
 const CHECKOUT: &str = "checkout.fate.lifeline.test";
 const SEARCH: &str = "search.fate.lifeline.test";
+/// The policy documents' files.
+const DOCUMENTS: [&str; 2] = ["clusters.yaml", "policies.yaml"];
 
 /// `lifeline run` with test faults on.
 fn start(config: &Path) -> Process {
     spawn_run(config, true)
 }
 
+/// A test's files in a fresh directory: one process's configuration and documents, with
+/// no fault yet.
+struct Setup {
+    dir: tempfile::TempDir,
+    /// The primary's and the secondary's address.
+    ips: [IpAddr; 2],
+    /// The backends' port: the policies' health check port.
+    port: u16,
+    dns: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Setup {
+    /// The files, and both clusters' backends up (the primary's first).
+    async fn new() -> (Setup, [Backend; 2]) {
+        let dir = tempfile::tempdir().unwrap();
+        let ips = [loopback(), loopback()];
+        let backends = Backend::start_on(ips).await;
+        let port = backends[0].addr.port();
+        let (dns, admin) = (free_addr(), free_addr());
+        write_files(dir.path(), dns, admin, ips, port);
+        let setup = Setup {
+            dir,
+            ips,
+            port,
+            dns,
+            admin,
+        };
+        (setup, backends)
+    }
+}
+
 /// `lifeline.yaml`, the clusters, and the two policies (no fault yet).
 fn write_files(dir: &Path, dns: SocketAddr, admin: SocketAddr, ips: [IpAddr; 2], port: u16) {
-    std::fs::write(
-        dir.join("lifeline.yaml"),
-        format!(
-            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
-dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snapshots}}\n\
-admin: {{listen: \"{admin}\"}}\n\
-store: {{type: embedded, dataDir: {d}/store}}\n\
-policySource: {{type: files, paths: [clusters.yaml, policies.yaml]}}\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
+    ConfigFile {
+        zone: ZONE,
+        dns,
+        snapshots: dir.join("snapshots"),
+        admin,
+        store: embedded_store(&dir.join("store")),
+        documents: &DOCUMENTS,
+    }
+    .write(&dir.join("lifeline.yaml"));
     std::fs::write(
         dir.join("clusters.yaml"),
         format!(
-            "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: primary}}\nspec: {{region: eu, addressSource: Static, addresses: [\"{}\"]}}\n---\n\
-apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: secondary}}\nspec: {{region: us, addressSource: Static, addresses: [\"{}\"]}}\n",
-            ips[0], ips[1]
+            "{}---\n{}",
+            static_cluster("primary", "eu", ips[0]),
+            static_cluster("secondary", "us", ips[1]),
         ),
     )
     .unwrap();
     write_policies(dir, port, None);
+}
+
+/// Waits until `dns` answers both names with `ip`.
+async fn both_answer(dns: SocketAddr, ip: IpAddr, limit: Duration) {
+    for name in [CHECKOUT, SEARCH] {
+        await_exactly(dns, name, ip, limit).await;
+    }
 }
 
 /// Writes the two policies; `fault` (`panic` or `hang`) goes on `search` as the test
@@ -94,37 +133,22 @@ async fn status_until(admin: SocketAddr, what: &str, check: impl Fn(&Value) -> b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_whose_decision_panics_is_quarantined_and_dns_and_the_others_go_on() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let ips = [loopback(), loopback()];
-    let [mut primary, _secondary] = Backend::start_on(ips).await;
-    let port = primary.addr.port();
-    let (dns, admin) = (free_addr(), free_addr());
-    write_files(dir.path(), dns, admin, ips, port);
-    let config = dir.path().join("lifeline.yaml");
+    let (s, [mut primary, _secondary]) = Setup::new().await;
+    let config = s.dir.path().join("lifeline.yaml");
 
     let mut lifeline = start(&config);
-    await_exactly(dns, CHECKOUT, ips[0], Duration::from_secs(15)).await;
-    await_exactly(dns, SEARCH, ips[0], Duration::from_secs(15)).await;
+    both_answer(s.dns, s.ips[0], Duration::from_secs(15)).await;
 
     // Poison `search`: deciding it now panics, on every decision.
-    write_policies(dir.path(), port, Some("panic"));
-    let status = status_until(admin, "search quarantined", |s| {
+    write_policies(s.dir.path(), s.port, Some("panic"));
+    let status = status_until(s.admin, "search quarantined", |s| {
         s["quarantined"]["shop/search"].is_string()
     })
     .await;
     let reason = status["quarantined"]["shop/search"].as_str().unwrap();
     assert!(reason.contains("panicked"), "{reason}");
-    let metrics = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let metrics = text_body(http.get(format!("http://{}/metrics", s.admin))).await;
     assert!(
         metrics.contains("lifeline_quarantined_policies 1"),
         "{metrics}"
@@ -132,10 +156,10 @@ async fn a_policy_whose_decision_panics_is_quarantined_and_dns_and_the_others_go
 
     // The primary dies: `checkout` still fails over; `search` keeps its last answer.
     primary.kill().await;
-    await_exactly(dns, CHECKOUT, ips[1], Duration::from_secs(10)).await;
+    await_exactly(s.dns, CHECKOUT, s.ips[1], Duration::from_secs(10)).await;
     assert_eq!(
-        answer_a(dns, SEARCH).ok(),
-        Some(vec![ips[0]]),
+        answer_a(s.dns, SEARCH).ok(),
+        Some(vec![s.ips[0]]),
         "a quarantined policy keeps serving its last answers"
     );
     assert!(lifeline.is_running(), "the process survives the panics");
@@ -144,18 +168,18 @@ async fn a_policy_whose_decision_panics_is_quarantined_and_dns_and_the_others_go
     // both names answer from the persisted state.
     drop(lifeline);
     let mut lifeline = start(&config);
-    await_exactly(dns, CHECKOUT, ips[1], Duration::from_secs(15)).await;
-    assert_eq!(answer_a(dns, SEARCH).ok(), Some(vec![ips[0]]));
-    status_until(admin, "search quarantined again after the restart", |s| {
+    await_exactly(s.dns, CHECKOUT, s.ips[1], Duration::from_secs(15)).await;
+    assert_eq!(answer_a(s.dns, SEARCH).ok(), Some(vec![s.ips[0]]));
+    status_until(s.admin, "search quarantined again after the restart", |s| {
         s["quarantined"]["shop/search"].is_string()
     })
     .await;
     assert!(lifeline.is_running(), "the restarted process survives too");
 
     // The fix: the annotation goes, the policy is decided again and fails over too.
-    write_policies(dir.path(), port, None);
-    await_exactly(dns, SEARCH, ips[1], Duration::from_secs(15)).await;
-    status_until(admin, "the quarantine lifted", |s| {
+    write_policies(s.dir.path(), s.port, None);
+    await_exactly(s.dns, SEARCH, s.ips[1], Duration::from_secs(15)).await;
+    status_until(s.admin, "the quarantine lifted", |s| {
         s.get("quarantined").is_none()
     })
     .await;
@@ -164,32 +188,26 @@ async fn a_policy_whose_decision_panics_is_quarantined_and_dns_and_the_others_go
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_whose_decision_never_returns_is_quarantined_and_the_others_go_on() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let ips = [loopback(), loopback()];
-    let [mut primary, _secondary] = Backend::start_on(ips).await;
-    let port = primary.addr.port();
-    let (dns, admin) = (free_addr(), free_addr());
-    write_files(dir.path(), dns, admin, ips, port);
-    let mut lifeline = start(&dir.path().join("lifeline.yaml"));
-    await_exactly(dns, CHECKOUT, ips[0], Duration::from_secs(15)).await;
-    await_exactly(dns, SEARCH, ips[0], Duration::from_secs(15)).await;
+    let (s, [mut primary, _secondary]) = Setup::new().await;
+    let mut lifeline = start(&s.dir.path().join("lifeline.yaml"));
+    both_answer(s.dns, s.ips[0], Duration::from_secs(15)).await;
 
     // Deciding `search` now never returns. Meanwhile DNS answers every name.
-    write_policies(dir.path(), port, Some("hang"));
-    let status = status_until(admin, "search quarantined as hung", |s| {
+    write_policies(s.dir.path(), s.port, Some("hang"));
+    let status = status_until(s.admin, "search quarantined as hung", |s| {
         s["quarantined"]["shop/search"].is_string()
     })
     .await;
     let reason = status["quarantined"]["shop/search"].as_str().unwrap();
     assert!(reason.contains("did not finish"), "{reason}");
-    assert_eq!(answer_a(dns, SEARCH).ok(), Some(vec![ips[0]]));
+    assert_eq!(answer_a(s.dns, SEARCH).ok(), Some(vec![s.ips[0]]));
 
     // The other policy is still decided: it fails over.
     primary.kill().await;
-    await_exactly(dns, CHECKOUT, ips[1], Duration::from_secs(10)).await;
+    await_exactly(s.dns, CHECKOUT, s.ips[1], Duration::from_secs(10)).await;
     assert_eq!(
-        answer_a(dns, SEARCH).ok(),
-        Some(vec![ips[0]]),
+        answer_a(s.dns, SEARCH).ok(),
+        Some(vec![s.ips[0]]),
         "the hung policy keeps its last answers"
     );
     assert!(lifeline.is_running());
@@ -199,18 +217,15 @@ async fn a_policy_whose_decision_never_returns_is_quarantined_and_the_others_go_
 /// and the shared documents. The 4 s lease keeps a loaded machine from handing the lead
 /// to another replica by accident (these tests choose who leads).
 fn write_replica(dir: &Path, n: usize, dns: SocketAddr, admin: SocketAddr, etcd: &str) {
-    std::fs::write(
-        dir.join(format!("replica-{n}.yaml")),
-        format!(
-            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
-dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snapshots-{n}}}\n\
-admin: {{listen: \"{admin}\"}}\n\
-store: {{type: etcd, endpoints: [\"{etcd}\"], prefix: /fate, leaseTtl: 4s}}\n\
-policySource: {{type: files, paths: [clusters.yaml, policies.yaml]}}\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
+    ConfigFile {
+        zone: ZONE,
+        dns,
+        snapshots: dir.join(format!("snapshots-{n}")),
+        admin,
+        store: etcd_store(etcd, "/fate", "4s"),
+        documents: &DOCUMENTS,
+    }
+    .write(&dir.join(format!("replica-{n}.yaml")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,27 +235,22 @@ async fn with_replicas_a_poisoned_policy_stops_no_replica_and_no_leader_that_tak
         eprintln!("etcd not installed; skipped");
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let ips = [loopback(), loopback()];
-    let [mut primary, _secondary] = Backend::start_on(ips).await;
-    let port = primary.addr.port();
     // The single-process files, then two replicas sharing etcd.
-    write_files(dir.path(), free_addr(), free_addr(), ips, port);
+    let (s, [mut primary, _secondary]) = Setup::new().await;
     let replicas: Vec<(SocketAddr, SocketAddr)> =
         (0..2).map(|_| (free_addr(), free_addr())).collect();
     for (n, (dns, admin)) in replicas.iter().enumerate() {
-        write_replica(dir.path(), n, *dns, *admin, &etcd.endpoint());
+        write_replica(s.dir.path(), n, *dns, *admin, &etcd.endpoint());
     }
     let mut running: Vec<Process> = (0..2)
-        .map(|n| start(&dir.path().join(format!("replica-{n}.yaml"))))
+        .map(|n| start(&s.dir.path().join(format!("replica-{n}.yaml"))))
         .collect();
     for (dns, _) in &replicas {
-        await_exactly(*dns, CHECKOUT, ips[0], Duration::from_secs(20)).await;
-        await_exactly(*dns, SEARCH, ips[0], Duration::from_secs(20)).await;
+        both_answer(*dns, s.ips[0], Duration::from_secs(20)).await;
     }
 
     // Poison `search`; the leader quarantines it, whichever replica that is.
-    write_policies(dir.path(), port, Some("panic"));
+    write_policies(s.dir.path(), s.port, Some("panic"));
     let quarantined = |s: &Value| s["quarantined"]["shop/search"].is_string();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let leader = lifeline_testkit::eventually_async(
@@ -267,21 +277,14 @@ async fn with_replicas_a_poisoned_policy_stops_no_replica_and_no_leader_that_tak
         s["followed"]["readAt"].is_string() && s["revision"].as_u64() > Some(0)
     })
     .await;
-    let own: Value = http
-        .get(format!("http://{}/v1/status", replicas[leader].1))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let own = json_body(http.get(format!("http://{}/v1/status", replicas[leader].1))).await;
     assert!(own.get("followed").is_none(), "{own}");
 
     // Every replica answers both names; `checkout` still fails over on each of them.
     primary.kill().await;
     for (dns, _) in &replicas {
-        await_exactly(*dns, CHECKOUT, ips[1], Duration::from_secs(15)).await;
-        assert_eq!(answer_a(*dns, SEARCH).ok(), Some(vec![ips[0]]));
+        await_exactly(*dns, CHECKOUT, s.ips[1], Duration::from_secs(15)).await;
+        assert_eq!(answer_a(*dns, SEARCH).ok(), Some(vec![s.ips[0]]));
     }
     assert!(
         running.iter_mut().all(Process::is_running),
@@ -293,8 +296,8 @@ async fn with_replicas_a_poisoned_policy_stops_no_replica_and_no_leader_that_tak
     drop(running.remove(leader));
     let (dns, admin) = replicas[1 - leader];
     status_until(admin, "the new leader quarantines search", quarantined).await;
-    assert_eq!(answer_a(dns, CHECKOUT).ok(), Some(vec![ips[1]]));
-    assert_eq!(answer_a(dns, SEARCH).ok(), Some(vec![ips[0]]));
+    assert_eq!(answer_a(dns, CHECKOUT).ok(), Some(vec![s.ips[1]]));
+    assert_eq!(answer_a(dns, SEARCH).ok(), Some(vec![s.ips[0]]));
     assert!(
         running[0].is_running(),
         "the new leader survives the panics"
@@ -304,17 +307,11 @@ async fn with_replicas_a_poisoned_policy_stops_no_replica_and_no_leader_that_tak
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_saving_and_publishing_a_failover_never_brings_the_dead_primary_back() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let ips = [loopback(), loopback()];
-    let [mut primary, _secondary] = Backend::start_on(ips).await;
-    let port = primary.addr.port();
-    let (dns, admin) = (free_addr(), free_addr());
-    write_files(dir.path(), dns, admin, ips, port);
-    write_policies(dir.path(), port, Some("abort-before-publish"));
-    let config = dir.path().join("lifeline.yaml");
+    let (s, [mut primary, _secondary]) = Setup::new().await;
+    write_policies(s.dir.path(), s.port, Some("abort-before-publish"));
+    let config = s.dir.path().join("lifeline.yaml");
     let mut lifeline = start(&config);
-    await_exactly(dns, CHECKOUT, ips[0], Duration::from_secs(15)).await;
-    await_exactly(dns, SEARCH, ips[0], Duration::from_secs(15)).await;
+    both_answer(s.dns, s.ips[0], Duration::from_secs(15)).await;
 
     // The primary dies; the failover decision is made and saved, then the process
     // aborts (as kill -9 would) before publishing it.
@@ -325,26 +322,25 @@ async fn a_crash_between_saving_and_publishing_a_failover_never_brings_the_dead_
     })
     .await;
     let saved: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("store/decision.json")).unwrap())
+        serde_json::from_slice(&std::fs::read(s.dir.path().join("store/decision.json")).unwrap())
             .unwrap();
     let answered = saved["value"]["policies"]["shop/search"]["answers"].to_string();
     assert!(
-        answered.contains(&ips[1].to_string()) && !answered.contains(&ips[0].to_string()),
+        answered.contains(&s.ips[1].to_string()) && !answered.contains(&s.ips[0].to_string()),
         "the saved decision is older than the one being published: {answered}"
     );
 
     // Restarted (faults off): the saved failover is published, and the dead primary
     // never comes back.
     let _restarted = spawn_run(&config, false);
-    await_exactly(dns, SEARCH, ips[1], Duration::from_secs(15)).await;
-    await_exactly(dns, CHECKOUT, ips[1], Duration::from_secs(15)).await;
+    both_answer(s.dns, s.ips[1], Duration::from_secs(15)).await;
     let until = std::time::Instant::now() + Duration::from_secs(3);
     while std::time::Instant::now() < until {
         for name in [SEARCH, CHECKOUT] {
-            let got = answer_a(dns, name);
+            let got = answer_a(s.dns, name);
             assert_eq!(
                 got.addresses(),
-                [ips[1]],
+                [s.ips[1]],
                 "{name} went back to the dead primary"
             );
         }
@@ -360,24 +356,18 @@ async fn with_replicas_a_leader_killed_between_saving_and_publishing_a_failover_
         eprintln!("etcd not installed; skipped");
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let ips = [loopback(), loopback()];
-    let [mut primary, _secondary] = Backend::start_on(ips).await;
-    let port = primary.addr.port();
-    write_files(dir.path(), free_addr(), free_addr(), ips, port);
-    write_policies(dir.path(), port, Some("abort-before-publish"));
+    let (s, [mut primary, _secondary]) = Setup::new().await;
+    write_policies(s.dir.path(), s.port, Some("abort-before-publish"));
     let replicas: Vec<(SocketAddr, SocketAddr)> =
         (0..2).map(|_| (free_addr(), free_addr())).collect();
     for (n, (dns, admin)) in replicas.iter().enumerate() {
-        write_replica(dir.path(), n, *dns, *admin, &etcd.endpoint());
+        write_replica(s.dir.path(), n, *dns, *admin, &etcd.endpoint());
     }
     // Replica 0 leads (it starts alone) and honours the fault; replica 1 does not.
-    let mut leader = start(&dir.path().join("replica-0.yaml"));
-    await_exactly(replicas[0].0, SEARCH, ips[0], Duration::from_secs(20)).await;
-    let _follower = spawn_run(&dir.path().join("replica-1.yaml"), false);
-    for name in [CHECKOUT, SEARCH] {
-        await_exactly(replicas[1].0, name, ips[0], Duration::from_secs(20)).await;
-    }
+    let mut leader = start(&s.dir.path().join("replica-0.yaml"));
+    await_exactly(replicas[0].0, SEARCH, s.ips[0], Duration::from_secs(20)).await;
+    let _follower = spawn_run(&s.dir.path().join("replica-1.yaml"), false);
+    both_answer(replicas[1].0, s.ips[0], Duration::from_secs(20)).await;
 
     // The primary dies; the leader saves the failover to etcd and aborts (as kill -9
     // would) before publishing it.
@@ -387,9 +377,7 @@ async fn with_replicas_a_leader_killed_between_saving_and_publishing_a_failover_
         async move { (!running).then_some(()) }
     })
     .await;
-    let store = lifeline_etcd::EtcdStore::connect(&etcd.connect(), "/fate")
-        .await
-        .unwrap();
+    let store = etcd.store("/fate").await;
     let saved = store
         .load_decision()
         .await
@@ -398,26 +386,22 @@ async fn with_replicas_a_leader_killed_between_saving_and_publishing_a_failover_
     let answered =
         serde_json::to_value(&saved.policies["shop/search"]).unwrap()["answers"].to_string();
     assert!(
-        answered.contains(&ips[1].to_string()) && !answered.contains(&ips[0].to_string()),
+        answered.contains(&s.ips[1].to_string()) && !answered.contains(&s.ips[0].to_string()),
         "the failover was saved before the crash: {answered}"
     );
 
     // The follower takes over from the saved failover: both names move to the
     // secondary, and no replica answers the dead primary again.
-    for name in [SEARCH, CHECKOUT] {
-        await_exactly(replicas[1].0, name, ips[1], Duration::from_secs(20)).await;
-    }
-    let _restarted = spawn_run(&dir.path().join("replica-0.yaml"), false);
-    for name in [SEARCH, CHECKOUT] {
-        await_exactly(replicas[0].0, name, ips[1], Duration::from_secs(20)).await;
-    }
+    both_answer(replicas[1].0, s.ips[1], Duration::from_secs(20)).await;
+    let _restarted = spawn_run(&s.dir.path().join("replica-0.yaml"), false);
+    both_answer(replicas[0].0, s.ips[1], Duration::from_secs(20)).await;
     let until = std::time::Instant::now() + Duration::from_secs(3);
     while std::time::Instant::now() < until {
         for (dns, _) in &replicas {
             for name in [SEARCH, CHECKOUT] {
                 assert_eq!(
                     answer_a(*dns, name).addresses(),
-                    [ips[1]],
+                    [s.ips[1]],
                     "{dns} answered {name} with the dead primary"
                 );
             }
@@ -439,28 +423,21 @@ enum Loss {
 /// 20 ms for 5 s after the restart: every answer must be the one served before the
 /// kill. With `primary_alive` false the primary is killed (and failed over from) first.
 async fn restart_without_the_decision(primary_alive: bool, loss: Loss) {
-    let dir = tempfile::tempdir().unwrap();
-    let ips = [loopback(), loopback()];
-    let [mut primary, _secondary] = Backend::start_on(ips).await;
-    let port = primary.addr.port();
-    let (dns, admin) = (free_addr(), free_addr());
-    write_files(dir.path(), dns, admin, ips, port);
-    let config = dir.path().join("lifeline.yaml");
+    let (s, [mut primary, _secondary]) = Setup::new().await;
+    let config = s.dir.path().join("lifeline.yaml");
     let lifeline = spawn_run(&config, false);
-    await_exactly(dns, CHECKOUT, ips[0], Duration::from_secs(15)).await;
-    await_exactly(dns, SEARCH, ips[0], Duration::from_secs(15)).await;
+    both_answer(s.dns, s.ips[0], Duration::from_secs(15)).await;
     let expected = if primary_alive {
-        ips[0]
+        s.ips[0]
     } else {
         primary.kill().await;
-        await_exactly(dns, CHECKOUT, ips[1], Duration::from_secs(15)).await;
-        await_exactly(dns, SEARCH, ips[1], Duration::from_secs(15)).await;
-        ips[1]
+        both_answer(s.dns, s.ips[1], Duration::from_secs(15)).await;
+        s.ips[1]
     };
     // Let the decision be saved, then kill -9.
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(lifeline);
-    let store = dir.path().join("store");
+    let store = s.dir.path().join("store");
     for file in ["decision.json", "decision.good.json"] {
         let path = store.join(file);
         assert!(path.exists(), "{file} was not saved");
@@ -480,7 +457,7 @@ async fn restart_without_the_decision(primary_alive: bool, loss: Loss) {
                 // A short wait: a reply lost while the process starts must not hide the
                 // few hundred milliseconds a wrong answer would last.
                 let answer =
-                    lifeline_testkit::dns::query_a_within(dns, name, Duration::from_millis(50));
+                    lifeline_testkit::dns::query_a_within(s.dns, name, Duration::from_millis(50));
                 match answer.ok() {
                     Some(ips) if ips == [expected] => answered += 1,
                     Some(ips) => wrong.push(format!("{name}: {ips:?}")),
@@ -500,7 +477,11 @@ async fn restart_without_the_decision(primary_alive: bool, loss: Loss) {
     );
     assert!(answered > 100, "{case}: only {answered} answers in 5 s");
     // Probes have confirmed every target by now; the answer is still the same one.
-    assert_eq!(answer_a(dns, CHECKOUT).ok(), Some(vec![expected]), "{case}");
+    assert_eq!(
+        answer_a(s.dns, CHECKOUT).ok(),
+        Some(vec![expected]),
+        "{case}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

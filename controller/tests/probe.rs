@@ -14,7 +14,10 @@ use std::{
 use lifeline_controller::probe::{
     Check, ProbeResult, ProbeSpec, Prober, TargetKey, check_from_spec, fast_interval_from_spec,
 };
-use lifeline_testkit::backend::{Backend, Behaviour};
+use lifeline_testkit::{
+    backend::{Backend, Behaviour},
+    pki::{Leaf, TestCa},
+};
 use parking_lot::Mutex;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -51,6 +54,11 @@ fn http_check(port: u16, expected_status: &[u16]) -> Check {
         expected_status: expected_status.to_vec(),
         insecure_skip_verify: false,
     }
+}
+
+/// An HTTP check of `addr` expecting `statuses`, every 100 ms with a 1 s timeout.
+fn http_spec(cluster: &str, addr: SocketAddr, statuses: &[u16]) -> ProbeSpec {
+    spec(cluster, addr, http_check(addr.port(), statuses), 100, 1000)
 }
 
 fn spec(
@@ -141,13 +149,7 @@ async fn healthy_http_backend_reports_ok_with_increasing_timestamps() {
     let backend = Behaviour::new(200);
     let (addr, _server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
-    prober.set_targets(vec![spec(
-        "a",
-        addr,
-        http_check(addr.port(), &[200]),
-        100,
-        1000,
-    )]);
+    prober.set_targets(vec![http_spec("a", addr, &[200])]);
     assert_eq!(prober.len(), 1);
 
     let mut last = SystemTime::UNIX_EPOCH;
@@ -172,13 +174,7 @@ async fn backend_returning_503_reports_failing_with_the_status() {
     let backend = Behaviour::new(503);
     let (addr, _server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
-    prober.set_targets(vec![spec(
-        "a",
-        addr,
-        http_check(addr.port(), &[200]),
-        100,
-        1000,
-    )]);
+    prober.set_targets(vec![http_spec("a", addr, &[200])]);
 
     let r = next_for(&mut rx, &key("a")).await;
     assert!(!r.ok);
@@ -230,20 +226,8 @@ async fn any_status_in_the_expected_set_counts_as_healthy() {
     let (addr, _server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
     prober.set_targets(vec![
-        spec(
-            "in-set",
-            addr,
-            http_check(addr.port(), &[200, 204]),
-            100,
-            1000,
-        ),
-        spec(
-            "not-in-set",
-            addr,
-            http_check(addr.port(), &[200]),
-            100,
-            1000,
-        ),
+        http_spec("in-set", addr, &[200, 204]),
+        http_spec("not-in-set", addr, &[200]),
     ]);
 
     let r = next_for(&mut rx, &key("in-set")).await;
@@ -264,20 +248,8 @@ async fn a_redirect_is_judged_against_the_expected_set_and_not_followed() {
     let (addr, _server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
     prober.set_targets(vec![
-        spec(
-            "accepts-302",
-            addr,
-            http_check(addr.port(), &[200, 302]),
-            100,
-            1000,
-        ),
-        spec(
-            "wants-200",
-            addr,
-            http_check(addr.port(), &[200]),
-            100,
-            1000,
-        ),
+        http_spec("accepts-302", addr, &[200, 302]),
+        http_spec("wants-200", addr, &[200]),
     ]);
 
     let r = next_for(&mut rx, &key("accepts-302")).await;
@@ -296,13 +268,7 @@ async fn probe_sends_the_configured_host_header() {
     let backend = Behaviour::new(200);
     let (addr, _server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
-    prober.set_targets(vec![spec(
-        "a",
-        addr,
-        http_check(addr.port(), &[200]),
-        100,
-        1000,
-    )]);
+    prober.set_targets(vec![http_spec("a", addr, &[200])]);
 
     assert!(next_for(&mut rx, &key("a")).await.ok);
     assert!(next_for(&mut rx, &key("a")).await.ok);
@@ -319,13 +285,7 @@ async fn killed_backend_turns_results_to_connect_refused() {
     let backend = Behaviour::new(200);
     let (addr, mut server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
-    prober.set_targets(vec![spec(
-        "a",
-        addr,
-        http_check(addr.port(), &[200]),
-        100,
-        1000,
-    )]);
+    prober.set_targets(vec![http_spec("a", addr, &[200])]);
     assert!(next_for(&mut rx, &key("a")).await.ok);
 
     server.kill().await;
@@ -348,13 +308,7 @@ async fn slow_backend_times_out_without_delaying_a_fast_target() {
             1500,
             1000,
         ),
-        spec(
-            "fast",
-            fast_addr,
-            http_check(fast_addr.port(), &[200]),
-            100,
-            1000,
-        ),
+        http_spec("fast", fast_addr, &[200]),
     ]);
 
     // Count fast results that arrive while a slow round is hanging in the slow backend.
@@ -394,7 +348,7 @@ async fn a_target_with_one_failing_address_fails_naming_that_address() {
     // Same port on another loopback address, where nothing listens yet.
     let bad: SocketAddr = (ip("127.0.0.6"), good.port()).into();
     let (prober, mut rx) = prober(4);
-    let mut two = spec("a", good, http_check(good.port(), &[200]), 100, 1000);
+    let mut two = http_spec("a", good, &[200]);
     two.addresses = vec![good.ip(), bad.ip()];
     prober.set_targets(vec![two]);
 
@@ -441,31 +395,17 @@ async fn tcp_probe_follows_the_listening_socket() {
 
 const TLS_HOST: &str = "secure.example.test";
 
-/// A CA and a leaf for `TLS_HOST` signed by it (rustls refuses a CA certificate used as
-/// the server's own certificate, so the two are separate).
+/// A CA (PEM) and a leaf for `TLS_HOST` signed by it.
 struct Pki {
     ca_pem: String,
-    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
-    key_der: Vec<u8>,
+    leaf: Leaf,
 }
 
 fn pki() -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "lifeline test CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let mut leaf_params = rcgen::CertificateParams::new(vec![TLS_HOST.to_owned()]).unwrap();
-    leaf_params.is_ca = rcgen::IsCa::ExplicitNoCa;
-    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+    let ca = TestCa::new("lifeline test CA");
     Pki {
         ca_pem: ca.pem(),
-        chain: vec![leaf.der().clone(), ca.der().clone()],
-        key_der: leaf_key.serialize_der(),
+        leaf: ca.leaf(TLS_HOST, &[TLS_HOST.to_owned()], false),
     }
 }
 
@@ -479,12 +419,14 @@ struct TlsServer {
 }
 
 async fn tls_server(ip: &str, pki: &Pki) -> TlsServer {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let chain = [&pki.leaf.cert_pem, &pki.ca_pem]
+        .map(|pem| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+        .to_vec();
+    let key = PrivateKeyDer::from_pem_slice(pki.leaf.key_pem.as_bytes()).unwrap();
     let config = rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(
-            pki.chain.clone(),
-            rustls::pki_types::PrivatePkcs8KeyDer::from(pki.key_der.clone()).into(),
-        )
+        .with_single_cert(chain, key)
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind((ip, 0)).await.unwrap();
@@ -635,8 +577,8 @@ async fn removed_target_stops_producing_results() {
     let backend = Behaviour::new(200);
     let (addr, _server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
-    let a = spec("a", addr, http_check(addr.port(), &[200]), 100, 1000);
-    let b = spec("b", addr, http_check(addr.port(), &[200]), 100, 1000);
+    let a = http_spec("a", addr, &[200]);
+    let b = http_spec("b", addr, &[200]);
     prober.set_targets(vec![a, b.clone()]);
     next_for(&mut rx, &key("a")).await;
     next_for(&mut rx, &key("b")).await;
@@ -659,7 +601,7 @@ async fn changing_a_targets_check_restarts_it_with_the_new_settings() {
     let backend = Behaviour::new(200);
     let (addr, _server) = serve(&backend, "127.0.0.2", 0).await;
     let (prober, mut rx) = prober(4);
-    let mut s = spec("a", addr, http_check(addr.port(), &[200]), 100, 1000);
+    let mut s = http_spec("a", addr, &[200]);
     prober.set_targets(vec![s.clone()]);
     next_for(&mut rx, &key("a")).await;
 
@@ -688,8 +630,8 @@ async fn concurrency_bound_holds_across_slow_targets() {
         let (addr2, _s2) = serve(&backend, "127.0.0.3", 0).await;
         let (prober, mut rx) = prober(concurrency);
         prober.set_targets(vec![
-            spec("one", addr1, http_check(addr1.port(), &[200]), 100, 1000),
-            spec("two", addr2, http_check(addr2.port(), &[200]), 100, 1000),
+            http_spec("one", addr1, &[200]),
+            http_spec("two", addr2, &[200]),
         ]);
 
         // Enough rounds that, without the bound, two would surely have overlapped.

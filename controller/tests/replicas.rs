@@ -2,10 +2,12 @@
 //! leader hands over within the lease TTL without changing answers; an etcd outage
 //! never fails or empties an answer; break-glass control works with no leader.
 
+mod common;
+
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -13,11 +15,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::{ConfigFile, etcd_store, spawn};
 use lifeline_etcd::EtcdStore;
 use lifeline_testkit::{
     Backend, Etcd,
     dns::{Answer, answer_a, await_exactly, query_a},
+    etcd::lead,
+    fixtures::static_cluster,
     free_addr,
+    process::Process,
 };
 
 const ZONE: &str = "rep.lifeline.test";
@@ -31,22 +37,6 @@ fn secondary() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3))
 }
 
-/// A `lifeline` process; killed (SIGKILL) on drop.
-struct Process(Child);
-
-impl Process {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Replica {
     dns: SocketAddr,
     admin: SocketAddr,
@@ -58,11 +48,10 @@ fn write_replicas(dir: &Path, etcd: &str, port: u16, count: usize) -> Vec<Replic
     std::fs::write(
         dir.join("docs.yaml"),
         format!(
-            "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: primary}}\nspec: {{region: a, addressSource: Static, addresses: [\"{p}\"]}}\n---\n\
-apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: secondary}}\nspec: {{region: b, addressSource: Static, addresses: [\"{s}\"]}}\n---\n\
+            "{p}---\n{s}---\n\
 apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hostname: {NAME}\n  ttl: 5\n  targets: [{{cluster: primary, priority: 0}}, {{cluster: secondary, priority: 1}}]\n  healthCheck: {{http: {{port: {port}}}, interval: 200ms, timeout: 150ms, unhealthyThreshold: 2, healthyThreshold: 2}}\n  failback: {{holdDown: 1s, rampDuration: 0s}}\n",
-            p = primary(),
-            s = secondary()
+            p = static_cluster("primary", "a", primary()),
+            s = static_cluster("secondary", "b", secondary()),
         ),
     )
     .unwrap();
@@ -70,39 +59,36 @@ apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, 
         .map(|i| {
             let (dns, admin) = (free_addr(), free_addr());
             let config = dir.join(format!("replica-{i}.yaml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
-dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snap-{i}}}\n\
-admin: {{listen: \"{admin}\"}}\n\
-store: {{type: etcd, endpoints: [\"{etcd}\"], prefix: {PREFIX}, leaseTtl: 2s}}\n\
-policySource: {{type: files, paths: [docs.yaml]}}\n",
-                    d = dir.display()
-                ),
-            )
-            .unwrap();
+            ConfigFile {
+                zone: ZONE,
+                dns,
+                snapshots: dir.join(format!("snap-{i}")),
+                admin,
+                store: etcd_store(etcd, PREFIX, "2s"),
+                documents: &["docs.yaml"],
+            }
+            .write(&config);
             Replica { dns, admin, config }
         })
         .collect()
 }
 
-fn start(args: &[&str], config: &Path) -> Process {
-    Process(
-        Command::new(env!("CARGO_BIN_EXE_lifeline"))
-            .args(["--log", "info"])
-            .args(args)
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start lifeline"),
-    )
-}
-
 async fn wait_for(dns: SocketAddr, limit: Duration, want: IpAddr) {
     await_exactly(dns, NAME, want, limit).await;
+}
+
+/// Two replicas of `lifeline run` sharing `etcd`, started together; returned once both
+/// answer with the primary.
+async fn run_replicas(dir: &Path, etcd: &Etcd, port: u16) -> (Vec<Replica>, Vec<Process>) {
+    let replicas = write_replicas(dir, &etcd.endpoint(), port, 2);
+    let running = replicas
+        .iter()
+        .map(|r| spawn(&["run"], &r.config))
+        .collect();
+    for r in &replicas {
+        wait_for(r.dns, Duration::from_secs(20), primary()).await;
+    }
+    (replicas, running)
 }
 
 async fn leader_pid(store: &EtcdStore) -> Option<u32> {
@@ -169,12 +155,12 @@ async fn one_replica_leads_and_a_kill_9_hands_over_without_changing_answers() {
     let [a, _b] = Backend::start_on([primary(), secondary()]).await;
     let port = a.addr.port();
     let replicas = write_replicas(dir.path(), &etcd.endpoint(), port, 2);
-    let mut procs = vec![Some(start(&["run"], &replicas[0].config))];
+    let mut procs = vec![Some(spawn(&["run"], &replicas[0].config))];
     wait_for(replicas[0].dns, Duration::from_secs(20), primary()).await;
-    procs.push(Some(start(&["run"], &replicas[1].config)));
+    procs.push(Some(spawn(&["run"], &replicas[1].config)));
     wait_for(replicas[1].dns, Duration::from_secs(20), primary()).await;
 
-    let store = EtcdStore::connect(&etcd.connect(), PREFIX).await.unwrap();
+    let store = etcd.store(PREFIX).await;
     let pids: Vec<u32> = procs.iter().flatten().map(Process::pid).collect();
     let leader = leader_pid(&store).await.expect("a leader");
     assert!(pids.contains(&leader), "leader {leader} is one of {pids:?}");
@@ -272,12 +258,7 @@ async fn an_etcd_outage_never_fails_or_empties_an_answer_and_changes_flow_after(
     let dir = tempfile::tempdir().unwrap();
     let [mut a, _b] = Backend::start_on([primary(), secondary()]).await;
     let port = a.addr.port();
-    let replicas = write_replicas(dir.path(), &etcd.endpoint(), port, 2);
-    let _r0 = start(&["run"], &replicas[0].config);
-    let _r1 = start(&["run"], &replicas[1].config);
-    for r in &replicas {
-        wait_for(r.dns, Duration::from_secs(20), primary()).await;
-    }
+    let (replicas, _running) = run_replicas(dir.path(), &etcd, port).await;
 
     let watcher = Watcher::start(replicas.iter().map(|r| r.dns).collect());
     etcd.stop();
@@ -330,15 +311,8 @@ async fn bench_leader_takeover_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let [a, _b] = Backend::start_on([primary(), secondary()]).await;
     let port = a.addr.port();
-    let replicas = write_replicas(dir.path(), &etcd.endpoint(), port, 2);
-    let mut procs: Vec<Process> = replicas
-        .iter()
-        .map(|r| start(&["run"], &r.config))
-        .collect();
-    for r in &replicas {
-        wait_for(r.dns, Duration::from_secs(20), primary()).await;
-    }
-    let store = EtcdStore::connect(&etcd.connect(), PREFIX).await.unwrap();
+    let (replicas, mut procs) = run_replicas(dir.path(), &etcd, port).await;
+    let store = etcd.store(PREFIX).await;
     let mut samples = Vec::new();
     for _ in 0..kills {
         let leader = loop {
@@ -363,7 +337,7 @@ async fn bench_leader_takeover_after_kill_9() {
         }
         samples.push(killed.elapsed());
         // Bring the killed replica back as a follower.
-        procs.insert(idx, start(&["run"], &replicas[idx].config));
+        procs.insert(idx, spawn(&["run"], &replicas[idx].config));
         wait_for(replicas[idx].dns, Duration::from_secs(20), primary()).await;
     }
     println!(
@@ -388,13 +362,10 @@ async fn bench_record_propagation_to_replicas() {
     let replicas = write_replicas(dir.path(), &etcd.endpoint(), 9, 2);
     let _procs: Vec<Process> = replicas
         .iter()
-        .map(|r| start(&["dns"], &r.config))
+        .map(|r| spawn(&["dns"], &r.config))
         .collect();
-    let store = EtcdStore::connect(&etcd.connect(), PREFIX).await.unwrap();
-    let leader = lifeline_etcd::Leadership::new(&store, "bench", Duration::from_secs(5))
-        .campaign()
-        .await
-        .unwrap();
+    let store = etcd.store(PREFIX).await;
+    let leader = lead(&store, "bench", Duration::from_secs(5)).await;
     let mut samples = Vec::new();
     for round in 0..rounds {
         let want = IpAddr::V4(Ipv4Addr::new(

@@ -12,7 +12,8 @@ mod common;
 
 use lifeline_testkit::{
     Backend,
-    dns::{answer_a, query_a, wait_for_answer as wait_for},
+    dns::{answer_a, await_answer, await_exactly, query_a},
+    fixtures::static_cluster,
     free_addr, free_port,
     process::Process,
 };
@@ -52,8 +53,11 @@ policySource:\n  type: files\n  paths: [clusters.yaml, policies.yaml]\n",
     .unwrap();
     std::fs::write(
         dir.join("clusters.yaml"),
-        "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {name: primary}\nspec: {region: eu, addressSource: Static, addresses: [\"127.0.0.2\"]}\n---\n\
-apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {name: secondary}\nspec: {region: us, addressSource: Static, addresses: [\"127.0.0.3\"]}\n",
+        format!(
+            "{}---\n{}",
+            static_cluster("primary", "eu", primary()),
+            static_cluster("secondary", "us", secondary()),
+        ),
     )
     .unwrap();
     std::fs::write(
@@ -93,22 +97,15 @@ async fn a_killed_primary_fails_over_and_returns_only_after_hold_down() {
     let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
     let lifeline = start(&dir.path().join("lifeline.yaml"));
 
-    let (ips, _) = tokio::task::spawn_blocking(move || {
-        wait_for(dns, NAME, Duration::from_secs(15), |ips| ips == [primary()])
-    })
-    .await
-    .unwrap();
+    let (ips, _) = await_answer(dns, NAME, Duration::from_secs(15), |ips| ips == [primary()]).await;
     assert_eq!(ips, [primary()]);
 
     // Kill the primary: the answer moves to the secondary.
     a.kill().await;
-    let (_, took) = tokio::task::spawn_blocking(move || {
-        wait_for(dns, NAME, Duration::from_secs(15), |ips| {
-            ips == [secondary()]
-        })
+    let (_, took) = await_answer(dns, NAME, Duration::from_secs(15), |ips| {
+        ips == [secondary()]
     })
-    .await
-    .unwrap();
+    .await;
     eprintln!("failover observed after {took:?}");
 
     // Heal it: for the 3 s hold-down (minus time to see two successes) answers stay put.
@@ -131,11 +128,8 @@ async fn a_killed_primary_fails_over_and_returns_only_after_hold_down() {
         early.iter().all(|ips| ips == &[secondary()]),
         "answer moved back during hold-down: {early:?}"
     );
-    let (_, after) = tokio::task::spawn_blocking(move || {
-        wait_for(dns, NAME, Duration::from_secs(8), |ips| ips == [primary()])
-    })
-    .await
-    .unwrap();
+    let (_, after) =
+        await_answer(dns, NAME, Duration::from_secs(8), |ips| ips == [primary()]).await;
     eprintln!(
         "failback observed {:?} after healing",
         healed.elapsed().max(after)
@@ -149,13 +143,7 @@ async fn a_restart_answers_from_persisted_state_before_probing() {
     let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
     // The primary never starts: the first run settles on the secondary.
     let lifeline = start(&dir.path().join("lifeline.yaml"));
-    tokio::task::spawn_blocking(move || {
-        wait_for(dns, NAME, Duration::from_secs(15), |ips| {
-            ips == [secondary()]
-        })
-    })
-    .await
-    .unwrap();
+    await_exactly(dns, NAME, secondary(), Duration::from_secs(15)).await;
     lifeline.stop();
 
     // Restart with the primary now up. The first answers must still be the secondary:
@@ -180,11 +168,7 @@ async fn a_restart_answers_from_persisted_state_before_probing() {
         vec![secondary()],
         "a NOERROR answer with the secondary"
     );
-    tokio::task::spawn_blocking(move || {
-        wait_for(dns, NAME, Duration::from_secs(10), |ips| ips == [primary()])
-    })
-    .await
-    .unwrap();
+    await_exactly(dns, NAME, primary(), Duration::from_secs(10)).await;
     lifeline.stop();
 }
 
@@ -199,11 +183,7 @@ async fn a_broken_policy_edit_keeps_the_last_good_set_and_a_fixed_one_applies() 
     let _a = Backend::start(SocketAddr::new(primary(), port)).await;
     let _b = Backend::start(SocketAddr::new(secondary(), port)).await;
     let lifeline = start(&dir.path().join("lifeline.yaml"));
-    tokio::task::spawn_blocking(move || {
-        wait_for(dns, NAME, Duration::from_secs(15), |ips| ips == [primary()])
-    })
-    .await
-    .unwrap();
+    await_exactly(dns, NAME, primary(), Duration::from_secs(15)).await;
 
     // A syntax error: nothing changes, and it keeps serving.
     std::fs::write(dir.path().join("policies.yaml"), "apiVersion: [broken\n").unwrap();
@@ -217,16 +197,13 @@ async fn a_broken_policy_edit_keeps_the_last_good_set_and_a_fixed_one_applies() 
         "---\napiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: search, namespace: shop}}\nspec:\n  hostname: search.{ZONE}\n  targets: [{{cluster: secondary}}]\n"
     );
     write_files(dir.path(), dns, admin, port, &extra);
-    tokio::task::spawn_blocking(move || {
-        wait_for(
-            dns,
-            &format!("search.{ZONE}"),
-            Duration::from_secs(10),
-            |ips| ips == [secondary()],
-        )
-    })
-    .await
-    .unwrap();
+    await_exactly(
+        dns,
+        &format!("search.{ZONE}"),
+        secondary(),
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(answer_a(dns, NAME).ok(), Some(vec![primary()]));
     lifeline.stop();
 }
@@ -243,7 +220,7 @@ async fn the_zones_own_name_server_is_answered_with_its_configured_address() {
     std::fs::write(&config, text).unwrap();
     let _lifeline = start(&config);
     let ns1 = format!("ns1.{ZONE}");
-    lifeline_testkit::dns::await_exactly(
+    await_exactly(
         s.dns,
         &ns1,
         "192.0.2.53".parse().unwrap(),
@@ -287,21 +264,16 @@ async fn with_no_ca_bundle_http_checks_decide_and_https_ones_say_why() {
     // No CA bundle: rustls-native-certs reads only these when they are set.
     let empty = dir.path().join("no-certs");
     std::fs::create_dir(&empty).unwrap();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lifeline"));
+    let mut command = common::lifeline(&["run"], &config);
     command
-        .args(["run", "--config"])
-        .arg(&config)
         .env("SSL_CERT_FILE", dir.path().join("no-such-bundle.pem"))
-        .env("SSL_CERT_DIR", &empty)
-        .env("LIFELINE_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit());
+        .env("SSL_CERT_DIR", &empty);
     let mut lifeline = Process::spawn(command);
 
     // HTTP decides as ever.
-    lifeline_testkit::dns::await_exactly(dns, NAME, primary(), Duration::from_secs(15)).await;
+    await_exactly(dns, NAME, primary(), Duration::from_secs(15)).await;
     a.kill().await;
-    lifeline_testkit::dns::await_exactly(dns, NAME, secondary(), Duration::from_secs(15)).await;
+    await_exactly(dns, NAME, secondary(), Duration::from_secs(15)).await;
 
     // HTTPS says why it fails.
     let why = lifeline_testkit::eventually_async(

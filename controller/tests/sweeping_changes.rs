@@ -11,9 +11,12 @@ use std::{
 
 mod common;
 
-use common::{admin_target, ctl, get, spawn_run};
+use common::{
+    ConfigFile, admin_target, ctl, embedded_store, etcd_store, etcd_target, get, spawn_run,
+};
 use lifeline_testkit::{
     dns::{Answer, answer_a, query_a},
+    fixtures::static_cluster,
     free_addr,
     process::Process,
 };
@@ -30,24 +33,22 @@ fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
-fn config(dir: &Path, dns: SocketAddr, admin: SocketAddr, store: &str) {
-    std::fs::write(
-        dir.join("lifeline.yaml"),
-        format!(
-            "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
-dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {d}/snapshots}}\n\
-admin: {{listen: \"{admin}\"}}\n\
-store: {store}\n\
-policySource: {{type: files, paths: [docs.yaml]}}\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
+/// `lifeline.yaml` in `dir`, with `store` (the `store:` section).
+fn config(dir: &Path, dns: SocketAddr, admin: SocketAddr, store: String) {
+    ConfigFile {
+        zone: ZONE,
+        dns,
+        snapshots: dir.join("snapshots"),
+        admin,
+        store,
+        documents: &["docs.yaml"],
+    }
+    .write(&dir.join("lifeline.yaml"));
 }
 
 /// The cluster and a policy per name in `names`, in one file.
 fn documents(dir: &Path, names: &[&str]) {
-    let mut text = "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {name: main}\nspec: {region: eu, addressSource: Static, addresses: [\"127.0.0.7\"]}\n".to_owned();
+    let mut text = static_cluster("main", "eu", ip(7));
     for n in names {
         text += &format!(
             "---\napiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: {n}, namespace: shop}}\nspec: {{hostname: {h}, ttl: 5, targets: [{{cluster: main}}]}}\n",
@@ -144,10 +145,7 @@ fn a_sweeping_edit_is_held_until_released_through_the_admin_api() {
         dir.path(),
         dns,
         admin,
-        &format!(
-            "{{type: embedded, dataDir: {}/store}}",
-            dir.path().display()
-        ),
+        embedded_store(&dir.path().join("store")),
     );
     let lifeline = serve_then_sweep(dir.path(), dns, admin);
     let target = admin_target(admin);
@@ -188,15 +186,8 @@ fn a_held_change_survives_a_restart_and_is_released_through_etcd() {
     };
     let dir = tempfile::tempdir().unwrap();
     let (dns, admin) = (free_addr(), free_addr());
-    config(
-        dir.path(),
-        dns,
-        admin,
-        &format!(
-            "{{type: etcd, endpoints: [\"{}\"], prefix: /sweep, leaseTtl: 2s}}",
-            etcd.endpoint()
-        ),
-    );
+    let store = etcd_store(&etcd.endpoint(), "/sweep", "2s");
+    config(dir.path(), dns, admin, store);
     let lifeline = serve_then_sweep(dir.path(), dns, admin);
     let fingerprint = held(admin)["fingerprint"].as_str().unwrap().to_owned();
 
@@ -212,12 +203,7 @@ fn a_held_change_survives_a_restart_and_is_released_through_etcd() {
     );
 
     // Break-glass: no admin API, straight to etcd.
-    let target = vec![
-        "--etcd".to_owned(),
-        etcd.endpoint(),
-        "--etcd-prefix".to_owned(),
-        "/sweep".to_owned(),
-    ];
+    let target = etcd_target(&etcd.endpoint(), "/sweep");
     let (ok, text) = ctl(&target, &["status"]);
     assert!(ok && text.contains(&fingerprint), "{text}");
     let (ok, text) = ctl(&target, &["release", &fingerprint, "--reason", "intended"]);

@@ -7,15 +7,12 @@ use std::{
 };
 
 use lifeline_controller::documents;
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples")
-}
+use lifeline_testkit::examples;
 
 fn valid_set() -> Vec<PathBuf> {
     ["lifeline.yaml", "clusters.yaml", "policies.yaml"]
         .iter()
-        .map(|f| examples().join(f))
+        .map(|f| examples::dir().join(f))
         .collect()
 }
 
@@ -46,7 +43,7 @@ fn the_example_configuration_and_policies_are_valid() {
 fn the_replicated_configuration_example_is_valid() {
     let set: Vec<PathBuf> = ["lifeline-ha.yaml", "clusters.yaml", "policies.yaml"]
         .iter()
-        .map(|f| examples().join(f))
+        .map(|f| examples::dir().join(f))
         .collect();
     let loaded = documents::load(&set, &[]);
     let problems: Vec<String> = loaded.problems.iter().map(ToString::to_string).collect();
@@ -78,7 +75,7 @@ fn validate_command_exits_zero_on_the_examples() {
 /// `<text>`, and every problem printed must belong to that file.
 #[test]
 fn every_invalid_example_fails_with_its_expected_message() {
-    let dir = examples().join("invalid");
+    let dir = examples::dir().join("invalid");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -101,8 +98,8 @@ fn every_invalid_example_fails_with_its_expected_message() {
             .unwrap_or_else(|| panic!("{} lacks an `# expect:` first line", file.display()))
             .to_owned();
         let set = vec![
-            examples().join("lifeline.yaml"),
-            examples().join("clusters.yaml"),
+            examples::dir().join("lifeline.yaml"),
+            examples::dir().join("clusters.yaml"),
             file.clone(),
         ];
         let loaded = documents::load(&set, &[]);
@@ -164,7 +161,7 @@ fn a_ten_megabyte_file_is_refused_without_parsing() {
 
 #[test]
 fn a_missing_file_is_reported_not_fatal() {
-    let missing = examples().join("does-not-exist.yaml");
+    let missing = examples::dir().join("does-not-exist.yaml");
     let mut set = valid_set();
     set.push(missing.clone());
     let loaded = documents::load(&set, &[]);
@@ -204,7 +201,7 @@ fn a_file_with_thousands_of_small_documents_is_accepted() {
     }
     assert!(text.len() < 1024 * 1024);
     std::fs::write(&file, text).unwrap();
-    let loaded = documents::load(&[examples().join("lifeline.yaml"), file], &[]);
+    let loaded = documents::load(&[examples::dir().join("lifeline.yaml"), file], &[]);
     let problems: Vec<String> = loaded.problems.iter().map(ToString::to_string).collect();
     assert!(
         problems.is_empty(),

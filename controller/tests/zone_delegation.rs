@@ -16,7 +16,7 @@ use std::{
 mod common;
 
 use common::spawn_run;
-use lifeline_testkit::{dns::await_exactly, free_addr, loopback};
+use lifeline_testkit::{dns::await_exactly, fixtures::static_cluster, free_addr, loopback};
 
 const ZONE: &str = "deleg.lifeline.test";
 
@@ -41,8 +41,9 @@ policySource: {{type: files, paths: [docs.yaml]}}\n",
     std::fs::write(
         dir.join("docs.yaml"),
         format!(
-            "apiVersion: lifeline.dev/v1alpha1\nkind: MemberCluster\nmetadata: {{name: a}}\nspec: {{region: r, addressSource: Static, addresses: [\"192.0.2.10\"]}}\n---\n\
-apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, namespace: shop}}\nspec: {{hostname: web.{ZONE}, targets: [{{cluster: a}}]}}\n"
+            "{}---\n\
+apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, namespace: shop}}\nspec: {{hostname: web.{ZONE}, targets: [{{cluster: a}}]}}\n",
+            static_cluster("a", "r", "192.0.2.10"),
         ),
     )
     .unwrap();

@@ -10,14 +10,6 @@ use hickory_proto::{
     rr::{RData, RecordType, rdata::opt::EdnsCode},
 };
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Runs a test body against a fresh shim serving `snapshot(1)`.
 fn with_shim(f: impl FnOnce(&lifeline_dns::ShimHandle)) {
     let rt = rt();
@@ -30,18 +22,8 @@ fn with_shim(f: impl FnOnce(&lifeline_dns::ShimHandle)) {
 fn a_query_is_answered_authoritatively_without_recursion() {
     with_shim(|shim| {
         for m in [
-            udp(
-                shim,
-                "www.global.example.com.",
-                RecordType::A,
-                &Ask::default(),
-            ),
-            tcp(
-                shim,
-                "www.global.example.com.",
-                RecordType::A,
-                &Ask::default(),
-            ),
+            plain_udp(shim, "www.global.example.com.", RecordType::A),
+            plain_tcp(shim, "www.global.example.com.", RecordType::A),
         ] {
             assert_eq!(m.metadata.response_code, ResponseCode::NoError);
             assert!(m.metadata.authoritative, "AA must be set");
@@ -56,12 +38,7 @@ fn a_query_is_answered_authoritatively_without_recursion() {
 #[test]
 fn nxdomain_and_nodata_both_carry_the_soa() {
     with_shim(|shim| {
-        let nx = udp(
-            shim,
-            "nope.global.example.com.",
-            RecordType::A,
-            &Ask::default(),
-        );
+        let nx = plain_udp(shim, "nope.global.example.com.", RecordType::A);
         assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
         assert!(nx.metadata.authoritative);
         assert!(nx.answers.is_empty());
@@ -70,24 +47,14 @@ fn nxdomain_and_nodata_both_carry_the_soa() {
         // Negative TTL is min(SOA TTL, MINIMUM) = 30 (RFC 2308).
         assert_eq!(nx.authorities[0].ttl, 30);
 
-        let nodata = udp(
-            shim,
-            "www.global.example.com.",
-            RecordType::MX,
-            &Ask::default(),
-        );
+        let nodata = plain_udp(shim, "www.global.example.com.", RecordType::MX);
         assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
         assert!(nodata.metadata.authoritative);
         assert!(nodata.answers.is_empty());
         assert_eq!(authority_soa_serial(&nodata), Some(1));
 
         // AAAA on a v4-only name is NODATA, not NXDOMAIN.
-        let v6 = udp(
-            shim,
-            "www.global.example.com.",
-            RecordType::AAAA,
-            &Ask::default(),
-        );
+        let v6 = plain_udp(shim, "www.global.example.com.", RecordType::AAAA);
         assert_eq!(v6.metadata.response_code, ResponseCode::NoError);
         assert!(v6.answers.is_empty());
         assert!(authority_soa_serial(&v6).is_some());
@@ -97,21 +64,11 @@ fn nxdomain_and_nodata_both_carry_the_soa() {
 #[test]
 fn empty_non_terminals_are_nodata_not_nxdomain() {
     with_shim(|shim| {
-        let ent = udp(
-            shim,
-            "under.ent.global.example.com.",
-            RecordType::A,
-            &Ask::default(),
-        );
+        let ent = plain_udp(shim, "under.ent.global.example.com.", RecordType::A);
         assert_eq!(ent.metadata.response_code, ResponseCode::NoError);
         assert!(ent.answers.is_empty());
         assert!(authority_soa_serial(&ent).is_some());
-        let leaf = udp(
-            shim,
-            "deep.under.ent.global.example.com.",
-            RecordType::A,
-            &Ask::default(),
-        );
+        let leaf = plain_udp(shim, "deep.under.ent.global.example.com.", RecordType::A);
         assert_eq!(
             addresses(&leaf),
             vec!["192.0.2.50".parse::<IpAddr>().unwrap()]
@@ -123,7 +80,7 @@ fn empty_non_terminals_are_nodata_not_nxdomain() {
 fn names_outside_every_zone_are_refused() {
     with_shim(|shim| {
         for name in ["example.org.", "example.com.", "xglobal.example.com."] {
-            let m = udp(shim, name, RecordType::A, &Ask::default());
+            let m = plain_udp(shim, name, RecordType::A);
             assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{name}");
             assert!(!m.metadata.authoritative, "{name}");
             assert!(m.answers.is_empty());
@@ -135,12 +92,7 @@ fn names_outside_every_zone_are_refused() {
 fn soa_and_ns_come_from_config_and_the_serial_tracks_the_revision() {
     let rt = rt();
     let (shim, _dir) = rt.block_on(start());
-    let soa = udp(
-        &shim,
-        "global.example.com.",
-        RecordType::SOA,
-        &Ask::default(),
-    );
+    let soa = plain_udp(&shim, "global.example.com.", RecordType::SOA);
     let RData::SOA(s) = &soa.answers[0].data else {
         panic!("not a SOA: {soa:?}")
     };
@@ -149,12 +101,7 @@ fn soa_and_ns_come_from_config_and_the_serial_tracks_the_revision() {
     assert_eq!(s.serial, 1);
     assert_eq!(s.minimum, 30);
 
-    let ns = udp(
-        &shim,
-        "GLOBAL.example.com.",
-        RecordType::NS,
-        &Ask::default(),
-    );
+    let ns = plain_udp(&shim, "GLOBAL.example.com.", RecordType::NS);
     let mut names: Vec<String> = ns
         .answers
         .iter()
@@ -171,12 +118,7 @@ fn soa_and_ns_come_from_config_and_the_serial_tracks_the_revision() {
 
     shim.apply(lifeline_dns::Update::Replace(snapshot(42)))
         .unwrap();
-    let soa = udp(
-        &shim,
-        "global.example.com.",
-        RecordType::SOA,
-        &Ask::default(),
-    );
+    let soa = plain_udp(&shim, "global.example.com.", RecordType::SOA);
     let RData::SOA(s) = &soa.answers[0].data else {
         panic!("not a SOA")
     };
@@ -187,55 +129,30 @@ fn soa_and_ns_come_from_config_and_the_serial_tracks_the_revision() {
 #[test]
 fn srv_txt_and_cname_records_are_served() {
     with_shim(|shim| {
-        let srv = udp(
-            shim,
-            "_http._tcp.svc.global.example.com.",
-            RecordType::SRV,
-            &Ask::default(),
-        );
+        let srv = plain_udp(shim, "_http._tcp.svc.global.example.com.", RecordType::SRV);
         let RData::SRV(s) = &srv.answers[0].data else {
             panic!("not SRV: {srv:?}")
         };
         assert_eq!((s.priority, s.weight, s.port), (10, 5, 8080));
         assert_eq!(s.target.to_ascii(), "www.global.example.com.");
 
-        let txt = udp(
-            shim,
-            "info.global.example.com.",
-            RecordType::TXT,
-            &Ask::default(),
-        );
+        let txt = plain_udp(shim, "info.global.example.com.", RecordType::TXT);
         let RData::TXT(t) = &txt.answers[0].data else {
             panic!("not TXT")
         };
         assert_eq!(&*t.txt_data[0], b"v=lifeline1");
 
         // An alias answers any type with the CNAME, and chases it inside the zone.
-        let a = udp(
-            shim,
-            "alias.global.example.com.",
-            RecordType::A,
-            &Ask::default(),
-        );
+        let a = plain_udp(shim, "alias.global.example.com.", RecordType::A);
         assert_eq!(a.answers.len(), 2, "{a:?}");
         assert!(
             matches!(&a.answers[0].data, RData::CNAME(c) if c.0.to_ascii() == "www.global.example.com.")
         );
         assert_eq!(a.answers[1].name.to_ascii(), "www.global.example.com.");
         assert_eq!(addresses(&a), vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
-        let cname = udp(
-            shim,
-            "alias.global.example.com.",
-            RecordType::CNAME,
-            &Ask::default(),
-        );
+        let cname = plain_udp(shim, "alias.global.example.com.", RecordType::CNAME);
         assert_eq!(cname.answers.len(), 1);
-        let mx = udp(
-            shim,
-            "alias.global.example.com.",
-            RecordType::MX,
-            &Ask::default(),
-        );
+        let mx = plain_udp(shim, "alias.global.example.com.", RecordType::MX);
         assert!(matches!(&mx.answers[0].data, RData::CNAME(_)));
     });
 }
@@ -249,18 +166,13 @@ fn matching_is_case_insensitive_and_the_question_case_is_echoed() {
             "Under.Ent.Global.Example.Com.",
         ] {
             for m in [
-                udp(shim, name, RecordType::A, &Ask::default()),
-                tcp(shim, name, RecordType::A, &Ask::default()),
+                plain_udp(shim, name, RecordType::A),
+                plain_tcp(shim, name, RecordType::A),
             ] {
                 assert_eq!(m.queries[0].name().to_ascii(), name, "question case echoed");
             }
         }
-        let m = udp(
-            shim,
-            "WWW.GLOBAL.EXAMPLE.COM.",
-            RecordType::A,
-            &Ask::default(),
-        );
+        let m = plain_udp(shim, "WWW.GLOBAL.EXAMPLE.COM.", RecordType::A);
         assert_eq!(addresses(&m), vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
     });
 }
@@ -315,12 +227,7 @@ fn wrong_opcodes_get_notimp_and_bad_question_counts_get_formerr() {
         let response = raw_request(11, 0x8000, [1, 0, 0, 0], WWW_A);
         assert!(raw_udp(server, &response).is_none());
         // And the server still answers.
-        let ok = udp(
-            shim,
-            "www.global.example.com.",
-            RecordType::A,
-            &Ask::default(),
-        );
+        let ok = plain_udp(shim, "www.global.example.com.", RecordType::A);
         assert_eq!(ok.metadata.response_code, ResponseCode::NoError);
     });
 }
@@ -328,12 +235,7 @@ fn wrong_opcodes_get_notimp_and_bad_question_counts_get_formerr() {
 #[test]
 fn zone_transfers_are_refused_and_other_classes_too() {
     with_shim(|shim| {
-        let axfr = tcp(
-            shim,
-            "global.example.com.",
-            RecordType::AXFR,
-            &Ask::default(),
-        );
+        let axfr = plain_tcp(shim, "global.example.com.", RecordType::AXFR);
         assert_eq!(axfr.metadata.response_code, ResponseCode::Refused);
         let mut ch = WWW_A.to_vec();
         let n = ch.len();
@@ -347,12 +249,7 @@ fn zone_transfers_are_refused_and_other_classes_too() {
 #[test]
 fn edns_opt_is_echoed_and_its_version_checked() {
     with_shim(|shim| {
-        let plain = udp(
-            shim,
-            "www.global.example.com.",
-            RecordType::A,
-            &Ask::default(),
-        );
+        let plain = plain_udp(shim, "www.global.example.com.", RecordType::A);
         assert!(plain.edns.is_none(), "no OPT without one in the query");
         let ask = Ask {
             payload: Some(4096),
@@ -380,12 +277,7 @@ fn edns_opt_is_echoed_and_its_version_checked() {
 fn udp_answers_that_do_not_fit_are_truncated_and_tcp_gives_them_in_full() {
     with_shim(|shim| {
         // No EDNS: 512 bytes. Forty A records need ~700.
-        let small = udp(
-            shim,
-            "big.global.example.com.",
-            RecordType::A,
-            &Ask::default(),
-        );
+        let small = plain_udp(shim, "big.global.example.com.", RecordType::A);
         assert!(small.metadata.truncation, "TC set");
         assert!(small.answers.is_empty(), "no partial RRset");
         assert_eq!(small.metadata.response_code, ResponseCode::NoError);
@@ -406,12 +298,7 @@ fn udp_answers_that_do_not_fit_are_truncated_and_tcp_gives_them_in_full() {
         assert!(t.metadata.truncation);
         assert!(t.edns.is_some());
         // TCP has no such limit.
-        let full = tcp(
-            shim,
-            "big.global.example.com.",
-            RecordType::A,
-            &Ask::default(),
-        );
+        let full = plain_tcp(shim, "big.global.example.com.", RecordType::A);
         assert!(!full.metadata.truncation);
         assert_eq!(addresses(&full).len(), 40);
     });
@@ -420,22 +307,12 @@ fn udp_answers_that_do_not_fit_are_truncated_and_tcp_gives_them_in_full() {
 #[test]
 fn any_is_answered_with_a_single_rrset() {
     with_shim(|shim| {
-        let m = udp(
-            shim,
-            "dual.global.example.com.",
-            RecordType::ANY,
-            &Ask::default(),
-        );
+        let m = plain_udp(shim, "dual.global.example.com.", RecordType::ANY);
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
         let types: std::collections::BTreeSet<RecordType> =
             m.answers.iter().map(|r| r.record_type()).collect();
         assert_eq!(types.len(), 1, "one RRset only (RFC 8482): {types:?}");
-        let apex = udp(
-            shim,
-            "global.example.com.",
-            RecordType::ANY,
-            &Ask::default(),
-        );
+        let apex = plain_udp(shim, "global.example.com.", RecordType::ANY);
         assert_eq!(apex.answers.len(), 1);
         assert_eq!(apex.answers[0].record_type(), RecordType::SOA);
     });
@@ -446,12 +323,7 @@ fn equal_weights_rotate_which_target_leads() {
     with_shim(|shim| {
         let mut leads: HashMap<IpAddr, usize> = HashMap::new();
         for _ in 0..30 {
-            let m = udp(
-                shim,
-                "rr.global.example.com.",
-                RecordType::A,
-                &Ask::default(),
-            );
+            let m = plain_udp(shim, "rr.global.example.com.", RecordType::A);
             let a = addresses(&m);
             assert_eq!(a.len(), 3, "all targets listed");
             *leads.entry(a[0]).or_default() += 1;
@@ -467,12 +339,7 @@ fn weights_decide_how_often_a_target_leads() {
     with_shim(|shim| {
         let mut leads: HashMap<IpAddr, usize> = HashMap::new();
         for _ in 0..40 {
-            let m = udp(
-                shim,
-                "weighted.global.example.com.",
-                RecordType::A,
-                &Ask::default(),
-            );
+            let m = plain_udp(shim, "weighted.global.example.com.", RecordType::A);
             *leads.entry(addresses(&m)[0]).or_default() += 1;
         }
         let heavy = leads[&"192.0.2.31".parse::<IpAddr>().unwrap()];
@@ -521,12 +388,7 @@ fn geo_selection_falls_back_to_the_source_address() {
     with_shim(|shim| {
         // 127.0.0.0/8 maps to us-east in the test config.
         for _ in 0..5 {
-            let m = udp(
-                shim,
-                "geo.global.example.com.",
-                RecordType::A,
-                &Ask::default(),
-            );
+            let m = plain_udp(shim, "geo.global.example.com.", RecordType::A);
             assert_eq!(addresses(&m), vec!["192.0.2.42".parse::<IpAddr>().unwrap()]);
         }
     });
@@ -575,12 +437,7 @@ fn rate_limiting_drops_excess_responses_when_turned_on() {
     assert!(truncated >= 10, "truncated (slipped) answers: {truncated}");
     assert!(full + truncated < 40, "some were dropped");
     // TCP is never limited.
-    let m = tcp(
-        &shim,
-        "www.global.example.com.",
-        RecordType::A,
-        &Ask::default(),
-    );
+    let m = plain_tcp(&shim, "www.global.example.com.", RecordType::A);
     assert_eq!(addresses(&m).len(), 1);
     shim.shutdown();
 }

@@ -63,11 +63,7 @@ async fn ten_thousand_addresses_are_answered_max_answers_at_a_time_over_every_tr
         eprintln!("dig not installed; skipped");
         return;
     }
-    let (shim, _dir) = start_with(
-        dns_config(tempfile::tempdir().unwrap().path()),
-        Some(zone(1, vec![("big", set(10_000, Some(8)))])),
-    )
-    .await;
+    let (shim, _dir) = start_serving(Some(zone(1, vec![("big", set(10_000, Some(8)))]))).await;
     let shim2 = shim.clone();
     tokio::task::spawn_blocking(move || {
         let shim = shim2;
@@ -106,13 +102,10 @@ async fn a_reply_larger_than_the_client_allows_is_truncated_and_whole_over_tcp()
         return;
     }
     // 2,000 addresses and no maxAnswers: 32 KB, framed only over TCP.
-    let (shim, _dir) = start_with(
-        dns_config(tempfile::tempdir().unwrap().path()),
-        Some(zone(
-            1,
-            vec![("wide", set(2_000, None)), ("mid", set(50, None))],
-        )),
-    )
+    let (shim, _dir) = start_serving(Some(zone(
+        1,
+        vec![("wide", set(2_000, None)), ("mid", set(50, None))],
+    )))
     .await;
     tokio::task::spawn_blocking(move || {
         for (transport, limit) in [
@@ -148,11 +141,7 @@ async fn a_reply_larger_than_the_client_allows_is_truncated_and_whole_over_tcp()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_set_no_message_can_frame_is_refused_and_the_last_good_answer_kept() {
-    let (shim, _dir) = start_with(
-        dns_config(tempfile::tempdir().unwrap().path()),
-        Some(zone(1, vec![("huge", set(3, None))])),
-    )
-    .await;
+    let (shim, _dir) = start_serving(Some(zone(1, vec![("huge", set(3, None))]))).await;
     // 10,000 addresses with no maxAnswers: 160 KB, more than any DNS message holds.
     let applied = shim
         .apply(Update::Replace(zone(2, vec![("huge", set(10_000, None))])))
@@ -174,17 +163,15 @@ async fn a_record_set_no_message_can_frame_is_refused_and_the_last_good_answer_k
     );
 
     for reply in [
-        udp(
+        plain_udp(
             &shim,
             "huge.global.example.com.",
             hickory_proto::rr::RecordType::A,
-            &Ask::default(),
         ),
-        tcp(
+        plain_tcp(
             &shim,
             "huge.global.example.com.",
             hickory_proto::rr::RecordType::A,
-            &Ask::default(),
         ),
     ] {
         let mut got = addresses(&reply);
@@ -206,11 +193,10 @@ async fn a_record_set_no_message_can_frame_is_refused_and_the_last_good_answer_k
             .iter()
             .any(|(n, p)| n == "fresh" && p.contains("A records take"))
     );
-    let reply = tcp(
+    let reply = plain_tcp(
         &shim,
         "fresh.global.example.com.",
         hickory_proto::rr::RecordType::A,
-        &Ask::default(),
     );
     assert_eq!(
         reply.metadata.response_code,

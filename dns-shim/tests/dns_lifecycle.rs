@@ -13,26 +13,16 @@ use std::{
 use common::*;
 use hickory_proto::{op::ResponseCode, rr::RecordType};
 use lifeline_dns::{DirectorySource, Shim, Update, ZonePatch, persist, source};
-use lifeline_testkit::disk::{FreezableDisk, SmallDisk};
+use lifeline_testkit::{
+    disk::{FreezableDisk, SmallDisk},
+    fixtures::drain,
+};
 
 /// A generous bound for writes to a healthy local disk; hitting it means the writer is stuck.
 const FLUSH: Duration = Duration::from_secs(30);
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn www(shim: &lifeline_dns::ShimHandle) -> Vec<IpAddr> {
-    addresses(&udp(
-        shim,
-        "www.global.example.com.",
-        RecordType::A,
-        &Ask::default(),
-    ))
+    addresses(&plain_udp(shim, "www.global.example.com.", RecordType::A))
 }
 
 /// Snapshot files of the zone in `dir`, sorted.
@@ -104,10 +94,7 @@ fn the_data_directory_and_its_files_are_private_even_when_the_directory_was_not(
 #[test]
 fn two_generations_are_kept_on_disk() {
     let rt = rt();
-    let (shim, dir) = rt.block_on(start_with(
-        dns_config(std::path::Path::new("/unused")),
-        None,
-    ));
+    let (shim, dir) = rt.block_on(start_serving(None));
     for rev in 1..=5 {
         shim.apply(Update::Replace(with_www(rev, "192.0.2.1")))
             .unwrap();
@@ -121,13 +108,10 @@ fn two_generations_are_kept_on_disk() {
     shim.shutdown();
 }
 
-#[test]
-fn a_corrupt_newest_generation_falls_back_to_the_previous_one() {
-    let rt = rt();
-    let (shim, dir) = rt.block_on(start_with(
-        dns_config(std::path::Path::new("/unused")),
-        None,
-    ));
+/// A data directory left by a shim that wrote two generations, revision 1 (www at
+/// 192.0.2.101) and then revision 2 (www at 192.0.2.102); with its snapshot files.
+fn two_generations(rt: &tokio::runtime::Runtime) -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
+    let (shim, dir) = rt.block_on(start_serving(None));
     shim.apply(Update::Replace(with_www(1, "192.0.2.101")))
         .unwrap();
     assert_eq!(shim.flush(FLUSH), Some(true));
@@ -135,6 +119,13 @@ fn a_corrupt_newest_generation_falls_back_to_the_previous_one() {
         .unwrap();
     shim.shutdown();
     let files = generations(dir.path());
+    (dir, files)
+}
+
+#[test]
+fn a_corrupt_newest_generation_falls_back_to_the_previous_one() {
+    let rt = rt();
+    let (dir, files) = two_generations(&rt);
     // Flip one byte in the body of the newest: the checksum no longer matches.
     let mut bytes = std::fs::read(&files[1]).unwrap();
     let n = bytes.len();
@@ -154,17 +145,7 @@ fn a_corrupt_newest_generation_falls_back_to_the_previous_one() {
 #[test]
 fn a_truncated_newest_generation_is_skipped() {
     let rt = rt();
-    let (shim, dir) = rt.block_on(start_with(
-        dns_config(std::path::Path::new("/unused")),
-        None,
-    ));
-    shim.apply(Update::Replace(with_www(1, "192.0.2.101")))
-        .unwrap();
-    assert_eq!(shim.flush(FLUSH), Some(true));
-    shim.apply(Update::Replace(with_www(2, "192.0.2.102")))
-        .unwrap();
-    shim.shutdown();
-    let files = generations(dir.path());
+    let (dir, files) = two_generations(&rt);
     let bytes = std::fs::read(&files[1]).unwrap();
     std::fs::write(&files[1], &bytes[..bytes.len() / 2]).unwrap();
 
@@ -205,14 +186,9 @@ fn with_every_generation_corrupt_the_shim_is_not_ready_but_keeps_running() {
     assert!(!state.ready);
     assert_eq!(state.load_errors, 3);
     // In-zone names: SERVFAIL (not a cacheable NXDOMAIN); other names: REFUSED.
-    let m = udp(
-        &shim,
-        "www.global.example.com.",
-        RecordType::A,
-        &Ask::default(),
-    );
+    let m = plain_udp(&shim, "www.global.example.com.", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
-    let m = udp(&shim, "example.org.", RecordType::A, &Ask::default());
+    let m = plain_udp(&shim, "example.org.", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::Refused);
     // A source delivering a snapshot makes it ready.
     shim.apply(Update::Replace(snapshot(4))).unwrap();
@@ -247,22 +223,12 @@ fn a_patch_changes_single_names_and_keeps_the_rest() {
         delete: vec!["INFO".into()],
     }))
     .unwrap();
-    let new = udp(
-        &shim,
-        "new.global.example.com.",
-        RecordType::A,
-        &Ask::default(),
-    );
+    let new = plain_udp(&shim, "new.global.example.com.", RecordType::A);
     assert_eq!(
         addresses(&new),
         vec!["192.0.2.200".parse::<IpAddr>().unwrap()]
     );
-    let gone = udp(
-        &shim,
-        "info.global.example.com.",
-        RecordType::TXT,
-        &Ask::default(),
-    );
+    let gone = plain_udp(&shim, "info.global.example.com.", RecordType::TXT);
     assert_eq!(gone.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(www(&shim), vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
     assert_eq!(shim.snapshot(ZONE).unwrap().revision, 2);
@@ -302,10 +268,7 @@ fn bad_names_in_a_snapshot_are_skipped_and_the_rest_served() {
         "bad..label".into(),
         address(60, vec![target("192.0.2.9", "c1", "eu-west", 1)]),
     );
-    let (shim, _dir) = rt.block_on(start_with(
-        dns_config(std::path::Path::new("/unused")),
-        None,
-    ));
+    let (shim, _dir) = rt.block_on(start_serving(None));
     let applied = shim.apply(Update::Replace(s)).unwrap();
     assert_eq!(applied.rejected.len(), 2, "{:?}", applied.rejected);
     assert_eq!(www(&shim).len(), 1);
@@ -317,10 +280,7 @@ fn bad_names_in_a_snapshot_are_skipped_and_the_rest_served() {
 fn the_directory_source_applies_files_and_losing_it_keeps_the_records() {
     let rt = rt();
     let feed = tempfile::tempdir().unwrap();
-    let (shim, _dir) = rt.block_on(start_with(
-        dns_config(std::path::Path::new("/unused")),
-        None,
-    ));
+    let (shim, _dir) = rt.block_on(start_serving(None));
     let src = DirectorySource::new(feed.path()).with_interval(Duration::from_millis(50));
     let task = {
         let _g = rt.enter();
@@ -389,23 +349,13 @@ fn stale_data_is_still_served_with_capped_ttls() {
     let state = shim.state();
     assert!(state.stale, "{state:?}");
     assert!(state.zones[0].age.unwrap() >= Duration::from_secs(3600));
-    let m = udp(
-        &shim,
-        "www.global.example.com.",
-        RecordType::A,
-        &Ask::default(),
-    );
+    let m = plain_udp(&shim, "www.global.example.com.", RecordType::A);
     assert_eq!(addresses(&m).len(), 1, "stale data is served, not dropped");
     assert_eq!(m.answers[0].ttl, 30, "TTL capped at staleTtl");
     assert!(shim.engine().counters().stale_answers.get() >= 1);
     // A connected source makes the data current again: full TTLs.
     shim.set_source_connected("controller", true);
-    let m = udp(
-        &shim,
-        "www.global.example.com.",
-        RecordType::A,
-        &Ask::default(),
-    );
+    let m = plain_udp(&shim, "www.global.example.com.", RecordType::A);
     assert_eq!(m.answers[0].ttl, 60);
     assert!(!shim.state().stale);
     shim.shutdown();
@@ -424,10 +374,7 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 #[test]
 fn admin_endpoints_report_health_readiness_and_metrics() {
     let rt = rt();
-    let (shim, _dir) = rt.block_on(start_with(
-        dns_config(std::path::Path::new("/unused")),
-        None,
-    ));
+    let (shim, _dir) = rt.block_on(start_serving(None));
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
@@ -440,18 +387,8 @@ fn admin_endpoints_report_health_readiness_and_metrics() {
     shim.apply(Update::Replace(snapshot(12))).unwrap();
     shim.set_source_connected("controller", true);
     assert_eq!(http_get(addr, "/readyz").0, 200);
-    udp(
-        &shim,
-        "www.global.example.com.",
-        RecordType::A,
-        &Ask::default(),
-    );
-    udp(
-        &shim,
-        "nope.global.example.com.",
-        RecordType::A,
-        &Ask::default(),
-    );
+    plain_udp(&shim, "www.global.example.com.", RecordType::A);
+    plain_udp(&shim, "nope.global.example.com.", RecordType::A);
     let (status, body) = http_get(addr, "/metrics");
     assert_eq!(status, 200);
     for needle in [
@@ -713,12 +650,7 @@ fn a_restart_with_a_large_zone_answers_at_once_and_compiles_in_the_background() 
         .block_on(Shim::start(&dns_config(dir.path()), &[zone_config()]))
         .unwrap();
     assert!(shim.state().ready);
-    let m = udp(
-        &shim,
-        "host11999.global.example.com.",
-        RecordType::A,
-        &Ask::default(),
-    );
+    let m = plain_udp(&shim, "host11999.global.example.com.", RecordType::A);
     assert_eq!(
         addresses(&m),
         vec!["10.0.46.223".parse::<IpAddr>().unwrap()]
@@ -726,22 +658,12 @@ fn a_restart_with_a_large_zone_answers_at_once_and_compiles_in_the_background() 
     assert!(lifeline_testkit::poll(Duration::from_secs(20), || {
         shim.engine().compiled().zones[0].lazy.is_none()
     }));
-    let m = udp(
-        &shim,
-        "host11999.global.example.com.",
-        RecordType::A,
-        &Ask::default(),
-    );
+    let m = plain_udp(&shim, "host11999.global.example.com.", RecordType::A);
     assert_eq!(
         addresses(&m),
         vec!["10.0.46.223".parse::<IpAddr>().unwrap()]
     );
-    let nx = udp(
-        &shim,
-        "host12000.global.example.com.",
-        RecordType::A,
-        &Ask::default(),
-    );
+    let nx = plain_udp(&shim, "host12000.global.example.com.", RecordType::A);
     assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
     shim.shutdown();
 }
@@ -825,12 +747,7 @@ fn a_full_disk_is_counted_answers_go_on_and_the_next_persist_after_space_returns
 }
 
 fn tcp_www(shim: &lifeline_dns::ShimHandle) -> Vec<IpAddr> {
-    addresses(&tcp(
-        shim,
-        "www.global.example.com.",
-        RecordType::A,
-        &Ask::default(),
-    ))
+    addresses(&plain_tcp(shim, "www.global.example.com.", RecordType::A))
 }
 
 /// `GET path` with the 1 s the readiness promise allows: the status code, or why not.
@@ -900,26 +817,8 @@ fn a_stalled_disk_delays_neither_answers_nor_updates_nor_readiness() {
     shim.shutdown();
 }
 
-fn drain(cluster: &str) -> lifeline_model::overrides::Override {
-    lifeline_model::overrides::Override {
-        id: format!("drain-{cluster}"),
-        cluster: cluster.into(),
-        policy: None,
-        action: lifeline_model::overrides::OverrideAction::Drain,
-        created_at: SystemTime::now(),
-        expires_at: SystemTime::now() + Duration::from_secs(600),
-        author: "oncall".into(),
-        reason: "test".into(),
-    }
-}
-
 fn rr(shim: &lifeline_dns::ShimHandle) -> Vec<IpAddr> {
-    let mut v = addresses(&udp(
-        shim,
-        "rr.global.example.com.",
-        RecordType::A,
-        &Ask::default(),
-    ));
+    let mut v = addresses(&plain_udp(shim, "rr.global.example.com.", RecordType::A));
     v.sort();
     v
 }

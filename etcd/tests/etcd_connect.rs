@@ -3,30 +3,23 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use common::{ZONE, start_shim};
-use lifeline_dns::{NameRecords, TxtSet, source};
-use lifeline_engine::{Override, OverrideAction};
-use lifeline_etcd::{EtcdConnect, EtcdStore};
+use common::{start_shim, txt};
+use lifeline_dns::source;
+use lifeline_engine::Override;
 use lifeline_etcd::{
-    EtcdSource,
+    EtcdConnect, EtcdSource, EtcdStore,
     source::{encode_value, record_key},
 };
-use lifeline_testkit::{Etcd, eventually, within};
+use lifeline_testkit::{
+    Etcd, eventually,
+    fixtures::{ZONE, drain},
+    within,
+};
 
 fn an_override() -> Override {
-    let now = SystemTime::now();
-    Override {
-        id: "drain-eu".to_owned(),
-        cluster: "eu-west-1".to_owned(),
-        policy: None,
-        action: OverrideAction::Drain,
-        created_at: now,
-        expires_at: now + Duration::from_secs(600),
-        author: "oncall".to_owned(),
-        reason: "maintenance".to_owned(),
-    }
+    drain("eu-west-1")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,9 +27,7 @@ async fn tls_with_a_client_certificate_works_and_without_one_is_refused() {
     let Some(etcd) = Etcd::start_tls().await else {
         return;
     };
-    let store = EtcdStore::connect(&etcd.connect(), "/lifeline")
-        .await
-        .unwrap();
+    let store = etcd.store("/lifeline").await;
     within(
         Duration::from_secs(10),
         store.put_override(&an_override(), "alice"),
@@ -87,9 +78,7 @@ async fn user_and_password_are_sent_and_required_once_auth_is_on() {
     store.put_override(&an_override(), "alice").await.unwrap();
     assert_eq!(store.overrides().await.unwrap().len(), 1);
 
-    let anonymous = EtcdStore::connect(&etcd.connect(), "/lifeline")
-        .await
-        .unwrap();
+    let anonymous = etcd.store("/lifeline").await;
     assert!(
         anonymous.put_override(&an_override(), "eve").await.is_err(),
         "writes need credentials once auth is on"
@@ -111,17 +100,7 @@ async fn the_shim_source_reads_records_over_tls() {
     let source = EtcdSource::new(etcd.connect(), "/lifeline");
     let task = source::spawn(Box::new(source), shim.clone());
     let mut client = etcd.client().await;
-    let value = encode_value(
-        &NameRecords {
-            txt: Some(TxtSet {
-                ttl: 30,
-                records: vec!["over tls".to_owned()],
-            }),
-            ..Default::default()
-        },
-        None,
-    )
-    .unwrap();
+    let value = encode_value(&txt("over tls"), None).unwrap();
     common::write_committed(
         &mut client,
         "/lifeline",

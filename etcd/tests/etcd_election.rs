@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use lifeline_etcd::{EtcdStore, Leadership};
-use lifeline_testkit::{Etcd, Proxy, within};
+use lifeline_testkit::{Etcd, Proxy, etcd::lead, within};
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(2);
@@ -14,9 +14,7 @@ const TTL: Duration = Duration::from_secs(2);
 const STEADY_TTL: Duration = Duration::from_secs(6);
 
 async fn store(etcd: &Etcd) -> EtcdStore {
-    EtcdStore::connect(&etcd.connect(), "/lifeline")
-        .await
-        .unwrap()
+    etcd.store("/lifeline").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,12 +23,7 @@ async fn exactly_one_of_two_candidates_leads_and_the_other_takes_over_when_the_l
         return;
     };
     let (a, b) = (store(&etcd).await, store(&etcd).await);
-    let leader_a = within(
-        Duration::from_secs(10),
-        Leadership::new(&a, "replica-a", STEADY_TTL).campaign(),
-    )
-    .await
-    .unwrap();
+    let leader_a = lead(&a, "replica-a", STEADY_TTL).await;
     assert!(leader_a.is_current());
 
     // B campaigns while A leads: it must not win.
@@ -74,12 +67,7 @@ async fn a_crashed_leader_is_replaced_once_its_lease_expires() {
         return;
     };
     let (a, b) = (store(&etcd).await, store(&etcd).await);
-    let leader_a = within(
-        Duration::from_secs(10),
-        Leadership::new(&a, "replica-a", TTL).campaign(),
-    )
-    .await
-    .unwrap();
+    let leader_a = lead(&a, "replica-a", TTL).await;
     let candidate_b = Leadership::new(&b, "replica-b", TTL);
     let campaign_b = tokio::spawn(async move { candidate_b.campaign().await });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -106,12 +94,7 @@ async fn a_resigning_leader_hands_over_at_once() {
         return;
     };
     let (a, b) = (store(&etcd).await, store(&etcd).await);
-    let leader_a = within(
-        Duration::from_secs(10),
-        Leadership::new(&a, "replica-a", STEADY_TTL).campaign(),
-    )
-    .await
-    .unwrap();
+    let leader_a = lead(&a, "replica-a", STEADY_TTL).await;
     let candidate_b = Leadership::new(&b, "replica-b", STEADY_TTL);
     let campaign_b = tokio::spawn(async move { candidate_b.campaign().await });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -137,12 +120,7 @@ async fn a_leader_keeps_its_lease_alive_well_past_the_ttl() {
         return;
     };
     let a = store(&etcd).await;
-    let leader = within(
-        Duration::from_secs(10),
-        Leadership::new(&a, "replica-a", TTL).campaign(),
-    )
-    .await
-    .unwrap();
+    let leader = lead(&a, "replica-a", TTL).await;
     tokio::time::sleep(TTL * 3).await;
     assert!(leader.is_current());
     // The fence still accepts its writes.
@@ -165,12 +143,7 @@ async fn a_leader_cut_off_from_etcd_steps_down_before_another_can_take_over() {
     via_proxy.request_timeout = Some(Duration::from_millis(500));
     let a = EtcdStore::connect(&via_proxy, "/lifeline").await.unwrap();
     let b = store(&etcd).await;
-    let leader_a = within(
-        Duration::from_secs(10),
-        Leadership::new(&a, "replica-a", STEADY_TTL).campaign(),
-    )
-    .await
-    .unwrap();
+    let leader_a = lead(&a, "replica-a", STEADY_TTL).await;
     let candidate_b = Leadership::new(&b, "replica-b", STEADY_TTL);
     let campaign_b = tokio::spawn(async move {
         let leader = candidate_b.campaign().await;
@@ -216,12 +189,7 @@ async fn a_leader_keeps_leadership_through_a_quick_etcd_restart() {
     // Long enough that etcd's restart on a loaded machine fits inside it.
     let ttl = Duration::from_secs(12);
     let a = store(&etcd).await;
-    let leader = within(
-        Duration::from_secs(10),
-        Leadership::new(&a, "replica-a", ttl).campaign(),
-    )
-    .await
-    .unwrap();
+    let leader = lead(&a, "replica-a", ttl).await;
     let stopped_at = Instant::now();
     etcd.stop();
     etcd.start_again().await;

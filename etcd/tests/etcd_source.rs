@@ -11,14 +11,19 @@ use std::{
     time::Duration,
 };
 
-use common::{ZONE, start_shim, write_committed};
+use common::{shim_config, start_shim, write_committed};
 use etcd_client::{Client, TxnOp};
 use lifeline_dns::{AddressSet, NameRecords, ShimHandle, Target, ZoneSnapshot, source};
 use lifeline_etcd::{
     EtcdConnect, EtcdSource,
     source::{EtcdSourceStats, VALUE_LIMIT, encode_value, record_key},
 };
-use lifeline_testkit::{Etcd, Proxy, eventually, within};
+use lifeline_testkit::{
+    Etcd, Proxy,
+    etcd::lead,
+    eventually,
+    fixtures::{ZONE, drain, zone_config},
+};
 use parking_lot::Mutex;
 
 const PREFIX: &str = "/lifeline";
@@ -418,15 +423,8 @@ async fn a_leaders_fenced_publish_reaches_the_shim_within_a_fraction_of_a_second
     let Some(etcd) = Etcd::start().await else {
         return;
     };
-    let store = lifeline_etcd::EtcdStore::connect(&etcd.connect(), PREFIX)
-        .await
-        .unwrap();
-    let leader = within(
-        Duration::from_secs(10),
-        lifeline_etcd::Leadership::new(&store, "replica-a", Duration::from_secs(5)).campaign(),
-    )
-    .await
-    .unwrap();
+    let store = etcd.store(PREFIX).await;
+    let leader = lead(&store, "replica-a", Duration::from_secs(5)).await;
     let dir = tempfile::tempdir().unwrap();
     let shim = start_shim(dir.path()).await;
     let (task, _stats) = spawn_source(&shim, etcd.connect());
@@ -636,15 +634,9 @@ async fn a_shim_never_takes_an_override_weight_outside_the_documented_range() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let dns = lifeline_dns::DnsConfig {
-        udp: vec![SocketAddr::new(lifeline_testkit::loopback(), 0)],
-        tcp: vec![SocketAddr::new(lifeline_testkit::loopback(), 0)],
-        data_dir: dir.path().to_owned(),
-        ..lifeline_dns::DnsConfig::default()
-    };
     let shim = lifeline_dns::Shim::start_with(
-        &dns,
-        &[common::zone_config()],
+        &shim_config(dir.path()),
+        &[zone_config()],
         lifeline_dns::StartOptions {
             break_glass: true,
             ..Default::default()
@@ -659,18 +651,12 @@ async fn a_shim_never_takes_an_override_weight_outside_the_documented_range() {
         )),
         shim.clone(),
     );
-    let now = std::time::SystemTime::now();
     let mut client = etcd.client().await;
     for (id, weight) in [("heavy", 5_000_000), ("fine", 10)] {
         let o = lifeline_model::Override {
             id: id.into(),
-            cluster: "c1".into(),
-            policy: None,
             action: lifeline_model::OverrideAction::Weight(weight),
-            created_at: now,
-            expires_at: now + Duration::from_secs(600),
-            author: "oncall".into(),
-            reason: "test".into(),
+            ..drain("c1")
         };
         client
             .put(

@@ -7,6 +7,8 @@
 //!    stop()           SIGKILL + wait: a crash, recovered from the WAL on the next start
 //!    start_again()    same address, ports and data directory
 //!    compact(rev)     compacts the history (a watch from before it gets "compacted")
+//!    store(prefix)    Lifeline's EtcdStore on it
+//!  lead(store, ..)    a won election, or a panic after 10 s
 //! ```
 //!
 //! The first start retries on a new address when etcd reports its address taken, so a
@@ -20,7 +22,7 @@ use std::{
 };
 
 use etcd_client::{Client, CompactionOptions};
-use lifeline_etcd::{EtcdConnect, EtcdTlsFiles};
+use lifeline_etcd::{EtcdConnect, EtcdStore, EtcdTlsFiles, Leader, Leadership};
 
 use crate::{net, wait::within};
 
@@ -138,6 +140,11 @@ impl Etcd {
         )
         .await
         .unwrap()
+    }
+
+    /// Lifeline's store on this etcd under `prefix`.
+    pub async fn store(&self, prefix: &str) -> EtcdStore {
+        EtcdStore::connect(&self.connect(), prefix).await.unwrap()
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -258,6 +265,17 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Campaigns as `identity` with a lease of `ttl` and returns the won leadership; panics
+/// when no election is won within 10 s.
+pub async fn lead(store: &EtcdStore, identity: &str, ttl: Duration) -> Leader {
+    within(
+        Duration::from_secs(10),
+        Leadership::new(store, identity, ttl).campaign(),
+    )
+    .await
+    .unwrap()
 }
 
 /// Writes a CA, a server certificate for `ip` and a client certificate (PEM) into

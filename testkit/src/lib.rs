@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  net      loopback() / free_port() / free_addr(): each call gets an address of its own
-//!  etcd     Etcd::start(): a real etcd on such an address, with a temporary data dir
+//!  etcd     Etcd::start(): a real etcd on such an address, with a temporary data dir;
+//!           Etcd::store() and lead(): Lifeline's store on it and a won election
 //!  control_plane  ControlPlanes::start(n): real kube-apiservers over one real etcd
 //!  pki      TestCa: a CA of the test's own and the leaves it signs
 //!  netns    Netns: a namespace behind a veth link, for real black holes
@@ -15,6 +16,8 @@
 //!  backend  Backend: an HTTP server that can be killed, slowed or made to fail
 //!  skip     skipped(): a skip that `cargo test` shows without --nocapture
 //!  wait     within() / eventually() / init_tracing()
+//!  fixtures the shared test zone, lifeline.yaml and document text, a drain override
+//!  examples deploy/examples decoded into a PolicySnapshot
 //! ```
 //!
 //! Why addresses of their own: a port found free by binding port 0 and letting it go can
@@ -33,6 +36,9 @@ pub mod disk;
 pub mod dns;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(feature = "examples")]
+pub mod examples;
+pub mod fixtures;
 pub mod http;
 pub mod net;
 pub mod netns;

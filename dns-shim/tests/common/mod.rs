@@ -1,5 +1,5 @@
-//! Shared helpers for the shim's tests: a zone, a snapshot, a running shim on loopback,
-//! and a small client built on hickory-proto's message encoder and decoder.
+//! Shared helpers for the shim's tests: a snapshot of the test kit's zone, a running shim
+//! on loopback, and a small client built on hickory-proto's message encoder and decoder.
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code, unused_imports)]
@@ -9,19 +9,17 @@ use std::{collections::BTreeMap, time::SystemTime};
 use hickory_proto::{op::Message, rr::RecordType};
 use lifeline_dns::{
     AddressSet, Cname, DnsConfig, GeoPrefix, NameRecords, Shim, ShimHandle, Srv, SrvSet, Target,
-    TxtSet, ZoneConfig, ZoneSnapshot,
+    TxtSet, ZoneSnapshot,
 };
+pub use lifeline_testkit::fixtures::{ZONE, zone_config};
 
-pub const ZONE: &str = "global.example.com";
-
-pub fn zone_config() -> ZoneConfig {
-    serde_json::from_value(serde_json::json!({
-        "origin": ZONE,
-        "primaryNs": "ns1.global.example.com",
-        "hostmaster": "hostmaster.example.com",
-        "nameservers": ["ns1.global.example.com", "ns2.global.example.com"],
-    }))
-    .unwrap()
+/// A runtime for the synchronous tests: two workers, timers and I/O.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// A loopback-only config with ephemeral ports and the given data directory.
@@ -174,7 +172,8 @@ pub fn snapshot(revision: u64) -> ZoneSnapshot {
     }
 }
 
-/// A shim started with `snapshot` applied, on loopback.
+/// A shim with `dns` (its data directory replaced by a fresh one, returned too), with
+/// `snapshot` applied when given.
 pub async fn start_with(
     dns: DnsConfig,
     snapshot: Option<ZoneSnapshot>,
@@ -191,9 +190,14 @@ pub async fn start_with(
     (shim, dir)
 }
 
+/// [`start_with`] the loopback configuration of [`dns_config`].
+pub async fn start_serving(snapshot: Option<ZoneSnapshot>) -> (ShimHandle, tempfile::TempDir) {
+    start_with(dns_config(std::path::Path::new("")), snapshot).await
+}
+
+/// A shim serving the zone most tests use.
 pub async fn start() -> (ShimHandle, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    start_with(dns_config(dir.path()), Some(snapshot(1))).await
+    start_serving(Some(snapshot(1))).await
 }
 
 pub use lifeline_testkit::dns::{
@@ -208,4 +212,14 @@ pub fn udp(shim: &ShimHandle, name: &str, rtype: RecordType, ask: &Ask) -> Messa
 /// One query to the shim's first TCP socket.
 pub fn tcp(shim: &ShimHandle, name: &str, rtype: RecordType, ask: &Ask) -> Message {
     lifeline_testkit::dns::tcp(shim.tcp_addrs()[0], name, rtype, ask)
+}
+
+/// [`udp`] without EDNS, with id 0.
+pub fn plain_udp(shim: &ShimHandle, name: &str, rtype: RecordType) -> Message {
+    udp(shim, name, rtype, &Ask::default())
+}
+
+/// [`tcp`] without EDNS, with id 0.
+pub fn plain_tcp(shim: &ShimHandle, name: &str, rtype: RecordType) -> Message {
+    tcp(shim, name, rtype, &Ask::default())
 }

@@ -1,32 +1,41 @@
-//! A real DNS shim on loopback for the controller's etcd tests (everything else they
-//! share comes from the test kit).
+//! A real DNS shim on loopback for the etcd adapter's tests, a record, and a publish
+//! written by hand (everything else they share comes from the test kit).
 
 #![allow(dead_code)]
 
-use lifeline_dns::{DnsConfig, Shim, ShimHandle, ZoneConfig};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
-pub const ZONE: &str = "global.example.com";
+use lifeline_dns::{DnsConfig, NameRecords, Shim, ShimHandle, TxtSet};
+use lifeline_testkit::fixtures::{ZONE, zone_config};
 
-pub fn zone_config() -> ZoneConfig {
-    serde_json::from_value(serde_json::json!({
-        "origin": ZONE,
-        "primaryNs": "ns1.global.example.com",
-        "hostmaster": "hostmaster.example.com",
-        "nameservers": ["ns1.global.example.com"],
-    }))
-    .unwrap()
-}
-
-/// A real shim on a loopback address of its own, persisting into `data_dir`.
-pub async fn start_shim(data_dir: &std::path::Path) -> ShimHandle {
+/// A shim's configuration: UDP and TCP on a loopback address of its own (ephemeral
+/// ports), persisting into `data_dir`.
+pub fn shim_config(data_dir: &Path) -> DnsConfig {
     let ip = lifeline_testkit::loopback();
-    let dns = DnsConfig {
-        udp: vec![std::net::SocketAddr::new(ip, 0)],
-        tcp: vec![std::net::SocketAddr::new(ip, 0)],
+    DnsConfig {
+        udp: vec![SocketAddr::new(ip, 0)],
+        tcp: vec![SocketAddr::new(ip, 0)],
         data_dir: data_dir.to_owned(),
         ..DnsConfig::default()
-    };
-    Shim::start(&dns, &[zone_config()]).await.unwrap()
+    }
+}
+
+/// A real shim serving the test zone, persisting into `data_dir`.
+pub async fn start_shim(data_dir: &Path) -> ShimHandle {
+    Shim::start(&shim_config(data_dir), &[zone_config()])
+        .await
+        .unwrap()
+}
+
+/// A name's records: one TXT record holding `text`, TTL 30 s.
+pub fn txt(text: &str) -> NameRecords {
+    NameRecords {
+        txt: Some(TxtSet {
+            ttl: 30,
+            records: vec![text.to_owned()],
+        }),
+        ..NameRecords::default()
+    }
 }
 
 /// Runs `ops` and the records commit marker in one transaction, as a leader's publish
@@ -51,7 +60,7 @@ pub async fn write_committed(
         None,
     ));
     let resp = lifeline_testkit::within(
-        std::time::Duration::from_secs(5),
+        Duration::from_secs(5),
         client.txn(etcd_client::Txn::new().and_then(ops)),
     )
     .await

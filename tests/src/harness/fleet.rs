@@ -37,9 +37,11 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use lifeline_testkit::control_plane::{ApiServer, Options};
-use lifeline_testkit::{Backend, ControlPlanes, Etcd, backend::Behaviour, free_addr, free_port};
+use lifeline_testkit::{
+    Backend, ControlPlanes, Etcd, backend::Behaviour, fixtures::zone_line, free_addr, free_port,
+};
 
-use super::dns;
+use super::{dns, inprocess::Running};
 use crate::kube::{
     Emulator, EmulatorConfig, Fault, FaultProxy, FaultRule, install_crypto_provider,
 };
@@ -256,12 +258,6 @@ pub struct Replica {
     running: Option<Running>,
 }
 
-#[derive(Debug)]
-struct Running {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
 impl Replica {
     /// Starts (again) with the same configuration, ports and data directories.
     pub async fn start(&mut self) -> anyhow::Result<()> {
@@ -271,20 +267,7 @@ impl Replica {
         let documents = run::documents_of(&config, std::path::Path::new("/"))?;
         // Bound by us so the admin port stays the same across restarts.
         let admin = tokio::net::TcpListener::bind(self.admin).await?;
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let options = run::Options {
-            config,
-            documents,
-            admin,
-            admin_token: None,
-            admin_routes: Vec::new(),
-            on_ready: None,
-            test_faults: self.test_faults,
-        };
-        let task = tokio::spawn(run::run(options, async move {
-            let _ = rx.await;
-        }));
-        self.running = Some(Running { stop, task });
+        self.running = Some(Running::spawn(config, documents, admin, self.test_faults));
         Ok(())
     }
 
@@ -293,10 +276,9 @@ impl Replica {
     pub async fn stop(&mut self) -> anyhow::Result<Duration> {
         let start = Instant::now();
         if let Some(r) = self.running.take() {
-            let _ = r.stop.send(());
-            tokio::time::timeout(Duration::from_secs(30), r.task)
+            r.shutdown(Duration::from_secs(30))
                 .await
-                .context("replica did not stop within 30 s")???;
+                .context("replica did not stop cleanly")?;
         }
         Ok(start.elapsed())
     }
@@ -307,8 +289,7 @@ impl Replica {
     /// scenarios stop judging its answers from here on.
     pub async fn kill(&mut self) {
         if let Some(r) = self.running.take() {
-            r.task.abort();
-            let _ = tokio::time::timeout(Duration::from_secs(5), r.task).await;
+            r.abort().await;
         }
     }
 
@@ -505,7 +486,7 @@ impl Fleet {
             let d = dir.path().join(format!("replica-{i}"));
             std::fs::create_dir_all(&d)?;
             let config = format!(
-                "zones:\n  - {{origin: {ZONE}, primaryNs: ns1.{ZONE}, hostmaster: h.{ZONE}, nameservers: [ns1.{ZONE}]}}\n\
+                "zones:\n{zone}\
 dns: {{udp: [\"{dns}\"], tcp: [\"{dns}\"], dataDir: {snap}}}\n\
 admin: {{listen: \"{admin}\"}}\n\
 store: {{type: etcd, endpoints: [\"{etcd}\"], prefix: {PREFIX}, leaseTtl: 2s}}\n\
@@ -513,6 +494,7 @@ policySource: {{type: kubernetes, kubeconfig: {kc}}}\n\
 defaults: {{apiBudget: {{qps: {qps}, burst: {burst}}}}}\n\
 engine: {{blastRadius: {{enabled: true, fraction: 0.5, window: 60s, minTargets: 3}}, maxConcurrentRamps: {ramps}}}\n\
 memberCredentials: {{keyFile: {key}}}\n",
+                zone = zone_line(ZONE),
                 key = key.display(),
                 snap = d.join("snap").display(),
                 etcd = etcd.endpoint(),

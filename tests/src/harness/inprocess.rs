@@ -3,7 +3,13 @@
 
 use std::{path::Path, time::Duration};
 
-use lifeline_controller::{config::Config, run};
+use anyhow::Context as _;
+use lifeline_controller::{
+    config::Config,
+    run::{self, Documents},
+};
+/// The `zones:` entry of a zone, as the test kit writes it for every crate's tests.
+pub use lifeline_testkit::fixtures::zone_line;
 
 /// A running in-process `lifeline run`.
 #[derive(Debug)]
@@ -31,6 +37,17 @@ impl Running {
         let admin = tokio::net::TcpListener::bind((lifeline_testkit::loopback(), 0))
             .await
             .expect("an admin listener");
+        Self::spawn(config, documents, admin, test_faults)
+    }
+
+    /// Runs `lifeline run` on a task of its own with what is given: the admin API on
+    /// `admin`, and the test-only fault annotation honoured when `test_faults`.
+    pub fn spawn(
+        config: Config,
+        documents: Documents,
+        admin: tokio::net::TcpListener,
+        test_faults: bool,
+    ) -> Running {
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let options = run::Options {
             config,
@@ -47,25 +64,33 @@ impl Running {
         Running { stop, task }
     }
 
-    /// Asks it to stop and waits up to `limit` for a clean exit; panics otherwise.
-    pub async fn stop_within(self, limit: Duration) {
+    /// Asks it to stop and waits up to `limit`; an error when it does not stop in time,
+    /// panics, or exits with an error.
+    pub async fn shutdown(self, limit: Duration) -> anyhow::Result<()> {
         let _ = self.stop.send(());
         tokio::time::timeout(limit, self.task)
             .await
-            .expect("lifeline stops in time")
-            .expect("the task does not panic")
-            .expect("lifeline exits cleanly");
+            .with_context(|| format!("lifeline did not stop within {limit:?}"))?
+            .context("the lifeline task panicked")?
+            .context("lifeline exited with an error")
+    }
+
+    /// Drops the task without a clean shutdown, as close to `kill -9` as one process
+    /// allows, and waits up to 5 s for it to end.
+    pub async fn abort(self) {
+        self.task.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+
+    /// Asks it to stop and waits up to `limit` for a clean exit; panics otherwise.
+    pub async fn stop_within(self, limit: Duration) {
+        self.shutdown(limit)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// [`Running::stop_within`] 10 s.
     pub async fn stop(self) {
         self.stop_within(Duration::from_secs(10)).await;
     }
-}
-
-/// The `zones:` entry of a zone named `origin`, with its SOA and NS names under it.
-pub fn zone_line(origin: &str) -> String {
-    format!(
-        "  - {{origin: {origin}, primaryNs: ns1.{origin}, hostmaster: h.{origin}, nameservers: [ns1.{origin}]}}\n"
-    )
 }

@@ -270,6 +270,48 @@ impl Run {
         self.fleet.shutdown().await;
         (report, history)
     }
+
+    /// Ends a run whose leader, replica `leader`, was killed (judged from `killed`):
+    /// waits until every survivor answers member 1 and another replica leads, lets
+    /// `after` pass, ends the run, and checks that a new leader took over, that the
+    /// survivors answered the failover (`what`) in time, and that none went back to the
+    /// dead primary once they had moved. Returns the report and the successor.
+    async fn end_after_leader_killed(
+        self,
+        leader: usize,
+        killed: Instant,
+        after: Duration,
+        what: &str,
+    ) -> (ScenarioReport, Option<usize>) {
+        let moved = self
+            .fleet
+            .wait_all_answer(&[member_ip(1)], Duration::from_secs(15))
+            .await;
+        let successor = self
+            .fleet
+            .successor_of(leader, Duration::from_secs(10))
+            .await;
+        tokio::time::sleep(after).await;
+        let (mut report, history) = self.end().await;
+        report.check(successor.is_some_and(|s| s != leader), || {
+            format!("no new leader after killing replica {leader}: {successor:?}")
+        });
+        // Judged on the survivors: lease TTL (2 s) + election + the failover itself.
+        let survivors = history.without(leader);
+        let bound = Duration::from_secs(2) + FAILOVER_BOUND + Duration::from_secs(2);
+        report.failover(&survivors, killed, &moved, bound, what);
+        let settled = survivors
+            .any_since(killed, |a| a == [member_ip(1)])
+            .first()
+            .map(|s| s.at);
+        let flaps = settled.map_or(0, |t| {
+            survivors.any_since(t, |a| a.contains(&member_ip(0))).len()
+        });
+        report.check(flaps == 0, || {
+            format!("{flaps} answers went back to the dead primary")
+        });
+        (report, successor)
+    }
 }
 
 /// An error's chain on one line (no backtrace), or `ok`.
@@ -924,42 +966,12 @@ pub async fn leader_killed_during_failover(
     tokio::time::sleep(Duration::from_millis(250)).await;
     run.fleet.replicas[leader].kill().await;
     run.ignored.push((leader, Instant::now(), None));
-    let moved = run
-        .fleet
-        .wait_all_answer(&[member_ip(1)], Duration::from_secs(15))
+    let (mut report, successor) = run
+        .end_after_leader_killed(leader, killed, after, "failover across the leader's death")
         .await;
-    let successor = run
-        .fleet
-        .successor_of(leader, Duration::from_secs(10))
-        .await;
-    tokio::time::sleep(after).await;
-    let (mut report, history) = run.end().await;
     report
         .notes
         .push(format!("killed replica {leader}; new leader {successor:?}"));
-    report.check(successor.is_some_and(|s| s != leader), || {
-        format!("no new leader after killing replica {leader}: {successor:?}")
-    });
-    // Judged on the survivors: lease TTL (2 s) + election + the failover itself.
-    let survivors = history.without(leader);
-    let bound = Duration::from_secs(2) + FAILOVER_BOUND + Duration::from_secs(2);
-    report.failover(
-        &survivors,
-        killed,
-        &moved,
-        bound,
-        "failover across the leader's death",
-    );
-    let settled = survivors
-        .any_since(killed, |a| a == [member_ip(1)])
-        .first()
-        .map(|s| s.at);
-    let flaps = settled.map_or(0, |t| {
-        survivors.any_since(t, |a| a.contains(&member_ip(0))).len()
-    });
-    report.check(flaps == 0, || {
-        format!("{flaps} answers went back to the dead primary")
-    });
     Ok(report)
 }
 
@@ -1001,16 +1013,9 @@ pub async fn leader_killed_before_saving(
     let killed = Instant::now();
     run.fleet.replicas[leader].kill().await;
     run.ignored.push((leader, killed, None));
-    let moved = run
-        .fleet
-        .wait_all_answer(&[member_ip(1)], Duration::from_secs(15))
+    let (mut report, successor) = run
+        .end_after_leader_killed(leader, killed, after, "failover by the successor")
         .await;
-    let successor = run
-        .fleet
-        .successor_of(leader, Duration::from_secs(10))
-        .await;
-    tokio::time::sleep(after).await;
-    let (mut report, history) = run.end().await;
     report.check(decided.is_some(), || {
         "the leader never showed the failover decision it was to be killed after".into()
     });
@@ -1018,28 +1023,6 @@ pub async fn leader_killed_before_saving(
         "replica {leader} decided the failover {:.2} s after the death and was killed before saving it; new leader {successor:?}",
         decided.unwrap_or_default().as_secs_f64()
     ));
-    report.check(successor.is_some_and(|s| s != leader), || {
-        format!("no new leader after killing replica {leader}: {successor:?}")
-    });
-    let survivors = history.without(leader);
-    let bound = Duration::from_secs(2) + FAILOVER_BOUND + Duration::from_secs(2);
-    report.failover(
-        &survivors,
-        killed,
-        &moved,
-        bound,
-        "failover by the successor",
-    );
-    let settled = survivors
-        .any_since(killed, |a| a == [member_ip(1)])
-        .first()
-        .map(|s| s.at);
-    let flaps = settled.map_or(0, |t| {
-        survivors.any_since(t, |a| a.contains(&member_ip(0))).len()
-    });
-    report.check(flaps == 0, || {
-        format!("{flaps} answers went back to the dead primary")
-    });
     Ok(report)
 }
 

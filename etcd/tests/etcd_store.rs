@@ -1,6 +1,8 @@
-//! The etcd store against a real etcd (here, beside the controller, because one test
-//! loads policy documents with the controller's loader): fenced leader writes, shared decision,
-//! overrides with their audit trail, and bad values that are reported and ignored.
+//! The etcd store against a real etcd: fenced leader writes, shared decision, overrides
+//! with their audit trail, mirrored policies, and bad values that are reported and
+//! ignored.
+
+mod common;
 
 use std::{
     collections::BTreeMap,
@@ -8,36 +10,30 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use common::txt;
 use lifeline_crds::document::PolicySnapshot;
-use lifeline_dns::{NameRecords, TxtSet, Update, ZoneSnapshot};
+use lifeline_dns::{NameRecords, Update, ZoneSnapshot};
 use lifeline_engine::{
     Answer, Decision, Health, Outcome, Override, OverrideAction, PolicyDecision, TargetState,
 };
 use lifeline_etcd::{
-    EtcdStore, Leadership,
+    EtcdStore,
     source::{VALUE_LIMIT, encode_value, record_key},
 };
-use lifeline_testkit::{Etcd, within};
+use lifeline_testkit::{
+    Etcd,
+    etcd::lead,
+    examples,
+    fixtures::{ZONE, drain},
+    within,
+};
 
 /// No test here waits for a lease to expire (they revoke or resign): a long TTL keeps a
 /// late renewal on a loaded machine from fencing off a write by accident.
 const TTL: Duration = Duration::from_secs(10);
-const ZONE: &str = "global.example.com";
 
 async fn store(etcd: &Etcd) -> EtcdStore {
-    EtcdStore::connect(&etcd.connect(), "/lifeline")
-        .await
-        .unwrap()
-}
-
-fn txt(text: &str) -> NameRecords {
-    NameRecords {
-        txt: Some(TxtSet {
-            ttl: 30,
-            records: vec![text.to_owned()],
-        }),
-        ..NameRecords::default()
-    }
+    etcd.store("/lifeline").await
 }
 
 fn names(pairs: &[(&str, &str)]) -> BTreeMap<String, NameRecords> {
@@ -102,18 +98,19 @@ fn big_decision(n: usize, bump: Option<usize>) -> Decision {
     }
 }
 
+/// A drain of `eu-west-1` with the id `id`.
 fn an_override(id: &str) -> Override {
-    let now = SystemTime::now();
     Override {
         id: id.to_owned(),
-        cluster: "eu-west-1".to_owned(),
-        policy: None,
-        action: OverrideAction::Drain,
-        created_at: now,
-        expires_at: now + Duration::from_secs(600),
-        author: "oncall".to_owned(),
-        reason: "maintenance".to_owned(),
+        ..drain("eu-west-1")
     }
+}
+
+/// The example clusters and policies, which must be valid.
+fn example_policies() -> PolicySnapshot {
+    let (snapshot, problems) = examples::policies();
+    assert!(problems.is_empty(), "{problems:?}");
+    snapshot
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,12 +119,7 @@ async fn a_deposed_leader_cannot_overwrite_the_new_leaders_records() {
         return;
     };
     let (a, b) = (store(&etcd).await, store(&etcd).await);
-    let old = within(
-        Duration::from_secs(10),
-        Leadership::new(&a, "replica-a", TTL).campaign(),
-    )
-    .await
-    .unwrap();
+    let old = lead(&a, "replica-a", TTL).await;
     a.publish_records(
         &old,
         ZONE,
@@ -141,12 +133,7 @@ async fn a_deposed_leader_cannot_overwrite_the_new_leaders_records() {
     // Depose A behind its back (its lease revoked), and let B win.
     let mut client = etcd.client().await;
     client.lease_revoke(old.lease_id()).await.unwrap();
-    let new = within(
-        Duration::from_secs(10),
-        Leadership::new(&b, "replica-b", TTL).campaign(),
-    )
-    .await
-    .unwrap();
+    let new = lead(&b, "replica-b", TTL).await;
     b.publish_records(
         &new,
         ZONE,
@@ -194,12 +181,7 @@ async fn the_decision_survives_a_leader_change() {
         return;
     };
     let (a, b) = (store(&etcd).await, store(&etcd).await);
-    let leader = within(
-        Duration::from_secs(10),
-        Leadership::new(&a, "replica-a", TTL).campaign(),
-    )
-    .await
-    .unwrap();
+    let leader = lead(&a, "replica-a", TTL).await;
     let decision = Decision {
         revision: 42,
         ..big_decision(3, None)
@@ -208,12 +190,7 @@ async fn the_decision_survives_a_leader_change() {
     within(Duration::from_secs(5), leader.resign())
         .await
         .unwrap();
-    let next = within(
-        Duration::from_secs(10),
-        Leadership::new(&b, "replica-b", TTL).campaign(),
-    )
-    .await
-    .unwrap();
+    let next = lead(&b, "replica-b", TTL).await;
     assert!(next.is_current());
     assert_eq!(b.load_decision().await.unwrap(), Some(decision));
 
@@ -233,12 +210,7 @@ async fn a_replace_publishes_per_name_keys_and_deletes_names_it_no_longer_lists(
         return;
     };
     let s = store(&etcd).await;
-    let leader = within(
-        Duration::from_secs(10),
-        Leadership::new(&s, "replica-a", TTL).campaign(),
-    )
-    .await
-    .unwrap();
+    let leader = lead(&s, "replica-a", TTL).await;
     let snapshot = |rev, pairs: &[(&str, &str)]| {
         Update::Replace(ZoneSnapshot {
             names: names(pairs),
@@ -318,12 +290,7 @@ async fn bad_values_are_reported_and_ignored_and_the_last_good_value_is_kept() {
         return;
     };
     let s = store(&etcd).await;
-    let leader = within(
-        Duration::from_secs(10),
-        Leadership::new(&s, "replica-a", TTL).campaign(),
-    )
-    .await
-    .unwrap();
+    let leader = lead(&s, "replica-a", TTL).await;
     let good = Decision {
         revision: 7,
         ..Decision::default()
@@ -400,20 +367,7 @@ async fn mirrored_policies_let_a_replica_start_without_the_management_cluster() 
     let Some(etcd) = Etcd::start().await else {
         return;
     };
-    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
-    let loaded = lifeline_controller::documents::load(
-        &[
-            examples.join("lifeline.yaml"),
-            examples.join("clusters.yaml"),
-            examples.join("policies.yaml"),
-        ],
-        &[],
-    );
-    assert!(loaded.is_valid(), "{:?}", loaded.problems);
-    let snapshot = PolicySnapshot {
-        policies: loaded.policies.into_iter().map(|(_, p)| p).collect(),
-        clusters: loaded.clusters.into_iter().map(|(_, c)| c).collect(),
-    };
+    let snapshot = example_policies();
     assert!(!snapshot.policies.is_empty() && !snapshot.clusters.is_empty());
     let json = |s: &PolicySnapshot| {
         let mut v: Vec<String> = s
@@ -427,12 +381,7 @@ async fn mirrored_policies_let_a_replica_start_without_the_management_cluster() 
     };
 
     let s = store(&etcd).await;
-    let leader = within(
-        Duration::from_secs(10),
-        Leadership::new(&s, "replica-a", TTL).campaign(),
-    )
-    .await
-    .unwrap();
+    let leader = lead(&s, "replica-a", TTL).await;
     s.mirror_policies(&leader, &snapshot).await.unwrap();
     let replica = store(&etcd).await;
     assert_eq!(
@@ -459,12 +408,7 @@ async fn a_large_decision_is_saved_in_parts_and_only_changed_policies_are_rewrit
         return;
     };
     let s = store(&etcd).await;
-    let leader = within(
-        Duration::from_secs(10),
-        Leadership::new(&s, "replica-a", TTL).campaign(),
-    )
-    .await
-    .unwrap();
+    let leader = lead(&s, "replica-a", TTL).await;
     // Far over etcd's 1.5 MiB request limit as one value.
     let decision = big_decision(3000, None);
     let size = serde_json::to_vec(&decision).unwrap().len();
@@ -517,12 +461,7 @@ async fn a_decision_save_cut_short_between_its_transactions_is_not_read_half_app
         return;
     };
     let s = store(&etcd).await;
-    let leader = within(
-        Duration::from_secs(10),
-        Leadership::new(&s, "replica-a", TTL).campaign(),
-    )
-    .await
-    .unwrap();
+    let leader = lead(&s, "replica-a", TTL).await;
     // 250 policies: three transactions, the head in the last.
     let saved = big_decision(250, None);
     s.save_decision(&leader, &saved).await.unwrap();
@@ -571,26 +510,9 @@ async fn values_that_decode_but_break_the_rules_are_ignored_and_counted() {
     let Some(etcd) = Etcd::start().await else {
         return;
     };
-    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
-    let loaded = lifeline_controller::documents::load(
-        &[
-            examples.join("clusters.yaml"),
-            examples.join("policies.yaml"),
-        ],
-        &[],
-    );
-    assert!(loaded.is_valid(), "{:?}", loaded.problems);
-    let snapshot = PolicySnapshot {
-        policies: loaded.policies.into_iter().map(|(_, p)| p).collect(),
-        clusters: loaded.clusters.into_iter().map(|(_, c)| c).collect(),
-    };
+    let snapshot = example_policies();
     let s = store(&etcd).await;
-    let leader = within(
-        Duration::from_secs(10),
-        Leadership::new(&s, "replica-a", TTL).campaign(),
-    )
-    .await
-    .unwrap();
+    let leader = lead(&s, "replica-a", TTL).await;
     s.mirror_policies(&leader, &snapshot).await.unwrap();
 
     // Someone with etcd access writes a mirrored policy that decodes but is invalid
