@@ -62,6 +62,7 @@ pub mod admin;
 pub mod compile;
 pub mod config;
 pub mod engine;
+pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod net;

@@ -17,9 +17,8 @@
 //! and a corrupt newest one skipped for the one before it.
 
 use std::{
-    fs::{self, File},
-    io::Write,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    fs,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -28,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::{Error, Result, files};
 use lifeline_model::{FORMAT_VERSION, NameRecords, ZoneSnapshot, overrides::Override};
 
 const MAGIC: &str = "lifeline-snapshot";
@@ -268,36 +267,20 @@ pub fn write(dir: &Path, snapshot: &ZoneSnapshot) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Writes `bytes` as `dir/name`: to a private temporary file, fsynced, renamed into
-/// place, and the directory fsynced, so a crash leaves the old file or the new one.
+/// Writes `bytes` as `dir/name` (see [`files::replace`]), creating `dir` private to
+/// this user when it does not exist.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| Error::Io { path, source }
-    };
+    let io = |files::WriteError { path, source }| Error::Io { path, source };
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(io(dir))?;
-    let tmp = dir.join(format!(".{name}.tmp"));
+        .map_err(|source| Error::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
     let path = dir.join(name);
-    {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-    }
-    fs::rename(&tmp, &path).map_err(io(&path))?;
-    // The rename is durable only once the directory entry is.
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
+    files::replace(&path, bytes).map_err(io)?;
     Ok(path)
 }
 
@@ -320,7 +303,8 @@ fn narrow(dir: &Path) {
     }
 }
 
-/// Removes `.<stem>@<generation><suffix>.tmp` files: what a crash during a write leaves.
+/// Removes the temporaries of `<stem>@<generation><suffix>` files: what a crash during a
+/// write leaves.
 fn remove_stray_temporaries(dir: &Path, stem: &str, suffix: &str) {
     narrow(dir);
     let Ok(entries) = fs::read_dir(dir) else {
@@ -328,9 +312,7 @@ fn remove_stray_temporaries(dir: &Path, stem: &str, suffix: &str) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let stray = name
-            .strip_prefix('.')
-            .and_then(|n| n.strip_suffix(".tmp"))
+        let stray = files::temporary_of(&name)
             .and_then(|n| parse_file_name(n, suffix))
             .is_some_and(|(s, _)| s == stem);
         if stray && fs::remove_file(entry.path()).is_ok() {

@@ -12,7 +12,7 @@ use std::{
 use parking_lot::Mutex;
 use serde::{Serialize, de::DeserializeOwned};
 
-use lifeline_dns::ShimHandle;
+use lifeline_dns::{ShimHandle, files};
 use lifeline_engine::{Decision, Override};
 
 use super::{AuditEntry, Envelope, Error, FORMAT, PolicySnapshot, Result, Unusable};
@@ -81,7 +81,7 @@ impl EmbeddedStore {
         let Some(dir) = &self.export else {
             return Ok(());
         };
-        atomic_write(&dir.join(format!("{zone}.json")), bytes)
+        replace(&dir.join(format!("{zone}.json")), bytes)
     }
 
     /// Publishes records to `dns`, the DNS server in this process.
@@ -213,7 +213,7 @@ impl EmbeddedStore {
             }
         }
         if removed > 0 {
-            atomic_write(&path, kept.as_bytes())?;
+            replace(&path, kept.as_bytes())?;
         }
         Ok(removed)
     }
@@ -294,7 +294,7 @@ impl EmbeddedStore {
     }
 
     pub(super) fn write_encoded(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        atomic_write(&self.dir.join(name), bytes)
+        replace(&self.dir.join(name), bytes)
     }
 }
 
@@ -308,8 +308,6 @@ pub(super) fn credential_file(cluster: &str) -> Result<String> {
 
 const OVERRIDES: &str = "overrides.json";
 const OVERRIDES_GOOD: &str = "overrides.good.json";
-/// Temporary files are `<name>.tmp.<pid>`.
-const TMP_MARK: &str = "tmp.";
 
 /// Creates `dir` (mode 0700) or narrows an existing one to 0700.
 fn private_dir(dir: &Path) -> Result<()> {
@@ -330,7 +328,13 @@ fn private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes `<name>.tmp.<pid>` files: what a crash during [`atomic_write`] leaves.
+/// [`files::replace`], failing with the store's error.
+fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
+    files::replace(path, bytes)
+        .map_err(|files::WriteError { path, source }| Error::Io { path, source })
+}
+
+/// Removes the temporary files a crash during a write leaves (see [`files::replace`]).
 fn remove_stray_temporaries(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -338,45 +342,11 @@ fn remove_stray_temporaries(dir: &Path) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let stray = name
-            .rsplit_once(&format!(".{TMP_MARK}"))
-            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        let stray = files::temporary_of(&name).is_some();
         if stray && fs::remove_file(entry.path()).is_ok() {
             tracing::info!(file = %entry.path().display(), "removed a temporary file left by a crash");
         }
     }
-}
-
-/// Replaces `path` with `bytes` so that a crash leaves either the old or the new file,
-/// never a torn one.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension(format!("{TMP_MARK}{}", std::process::id()));
-    {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        f.write_all(bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    fs::rename(&tmp, path).map_err(io)?;
-    // The rename is durable only once the directory entry is: a failure here is a
-    // failed save (reported and retried), as the DNS server's snapshot writer treats it.
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| Error::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
-    Ok(())
 }
 
 #[cfg(test)]

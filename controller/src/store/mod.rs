@@ -335,5 +335,5 @@ impl Writer<'_> {
 
 mod embedded;
 
+pub use embedded::EmbeddedStore;
 use embedded::{DECISION, POLICIES, credential_file, off_runtime};
-pub use embedded::{EmbeddedStore, atomic_write};
