@@ -23,15 +23,6 @@ pub struct PolicySet {
     pub warnings: Vec<String>,
 }
 
-/// `namespace/name` of a policy (namespace `default` when absent).
-pub fn policy_id(p: &FailoverPolicy) -> String {
-    format!(
-        "{}/{}",
-        p.metadata.namespace.as_deref().unwrap_or("default"),
-        p.metadata.name.as_deref().unwrap_or_default()
-    )
-}
-
 /// Compiles documents that have already passed validation.
 ///
 /// `discovered` holds addresses found through member-cluster APIs, by (cluster, policy
@@ -47,9 +38,9 @@ pub fn compile(
         .collect();
     let mut set = PolicySet::default();
     let mut sorted: Vec<&FailoverPolicy> = policies.iter().collect();
-    sorted.sort_by_key(|p| policy_id(p));
+    sorted.sort_by_key(|p| p.id());
     for fp in sorted {
-        let id = policy_id(fp);
+        let id = fp.id();
         let spec = &fp.spec;
         let targets = resolve_targets(&id, spec, &by_name, discovered, &mut set.warnings);
         let thresholds = Thresholds::of(spec);

@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use lifeline_engine::{AlarmKind, Decision, Health, Outcome, PolicyDecision};
 use lifeline_model::hold::PolicyHold;
 
-use crate::{member::MemberView, policies::policy_id};
+use crate::member::MemberView;
 
 /// Coalesces and rate-limits status writes.
 pub struct StatusWriter {
@@ -99,7 +99,7 @@ pub fn policy_status(
     if let Some(problems) = problems {
         return not_ready("InvalidSpec", joined(problems));
     }
-    let Some(pd) = decision.policies.get(&policy_id(p)) else {
+    let Some(pd) = decision.policies.get(&p.id()) else {
         let (reason, message) = undecided(quarantined);
         return not_ready(reason, message);
     };
@@ -369,7 +369,7 @@ impl StatusWriter {
             )
         });
         for p in policies {
-            let id = policy_id(p);
+            let id = p.id();
             let status = policy_status(
                 p,
                 decision,
@@ -380,10 +380,8 @@ impl StatusWriter {
                     .filter(|_| held.is_some_and(|h| h.policies.contains(&id))),
                 set_problems.get(&id),
             );
-            let api: Api<FailoverPolicy> = Api::namespaced(
-                self.client.clone(),
-                p.metadata.namespace.as_deref().unwrap_or("default"),
-            );
+            let api: Api<FailoverPolicy> =
+                Api::namespaced(self.client.clone(), p.namespace_or_default());
             let name = p.metadata.name.clone().unwrap_or_default();
             self.write_one(
                 &format!("fp/{id}"),
@@ -589,10 +587,7 @@ impl StatusTask {
     /// Queues a Warning Event on each policy (of `policies`, the set in force) that a
     /// newly held change would remove.
     pub fn record_held(&self, hold: &PolicyHold, policies: &[FailoverPolicy]) {
-        for policy in policies
-            .iter()
-            .filter(|p| hold.policies.contains(&policy_id(p)))
-        {
+        for policy in policies.iter().filter(|p| hold.policies.contains(&p.id())) {
             let event = PolicyEvent {
                 policy: policy.clone(),
                 warning: true,

@@ -794,13 +794,8 @@ pub fn cross_check(
 }
 
 fn policy_id(p: &FailoverPolicy) -> (String, String) {
-    (
-        p.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_owned()),
-        p.metadata.name.clone().unwrap_or_default(),
-    )
+    let name = p.metadata.name.clone().unwrap_or_default();
+    (p.namespace_or_default().to_owned(), name)
 }
 
 /// The id of a policy as an operator may write it: `namespace/name`, or a bare `name`

@@ -158,7 +158,7 @@ impl Known {
             policies: snapshot
                 .policies
                 .iter()
-                .map(crate::policies::policy_id)
+                .map(lifeline_crds::FailoverPolicy::id)
                 .collect(),
         }
     }

@@ -37,7 +37,6 @@ use tracing::{info, warn};
 use crate::{
     budget::BudgetConfig,
     member::{MemberHandle, MemberView, MemberWatcher, ServiceKey, WatchOptions},
-    policies::policy_id,
     store::{PolicySnapshot, Writer},
 };
 
@@ -307,7 +306,7 @@ impl Fleet {
                     AddressSource::EndpointSlice => s.ready_addresses.iter().copied().collect(),
                     AddressSource::Static => continue,
                 };
-                out.insert((t.cluster.clone(), policy_id(p)), addresses);
+                out.insert((t.cluster.clone(), p.id()), addresses);
             }
         }
         out
@@ -333,7 +332,7 @@ impl Fleet {
                 ok: !s.unhealthy_hint(),
                 detail: format!("{} ready endpoints", s.ready_endpoints),
             };
-            out.push((TargetKey::new(policy_id(p), cluster), observation));
+            out.push((TargetKey::new(p.id(), cluster), observation));
         }
         out
     }
@@ -345,7 +344,7 @@ impl Fleet {
         for (p, cluster) in hint_only(snapshot) {
             if let Some(w) = self.watchers.get(cluster) {
                 let state = w.view.borrow().control_plane.source_state();
-                out.insert(TargetKey::new(policy_id(p), cluster), state);
+                out.insert(TargetKey::new(p.id(), cluster), state);
             }
         }
         out

@@ -9,8 +9,6 @@ use lifeline_crds::{
 };
 use tracing::warn;
 
-use crate::policies::policy_id;
-
 /// The policies kept, and the problems found, by policy id: a policy is left out (a
 /// hostname owned by an older policy, a zone it may not publish in) or served with the
 /// problem reported (an unknown cluster).
@@ -27,7 +25,7 @@ pub(super) fn arbitrate(
         let DocumentRef::Policy(i) = p.document else {
             continue;
         };
-        let id = policy_id(&policies[i]);
+        let id = policies[i].id();
         warn!(policy = %id, reason = p.reason.as_str(), problem = %p.problem, "policy not served as written");
         if p.reason.excludes() {
             excluded.insert(i);

@@ -21,7 +21,6 @@ use lifeline_model::name::canonical as normalize_name;
 use tracing::{debug, info, warn};
 
 use super::term::LeaderTerm;
-use crate::policies::policy_id;
 
 /// Hostname → policies serving it.
 fn hostnames(set: &PolicySnapshot) -> BTreeMap<String, Vec<String>> {
@@ -29,7 +28,7 @@ fn hostnames(set: &PolicySnapshot) -> BTreeMap<String, Vec<String>> {
     for p in &set.policies {
         out.entry(normalize_name(&p.spec.hostname))
             .or_default()
-            .push(policy_id(p));
+            .push(p.id());
     }
     out
 }
@@ -55,11 +54,15 @@ pub fn check(
     if !(everything || too_many) {
         return None;
     }
-    let kept: BTreeSet<String> = incoming.policies.iter().map(policy_id).collect();
+    let kept: BTreeSet<String> = incoming
+        .policies
+        .iter()
+        .map(lifeline_crds::FailoverPolicy::id)
+        .collect();
     let policies: Vec<String> = current
         .policies
         .iter()
-        .map(policy_id)
+        .map(lifeline_crds::FailoverPolicy::id)
         .filter(|id| !kept.contains(id))
         .collect();
     let reason = if everything {
@@ -87,7 +90,7 @@ pub fn fingerprint(set: &PolicySnapshot) -> String {
     let mut h = lifeline_dns::compile::Fnv::default();
     let mut feed = |v: serde_json::Value| h.write(v.to_string().as_bytes());
     for p in &set.policies {
-        feed(serde_json::json!([policy_id(p), p.spec]));
+        feed(serde_json::json!([p.id(), p.spec]));
     }
     for c in &set.clusters {
         feed(serde_json::json!([c.metadata.name, c.spec]));

@@ -19,7 +19,6 @@ use lifeline_crds::document::PolicySnapshot;
 use lifeline_engine::{Decision, Policy};
 
 use super::panic_boundary::Fault;
-use crate::policies::policy_id;
 
 /// Annotation on a FailoverPolicy that makes deciding it panic (`panic`) or never return
 /// (`hang`), or the process abort between saving a decision that changes its answers
@@ -64,7 +63,7 @@ impl Faults {
                     "hang-before-save" => Kind::HangBeforeSave,
                     _ => return None,
                 };
-                Some((policy_id(p), kind))
+                Some((p.id(), kind))
             })
             .collect();
         Self { by_policy }

@@ -25,7 +25,7 @@ use super::{
 use crate::{
     admin::Known,
     fleet::{CredentialCache, Fleet},
-    policies::{self, policy_id},
+    policies,
     probe::{ProbeResult, Prober},
     publish::{Publisher, ZoneRecords},
     status::StatusTask,
@@ -190,7 +190,7 @@ impl<'a> LeaderTerm<'a> {
     fn resume_from_dns(&mut self, served: &ZoneRecords) {
         let checked: BTreeSet<String> = (self.current.policies.iter())
             .filter(|p| p.spec.health_check.is_some())
-            .map(policy_id)
+            .map(lifeline_crds::FailoverPolicy::id)
             .collect();
         let now = SystemTime::now();
         let mut decision = (*self.decision).clone();
