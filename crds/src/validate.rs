@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, time::Duration as StdDuration
 
 use lifeline_model::{
     limits,
-    name::{canonical as normalize_name, in_zone as name_in_zone},
+    name::{canonical, in_zone as name_in_zone},
 };
 
 use crate::{
@@ -641,7 +641,7 @@ pub fn cross_check(
     };
     let mut owners: BTreeMap<String, usize> = BTreeMap::new();
     for (i, policy) in policies.iter().enumerate() {
-        let host = normalize_name(&policy.spec.hostname);
+        let host = canonical(&policy.spec.hostname);
         match owners.get(&host) {
             // Without timestamps (files) namespace/name order decides.
             Some(&o) if age(policies[o]) <= age(policy) => {}
@@ -670,7 +670,7 @@ pub fn cross_check(
             policy_names.insert(id.clone(), i);
         }
 
-        let host = normalize_name(&policy.spec.hostname);
+        let host = canonical(&policy.spec.hostname);
         if let Some(&owner) = owners.get(&host)
             && owner != i
         {
@@ -688,12 +688,12 @@ pub fn cross_check(
             match zones
                 .iter()
                 .filter(|z| name_in_zone(&host, &z.apex))
-                .max_by_key(|z| normalize_name(&z.apex).len())
+                .max_by_key(|z| canonical(&z.apex).len())
             {
                 None => {
                     let list = zones
                         .iter()
-                        .map(|z| normalize_name(&z.apex))
+                        .map(|z| canonical(&z.apex))
                         .collect::<Vec<_>>()
                         .join(", ");
                     push(
@@ -704,14 +704,14 @@ pub fn cross_check(
                     );
                 }
                 Some(ZoneRule { apex, reserved, .. })
-                    if reserved.iter().any(|r| normalize_name(r) == host) =>
+                    if reserved.iter().any(|r| canonical(r) == host) =>
                 {
                     push(
                         DocumentRef::Policy(i),
                         "spec.hostname",
                         format!(
                             "{host:?} is a name server of zone {} and is reserved for it",
-                            normalize_name(apex)
+                            canonical(apex)
                         ),
                         SetReason::ReservedName,
                     )
@@ -726,7 +726,7 @@ pub fn cross_check(
                     format!(
                         "namespace {:?} may not publish names in zone {} (allowed: {})",
                         id.0,
-                        normalize_name(apex),
+                        canonical(apex),
                         allowed.join(", ")
                     ),
                     SetReason::NamespaceNotAllowed,
@@ -748,7 +748,7 @@ pub fn cross_check(
                         format!(
                             "must be the policy's own namespace {:?}: zone {} does not allow services of other namespaces (allowCrossNamespaceServices)",
                             id.0,
-                            normalize_name(apex)
+                            canonical(apex)
                         ),
                         SetReason::ServiceNamespaceNotAllowed,
                     )

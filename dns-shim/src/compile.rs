@@ -485,8 +485,8 @@ fn prepare<'s, V>(
     opts: CompileOptions,
     keep: impl Fn(&'s str, &'s NameRecords) -> V,
 ) -> Prepared<V> {
-    let origin = wire::normalize_name(&zone.origin, "").unwrap_or_default();
-    let apex: Box<[u8]> = wire::to_wire(&origin).unwrap_or_else(|_| vec![0]).into();
+    let origin = wire::normalize(&zone.origin, "").unwrap_or_default();
+    let apex: Box<[u8]> = wire::encode(&origin).unwrap_or_else(|_| vec![0]).into();
     let mut rejected = Vec::new();
 
     // Normalise names first: the same name may appear in two spellings.
@@ -563,7 +563,7 @@ pub fn index_zone(
     geo: Arc<GeoTable>,
     opts: CompileOptions,
 ) -> ZoneTable {
-    let origin = wire::normalize_name(&zone.origin, "").unwrap_or_default();
+    let origin = wire::normalize(&zone.origin, "").unwrap_or_default();
     let canonical = snapshot.names.keys().all(|k| is_canonical(k, &origin));
     if canonical {
         return index_canonical(zone, snapshot, geo, opts);
@@ -686,8 +686,8 @@ fn build_entries(cx: &Cx<'_>, records: &NameMap<&NameRecords>, apex: &[u8]) -> N
 }
 
 fn wire_or_root(name: &str) -> Vec<u8> {
-    wire::normalize_name(name, "")
-        .and_then(|n| wire::to_wire(&n))
+    wire::normalize(name, "")
+        .and_then(|n| wire::encode(&n))
         .unwrap_or_else(|_| vec![0])
 }
 
@@ -702,8 +702,8 @@ fn check_records(recs: &NameRecords, apex: bool) -> Option<String> {
         }
     }
     if let Some(c) = &recs.cname {
-        wire::normalize_name(&c.target, "")
-            .and_then(|n| wire::to_wire(&n))
+        wire::normalize(&c.target, "")
+            .and_then(|n| wire::encode(&n))
             .err()?;
         return Some(format!("bad CNAME target {:?}", c.target));
     }
@@ -711,7 +711,7 @@ fn check_records(recs: &NameRecords, apex: bool) -> Option<String> {
         && let Some(r) = s
             .records
             .iter()
-            .find(|r| wire::normalize_name(&r.target, "").is_err())
+            .find(|r| wire::normalize(&r.target, "").is_err())
     {
         return Some(format!("bad SRV target {:?}", r.target));
     }
@@ -732,8 +732,8 @@ pub fn keep_last_good(
     next: &mut ZoneSnapshot,
     current: &ZoneSnapshot,
 ) -> Vec<(String, String)> {
-    let origin = wire::normalize_name(&zone.origin, "").unwrap_or_default();
-    let apex = wire::to_wire(&origin).unwrap_or_else(|_| vec![0]);
+    let origin = wire::normalize(&zone.origin, "").unwrap_or_default();
+    let apex = wire::encode(&origin).unwrap_or_else(|_| vec![0]);
     let mut kept = Vec::new();
     for (name, recs) in &mut next.names {
         let is_apex = wire::owner_to_wire(name, &apex).is_ok_and(|w| *w == *apex);

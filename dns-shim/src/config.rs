@@ -244,14 +244,10 @@ impl ZoneConfig {
     /// Every problem with this zone, paths prefixed with `path` (e.g. `zones[0]`).
     pub fn validate(&self, path: &str) -> Vec<(String, String)> {
         let mut p = Vec::new();
-        let name_ok = |n: &str| {
-            crate::wire::normalize_name(n, "").and_then(|n| {
-                if n.is_empty() {
-                    Err("the root zone is not supported".into())
-                } else {
-                    Ok(n)
-                }
-            })
+        let name_ok = |n: &str| match crate::wire::normalize(n, "") {
+            Ok(n) if n.is_empty() => Err("the root zone is not supported".to_owned()),
+            Ok(n) => Ok(n),
+            Err(e) => Err(e.to_string()),
         };
         if let Err(e) = name_ok(&self.origin) {
             p.push((format!("{path}.origin"), e));
@@ -273,15 +269,15 @@ impl ZoneConfig {
                 p.push((format!("{path}.nameservers[{i}]"), e));
             }
         }
-        let origin = crate::wire::normalize_name(&self.origin, "").unwrap_or_default();
+        let origin = crate::wire::normalize(&self.origin, "").unwrap_or_default();
         let servers: Vec<String> = self
             .nameservers
             .iter()
-            .filter_map(|n| crate::wire::normalize_name(n, "").ok())
+            .filter_map(|n| crate::wire::normalize(n, "").ok())
             .collect();
         for (name, addresses) in &self.nameserver_addresses {
             let at = format!("{path}.nameserverAddresses[{name:?}]");
-            let Ok(normal) = crate::wire::normalize_name(name, "") else {
+            let Ok(normal) = crate::wire::normalize(name, "") else {
                 p.push((at, "is not a valid DNS name".into()));
                 continue;
             };
@@ -322,7 +318,7 @@ pub fn validate(dns: &DnsConfig, zones: &[ZoneConfig]) -> Vec<(String, String)> 
     let mut seen: Vec<String> = Vec::new();
     for (i, z) in zones.iter().enumerate() {
         p.extend(z.validate(&format!("zones[{i}]")));
-        if let Ok(o) = crate::wire::normalize_name(&z.origin, "") {
+        if let Ok(o) = crate::wire::normalize(&z.origin, "") {
             if seen.contains(&o) {
                 p.push((
                     format!("zones[{i}].origin"),

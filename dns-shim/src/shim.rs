@@ -242,7 +242,7 @@ impl ShimHandle {
 
     /// The current snapshot of a zone, if any.
     pub fn snapshot(&self, zone: &str) -> Option<ZoneSnapshot> {
-        let origin = wire::normalize_name(zone, "").ok()?;
+        let origin = wire::normalize(zone, "").ok()?;
         self.inner
             .writer
             .lock()
@@ -387,7 +387,7 @@ impl Inner {
             .iter()
             .map(|z| {
                 let mut z = z.clone();
-                z.origin = wire::normalize_name(&z.origin, "").unwrap_or_default();
+                z.origin = wire::normalize(&z.origin, "").unwrap_or_default();
                 z
             })
             .collect();
@@ -401,7 +401,7 @@ impl Inner {
                 stale: false,
                 pending: zones
                     .iter()
-                    .map(|z| wire::to_wire(&z.origin).unwrap_or_default().into())
+                    .map(|z| wire::encode(&z.origin).unwrap_or_default().into())
                     .collect(),
             },
             limiter,
@@ -589,7 +589,7 @@ impl Inner {
             .zones
             .iter()
             .filter(|z| !w.tables.contains_key(&z.origin))
-            .map(|z| wire::to_wire(&z.origin).unwrap_or_default().into())
+            .map(|z| wire::encode(&z.origin).unwrap_or_default().into())
             .collect();
         self.engine.swap(Compiled {
             zones,
@@ -600,7 +600,7 @@ impl Inner {
     }
 
     fn apply(&self, update: Update) -> Result<Applied> {
-        let origin = wire::normalize_name(update.zone(), "")
+        let origin = wire::normalize(update.zone(), "")
             .map_err(|_| Error::UnknownZone(update.zone().to_owned()))?;
         let zone = self
             .zones

@@ -522,7 +522,7 @@ fn large_snapshots_round_trip_through_the_parallel_paths() {
     assert!(table.names.len() > 30_000);
     assert!(
         table.names.contains_key(
-            lifeline_dns::wire::to_wire("host29999.global.example.com")
+            lifeline_dns::wire::encode("host29999.global.example.com")
                 .unwrap()
                 .as_slice()
         )

@@ -9,7 +9,7 @@
 //!  limits     the bound of every number a document can hold, with the reasons
 //!  backoff    Backoff: jittered exponential pauses between retries, the one schedule
 //!  duration   Duration: the Go grammar the CRDs use ("500ms", "1m30s"), one parser
-//!  name       normalize_name / to_wire: the one DNS-name grammar
+//!  name       normalize / encode / canonical / in_zone: the one DNS-name grammar
 //!  strategy   Strategy: Failover | Weighted | RoundRobin | Geo
 //!  time       rfc3339: how instants are written in every stored document
 //! ```

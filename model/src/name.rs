@@ -95,14 +95,3 @@ pub fn in_zone(name: &str, zone: &str) -> bool {
             .strip_suffix(&zone)
             .is_some_and(|rest| rest.ends_with('.'))
 }
-
-/// [`normalize`], with the problem as text: for checks that collect their findings as
-/// `(path, message)` pairs.
-pub fn normalize_name(name: &str, origin: &str) -> Result<String, String> {
-    normalize(name, origin).map_err(|e| e.to_string())
-}
-
-/// [`encode`], with the problem as text, to chain with [`normalize_name`].
-pub fn to_wire(name: &str) -> Result<Vec<u8>, String> {
-    encode(name).map_err(|e| e.to_string())
-}

@@ -190,8 +190,8 @@ impl ZonePatch {
     /// Applies the patch to `base`, producing the next snapshot. Keys are matched
     /// case-insensitively and with or without the zone suffix, the way the server does.
     pub fn apply_to(&self, base: &ZoneSnapshot) -> ZoneSnapshot {
-        let origin = crate::name::normalize_name(&base.zone, "").unwrap_or_default();
-        let key = |n: &str| crate::name::normalize_name(n, &origin).unwrap_or_else(|_| n.into());
+        let origin = crate::name::normalize(&base.zone, "").unwrap_or_default();
+        let key = |n: &str| crate::name::normalize(n, &origin).unwrap_or_else(|_| n.into());
         let mut names: BTreeMap<String, (String, NameRecords)> = base
             .names
             .iter()

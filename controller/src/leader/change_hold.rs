@@ -17,7 +17,7 @@ use std::{
 
 use lifeline_crds::document::PolicySnapshot;
 use lifeline_model::hold::{PolicyHold, PolicyRelease};
-use lifeline_model::name::canonical as normalize_name;
+use lifeline_model::name::canonical;
 use tracing::{debug, info, warn};
 
 use super::term::LeaderTerm;
@@ -26,7 +26,7 @@ use super::term::LeaderTerm;
 fn hostnames(set: &PolicySnapshot) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for p in &set.policies {
-        out.entry(normalize_name(&p.spec.hostname))
+        out.entry(canonical(&p.spec.hostname))
             .or_default()
             .push(p.id());
     }

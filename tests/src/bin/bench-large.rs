@@ -166,7 +166,7 @@ fn one(n: u32, rounds: usize) -> Result<()> {
         compile_zone(&zone, &snapshot, &geo, CompileOptions::default())
     });
     let after = rss_kib()?;
-    let name = lifeline_dns::wire::to_wire(&format!("large.{ZONE}")).map_err(anyhow::Error::msg)?;
+    let name = lifeline_dns::wire::encode(&format!("large.{ZONE}")).map_err(anyhow::Error::msg)?;
     let entry = table.entry(&name).context("the name is compiled")?;
     let answer_bytes: usize = entry.typed.iter().map(|(_, a)| a.choice.heap_bytes()).sum();
     let grown = after.saturating_sub(before) * 1024;
