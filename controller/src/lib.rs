@@ -14,38 +14,34 @@
 //!                                 publish ─► DNS server in process, or etcd ─► every replica
 //! ```
 //!
-//! Where each outside system is touched, in one module or crate each:
+//! The folders are the roles:
 //!
-//! | system | where |
+//! | folder | role |
 //! |---|---|
-//! | Kubernetes APIs | `member` (member clusters, behind `budget`); `management`, `status` and `fleet`'s Secret reads (the management cluster) |
-//! | the data plane | `probe` |
-//! | etcd | the `lifeline-etcd` crate |
-//! | DNS sockets | the `lifeline-dns` crate |
+//! | `kubernetes/` | every Kubernetes API call: member watchers (`member`, behind `budget`), the policy CRs (`management`), CR status and Events (`status`), member kubeconfigs from Secrets and their sealed copies (`fleet`, `credentials`) |
+//! | `probe/` | the data plane: HTTP and TCP health checks |
+//! | `store/` | what survives a restart: embedded files or etcd, and the leader's `Writer` |
+//! | `leader/` | one leadership term: the loop, the policy feed, a round in named steps, the change hold, the panic boundary |
+//! | `admin/` | the operator's HTTP API: status, overrides, releases |
+//! | `cli/` | the subcommands, `lifeline ctl` and the demo |
 //!
-//! The decisions themselves are the pure `lifeline-engine` crate. `run` starts DNS, the
-//! admin API and the store, and campaigns; `leader` is one leadership term (one method
-//! per event, a round in named steps, the change hold and the panic boundary); `admin`
-//! and `ctl` are the operator's surface; `cli` holds the subcommands.
+//! Beside them: `run` starts DNS, the admin API and the store, and leads or campaigns;
+//! `config` and `documents` read what operators write; `policies` compiles policies for
+//! the engine and the prober; `publish` turns decisions into DNS updates. etcd is
+//! touched only through the `lifeline-etcd` crate, DNS sockets only in `lifeline-dns`,
+//! and the decisions themselves are the pure `lifeline-engine` crate.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod budget;
 pub mod cli;
 pub mod config;
-pub mod credentials;
-pub mod ctl;
-pub mod demo;
 pub mod documents;
-pub mod fleet;
+pub mod kubernetes;
 pub mod leader;
-pub mod management;
-pub mod member;
 pub mod metrics;
 pub mod policies;
 pub mod probe;
 pub mod publish;
 pub mod run;
-pub mod status;
 pub mod store;

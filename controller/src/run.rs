@@ -138,7 +138,7 @@ pub async fn run(
         metrics,
         state,
         identity: replica_identity(),
-        namespace: crate::fleet::own_namespace(),
+        namespace: crate::kubernetes::fleet::own_namespace(),
         // Set only by tests.
         test_faults,
     };
@@ -228,9 +228,9 @@ fn start_admin(
 
 /// The key for cached member kubeconfigs. A key file that cannot be used is reported
 /// and nothing is cached: the Secrets are still read, and DNS is never held up by it.
-fn credential_key(config: &Config) -> Option<Arc<crate::credentials::SealKey>> {
+fn credential_key(config: &Config) -> Option<Arc<crate::kubernetes::credentials::SealKey>> {
     let path = config.member_credentials.key_file.as_ref()?;
-    match crate::credentials::SealKey::from_file(path) {
+    match crate::kubernetes::credentials::SealKey::from_file(path) {
         Ok(key) => {
             info!(
                 key_id = key.id(),
@@ -426,7 +426,7 @@ async fn management_client(
         None => kube::Config::incluster()
             .context("in-cluster configuration for the management cluster")?,
     };
-    let budget = crate::budget::Budget::new((&config.defaults.api_budget).into())
+    let budget = crate::kubernetes::budget::Budget::new((&config.defaults.api_budget).into())
         .context("management API budget")?;
     budget.client(kube_config).context("management API client")
 }

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use lifeline_controller::demo::{self, DemoOptions};
+use lifeline_controller::cli::demo::{self, DemoOptions};
 use lifeline_testkit::{dns::await_exactly, free_addr, free_port};
 use serde_json::Value;
 

@@ -18,7 +18,7 @@ use super::arbitrate::arbitrate;
 
 use crate::{
     documents::Documents,
-    management::{ManagementSource, ManagementView},
+    kubernetes::management::{ManagementSource, ManagementView},
     store::Store,
 };
 

@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 use crate::{
     admin::AdminState,
     config::Config,
-    management::ManagementSource,
+    kubernetes::management::ManagementSource,
     metrics::Metrics,
     probe::ProbeResult,
     publish::{Publisher, ZoneRecords},
@@ -96,7 +96,7 @@ pub(crate) struct Shared {
     /// The namespace Lifeline runs in.
     pub namespace: String,
     /// The key that seals cached member kubeconfigs, when one is configured and loads.
-    pub credential_key: Option<Arc<crate::credentials::SealKey>>,
+    pub credential_key: Option<Arc<crate::kubernetes::credentials::SealKey>>,
     /// Honour the test-only fault annotation ([`TEST_FAULT`]). Tests set it; nothing
     /// else does.
     pub test_faults: bool,

@@ -24,11 +24,11 @@ use super::{
 };
 use crate::{
     admin::Known,
-    fleet::{CredentialCache, Fleet},
+    kubernetes::fleet::{CredentialCache, Fleet},
+    kubernetes::status::StatusTask,
     policies,
     probe::{ProbeResult, Prober},
     publish::{Publisher, ZoneRecords},
-    status::StatusTask,
     store::{Store, Writer},
 };
 

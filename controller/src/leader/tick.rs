@@ -8,7 +8,7 @@ use lifeline_engine::Observation;
 use tracing::{info, warn};
 
 use super::term::LeaderTerm;
-use crate::{metrics::ResultLabels, probe::ProbeResult, status::StatusInput};
+use crate::{kubernetes::status::StatusInput, metrics::ResultLabels, probe::ProbeResult};
 
 impl LeaderTerm<'_> {
     /// A probe result: counted, and kept for the next decision.

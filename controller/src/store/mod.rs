@@ -32,7 +32,7 @@ use std::{fs, path::PathBuf, sync::Arc, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::credentials::SealedKubeconfig;
+use crate::kubernetes::credentials::SealedKubeconfig;
 use lifeline_engine::{Decision, Override};
 use lifeline_etcd::Leader;
 use lifeline_model::{

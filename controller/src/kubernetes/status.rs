@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use lifeline_engine::{AlarmKind, Decision, Health, Outcome, PolicyDecision};
 use lifeline_model::hold::PolicyHold;
 
-use crate::member::MemberView;
+use crate::kubernetes::member::MemberView;
 
 /// Coalesces and rate-limits status writes.
 pub struct StatusWriter {
@@ -296,10 +296,13 @@ pub fn cluster_status(
         };
     };
     let since = match view.control_plane {
-        crate::budget::ControlPlane::Unreachable { since } => Some(time(since)),
+        crate::kubernetes::budget::ControlPlane::Unreachable { since } => Some(time(since)),
         _ => None,
     };
-    let reachable = matches!(view.control_plane, crate::budget::ControlPlane::Reachable);
+    let reachable = matches!(
+        view.control_plane,
+        crate::kubernetes::budget::ControlPlane::Reachable
+    );
     let ready = if !view.denied.is_empty() {
         // Reachable, but refused: say what is refused, so nobody mistakes it for an
         // outage. The API server's own message names the user and the resource.

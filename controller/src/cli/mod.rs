@@ -7,7 +7,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::{config::Config, ctl, demo, documents, run};
+use crate::{config::Config, documents, run};
+
+pub mod ctl;
+pub mod demo;
 
 /// Lifeline: multi-cluster traffic failover with an authoritative DNS server that keeps
 /// answering when control planes fail.

@@ -60,8 +60,8 @@ use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 pub use self::kubeconfig::{kube_config_from_bytes, kube_config_from_path};
-pub use crate::budget::ControlPlane;
-use crate::budget::{Budget, BudgetConfig};
+pub use crate::kubernetes::budget::ControlPlane;
+use crate::kubernetes::budget::{Budget, BudgetConfig};
 use index::Index;
 
 /// The label operators put on Services that serve a global name (value `true`); the
@@ -94,7 +94,7 @@ pub enum Error {
     },
     /// The budget or the client could not be built.
     #[error(transparent)]
-    Budget(#[from] crate::budget::Error),
+    Budget(#[from] crate::kubernetes::budget::Error),
 }
 
 // === Options and views ===

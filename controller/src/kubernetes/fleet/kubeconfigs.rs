@@ -13,8 +13,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
-    credentials::{OpenError, SealKey},
-    member,
+    kubernetes::credentials::{OpenError, SealKey},
+    kubernetes::member,
     store::{Store, Writer},
 };
 

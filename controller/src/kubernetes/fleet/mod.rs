@@ -17,7 +17,7 @@
 //! keep their last known state. Loading is tried again with a backoff from 1 s to 60 s,
 //! so a Secret that is fixed later is picked up without any change to the policies.
 //!
-//! A kubeconfig read from a Secret is sealed into the store (see [`crate::credentials`])
+//! A kubeconfig read from a Secret is sealed into the store (see [`crate::kubernetes::credentials`])
 //! when a key is configured. When the Secret cannot be read or no longer holds a usable
 //! kubeconfig (the management API is down at a restart, or someone broke the Secret),
 //! the cached copy is used instead, and a warning says so. Each Secret in use is read
@@ -35,8 +35,8 @@ use lifeline_model::Backoff;
 use tracing::{info, warn};
 
 use crate::{
-    budget::BudgetConfig,
-    member::{MemberHandle, MemberView, MemberWatcher, ServiceKey, WatchOptions},
+    kubernetes::budget::BudgetConfig,
+    kubernetes::member::{MemberHandle, MemberView, MemberWatcher, ServiceKey, WatchOptions},
     store::{PolicySnapshot, Writer},
 };
 

@@ -306,7 +306,7 @@ async fn print_status(state: Arc<AdminState>) {
             None => Vec::new(),
         };
         let status = crate::admin::status_of(&decision, &overrides, std::time::SystemTime::now());
-        let mut table = crate::ctl::render_status(&status);
+        let mut table = crate::cli::ctl::render_status(&status);
         // The age line changes every second; compare without it.
         let body = table
             .split_once('\n')
