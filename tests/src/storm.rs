@@ -29,8 +29,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use futures::StreamExt as _;
-use lifeline_controller::budget::{BudgetConfig, BudgetStats};
-use lifeline_controller::member::{MemberWatcher, WatchOptions, kube_config_from_bytes};
+use lifeline_controller::kubernetes::budget::{BudgetConfig, BudgetStats};
+use lifeline_controller::kubernetes::member::{
+    MemberWatcher, WatchOptions, kube_config_from_bytes,
+};
 use lifeline_testkit::control_plane::{ApiServer, Options};
 use lifeline_testkit::{Backend, ControlPlanes, free_addr, free_port};
 use serde_json::{Value, json};

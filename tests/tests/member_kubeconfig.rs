@@ -2,7 +2,7 @@
 //! message naming what is wrong; a good one reaches the emulator.
 
 use anyhow::{Result, ensure};
-use lifeline_controller::member::{kube_config_from_bytes, kube_config_from_path};
+use lifeline_controller::kubernetes::member::{kube_config_from_bytes, kube_config_from_path};
 use lifeline_tests::kube::{Emulator, EmulatorConfig, install_crypto_provider};
 
 fn kubeconfig(current: Option<&str>, contexts: &str, clusters: &str, users: &str) -> String {

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role};
-use lifeline_controller::budget::BudgetConfig;
-use lifeline_controller::member::{MemberWatcher, WatchOptions, kube_config_from_bytes};
+use lifeline_controller::kubernetes::budget::BudgetConfig;
+use lifeline_controller::kubernetes::member::{
+    MemberWatcher, WatchOptions, kube_config_from_bytes,
+};
 use lifeline_tests::kube::{Emulator, EmulatorConfig, Verb};
 use serde_json::{Value, json};
 

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use lifeline_controller::budget::{BudgetConfig, ControlPlane};
-use lifeline_controller::member::{
+use lifeline_controller::kubernetes::budget::{BudgetConfig, ControlPlane};
+use lifeline_controller::kubernetes::member::{
     MemberHandle, MemberView, MemberWatcher, ServiceKey, WatchOptions, kube_config_from_bytes,
 };
 use lifeline_tests::kube::{Emulator, EmulatorConfig, Fault, FaultRule, Verb};

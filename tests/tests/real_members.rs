@@ -14,8 +14,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use lifeline_controller::budget::{BudgetConfig, ControlPlane};
-use lifeline_controller::member::{
+use lifeline_controller::kubernetes::budget::{BudgetConfig, ControlPlane};
+use lifeline_controller::kubernetes::member::{
     MemberHandle, MemberView, MemberWatcher, ServiceKey, WatchOptions, kube_config_from_bytes,
 };
 use lifeline_testkit::control_plane::{ApiServer, Options};
@@ -197,7 +197,8 @@ async fn the_member_role_is_enough_and_each_missing_grant_is_reported_as_forbidd
                 "metadata": {"name": "real"},
                 "spec": {"region": "a", "addressSource": "EndpointSlice"}
             }))?;
-            let status = lifeline_controller::status::cluster_status(&mc, Some(&v), None);
+            let status =
+                lifeline_controller::kubernetes::status::cluster_status(&mc, Some(&v), None);
             let ready = &status.conditions[0];
             ensure!(
                 ready.status == "False" && ready.reason == "Forbidden",
@@ -285,10 +286,10 @@ async fn watches_resume_without_relisting_on_timeout_and_after_an_api_server_res
         v.watches_open == 2
     })
     .await?;
-    let count = |s: &lifeline_controller::budget::BudgetStats, verb| {
+    let count = |s: &lifeline_controller::kubernetes::budget::BudgetStats, verb| {
         s.by_verb.get(&verb).copied().unwrap_or(0)
     };
-    use lifeline_controller::budget::Verb;
+    use lifeline_controller::kubernetes::budget::Verb;
     println!(
         "12 s without selected changes: {} watch re-opens, {} lists",
         count(&after, Verb::Watch) - count(&before, Verb::Watch),
@@ -391,7 +392,7 @@ async fn a_watch_resumed_after_compaction_gets_410_and_relists_to_the_current_st
         h.budget()
             .stats()
             .by_verb
-            .get(&lifeline_controller::budget::Verb::List)
+            .get(&lifeline_controller::kubernetes::budget::Verb::List)
             .copied()
             .unwrap_or(0)
     };
