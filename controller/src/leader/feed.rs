@@ -71,8 +71,9 @@ impl PolicyFeed {
             .collect()
     }
 
-    /// Loads the documents. `Err` carries every problem; the caller keeps its last good set.
-    pub(super) fn load(&mut self) -> Result<PolicySnapshot, Vec<String>> {
+    /// Loads the documents. `Err` says why the set is unusable; the caller keeps its last
+    /// good set.
+    pub(super) fn load(&mut self) -> Result<PolicySnapshot, Unusable> {
         let loaded = self.read();
         if let Ok(set) = &loaded {
             self.meaning = Some(meaning(set));
@@ -84,7 +85,7 @@ impl PolicyFeed {
     /// something else than the last set loaded; `None` otherwise. The leader's own
     /// status writes change the CRs' resource versions, and an editor may save a file
     /// unchanged: neither is a new policy set.
-    pub(super) fn reload(&mut self) -> Option<Result<PolicySnapshot, Vec<String>>> {
+    pub(super) fn reload(&mut self) -> Option<Result<PolicySnapshot, Unusable>> {
         if !self.changed() {
             return None;
         }
@@ -96,7 +97,7 @@ impl PolicyFeed {
         }
     }
 
-    fn read(&mut self) -> Result<PolicySnapshot, Vec<String>> {
+    fn read(&mut self) -> Result<PolicySnapshot, Unusable> {
         match &self.docs {
             Documents::Inline { policies, clusters } => Ok(PolicySnapshot {
                 policies: policies.clone(),
@@ -106,7 +107,7 @@ impl PolicyFeed {
                 self.stamps = Self::stamp(paths);
                 let loaded = crate::documents::load(paths, &self.zones);
                 if !loaded.is_valid() {
-                    return Err(loaded.problems.iter().map(ToString::to_string).collect());
+                    return Err(Unusable::Invalid(loaded.problems));
                 }
                 Ok(PolicySnapshot {
                     policies: loaded.policies.into_iter().map(|(_, p)| p).collect(),
@@ -115,16 +116,13 @@ impl PolicyFeed {
             }
             Documents::Kubernetes { .. } => {
                 let Some((_, view)) = self.management.as_mut() else {
-                    return Err(vec![
-                        "the management cluster is not being watched".to_owned(),
-                    ]);
+                    return Err(Unusable::NotWatched);
                 };
                 let view = view.borrow_and_update().clone();
                 if !view.synced {
-                    return Err(vec![format!(
-                        "the management cluster has not been listed yet (reachable: {})",
-                        view.connected
-                    )]);
+                    return Err(Unusable::NotListed {
+                        reachable: view.connected,
+                    });
                 }
                 // Invalid objects keep their last good version in the view; they are
                 // reported, not fatal to the rest of the set.
@@ -160,6 +158,28 @@ impl PolicyFeed {
     }
 }
 
+/// Why the documents make no usable policy set.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Unusable {
+    /// Every problem the documents have, per document and across them.
+    #[error("{} problems in the policy documents", .0.len())]
+    Invalid(Vec<crate::documents::Report>),
+    #[error("the management cluster is not being watched")]
+    NotWatched,
+    #[error("the management cluster has not been listed yet (reachable: {reachable})")]
+    NotListed { reachable: bool },
+}
+
+impl Unusable {
+    /// Each problem, as an operator reads it.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            Unusable::Invalid(reports) => reports.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
 /// What a policy set means: its content's fingerprint (each document's name and spec,
 /// as the change hold knows it) and a digest of the documents' annotations, which carry
 /// test faults. Resource versions, managed fields and status are left out.
@@ -184,7 +204,8 @@ pub(super) async fn usable_policies(
     loop {
         match source.load() {
             Ok(snapshot) => return (snapshot, true),
-            Err(problems) => {
+            Err(unusable) => {
+                let problems = unusable.problems();
                 match store.load_policies().await {
                     Ok(Some(s)) => {
                         for p in &problems {

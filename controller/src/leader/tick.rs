@@ -79,7 +79,8 @@ impl LeaderTerm<'_> {
                 );
                 self.consider(snapshot).await;
             }
-            Err(problems) => {
+            Err(unusable) => {
+                let problems = unusable.problems();
                 self.shared.metrics.policy_errors.inc();
                 for p in &problems {
                     warn!(problem = %p, "policy documents are invalid; keeping the last good set");
