@@ -26,7 +26,8 @@
 //! | module | what |
 //! |---|---|
 //! | `config` | engine-wide settings |
-//! | `types` | policies, signals, and the decision |
+//! | `inputs` | policies, their targets, and signals |
+//! | `decision` | answers per policy, and each target's state |
 //! | `round` | one decision, in phases over one record per policy and target |
 //! | `health` | evidence folded into a target's health, with hysteresis |
 //! | `blast_radius` | the guard that holds back many failures at once |
@@ -40,25 +41,28 @@ use std::time::SystemTime;
 
 mod blast_radius;
 mod config;
+mod decision;
 mod failback;
 mod health;
+mod inputs;
 mod overrides;
 mod round;
 mod selection;
-mod types;
 
 #[cfg(test)]
 mod tests;
 
 pub use config::{BlastRadius, EngineConfig};
+pub use decision::{
+    Alarm, AlarmKind, Answer, Decision, Health, Outcome, PolicyDecision, TargetState,
+};
+pub use inputs::{
+    Observation, OnSourceUnavailable, Policy, PolicyId, Signals, SourceState, TargetKey,
+    TargetSignal, TargetSpec, WhenAllUnhealthy,
+};
 /// Operator overrides (from the admin API or the store). The type is shared with the
 /// DNS shim, which applies cluster-wide ones by itself when no leader is running.
 pub use lifeline_model::overrides::{Override, OverrideAction};
-pub use types::{
-    Alarm, AlarmKind, Answer, Decision, Health, Observation, OnSourceUnavailable, Outcome, Policy,
-    PolicyDecision, PolicyId, Signals, SourceState, TargetKey, TargetSignal, TargetSpec,
-    TargetState, WhenAllUnhealthy,
-};
 
 /// Computes the next decision. Pure: no I/O, no clock; `now` is the decision time.
 ///

@@ -11,7 +11,7 @@ use lifeline_model::Strategy;
 use crate::{
     Answer, Health, Outcome, Override, OverrideAction, Policy, PolicyDecision, TargetSpec,
     TargetState, WhenAllUnhealthy,
-    types::{mul, mul_div},
+    decision::{mul, mul_div},
 };
 
 /// A target and its weight in answers.
