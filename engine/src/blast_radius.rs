@@ -16,29 +16,30 @@ use crate::{
 /// The reason of a target whose failure the guard holds back.
 const HELD: &str = "failure held back: systemic failure suspected";
 
-/// Whether the guard held in the previous decision.
-pub(crate) fn was_holding(config: &BlastRadius, previous: &Decision) -> bool {
+/// Whether the guard was tripped in the previous decision (its alarm is up).
+pub(crate) fn was_tripped(config: &BlastRadius, previous: &Decision) -> bool {
     config.enabled
         && (previous.alarms.iter()).any(|a| a.kind == AlarmKind::SystemicFailureSuspected)
 }
 
-/// Judges the round: while the guard holds, a target that turned unhealthy this round
-/// keeps its old health; the round it lets go, failures seen while it held are not
-/// trusted. Returns the alarm it raises, if any.
-pub(crate) fn guard(
+/// The guard against marking many targets unhealthy at once. Judges the round: while
+/// the guard holds, a target that turned unhealthy this round keeps its old health; the
+/// round it lets go, failures seen while it held are not trusted. Returns the alarm it
+/// raises, if any.
+pub(crate) fn hold_mass_failures(
     config: &BlastRadius,
     entries: &mut [Entry<'_>],
     previous: &Decision,
-    holding: bool,
+    tripped_before: bool,
     now: SystemTime,
 ) -> Vec<Alarm> {
-    let alarm = judge(config, entries, previous, holding, now);
+    let alarm = judge(config, entries, previous, tripped_before, now);
     let tripped = alarm.is_some();
     // The round the guard lets go, the fleet's return is not in step either: a target
     // whose next probe has not come yet, or whose failure was in flight, still has the
     // failure streak it built while everything failed, and would move its answers
     // although it is as healthy as the rest.
-    let release = holding && !tripped;
+    let release = tripped_before && !tripped;
     if tripped || release {
         for target in entries.iter_mut().flat_map(|e| e.targets.iter_mut()) {
             if target.fresh_failure() {
@@ -59,7 +60,7 @@ fn judge(
     config: &BlastRadius,
     entries: &[Entry<'_>],
     previous: &Decision,
-    holding: bool,
+    tripped_before: bool,
     now: SystemTime,
 ) -> Option<Alarm> {
     let total: usize = entries.iter().map(|e| e.policy.targets.len()).sum();
@@ -67,7 +68,7 @@ fn judge(
     // stand (their state is their previous one).
     let decided = || entries.iter().flat_map(|e| e.targets.iter());
     let fresh = decided().filter(|t| t.fresh_failure()).count();
-    if !config.enabled || total < config.min_targets.max(1) || (fresh == 0 && !holding) {
+    if !config.enabled || total < config.min_targets.max(1) || (fresh == 0 && !tripped_before) {
         return None;
     }
     let kept = || {

@@ -1,11 +1,11 @@
 //! One decision, as a short sequence of phases over one record per policy and target:
 //!
 //! ```text
-//!  entries   which policies are decided again; their targets' evidence folded in
-//!  guard     the blast-radius guard holds back many failures at once
-//!  ramps     paced failback: recovered targets start ramping, a few policies at a time
-//!  shares    each ramping target's share of its weight
-//!  answers   each policy's answers, and the decision's revision
+//!  entries             which policies are decided again; their targets' evidence folded in
+//!  hold_mass_failures  the blast-radius guard holds back many failures at once
+//!  start_ramps         paced failback: recovered targets ramp, a few policies at a time
+//!  ramp_shares         each ramping target's share of its weight
+//!  answers             each policy's answers, and the decision's revision
 //! ```
 
 use std::{
@@ -73,10 +73,16 @@ pub(crate) fn decide_with(
     let signals = SignalIndex::of(signals);
     // While the guard holds, every policy is decided each round: its release touches
     // targets of every policy, and it is rare.
-    let holding = blast_radius::was_holding(&config.blast_radius, previous);
-    let reuse = reuse && !holding;
+    let tripped_before = blast_radius::was_tripped(&config.blast_radius, previous);
+    let reuse = reuse && !tripped_before;
     let mut entries = entries(policies, &signals, &overrides, previous, now, reuse);
-    let alarms = blast_radius::guard(&config.blast_radius, &mut entries, previous, holding, now);
+    let alarms = blast_radius::hold_mass_failures(
+        &config.blast_radius,
+        &mut entries,
+        previous,
+        tripped_before,
+        now,
+    );
     failback::start_ramps(&mut entries, config.max_concurrent_ramps, now);
     failback::ramp_shares(&mut entries, now);
     answers(entries, &overrides, previous, alarms, now)
