@@ -9,8 +9,8 @@ use std::time::SystemTime;
 
 use crate::{
     Alarm, AlarmKind, BlastRadius, Decision, Health, TargetState,
+    entry::{Entry, Target},
     health::initial_state,
-    round::{Entry, Target},
 };
 
 /// The reason of a target whose failure the guard holds back.

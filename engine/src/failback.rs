@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, time::SystemTime};
 
-use crate::{Health, decision::mul_div, health::set_health, round::Entry};
+use crate::{Health, decision::mul_div, entry::Entry, health::set_health};
 
 /// Recovered targets past their hold-down start ramping, at most `max_concurrent`
 /// policies at a time. A policy with a target recovering or ramping is always decided

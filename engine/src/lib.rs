@@ -29,6 +29,7 @@
 //! | `inputs` | policies, their targets, and signals |
 //! | `decision` | answers per policy, and each target's state |
 //! | `round` | one decision, in phases over one record per policy and target |
+//! | `entry` | that record |
 //! | `health` | evidence folded into a target's health, with hysteresis |
 //! | `blast_radius` | the guard that holds back many failures at once |
 //! | `failback` | hold-down, ramps, and how many policies ramp at once |
@@ -42,6 +43,7 @@ use std::time::SystemTime;
 mod blast_radius;
 mod config;
 mod decision;
+mod entry;
 mod failback;
 mod health;
 mod inputs;

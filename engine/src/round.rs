@@ -17,47 +17,14 @@ use std::{
 
 use crate::{
     Alarm, Decision, EngineConfig, Health, Outcome, Override, Policy, PolicyDecision, PolicyId,
-    Signals, SourceState, TargetSignal, TargetSpec, TargetState, blast_radius, failback, health,
-    overrides, selection,
+    Signals, SourceState, TargetSignal, TargetSpec, TargetState, blast_radius,
+    entry::{Entry, Target},
+    failback, health, overrides, selection,
 };
 
 /// Borrowed lookups by policy id, with a hasher much faster than the default for short
 /// keys.
 type Index<'a, V> = HashMap<&'a str, V, foldhash::fast::RandomState>;
-
-/// One target of a policy decided again this round.
-pub(crate) struct Target<'a> {
-    pub spec: &'a TargetSpec,
-    /// Its state in the previous decision, if it had one.
-    pub prev: Option<&'a TargetState>,
-    /// Its state after this round's evidence.
-    pub state: TargetState,
-}
-
-impl Target<'_> {
-    /// The health it had in the previous decision.
-    pub fn before(&self) -> Option<Health> {
-        self.prev.map(|p| p.health)
-    }
-
-    /// It turned unhealthy this round.
-    pub fn fresh_failure(&self) -> bool {
-        self.state.health == Health::Unhealthy && self.before() != Some(Health::Unhealthy)
-    }
-}
-
-/// One policy this round.
-pub(crate) struct Entry<'a> {
-    pub policy: &'a Policy,
-    /// What it is decided from besides its targets (see `overrides::basis`).
-    pub basis: u64,
-    /// Its entry in the previous decision.
-    pub prev: Option<&'a Arc<PolicyDecision>>,
-    /// Kept whole from the previous decision: nothing new touched it.
-    pub kept: bool,
-    /// Its targets, in the policy's order; empty when kept.
-    pub targets: Vec<Target<'a>>,
-}
 
 /// See [`crate::decide`]; `reuse: false` decides every policy afresh.
 pub(crate) fn decide_with(

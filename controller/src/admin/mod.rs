@@ -76,7 +76,7 @@ pub struct View {
     pub decided: bool,
     /// Policies the leader stopped deciding because deciding them panics, with why
     /// (their last answers stay).
-    pub quarantined: crate::leader::Quarantine,
+    pub quarantined: crate::leader::panic_boundary::Quarantine,
     /// Clusters and policies of the set in force (set by the leader), to refuse
     /// overrides naming something that does not exist. Empty on a follower, which reads
     /// the saved set instead.

@@ -189,7 +189,7 @@ fn meaning(set: &PolicySnapshot) -> (String, u64) {
     for annotations in policies.chain(set.clusters.iter().map(|c| &c.metadata.annotations)) {
         annotations.hash(&mut h);
     }
-    (super::change_hold::fingerprint(set), h.finish())
+    (super::change_hold::rule::fingerprint(set), h.finish())
 }
 
 /// Policies to start a term with: fresh if valid, else the last good set; with neither,

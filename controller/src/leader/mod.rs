@@ -27,20 +27,18 @@
 //! | `change_hold` | holding back a policy change that would stop serving many names |
 //! | `panic_boundary` | a policy whose decision panics or hangs is quarantined |
 //! | `faults` | faults tests ask for; nothing in production |
+//! | `shared`, `saved` | what every term shares and how it ends; what of a decision is saved |
 //!
 //! Only the leader writes: it is handed a [`Writer`], which only the election (or the
 //! embedded store, one writer by construction) gives out.
 
-use std::{panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{panic::AssertUnwindSafe, time::Duration};
 
 use futures::FutureExt as _;
 use tokio::sync::mpsc;
 
 use crate::{
-    admin::AdminState,
-    config::Config,
     kubernetes::management::ManagementSource,
-    metrics::Metrics,
     probe::ProbeResult,
     publish::{Publisher, ZoneRecords},
     store::Writer,
@@ -52,55 +50,18 @@ mod faults;
 mod feed;
 pub mod panic_boundary;
 mod round;
+mod saved;
+mod shared;
 mod term;
 mod tick;
 
 pub use faults::TEST_FAULT;
 pub(crate) use feed::PolicyFeed;
 pub use panic_boundary::Quarantine;
+pub(crate) use shared::Shared;
+pub use shared::{TermEnd, TermError};
 
 use term::LeaderTerm;
-
-/// How a leadership term ended.
-#[derive(Debug)]
-pub enum TermEnd {
-    /// The process is shutting down.
-    Shutdown,
-    /// Leadership was lost (the lease expired or another replica took over).
-    Deposed,
-    /// The term could not go on.
-    Failed(TermError),
-}
-
-/// Why a term could not go on.
-#[derive(Debug, thiserror::Error)]
-pub enum TermError {
-    #[error("reading the last decision: {0}")]
-    ReadDecision(crate::store::Error),
-    #[error("starting the prober: {0}")]
-    Prober(crate::probe::Error),
-    #[error("saving the decision: {0}")]
-    SaveDecision(crate::store::Error),
-    #[error("the leader term panicked: {0}")]
-    Panicked(String),
-}
-
-/// What every term of this process shares.
-pub(crate) struct Shared {
-    pub config: Config,
-    pub metrics: Arc<Metrics>,
-    pub state: Arc<AdminState>,
-    pub policy_feed: PolicyFeed,
-    /// This replica's name in leader election, status and Events.
-    pub identity: String,
-    /// The namespace Lifeline runs in.
-    pub namespace: String,
-    /// The key that seals cached member kubeconfigs, when one is configured and loads.
-    pub credential_key: Option<Arc<crate::kubernetes::credentials::SealKey>>,
-    /// Honour the test-only fault annotation ([`TEST_FAULT`]). Tests set it; nothing
-    /// else does.
-    pub test_faults: bool,
-}
 
 /// Leads until `stop` completes (with `Shutdown` or `Deposed`) or the term fails. The
 /// management cluster is watched only during the term, so its load does not grow with

@@ -10,51 +10,23 @@
 //! a target whose failover DNS already answers.
 
 use std::{
-    hash::{Hash, Hasher},
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use lifeline_engine::{Decision, Override};
+use lifeline_engine::Decision;
 use tracing::{info, warn};
 
-use super::{panic_boundary::Owned, term::LeaderTerm};
+use super::{
+    panic_boundary::Owned,
+    saved::{fingerprint, saved_print},
+    term::{LeaderTerm, Overrides},
+};
 use crate::admin::View;
 
 /// Longest a decision may take before it counts as hung (deciding 10,000 policies takes
 /// well under a second).
 const DECIDE_LIMIT: Duration = Duration::from_secs(5);
-
-/// The overrides in force.
-#[derive(Debug, Default)]
-pub(super) struct Overrides {
-    pub list: Vec<Override>,
-    /// The store cannot be read: the last overrides read stay in force.
-    pub unreadable: bool,
-}
-
-/// What of the decision in force is known to be saved.
-#[derive(Debug)]
-pub(super) struct Saved {
-    /// The fingerprint of the decision's entries.
-    print: u64,
-    /// What survived the last save (see [`saved_print`]).
-    last: u64,
-    /// The last save failed: the next decision is saved whatever changed.
-    failed: bool,
-}
-
-impl Saved {
-    /// A decision as it was read from the store.
-    pub fn of(d: &Decision) -> Self {
-        let print = fingerprint(d);
-        Self {
-            print,
-            last: saved_print(print, d),
-            failed: false,
-        }
-    }
-}
 
 impl LeaderTerm<'_> {
     /// Decides, shows the decision, saves it when something that must survive a restart
@@ -211,36 +183,6 @@ impl LeaderTerm<'_> {
             }
         }
     }
-}
-
-/// A hash of what must survive a restart: every target's health and drain, by policy
-/// and cluster. The decision is saved only when it changes (streak counters alone are
-/// not worth an fsync each probe). A hash, not a copy: a copy of 100,000 targets held
-/// between decisions cost 8 MiB.
-fn fingerprint(d: &Decision) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (id, p) in &d.policies {
-        id.hash(&mut h);
-        p.targets.len().hash(&mut h);
-        for (cluster, t) in &p.targets {
-            cluster.hash(&mut h);
-            t.health.hash(&mut h);
-            t.drained.hash(&mut h);
-        }
-    }
-    h.finish()
-}
-
-/// What a saved decision must match: its entries' fingerprint and its alarms. Followers
-/// show the saved decision, so an alarm raised or cleared is saved even when no target
-/// changed (the blast-radius guard holds every target where it was).
-fn saved_print(entries: u64, d: &Decision) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    entries.hash(&mut h);
-    for a in &d.alarms {
-        std::mem::discriminant(&a.kind).hash(&mut h);
-    }
-    h.finish()
 }
 
 fn log_changes(before: &Decision, after: &Decision) {

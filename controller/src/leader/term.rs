@@ -10,17 +10,17 @@ use std::{
 };
 
 use lifeline_crds::document::PolicySnapshot;
-use lifeline_engine::{self as engine, Decision, Signals};
+use lifeline_engine::{self as engine, Decision, Override, Signals};
 use lifeline_model::hold::PolicyHold;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{
-    Shared, TermEnd, TermError, change_hold,
     faults::Faults,
     feed::usable_policies,
     panic_boundary::{Decider, Quarantine},
-    round::{Overrides, Saved},
+    saved::Saved,
+    shared::{Shared, TermEnd, TermError},
 };
 use crate::{
     admin::Known,
@@ -31,6 +31,14 @@ use crate::{
     publish::{Publisher, ZoneRecords},
     store::{Store, Writer},
 };
+
+/// The overrides in force.
+#[derive(Debug, Default)]
+pub(super) struct Overrides {
+    pub list: Vec<Override>,
+    /// The store cannot be read: the last overrides read stay in force.
+    pub unreadable: bool,
+}
 
 /// One term's state. Each event has one method; `lead` only dispatches.
 pub(super) struct LeaderTerm<'a> {
@@ -162,24 +170,6 @@ impl<'a> LeaderTerm<'a> {
             StatusTask::spawn(client, Duration::from_secs(5), shared.identity.clone())
         });
         (fleet, status)
-    }
-
-    /// Puts the term's first set in force: `current`, unless it is a sweeping change
-    /// from `last_good`, which then stays in force with `current` held.
-    async fn put_first_set(&mut self, current: PolicySnapshot, last_good: Option<PolicySnapshot>) {
-        let share = self.shared.config.policy_changes.max_removed_share;
-        match last_good {
-            Some(last)
-                if change_hold::check(&last, &current, share, SystemTime::now()).is_some() =>
-            {
-                self.adopt(last).await;
-                self.consider(current).await;
-            }
-            _ => {
-                self.adopt(current).await;
-                self.clear_hold().await;
-            }
-        }
     }
 
     /// With no decision to resume (lost, or unreadable with its good copy), each
