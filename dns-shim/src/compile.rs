@@ -316,6 +316,11 @@ pub struct ZoneTable {
     /// Set while `names` is not built yet: answers are built per query from the
     /// snapshot instead (see [`index_zone`]).
     pub lazy: Option<Lazy>,
+    /// The zone's configuration (SOA and NS data, who may transfer it).
+    pub config: Arc<ZoneConfig>,
+    /// The snapshot answers are made from, overrides applied: what a zone transfer
+    /// sends. Set by the shim; a table built without one refuses transfers.
+    pub served: Option<Arc<ZoneSnapshot>>,
 }
 
 /// What a lazily compiled zone answers from: the snapshot, and a way from a query name
@@ -436,7 +441,7 @@ impl CompileOptions {
     /// Every TTL served, from whatever source: at most a day (what validation allows a
     /// policy), then the stale cap. A snapshot file or store value that skipped
     /// validation cannot make resolvers keep an answer for years.
-    fn ttl(&self, ttl: u32) -> u32 {
+    pub(crate) fn ttl(&self, ttl: u32) -> u32 {
         let ttl = ttl.min(lifeline_model::limits::TTL_MAX);
         self.ttl_cap.map_or(ttl, |c| ttl.min(c))
     }
@@ -451,6 +456,7 @@ struct Prepared<V> {
     rejected: Vec<(String, String)>,
     soa_rdata: Vec<u8>,
     negative_ttl: u32,
+    config: Arc<ZoneConfig>,
 }
 
 impl<V> Prepared<V> {
@@ -475,6 +481,8 @@ impl<V> Prepared<V> {
             name_count: snapshot.names.len(),
             ttl_capped: opts.ttl_cap.is_some(),
             lazy,
+            config: self.config,
+            served: None,
         }
     }
 }
@@ -508,7 +516,7 @@ fn prepare<'s, V>(
         warn!(zone = %origin, %name, %problem, "record skipped");
     }
 
-    let serial = snapshot.revision as u32;
+    let serial = crate::transfer::serial(snapshot.revision);
     let mut soa_rdata = Vec::new();
     soa_rdata.extend(wire_or_root(&zone.primary_ns));
     soa_rdata.extend(wire_or_root(&zone.hostmaster));
@@ -529,6 +537,7 @@ fn prepare<'s, V>(
         rejected,
         soa_rdata,
         negative_ttl,
+        config: Arc::new(zone.clone()),
     }
 }
 
@@ -685,14 +694,38 @@ fn build_entries(cx: &Cx<'_>, records: &NameMap<&NameRecords>, apex: &[u8]) -> N
     names
 }
 
-fn wire_or_root(name: &str) -> Vec<u8> {
+/// SRV rdata: priority, weight, port, then the target uncompressed (RFC 2782).
+pub(crate) fn srv_rdata(r: &lifeline_model::Srv) -> Vec<u8> {
+    let mut rdata = Vec::new();
+    for v in [r.priority, r.weight, r.port] {
+        rdata.extend_from_slice(&v.to_be_bytes());
+    }
+    rdata.extend(wire_or_root(&r.target));
+    rdata
+}
+
+/// TXT rdata of one record: the text in character-strings of at most 255 bytes.
+pub(crate) fn txt_rdata(text: &str) -> Vec<u8> {
+    let mut rdata = Vec::new();
+    let bytes = text.as_bytes();
+    if bytes.is_empty() {
+        rdata.push(0);
+    }
+    for chunk in bytes.chunks(255) {
+        rdata.push(chunk.len() as u8);
+        rdata.extend_from_slice(chunk);
+    }
+    rdata
+}
+
+pub(crate) fn wire_or_root(name: &str) -> Vec<u8> {
     wire::normalize(name, "")
         .and_then(|n| wire::encode(&n))
         .unwrap_or_else(|_| vec![0])
 }
 
 /// Problems that make a name's records unservable as a whole.
-fn check_records(recs: &NameRecords, apex: bool) -> Option<String> {
+pub(crate) fn check_records(recs: &NameRecords, apex: bool) -> Option<String> {
     if recs.cname.is_some() {
         if apex {
             return Some("CNAME at the zone apex".into());
@@ -878,12 +911,13 @@ impl Cx<'_> {
         {
             let mut out = Vec::new();
             for r in &srv.records {
-                let mut rdata = Vec::new();
-                for v in [r.priority, r.weight, r.port] {
-                    rdata.extend_from_slice(&v.to_be_bytes());
-                }
-                rdata.extend(wire_or_root(&r.target));
-                wire::put_rr(&mut out, owner, TYPE_SRV, self.opts.ttl(srv.ttl), &rdata);
+                wire::put_rr(
+                    &mut out,
+                    owner,
+                    TYPE_SRV,
+                    self.opts.ttl(srv.ttl),
+                    &srv_rdata(r),
+                );
             }
             typed.push((TYPE_SRV, positive(srv.records.len(), out)));
         }
@@ -892,16 +926,13 @@ impl Cx<'_> {
         {
             let mut out = Vec::new();
             for r in &txt.records {
-                let mut rdata = Vec::new();
-                let bytes = r.as_bytes();
-                if bytes.is_empty() {
-                    rdata.push(0);
-                }
-                for chunk in bytes.chunks(255) {
-                    rdata.push(chunk.len() as u8);
-                    rdata.extend_from_slice(chunk);
-                }
-                wire::put_rr(&mut out, owner, TYPE_TXT, self.opts.ttl(txt.ttl), &rdata);
+                wire::put_rr(
+                    &mut out,
+                    owner,
+                    TYPE_TXT,
+                    self.opts.ttl(txt.ttl),
+                    &txt_rdata(r),
+                );
             }
             typed.push((TYPE_TXT, positive(txt.records.len(), out)));
         }

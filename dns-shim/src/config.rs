@@ -56,7 +56,33 @@ pub struct ZoneConfig {
     /// service.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_cross_namespace_services: bool,
+    /// Zone transfer to secondary servers (Lifeline as a hidden primary); off when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferConfig>,
 }
+
+/// Who may copy a zone, and who is told when it changes.
+///
+/// ```yaml
+/// transfer:
+///   allow: ["192.0.2.0/24"]     # source prefixes that may AXFR/IXFR over TCP
+///   notify: ["192.0.2.53:53"]   # secondaries sent a NOTIFY on each new serial
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TransferConfig {
+    /// Source prefixes allowed to transfer the zone; every other client is refused.
+    #[serde(default)]
+    pub allow: Vec<IpNet>,
+    /// Secondaries told of each new serial (RFC 1996), as `address:port`.
+    #[serde(default)]
+    pub notify: Vec<SocketAddr>,
+}
+
+/// Most secondaries a zone may notify, and most prefixes it may allow: each costs
+/// work on every change.
+pub const TRANSFER_PEERS_MAX: usize = 64;
 
 fn default_zone_ttl() -> u32 {
     3600
@@ -304,6 +330,30 @@ impl ZoneConfig {
         }
         if self.retry > self.refresh {
             p.push((format!("{path}.retry"), "should not exceed refresh".into()));
+        }
+        if let Some(t) = &self.transfer {
+            if t.allow.is_empty() && t.notify.is_empty() {
+                p.push((
+                    format!("{path}.transfer"),
+                    "lists no allowed prefix and no secondary to notify (remove transfer to turn it off)".into(),
+                ));
+            }
+            for (field, len) in [("allow", t.allow.len()), ("notify", t.notify.len())] {
+                if len > TRANSFER_PEERS_MAX {
+                    p.push((
+                        format!("{path}.transfer.{field}"),
+                        format!("lists {len}; at most {TRANSFER_PEERS_MAX}"),
+                    ));
+                }
+            }
+            for (i, a) in t.notify.iter().enumerate() {
+                if a.port() == 0 || a.ip().is_unspecified() {
+                    p.push((
+                        format!("{path}.transfer.notify[{i}]"),
+                        format!("{a} is not an address a NOTIFY can be sent to"),
+                    ));
+                }
+            }
         }
         p
     }

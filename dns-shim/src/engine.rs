@@ -156,8 +156,11 @@ impl Engine {
             wire::TYPE_OPT | wire::TYPE_TSIG | wire::TYPE_TKEY => {
                 return reject(out, wire::RCODE_FORMERR);
             }
-            // Zone transfers are not offered; the data lives in snapshots, not here.
-            wire::TYPE_AXFR | wire::TYPE_IXFR => return reject(out, wire::RCODE_REFUSED),
+            // Zone transfers run over TCP only (see `transfer`); this is UDP.
+            wire::TYPE_AXFR | wire::TYPE_IXFR => {
+                self.counters.transfers_refused.inc();
+                return reject(out, wire::RCODE_REFUSED);
+            }
             wire::TYPE_MAILA | wire::TYPE_MAILB => return reject(out, wire::RCODE_NOTIMP),
             _ => {}
         }

@@ -66,14 +66,16 @@ pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod persist;
 pub mod rrl;
 pub mod shim;
 pub mod source;
 pub mod standalone;
+pub mod transfer;
 pub mod wire;
 
-pub use config::{DnsConfig, GeoPrefix, RateLimitConfig, ZoneConfig};
+pub use config::{DnsConfig, GeoPrefix, RateLimitConfig, TransferConfig, ZoneConfig};
 pub use engine::{Engine, Transport};
 pub use lifeline_model::{
     AddressSet, Cname, NameRecords, Srv, SrvSet, Target, TxtSet, Update, ZonePatch, ZoneSnapshot,
@@ -104,6 +106,11 @@ pub enum Error {
     UnknownZone(String),
     #[error("zone {zone}: revision {got} is not newer than served revision {have}")]
     StaleRevision { zone: String, have: u64, got: u64 },
+    #[error(
+        "zone {zone}: revision {got} is {} past served revision {have}; the SOA serial (RFC 1982) can move at most 2^31-1 at once, so secondaries would take it for an older zone",
+        got.wrapping_sub(*have)
+    )]
+    SerialJump { zone: String, have: u64, got: u64 },
     #[error("zone {0}: a patch needs a snapshot to apply to")]
     NoBase(String),
     #[error("snapshot format version {0} is not supported")]

@@ -67,6 +67,16 @@ pub struct Counters {
     pub rate_limited: Count,
     /// Snapshots or override sets that could not be written (disk full, unwritable directory).
     pub persist_failures: Count,
+    /// Zone transfers sent whole (AXFR, or IXFR answered with the whole zone).
+    pub transfers_full: Count,
+    /// IXFR requests from a secondary already at the current serial.
+    pub transfers_current: Count,
+    /// Zone-transfer requests refused (not allowed, not a zone apex, over UDP).
+    pub transfers_refused: Count,
+    /// NOTIFY messages a secondary acknowledged.
+    pub notifies_acknowledged: Count,
+    /// NOTIFY attempts that got no acknowledgement (timed out, refused, unreachable).
+    pub notifies_failed: Count,
 }
 
 impl Default for Counters {
@@ -82,6 +92,11 @@ impl Default for Counters {
             dropped: Count::default(),
             rate_limited: Count::default(),
             persist_failures: Count::default(),
+            transfers_full: Count::default(),
+            transfers_current: Count::default(),
+            transfers_refused: Count::default(),
+            notifies_acknowledged: Count::default(),
+            notifies_failed: Count::default(),
         }
     }
 }
@@ -208,6 +223,35 @@ impl Collector for ShimMetrics {
             "Snapshots (or break-glass override sets) applied and answered but not written to the data directory (disk full, unwritable); the next change tries again",
             c.persist_failures.get(),
         )?;
+        for (name, help, value) in [
+            (
+                "lifeline_dns_transfers_full",
+                "Zone transfers sent whole: AXFR, or IXFR answered with the whole zone",
+                c.transfers_full.get(),
+            ),
+            (
+                "lifeline_dns_transfers_current",
+                "IXFR requests from a secondary that already had the current serial",
+                c.transfers_current.get(),
+            ),
+            (
+                "lifeline_dns_transfers_refused",
+                "Zone-transfer requests refused: source not allowed, name not a zone apex, or over UDP",
+                c.transfers_refused.get(),
+            ),
+            (
+                "lifeline_dns_notifies_acknowledged",
+                "NOTIFY messages a secondary acknowledged",
+                c.notifies_acknowledged.get(),
+            ),
+            (
+                "lifeline_dns_notifies_failed",
+                "NOTIFY attempts left unacknowledged (timed out, refused or unreachable); each is retried with backoff",
+                c.notifies_failed.get(),
+            ),
+        ] {
+            counter(&mut enc, name, help, value)?;
+        }
         {
             let mut m = enc.encode_descriptor(
                 "lifeline_dns_response_size_bytes",

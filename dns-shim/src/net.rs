@@ -321,19 +321,30 @@ async fn serve_connection(
         tokio::time::timeout_at(deadline, stream.read_exact(&mut buf[..len]))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "message read timed out"))??;
+        if let Some(messages) = engine.transfer(&buf[..len], peer) {
+            for message in messages {
+                write_framed(&mut stream, &message).await?;
+            }
+            continue;
+        }
         if engine.respond(&buf[..len], peer, Transport::Tcp, &mut out) {
-            // The engine never builds a message longer than a length prefix can say.
-            let Ok(prefix) = u16::try_from(out.len()) else {
-                return Err(io::Error::other("response too long for TCP framing"));
-            };
-            let mut framed = Vec::with_capacity(out.len() + 2);
-            framed.extend_from_slice(&prefix.to_be_bytes());
-            framed.extend_from_slice(&out);
-            tokio::time::timeout(TCP_IDLE, stream.write_all(&framed))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client does not read"))??;
+            write_framed(&mut stream, &out).await?;
         }
     }
+}
+
+/// Writes one message with its length prefix; a client that stops reading is dropped.
+async fn write_framed(stream: &mut TcpStream, message: &[u8]) -> io::Result<()> {
+    // The engine never builds a message longer than a length prefix can say.
+    let Ok(prefix) = u16::try_from(message.len()) else {
+        return Err(io::Error::other("response too long for TCP framing"));
+    };
+    let mut framed = Vec::with_capacity(message.len() + 2);
+    framed.extend_from_slice(&prefix.to_be_bytes());
+    framed.extend_from_slice(message);
+    tokio::time::timeout(TCP_IDLE, stream.write_all(&framed))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client does not read"))?
 }
 
 /// Open connections per client prefix.

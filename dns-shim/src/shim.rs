@@ -12,7 +12,7 @@ use std::{
 };
 
 use parking_lot::{Condvar, Mutex};
-use tokio::task::JoinHandle;
+use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, info_span, warn};
 
 use crate::{
@@ -159,6 +159,21 @@ impl Shim {
             })
         };
         running.tasks.lock().push(ticker);
+        for zone in &inner.zones {
+            let (Some(transfer), Some(serials)) = (&zone.transfer, inner.serials.get(&zone.origin))
+            else {
+                continue;
+            };
+            for secondary in &transfer.notify {
+                let task = crate::notify::tell(
+                    zone.origin.clone(),
+                    *secondary,
+                    serials.subscribe(),
+                    inner.engine.clone(),
+                );
+                running.tasks.lock().push(tokio::spawn(task));
+            }
+        }
         info!(udp = ?udp_addrs, tcp = ?tcp_addrs, ready = inner.state().ready, "dns shim listening");
         Ok(ShimHandle {
             inner,
@@ -360,6 +375,8 @@ struct Inner {
     /// Generation of the break-glass overrides on disk; `None` when they are not kept.
     overrides_generation: Option<AtomicU64>,
     persister: Arc<Persister>,
+    /// Serial last published per zone whose secondaries are notified.
+    serials: BTreeMap<String, watch::Sender<Option<u32>>>,
 }
 
 /// Writer-side state; only `apply` and the staleness ticker take this lock, never a query.
@@ -391,6 +408,11 @@ impl Inner {
                 z
             })
             .collect();
+        let serials = zones
+            .iter()
+            .filter(|z| z.transfer.as_ref().is_some_and(|t| !t.notify.is_empty()))
+            .map(|z| (z.origin.clone(), watch::Sender::new(None)))
+            .collect();
         let geo = Arc::new(GeoTable::new(&dns.geo));
         let stale_after = dns.stale_after;
         let limiter = dns.rate_limit.as_ref().map(RateLimiter::new);
@@ -421,6 +443,7 @@ impl Inner {
             overrides_applied: Mutex::new(Vec::new()),
             overrides_generation: options.break_glass.then(|| AtomicU64::new(0)),
             persister: Arc::new(Persister::default()),
+            serials,
         })
     }
 
@@ -464,12 +487,14 @@ impl Inner {
                     // Large zones are only indexed now and compiled once sockets are open:
                     // answering sooner beats answering faster during a restart.
                     let table = if snapshot.names.len() >= LAZY_FROM {
-                        compile::index_zone(
+                        let mut table = compile::index_zone(
                             zone,
                             snapshot.clone(),
                             self.geo.clone(),
                             self.compile_options(stale),
-                        )
+                        );
+                        table.served = Some(snapshot.clone());
+                        table
                     } else {
                         self.compile(zone, &snapshot, stale)
                     };
@@ -490,12 +515,18 @@ impl Inner {
         }
     }
 
-    fn compile(&self, zone: &ZoneConfig, snapshot: &ZoneSnapshot, stale: bool) -> ZoneTable {
+    fn compile(&self, zone: &ZoneConfig, snapshot: &Arc<ZoneSnapshot>, stale: bool) -> ZoneTable {
         let effective = {
             let overrides = self.overrides.lock();
-            lifeline_model::overrides::apply(snapshot, &overrides, SystemTime::now()).into_owned()
+            match lifeline_model::overrides::apply(snapshot, &overrides, SystemTime::now()) {
+                std::borrow::Cow::Borrowed(_) => snapshot.clone(),
+                std::borrow::Cow::Owned(changed) => Arc::new(changed),
+            }
         };
-        compile::compile_zone(zone, &effective, &self.geo, self.compile_options(stale))
+        let mut table =
+            compile::compile_zone(zone, &effective, &self.geo, self.compile_options(stale));
+        table.served = Some(effective);
+        table
     }
 
     /// Ids of the overrides in force now.
@@ -597,6 +628,13 @@ impl Inner {
             stale,
             pending,
         });
+        // Secondaries hear of a serial once it is answered here.
+        for (origin, serials) in &self.serials {
+            if let Some(table) = w.tables.get(origin) {
+                let serial = Some(crate::transfer::serial(table.revision));
+                serials.send_if_modified(|s| std::mem::replace(s, serial) != serial);
+            }
+        }
     }
 
     fn apply(&self, update: Update) -> Result<Applied> {
@@ -613,6 +651,15 @@ impl Inner {
             && update.revision() <= cur.revision
         {
             return Err(Error::StaleRevision {
+                zone: origin,
+                have: cur.revision,
+                got: update.revision(),
+            });
+        }
+        if let Some(cur) = current
+            && !crate::transfer::moves_forward(cur.revision, update.revision())
+        {
+            return Err(Error::SerialJump {
                 zone: origin,
                 have: cur.revision,
                 got: update.revision(),
@@ -638,12 +685,13 @@ impl Inner {
             warn!(zone = %origin, %name, %problem, "records refused");
         }
         w.confirmed_at = Some(SystemTime::now());
+        let next = Arc::new(next);
         let mut table = self.compile(zone, &next, false);
         table.rejected.extend(kept);
         let rejected = table.rejected.clone();
         w.tables.insert(origin.clone(), Arc::new(table));
         let revision = next.revision;
-        w.snapshots.insert(origin.clone(), Arc::new(next));
+        w.snapshots.insert(origin.clone(), next);
         self.publish(&w);
         // Served first, persisted second and elsewhere: a slow disk must not delay new
         // answers, nor the next update, nor anything that reads the writer state.

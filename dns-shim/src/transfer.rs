@@ -1,0 +1,323 @@
+//! Zone transfer: secondary servers copy a zone from us over TCP (AXFR, RFC 5936), or
+//! ask whether their copy is current (IXFR, RFC 1995). Lifeline is then a hidden
+//! primary: BIND, NSD, Knot or a provider's secondary service answer the world, and
+//! [`crate::notify`] tells them of each new serial.
+//!
+//! # What a secondary serves
+//!
+//! The zone as answers are made from it, break-glass overrides applied: every target
+//! the controller lists for a name (the healthy targets of the active tier) becomes an
+//! A or AAAA record. Per-query choices stay here: a secondary answers with all of them,
+//! without weights, without a `geo` choice and without a `maxAnswers` subset. A policy
+//! that must give fewer addresses lists fewer targets.
+//!
+//! # IXFR
+//!
+//! A secondary that sends its serial gets the current SOA alone when it is current;
+//! otherwise it gets the whole zone in AXFR form, which RFC 1995 §4 allows a server
+//! with no history of the difference.
+//!
+//! # Encoding
+//!
+//! Records are written with the encoders query answers use, so both say the same bytes.
+//! Every message carries the question; owners inside the zone are written as their own
+//! labels followed by a pointer to the question's name. A message holds at most
+//! 65,535 bytes, what TCP framing can carry. Requests are read with hickory-proto
+//! (the IXFR serial sits in the authority section).
+
+use std::net::{IpAddr, SocketAddr};
+
+use hickory_proto::{
+    op::Message,
+    rr::{RData, SerialNumber},
+};
+
+use crate::{
+    compile::{CompileOptions, ZoneTable, check_records, srv_rdata, txt_rdata, wire_or_root},
+    engine::Engine,
+    wire::{self, Parsed, Question},
+};
+use lifeline_model::{NameRecords, ZoneSnapshot};
+
+/// SOA serial of a zone revision: its low 32 bits. Revisions move forward by less than
+/// 2^31 at a time (the shim refuses larger jumps), so the serial moves forward too in
+/// RFC 1982's arithmetic, across restarts and leader changes alike.
+pub fn serial(revision: u64) -> u32 {
+    revision as u32
+}
+
+/// Whether a secondary holding revision `have` sees revision `next` as newer
+/// (RFC 1982 §3.2: a step of 1 to 2^31-1).
+pub fn moves_forward(have: u64, next: u64) -> bool {
+    next > have && next - have < 1 << 31
+}
+
+/// Largest message of a transfer stream: what a TCP length prefix can say.
+const MESSAGE_MAX: usize = 65_535;
+
+/// What a transfer request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// The whole zone.
+    Axfr,
+    /// What changed since this serial.
+    Ixfr(u32),
+}
+
+impl Engine {
+    /// The response to a zone-transfer request received over TCP, as the messages to
+    /// send in order; `None` when `raw` is not a transfer request (it is then answered
+    /// as a query). Never panics on input.
+    pub fn transfer(&self, raw: &[u8], peer: SocketAddr) -> Option<Vec<Vec<u8>>> {
+        let fast = wire::parse_fast(raw);
+        let full;
+        let q = match &fast {
+            Some(q) => q,
+            None => {
+                full = wire::parse_full(raw);
+                match &full {
+                    Parsed::Query(q) => q,
+                    _ => return None,
+                }
+            }
+        };
+        if q.qtype != wire::TYPE_AXFR && q.qtype != wire::TYPE_IXFR {
+            return None;
+        }
+        let compiled = self.live.load();
+        let (messages, rcode) = match self.stream(&compiled.zones, q, raw, peer.ip()) {
+            Ok(messages) => (messages, wire::RCODE_NOERROR),
+            Err(rcode) => {
+                self.counters.transfers_refused.inc();
+                let mut out = Vec::new();
+                wire::put_header(&mut out, q.id, 0, false, false, rcode, 1, 0, 0, 0);
+                out.extend_from_slice(&q.echo);
+                (vec![out], rcode)
+            }
+        };
+        let size = messages.iter().map(Vec::len).sum();
+        self.counters
+            .record(q.qtype, u16::from(rcode), size, compiled.stale);
+        Some(messages)
+    }
+
+    /// The messages of an allowed transfer, or the rcode of a refusal.
+    fn stream(
+        &self,
+        zones: &[std::sync::Arc<ZoneTable>],
+        q: &Question<'_>,
+        raw: &[u8],
+        peer: IpAddr,
+    ) -> Result<Vec<Vec<u8>>, u8> {
+        if q.qclass != wire::CLASS_IN {
+            return Err(wire::RCODE_REFUSED);
+        }
+        // Only a zone's apex names a zone; RFC 5936 §2.2.1 answers anything else NOTAUTH.
+        let Some(zone) = zones.iter().find(|z| *z.apex == *q.name()) else {
+            return Err(RCODE_NOTAUTH);
+        };
+        let allowed = zone
+            .config
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.allow.iter().any(|net| net.contains(&unmapped(peer))));
+        if !allowed {
+            return Err(wire::RCODE_REFUSED);
+        }
+        let Some(served) = &zone.served else {
+            return Err(wire::RCODE_SERVFAIL);
+        };
+        let asked = match q.qtype {
+            wire::TYPE_IXFR => Asked::Ixfr(ixfr_serial(raw).ok_or(wire::RCODE_FORMERR)?),
+            _ => Asked::Axfr,
+        };
+        let mut out = Stream::new(q);
+        let soa = soa_record(zone);
+        if let Asked::Ixfr(have) = asked
+            && SerialNumber::new(have) >= SerialNumber::new(serial(zone.revision))
+        {
+            // Current (or, oddly, ahead): the SOA alone says so (RFC 1995 §2).
+            out.push(&soa);
+            self.counters.transfers_current.inc();
+            return Ok(out.finish());
+        }
+        out.push(&soa);
+        whole_zone(zone, served, &mut out);
+        out.push(&soa);
+        self.counters.transfers_full.inc();
+        Ok(out.finish())
+    }
+}
+
+/// NOTAUTH (RFC 2136): this server is not authoritative for the zone asked for.
+const RCODE_NOTAUTH: u8 = 9;
+
+/// An IPv4 peer seen through an IPv6 socket, as its IPv4 address.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The serial an IXFR request says the secondary holds: the SOA in its authority
+/// section (RFC 1995 §3).
+fn ixfr_serial(raw: &[u8]) -> Option<u32> {
+    let message = Message::from_vec(raw).ok()?;
+    message.authorities.iter().find_map(|r| match &r.data {
+        RData::SOA(soa) => Some(soa.serial),
+        _ => None,
+    })
+}
+
+/// Owner bytes of a record of the zone's apex: a pointer to the question's name.
+const APEX: [u8; 2] = [0xC0, wire::HEADER_LEN as u8];
+
+fn soa_record(zone: &ZoneTable) -> Vec<u8> {
+    let mut rr = Vec::new();
+    let ttl = CompileOptions::default().ttl(zone.config.ttl);
+    wire::put_rr(&mut rr, &APEX, wire::TYPE_SOA, ttl, &zone.soa_rdata);
+    rr
+}
+
+/// Every record of the zone but the SOA: the apex NS set, then each servable name's
+/// records. Names are checked as compiling checks them, so a name no query can get is
+/// not sent to secondaries either.
+fn whole_zone(zone: &ZoneTable, served: &ZoneSnapshot, out: &mut Stream) {
+    let opts = CompileOptions::default();
+    let mut rr = Vec::new();
+    for ns in &zone.config.nameservers {
+        rr.clear();
+        let ttl = opts.ttl(zone.config.ttl);
+        wire::put_rr(&mut rr, &APEX, wire::TYPE_NS, ttl, &wire_or_root(ns));
+        out.push(&rr);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (name, recs) in &served.names {
+        let Ok(owner) = wire::owner_to_wire(name, &zone.apex) else {
+            continue;
+        };
+        let is_apex = *owner == *zone.apex;
+        if check_records(recs, is_apex).is_some() || !seen.insert(owner.clone()) {
+            continue;
+        }
+        let mut compressed = owner[..owner.len() - zone.apex.len()].to_vec();
+        compressed.extend_from_slice(&APEX);
+        records_of(&compressed, recs, opts, out);
+    }
+}
+
+/// The records of one name, owned by `owner`.
+fn records_of(owner: &[u8], recs: &NameRecords, opts: CompileOptions, out: &mut Stream) {
+    let mut rr = Vec::new();
+    let mut put = |rtype: u16, ttl: u32, rdata: &[u8]| {
+        rr.clear();
+        wire::put_rr(&mut rr, owner, rtype, opts.ttl(ttl), rdata);
+        out.push(&rr);
+    };
+    if let Some(c) = &recs.cname {
+        put(wire::TYPE_CNAME, c.ttl, &wire_or_root(&c.target));
+        return;
+    }
+    if let Some(set) = &recs.address {
+        let mut sent: Vec<IpAddr> = Vec::with_capacity(set.targets.len());
+        for t in &set.targets {
+            if sent.contains(&t.address) {
+                continue;
+            }
+            sent.push(t.address);
+            match t.address {
+                IpAddr::V4(a) => put(wire::TYPE_A, set.ttl, &a.octets()),
+                IpAddr::V6(a) => put(wire::TYPE_AAAA, set.ttl, &a.octets()),
+            }
+        }
+    }
+    if let Some(srv) = &recs.srv {
+        for r in &srv.records {
+            put(wire::TYPE_SRV, srv.ttl, &srv_rdata(r));
+        }
+    }
+    if let Some(txt) = &recs.txt {
+        for r in &txt.records {
+            put(wire::TYPE_TXT, txt.ttl, &txt_rdata(r));
+        }
+    }
+}
+
+/// Transfer messages being filled: each starts with the header and the question, and
+/// takes records until the next would not fit.
+struct Stream {
+    head: Vec<u8>,
+    current: Vec<u8>,
+    count: u16,
+    done: Vec<Vec<u8>>,
+}
+
+impl Stream {
+    fn new(q: &Question<'_>) -> Self {
+        let mut head = Vec::with_capacity(wire::HEADER_LEN + q.echo.len());
+        wire::put_header(
+            &mut head,
+            q.id,
+            0,
+            true,
+            false,
+            wire::RCODE_NOERROR,
+            1,
+            0,
+            0,
+            0,
+        );
+        head.extend_from_slice(&q.echo);
+        Self {
+            current: head.clone(),
+            head,
+            count: 0,
+            done: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, rr: &[u8]) {
+        if self.count > 0 && (self.current.len() + rr.len() > MESSAGE_MAX || self.count == u16::MAX)
+        {
+            self.seal();
+        }
+        self.current.extend_from_slice(rr);
+        self.count += 1;
+    }
+
+    /// Ends the current message: its answer count written, a fresh one begun.
+    fn seal(&mut self) {
+        self.current[6..8].copy_from_slice(&self.count.to_be_bytes());
+        let next = self.head.clone();
+        self.done.push(std::mem::replace(&mut self.current, next));
+        self.count = 0;
+    }
+
+    fn finish(mut self) -> Vec<Vec<u8>> {
+        if self.count > 0 {
+            self.seal();
+        }
+        self.done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_move_forward_in_rfc_1982_terms() {
+        assert!(moves_forward(1, 2));
+        assert!(moves_forward(1, 1 + (1 << 31) - 1));
+        assert!(!moves_forward(1, 1 + (1 << 31)));
+        assert!(!moves_forward(5, 5));
+        assert!(!moves_forward(5, 4));
+        // Across the 32-bit wrap the serial still reads as newer.
+        let have = u64::from(u32::MAX) - 1;
+        let next = have + 10;
+        assert!(moves_forward(have, next));
+        assert!(SerialNumber::new(serial(next)) > SerialNumber::new(serial(have)));
+        assert!(serial(next) < serial(have));
+    }
+}
