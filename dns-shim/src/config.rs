@@ -134,6 +134,47 @@ pub struct DnsConfig {
     /// Largest UDP response sent and the EDNS payload size advertised, bytes.
     #[serde(default = "default_max_udp_payload")]
     pub max_udp_payload: u16,
+    /// When a zone's journal of changes is folded into a new snapshot file.
+    #[serde(default)]
+    pub journal: JournalConfig,
+}
+
+/// When the journal of changes is folded into a whole snapshot (whichever comes
+/// first). Smaller numbers make restarts replay less and write whole zones more often.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Changes after which a snapshot is written.
+    #[serde(default = "default_compact_entries")]
+    pub compact_after_entries: u32,
+    /// Journal bytes after which a snapshot is written.
+    #[serde(default = "default_compact_bytes")]
+    pub compact_after_bytes: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            compact_after_entries: default_compact_entries(),
+            compact_after_bytes: default_compact_bytes(),
+        }
+    }
+}
+
+fn default_compact_entries() -> u32 {
+    crate::journal::Limits::default().entries as u32
+}
+fn default_compact_bytes() -> u64 {
+    crate::journal::Limits::default().bytes
+}
+
+impl JournalConfig {
+    pub(crate) fn limits(&self) -> crate::journal::Limits {
+        crate::journal::Limits {
+            entries: self.compact_after_entries as usize,
+            bytes: self.compact_after_bytes,
+        }
+    }
 }
 
 impl Default for DnsConfig {
@@ -148,6 +189,7 @@ impl Default for DnsConfig {
             rate_limit: None,
             source_dir: None,
             max_udp_payload: default_max_udp_payload(),
+            journal: JournalConfig::default(),
         }
     }
 }
@@ -241,6 +283,12 @@ impl DnsConfig {
                     format!("{} listed twice", g.prefix),
                 );
             }
+        }
+        if self.journal.compact_after_entries == 0 || self.journal.compact_after_bytes == 0 {
+            err(
+                "dns.journal".into(),
+                "compactAfterEntries and compactAfterBytes must be at least 1".into(),
+            );
         }
         if let Some(r) = &self.rate_limit {
             if r.responses_per_second == 0 {

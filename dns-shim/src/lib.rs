@@ -64,10 +64,12 @@ pub mod config;
 pub mod engine;
 pub mod files;
 pub mod http;
+pub mod journal;
 pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod persist;
+mod persister;
 pub mod rrl;
 pub mod shim;
 pub mod source;
@@ -75,7 +77,9 @@ pub mod standalone;
 pub mod transfer;
 pub mod wire;
 
-pub use config::{DnsConfig, GeoPrefix, RateLimitConfig, TransferConfig, ZoneConfig};
+pub use config::{
+    DnsConfig, GeoPrefix, JournalConfig, RateLimitConfig, TransferConfig, ZoneConfig,
+};
 pub use engine::{Engine, Transport};
 pub use lifeline_model::{
     AddressSet, Cname, NameRecords, Srv, SrvSet, Target, TxtSet, Update, ZonePatch, ZoneSnapshot,

@@ -338,6 +338,14 @@ fn generations(dir: &Path, stem: &str, suffix: &str) -> Vec<(u64, PathBuf)> {
     out
 }
 
+/// Revisions of the snapshot files of `zone` in `dir`, newest first.
+pub(crate) fn revisions(dir: &Path, zone: &str) -> Vec<u64> {
+    generations(dir, zone, SUFFIX)
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect()
+}
+
 /// Keeps `keep` (just written) and the newest valid older generation; removes the rest.
 fn prune(dir: &Path, stem: &str, suffix: &str, keep: u64, valid: impl Fn(&Path) -> bool) {
     let mut kept_previous = false;

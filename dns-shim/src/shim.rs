@@ -8,10 +8,10 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, info_span, warn};
 
@@ -20,8 +20,10 @@ use crate::{
     compile::{self, CompileOptions, Compiled, GeoTable, ZoneTable},
     config::{DnsConfig, ZoneConfig},
     engine::Engine,
+    journal,
     metrics::{Counters, ShimMetrics, StateView},
     net, persist,
+    persister::{Item, Persister},
     rrl::RateLimiter,
     wire,
 };
@@ -442,7 +444,7 @@ impl Inner {
             overrides: Mutex::new(Vec::new()),
             overrides_applied: Mutex::new(Vec::new()),
             overrides_generation: options.break_glass.then(|| AtomicU64::new(0)),
-            persister: Arc::new(Persister::default()),
+            persister: Arc::new(Persister::new(dns.journal.limits())),
             serials,
         })
     }
@@ -480,8 +482,10 @@ impl Inner {
             self.load_errors
                 .fetch_add(loaded.errors.len() as u64, Ordering::Relaxed);
             match loaded.snapshot {
-                Some((snapshot, path)) => {
-                    info!(zone = %zone.origin, revision = snapshot.revision, path = %path.display(), "persisted snapshot loaded");
+                Some((mut snapshot, path)) => {
+                    let base = snapshot.revision;
+                    self.replay_journal(&mut snapshot);
+                    info!(zone = %zone.origin, base, revision = snapshot.revision, path = %path.display(), "persisted snapshot loaded");
                     let snapshot = Arc::new(snapshot);
                     let stale = self.is_stale(&w, &snapshot);
                     // Large zones are only indexed now and compiled once sockets are open:
@@ -507,6 +511,36 @@ impl Inner {
             }
         }
         self.publish(&w);
+    }
+
+    /// Applies the journal kept beside `snapshot`'s file, and lets the writer append
+    /// after its last good entry.
+    fn replay_journal(&self, snapshot: &mut ZoneSnapshot) {
+        let base = snapshot.revision;
+        match journal::replay(&self.data_dir, snapshot) {
+            Ok(replayed) => {
+                if let Some(stop) = &replayed.stopped {
+                    self.load_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(zone = %snapshot.zone, base, revision = snapshot.revision, reason = %stop, "journal read up to its last good entry; the rest is dropped");
+                }
+                if replayed.good_bytes > 0
+                    && let Ok(appender) = journal::Appender::resume(
+                        &self.data_dir,
+                        &snapshot.zone,
+                        base,
+                        snapshot.revision,
+                        replayed.entries.len(),
+                        replayed.good_bytes,
+                    )
+                {
+                    self.persister.resume(&snapshot.zone, appender);
+                }
+            }
+            Err(e) => {
+                self.load_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(zone = %snapshot.zone, base, error = %e, "journal unreadable; serving the snapshot it builds on");
+            }
+        }
     }
 
     fn compile_options(&self, stale: bool) -> CompileOptions {
@@ -665,10 +699,17 @@ impl Inner {
                 got: update.revision(),
             });
         }
-        let mut next = match update {
-            Update::Replace(s) => s,
+        let (mut next, patch) = match update {
+            Update::Replace(mut s) => {
+                s.normalize_keys();
+                (s, None)
+            }
             Update::Patch(p) => match current {
-                Some(cur) => p.apply_to(cur),
+                Some(cur) => {
+                    let mut next = ZoneSnapshot::clone(cur);
+                    p.apply_in_place(&mut next);
+                    (next, Some(p))
+                }
                 None => return Err(Error::NoBase(origin)),
             },
         };
@@ -685,6 +726,11 @@ impl Inner {
             warn!(zone = %origin, %name, %problem, "records refused");
         }
         w.confirmed_at = Some(SystemTime::now());
+        let changes = w
+            .snapshots
+            .get(&origin)
+            .and_then(|cur| change_of(cur, &next, patch.as_ref()))
+            .map(|entry| vec![entry]);
         let next = Arc::new(next);
         let mut table = self.compile(zone, &next, false);
         table.rejected.extend(kept);
@@ -695,8 +741,13 @@ impl Inner {
         self.publish(&w);
         // Served first, persisted second and elsewhere: a slow disk must not delay new
         // answers, nor the next update, nor anything that reads the writer state.
-        self.persister
-            .queue(origin.clone(), Item::Zone(w.snapshots[&origin].clone()));
+        self.persister.queue(
+            origin.clone(),
+            Item::Zone {
+                snapshot: w.snapshots[&origin].clone(),
+                changes,
+            },
+        );
         drop(w);
         info!(zone = %origin, revision, rejected = rejected.len(), "snapshot applied");
         Ok(Applied {
@@ -797,86 +848,55 @@ impl ShimHandle {
 /// Queue key of the break-glass overrides (zone keys are origins, which never hold `@`).
 const OVERRIDES_KEY: &str = "@overrides";
 
-#[derive(Debug)]
-enum Item {
-    Zone(Arc<ZoneSnapshot>),
-    Overrides(Arc<persist::OverrideSet>),
-}
-
-/// Writes what `apply` and `set_overrides` queue, on a thread of its own. Only the
-/// newest state of each key waits: a change queued while the disk is slow replaces the
-/// one before it, so a stalled disk costs one write when it comes back, not a backlog.
-#[derive(Debug, Default)]
-struct Persister {
-    queue: Mutex<Queue>,
-    changed: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct Queue {
-    pending: BTreeMap<String, Item>,
-    /// A batch is being written.
-    busy: bool,
-    /// Keys whose last write failed.
-    failed: std::collections::BTreeSet<String>,
-    stopped: bool,
-}
-
-impl Persister {
-    fn queue(&self, key: String, item: Item) {
-        self.queue.lock().pending.insert(key, item);
-        self.changed.notify_all();
-    }
-
-    fn stop(&self) {
-        self.queue.lock().stopped = true;
-        self.changed.notify_all();
-    }
-
-    fn flush(&self, limit: Duration) -> Option<bool> {
-        let deadline = Instant::now() + limit;
-        let mut q = self.queue.lock();
-        while q.busy || !q.pending.is_empty() {
-            if self.changed.wait_until(&mut q, deadline).timed_out() {
+/// The journal entry taking `cur` to `next`: the names `patch` touched, or for a whole
+/// snapshot the names that differ. `None` when a whole snapshot is the smaller write.
+fn change_of(
+    cur: &ZoneSnapshot,
+    next: &ZoneSnapshot,
+    patch: Option<&lifeline_model::ZonePatch>,
+) -> Option<journal::Entry> {
+    let mut upsert = BTreeMap::new();
+    let mut delete = Vec::new();
+    let mut consider = |key: &String| match next.names.get(key) {
+        Some(r) if cur.names.get(key) != Some(r) => {
+            upsert.insert(key.clone(), r.clone());
+        }
+        Some(_) => {}
+        None if cur.names.contains_key(key) => delete.push(key.clone()),
+        None => {}
+    };
+    match patch {
+        Some(p) => {
+            let mut keys: Vec<String> = p
+                .delete
+                .iter()
+                .chain(p.upsert.keys())
+                .map(|n| next.key_of(n))
+                .collect();
+            keys.sort();
+            keys.dedup();
+            keys.iter().for_each(&mut consider);
+        }
+        None => {
+            cur.names
+                .keys()
+                .chain(next.names.keys())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .for_each(&mut consider);
+            if upsert.len() + delete.len() > next.names.len() / 2 + 16 {
                 return None;
             }
         }
-        Some(q.failed.is_empty())
     }
-
-    /// The writer loop: ends once stopped with nothing left to write.
-    fn run(&self, dir: &std::path::Path, failures: &crate::metrics::Count) {
-        loop {
-            let batch = {
-                let mut q = self.queue.lock();
-                while q.pending.is_empty() && !q.stopped {
-                    self.changed.wait(&mut q);
-                }
-                if q.pending.is_empty() {
-                    return;
-                }
-                q.busy = true;
-                std::mem::take(&mut q.pending)
-            };
-            for (key, item) in batch {
-                let written = match &item {
-                    Item::Zone(snapshot) => persist::write(dir, snapshot).map_err(|e| {
-                        warn!(zone = %snapshot.zone, revision = snapshot.revision, error = %e, "snapshot not persisted; answers go on from memory, and the next update writes again");
-                    }),
-                    Item::Overrides(set) => persist::write_overrides(dir, set).map_err(|e| {
-                        warn!(generation = set.generation, error = %e, "break-glass overrides not persisted; they stay in force in memory, and the next change writes again");
-                    }),
-                };
-                let mut q = self.queue.lock();
-                if written.is_ok() {
-                    q.failed.remove(&key);
-                } else {
-                    failures.inc();
-                    q.failed.insert(key);
-                }
-            }
-            self.queue.lock().busy = false;
-            self.changed.notify_all();
-        }
-    }
+    Some(journal::Entry {
+        from: cur.revision,
+        patch: lifeline_model::ZonePatch {
+            zone: next.zone.clone(),
+            revision: next.revision,
+            decided_at: next.decided_at,
+            upsert,
+            delete,
+        },
+    })
 }

@@ -213,7 +213,73 @@ impl ZonePatch {
     }
 }
 
+impl ZonePatch {
+    /// Applies the patch to `base` where it lies, touching only the names it lists.
+    /// `base` must have its keys in key form (see [`ZoneSnapshot::normalize_keys`]);
+    /// it keeps them so. Same result as [`Self::apply_to`], at the cost of the change
+    /// rather than of the zone.
+    pub fn apply_in_place(&self, base: &mut ZoneSnapshot) {
+        let origin = crate::name::normalize(&base.zone, "").unwrap_or_default();
+        for n in &self.delete {
+            base.names.remove(&key_form(n, &origin));
+        }
+        for (n, r) in &self.upsert {
+            base.names.insert(key_form(n, &origin), r.clone());
+        }
+        base.revision = self.revision;
+        base.decided_at = self.decided_at;
+        base.format = FORMAT_VERSION;
+    }
+}
+
+/// The one spelling a name is kept under: lower case, relative to the zone (`www`),
+/// the apex as the zone's name, a name outside the zone absolute with its trailing dot
+/// (`other.example.`), and a name that is not valid as it came.
+fn key_form(name: &str, origin: &str) -> String {
+    let Ok(n) = crate::name::normalize(name, origin) else {
+        return name.to_owned();
+    };
+    if n == origin {
+        return n;
+    }
+    match n.strip_suffix(origin).and_then(|r| r.strip_suffix('.')) {
+        Some(relative) if !origin.is_empty() => relative.to_owned(),
+        _ => format!("{n}."),
+    }
+}
+
 impl ZoneSnapshot {
+    /// The key `name` has in a snapshot whose keys are in key form.
+    pub fn key_of(&self, name: &str) -> String {
+        key_form(
+            name,
+            &crate::name::normalize(&self.zone, "").unwrap_or_default(),
+        )
+    }
+
+    /// Respells every key in key form, so that one name has one key and a patch can
+    /// find it without a scan. Of two spellings of one name the first in key order is
+    /// kept, as the server keeps it; returns the spellings dropped.
+    pub fn normalize_keys(&mut self) -> Vec<String> {
+        let origin = crate::name::normalize(&self.zone, "").unwrap_or_default();
+        if self.names.keys().all(|k| key_form(k, &origin) == *k) {
+            return Vec::new();
+        }
+        let mut dropped = Vec::new();
+        let mut names = BTreeMap::new();
+        for (k, r) in std::mem::take(&mut self.names) {
+            let key = key_form(&k, &origin);
+            match names.entry(key) {
+                std::collections::btree_map::Entry::Occupied(_) => dropped.push(k),
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(r);
+                }
+            }
+        }
+        self.names = names;
+        dropped
+    }
+
     /// An empty snapshot of `zone` (SOA and NS only).
     pub fn empty(zone: impl Into<String>, revision: u64, decided_at: SystemTime) -> Self {
         Self {
@@ -228,5 +294,70 @@ impl ZoneSnapshot {
     /// Age of the decision behind this snapshot at `now` (zero if it is from the future).
     pub fn age(&self, now: SystemTime) -> Duration {
         now.duration_since(self.decided_at).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(address: &str) -> NameRecords {
+        NameRecords {
+            address: Some(AddressSet {
+                ttl: 30,
+                targets: vec![Target {
+                    address: address.parse().unwrap(),
+                    cluster: "c".into(),
+                    region: "r".into(),
+                    weight: 1,
+                    share: None,
+                }],
+                max_answers: None,
+                geo: false,
+            }),
+            ..NameRecords::default()
+        }
+    }
+
+    #[test]
+    fn a_patch_in_place_gives_what_a_patch_on_a_copy_gives() {
+        let mut base = ZoneSnapshot::empty("Zone.Example", 1, SystemTime::UNIX_EPOCH);
+        for (k, a) in [
+            ("WWW", "192.0.2.1"),
+            ("api.zone.example.", "192.0.2.2"),
+            ("old", "192.0.2.3"),
+            ("www.zone.example", "192.0.2.9"),
+        ] {
+            base.names.insert(k.into(), at(a));
+        }
+        let patch = ZonePatch {
+            zone: "zone.example".into(),
+            revision: 2,
+            decided_at: SystemTime::UNIX_EPOCH,
+            upsert: [
+                ("Api".to_owned(), at("192.0.2.20")),
+                ("new.zone.example.".to_owned(), at("192.0.2.4")),
+            ]
+            .into(),
+            delete: vec!["OLD.zone.example".into()],
+        };
+        let mut copied = patch.apply_to(&base);
+        copied.normalize_keys();
+        let dropped = base.normalize_keys();
+        assert_eq!(
+            dropped,
+            ["www.zone.example"],
+            "one name, two spellings: the first is kept"
+        );
+        patch.apply_in_place(&mut base);
+        assert_eq!(base.names.keys().collect::<Vec<_>>(), ["api", "new", "www"]);
+        assert_eq!(base.names["api"], at("192.0.2.20"));
+        assert_eq!(base.revision, 2);
+        assert_eq!(base.key_of("NEW.zone.example."), "new");
+        assert_eq!(base.key_of("zone.example"), "zone.example");
+        assert_eq!(
+            copied.names.keys().collect::<Vec<_>>(),
+            ["api", "new", "www"]
+        );
     }
 }
