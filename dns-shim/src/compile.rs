@@ -321,6 +321,9 @@ pub struct ZoneTable {
     /// The snapshot answers are made from, overrides applied: what a zone transfer
     /// sends. Set by the shim; a table built without one refuses transfers.
     pub served: Option<Arc<ZoneSnapshot>>,
+    /// The changes that led to `served`, for IXFR; `None` when there are none to
+    /// offer (overrides change what is served, or nothing was kept).
+    pub history: Option<crate::transfer::History>,
 }
 
 /// What a lazily compiled zone answers from: the snapshot, and a way from a query name
@@ -483,6 +486,7 @@ impl<V> Prepared<V> {
             lazy,
             config: self.config,
             served: None,
+            history: None,
         }
     }
 }

@@ -69,6 +69,8 @@ pub struct Counters {
     pub persist_failures: Count,
     /// Zone transfers sent whole (AXFR, or IXFR answered with the whole zone).
     pub transfers_full: Count,
+    /// IXFR answered with only what changed since the secondary's serial.
+    pub transfers_incremental: Count,
     /// IXFR requests from a secondary already at the current serial.
     pub transfers_current: Count,
     /// Zone-transfer requests refused (not allowed, not a zone apex, over UDP).
@@ -93,6 +95,7 @@ impl Default for Counters {
             rate_limited: Count::default(),
             persist_failures: Count::default(),
             transfers_full: Count::default(),
+            transfers_incremental: Count::default(),
             transfers_current: Count::default(),
             transfers_refused: Count::default(),
             notifies_acknowledged: Count::default(),
@@ -228,6 +231,11 @@ impl Collector for ShimMetrics {
                 "lifeline_dns_transfers_full",
                 "Zone transfers sent whole: AXFR, or IXFR answered with the whole zone",
                 c.transfers_full.get(),
+            ),
+            (
+                "lifeline_dns_transfers_incremental",
+                "IXFR answered with only what changed since the secondary's serial",
+                c.transfers_incremental.get(),
             ),
             (
                 "lifeline_dns_transfers_current",

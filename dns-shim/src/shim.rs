@@ -377,6 +377,9 @@ struct Inner {
     /// Generation of the break-glass overrides on disk; `None` when they are not kept.
     overrides_generation: Option<AtomicU64>,
     persister: Arc<Persister>,
+    /// The changes kept per zone for IXFR, oldest first, at most
+    /// [`crate::transfer::HISTORY_MAX`].
+    history: Mutex<BTreeMap<String, Vec<Arc<crate::transfer::Change>>>>,
     /// Serial last published per zone whose secondaries are notified.
     serials: BTreeMap<String, watch::Sender<Option<u32>>>,
 }
@@ -445,6 +448,7 @@ impl Inner {
             overrides_applied: Mutex::new(Vec::new()),
             overrides_generation: options.break_glass.then(|| AtomicU64::new(0)),
             persister: Arc::new(Persister::new(dns.journal.limits())),
+            history: Mutex::new(BTreeMap::new()),
             serials,
         })
     }
@@ -498,6 +502,7 @@ impl Inner {
                             self.compile_options(stale),
                         );
                         table.served = Some(snapshot.clone());
+                        table.history = self.history_of(&zone.origin);
                         table
                     } else {
                         self.compile(zone, &snapshot, stale)
@@ -523,13 +528,22 @@ impl Inner {
                     self.load_errors.fetch_add(1, Ordering::Relaxed);
                     warn!(zone = %snapshot.zone, base, revision = snapshot.revision, reason = %stop, "journal read up to its last good entry; the rest is dropped");
                 }
+                let count = replayed.entries.len();
+                for (entry, before) in replayed.entries {
+                    let change = crate::transfer::Change {
+                        from: entry.from,
+                        to: entry.patch.revision,
+                        before,
+                    };
+                    self.remember(&snapshot.zone, Some(change));
+                }
                 if replayed.good_bytes > 0
                     && let Ok(appender) = journal::Appender::resume(
                         &self.data_dir,
                         &snapshot.zone,
                         base,
                         snapshot.revision,
-                        replayed.entries.len(),
+                        count,
                         replayed.good_bytes,
                     )
                 {
@@ -550,17 +564,42 @@ impl Inner {
     }
 
     fn compile(&self, zone: &ZoneConfig, snapshot: &Arc<ZoneSnapshot>, stale: bool) -> ZoneTable {
-        let effective = {
+        let (effective, overridden) = {
             let overrides = self.overrides.lock();
             match lifeline_model::overrides::apply(snapshot, &overrides, SystemTime::now()) {
-                std::borrow::Cow::Borrowed(_) => snapshot.clone(),
-                std::borrow::Cow::Owned(changed) => Arc::new(changed),
+                std::borrow::Cow::Borrowed(_) => (snapshot.clone(), false),
+                std::borrow::Cow::Owned(changed) => (Arc::new(changed), true),
             }
         };
         let mut table =
             compile::compile_zone(zone, &effective, &self.geo, self.compile_options(stale));
         table.served = Some(effective);
+        if !overridden {
+            table.history = self.history_of(&zone.origin);
+        }
         table
+    }
+
+    /// The changes kept for `origin`, as a table holds them.
+    fn history_of(&self, origin: &str) -> Option<crate::transfer::History> {
+        let history = self.history.lock();
+        let changes = history.get(origin)?;
+        (!changes.is_empty()).then(|| changes.as_slice().into())
+    }
+
+    /// Keeps `change` for IXFR, or forgets the zone's changes when there is none to
+    /// keep (a whole new snapshot).
+    fn remember(&self, origin: &str, change: Option<crate::transfer::Change>) {
+        let mut history = self.history.lock();
+        let changes = history.entry(origin.to_owned()).or_default();
+        match change {
+            Some(c) => {
+                changes.push(Arc::new(c));
+                let excess = changes.len().saturating_sub(crate::transfer::HISTORY_MAX);
+                changes.drain(..excess);
+            }
+            None => changes.clear(),
+        }
     }
 
     /// Ids of the overrides in force now.
@@ -726,11 +765,23 @@ impl Inner {
             warn!(zone = %origin, %name, %problem, "records refused");
         }
         w.confirmed_at = Some(SystemTime::now());
-        let changes = w
+        let entry = w
             .snapshots
             .get(&origin)
-            .and_then(|cur| change_of(cur, &next, patch.as_ref()))
-            .map(|entry| vec![entry]);
+            .and_then(|cur| Some((cur, change_of(cur, &next, patch.as_ref())?)))
+            .map(|(cur, entry)| {
+                let change = crate::transfer::Change {
+                    from: entry.from,
+                    to: entry.patch.revision,
+                    before: journal::touched_before(&entry.patch, cur),
+                };
+                (entry, change)
+            });
+        let (changes, change) = match entry {
+            Some((entry, change)) => (Some(vec![entry]), Some(change)),
+            None => (None, None),
+        };
+        self.remember(&origin, change);
         let next = Arc::new(next);
         let mut table = self.compile(zone, &next, false);
         table.rejected.extend(kept);

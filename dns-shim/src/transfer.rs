@@ -13,9 +13,14 @@
 //!
 //! # IXFR
 //!
-//! A secondary that sends its serial gets the current SOA alone when it is current;
-//! otherwise it gets the whole zone in AXFR form, which RFC 1995 §4 allows a server
-//! with no history of the difference.
+//! A secondary that sends its serial gets the current SOA alone when it is current.
+//! When the changes since its serial are still kept ([`HISTORY_MAX`] of them, also
+//! rebuilt from the journal at start), it gets them condensed into one difference:
+//! the records of every name touched since, as they were at its serial, deleted, and
+//! as they are now, added (RFC 1995 §4), leaving out records that did not change.
+//! Otherwise (history gone, a serial we never had, break-glass overrides in force, or
+//! a difference larger than the zone) it gets the whole zone in AXFR form, which
+//! RFC 1995 §4 allows.
 //!
 //! # Encoding
 //!
@@ -51,6 +56,21 @@ pub fn serial(revision: u64) -> u32 {
 pub fn moves_forward(have: u64, next: u64) -> bool {
     next > have && next - have < 1 << 31
 }
+
+/// Changes kept per zone for IXFR.
+pub const HISTORY_MAX: usize = 1000;
+
+/// One applied change, kept for IXFR: the revisions it took the zone between, and
+/// the records the names it touched had before it.
+#[derive(Debug)]
+pub struct Change {
+    pub from: u64,
+    pub to: u64,
+    pub before: crate::journal::Before,
+}
+
+/// The changes that led to a table's snapshot, oldest first.
+pub type History = std::sync::Arc<[std::sync::Arc<Change>]>;
 
 /// Largest message of a transfer stream: what a TCP length prefix can say.
 const MESSAGE_MAX: usize = 65_535;
@@ -141,6 +161,21 @@ impl Engine {
             self.counters.transfers_current.inc();
             return Ok(out.finish());
         }
+        if let Asked::Ixfr(have) = asked
+            && let Some((deleted, added)) = difference(zone, served, have)
+        {
+            let mut old = soa.clone();
+            let at = old.len() - 20;
+            old[at..at + 4].copy_from_slice(&have.to_be_bytes());
+            out.push(&soa);
+            out.push(&old);
+            deleted.iter().for_each(|rr| out.push(rr));
+            out.push(&soa);
+            added.iter().for_each(|rr| out.push(rr));
+            out.push(&soa);
+            self.counters.transfers_incremental.inc();
+            return Ok(out.finish());
+        }
         out.push(&soa);
         whole_zone(zone, served, &mut out);
         out.push(&soa);
@@ -180,6 +215,70 @@ fn soa_record(zone: &ZoneTable) -> Vec<u8> {
     rr
 }
 
+/// Records as a transfer writes them, one after the other.
+type Records = Vec<Vec<u8>>;
+
+/// The records to delete and to add to take a secondary at serial `have` to the
+/// table's revision, from the kept changes; `None` when they do not reach back to
+/// `have` or the difference is larger than the zone.
+fn difference(zone: &ZoneTable, served: &ZoneSnapshot, have: u32) -> Option<(Records, Records)> {
+    let history = zone.history.as_ref()?;
+    let last = history.last()?;
+    if last.to != zone.revision {
+        return None;
+    }
+    let start = history.iter().rposition(|c| serial(c.from) == have)?;
+    // The kept changes must follow each other from there.
+    if history[start..].windows(2).any(|w| w[0].to != w[1].from) {
+        return None;
+    }
+    let mut first_seen: std::collections::BTreeMap<&str, &Option<NameRecords>> =
+        std::collections::BTreeMap::new();
+    for change in &history[start..] {
+        for (key, before) in &change.before {
+            first_seen.entry(key.as_str()).or_insert(before);
+        }
+    }
+    if first_seen.len() > served.names.len() {
+        return None;
+    }
+    let (mut deleted, mut added) = (Vec::new(), Vec::new());
+    for (key, before) in first_seen {
+        let old = servable_records(zone, key, before.as_ref());
+        let new = servable_records(zone, key, served.names.get(key));
+        deleted.extend(old.iter().filter(|rr| !new.contains(rr)).cloned());
+        added.extend(new.iter().filter(|rr| !old.contains(rr)).cloned());
+    }
+    Some((deleted, added))
+}
+
+/// The records of `key` as a transfer sends them; none when the name cannot be served.
+fn servable_records(zone: &ZoneTable, key: &str, recs: Option<&NameRecords>) -> Records {
+    let Some(recs) = recs else {
+        return Vec::new();
+    };
+    let Some(owner) = compressed_owner(zone, key, recs) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    records_of(&owner, recs, CompileOptions::default(), &mut |rr| {
+        out.push(rr.to_vec())
+    });
+    out
+}
+
+/// The owner of `key`'s records in a transfer message (its labels, then a pointer to
+/// the question's name), when the name can be served.
+fn compressed_owner(zone: &ZoneTable, key: &str, recs: &NameRecords) -> Option<Vec<u8>> {
+    let owner = wire::owner_to_wire(key, &zone.apex).ok()?;
+    if check_records(recs, *owner == *zone.apex).is_some() {
+        return None;
+    }
+    let mut compressed = owner[..owner.len() - zone.apex.len()].to_vec();
+    compressed.extend_from_slice(&APEX);
+    Some(compressed)
+}
+
 /// Every record of the zone but the SOA: the apex NS set, then each servable name's
 /// records. Names are checked as compiling checks them, so a name no query can get is
 /// not sent to secondaries either.
@@ -194,26 +293,23 @@ fn whole_zone(zone: &ZoneTable, served: &ZoneSnapshot, out: &mut Stream) {
     }
     let mut seen = std::collections::HashSet::new();
     for (name, recs) in &served.names {
-        let Ok(owner) = wire::owner_to_wire(name, &zone.apex) else {
+        let Some(owner) = compressed_owner(zone, name, recs) else {
             continue;
         };
-        let is_apex = *owner == *zone.apex;
-        if check_records(recs, is_apex).is_some() || !seen.insert(owner.clone()) {
+        if !seen.insert(owner.clone()) {
             continue;
         }
-        let mut compressed = owner[..owner.len() - zone.apex.len()].to_vec();
-        compressed.extend_from_slice(&APEX);
-        records_of(&compressed, recs, opts, out);
+        records_of(&owner, recs, opts, &mut |rr| out.push(rr));
     }
 }
 
 /// The records of one name, owned by `owner`.
-fn records_of(owner: &[u8], recs: &NameRecords, opts: CompileOptions, out: &mut Stream) {
+fn records_of(owner: &[u8], recs: &NameRecords, opts: CompileOptions, out: &mut dyn FnMut(&[u8])) {
     let mut rr = Vec::new();
     let mut put = |rtype: u16, ttl: u32, rdata: &[u8]| {
         rr.clear();
         wire::put_rr(&mut rr, owner, rtype, opts.ttl(ttl), rdata);
-        out.push(&rr);
+        out(&rr);
     };
     if let Some(c) = &recs.cname {
         put(wire::TYPE_CNAME, c.ttl, &wire_or_root(&c.target));

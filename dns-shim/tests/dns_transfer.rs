@@ -275,6 +275,116 @@ fn ixfr_is_one_soa_for_a_current_secondary_and_the_whole_zone_otherwise() {
     assert_eq!(bare[0].1.metadata.response_code, ResponseCode::FormErr);
 }
 
+/// The records of a transfer between its opening SOA and its closing one.
+fn sections(messages: &[(usize, Message)]) -> Vec<Record> {
+    messages
+        .iter()
+        .flat_map(|(_, m)| m.answers.iter().cloned())
+        .collect()
+}
+
+fn patch(revision: u64, upsert: &[(&str, &str)], delete: &[&str]) -> Update {
+    Update::Patch(lifeline_dns::ZonePatch {
+        zone: ZONE.into(),
+        revision,
+        decided_at: std::time::SystemTime::now(),
+        upsert: upsert
+            .iter()
+            .map(|(n, a)| {
+                (
+                    n.to_string(),
+                    address(60, vec![target(a, "c1", "eu-west", 1)]),
+                )
+            })
+            .collect(),
+        delete: delete.iter().map(|d| d.to_string()).collect(),
+    })
+}
+
+#[test]
+fn ixfr_sends_only_what_changed_since_the_secondary_serial_even_after_a_restart() {
+    let zone = zone_with_transfer(serde_json::json!({"allow": ["127.0.0.0/8"]}));
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns_config(dir.path());
+    let ixfr = |shim: &ShimHandle, serial| {
+        sections(&transfer(
+            shim.tcp_addrs()[0],
+            "127.0.0.1",
+            &request("global.example.com.", RecordType::IXFR, Some(serial)),
+        ))
+    };
+    let shown = |r: &Record| format!("{} {} {}", r.name, r.record_type(), r.data);
+    {
+        let shim = rt
+            .block_on(Shim::start(&dns, std::slice::from_ref(&zone)))
+            .unwrap();
+        shim.apply(Update::Replace(snapshot(5))).unwrap();
+        shim.apply(patch(6, &[("www", "192.0.2.6")], &["info"]))
+            .unwrap();
+        shim.apply(patch(
+            7,
+            &[("www", "192.0.2.7"), ("new", "192.0.2.70")],
+            &[],
+        ))
+        .unwrap();
+        let records = ixfr(&shim, 5);
+        let serials: Vec<Option<u32>> = records
+            .iter()
+            .map(soa_serial)
+            .filter(Option::is_some)
+            .collect();
+        assert_eq!(
+            serials,
+            [Some(7), Some(5), Some(7), Some(7)],
+            "new, old, new, new"
+        );
+        let lines: Vec<String> = records
+            .iter()
+            .filter(|r| r.record_type() != RecordType::SOA)
+            .map(shown)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                // Deleted, as at serial 5.
+                "info.global.example.com. TXT v=lifeline1",
+                "www.global.example.com. A 192.0.2.1",
+                // Added, as now; the address www had at 6 never shows.
+                "new.global.example.com. A 192.0.2.70",
+                "www.global.example.com. A 192.0.2.7",
+            ]
+        );
+        assert_eq!(shim.engine().counters().transfers_incremental.get(), 1);
+        // A serial never served here: the whole zone.
+        let whole = ixfr(&shim, 4);
+        assert!(whole.len() > 10);
+        assert_eq!(shim.engine().counters().transfers_full.get(), 1);
+        assert_eq!(shim.flush(Duration::from_secs(30)), Some(true));
+        shim.shutdown();
+    }
+    // The journal brings the history back.
+    let shim = rt
+        .block_on(Shim::start(&dns, std::slice::from_ref(&zone)))
+        .unwrap();
+    let records = ixfr(&shim, 6);
+    let lines: Vec<String> = records
+        .iter()
+        .filter(|r| r.record_type() != RecordType::SOA)
+        .map(shown)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "www.global.example.com. A 192.0.2.6",
+            "new.global.example.com. A 192.0.2.70",
+            "www.global.example.com. A 192.0.2.7"
+        ]
+    );
+    assert_eq!(shim.engine().counters().transfers_incremental.get(), 1);
+    assert_eq!(shim.engine().counters().transfers_full.get(), 0);
+}
+
 #[test]
 fn a_revision_jump_the_serial_cannot_express_is_refused_and_answers_stay() {
     let (shim, _dir, _rt) = start_zone(zone_config(), Some(snapshot(10)));
