@@ -763,19 +763,21 @@ pub(crate) fn check_records(recs: &NameRecords, apex: bool) -> Option<String> {
 
 /// Gives each name of `next` whose records cannot be served, but whose records in
 /// `current` can, its `current` records back: one bad update to a name must not take
-/// away its last good answer. Returns those names with what was wrong.
+/// away its last good answer. Only the names `only` lists are looked at when given (a
+/// patch's names: the others did not change). Returns those names with what was wrong.
 pub fn keep_last_good(
     zone: &ZoneConfig,
     next: &mut ZoneSnapshot,
     current: &ZoneSnapshot,
+    only: Option<&[String]>,
 ) -> Vec<(String, String)> {
     let origin = wire::normalize(&zone.origin, "").unwrap_or_default();
     let apex = wire::encode(&origin).unwrap_or_else(|_| vec![0]);
     let mut kept = Vec::new();
-    for (name, recs) in &mut next.names {
+    let mut keep = |name: &String, recs: &mut NameRecords| {
         let is_apex = wire::owner_to_wire(name, &apex).is_ok_and(|w| *w == *apex);
         let Some(problem) = check_records(recs, is_apex) else {
-            continue;
+            return;
         };
         if let Some(old) = current.names.get(name)
             && check_records(old, is_apex).is_none()
@@ -786,6 +788,16 @@ pub fn keep_last_good(
                 format!("{problem}; the previous records are still served"),
             ));
         }
+    };
+    match only {
+        Some(keys) => {
+            for name in keys {
+                if let Some(recs) = next.names.get_mut(name) {
+                    keep(name, recs);
+                }
+            }
+        }
+        None => next.names.iter_mut().for_each(|(n, r)| keep(n, r)),
     }
     kept
 }

@@ -198,8 +198,8 @@ fn replay_bytes(bytes: &[u8], snapshot: &mut ZoneSnapshot, base: u64) -> Replaye
     out
 }
 
-/// The records the names `patch` touches have in `snapshot` now (keys in key form).
-pub fn touched_before(patch: &ZonePatch, snapshot: &ZoneSnapshot) -> Before {
+/// The keys of the names `patch` touches in `snapshot`, sorted, each once.
+pub fn touched_keys(patch: &ZonePatch, snapshot: &ZoneSnapshot) -> Vec<String> {
     let mut keys: Vec<String> = patch
         .delete
         .iter()
@@ -208,7 +208,13 @@ pub fn touched_before(patch: &ZonePatch, snapshot: &ZoneSnapshot) -> Before {
         .collect();
     keys.sort();
     keys.dedup();
-    keys.into_iter()
+    keys
+}
+
+/// The records the names `patch` touches have in `snapshot` now (keys in key form).
+pub fn touched_before(patch: &ZonePatch, snapshot: &ZoneSnapshot) -> Before {
+    touched_keys(patch, snapshot)
+        .into_iter()
         .map(|k| {
             let before = snapshot.names.get(&k).cloned();
             (k, before)

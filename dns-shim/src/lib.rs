@@ -10,9 +10,10 @@
 //!  controller ──Update::Replace(ZoneSnapshot)──┐      (or a source: directory, etcd)
 //!             ──Update::Patch(ZonePatch)───────┤
 //!                                              ▼
-//!                                   ShimHandle::apply ──► persist: <zone>@<rev>.snapshot
-//!                                              │           (checksum, temp+fsync+rename,
-//!                                              │            two generations kept)
+//!                                   ShimHandle::apply ──► persister thread: the change
+//!                                              │           appended to <zone>@<base>.journal,
+//!                                              │           folded now and then into
+//!                                              │           <zone>@<rev>.snapshot
 //!                                       compile_zone
 //!                                              │ per (name, type): pre-serialised answers
 //!                                              ▼
@@ -53,6 +54,12 @@
 //! Data is current while a source is connected. Once none has been for `staleAfter`,
 //! answers keep flowing with TTLs capped at `staleTtl` (RFC 8767) and are counted as
 //! stale; nothing is ever removed because a source went away.
+//!
+//! # Secondaries
+//!
+//! A zone with a `transfer` section can be copied by other DNS servers: AXFR and IXFR
+//! over TCP ([`transfer`]), and a NOTIFY to each listed secondary on every new serial
+//! ([`notify`]).
 
 #![forbid(unsafe_code)]
 

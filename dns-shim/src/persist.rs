@@ -1,4 +1,6 @@
 //! Snapshots on disk: one file per zone and revision, checksummed, written atomically.
+//! The changes made since each snapshot sit beside it in its journal
+//! ([`crate::journal`]); a snapshot is written when the journal is folded into one.
 //!
 //! File `<zone>@<revision>.snapshot` in the data directory holds one line of header
 //! (`lifeline-snapshot 2 sha256=<hex> len=<bytes>`) and the [`ZoneSnapshot`] as JSON

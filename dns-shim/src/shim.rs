@@ -758,7 +758,10 @@ impl Inner {
         next.zone = origin.clone();
         // A name whose new records cannot be served keeps the records it had.
         let kept = match w.snapshots.get(&origin) {
-            Some(cur) => compile::keep_last_good(zone, &mut next, cur),
+            Some(cur) => {
+                let touched = patch.as_ref().map(|p| journal::touched_keys(p, &next));
+                compile::keep_last_good(zone, &mut next, cur, touched.as_deref())
+            }
             None => Vec::new(),
         };
         for (name, problem) in &kept {
@@ -917,17 +920,9 @@ fn change_of(
         None => {}
     };
     match patch {
-        Some(p) => {
-            let mut keys: Vec<String> = p
-                .delete
-                .iter()
-                .chain(p.upsert.keys())
-                .map(|n| next.key_of(n))
-                .collect();
-            keys.sort();
-            keys.dedup();
-            keys.iter().for_each(&mut consider);
-        }
+        Some(p) => journal::touched_keys(p, next)
+            .iter()
+            .for_each(&mut consider),
         None => {
             cur.names
                 .keys()

@@ -258,6 +258,38 @@ fn target_status(cluster: &str, t: &lifeline_engine::TargetState) -> TargetStatu
     }
 }
 
+/// The status of a member cluster read from no API: static, or its kubeconfig not
+/// loaded (`unloaded` says why).
+fn without_view(
+    generation: Option<i64>,
+    unloaded: Option<&str>,
+    now: SystemTime,
+) -> MemberClusterStatus {
+    let ready = match unloaded {
+        Some(reason) => condition(
+            "Ready",
+            false,
+            "KubeconfigUnavailable",
+            format!("{reason}; retried with backoff, its targets keep their last known state"),
+            generation,
+            now,
+        ),
+        None => condition(
+            "Ready",
+            true,
+            "Static",
+            "addresses are listed; no API access needed".to_owned(),
+            generation,
+            now,
+        ),
+    };
+    MemberClusterStatus {
+        conditions: vec![ready],
+        observed_generation: generation,
+        ..MemberClusterStatus::default()
+    }
+}
+
 /// The status of one member cluster from its watcher's view (`None`: a static cluster,
 /// or one whose kubeconfig could not be loaded, `unloaded` says why).
 pub fn cluster_status(
@@ -267,33 +299,8 @@ pub fn cluster_status(
 ) -> MemberClusterStatus {
     let generation = c.metadata.generation;
     let now = SystemTime::now();
-    if let (None, Some(reason)) = (view, unloaded) {
-        return MemberClusterStatus {
-            conditions: vec![condition(
-                "Ready",
-                false,
-                "KubeconfigUnavailable",
-                format!("{reason}; retried with backoff, its targets keep their last known state"),
-                generation,
-                now,
-            )],
-            observed_generation: generation,
-            ..MemberClusterStatus::default()
-        };
-    }
     let Some(view) = view else {
-        return MemberClusterStatus {
-            conditions: vec![condition(
-                "Ready",
-                true,
-                "Static",
-                "addresses are listed; no API access needed".to_owned(),
-                generation,
-                now,
-            )],
-            observed_generation: generation,
-            ..MemberClusterStatus::default()
-        };
+        return without_view(generation, unloaded, now);
     };
     let since = match view.control_plane {
         crate::kubernetes::budget::ControlPlane::Unreachable { since } => Some(time(since)),
