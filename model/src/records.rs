@@ -248,6 +248,35 @@ fn key_form(name: &str, origin: &str) -> String {
     }
 }
 
+/// Whether `key` is already spelled as [`key_form`] spells it, told without
+/// allocating: a start checks every key of a large zone. `false` may only mean "not
+/// sure" (the caller then respells).
+fn is_key_form(key: &str, origin: &str) -> bool {
+    if key == origin {
+        return true;
+    }
+    if key.is_empty()
+        || key == "@"
+        || key
+            .bytes()
+            .any(|b| b.is_ascii_uppercase() || b.is_ascii_whitespace())
+    {
+        return false;
+    }
+    let within = |name: &str| {
+        name == origin
+            || name
+                .strip_suffix(origin)
+                .is_some_and(|rest| rest.ends_with('.'))
+    };
+    match key.strip_suffix('.') {
+        // Absolute: only names outside the zone keep that spelling.
+        Some(absolute) => !absolute.is_empty() && !within(absolute),
+        // Relative: must not spell the zone's suffix out.
+        None => !within(key),
+    }
+}
+
 impl ZoneSnapshot {
     /// The key `name` has in a snapshot whose keys are in key form.
     pub fn key_of(&self, name: &str) -> String {
@@ -262,7 +291,7 @@ impl ZoneSnapshot {
     /// kept, as the server keeps it; returns the spellings dropped.
     pub fn normalize_keys(&mut self) -> Vec<String> {
         let origin = crate::name::normalize(&self.zone, "").unwrap_or_default();
-        if self.names.keys().all(|k| key_form(k, &origin) == *k) {
+        if self.names.keys().all(|k| is_key_form(k, &origin)) {
             return Vec::new();
         }
         let mut dropped = Vec::new();
@@ -359,5 +388,35 @@ mod tests {
             copied.names.keys().collect::<Vec<_>>(),
             ["api", "new", "www"]
         );
+    }
+
+    #[test]
+    fn the_quick_check_never_calls_a_respelled_key_settled() {
+        let origin = "zone.example";
+        for k in [
+            "www",
+            "WWW",
+            "www.zone.example",
+            "www.zone.example.",
+            "zone.example",
+            "zone.example.",
+            "@",
+            "other.example.",
+            "other.example",
+            "a.b",
+            "xzone.example",
+            "a..b",
+            " www",
+            "",
+            ".",
+        ] {
+            if is_key_form(k, origin) {
+                assert_eq!(key_form(k, origin), k, "{k:?}");
+            }
+        }
+        assert!(is_key_form("www", origin));
+        assert!(is_key_form("zone.example", origin));
+        assert!(is_key_form("other.example.", origin));
+        assert!(!is_key_form("www.zone.example", origin));
     }
 }
