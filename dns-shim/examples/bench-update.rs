@@ -289,6 +289,7 @@ fn warm_start(work: &Path, names: usize, pending: usize) -> Result<()> {
         .map(|r| journal::Entry {
             from: r - 1,
             patch: patch(r),
+            serials: None,
         })
         .collect();
     for chunk in entries.chunks(1000) {

@@ -301,8 +301,10 @@ pub struct ZoneTable {
     pub origin: String,
     pub apex: Box<[u8]>,
     pub revision: u64,
+    /// The SOA serial answered (see [`crate::serial`]).
+    pub serial: u32,
     pub decided_at: SystemTime,
-    /// SOA record rdata (serial = revision).
+    /// SOA record rdata.
     pub soa_rdata: Box<[u8]>,
     /// TTL of the SOA in negative answers (RFC 2308 §5: min of SOA TTL and MINIMUM).
     pub negative_ttl: u32,
@@ -438,6 +440,9 @@ impl ZoneTable {
 pub struct CompileOptions {
     /// Cap every TTL at this value (serving stale data, RFC 8767).
     pub ttl_cap: Option<u32>,
+    /// The SOA serial; the revision's low 32 bits when absent (a table built outside
+    /// a shim, which keeps the serial's rule in [`crate::serial`]).
+    pub serial: Option<u32>,
 }
 
 impl CompileOptions {
@@ -457,6 +462,7 @@ struct Prepared<V> {
     /// Servable names by wire form, each with what `prepare`'s caller keeps of it.
     records: NameMap<V>,
     rejected: Vec<(String, String)>,
+    serial: u32,
     soa_rdata: Vec<u8>,
     negative_ttl: u32,
     config: Arc<ZoneConfig>,
@@ -476,6 +482,7 @@ impl<V> Prepared<V> {
             origin: self.origin,
             apex: self.apex,
             revision: snapshot.revision,
+            serial: self.serial,
             decided_at: snapshot.decided_at,
             soa_rdata: self.soa_rdata.into(),
             negative_ttl: self.negative_ttl,
@@ -520,7 +527,9 @@ fn prepare<'s, V>(
         warn!(zone = %origin, %name, %problem, "record skipped");
     }
 
-    let serial = crate::transfer::serial(snapshot.revision);
+    let serial = opts
+        .serial
+        .unwrap_or_else(|| crate::transfer::serial(snapshot.revision));
     let mut soa_rdata = Vec::new();
     soa_rdata.extend(wire_or_root(&zone.primary_ns));
     soa_rdata.extend(wire_or_root(&zone.hostmaster));
@@ -539,6 +548,7 @@ fn prepare<'s, V>(
         apex,
         records,
         rejected,
+        serial,
         soa_rdata,
         negative_ttl,
         config: Arc::new(zone.clone()),
@@ -1184,7 +1194,10 @@ mod tests {
         let opts = CompileOptions::default();
         assert_eq!(opts.ttl(u32::MAX), lifeline_model::limits::TTL_MAX);
         assert_eq!(opts.ttl(30), 30);
-        let stale = CompileOptions { ttl_cap: Some(30) };
+        let stale = CompileOptions {
+            ttl_cap: Some(30),
+            ..CompileOptions::default()
+        };
         assert_eq!(stale.ttl(u32::MAX), 30);
     }
 

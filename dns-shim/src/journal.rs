@@ -73,6 +73,10 @@ pub type Before = Vec<(String, Option<lifeline_model::NameRecords>)>;
 pub struct Entry {
     pub from: u64,
     pub patch: ZonePatch,
+    /// The SOA serials the change took the zone between, for IXFR after a restart;
+    /// absent in entries written before serials were kept (those offer no IXFR).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serials: Option<[u32; 2]>,
 }
 
 /// The journal's path for the snapshot of `zone` at `base`.
@@ -338,6 +342,7 @@ mod tests {
                 upsert: BTreeMap::from([(name.to_owned(), txt(text))]),
                 delete: Vec::new(),
             },
+            serials: None,
         }
     }
 

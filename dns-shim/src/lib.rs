@@ -78,6 +78,7 @@ pub mod notify;
 pub mod persist;
 mod persister;
 pub mod rrl;
+pub mod serial;
 pub mod shim;
 pub mod source;
 pub mod standalone;

@@ -43,6 +43,11 @@ pub(crate) enum Item {
         changes: Option<Vec<Entry>>,
     },
     Overrides(Arc<persist::OverrideSet>),
+    /// The serial a zone answers with, and what it was given for.
+    Serial {
+        zone: String,
+        served: crate::serial::Served,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -146,6 +151,9 @@ impl Persister {
                     }
                     Item::Overrides(set) => persist::write_overrides(dir, set).map(drop).map_err(|e| {
                         warn!(generation = set.generation, error = %e, "break-glass overrides not persisted; they stay in force in memory, and the next change writes again");
+                    }),
+                    Item::Serial { zone, served } => crate::serial::write(dir, zone, served).map_err(|e| {
+                        warn!(%zone, serial = served.serial, error = %e, "serial not kept; a restart moves it again from the clock");
                     }),
                 };
                 let mut q = self.queue.lock();

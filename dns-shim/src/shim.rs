@@ -25,9 +25,10 @@ use crate::{
     net, persist,
     persister::{Item, Persister},
     rrl::RateLimiter,
+    serial::{self, Served},
     wire,
 };
-use lifeline_model::{Update, ZoneSnapshot};
+use lifeline_model::{Update, ZoneSnapshot, overrides::Override};
 
 /// Zones with at least this many names are indexed at start and compiled afterwards.
 const LAZY_FROM: usize = 10_000;
@@ -340,6 +341,8 @@ pub struct ShimState {
 pub struct ZoneState {
     pub origin: String,
     pub revision: Option<u64>,
+    /// The SOA serial answered (see [`crate::serial`]).
+    pub serial: Option<u32>,
     pub decided_at: Option<SystemTime>,
     /// Time since the decision behind the served data.
     pub age: Option<Duration>,
@@ -382,6 +385,8 @@ struct Inner {
     history: Mutex<BTreeMap<String, Vec<Arc<crate::transfer::Change>>>>,
     /// Serial last published per zone whose secondaries are notified.
     serials: BTreeMap<String, watch::Sender<Option<u32>>>,
+    /// Digest of each zone's answer-shaping settings, by origin.
+    settings: BTreeMap<String, u64>,
 }
 
 /// Writer-side state; only `apply` and the staleness ticker take this lock, never a query.
@@ -392,6 +397,8 @@ struct Writer {
     tables: BTreeMap<String, Arc<ZoneTable>>,
     /// Last moment a source vouched for the data (connected or delivered an update).
     confirmed_at: Option<SystemTime>,
+    /// The serial each zone answers with, and the basis it was given for.
+    served: BTreeMap<String, Served>,
 }
 
 impl StateView for Inner {
@@ -417,6 +424,10 @@ impl Inner {
             .iter()
             .filter(|z| z.transfer.as_ref().is_some_and(|t| !t.notify.is_empty()))
             .map(|z| (z.origin.clone(), watch::Sender::new(None)))
+            .collect();
+        let settings = zones
+            .iter()
+            .map(|z| (z.origin.clone(), serial::settings_digest(z)))
             .collect();
         let geo = Arc::new(GeoTable::new(&dns.geo));
         let stale_after = dns.stale_after;
@@ -450,6 +461,7 @@ impl Inner {
             persister: Arc::new(Persister::new(dns.journal.limits())),
             history: Mutex::new(BTreeMap::new()),
             serials,
+            settings,
         })
     }
 
@@ -492,20 +504,35 @@ impl Inner {
                     info!(zone = %zone.origin, base, revision = snapshot.revision, path = %path.display(), "persisted snapshot loaded");
                     let snapshot = Arc::new(snapshot);
                     let stale = self.is_stale(&w, &snapshot);
+                    // The serial kept beside the snapshots; without one (a lost volume,
+                    // or a first start of this version) the one a secondary may hold
+                    // from the revision, which the clock then moves past.
+                    let kept = serial::load(&self.data_dir, &zone.origin).unwrap_or(Served {
+                        serial: crate::transfer::serial(snapshot.revision),
+                        basis: 0,
+                    });
+                    w.served.insert(zone.origin.clone(), kept);
+                    let now = SystemTime::now();
                     // Large zones are only indexed now and compiled once sockets are open:
-                    // answering sooner beats answering faster during a restart.
+                    // answering sooner beats answering faster during a restart. The
+                    // overrides in force apply from the first answer either way.
                     let table = if snapshot.names.len() >= LAZY_FROM {
+                        let (effective, overrides) = self.effective(&snapshot);
+                        let serial =
+                            self.serial_for(&mut w, zone, snapshot.revision, overrides, stale, now);
                         let mut table = compile::index_zone(
                             zone,
-                            snapshot.clone(),
+                            effective.clone(),
                             self.geo.clone(),
-                            self.compile_options(stale),
+                            self.compile_options(stale, serial),
                         );
-                        table.served = Some(snapshot.clone());
-                        table.history = self.history_of(&zone.origin);
+                        if overrides == 0 {
+                            table.history = self.history_of(&zone.origin);
+                        }
+                        table.served = Some(effective);
                         table
                     } else {
-                        self.compile(zone, &snapshot, stale)
+                        self.compile(&mut w, zone, &snapshot, stale, now)
                     };
                     w.tables.insert(zone.origin.clone(), Arc::new(table));
                     w.snapshots.insert(zone.origin.clone(), snapshot);
@@ -530,12 +557,13 @@ impl Inner {
                 }
                 let count = replayed.entries.len();
                 for (entry, before) in replayed.entries {
-                    let change = crate::transfer::Change {
-                        from: entry.from,
-                        to: entry.patch.revision,
+                    // An entry without serials breaks the chain IXFR follows.
+                    let change = entry.serials.map(|[from, to]| crate::transfer::Change {
+                        from,
+                        to,
                         before,
-                    };
-                    self.remember(&snapshot.zone, Some(change));
+                    });
+                    self.remember(&snapshot.zone, change);
                 }
                 if replayed.good_bytes > 0
                     && let Ok(appender) = journal::Appender::resume(
@@ -557,22 +585,101 @@ impl Inner {
         }
     }
 
-    fn compile_options(&self, stale: bool) -> CompileOptions {
+    fn compile_options(&self, stale: bool, serial: u32) -> CompileOptions {
         CompileOptions {
             ttl_cap: stale.then_some(self.stale_ttl),
+            serial: Some(serial),
         }
     }
 
-    fn compile(&self, zone: &ZoneConfig, snapshot: &Arc<ZoneSnapshot>, stale: bool) -> ZoneTable {
-        let (effective, overridden) = {
-            let overrides = self.overrides.lock();
-            match lifeline_model::overrides::apply(snapshot, &overrides, SystemTime::now()) {
-                std::borrow::Cow::Borrowed(_) => (snapshot.clone(), false),
-                std::borrow::Cow::Owned(changed) => (Arc::new(changed), true),
+    /// What `snapshot` answers with the overrides in force, and a digest of the
+    /// overrides when they change it (0 when they change nothing).
+    fn effective(&self, snapshot: &Arc<ZoneSnapshot>) -> (Arc<ZoneSnapshot>, u64) {
+        let overrides = self.overrides.lock();
+        let now = SystemTime::now();
+        match lifeline_model::overrides::apply(snapshot, &overrides, now) {
+            std::borrow::Cow::Borrowed(_) => (snapshot.clone(), 0),
+            std::borrow::Cow::Owned(changed) => {
+                let active = overrides
+                    .iter()
+                    .filter(|o| o.policy.is_none() && o.is_active(now));
+                (Arc::new(changed), serial::overrides_digest(active).max(1))
             }
+        }
+    }
+
+    /// The serial `zone` answers with for this basis: the one it has when nothing that
+    /// shapes its answers changed, else the next one for a change made at `stamp`.
+    fn serial_for(
+        &self,
+        w: &mut Writer,
+        zone: &ZoneConfig,
+        revision: u64,
+        overrides: u64,
+        stale: bool,
+        stamp: SystemTime,
+    ) -> u32 {
+        let settings = self.settings.get(&zone.origin).copied().unwrap_or_default();
+        let basis = serial::basis(
+            revision,
+            overrides,
+            settings,
+            stale.then_some(self.stale_ttl),
+        );
+        let prev = w.served.get(&zone.origin).copied();
+        if let Some(p) = prev.filter(|p| p.basis == basis) {
+            return p.serial;
+        }
+        let now = SystemTime::now();
+        let stamp = serial::stamp(stamp, now);
+        // A zone seen for the first time starts from the clock: whatever a secondary
+        // holds from before (a lost volume) was given at an earlier second.
+        let serial = match prev {
+            Some(p) => serial::next(p.serial, stamp),
+            None => serial::stamp(now, now),
         };
-        let mut table =
-            compile::compile_zone(zone, &effective, &self.geo, self.compile_options(stale));
+        let served = Served { serial, basis };
+        w.served.insert(zone.origin.clone(), served);
+        self.persister.queue(
+            format!("{SERIAL_KEY}{}", zone.origin),
+            Item::Serial {
+                zone: zone.origin.clone(),
+                served,
+            },
+        );
+        serial
+    }
+
+    /// Compiles what `snapshot` answers, under the serial its basis gets (a change
+    /// made at `stamp` moves it).
+    fn compile(
+        &self,
+        w: &mut Writer,
+        zone: &ZoneConfig,
+        snapshot: &Arc<ZoneSnapshot>,
+        stale: bool,
+        stamp: SystemTime,
+    ) -> ZoneTable {
+        let (effective, overrides) = self.effective(snapshot);
+        let serial = self.serial_for(w, zone, snapshot.revision, overrides, stale, stamp);
+        self.build(zone, effective, overrides != 0, stale, serial)
+    }
+
+    /// The table of an effective snapshot under `serial`.
+    fn build(
+        &self,
+        zone: &ZoneConfig,
+        effective: Arc<ZoneSnapshot>,
+        overridden: bool,
+        stale: bool,
+        serial: u32,
+    ) -> ZoneTable {
+        let mut table = compile::compile_zone(
+            zone,
+            &effective,
+            &self.geo,
+            self.compile_options(stale, serial),
+        );
         table.served = Some(effective);
         if !overridden {
             table.history = self.history_of(&zone.origin);
@@ -613,8 +720,8 @@ impl Inner {
             .collect()
     }
 
-    /// Recompiles every zone (overrides changed or expired).
-    fn recompile_all(&self) {
+    /// Recompiles every zone (overrides changed or expired at `stamp`).
+    fn recompile_all(&self, stamp: SystemTime) {
         *self.overrides_applied.lock() = self.active_override_ids();
         let mut w = self.writer.lock();
         let origins: Vec<String> = w.snapshots.keys().cloned().collect();
@@ -622,14 +729,15 @@ impl Inner {
             let Some(zone) = self.zones.iter().find(|z| z.origin == origin) else {
                 continue;
             };
-            let stale = self.is_stale(&w, &w.snapshots[&origin]);
-            let table = self.compile(zone, &w.snapshots[&origin], stale);
+            let snapshot = w.snapshots[&origin].clone();
+            let stale = self.is_stale(&w, &snapshot);
+            let table = self.compile(&mut w, zone, &snapshot, stale, stamp);
             w.tables.insert(origin, Arc::new(table));
         }
         self.publish(&w);
     }
 
-    fn set_overrides(&self, overrides: Vec<lifeline_model::overrides::Override>) {
+    fn set_overrides(&self, overrides: Vec<Override>) {
         if let Some(generation) = &self.overrides_generation {
             let set = persist::OverrideSet {
                 generation: generation.fetch_add(1, Ordering::Relaxed) + 1,
@@ -638,8 +746,13 @@ impl Inner {
             self.persister
                 .queue(OVERRIDES_KEY.to_owned(), Item::Overrides(Arc::new(set)));
         }
-        *self.overrides.lock() = overrides;
-        self.recompile_all();
+        let stamp = {
+            let mut held = self.overrides.lock();
+            let stamp = overrides_changed_at(&held, &overrides, SystemTime::now());
+            *held = overrides;
+            stamp
+        };
+        self.recompile_all(stamp);
     }
 
     /// Replaces lazily indexed tables with fully compiled ones. The compile runs without
@@ -657,7 +770,15 @@ impl Inner {
             let Some(zone) = self.zones.iter().find(|z| z.origin == table.origin) else {
                 continue;
             };
-            let full = self.compile(zone, &snapshot, table.ttl_capped);
+            // The same basis as the indexed table: the same serial.
+            let (effective, overrides) = self.effective(&snapshot);
+            let full = self.build(
+                zone,
+                effective,
+                overrides != 0,
+                table.ttl_capped,
+                table.serial,
+            );
             let mut w = self.writer.lock();
             if w.tables
                 .get(&table.origin)
@@ -704,7 +825,7 @@ impl Inner {
         // Secondaries hear of a serial once it is answered here.
         for (origin, serials) in &self.serials {
             if let Some(table) = w.tables.get(origin) {
-                let serial = Some(crate::transfer::serial(table.revision));
+                let serial = Some(table.serial);
                 serials.send_if_modified(|s| std::mem::replace(s, serial) != serial);
             }
         }
@@ -768,25 +889,35 @@ impl Inner {
             warn!(zone = %origin, %name, %problem, "records refused");
         }
         w.confirmed_at = Some(SystemTime::now());
+        let from = w.served.get(&origin).map(|s| s.serial);
         let entry = w
             .snapshots
             .get(&origin)
             .and_then(|cur| Some((cur, change_of(cur, &next, patch.as_ref())?)))
             .map(|(cur, entry)| {
-                let change = crate::transfer::Change {
-                    from: entry.from,
-                    to: entry.patch.revision,
-                    before: journal::touched_before(&entry.patch, cur),
-                };
-                (entry, change)
+                let before = journal::touched_before(&entry.patch, cur);
+                (entry, before)
             });
-        let (changes, change) = match entry {
-            Some((entry, change)) => (Some(vec![entry]), Some(change)),
-            None => (None, None),
+        let next = Arc::new(next);
+        let mut table = self.compile(&mut w, zone, &next, false, next.decided_at);
+        let (changes, change) = match (entry, from) {
+            (Some((mut entry, before)), Some(from)) => {
+                entry.serials = Some([from, table.serial]);
+                let change = crate::transfer::Change {
+                    from,
+                    to: table.serial,
+                    before,
+                };
+                (Some(vec![entry]), Some(change))
+            }
+            (Some((entry, _)), None) => (Some(vec![entry]), None),
+            (None, _) => (None, None),
         };
         self.remember(&origin, change);
-        let next = Arc::new(next);
-        let mut table = self.compile(zone, &next, false);
+        // The table was built before this change was kept; an overridden one offers none.
+        if table.served.as_ref().is_some_and(|s| Arc::ptr_eq(s, &next)) {
+            table.history = self.history_of(&origin);
+        }
         table.rejected.extend(kept);
         let rejected = table.rejected.clone();
         w.tables.insert(origin.clone(), Arc::new(table));
@@ -815,7 +946,14 @@ impl Inner {
     fn refresh_staleness(&self) {
         if self.active_override_ids() != *self.overrides_applied.lock() {
             info!("an override started or expired; recompiling");
-            self.recompile_all();
+            let now = SystemTime::now();
+            // Stamped with the moment it expired, which every replica agrees on.
+            let stamp = (self.overrides.lock().iter())
+                .filter(|o| o.policy.is_none() && !o.is_active(now))
+                .map(|o| o.expires_at)
+                .max()
+                .unwrap_or(now);
+            self.recompile_all(stamp);
         }
         let mut w = self.writer.lock();
         let mut changed = false;
@@ -827,7 +965,8 @@ impl Inner {
                 && let Some(zone) = self.zones.iter().find(|z| z.origin == origin)
             {
                 info!(zone = %origin, stale, "zone staleness changed");
-                let table = self.compile(zone, &w.snapshots[&origin], stale);
+                let snapshot = w.snapshots[&origin].clone();
+                let table = self.compile(&mut w, zone, &snapshot, stale, SystemTime::now());
                 w.tables.insert(origin, Arc::new(table));
                 changed = true;
             }
@@ -871,6 +1010,7 @@ impl Inner {
                 ZoneState {
                     origin: z.origin.clone(),
                     revision: s.map(|s| s.revision),
+                    serial: t.map(|t| t.serial),
                     decided_at: s.map(|s| s.decided_at),
                     age: s.map(|s| s.age(now)),
                     names: t.map_or(0, |t| t.name_count),
@@ -901,6 +1041,34 @@ impl ShimHandle {
 
 /// Queue key of the break-glass overrides (zone keys are origins, which never hold `@`).
 const OVERRIDES_KEY: &str = "@overrides";
+
+/// Queue key prefix of a zone's serial.
+const SERIAL_KEY: &str = "@serial/";
+
+/// When the overrides in force changed from `old` to `new`, as every replica reading the
+/// same store would say: the newest `createdAt` of those that came into force and
+/// `expiresAt` of those that ran out; `now` for one cleared early, which carries no time.
+fn overrides_changed_at(old: &[Override], new: &[Override], now: SystemTime) -> SystemTime {
+    let in_force = |set: &[Override]| -> Vec<Override> {
+        set.iter()
+            .filter(|o| o.policy.is_none() && o.is_active(now))
+            .cloned()
+            .collect()
+    };
+    let (old, new) = (in_force(old), in_force(new));
+    let came = new
+        .iter()
+        .filter(|o| !old.contains(o))
+        .map(|o| o.created_at);
+    let went = old.iter().filter(|o| !new.contains(o)).map(|o| {
+        if o.expires_at <= now {
+            o.expires_at
+        } else {
+            now
+        }
+    });
+    came.chain(went).max().unwrap_or(now)
+}
 
 /// The journal entry taking `cur` to `next`: the names `patch` touched, or for a whole
 /// snapshot the names that differ. `None` when a whole snapshot is the smaller write.
@@ -936,6 +1104,7 @@ fn change_of(
         }
     }
     Some(journal::Entry {
+        serials: None,
         from: cur.revision,
         patch: lifeline_model::ZonePatch {
             zone: next.zone.clone(),

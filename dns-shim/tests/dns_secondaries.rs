@@ -174,7 +174,7 @@ fn follows_lifeline(kind: Kind) {
     let _server = Process::spawn(kind.command(work.path(), secondary, primary));
     let (first, took) = wait_for_answer(secondary, &www, LIMIT, |ips| ips == [ip("192.0.2.1")]);
     println!("{kind:?}: first transfer answered {first:?} {took:?} after start");
-    assert_eq!(soa_serial(secondary), Some(1));
+    assert_eq!(soa_serial(secondary), served_serial(&shim));
     let geo = query_within(
         secondary,
         &format!("geo.{ZONE}."),
@@ -196,7 +196,7 @@ fn follows_lifeline(kind: Kind) {
         "{kind:?}: failover answered by the secondary {:?} after it was applied here",
         applied.elapsed()
     );
-    assert_eq!(soa_serial(secondary), Some(2));
+    assert_eq!(soa_serial(secondary), served_serial(&shim));
     assert!(shim.engine().counters().notifies_acknowledged.get() >= 1);
     assert_eq!(
         shim.engine().counters().transfers_incremental.get(),
@@ -230,7 +230,116 @@ fn follows_lifeline(kind: Kind) {
         "the restart transferred nothing; the change after it went out as a difference \
          from the journal"
     );
-    assert_eq!(soa_serial(secondary), Some(3));
+    assert_eq!(soa_serial(secondary), served_serial(&shim));
+
+    // Break-glass at the primary: a drain applied here (no leader) moves the serial,
+    // and the secondary stops answering the drained cluster.
+    let rr = format!("rr.{ZONE}.");
+    shim.set_overrides(vec![drain("c2")]);
+    let (_, took) = wait_for_answer(secondary, &rr, LIMIT, |ips| {
+        let mut ips = ips.to_vec();
+        ips.sort();
+        ips == [ip("192.0.2.21"), ip("192.0.2.23")]
+    });
+    println!(
+        "{kind:?}: a drain at the primary answered by the secondary {took:?} after it was set"
+    );
+    assert_eq!(soa_serial(secondary), served_serial(&shim));
+
+    // Zone settings change: a second name server and a shorter refresh reach the
+    // secondary under a new serial.
+    shim.shutdown();
+    drop(shim);
+    let mut changed = zone.clone();
+    changed.refresh = 120;
+    changed.retry = 60;
+    changed.nameservers.push("ns3.example.net".into());
+    let shim = start_primary(&rt, data.path(), primary, &changed);
+    shim.set_overrides(vec![drain("c2")]);
+    let start = Instant::now();
+    while soa_refresh(secondary) != Some(120) {
+        assert!(
+            start.elapsed() < LIMIT,
+            "{kind:?} never took the new SOA refresh"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "{kind:?}: new zone settings answered by the secondary {:?} after the restart",
+        start.elapsed()
+    );
+    assert_eq!(soa_serial(secondary), served_serial(&shim));
+
+    // The data volume is lost: the primary starts from nothing, a source hands it the
+    // zone again at a revision far below what it had, with the drained cluster's
+    // address moved. The serial comes from the clock, past what the secondary holds
+    // (once the clock has passed the last serial: the time a pod takes to move).
+    let held = served_serial(&shim).unwrap();
+    shim.shutdown();
+    drop(shim);
+    for entry in std::fs::read_dir(data.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    let start = Instant::now();
+    while lifeline_dns::serial::stamp(std::time::SystemTime::now(), std::time::SystemTime::now())
+        <= held
+    {
+        assert!(
+            start.elapsed() < LIMIT,
+            "the clock never passed serial {held}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let shim = start_primary(&rt, data.path(), primary, &changed);
+    let mut lost = snapshot(1);
+    lost.names.insert(
+        "www".into(),
+        common::address(60, vec![target("192.0.2.9", "c3", "ap-south", 1)]),
+    );
+    shim.apply(Update::Replace(lost)).unwrap();
+    let (_, took) = wait_for_answer(secondary, &www, LIMIT, |ips| ips == [ip("192.0.2.9")]);
+    println!(
+        "{kind:?}: after a lost data directory the secondary answered the new address {took:?} later"
+    );
+    assert_eq!(soa_serial(secondary), served_serial(&shim));
+}
+
+/// The serial the primary answers with.
+fn served_serial(shim: &ShimHandle) -> Option<u32> {
+    shim.state().zones[0].serial
+}
+
+fn soa_refresh(server: SocketAddr) -> Option<u32> {
+    let m = lifeline_testkit::dns::udp(
+        server,
+        &format!("{ZONE}."),
+        RecordType::SOA,
+        &Default::default(),
+    );
+    m.answers.iter().find_map(|r| match &r.data {
+        hickory_proto::rr::RData::SOA(soa) => Some(soa.refresh as u32),
+        _ => None,
+    })
+}
+
+/// A cluster-wide drain of `cluster` for an hour, as a replica reads it from its store.
+fn drain(cluster: &str) -> lifeline_model::overrides::Override {
+    let now = std::time::SystemTime::now();
+    lifeline_model::overrides::Override {
+        id: format!("drain-{cluster}"),
+        cluster: cluster.into(),
+        policy: None,
+        action: lifeline_model::overrides::OverrideAction::Drain,
+        created_at: now,
+        expires_at: now + Duration::from_secs(3600),
+        author: "oncall".into(),
+        reason: "test".into(),
+    }
 }
 
 #[test]
