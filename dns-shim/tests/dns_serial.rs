@@ -1,0 +1,190 @@
+//! The SOA serial's rule, over the wire: replicas given the same changes answer the same
+//! serial, a restart with the same content keeps it, and every change to what is
+//! answered (records, overrides, zone settings, the stale TTL cap) moves it forward.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use hickory_proto::rr::{RecordType, SerialNumber};
+use lifeline_dns::{Shim, ShimHandle, Update, ZonePatch};
+use lifeline_model::overrides::{Override, OverrideAction};
+
+fn served(shim: &ShimHandle) -> u32 {
+    shim.state().zones[0].serial.expect("the zone is served")
+}
+
+/// The serial in the SOA a client gets, which must be the one the state reports.
+fn answered(shim: &ShimHandle) -> u32 {
+    let m = plain_udp(shim, "nope.global.example.com.", RecordType::A);
+    authority_soa_serial(&m).expect("a negative answer carries the SOA")
+}
+
+fn ahead(later: u32, earlier: u32) -> bool {
+    SerialNumber::new(later) > SerialNumber::new(earlier)
+}
+
+/// Waits until the clock's second is past `serial`, as two changes a second or more
+/// apart are.
+fn clock_past(serial: u32) {
+    for _ in 0..100 {
+        let now = lifeline_dns::serial::stamp(SystemTime::now(), SystemTime::now());
+        if ahead(now, serial) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the clock never passed {serial}");
+}
+
+fn move_www(revision: u64, address: &str, decided_at: SystemTime) -> Update {
+    let mut upsert = std::collections::BTreeMap::new();
+    upsert.insert("www".to_owned(), address_records(address));
+    Update::Patch(ZonePatch {
+        zone: "global.example.com".into(),
+        revision,
+        decided_at,
+        upsert,
+        delete: Vec::new(),
+    })
+}
+
+fn address_records(address: &str) -> lifeline_dns::NameRecords {
+    common::address(60, vec![target(address, "c1", "eu-west", 1)])
+}
+
+fn drain(cluster: &str, created_at: SystemTime, lasts: Duration) -> Override {
+    Override {
+        id: format!("drain-{cluster}"),
+        cluster: cluster.into(),
+        policy: None,
+        action: OverrideAction::Drain,
+        created_at,
+        expires_at: created_at + lasts,
+        author: "oncall".into(),
+        reason: "test".into(),
+    }
+}
+
+#[test]
+fn replicas_given_the_same_changes_answer_the_same_serial() {
+    let rt = rt();
+    let (a, _da) = rt.block_on(start());
+    std::thread::sleep(Duration::from_millis(1200));
+    let (b, _db) = rt.block_on(start());
+    // Each started from its own clock.
+    clock_past(served(&a).max(served(&b)));
+
+    // A change decided by the leader reaches the replicas at different moments.
+    let decided = SystemTime::now();
+    a.apply(move_www(2, "192.0.2.2", decided)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    b.apply(move_www(2, "192.0.2.2", decided)).unwrap();
+    assert_eq!(served(&a), served(&b), "same change, same serial");
+    // A second change within the same second: one step each, still equal.
+    a.apply(move_www(3, "192.0.2.3", decided)).unwrap();
+    b.apply(move_www(3, "192.0.2.3", decided)).unwrap();
+    assert_eq!(served(&a), served(&b));
+
+    // The same drain read from the store by both (no leader), then its expiry.
+    clock_past(served(&a));
+    let set = vec![drain("c2", SystemTime::now(), Duration::from_millis(2500))];
+    a.set_overrides(set.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    b.set_overrides(set);
+    let drained = served(&a);
+    assert_eq!(drained, served(&b), "same drain, same serial");
+    let rr = |shim: &ShimHandle| {
+        let mut ips = addresses(&plain_udp(shim, "rr.global.example.com.", RecordType::A));
+        ips.sort();
+        ips
+    };
+    assert_eq!(rr(&a).len(), 2, "the drain is applied");
+    assert!(lifeline_testkit::poll(Duration::from_secs(10), || {
+        served(&a) != drained && served(&b) != drained
+    }));
+    assert_eq!(served(&a), served(&b), "the same expiry, the same serial");
+    assert!(ahead(served(&a), drained));
+    assert_eq!(rr(&a).len(), 3, "the expired drain no longer applies");
+    for shim in [&a, &b] {
+        assert_eq!(answered(shim), served(shim));
+        shim.shutdown();
+    }
+}
+
+#[test]
+fn a_restart_keeps_the_serial_of_the_same_content_and_new_settings_move_it() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns_config(dir.path());
+    let zone = zone_config();
+    let shim = rt
+        .block_on(Shim::start(&dns, std::slice::from_ref(&zone)))
+        .unwrap();
+    shim.apply(Update::Replace(snapshot(1))).unwrap();
+    let first = served(&shim);
+    assert_eq!(shim.flush(Duration::from_secs(30)), Some(true));
+    shim.shutdown();
+    drop(shim);
+
+    let shim = rt
+        .block_on(Shim::start(&dns, std::slice::from_ref(&zone)))
+        .unwrap();
+    assert_eq!(served(&shim), first, "nothing changed, nothing to transfer");
+    assert_eq!(answered(&shim), first);
+    shim.shutdown();
+    drop(shim);
+
+    // A shorter negative TTL changes what is answered, under the same records.
+    let mut changed = zone.clone();
+    changed.negative_ttl = 5;
+    let shim = rt
+        .block_on(Shim::start(&dns, std::slice::from_ref(&changed)))
+        .unwrap();
+    let moved = served(&shim);
+    assert!(ahead(moved, first), "{first} then {moved}");
+    assert_eq!(answered(&shim), moved);
+    shim.shutdown();
+    drop(shim);
+
+    // Who may transfer the zone changes no answer: the serial stays.
+    let mut listed = changed.clone();
+    listed.transfer = Some(lifeline_dns::TransferConfig {
+        allow: vec!["127.0.0.0/8".parse().unwrap()],
+        notify: Vec::new(),
+    });
+    let shim = rt
+        .block_on(Shim::start(&dns, std::slice::from_ref(&listed)))
+        .unwrap();
+    assert_eq!(served(&shim), moved);
+    shim.shutdown();
+}
+
+#[test]
+fn serving_stale_and_current_again_each_move_the_serial() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = snapshot(1);
+    old.decided_at = SystemTime::now() - Duration::from_secs(3600);
+    lifeline_dns::persist::write(dir.path(), &old).unwrap();
+    let mut dns = dns_config(dir.path());
+    dns.stale_after = Duration::from_secs(1);
+    let shim = rt.block_on(Shim::start(&dns, &[zone_config()])).unwrap();
+    assert!(shim.state().stale, "an hour-old snapshot and no source");
+    let stale = served(&shim);
+    // A source vouches for the data: full TTLs again, under a new serial.
+    shim.set_source_connected("store", true);
+    assert!(!shim.state().stale);
+    let current = served(&shim);
+    assert!(ahead(current, stale), "{stale} then {current}");
+    // It goes away; staleAfter later the TTLs are capped again, under a new serial.
+    shim.set_source_connected("store", false);
+    assert!(lifeline_testkit::poll(Duration::from_secs(10), || shim
+        .state()
+        .stale));
+    let again = served(&shim);
+    assert!(ahead(again, current), "{current} then {again}");
+    assert_eq!(answered(&shim), again);
+    shim.shutdown();
+}
