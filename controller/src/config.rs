@@ -441,6 +441,7 @@ impl Config {
                                     .collect(),
                                 max_answers: None,
                                 geo: false,
+                                standby: Vec::new(),
                             }),
                             ..Default::default()
                         };

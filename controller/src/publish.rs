@@ -117,29 +117,30 @@ impl Publisher {
             let Some(zone) = zone_of(&self.zones, &pd.hostname) else {
                 continue;
             };
-            let targets = pd
-                .answers
-                .iter()
-                .map(|a| Target {
-                    address: a.address,
-                    cluster: a.cluster.to_string(),
-                    region: a.region.to_string(),
-                    weight: a.weight,
-                    // A ramp's share travels with the weight it scaled, so a replica
-                    // applying a weight override scales that override the same way.
-                    share: pd
-                        .targets
-                        .get(&a.cluster)
-                        .map(|t| t.share)
-                        .filter(|share| *share < 1000),
-                })
-                .collect();
+            let target = |a: &Answer| Target {
+                address: a.address,
+                cluster: a.cluster.to_string(),
+                region: a.region.to_string(),
+                weight: a.weight,
+                // A ramp's share travels with the weight it scaled, so a replica
+                // applying a weight override scales that override the same way.
+                share: pd
+                    .targets
+                    .get(&a.cluster)
+                    .map(|t| t.share)
+                    .filter(|share| *share < 1000),
+            };
             let records = NameRecords {
                 address: Some(AddressSet {
                     ttl: pd.ttl,
-                    targets,
+                    targets: pd.answers.iter().map(target).collect(),
                     max_answers: Some(pd.max_answers),
                     geo: pd.strategy == Strategy::Geo,
+                    // The tiers in reserve, so a replica with no leader can still move
+                    // the answer when an operator drains the answered clusters.
+                    standby: (pd.standby.iter())
+                        .map(|tier| tier.iter().map(target).collect())
+                        .collect(),
                 }),
                 ..NameRecords::default()
             };

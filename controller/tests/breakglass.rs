@@ -57,12 +57,29 @@ async fn wait_for(dns: SocketAddr, want: &[IpAddr], limit: Duration) {
     await_answer(dns, NAME, limit, move |ips| ips == want).await;
 }
 
+/// The shared policy: both clusters answered, half each.
+const WEIGHTED: &str = "strategy: Weighted\n  targets: [{cluster: primary, weight: 50}, {cluster: secondary, weight: 50}]";
+
+/// Primary answered, secondary in reserve.
+const FAILOVER: &str = "strategy: Failover\n  targets: [{cluster: primary, priority: 0}, {cluster: secondary, priority: 1}]";
+
 fn config(
+    dir: &Path,
+    name: &str,
+    etcd: &str,
+    members: (IpAddr, IpAddr),
+    port: u16,
+) -> (SocketAddr, std::path::PathBuf) {
+    config_with(dir, name, etcd, members, port, WEIGHTED)
+}
+
+fn config_with(
     dir: &Path,
     name: &str,
     etcd: &str,
     (primary, secondary): (IpAddr, IpAddr),
     port: u16,
+    strategy: &str,
 ) -> (SocketAddr, std::path::PathBuf) {
     let (dns, admin) = (free_addr(), free_addr());
     let path = dir.join(format!("{name}.yaml"));
@@ -79,7 +96,7 @@ fn config(
         dir.join("docs.yaml"),
         format!(
             "{}---\n{}---\n\
-apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hostname: {NAME}\n  strategy: Weighted\n  targets: [{{cluster: primary, weight: 50}}, {{cluster: secondary, weight: 50}}]\n  healthCheck: {{http: {{port: {port}}}, interval: 200ms, timeout: 150ms}}\n",
+apiVersion: lifeline.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hostname: {NAME}\n  {strategy}\n  healthCheck: {{http: {{port: {port}}}, interval: 200ms, timeout: 150ms}}\n",
             static_cluster("primary", "a", primary),
             static_cluster("secondary", "b", secondary),
         ),
@@ -210,5 +227,104 @@ async fn ctl_against_etcd_drains_a_cluster_on_a_standalone_dns_replica_with_no_l
     let out = ctl(&endpoint, &["clear", "primary"]);
     assert_eq!(out.trim(), "cleared 1 override(s)");
     wait_for(edge_dns, &[members.0, members.1], Duration::from_secs(10)).await;
+    drop(edge);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_leader_draining_the_answered_tier_moves_replicas_to_the_next_and_an_empty_drain_is_refused()
+ {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let endpoint = etcd.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let members = (loopback(), loopback());
+    let port = free_port(&[members.0, members.1]);
+    let _a = Backend::start(SocketAddr::new(members.0, port)).await;
+    let _b = Backend::start(SocketAddr::new(members.1, port)).await;
+    let (run_dns, run_config) = config_with(dir.path(), "run", &endpoint, members, port, FAILOVER);
+    let (edge_dns, edge_config) =
+        config_with(dir.path(), "edge", &endpoint, members, port, FAILOVER);
+
+    // The leader answers the primary and publishes the secondary in reserve (once both
+    // are seen healthy), then goes away for good.
+    let leader = spawn(&["run"], &run_config);
+    wait_for(run_dns, &[members.0], Duration::from_secs(20)).await;
+    let store = etcd.store(PREFIX).await;
+    let start = Instant::now();
+    loop {
+        let records = store.records().await.unwrap();
+        let reserve = (records.get(ZONE).and_then(|names| names.get("web")))
+            .and_then(|r| r.address.as_ref())
+            .map_or(0, |a| a.standby.len());
+        if reserve == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the secondary never reached the published reserve: {records:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let edge = spawn(&["dns"], &edge_config);
+    wait_for(edge_dns, &[members.0], Duration::from_secs(20)).await;
+    drop(leader);
+    let start = Instant::now();
+    while store.leader_identity().await.unwrap().is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the leader's lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Draining the answered cluster: ctl says where the replicas will answer, and warns
+    // that no leader runs; the replica moves to the tier in reserve.
+    let out = ctl(
+        &endpoint,
+        &[
+            "drain",
+            "primary",
+            "--for",
+            "10m",
+            "--reason",
+            "region on fire",
+            "--author",
+            "oncall",
+        ],
+    );
+    assert!(
+        out.contains(&format!("{NAME}: primary -> secondary")),
+        "{out}"
+    );
+    assert!(out.contains("warning: no leader holds the lease"), "{out}");
+    let drained = Instant::now();
+    wait_for(edge_dns, &[members.1], Duration::from_secs(10)).await;
+    println!(
+        "the replica answered the next tier {:?} after ctl returned",
+        drained.elapsed()
+    );
+
+    // Draining the secondary too would leave the name nothing: refused, naming it, and
+    // not written.
+    let refused = ctl_refused(
+        &endpoint,
+        &[
+            "drain",
+            "secondary",
+            "--for",
+            "10m",
+            "--reason",
+            "both",
+            "--author",
+            "oncall",
+        ],
+    );
+    assert!(
+        refused.contains("would leave 1 name(s) with no target") && refused.contains(NAME),
+        "{refused}"
+    );
+    assert!(!ctl(&endpoint, &["overrides"]).contains("both"));
+    wait_for(edge_dns, &[members.1], Duration::from_secs(2)).await;
     drop(edge);
 }

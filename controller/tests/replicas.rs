@@ -389,6 +389,7 @@ async fn bench_record_propagation_to_replicas() {
                     }],
                     max_answers: None,
                     geo: false,
+                    standby: Vec::new(),
                 }),
                 ..Default::default()
             },

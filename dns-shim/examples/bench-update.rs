@@ -71,6 +71,7 @@ fn records(a: [u8; 4]) -> NameRecords {
             }],
             max_answers: None,
             geo: false,
+            standby: Vec::new(),
         }),
         ..NameRecords::default()
     }

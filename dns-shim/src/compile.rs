@@ -326,6 +326,9 @@ pub struct ZoneTable {
     /// The changes that led to `served`, for IXFR; `None` when there are none to
     /// offer (overrides change what is served, or nothing was kept).
     pub history: Option<crate::transfer::History>,
+    /// Names whose drain this shim did not apply because it would have left them no
+    /// target: they keep their answer.
+    pub drains_kept: usize,
 }
 
 /// What a lazily compiled zone answers from: the snapshot, and a way from a query name
@@ -494,6 +497,7 @@ impl<V> Prepared<V> {
             config: self.config,
             served: None,
             history: None,
+            drains_kept: 0,
         }
     }
 }
@@ -825,16 +829,20 @@ fn largest_rrset(recs: &NameRecords) -> (usize, String) {
     };
     if let Some(set) = &recs.address {
         let max = set.max_answers.map_or(usize::MAX, usize::from).max(1);
-        for (v4, rtype, data) in [(true, "A", 4), (false, "AAAA", 16)] {
-            let family = || set.targets.iter().filter(|t| t.address.is_ipv4() == v4);
-            let weighted = family().filter(|t| t.weight > 0).count();
-            let pool = if weighted == 0 {
-                family().count()
-            } else {
-                weighted
-            };
-            let take = pool.min(max);
-            consider(take * (FIXED + data), format!("{take} {rtype} records"));
+        // A tier in reserve answers when a replica drains the answer by itself: it
+        // must fit as well as the answer does.
+        for tier in std::iter::once(&set.targets).chain(&set.standby) {
+            for (v4, rtype, data) in [(true, "A", 4), (false, "AAAA", 16)] {
+                let family = || tier.iter().filter(|t| t.address.is_ipv4() == v4);
+                let weighted = family().filter(|t| t.weight > 0).count();
+                let pool = if weighted == 0 {
+                    family().count()
+                } else {
+                    weighted
+                };
+                let take = pool.min(max);
+                consider(take * (FIXED + data), format!("{take} {rtype} records"));
+            }
         }
     }
     if let Some(srv) = &recs.srv {
@@ -1309,6 +1317,7 @@ mod tests {
                 targets: many(n, |_| 1),
                 max_answers: max,
                 geo: false,
+                standby: Vec::new(),
             }),
             ..NameRecords::default()
         };

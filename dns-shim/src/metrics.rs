@@ -302,7 +302,15 @@ impl Collector for ShimMetrics {
         for (name, help) in [
             (
                 "lifeline_dns_snapshot_revision",
-                "Revision of the snapshot served per zone (the SOA serial follows it)",
+                "Revision of the snapshot served per zone",
+            ),
+            (
+                "lifeline_dns_soa_serial",
+                "SOA serial answered per zone (moves with every change to what is answered)",
+            ),
+            (
+                "lifeline_dns_drains_not_applied",
+                "Names per zone whose break-glass drain this server did not apply because it would leave them no target; they keep their answer",
             ),
             (
                 "lifeline_dns_snapshot_age_seconds",
@@ -323,6 +331,10 @@ impl Collector for ShimMetrics {
                 let f = m.encode_family(&labels)?;
                 match name {
                     "lifeline_dns_snapshot_revision" => z.revision.unwrap_or(0).encode_gauge(f)?,
+                    "lifeline_dns_soa_serial" => {
+                        u64::from(z.serial.unwrap_or(0)).encode_gauge(f)?
+                    }
+                    "lifeline_dns_drains_not_applied" => (z.drains_kept as u64).encode_gauge(f)?,
                     "lifeline_dns_snapshot_age_seconds" => {
                         z.age.map_or(-1.0, |a| a.as_secs_f64()).encode_gauge(f)?
                     }

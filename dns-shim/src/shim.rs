@@ -343,6 +343,9 @@ pub struct ZoneState {
     pub revision: Option<u64>,
     /// The SOA serial answered (see [`crate::serial`]).
     pub serial: Option<u32>,
+    /// Names whose drain was not applied here because it would have left them no
+    /// target (they keep their answer).
+    pub drains_kept: usize,
     pub decided_at: Option<SystemTime>,
     /// Time since the decision behind the served data.
     pub age: Option<Duration>,
@@ -517,19 +520,26 @@ impl Inner {
                     // answering sooner beats answering faster during a restart. The
                     // overrides in force apply from the first answer either way.
                     let table = if snapshot.names.len() >= LAZY_FROM {
-                        let (effective, overrides) = self.effective(&snapshot);
-                        let serial =
-                            self.serial_for(&mut w, zone, snapshot.revision, overrides, stale, now);
+                        let effective = self.effective(&snapshot);
+                        let serial = self.serial_for(
+                            &mut w,
+                            zone,
+                            snapshot.revision,
+                            effective.overrides,
+                            stale,
+                            now,
+                        );
                         let mut table = compile::index_zone(
                             zone,
-                            effective.clone(),
+                            effective.snapshot.clone(),
                             self.geo.clone(),
                             self.compile_options(stale, serial),
                         );
-                        if overrides == 0 {
+                        if effective.overrides == 0 {
                             table.history = self.history_of(&zone.origin);
                         }
-                        table.served = Some(effective);
+                        table.served = Some(effective.snapshot);
+                        table.drains_kept = effective.kept;
                         table
                     } else {
                         self.compile(&mut w, zone, &snapshot, stale, now)
@@ -592,18 +602,30 @@ impl Inner {
         }
     }
 
-    /// What `snapshot` answers with the overrides in force, and a digest of the
-    /// overrides when they change it (0 when they change nothing).
-    fn effective(&self, snapshot: &Arc<ZoneSnapshot>) -> (Arc<ZoneSnapshot>, u64) {
+    /// What `snapshot` answers with the overrides in force.
+    fn effective(&self, snapshot: &Arc<ZoneSnapshot>) -> Effective {
         let overrides = self.overrides.lock();
         let now = SystemTime::now();
-        match lifeline_model::overrides::apply(snapshot, &overrides, now) {
-            std::borrow::Cow::Borrowed(_) => (snapshot.clone(), 0),
+        let applied = lifeline_model::overrides::apply_reporting(snapshot, &overrides, now);
+        if !applied.kept.is_empty() {
+            warn!(zone = %snapshot.zone, names = applied.kept.len(), first = %applied.kept[0], "a drain would leave these names no target; they keep their answer");
+        }
+        let kept = applied.kept.len();
+        match applied.snapshot {
+            std::borrow::Cow::Borrowed(_) => Effective {
+                snapshot: snapshot.clone(),
+                overrides: 0,
+                kept,
+            },
             std::borrow::Cow::Owned(changed) => {
                 let active = overrides
                     .iter()
                     .filter(|o| o.policy.is_none() && o.is_active(now));
-                (Arc::new(changed), serial::overrides_digest(active).max(1))
+                Effective {
+                    snapshot: Arc::new(changed),
+                    overrides: serial::overrides_digest(active).max(1),
+                    kept,
+                }
             }
         }
     }
@@ -660,28 +682,35 @@ impl Inner {
         stale: bool,
         stamp: SystemTime,
     ) -> ZoneTable {
-        let (effective, overrides) = self.effective(snapshot);
-        let serial = self.serial_for(w, zone, snapshot.revision, overrides, stale, stamp);
-        self.build(zone, effective, overrides != 0, stale, serial)
+        let effective = self.effective(snapshot);
+        let serial = self.serial_for(
+            w,
+            zone,
+            snapshot.revision,
+            effective.overrides,
+            stale,
+            stamp,
+        );
+        self.build(zone, effective, stale, serial)
     }
 
     /// The table of an effective snapshot under `serial`.
     fn build(
         &self,
         zone: &ZoneConfig,
-        effective: Arc<ZoneSnapshot>,
-        overridden: bool,
+        effective: Effective,
         stale: bool,
         serial: u32,
     ) -> ZoneTable {
         let mut table = compile::compile_zone(
             zone,
-            &effective,
+            &effective.snapshot,
             &self.geo,
             self.compile_options(stale, serial),
         );
-        table.served = Some(effective);
-        if !overridden {
+        table.served = Some(effective.snapshot);
+        table.drains_kept = effective.kept;
+        if effective.overrides == 0 {
             table.history = self.history_of(&zone.origin);
         }
         table
@@ -771,11 +800,9 @@ impl Inner {
                 continue;
             };
             // The same basis as the indexed table: the same serial.
-            let (effective, overrides) = self.effective(&snapshot);
             let full = self.build(
                 zone,
-                effective,
-                overrides != 0,
+                self.effective(&snapshot),
                 table.ttl_capped,
                 table.serial,
             );
@@ -1011,6 +1038,7 @@ impl Inner {
                     origin: z.origin.clone(),
                     revision: s.map(|s| s.revision),
                     serial: t.map(|t| t.serial),
+                    drains_kept: t.map_or(0, |t| t.drains_kept),
                     decided_at: s.map(|s| s.decided_at),
                     age: s.map(|s| s.age(now)),
                     names: t.map_or(0, |t| t.name_count),
@@ -1041,6 +1069,15 @@ impl ShimHandle {
 
 /// Queue key of the break-glass overrides (zone keys are origins, which never hold `@`).
 const OVERRIDES_KEY: &str = "@overrides";
+
+/// A zone's snapshot with the overrides in force applied.
+struct Effective {
+    snapshot: Arc<ZoneSnapshot>,
+    /// Digest of the overrides when they change the snapshot; 0 when they change nothing.
+    overrides: u64,
+    /// Names a drain would have left with no target (they keep their answer).
+    kept: usize,
+}
 
 /// Queue key prefix of a zone's serial.
 const SERIAL_KEY: &str = "@serial/";

@@ -85,6 +85,7 @@ fn records() -> impl Strategy<Value = NameRecords> {
             targets,
             max_answers,
             geo,
+            standby: Vec::new(),
         });
     let target_name = prop_oneof![
         key().prop_map(|k| format!("{k}.{ZONE}.")),

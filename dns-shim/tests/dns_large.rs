@@ -31,6 +31,7 @@ fn set(n: u32, max_answers: Option<u16>) -> NameRecords {
             targets: many(n),
             max_answers,
             geo: false,
+            standby: Vec::new(),
         }),
         ..NameRecords::default()
     }

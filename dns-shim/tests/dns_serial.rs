@@ -188,3 +188,65 @@ fn serving_stale_and_current_again_each_move_the_serial() {
     assert_eq!(answered(&shim), again);
     shim.shutdown();
 }
+
+/// A zone of `n` Failover names answered by c1 with c2 in reserve.
+fn tiered_zone(n: usize) -> lifeline_dns::ZoneSnapshot {
+    let mut s = lifeline_dns::ZoneSnapshot::empty("global.example.com", 1, SystemTime::now());
+    for i in 0..n {
+        let mut records = common::address(30, vec![target("192.0.2.1", "c1", "eu-west", 1)]);
+        if let Some(set) = records.address.as_mut() {
+            set.standby = vec![vec![target("192.0.2.2", "c2", "us-east", 1)]];
+        }
+        s.names.insert(format!("svc{i}"), records);
+    }
+    s
+}
+
+#[test]
+fn a_replica_restarted_with_its_store_down_answers_the_drain_from_its_first_reply() {
+    // 100 names compile at start; 12,000 are only indexed then and compiled later: the
+    // drain must hold from the first reply either way.
+    for n in [100, 12_000] {
+        let rt = rt();
+        let dir = tempfile::tempdir().unwrap();
+        let dns = dns_config(dir.path());
+        let options = lifeline_dns::StartOptions {
+            break_glass: true,
+            ..Default::default()
+        };
+        let shim = rt
+            .block_on(Shim::start_with(&dns, &[zone_config()], options))
+            .unwrap();
+        shim.apply(Update::Replace(tiered_zone(n))).unwrap();
+        shim.set_overrides(vec![drain(
+            "c1",
+            SystemTime::now(),
+            Duration::from_secs(600),
+        )]);
+        let last = format!("svc{}.global.example.com.", n - 1);
+        let answer = |shim: &ShimHandle| addresses(&plain_udp(shim, &last, RecordType::A));
+        assert_eq!(
+            answer(&shim),
+            ["192.0.2.2".parse::<std::net::IpAddr>().unwrap()]
+        );
+        let serial = served(&shim);
+        assert_eq!(shim.flush(Duration::from_secs(60)), Some(true));
+        shim.shutdown();
+        drop(shim);
+
+        let shim = rt
+            .block_on(Shim::start_with(&dns, &[zone_config()], options))
+            .unwrap();
+        assert_eq!(
+            answer(&shim),
+            ["192.0.2.2".parse::<std::net::IpAddr>().unwrap()],
+            "{n} names: the first reply after a restart is drained"
+        );
+        assert_eq!(
+            served(&shim),
+            serial,
+            "{n} names: the same answers, the same serial"
+        );
+        shim.shutdown();
+    }
+}

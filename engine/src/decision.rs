@@ -55,6 +55,12 @@ pub struct PolicyDecision {
     /// remembered it was dead. An operator override on the policy ends it at once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resumed: bool,
+    /// Healthy targets held in reserve behind `answers`, tier by tier, the next to
+    /// answer first: a Failover policy's lower-priority tiers, a Weighted policy's
+    /// weight-0 targets. Published with the records, so a replica with no leader can
+    /// move the answer there when an operator drains the answered clusters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standby: Vec<Vec<Answer>>,
 }
 
 impl PolicyDecision {
@@ -73,6 +79,7 @@ impl PolicyDecision {
             changed_at: now,
             basis: 0,
             resumed: true,
+            standby: Vec::new(),
         }
     }
 }
@@ -93,6 +100,7 @@ impl PartialEq for PolicyDecision {
             changed_at,
             basis: _,
             resumed,
+            standby,
         } = self;
         *hostname == other.hostname
             && *ttl == other.ttl
@@ -104,6 +112,7 @@ impl PartialEq for PolicyDecision {
             && *last_good == other.last_good
             && *changed_at == other.changed_at
             && *resumed == other.resumed
+            && *standby == other.standby
     }
 }
 

@@ -173,6 +173,10 @@ fn decide_policy(
         Some(p) => (p.answers.clone(), p.outcome),
         None => selection::choose(policy, &targets, overrides, prev),
     };
+    let standby = match (outcome, resumed) {
+        (Outcome::Normal, None) => selection::reserve(policy, &targets, overrides, &answers),
+        _ => Vec::new(),
+    };
     let last_good = match outcome == Outcome::Normal && resumed.is_none() {
         true => answers.clone(),
         false => prev.map(|p| p.last_good.clone()).unwrap_or_default(),
@@ -196,6 +200,7 @@ fn decide_policy(
         changed_at,
         basis,
         resumed: resumed.is_some(),
+        standby,
     };
     (decision, same)
 }

@@ -134,6 +134,56 @@ fn by_strategy<'a>(
     }
 }
 
+/// The eligible targets a policy's strategy holds in reserve behind `answers`, tier by
+/// tier (see [`PolicyDecision::standby`]): for `Failover` each lower-priority tier, with
+/// the weights it would answer with; for `Weighted` the weight-0 targets while targets
+/// with weight answer. Other strategies answer every eligible target already.
+pub(crate) fn reserve(
+    policy: &Policy,
+    targets: &BTreeMap<Arc<str>, TargetState>,
+    overrides: &[&Override],
+    answers: &[Answer],
+) -> Vec<Vec<Answer>> {
+    let state = |t: &TargetSpec| &targets[&t.cluster];
+    let answered = |t: &TargetSpec| answers.iter().any(|a| a.cluster == t.cluster);
+    let waiting: Vec<&TargetSpec> = (policy.targets.iter())
+        .filter(|t| !t.addresses.is_empty() && !state(t).drained && state(t).health.eligible())
+        .filter(|t| !answered(t))
+        .collect();
+    match policy.strategy {
+        Strategy::Failover => {
+            let highest = (policy.targets.iter())
+                .filter(|t| answered(t))
+                .map(|t| t.priority)
+                .max();
+            let tiers: BTreeSet<u32> = (waiting.iter())
+                .map(|t| t.priority)
+                .filter(|p| highest.is_none_or(|h| *p > h))
+                .collect();
+            (tiers.into_iter())
+                .map(|tier| {
+                    let members: Chosen<'_> = (waiting.iter())
+                        .filter(|t| t.priority == tier)
+                        .map(|t| (*t, mul(weight(policy, overrides, t).max(1), state(t).share)))
+                        .collect();
+                    answers_for(&members)
+                })
+                .collect()
+        }
+        Strategy::Weighted => {
+            let idle: Chosen<'_> = (waiting.iter())
+                .filter(|t| weight(policy, overrides, t) == 0)
+                .map(|t| (*t, mul(1, state(t).share)))
+                .collect();
+            match idle.is_empty() {
+                true => Vec::new(),
+                false => vec![answers_for(&idle)],
+            }
+        }
+        Strategy::RoundRobin | Strategy::Geo => Vec::new(),
+    }
+}
+
 /// The answers when no target is eligible, as the policy's `whenAllUnhealthy` says.
 fn when_all_unhealthy(
     policy: &Policy,

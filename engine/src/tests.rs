@@ -230,6 +230,90 @@ fn weighted_standby_serves_when_weighted_targets_fail() {
     assert_eq!(sim.clusters(), ["c"]);
 }
 
+/// The clusters held in reserve, tier by tier.
+fn reserve(sim: &Sim) -> Vec<Vec<String>> {
+    (sim.decision.policies[&sim.policies[0].id].standby.iter())
+        .map(|tier| tier.iter().map(|a| a.cluster.to_string()).collect())
+        .collect()
+}
+
+#[test]
+fn failover_holds_the_healthy_lower_tiers_in_reserve() {
+    let mut sim = Sim::new(vec![three_tiers()]);
+    assert_eq!(reserve(&sim), [["b"], ["c"]]);
+    sim.wait(2, &[("b", false)]);
+    assert_eq!(sim.clusters(), ["a"]);
+    assert_eq!(reserve(&sim), [["c"]], "an unhealthy tier is no reserve");
+    sim.wait(2, &[("a", false), ("b", false)]);
+    assert_eq!(sim.clusters(), ["c"]);
+    assert!(reserve(&sim).is_empty(), "nothing healthy is left behind c");
+    // Failing open answers every target: nothing is held back.
+    sim.wait(2, &[("a", false), ("b", false), ("c", false)]);
+    assert_eq!(sim.outcome(), Outcome::ServeAll);
+    assert!(reserve(&sim).is_empty());
+}
+
+#[test]
+fn weighted_holds_its_weight_0_targets_in_reserve() {
+    let sim = Sim::new(vec![policy(
+        Plan::Weighted,
+        vec![target("a", 0, 70, 2), target("c", 0, 0, 4)],
+    )]);
+    assert_eq!(sim.clusters(), ["a"]);
+    assert_eq!(reserve(&sim), [["c"]]);
+}
+
+#[test]
+fn a_replica_draining_the_answer_alone_answers_what_the_leader_would() {
+    use lifeline_model::{AddressSet, NameRecords, Target, ZoneSnapshot};
+    // b is down; a answers, c waits in reserve.
+    let mut sim = Sim::new(vec![three_tiers()]);
+    sim.wait(2, &[("b", false)]);
+    let pd = &sim.decision.policies["shop/checkout"];
+    let target = |a: &super::Answer| Target {
+        address: a.address,
+        cluster: a.cluster.to_string(),
+        region: a.region.to_string(),
+        weight: a.weight,
+        share: None,
+    };
+    let mut published = ZoneSnapshot::empty("global.example.com", 1, t0());
+    published.names.insert(
+        "checkout".into(),
+        NameRecords {
+            address: Some(AddressSet {
+                ttl: 30,
+                targets: pd.answers.iter().map(target).collect(),
+                max_answers: None,
+                geo: false,
+                standby: (pd.standby.iter())
+                    .map(|tier| tier.iter().map(target).collect())
+                    .collect(),
+            }),
+            ..NameRecords::default()
+        },
+    );
+    // The operator drains a: the leader decides again, the replica applies it alone.
+    let drain = an_override("a", OverrideAction::Drain, 600);
+    sim.overrides.push(drain.clone());
+    sim.step(&[("b", false)]);
+    let at_replica = lifeline_model::overrides::apply(&published, &[drain], t0());
+    let replica: Vec<String> = at_replica.names["checkout"]
+        .address
+        .as_ref()
+        .unwrap()
+        .targets
+        .iter()
+        .map(|t| t.cluster.clone())
+        .collect();
+    assert_eq!(sim.clusters(), ["c"]);
+    assert_eq!(
+        replica,
+        sim.clusters(),
+        "the same answer with or without a leader"
+    );
+}
+
 #[test]
 fn round_robin_and_geo_answer_all_healthy_targets_equally() {
     for strategy in [Plan::RoundRobin, Plan::Geo] {

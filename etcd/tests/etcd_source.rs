@@ -43,6 +43,7 @@ fn numbered(n: u32) -> NameRecords {
             }],
             max_answers: None,
             geo: false,
+            standby: Vec::new(),
         }),
         ..NameRecords::default()
     }

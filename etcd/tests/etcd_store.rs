@@ -86,6 +86,7 @@ fn big_decision(n: usize, bump: Option<usize>) -> Decision {
                 changed_at: at,
                 basis: 0,
                 resumed: false,
+                standby: Vec::new(),
             };
             (format!("team-{}/svc-{i}", i % 7), Arc::new(pd))
         })

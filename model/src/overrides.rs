@@ -10,18 +10,20 @@
 //!                                      a name
 //! ```
 //!
-//! The shim only sees what the leader last published, so on its own it can take a
-//! cluster out (drain), narrow a name to a cluster already in its answer (pin), or
-//! change a weight; it cannot bring in a target the leader had left out, and it applies
-//! only cluster-wide overrides (a policy-scoped one needs the leader, which knows which
-//! names a policy owns). Applying an override the leader already applied changes
-//! nothing, so both layers can act at once.
+//! The shim only sees what the leader last published: the answer, and the healthy
+//! tiers held in reserve behind it (`AddressSet::standby`). On its own it can take a
+//! cluster out (drain; draining the whole answer moves it to the next tier that was
+//! healthy), narrow a name to a cluster in its answer or in reserve (pin), or change a
+//! weight. It cannot bring in a target the leader saw unhealthy, it never empties a
+//! name, and it applies only cluster-wide overrides (a policy-scoped one needs the
+//! leader, which knows which names a policy owns). Applying an override the leader
+//! already applied changes nothing, so both layers can act at once.
 
 use std::{borrow::Cow, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::records::{NameRecords, ZoneSnapshot};
+use crate::records::{NameRecords, Target, ZoneSnapshot};
 
 /// An operator override, with expiry and an audit trail.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -73,50 +75,88 @@ pub fn apply<'a>(
     overrides: &[Override],
     now: SystemTime,
 ) -> Cow<'a, ZoneSnapshot> {
+    apply_reporting(snapshot, overrides, now).snapshot
+}
+
+/// What [`apply_reporting`] made of a snapshot.
+#[derive(Debug)]
+pub struct Applied<'a> {
+    pub snapshot: Cow<'a, ZoneSnapshot>,
+    /// Names a drain would have left with no target at all (none in the answer, none
+    /// in reserve): they keep the answer they had.
+    pub kept: Vec<String>,
+}
+
+/// [`apply`], and the names whose drain was not applied because nothing would be left.
+pub fn apply_reporting<'a>(
+    snapshot: &'a ZoneSnapshot,
+    overrides: &[Override],
+    now: SystemTime,
+) -> Applied<'a> {
     let active: Vec<&Override> = overrides
         .iter()
         .filter(|o| o.policy.is_none() && o.is_active(now))
         .collect();
     if active.is_empty() {
-        return Cow::Borrowed(snapshot);
+        return Applied {
+            snapshot: Cow::Borrowed(snapshot),
+            kept: Vec::new(),
+        };
     }
     let mut out = snapshot.clone();
-    for records in out.names.values_mut() {
-        apply_name(records, &active);
+    let mut kept = Vec::new();
+    for (name, records) in out.names.iter_mut() {
+        if !apply_name(records, &active) {
+            kept.push(name.clone());
+        }
     }
-    if out == *snapshot {
+    let snapshot = if out == *snapshot {
         Cow::Borrowed(snapshot)
     } else {
         Cow::Owned(out)
-    }
+    };
+    Applied { snapshot, kept }
 }
 
-fn apply_name(records: &mut NameRecords, active: &[&Override]) {
+/// Applies the overrides to one name, as the engine would with the health the leader
+/// last published: pins narrow the answer to the pinned clusters (taken from reserve
+/// when none is answered), drains take clusters out (and move the answer to the first
+/// tier in reserve with a target left when none is), weights replace weights. False
+/// when a drain would have left nothing: the answer stays as it was.
+fn apply_name(records: &mut NameRecords, active: &[&Override]) -> bool {
     let Some(set) = records.address.as_mut() else {
-        return;
+        return true;
     };
-    let has = |t: &crate::records::Target, action: fn(&OverrideAction) -> bool| {
+    let has = |t: &Target, action: fn(&OverrideAction) -> bool| {
         active
             .iter()
             .any(|o| o.cluster == t.cluster && action(&o.action))
     };
-    // Pins: keep only pinned clusters, if any of them is in the answer.
-    if set
-        .targets
-        .iter()
-        .any(|t| has(t, |a| *a == OverrideAction::Pin))
-    {
-        set.targets
-            .retain(|t| has(t, |a| *a == OverrideAction::Pin));
+    let pinned = |t: &Target| has(t, |a| *a == OverrideAction::Pin);
+    let drained = |t: &Target| has(t, |a| *a == OverrideAction::Drain);
+    // Pins: keep only pinned clusters, from the answer or else the first tier in
+    // reserve that has one.
+    if set.targets.iter().any(pinned) {
+        set.targets.retain(pinned);
+    } else if let Some(tier) = set.standby.iter().find(|tier| tier.iter().any(pinned)) {
+        set.targets = tier.iter().filter(|t| pinned(t)).cloned().collect();
     }
-    // Drains: take the cluster out, unless nothing would be left.
-    if set
-        .targets
-        .iter()
-        .any(|t| !has(t, |a| *a == OverrideAction::Drain))
-    {
-        set.targets
-            .retain(|t| !has(t, |a| *a == OverrideAction::Drain));
+    // Drains: take the cluster out; when that empties the answer, the first tier in
+    // reserve with a target left answers; when none has, nothing changes.
+    let mut applied = true;
+    if set.targets.iter().any(drained) {
+        if set.targets.iter().any(|t| !drained(t)) {
+            set.targets.retain(|t| !drained(t));
+        } else {
+            let next = set.standby.iter().find_map(|tier| {
+                let left: Vec<Target> = tier.iter().filter(|t| !drained(t)).cloned().collect();
+                (!left.is_empty()).then_some(left)
+            });
+            match next {
+                Some(left) => set.targets = left,
+                None => applied = false,
+            }
+        }
     }
     for t in &mut set.targets {
         let weight = active.iter().rev().find_map(|o| match o.action {
@@ -129,6 +169,7 @@ fn apply_name(records: &mut NameRecords, active: &[&Override]) {
             t.weight = w.saturating_mul(share);
         }
     }
+    applied
 }
 
 /// One change to the overrides, for `lifeline ctl overrides` and the logs.
@@ -169,7 +210,7 @@ mod tests {
     use std::{net::IpAddr, time::Duration};
 
     use super::*;
-    use crate::records::{AddressSet, Target};
+    use crate::records::AddressSet;
 
     fn now() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
@@ -192,6 +233,7 @@ mod tests {
                     targets: vec![target("a", 2), target("b", 3)],
                     max_answers: None,
                     geo: false,
+                    standby: Vec::new(),
                 }),
                 ..NameRecords::default()
             },
@@ -258,6 +300,62 @@ mod tests {
             clusters(&apply(&s, &both, now())).len(),
             2,
             "draining everything changes nothing"
+        );
+    }
+
+    /// `web` answered by `a`, with `b` then `c` in reserve (a Failover policy).
+    fn tiered() -> ZoneSnapshot {
+        let mut s = snapshot();
+        let set = s.names.get_mut("web").unwrap().address.as_mut().unwrap();
+        let mut b = set.targets.pop().unwrap();
+        let mut c = b.clone();
+        c.cluster = "c".into();
+        c.address = IpAddr::from([127, 0, 0, 4]);
+        b.weight = 7_000;
+        set.standby = vec![vec![b], vec![c]];
+        s
+    }
+
+    #[test]
+    fn draining_the_answered_tier_moves_the_answer_to_the_next_tier_in_reserve() {
+        let s = tiered();
+        let out = apply_reporting(&s, &[ovr("a", OverrideAction::Drain, 60)], now());
+        assert_eq!(clusters(&out.snapshot), [("b".to_owned(), 7_000)]);
+        assert!(out.kept.is_empty());
+        // Drained too, the next tier in reserve answers.
+        let both = [
+            ovr("a", OverrideAction::Drain, 60),
+            ovr("b", OverrideAction::Drain, 60),
+        ];
+        assert_eq!(
+            clusters(&apply(&s, &both, now())),
+            [("c".to_owned(), 100_000)]
+        );
+    }
+
+    #[test]
+    fn a_drain_that_would_leave_nothing_keeps_the_answer_and_says_so() {
+        let s = tiered();
+        let all = [
+            ovr("a", OverrideAction::Drain, 60),
+            ovr("b", OverrideAction::Drain, 60),
+            ovr("c", OverrideAction::Drain, 60),
+        ];
+        let out = apply_reporting(&s, &all, now());
+        assert_eq!(clusters(&out.snapshot), [("a".to_owned(), 100_000)]);
+        assert_eq!(out.kept, ["web"]);
+        // A drain of a cluster the name does not answer is no refusal.
+        let out = apply_reporting(&s, &[ovr("zz", OverrideAction::Drain, 60)], now());
+        assert!(out.kept.is_empty());
+        assert!(matches!(out.snapshot, Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_pin_of_a_cluster_in_reserve_answers_it() {
+        let s = tiered();
+        assert_eq!(
+            clusters(&apply(&s, &[ovr("c", OverrideAction::Pin, 60)], now())),
+            [("c".to_owned(), 100_000)]
         );
     }
 

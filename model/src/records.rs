@@ -77,6 +77,13 @@ pub struct AddressSet {
     /// of that region. Without a match, all targets are used.
     #[serde(default)]
     pub geo: bool,
+    /// Healthy targets held in reserve, tier by tier, the next to answer first (a
+    /// Failover policy's lower-priority tiers, a Weighted policy's weight-0 targets).
+    /// Never answered while `targets` are; a replica that drains every cluster in
+    /// `targets` by itself, with no leader to decide again, answers the first tier
+    /// with a target left (see [`crate::overrides::apply`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standby: Vec<Vec<Target>>,
 }
 
 /// One address that may be handed out, with where it lives.
@@ -343,6 +350,7 @@ mod tests {
                 }],
                 max_answers: None,
                 geo: false,
+                standby: Vec::new(),
             }),
             ..NameRecords::default()
         }

@@ -23,6 +23,7 @@ fn address(a: Ipv4Addr) -> NameRecords {
             }],
             max_answers: None,
             geo: false,
+            standby: Vec::new(),
         }),
         ..NameRecords::default()
     }

@@ -140,12 +140,49 @@ async fn set_in_etcd(
         .await
         .context("reading the overrides in force")?;
     admin::room_for_one_more(&all, now).map_err(|e| anyhow::anyhow!("override refused: {e}"))?;
+    // What the DNS servers will answer when they apply it on their own (a replica with
+    // no leader does): a drain that would leave a name with no target is refused here,
+    // as the servers would not apply it there.
+    let leader = store
+        .leader_identity()
+        .await
+        .context("reading who holds the leader lease")?;
+    let mut notes = String::new();
+    if o.policy.is_none() {
+        let published = store
+            .records()
+            .await
+            .context("reading the published records")?;
+        let in_force: Vec<_> = all.into_iter().filter(|o| o.is_active(now)).collect();
+        let preview = super::preview::of(&published, &in_force, &o, now);
+        if o.action == lifeline_engine::OverrideAction::Drain && !preview.emptied.is_empty() {
+            bail!(
+                "override refused: draining {} would leave {} name(s) with no target, as no healthy tier is held in reserve for them: {}. The DNS servers would go on answering {} there. Bring a standby target back, or pin another cluster.",
+                o.cluster,
+                preview.emptied.len(),
+                preview.emptied.join(", "),
+                o.cluster,
+            );
+        }
+        notes.push_str(&super::preview::render(&preview));
+    } else {
+        notes.push_str(
+            "a policy-scoped override is applied by the leader only
+",
+        );
+    }
+    if leader.is_none() {
+        notes.push_str(
+            "warning: no leader holds the lease; only what the replicas apply on their own takes effect (cluster-wide drains, pins and weights, within the tiers last published)
+",
+        );
+    }
     let by = o.author.clone();
     store
         .put_override(&o, &by)
         .await
         .context("writing the override")?;
-    Ok(set_line(&o))
+    Ok(format!("{}{notes}", set_line(&o)))
 }
 
 async fn release_in_etcd(

@@ -11,6 +11,7 @@ use crate::{config::Config, documents, run};
 
 pub mod ctl;
 pub mod demo;
+pub mod preview;
 
 /// Lifeline: multi-cluster traffic failover with an authoritative DNS server that keeps
 /// answering when control planes fail.

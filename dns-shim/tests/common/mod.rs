@@ -63,6 +63,7 @@ pub fn address(ttl: u32, targets: Vec<Target>) -> NameRecords {
             targets,
             max_answers: None,
             geo: false,
+            standby: Vec::new(),
         }),
         ..NameRecords::default()
     }

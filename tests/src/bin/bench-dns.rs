@@ -104,6 +104,7 @@ fn snapshot(names: usize) -> ZoneSnapshot {
                 targets: vec![target("127.0.0.1".parse().unwrap())],
                 max_answers: None,
                 geo: false,
+                standby: Vec::new(),
             }),
             ..NameRecords::default()
         },
@@ -121,6 +122,7 @@ fn snapshot(names: usize) -> ZoneSnapshot {
                     targets,
                     max_answers: None,
                     geo: false,
+                    standby: Vec::new(),
                 }),
                 ..NameRecords::default()
             },
