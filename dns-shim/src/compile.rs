@@ -315,6 +315,8 @@ pub struct ZoneTable {
     pub name_count: usize,
     /// TTLs are capped because the data is stale.
     pub ttl_capped: bool,
+    /// The cap, when capped: zone transfers carry the TTLs queries get.
+    pub ttl_cap: Option<u32>,
     /// Set while `names` is not built yet: answers are built per query from the
     /// snapshot instead (see [`index_zone`]).
     pub lazy: Option<Lazy>,
@@ -493,6 +495,7 @@ impl<V> Prepared<V> {
             rejected: self.rejected,
             name_count: snapshot.names.len(),
             ttl_capped: opts.ttl_cap.is_some(),
+            ttl_cap: opts.ttl_cap,
             lazy,
             config: self.config,
             served: None,

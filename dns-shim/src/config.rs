@@ -78,7 +78,26 @@ pub struct TransferConfig {
     /// Secondaries told of each new serial (RFC 1996), as `address:port`.
     #[serde(default)]
     pub notify: Vec<SocketAddr>,
+    /// Transfers of this zone sent at once; one more is refused (REFUSED, counted) and
+    /// the secondary retries later.
+    #[serde(default = "default_max_transfers")]
+    pub max_transfers: usize,
+    /// Transfers sent at once to one client prefix (/24 for IPv4, /56 for IPv6), so
+    /// one host cannot take every place from the others.
+    #[serde(default = "default_max_transfers_per_prefix")]
+    pub max_transfers_per_prefix: usize,
 }
+
+fn default_max_transfers() -> usize {
+    16
+}
+
+fn default_max_transfers_per_prefix() -> usize {
+    4
+}
+
+/// Most transfers a zone may allow at once: each holds a thread while it is sent.
+pub const TRANSFERS_MAX: usize = 256;
 
 /// Most secondaries a zone may notify, and most prefixes it may allow: each costs
 /// work on every change.
@@ -399,6 +418,23 @@ impl ZoneConfig {
                     p.push((
                         format!("{path}.transfer.notify[{i}]"),
                         format!("{a} is not an address a NOTIFY can be sent to"),
+                    ));
+                }
+                if let Some(first) = t.notify[..i].iter().position(|b| b == a) {
+                    p.push((
+                        format!("{path}.transfer.notify[{i}]"),
+                        format!("{a} is listed already (notify[{first}]); each secondary once"),
+                    ));
+                }
+            }
+            for (field, n) in [
+                ("maxTransfers", t.max_transfers),
+                ("maxTransfersPerPrefix", t.max_transfers_per_prefix),
+            ] {
+                if !(1..=TRANSFERS_MAX).contains(&n) {
+                    p.push((
+                        format!("{path}.transfer.{field}"),
+                        format!("{n} is outside 1..={TRANSFERS_MAX}"),
                     ));
                 }
             }

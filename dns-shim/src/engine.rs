@@ -35,6 +35,8 @@ pub struct Engine {
     /// Largest UDP response we send whatever the client offers (and the payload size we
     /// advertise); 1232 avoids IP fragmentation on common paths.
     max_udp_payload: u16,
+    /// Zone transfers in progress, under their limits.
+    pub(crate) transfers: crate::transfer::Running,
 }
 
 thread_local! {
@@ -57,6 +59,7 @@ impl Engine {
             counters: Counters::default(),
             limiter,
             max_udp_payload: max_udp_payload.max(512),
+            transfers: Default::default(),
         }
     }
 

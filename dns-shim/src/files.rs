@@ -34,18 +34,25 @@ pub fn replace(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!("{TMP_MARK}{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
-    {
+    let written = (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&tmp)
-            .map_err(at(&tmp))?;
-        f.write_all(bytes).map_err(at(&tmp))?;
-        f.sync_all().map_err(at(&tmp))?;
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        // A write that failed (a full disk) leaves nothing behind to fill it further.
+        let _ = fs::remove_file(&tmp);
+        return Err(at(&tmp)(e));
     }
-    fs::rename(&tmp, path).map_err(at(path))?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(at(path)(e));
+    }
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(at(dir))

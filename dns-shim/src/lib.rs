@@ -80,6 +80,7 @@ mod persister;
 pub mod rrl;
 pub mod serial;
 pub mod shim;
+mod slots;
 pub mod source;
 pub mod standalone;
 pub mod transfer;

@@ -75,6 +75,9 @@ pub struct Counters {
     pub transfers_current: Count,
     /// Zone-transfer requests refused (not allowed, not a zone apex, over UDP).
     pub transfers_refused: Count,
+    /// Transfers refused because the zone or the client prefix had as many running as
+    /// allowed (also counted in `transfers_refused`).
+    pub transfers_busy: Count,
     /// NOTIFY messages a secondary acknowledged.
     pub notifies_acknowledged: Count,
     /// NOTIFY attempts that got no acknowledgement (timed out, refused, unreachable).
@@ -98,6 +101,7 @@ impl Default for Counters {
             transfers_incremental: Count::default(),
             transfers_current: Count::default(),
             transfers_refused: Count::default(),
+            transfers_busy: Count::default(),
             notifies_acknowledged: Count::default(),
             notifies_failed: Count::default(),
         }
@@ -244,8 +248,13 @@ impl Collector for ShimMetrics {
             ),
             (
                 "lifeline_dns_transfers_refused",
-                "Zone-transfer requests refused: source not allowed, name not a zone apex, or over UDP",
+                "Zone-transfer requests refused: source not allowed, name not a zone apex, over UDP, or too many running",
                 c.transfers_refused.get(),
+            ),
+            (
+                "lifeline_dns_transfers_busy",
+                "Zone-transfer requests refused because the zone or the client prefix had as many transfers running as allowed",
+                c.transfers_busy.get(),
             ),
             (
                 "lifeline_dns_notifies_acknowledged",

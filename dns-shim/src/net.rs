@@ -12,14 +12,11 @@
 //! every slot from the rest.
 
 use std::{
-    collections::HashMap,
     io,
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
-
-use parking_lot::Mutex;
 
 #[cfg(not(target_os = "linux"))]
 use std::sync::atomic::Ordering;
@@ -32,7 +29,11 @@ use tokio::{
 };
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::engine::{Engine, Transport};
+use crate::{
+    engine::{Engine, Transport},
+    slots::{Slots, prefix_of},
+    transfer::{Reply, Transfer},
+};
 
 /// How long a UDP thread blocks before checking for shutdown.
 const UDP_POLL: Duration = Duration::from_millis(200);
@@ -257,7 +258,7 @@ pub fn spawn_tcp(listener: TcpListener, engine: Arc<Engine>) -> JoinHandle<()> {
     tokio::spawn(
         async move {
             let permits = Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS));
-            let prefixes = Arc::new(PrefixCounts::default());
+            let prefixes = Slots::default();
             loop {
                 let (stream, peer) = match listener.accept().await {
                     Ok(c) => c,
@@ -268,7 +269,7 @@ pub fn spawn_tcp(listener: TcpListener, engine: Arc<Engine>) -> JoinHandle<()> {
                         continue;
                     }
                 };
-                let Some(slot) = prefixes.take(peer.ip()) else {
+                let Some(slot) = prefixes.take(prefix_of(peer.ip()), TCP_MAX_PER_PREFIX) else {
                     debug!(%peer, "tcp connection refused: too many from this prefix");
                     continue;
                 };
@@ -299,7 +300,7 @@ pub fn spawn_tcp(listener: TcpListener, engine: Arc<Engine>) -> JoinHandle<()> {
 async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
-    engine: &Engine,
+    engine: &Arc<Engine>,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut buf = vec![0u8; 65_535];
@@ -321,17 +322,46 @@ async fn serve_connection(
         tokio::time::timeout_at(deadline, stream.read_exact(&mut buf[..len]))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "message read timed out"))??;
-        if let Some(messages) = engine.transfer(&buf[..len], peer) {
-            for message in messages {
+        match engine.transfer(&buf[..len], peer) {
+            Some(Reply::Refused(message)) => {
                 write_framed(&mut stream, &message).await?;
+                continue;
             }
-            continue;
+            Some(Reply::Stream(transfer)) => {
+                stream_transfer(&mut stream, transfer).await?;
+                continue;
+            }
+            None => {}
         }
         if engine.respond(&buf[..len], peer, Transport::Tcp, &mut out) {
             write_framed(&mut stream, &out).await?;
         }
     }
 }
+
+/// Sends a zone transfer message by message as a blocking thread builds them: the
+/// runtime's workers never build one, and a client that stops reading holds at most
+/// [`TRANSFER_AHEAD`] built messages (it is dropped after [`TCP_IDLE`], which stops the
+/// builder).
+async fn stream_transfer(stream: &mut TcpStream, transfer: Transfer) -> io::Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(TRANSFER_AHEAD);
+    let builder = tokio::task::spawn_blocking(move || {
+        transfer.run(&mut |message| tx.blocking_send(message).is_ok());
+    });
+    while let Some(message) = rx.recv().await {
+        if let Err(e) = write_framed(stream, &message).await {
+            // Dropping the receiver stops the builder at its next message.
+            drop(rx);
+            let _ = builder.await;
+            return Err(e);
+        }
+    }
+    let _ = builder.await;
+    Ok(())
+}
+
+/// Transfer messages built ahead of what the client has read.
+const TRANSFER_AHEAD: usize = 2;
 
 /// Writes one message with its length prefix; a client that stops reading is dropped.
 async fn write_framed(stream: &mut TcpStream, message: &[u8]) -> io::Result<()> {
@@ -345,71 +375,4 @@ async fn write_framed(stream: &mut TcpStream, message: &[u8]) -> io::Result<()> 
     tokio::time::timeout(TCP_IDLE, stream.write_all(&framed))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client does not read"))?
-}
-
-/// Open connections per client prefix.
-#[derive(Default)]
-struct PrefixCounts(Mutex<HashMap<u128, usize>>);
-
-/// A connection's place in its prefix's count; given back on drop.
-struct PrefixSlot {
-    counts: Arc<PrefixCounts>,
-    key: u128,
-}
-
-impl PrefixCounts {
-    fn key(ip: IpAddr) -> u128 {
-        // IPv4 clients of a dual-stack listener arrive IPv4-mapped; counted as IPv6
-        // they would all share the one /56 holding `::ffff:0:0/96`.
-        match ip.to_canonical() {
-            // Tagged so an IPv4 /24 never collides with an IPv6 /56.
-            IpAddr::V4(v4) => (1u128 << 64) | u128::from(u32::from(v4) >> 8),
-            IpAddr::V6(v6) => u128::from(v6) >> 72,
-        }
-    }
-
-    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<PrefixSlot> {
-        let key = Self::key(ip);
-        let mut counts = self.0.lock();
-        let n = counts.entry(key).or_default();
-        if *n >= TCP_MAX_PER_PREFIX {
-            return None;
-        }
-        *n += 1;
-        Some(PrefixSlot {
-            counts: self.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for PrefixSlot {
-    fn drop(&mut self) {
-        let mut counts = self.counts.0.lock();
-        if let Some(n) = counts.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.key);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
-
-    use super::PrefixCounts;
-
-    #[test]
-    fn ipv4_clients_of_a_dual_stack_listener_count_by_their_own_prefix() {
-        let mapped = |c: u8| IpAddr::V6(Ipv4Addr::new(198, 51, c, 7).to_ipv6_mapped());
-        let plain = |c: u8| IpAddr::V4(Ipv4Addr::new(198, 51, c, 9));
-        assert_eq!(PrefixCounts::key(mapped(1)), PrefixCounts::key(plain(1)));
-        assert_ne!(
-            PrefixCounts::key(mapped(1)),
-            PrefixCounts::key(mapped(2)),
-            "two /24s must not share slots"
-        );
-    }
 }

@@ -178,6 +178,8 @@ mod tests {
         listed.transfer = Some(crate::config::TransferConfig {
             allow: vec!["127.0.0.0/8".parse().unwrap()],
             notify: vec![],
+            max_transfers: 16,
+            max_transfers_per_prefix: 4,
         });
         assert_eq!(settings_digest(&zone), settings_digest(&listed));
         let mut refreshed = zone.clone();

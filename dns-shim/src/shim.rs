@@ -384,7 +384,7 @@ struct Inner {
     overrides_generation: Option<AtomicU64>,
     persister: Arc<Persister>,
     /// The changes kept per zone for IXFR, oldest first, at most
-    /// [`crate::transfer::HISTORY_MAX`].
+    /// [`crate::transfer::HISTORY_BYTES`] of them.
     history: Mutex<BTreeMap<String, Vec<Arc<crate::transfer::Change>>>>,
     /// Serial last published per zone whose secondaries are notified.
     serials: BTreeMap<String, watch::Sender<Option<u32>>>,
@@ -568,11 +568,9 @@ impl Inner {
                 let count = replayed.entries.len();
                 for (entry, before) in replayed.entries {
                     // An entry without serials breaks the chain IXFR follows.
-                    let change = entry.serials.map(|[from, to]| crate::transfer::Change {
-                        from,
-                        to,
-                        before,
-                    });
+                    let change = entry
+                        .serials
+                        .map(|[from, to]| crate::transfer::Change::new(from, to, before));
                     self.remember(&snapshot.zone, change);
                 }
                 if replayed.good_bytes > 0
@@ -731,7 +729,17 @@ impl Inner {
         match change {
             Some(c) => {
                 changes.push(Arc::new(c));
-                let excess = changes.len().saturating_sub(crate::transfer::HISTORY_MAX);
+                // The newest changes that fit the budget; older ones go.
+                let mut total = 0;
+                let keep = changes
+                    .iter()
+                    .rev()
+                    .take_while(|c| {
+                        total += c.bytes;
+                        total <= crate::transfer::HISTORY_BYTES
+                    })
+                    .count();
+                let excess = changes.len() - keep;
                 changes.drain(..excess);
             }
             None => changes.clear(),
@@ -930,11 +938,7 @@ impl Inner {
         let (changes, change) = match (entry, from) {
             (Some((mut entry, before)), Some(from)) => {
                 entry.serials = Some([from, table.serial]);
-                let change = crate::transfer::Change {
-                    from,
-                    to: table.serial,
-                    before,
-                };
+                let change = crate::transfer::Change::new(from, table.serial, before);
                 (Some(vec![entry]), Some(change))
             }
             (Some((entry, _)), None) => (Some(vec![entry]), None),

@@ -14,7 +14,7 @@
 //! # IXFR
 //!
 //! A secondary that sends its serial gets the current SOA alone when it is current.
-//! When the changes since its serial are still kept ([`HISTORY_MAX`] of them, also
+//! When the changes since its serial are still kept ([`HISTORY_BYTES`] of them, also
 //! rebuilt from the journal at start), it gets them condensed into one difference:
 //! the records of every name touched since, as they were at its serial, deleted, and
 //! as they are now, added (RFC 1995 §4), leaving out records that did not change.
@@ -30,7 +30,10 @@
 //! 65,535 bytes, what TCP framing can carry. Requests are read with hickory-proto
 //! (the IXFR serial sits in the authority section).
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use hickory_proto::{
     op::Message,
@@ -40,6 +43,7 @@ use hickory_proto::{
 use crate::{
     compile::{CompileOptions, ZoneTable, check_records, srv_rdata, txt_rdata, wire_or_root},
     engine::Engine,
+    slots::{Slot, Slots, prefix_of},
     wire::{self, Parsed, Question},
 };
 use lifeline_model::{NameRecords, ZoneSnapshot};
@@ -56,8 +60,9 @@ pub fn moves_forward(have: u64, next: u64) -> bool {
     next > have && next - have < 1 << 31
 }
 
-/// Changes kept per zone for IXFR.
-pub const HISTORY_MAX: usize = 1000;
+/// Memory the changes kept for IXFR may take per zone, as [`Change::bytes`] counts
+/// it. Past it the oldest go first; a secondary further behind gets the whole zone.
+pub const HISTORY_BYTES: usize = 16 << 20;
 
 /// One applied change, kept for IXFR: the serials it took the zone between, and the
 /// records the names it touched had before it.
@@ -66,6 +71,51 @@ pub struct Change {
     pub from: u32,
     pub to: u32,
     pub before: crate::journal::Before,
+    /// About what it holds in memory.
+    pub bytes: usize,
+}
+
+impl Change {
+    pub fn new(from: u32, to: u32, before: crate::journal::Before) -> Self {
+        let bytes = before
+            .iter()
+            .map(|(key, records)| 64 + key.len() + records.as_ref().map_or(0, footprint))
+            .sum::<usize>()
+            + 64;
+        Self {
+            from,
+            to,
+            before,
+            bytes,
+        }
+    }
+}
+
+/// About the memory one name's records take.
+fn footprint(records: &NameRecords) -> usize {
+    let target = |t: &lifeline_model::Target| {
+        std::mem::size_of::<lifeline_model::Target>() + t.cluster.len() + t.region.len()
+    };
+    let mut n = std::mem::size_of::<NameRecords>();
+    if let Some(set) = &records.address {
+        n += set.targets.iter().map(target).sum::<usize>();
+        n += set.standby.iter().flatten().map(target).sum::<usize>();
+        n += 24 * set.standby.len();
+    }
+    if let Some(srv) = &records.srv {
+        n += srv
+            .records
+            .iter()
+            .map(|r| 32 + r.target.len())
+            .sum::<usize>();
+    }
+    if let Some(txt) = &records.txt {
+        n += txt.records.iter().map(|r| 24 + r.len()).sum::<usize>();
+    }
+    if let Some(c) = &records.cname {
+        n += c.target.len();
+    }
+    n
 }
 
 /// The changes that led to a table's snapshot, oldest first.
@@ -83,11 +133,40 @@ enum Asked {
     Ixfr(u32),
 }
 
+/// What a transfer request gets.
+#[derive(Debug)]
+pub enum Reply {
+    /// One message: a refusal or an error.
+    Refused(Vec<u8>),
+    /// A transfer to send, message by message ([`Transfer::run`]).
+    Stream(Transfer),
+}
+
+/// An allowed transfer: the table it copies, what it sends, and its places under the
+/// zone's and the client prefix's limits (given back when it is dropped).
+#[derive(Debug)]
+pub struct Transfer {
+    zone: Arc<ZoneTable>,
+    served: Arc<ZoneSnapshot>,
+    head: Vec<u8>,
+    asked: Asked,
+    engine: Arc<Engine>,
+    _slots: (Slot<Box<[u8]>>, Slot<u128>),
+}
+
+/// Places taken by transfers in progress, per zone apex and per client prefix.
+#[derive(Debug, Default)]
+pub(crate) struct Running {
+    zones: Slots<Box<[u8]>>,
+    prefixes: Slots<u128>,
+}
+
 impl Engine {
-    /// The response to a zone-transfer request received over TCP, as the messages to
-    /// send in order; `None` when `raw` is not a transfer request (it is then answered
-    /// as a query). Never panics on input.
-    pub fn transfer(&self, raw: &[u8], peer: SocketAddr) -> Option<Vec<Vec<u8>>> {
+    /// What a zone-transfer request received over TCP gets; `None` when `raw` is not a
+    /// transfer request (it is then answered as a query). Nothing is built here: an
+    /// allowed transfer is built by [`Transfer::run`], on a thread of its own. Never
+    /// panics on input.
+    pub fn transfer(self: &Arc<Self>, raw: &[u8], peer: SocketAddr) -> Option<Reply> {
         let fast = wire::parse_fast(raw);
         let full;
         let q = match &fast {
@@ -104,30 +183,28 @@ impl Engine {
             return None;
         }
         let compiled = self.live.load();
-        let (messages, rcode) = match self.stream(&compiled.zones, q, raw, peer.ip()) {
-            Ok(messages) => (messages, wire::RCODE_NOERROR),
+        match self.allow(&compiled.zones, q, raw, peer.ip()) {
+            Ok(transfer) => Some(Reply::Stream(transfer)),
             Err(rcode) => {
                 self.counters.transfers_refused.inc();
                 let mut out = Vec::new();
                 wire::put_header(&mut out, q.id, 0, false, false, rcode, 1, 0, 0, 0);
                 out.extend_from_slice(&q.echo);
-                (vec![out], rcode)
+                self.counters
+                    .record(q.qtype, u16::from(rcode), out.len(), compiled.stale);
+                Some(Reply::Refused(out))
             }
-        };
-        let size = messages.iter().map(Vec::len).sum();
-        self.counters
-            .record(q.qtype, u16::from(rcode), size, compiled.stale);
-        Some(messages)
+        }
     }
 
-    /// The messages of an allowed transfer, or the rcode of a refusal.
-    fn stream(
-        &self,
-        zones: &[std::sync::Arc<ZoneTable>],
+    /// The transfer a request may have, or the rcode of its refusal.
+    fn allow(
+        self: &Arc<Self>,
+        zones: &[Arc<ZoneTable>],
         q: &Question<'_>,
         raw: &[u8],
         peer: IpAddr,
-    ) -> Result<Vec<Vec<u8>>, u8> {
+    ) -> Result<Transfer, u8> {
         if q.qclass != wire::CLASS_IN {
             return Err(wire::RCODE_REFUSED);
         }
@@ -135,14 +212,14 @@ impl Engine {
         let Some(zone) = zones.iter().find(|z| *z.apex == *q.name()) else {
             return Err(RCODE_NOTAUTH);
         };
-        let allowed = zone
+        let Some(config) = zone
             .config
             .transfer
             .as_ref()
-            .is_some_and(|t| t.allow.iter().any(|net| net.contains(&unmapped(peer))));
-        if !allowed {
+            .filter(|t| t.allow.iter().any(|net| net.contains(&unmapped(peer))))
+        else {
             return Err(wire::RCODE_REFUSED);
-        }
+        };
         let Some(served) = &zone.served else {
             return Err(wire::RCODE_SERVFAIL);
         };
@@ -150,36 +227,97 @@ impl Engine {
             wire::TYPE_IXFR => Asked::Ixfr(ixfr_serial(raw).ok_or(wire::RCODE_FORMERR)?),
             _ => Asked::Axfr,
         };
-        let mut out = Stream::new(q);
-        let soa = soa_record(zone);
-        if let Asked::Ixfr(have) = asked
-            && SerialNumber::new(have) >= SerialNumber::new(zone.serial)
-        {
-            // Current (or, oddly, ahead): the SOA alone says so (RFC 1995 §2).
-            out.push(&soa);
-            self.counters.transfers_current.inc();
-            return Ok(out.finish());
+        // Over either limit: refused now, tried again by the secondary later.
+        let running = &self.transfers;
+        let slots = running
+            .zones
+            .take(zone.apex.clone(), config.max_transfers)
+            .zip(
+                running
+                    .prefixes
+                    .take(prefix_of(peer), config.max_transfers_per_prefix),
+            );
+        let Some(slots) = slots else {
+            self.counters.transfers_busy.inc();
+            return Err(wire::RCODE_REFUSED);
+        };
+        let mut head = Vec::with_capacity(wire::HEADER_LEN + q.echo.len());
+        wire::put_header(
+            &mut head,
+            q.id,
+            0,
+            true,
+            false,
+            wire::RCODE_NOERROR,
+            1,
+            0,
+            0,
+            0,
+        );
+        head.extend_from_slice(&q.echo);
+        Ok(Transfer {
+            zone: zone.clone(),
+            served: served.clone(),
+            head,
+            asked,
+            engine: self.clone(),
+            _slots: slots,
+        })
+    }
+}
+
+impl Transfer {
+    /// Builds the transfer's messages in order and hands each to `send` as soon as it
+    /// is full; stops early when `send` returns false (the client went away). Holds at
+    /// most one message of its own at a time.
+    pub fn run(self, send: &mut dyn FnMut(Vec<u8>) -> bool) {
+        let Transfer {
+            zone,
+            served,
+            head,
+            asked,
+            engine,
+            _slots,
+        } = self;
+        let counters = &engine.counters;
+        let mut out = Stream::new(head, send);
+        let soa = soa_record(&zone);
+        let qtype = match asked {
+            Asked::Axfr => wire::TYPE_AXFR,
+            Asked::Ixfr(_) => wire::TYPE_IXFR,
+        };
+        match asked {
+            Asked::Ixfr(have) if SerialNumber::new(have) >= SerialNumber::new(zone.serial) => {
+                // Current (or, oddly, ahead): the SOA alone says so (RFC 1995 §2).
+                out.push(&soa);
+                counters.transfers_current.inc();
+            }
+            Asked::Ixfr(have) if let Some((deleted, added)) = difference(&zone, &served, have) => {
+                let mut old = soa.clone();
+                let at = old.len() - 20;
+                old[at..at + 4].copy_from_slice(&have.to_be_bytes());
+                out.push(&soa);
+                out.push(&old);
+                deleted.iter().for_each(|rr| out.push(rr));
+                out.push(&soa);
+                added.iter().for_each(|rr| out.push(rr));
+                out.push(&soa);
+                counters.transfers_incremental.inc();
+            }
+            _ => {
+                out.push(&soa);
+                whole_zone(&zone, &served, &mut out);
+                out.push(&soa);
+                counters.transfers_full.inc();
+            }
         }
-        if let Asked::Ixfr(have) = asked
-            && let Some((deleted, added)) = difference(zone, served, have)
-        {
-            let mut old = soa.clone();
-            let at = old.len() - 20;
-            old[at..at + 4].copy_from_slice(&have.to_be_bytes());
-            out.push(&soa);
-            out.push(&old);
-            deleted.iter().for_each(|rr| out.push(rr));
-            out.push(&soa);
-            added.iter().for_each(|rr| out.push(rr));
-            out.push(&soa);
-            self.counters.transfers_incremental.inc();
-            return Ok(out.finish());
-        }
-        out.push(&soa);
-        whole_zone(zone, served, &mut out);
-        out.push(&soa);
-        self.counters.transfers_full.inc();
-        Ok(out.finish())
+        let size = out.finish();
+        counters.record(
+            qtype,
+            u16::from(wire::RCODE_NOERROR),
+            size,
+            zone.ttl_cap.is_some(),
+        );
     }
 }
 
@@ -204,12 +342,21 @@ fn ixfr_serial(raw: &[u8]) -> Option<u32> {
     })
 }
 
+/// The TTLs a transfer carries: those queries get, the stale cap included, so a
+/// secondary never serves longer TTLs than its primary.
+fn served_as(zone: &ZoneTable) -> CompileOptions {
+    CompileOptions {
+        ttl_cap: zone.ttl_cap,
+        serial: None,
+    }
+}
+
 /// Owner bytes of a record of the zone's apex: a pointer to the question's name.
 const APEX: [u8; 2] = [0xC0, wire::HEADER_LEN as u8];
 
 fn soa_record(zone: &ZoneTable) -> Vec<u8> {
     let mut rr = Vec::new();
-    let ttl = CompileOptions::default().ttl(zone.config.ttl);
+    let ttl = served_as(zone).ttl(zone.config.ttl);
     wire::put_rr(&mut rr, &APEX, wire::TYPE_SOA, ttl, &zone.soa_rdata);
     rr
 }
@@ -248,7 +395,36 @@ fn difference(zone: &ZoneTable, served: &ZoneSnapshot, have: u32) -> Option<(Rec
         deleted.extend(old.iter().filter(|rr| !new.contains(rr)).cloned());
         added.extend(new.iter().filter(|rr| !old.contains(rr)).cloned());
     }
+    // Never more records than the whole zone: counted only when it could be (a zone
+    // has at least one record per name).
+    let records = deleted.len() + added.len();
+    if records >= served.names.len() && records > zone_records(zone, served) {
+        return None;
+    }
     Some((deleted, added))
+}
+
+/// Records of the whole zone as an AXFR sends them, SOA and apex NS included.
+fn zone_records(zone: &ZoneTable, served: &ZoneSnapshot) -> usize {
+    let mut n = 2 + zone.config.nameservers.len();
+    for (key, recs) in &served.names {
+        if compressed_owner(zone, key, recs).is_none() {
+            continue;
+        }
+        if recs.cname.is_some() {
+            n += 1;
+            continue;
+        }
+        if let Some(set) = &recs.address {
+            let mut addresses: Vec<IpAddr> = set.targets.iter().map(|t| t.address).collect();
+            addresses.sort();
+            addresses.dedup();
+            n += addresses.len();
+        }
+        n += recs.srv.as_ref().map_or(0, |s| s.records.len());
+        n += recs.txt.as_ref().map_or(0, |t| t.records.len());
+    }
+    n
 }
 
 /// The records of `key` as a transfer sends them; none when the name cannot be served.
@@ -260,7 +436,7 @@ fn servable_records(zone: &ZoneTable, key: &str, recs: Option<&NameRecords>) -> 
         return Vec::new();
     };
     let mut out = Vec::new();
-    records_of(&owner, recs, CompileOptions::default(), &mut |rr| {
+    records_of(&owner, recs, served_as(zone), &mut |rr| {
         out.push(rr.to_vec())
     });
     out
@@ -281,8 +457,8 @@ fn compressed_owner(zone: &ZoneTable, key: &str, recs: &NameRecords) -> Option<V
 /// Every record of the zone but the SOA: the apex NS set, then each servable name's
 /// records. Names are checked as compiling checks them, so a name no query can get is
 /// not sent to secondaries either.
-fn whole_zone(zone: &ZoneTable, served: &ZoneSnapshot, out: &mut Stream) {
-    let opts = CompileOptions::default();
+fn whole_zone(zone: &ZoneTable, served: &ZoneSnapshot, out: &mut Stream<'_>) {
+    let opts = served_as(zone);
     let mut rr = Vec::new();
     for ns in &zone.config.nameservers {
         rr.clear();
@@ -292,6 +468,9 @@ fn whole_zone(zone: &ZoneTable, served: &ZoneSnapshot, out: &mut Stream) {
     }
     let mut seen = std::collections::HashSet::new();
     for (name, recs) in &served.names {
+        if out.stopped {
+            return;
+        }
         let Some(owner) = compressed_owner(zone, name, recs) else {
             continue;
         };
@@ -340,39 +519,34 @@ fn records_of(owner: &[u8], recs: &NameRecords, opts: CompileOptions, out: &mut 
 }
 
 /// Transfer messages being filled: each starts with the header and the question, and
-/// takes records until the next would not fit.
-struct Stream {
+/// takes records until the next would not fit; a full one goes to `send` at once.
+struct Stream<'s> {
     head: Vec<u8>,
     current: Vec<u8>,
     count: u16,
-    done: Vec<Vec<u8>>,
+    send: &'s mut dyn FnMut(Vec<u8>) -> bool,
+    /// The receiver is gone: nothing more is built.
+    stopped: bool,
+    /// Bytes sent so far.
+    sent: usize,
 }
 
-impl Stream {
-    fn new(q: &Question<'_>) -> Self {
-        let mut head = Vec::with_capacity(wire::HEADER_LEN + q.echo.len());
-        wire::put_header(
-            &mut head,
-            q.id,
-            0,
-            true,
-            false,
-            wire::RCODE_NOERROR,
-            1,
-            0,
-            0,
-            0,
-        );
-        head.extend_from_slice(&q.echo);
+impl<'s> Stream<'s> {
+    fn new(head: Vec<u8>, send: &'s mut dyn FnMut(Vec<u8>) -> bool) -> Self {
         Self {
             current: head.clone(),
             head,
             count: 0,
-            done: Vec::new(),
+            send,
+            stopped: false,
+            sent: 0,
         }
     }
 
     fn push(&mut self, rr: &[u8]) {
+        if self.stopped {
+            return;
+        }
         if self.count > 0 && (self.current.len() + rr.len() > MESSAGE_MAX || self.count == u16::MAX)
         {
             self.seal();
@@ -381,19 +555,22 @@ impl Stream {
         self.count += 1;
     }
 
-    /// Ends the current message: its answer count written, a fresh one begun.
+    /// Ends the current message: its answer count written, sent, a fresh one begun.
     fn seal(&mut self) {
         self.current[6..8].copy_from_slice(&self.count.to_be_bytes());
         let next = self.head.clone();
-        self.done.push(std::mem::replace(&mut self.current, next));
+        let message = std::mem::replace(&mut self.current, next);
+        self.sent += message.len();
+        self.stopped = !(self.send)(message);
         self.count = 0;
     }
 
-    fn finish(mut self) -> Vec<Vec<u8>> {
-        if self.count > 0 {
+    /// Sends what is left; the bytes sent in all.
+    fn finish(mut self) -> usize {
+        if self.count > 0 && !self.stopped {
             self.seal();
         }
-        self.done
+        self.sent
     }
 }
 

@@ -753,6 +753,13 @@ fn a_full_disk_is_counted_answers_go_on_and_the_next_persist_after_space_returns
     // The snapshot failed, and the serial kept beside it may have too.
     let failed = failures(&registry);
     assert!((1..=2).contains(&failed), "{failed} failures");
+    let leftovers: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "a failed write left {leftovers:?}");
     assert_eq!(www(&shim), vec!["192.0.2.2".parse::<IpAddr>().unwrap()]);
     assert_eq!(tcp_www(&shim), vec!["192.0.2.2".parse::<IpAddr>().unwrap()]);
 

@@ -153,6 +153,8 @@ fn a_restart_keeps_the_serial_of_the_same_content_and_new_settings_move_it() {
     listed.transfer = Some(lifeline_dns::TransferConfig {
         allow: vec!["127.0.0.0/8".parse().unwrap()],
         notify: Vec::new(),
+        max_transfers: 16,
+        max_transfers_per_prefix: 4,
     });
     let shim = rt
         .block_on(Shim::start(&dns, std::slice::from_ref(&listed)))

@@ -584,10 +584,169 @@ fn transfer_settings_are_checked_with_their_path() {
             .any(|(p, _)| p == "zones[0].transfer.notify[1]"),
         "{problems:?}"
     );
+    // The same secondary twice would be told every change twice.
+    let twice = zone_with_transfer(serde_json::json!({
+        "notify": ["192.0.2.53:53", "192.0.2.54:53", "192.0.2.53:53"],
+        "maxTransfers": 0, "maxTransfersPerPrefix": 100_000,
+    }));
+    let problems = twice.validate("zones[0]");
+    assert!(
+        problems
+            .iter()
+            .any(|(p, m)| p == "zones[0].transfer.notify[2]"
+                && m.contains("listed already (notify[0])")),
+        "{problems:?}"
+    );
+    assert!(
+        !problems
+            .iter()
+            .any(|(p, _)| p == "zones[0].transfer.notify[1]"),
+        "{problems:?}"
+    );
+    for field in ["maxTransfers", "maxTransfersPerPrefix"] {
+        assert!(
+            problems
+                .iter()
+                .any(|(p, _)| *p == format!("zones[0].transfer.{field}")),
+            "{field}: {problems:?}"
+        );
+    }
     let mut zone = serde_json::to_value(zone_config()).unwrap();
     zone["transfer"] = serde_json::json!({"allow": ["192.0.2.0/24"], "tsig": {"name": "k"}});
     let err = serde_json::from_value::<ZoneConfig>(zone)
         .unwrap_err()
         .to_string();
     assert!(err.contains("tsig"), "{err}");
+}
+
+/// Opens a connection from `from`, asks for an AXFR, and reads only the first two bytes
+/// of the answer: a secondary that stalls with the transfer started.
+fn stalled_axfr(server: SocketAddr, from: &str) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // A small receive window, so the stall reaches the server soon.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    socket.connect(&server.into()).unwrap();
+    let mut s: TcpStream = socket.into();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let bytes = request("global.example.com.", RecordType::AXFR, None);
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&bytes);
+    s.write_all(&framed).unwrap();
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).unwrap();
+    s
+}
+
+#[test]
+fn stalled_transfers_hold_at_most_their_places_and_one_more_is_refused() {
+    let zone = zone_with_transfer(serde_json::json!({
+        "allow": ["127.0.0.0/8"], "maxTransfers": 6, "maxTransfersPerPrefix": 4,
+    }));
+    let (shim, _dir, _rt) = start_zone(zone, Some(big_snapshot(7, 20_000)));
+    let server = shim.tcp_addrs()[0];
+    let counters = || shim.engine().counters().transfers_busy.get();
+
+    // Four stalled secondaries in 127.0.0.0/24 take that prefix's places.
+    let held: Vec<TcpStream> = (0..4).map(|_| stalled_axfr(server, "127.0.0.3")).collect();
+    let axfr = request("global.example.com.", RecordType::AXFR, None);
+    let refused = transfer(server, "127.0.0.4", &axfr);
+    assert_eq!(refused[0].1.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(counters(), 1);
+    // Another prefix still has places, up to the zone's six.
+    let other: Vec<TcpStream> = (0..2).map(|_| stalled_axfr(server, "127.0.1.3")).collect();
+    let refused = transfer(server, "127.0.2.3", &axfr);
+    assert_eq!(refused[0].1.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(counters(), 2, "the zone's limit holds across prefixes");
+    // Queries are answered meanwhile, over UDP and TCP.
+    let www = || addresses(&plain_udp(&shim, "www.global.example.com.", RecordType::A));
+    assert_eq!(www().len(), 1);
+    assert_eq!(
+        addresses(&plain_tcp(&shim, "www.global.example.com.", RecordType::A)).len(),
+        1
+    );
+
+    // The stalled secondaries go away: their places come back.
+    drop(held);
+    drop(other);
+    let start = Instant::now();
+    loop {
+        let messages = transfer(server, "127.0.0.4", &axfr);
+        if messages[0].1.metadata.response_code == ResponseCode::NoError {
+            let records: usize = messages.iter().map(|(_, m)| m.answers.len()).sum();
+            assert!(records > 60_000, "the whole zone: {records} records");
+            break;
+        }
+        assert!(start.elapsed() < LIMIT, "the places never came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn transfers_carry_the_capped_ttls_a_stale_primary_answers() {
+    let zone = zone_with_transfer(serde_json::json!({"allow": ["127.0.0.0/8"]}));
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = snapshot(1);
+    old.decided_at = std::time::SystemTime::now() - Duration::from_secs(3600);
+    lifeline_dns::persist::write(dir.path(), &old).unwrap();
+    let mut dns = dns_config(dir.path());
+    dns.stale_after = Duration::from_secs(300);
+    let shim = rt.block_on(Shim::start(&dns, &[zone])).unwrap();
+    assert!(shim.state().stale);
+    let messages = transfer(
+        shim.tcp_addrs()[0],
+        "127.0.0.1",
+        &request("global.example.com.", RecordType::AXFR, None),
+    );
+    let ttls: Vec<u32> = messages
+        .iter()
+        .flat_map(|(_, m)| m.answers.iter().map(|r| r.ttl))
+        .collect();
+    assert!(ttls.len() > 10);
+    assert!(
+        ttls.iter().all(|t| *t <= dns.stale_ttl),
+        "every TTL capped at {}: {ttls:?}",
+        dns.stale_ttl
+    );
+    shim.shutdown();
+}
+
+#[test]
+fn an_ixfr_larger_than_the_zone_goes_out_as_the_whole_zone() {
+    // One name with many addresses, replaced whole: the difference deletes and adds
+    // each of them, twice the records the zone holds.
+    let zone = zone_with_transfer(serde_json::json!({"allow": ["127.0.0.0/8"]}));
+    let many = |base: u8| -> Vec<lifeline_dns::Target> {
+        (0..200u8)
+            .map(|i| target(&format!("10.{base}.0.{i}"), "c1", "eu-west", 1))
+            .collect()
+    };
+    let mut first = lifeline_dns::ZoneSnapshot::empty(ZONE, 1, std::time::SystemTime::now());
+    first.names.insert("wide".into(), address(30, many(1)));
+    let (shim, _dir, _rt) = start_zone(zone, Some(first));
+    let before = shim.state().zones[0].serial.unwrap();
+    let mut upsert = std::collections::BTreeMap::new();
+    upsert.insert("wide".to_owned(), address(30, many(2)));
+    shim.apply(Update::Patch(lifeline_dns::ZonePatch {
+        zone: ZONE.into(),
+        revision: 2,
+        decided_at: std::time::SystemTime::now(),
+        upsert,
+        delete: Vec::new(),
+    }))
+    .unwrap();
+    let messages = transfer(
+        shim.tcp_addrs()[0],
+        "127.0.0.1",
+        &request("global.example.com.", RecordType::IXFR, Some(before)),
+    );
+    let records: usize = messages.iter().map(|(_, m)| m.answers.len()).sum();
+    assert_eq!(shim.engine().counters().transfers_incremental.get(), 0);
+    assert_eq!(shim.engine().counters().transfers_full.get(), 1);
+    assert!(
+        records < 300,
+        "the zone, not a 400-record difference: {records}"
+    );
 }
