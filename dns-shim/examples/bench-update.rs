@@ -283,7 +283,7 @@ fn warm_start(work: &Path, names: usize, pending: usize) -> Result<()> {
     // The files a server leaves after `pending` one-name changes on a snapshot that was
     // never compacted: written here directly, as its writer thread writes them.
     let base = snapshot(names);
-    lifeline_dns::persist::write(&data, &base)?;
+    lifeline_dns::snapshots::write(&data, &base)?;
     let mut journal = journal::Appender::start(&data, ZONE, base.revision)?;
     let last = 1 + pending as u64;
     let entries: Vec<journal::Entry> = (2..=last)

@@ -181,15 +181,15 @@ impl Default for JournalConfig {
 }
 
 fn default_compact_entries() -> u32 {
-    crate::journal::Limits::default().entries as u32
+    JournalLimits::default().entries as u32
 }
 fn default_compact_bytes() -> u64 {
-    crate::journal::Limits::default().bytes
+    JournalLimits::default().bytes
 }
 
 impl JournalConfig {
-    pub(crate) fn limits(&self) -> crate::journal::Limits {
-        crate::journal::Limits {
+    pub(crate) fn limits(&self) -> JournalLimits {
+        JournalLimits {
             entries: self.compact_after_entries as usize,
             bytes: self.compact_after_bytes,
         }
@@ -464,4 +464,22 @@ pub fn validate(dns: &DnsConfig, zones: &[ZoneConfig]) -> Vec<(String, String)> 
     }
     p.extend(dns.validate());
     p
+}
+
+/// When the journal is folded into a new snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalLimits {
+    /// Entries after which a snapshot is written.
+    pub entries: usize,
+    /// Journal bytes after which a snapshot is written.
+    pub bytes: u64,
+}
+
+impl Default for JournalLimits {
+    fn default() -> Self {
+        Self {
+            entries: 10_000,
+            bytes: 16 << 20,
+        }
+    }
 }

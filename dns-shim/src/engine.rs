@@ -13,10 +13,10 @@ use std::{
 use arc_swap::ArcSwap;
 
 use crate::{
-    compile::{Compiled, put_negative_soa},
     metrics::Counters,
     rrl::{RateLimiter, Verdict},
     wire::{self, Parsed, Question},
+    zone::{Compiled, put_negative_soa},
 };
 
 /// The transport a request arrived on; only UDP answers are size-limited.
@@ -36,7 +36,7 @@ pub struct Engine {
     /// advertise); 1232 avoids IP fragmentation on common paths.
     max_udp_payload: u16,
     /// Zone transfers in progress, under their limits.
-    pub(crate) transfers: crate::transfer::Running,
+    pub(crate) transfers: crate::slots::Transfers,
 }
 
 thread_local! {

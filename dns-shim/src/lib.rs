@@ -58,37 +58,34 @@
 //! # Secondaries
 //!
 //! A zone with a `transfer` section can be copied by other DNS servers: AXFR and IXFR
-//! over TCP ([`transfer`]), and a NOTIFY to each listed secondary on every new serial
-//! ([`notify`]).
+//! over TCP ([`xfr::transfer`]), and a NOTIFY to each listed secondary on every new serial
+//! (`xfr::notify`).
 
 #![forbid(unsafe_code)]
 
 use std::{net::SocketAddr, path::PathBuf};
 
 pub mod admin;
-pub mod compile;
 pub mod config;
+pub mod disk;
 pub mod engine;
-pub mod files;
 pub mod http;
-pub mod journal;
 pub mod metrics;
 pub mod net;
-pub mod notify;
-pub mod persist;
-mod persister;
+pub mod records;
 pub mod rrl;
-pub mod serial;
 pub mod shim;
 mod slots;
 pub mod source;
 pub mod standalone;
-pub mod transfer;
 pub mod wire;
+pub mod xfr;
+pub mod zone;
 
 pub use config::{
     DnsConfig, GeoPrefix, JournalConfig, RateLimitConfig, TransferConfig, ZoneConfig,
 };
+pub use disk::{files, journal, snapshots};
 pub use engine::{Engine, Transport};
 pub use lifeline_model::{
     AddressSet, Cname, NameRecords, Srv, SrvSet, Target, TxtSet, Update, ZonePatch, ZoneSnapshot,
@@ -96,6 +93,7 @@ pub use lifeline_model::{
 pub use metrics::ShimMetrics;
 pub use shim::{Applied, Shim, ShimHandle, ShimState, SourceState, StartOptions, ZoneState};
 pub use source::{DirectorySource, SnapshotSource};
+pub use zone::serial;
 
 /// Errors of the DNS shim.
 #[derive(Debug, thiserror::Error)]

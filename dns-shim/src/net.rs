@@ -32,7 +32,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::{
     engine::{Engine, Transport},
     slots::{Slots, prefix_of},
-    transfer::{Reply, Transfer},
+    xfr::transfer::{Reply, Transfer},
 };
 
 /// How long a UDP thread blocks before checking for shutdown.

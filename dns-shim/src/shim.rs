@@ -17,16 +17,20 @@ use tracing::{info, info_span, warn};
 
 use crate::{
     Error, Result,
-    compile::{self, CompileOptions, Compiled, GeoTable, ZoneTable},
     config::{DnsConfig, ZoneConfig},
+    disk::{
+        journal, snapshots as persist,
+        writer::{Item, Persister},
+    },
     engine::Engine,
-    journal,
     metrics::{Counters, ShimMetrics, StateView},
-    net, persist,
-    persister::{Item, Persister},
+    net,
     rrl::RateLimiter,
-    serial::{self, Served},
     wire,
+    zone::{
+        self as compile, CompileOptions, Compiled, GeoTable, ZoneTable,
+        serial::{self, Served},
+    },
 };
 use lifeline_model::{Update, ZoneSnapshot, overrides::Override};
 
@@ -168,7 +172,7 @@ impl Shim {
                 continue;
             };
             for secondary in &transfer.notify {
-                let task = crate::notify::tell(
+                let task = crate::xfr::notify::tell(
                     zone.origin.clone(),
                     *secondary,
                     serials.subscribe(),
@@ -341,7 +345,7 @@ pub struct ShimState {
 pub struct ZoneState {
     pub origin: String,
     pub revision: Option<u64>,
-    /// The SOA serial answered (see [`crate::serial`]).
+    /// The SOA serial answered (see [`crate::zone::serial`]).
     pub serial: Option<u32>,
     /// Names whose drain was not applied here because it would have left them no
     /// target (they keep their answer).
@@ -384,8 +388,8 @@ struct Inner {
     overrides_generation: Option<AtomicU64>,
     persister: Arc<Persister>,
     /// The changes kept per zone for IXFR, oldest first, at most
-    /// [`crate::transfer::HISTORY_BYTES`] of them.
-    history: Mutex<BTreeMap<String, Vec<Arc<crate::transfer::Change>>>>,
+    /// [`crate::zone::history::HISTORY_BYTES`] of them.
+    history: Mutex<BTreeMap<String, Vec<Arc<crate::zone::history::Change>>>>,
     /// Serial last published per zone whose secondaries are notified.
     serials: BTreeMap<String, watch::Sender<Option<u32>>>,
     /// Digest of each zone's answer-shaping settings, by origin.
@@ -511,7 +515,7 @@ impl Inner {
                     // or a first start of this version) the one a secondary may hold
                     // from the revision, which the clock then moves past.
                     let kept = serial::load(&self.data_dir, &zone.origin).unwrap_or(Served {
-                        serial: crate::transfer::serial(snapshot.revision),
+                        serial: crate::zone::serial::of_revision(snapshot.revision),
                         basis: 0,
                     });
                     w.served.insert(zone.origin.clone(), kept);
@@ -570,7 +574,7 @@ impl Inner {
                     // An entry without serials breaks the chain IXFR follows.
                     let change = entry
                         .serials
-                        .map(|[from, to]| crate::transfer::Change::new(from, to, before));
+                        .map(|[from, to]| crate::zone::history::Change::new(from, to, before));
                     self.remember(&snapshot.zone, change);
                 }
                 if replayed.good_bytes > 0
@@ -715,7 +719,7 @@ impl Inner {
     }
 
     /// The changes kept for `origin`, as a table holds them.
-    fn history_of(&self, origin: &str) -> Option<crate::transfer::History> {
+    fn history_of(&self, origin: &str) -> Option<crate::zone::history::History> {
         let history = self.history.lock();
         let changes = history.get(origin)?;
         (!changes.is_empty()).then(|| changes.as_slice().into())
@@ -723,7 +727,7 @@ impl Inner {
 
     /// Keeps `change` for IXFR, or forgets the zone's changes when there is none to
     /// keep (a whole new snapshot).
-    fn remember(&self, origin: &str, change: Option<crate::transfer::Change>) {
+    fn remember(&self, origin: &str, change: Option<crate::zone::history::Change>) {
         let mut history = self.history.lock();
         let changes = history.entry(origin.to_owned()).or_default();
         match change {
@@ -736,7 +740,7 @@ impl Inner {
                     .rev()
                     .take_while(|c| {
                         total += c.bytes;
-                        total <= crate::transfer::HISTORY_BYTES
+                        total <= crate::zone::history::HISTORY_BYTES
                     })
                     .count();
                 let excess = changes.len() - keep;
@@ -886,7 +890,7 @@ impl Inner {
             });
         }
         if let Some(cur) = current
-            && !crate::transfer::moves_forward(cur.revision, update.revision())
+            && !crate::zone::serial::moves_forward(cur.revision, update.revision())
         {
             return Err(Error::SerialJump {
                 zone: origin,
@@ -938,7 +942,7 @@ impl Inner {
         let (changes, change) = match (entry, from) {
             (Some((mut entry, before)), Some(from)) => {
                 entry.serials = Some([from, table.serial]);
-                let change = crate::transfer::Change::new(from, table.serial, before);
+                let change = crate::zone::history::Change::new(from, table.serial, before);
                 (Some(vec![entry]), Some(change))
             }
             (Some((entry, _)), None) => (Some(vec![entry]), None),

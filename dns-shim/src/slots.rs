@@ -60,6 +60,13 @@ impl<K: Hash + Eq + Clone> Drop for Slot<K> {
     }
 }
 
+/// Places taken by zone transfers in progress, per zone apex and per client prefix.
+#[derive(Debug, Default)]
+pub(crate) struct Transfers {
+    pub(crate) zones: Slots<Box<[u8]>>,
+    pub(crate) prefixes: Slots<u128>,
+}
+
 /// The client prefix an address counts under: its /24 (IPv4) or /56 (IPv6).
 pub(crate) fn prefix_of(ip: IpAddr) -> u128 {
     // IPv4 clients of a dual-stack listener arrive IPv4-mapped; counted as IPv6 they

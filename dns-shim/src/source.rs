@@ -169,14 +169,29 @@ enum BadFile {
 }
 
 /// Reads a file holding either an update (`{"kind": "replace"|"patch", ...}`) or a bare
-/// snapshot.
+/// snapshot. The document is parsed straight into its type: a generic JSON tree of a
+/// large zone would take several times the memory the zone itself does, and the
+/// allocator keeps much of that after it is freed.
 async fn read_update(path: &Path) -> Result<Update, BadFile> {
     let bytes = tokio::fs::read(path).await?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(BadFile::Json)?;
-    if value.get("kind").is_some() {
-        serde_json::from_value(value).map_err(BadFile::Update)
+    tokio::task::spawn_blocking(move || parse_update(&bytes))
+        .await
+        .map_err(|e| BadFile::Io(std::io::Error::other(e)))?
+}
+
+/// Whether a document names its kind; nothing else of it is kept.
+#[derive(serde::Deserialize)]
+struct Peek {
+    #[serde(default)]
+    kind: Option<serde::de::IgnoredAny>,
+}
+
+fn parse_update(bytes: &[u8]) -> Result<Update, BadFile> {
+    let peek: Peek = serde_json::from_slice(bytes).map_err(BadFile::Json)?;
+    if peek.kind.is_some() {
+        serde_json::from_slice(bytes).map_err(BadFile::Update)
     } else {
-        serde_json::from_value::<ZoneSnapshot>(value)
+        serde_json::from_slice::<ZoneSnapshot>(bytes)
             .map(Update::Replace)
             .map_err(BadFile::Snapshot)
     }

@@ -18,7 +18,7 @@ use common::*;
 use hickory_proto::{op::Message, rr::RecordType};
 use lifeline_dns::{
     AddressSet, Cname, Engine, NameRecords, Srv, SrvSet, Target, Transport, TxtSet, ZoneSnapshot,
-    compile::{CompileOptions, Compiled, GeoTable, compile_zone, index_zone},
+    zone::{CompileOptions, Compiled, GeoTable, compile_zone, index_zone},
 };
 use proptest::prelude::*;
 
@@ -205,7 +205,7 @@ fn ask_everything(engine: &Engine, keys: &[String]) -> Result<(), TestCaseError>
     Ok(())
 }
 
-fn engine_for(table: lifeline_dns::compile::ZoneTable, geo: Arc<GeoTable>) -> Engine {
+fn engine_for(table: lifeline_dns::zone::ZoneTable, geo: Arc<GeoTable>) -> Engine {
     Engine::new(
         Compiled {
             zones: vec![Arc::new(table)],

@@ -11,7 +11,7 @@ use common::*;
 use hickory_proto::{op::Message, rr::RecordType};
 use lifeline_dns::{
     Engine, Transport,
-    compile::{CompileOptions, Compiled, GeoTable, compile_zone},
+    zone::{CompileOptions, Compiled, GeoTable, compile_zone},
 };
 use proptest::prelude::*;
 

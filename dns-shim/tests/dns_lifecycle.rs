@@ -12,7 +12,7 @@ use std::{
 
 use common::*;
 use hickory_proto::{op::ResponseCode, rr::RecordType};
-use lifeline_dns::{DirectorySource, Shim, Update, ZonePatch, persist, source};
+use lifeline_dns::{DirectorySource, Shim, Update, ZonePatch, snapshots as persist, source};
 use lifeline_testkit::{
     disk::{FreezableDisk, SmallDisk},
     fixtures::drain,
@@ -527,12 +527,12 @@ fn large_snapshots_round_trip_through_the_parallel_paths() {
     bad[i] ^= 1;
     assert!(persist::decode(&bad).is_err());
 
-    let geo = lifeline_dns::compile::GeoTable::default();
-    let table = lifeline_dns::compile::compile_zone(
+    let geo = lifeline_dns::zone::GeoTable::default();
+    let table = lifeline_dns::zone::compile_zone(
         &zone_config(),
         &s,
         &geo,
-        lifeline_dns::compile::CompileOptions::default(),
+        lifeline_dns::zone::CompileOptions::default(),
     );
     assert!(table.rejected.is_empty());
     assert!(table.names.len() > 30_000);
@@ -576,7 +576,7 @@ fn a_lazily_indexed_zone_answers_exactly_like_a_compiled_one() {
 }
 
 fn compare_lazy_and_full(snap: &lifeline_dns::ZoneSnapshot) -> usize {
-    use lifeline_dns::compile::{CompileOptions, Compiled, GeoTable, compile_zone, index_zone};
+    use lifeline_dns::zone::{CompileOptions, Compiled, GeoTable, compile_zone, index_zone};
     let geo = std::sync::Arc::new(GeoTable::default());
     let engine = |table| {
         lifeline_dns::Engine::new(

@@ -169,7 +169,7 @@ fn serving_stale_and_current_again_each_move_the_serial() {
     let dir = tempfile::tempdir().unwrap();
     let mut old = snapshot(1);
     old.decided_at = SystemTime::now() - Duration::from_secs(3600);
-    lifeline_dns::persist::write(dir.path(), &old).unwrap();
+    lifeline_dns::snapshots::write(dir.path(), &old).unwrap();
     let mut dns = dns_config(dir.path());
     dns.stale_after = Duration::from_secs(1);
     let shim = rt.block_on(Shim::start(&dns, &[zone_config()])).unwrap();

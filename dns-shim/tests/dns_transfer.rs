@@ -690,7 +690,7 @@ fn transfers_carry_the_capped_ttls_a_stale_primary_answers() {
     let dir = tempfile::tempdir().unwrap();
     let mut old = snapshot(1);
     old.decided_at = std::time::SystemTime::now() - Duration::from_secs(3600);
-    lifeline_dns::persist::write(dir.path(), &old).unwrap();
+    lifeline_dns::snapshots::write(dir.path(), &old).unwrap();
     let mut dns = dns_config(dir.path());
     dns.stale_after = Duration::from_secs(300);
     let shim = rt.block_on(Shim::start(&dns, &[zone])).unwrap();

@@ -679,7 +679,7 @@ async fn a_shim_never_takes_an_override_weight_outside_the_documented_range() {
             .collect();
         kept.sort();
         let bytes = std::fs::read(kept.last()?).ok()?;
-        lifeline_dns::persist::decode_overrides(&bytes).ok()
+        lifeline_dns::snapshots::decode_overrides(&bytes).ok()
     };
     let kept = eventually(WAIT, "overrides applied and kept", || {
         newest().filter(|s| !s.overrides.is_empty())

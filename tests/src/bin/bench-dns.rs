@@ -26,9 +26,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use lifeline_dns::{
-    AddressSet, NameRecords, Target, ZoneConfig, ZoneSnapshot,
-    compile::{CompileOptions, GeoTable, compile_zone},
-    persist,
+    AddressSet, NameRecords, Target, ZoneConfig, ZoneSnapshot, snapshots as persist,
+    zone::{CompileOptions, GeoTable, compile_zone},
 };
 
 const ZONE: &str = "bench.example.com";
@@ -657,9 +656,9 @@ fn swap_cost(names: usize) -> Result<()> {
     let loaded = persist::decode(&bytes).map_err(anyhow::Error::msg)?;
     let load = t.elapsed();
     // The swap itself: publishing new tables to readers.
-    let engine = lifeline_dns::Engine::new(lifeline_dns::compile::Compiled::default(), None, 1232);
+    let engine = lifeline_dns::Engine::new(lifeline_dns::zone::Compiled::default(), None, 1232);
     let t = Instant::now();
-    engine.swap(lifeline_dns::compile::Compiled {
+    engine.swap(lifeline_dns::zone::Compiled {
         zones: vec![Arc::new(table)],
         geo,
         stale: false,

@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use lifeline_controller::publish::Publisher;
 use lifeline_dns::{
     ZoneConfig, ZoneSnapshot,
-    compile::{CompileOptions, GeoTable, compile_zone},
+    zone::{CompileOptions, GeoTable, compile_zone},
 };
 use lifeline_engine::{
     Decision, EngineConfig, OnSourceUnavailable, Policy, Signals, TargetSpec, WhenAllUnhealthy,

@@ -75,7 +75,7 @@ pub(super) fn check(
 /// A short, stable identity of a policy set's content: the specs and names of its
 /// documents, not their metadata, so a relist of the same objects keeps it.
 pub(in crate::leader) fn fingerprint(set: &PolicySnapshot) -> String {
-    let mut h = lifeline_dns::compile::Fnv::default();
+    let mut h = lifeline_dns::zone::Fnv::default();
     let mut feed = |v: serde_json::Value| h.write(v.to_string().as_bytes());
     for p in &set.policies {
         feed(serde_json::json!([p.id(), p.spec]));

@@ -1,7 +1,7 @@
 //! Zone transfer: secondary servers copy a zone from us over TCP (AXFR, RFC 5936), or
 //! ask whether their copy is current (IXFR, RFC 1995). Lifeline is then a hidden
 //! primary: BIND, NSD, Knot or a provider's secondary service answer the world, and
-//! [`crate::notify`] tells them of each new serial.
+//! [`crate::xfr::notify`] tells them of each new serial.
 //!
 //! # What a secondary serves
 //!
@@ -41,85 +41,13 @@ use hickory_proto::{
 };
 
 use crate::{
-    compile::{CompileOptions, ZoneTable, check_records, srv_rdata, txt_rdata, wire_or_root},
     engine::Engine,
-    slots::{Slot, Slots, prefix_of},
+    records::{check_records, srv_rdata, txt_rdata, wire_or_root},
+    slots::{Slot, prefix_of},
     wire::{self, Parsed, Question},
+    zone::{CompileOptions, ZoneTable},
 };
 use lifeline_model::{NameRecords, ZoneSnapshot};
-
-/// SOA serial of a zone revision where no serial rule applies (a table compiled outside
-/// a shim): its low 32 bits. A shim's zones follow [`crate::serial`].
-pub fn serial(revision: u64) -> u32 {
-    revision as u32
-}
-
-/// Whether a secondary holding revision `have` sees revision `next` as newer
-/// (RFC 1982 §3.2: a step of 1 to 2^31-1).
-pub fn moves_forward(have: u64, next: u64) -> bool {
-    next > have && next - have < 1 << 31
-}
-
-/// Memory the changes kept for IXFR may take per zone, as [`Change::bytes`] counts
-/// it. Past it the oldest go first; a secondary further behind gets the whole zone.
-pub const HISTORY_BYTES: usize = 16 << 20;
-
-/// One applied change, kept for IXFR: the serials it took the zone between, and the
-/// records the names it touched had before it.
-#[derive(Debug)]
-pub struct Change {
-    pub from: u32,
-    pub to: u32,
-    pub before: crate::journal::Before,
-    /// About what it holds in memory.
-    pub bytes: usize,
-}
-
-impl Change {
-    pub fn new(from: u32, to: u32, before: crate::journal::Before) -> Self {
-        let bytes = before
-            .iter()
-            .map(|(key, records)| 64 + key.len() + records.as_ref().map_or(0, footprint))
-            .sum::<usize>()
-            + 64;
-        Self {
-            from,
-            to,
-            before,
-            bytes,
-        }
-    }
-}
-
-/// About the memory one name's records take.
-fn footprint(records: &NameRecords) -> usize {
-    let target = |t: &lifeline_model::Target| {
-        std::mem::size_of::<lifeline_model::Target>() + t.cluster.len() + t.region.len()
-    };
-    let mut n = std::mem::size_of::<NameRecords>();
-    if let Some(set) = &records.address {
-        n += set.targets.iter().map(target).sum::<usize>();
-        n += set.standby.iter().flatten().map(target).sum::<usize>();
-        n += 24 * set.standby.len();
-    }
-    if let Some(srv) = &records.srv {
-        n += srv
-            .records
-            .iter()
-            .map(|r| 32 + r.target.len())
-            .sum::<usize>();
-    }
-    if let Some(txt) = &records.txt {
-        n += txt.records.iter().map(|r| 24 + r.len()).sum::<usize>();
-    }
-    if let Some(c) = &records.cname {
-        n += c.target.len();
-    }
-    n
-}
-
-/// The changes that led to a table's snapshot, oldest first.
-pub type History = std::sync::Arc<[std::sync::Arc<Change>]>;
 
 /// Largest message of a transfer stream: what a TCP length prefix can say.
 const MESSAGE_MAX: usize = 65_535;
@@ -152,13 +80,6 @@ pub struct Transfer {
     asked: Asked,
     engine: Arc<Engine>,
     _slots: (Slot<Box<[u8]>>, Slot<u128>),
-}
-
-/// Places taken by transfers in progress, per zone apex and per client prefix.
-#[derive(Debug, Default)]
-pub(crate) struct Running {
-    zones: Slots<Box<[u8]>>,
-    prefixes: Slots<u128>,
 }
 
 impl Engine {
@@ -571,25 +492,5 @@ impl<'s> Stream<'s> {
             self.seal();
         }
         self.sent
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn serials_move_forward_in_rfc_1982_terms() {
-        assert!(moves_forward(1, 2));
-        assert!(moves_forward(1, 1 + (1 << 31) - 1));
-        assert!(!moves_forward(1, 1 + (1 << 31)));
-        assert!(!moves_forward(5, 5));
-        assert!(!moves_forward(5, 4));
-        // Across the 32-bit wrap the serial still reads as newer.
-        let have = u64::from(u32::MAX) - 1;
-        let next = have + 10;
-        assert!(moves_forward(have, next));
-        assert!(SerialNumber::new(serial(next)) > SerialNumber::new(serial(have)));
-        assert!(serial(next) < serial(have));
     }
 }

@@ -45,27 +45,8 @@ const ENTRY_HEAD: usize = 4 + 32;
 /// a torn write left as garbage cannot make the reader allocate more.
 const ENTRY_MAX: usize = 256 << 20;
 
-/// When the journal is folded into a new snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Entries after which a snapshot is written.
-    pub entries: usize,
-    /// Journal bytes after which a snapshot is written.
-    pub bytes: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            entries: 10_000,
-            bytes: 16 << 20,
-        }
-    }
-}
-
-/// The records each name a change touches had before it (`None`: it did not exist),
-/// by key.
-pub type Before = Vec<(String, Option<lifeline_model::NameRecords>)>;
+pub use crate::config::JournalLimits as Limits;
+pub use crate::zone::history::Before;
 
 /// One change: `patch` applies to the zone at revision `from`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,7 +165,7 @@ fn replay_bytes(bytes: &[u8], snapshot: &mut ZoneSnapshot, base: u64) -> Replaye
             }
         };
         if entry.from != snapshot.revision
-            || !crate::transfer::moves_forward(entry.from, entry.patch.revision)
+            || !crate::zone::serial::moves_forward(entry.from, entry.patch.revision)
         {
             out.stopped = Some(Stop::Chain {
                 at: pos,
@@ -244,7 +225,7 @@ impl Appender {
     pub fn start(dir: &Path, zone: &str, base: u64) -> io::Result<Self> {
         let p = path(dir, zone, base);
         let head = header(base);
-        crate::files::replace(&p, head.as_bytes()).map_err(|e| e.source)?;
+        crate::disk::files::replace(&p, head.as_bytes()).map_err(|e| e.source)?;
         Self::resume(dir, zone, base, base, 0, head.len() as u64)
     }
 

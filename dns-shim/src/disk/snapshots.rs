@@ -1,6 +1,6 @@
 //! Snapshots on disk: one file per zone and revision, checksummed, written atomically.
 //! The changes made since each snapshot sit beside it in its journal
-//! ([`crate::journal`]); a snapshot is written when the journal is folded into one.
+//! ([`crate::disk::journal`]); a snapshot is written when the journal is folded into one.
 //!
 //! File `<zone>@<revision>.snapshot` in the data directory holds one line of header
 //! (`lifeline-snapshot 2 sha256=<hex> len=<bytes>`) and the [`ZoneSnapshot`] as JSON
@@ -271,7 +271,7 @@ pub fn write(dir: &Path, snapshot: &ZoneSnapshot) -> Result<PathBuf> {
 
 /// Writes `bytes` as `dir/name` (see [`files::replace`]), creating `dir` private to
 /// this user when it does not exist.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     let io = |files::WriteError { path, source }| Error::Io { path, source };
     fs::DirBuilder::new()
         .recursive(true)

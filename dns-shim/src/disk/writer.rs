@@ -1,7 +1,7 @@
 //! The writer of what the shim keeps on disk, on a thread of its own: answers never
 //! wait for a disk.
 //!
-//! A zone's change is appended to its journal (see [`crate::journal`]): the bytes of
+//! A zone's change is appended to its journal (see [`crate::disk::journal`]): the bytes of
 //! what changed, made durable with one `fdatasync`. A whole snapshot is written instead
 //! when there is no journal to append to (the first write, or one that failed), when
 //! changes were dropped from the queue, and after the journal reaches its limits
@@ -23,9 +23,11 @@ use parking_lot::{Condvar, Mutex};
 use tracing::{debug, warn};
 
 use crate::{
-    journal::{self, Appender, Entry, Limits},
+    disk::{
+        journal::{self, Appender, Entry, Limits},
+        snapshots as persist,
+    },
     metrics::Count,
-    persist,
 };
 use lifeline_model::ZoneSnapshot;
 
@@ -46,7 +48,7 @@ pub(crate) enum Item {
     /// The serial a zone answers with, and what it was given for.
     Serial {
         zone: String,
-        served: crate::serial::Served,
+        served: crate::zone::serial::Served,
     },
 }
 
@@ -152,7 +154,7 @@ impl Persister {
                     Item::Overrides(set) => persist::write_overrides(dir, set).map(drop).map_err(|e| {
                         warn!(generation = set.generation, error = %e, "break-glass overrides not persisted; they stay in force in memory, and the next change writes again");
                     }),
-                    Item::Serial { zone, served } => crate::serial::write(dir, zone, served).map_err(|e| {
+                    Item::Serial { zone, served } => crate::zone::serial::write(dir, zone, served).map_err(|e| {
                         warn!(%zone, serial = served.serial, error = %e, "serial not kept; a restart moves it again from the clock");
                     }),
                 };

@@ -128,10 +128,23 @@ pub fn load(dir: &Path, zone: &str) -> Option<Served> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Keeps `served` as the serial of `zone`.
-pub fn write(dir: &Path, zone: &str, served: &Served) -> Result<(), crate::files::WriteError> {
-    let bytes = serde_json::to_vec(served).unwrap_or_default();
-    crate::files::replace(&path(dir, zone), &bytes)
+/// Keeps `served` as the serial of `zone` (creating the data directory when it is not
+/// there yet: a zone's serial may be kept before its first snapshot).
+pub fn write(dir: &Path, zone: &str, served: &Served) -> crate::Result<()> {
+    let bytes = serde_json::to_vec(served)?;
+    crate::disk::snapshots::write_atomic(dir, &format!("{zone}{SUFFIX}"), &bytes).map(drop)
+}
+
+/// SOA serial of a zone revision where no serial rule applies (a table compiled outside
+/// a shim): its low 32 bits. A shim's zones follow [`crate::zone::serial`].
+pub fn of_revision(revision: u64) -> u32 {
+    revision as u32
+}
+
+/// Whether a secondary holding revision `have` sees revision `next` as newer
+/// (RFC 1982 §3.2: a step of 1 to 2^31-1).
+pub fn moves_forward(have: u64, next: u64) -> bool {
+    next > have && next - have < 1 << 31
 }
 
 #[cfg(test)]
@@ -195,13 +208,35 @@ mod tests {
     #[test]
     fn the_kept_serial_reads_back_and_a_torn_one_is_none() {
         let dir = tempfile::tempdir().unwrap();
+        // The data directory does not exist yet: the first write makes it.
+        let data = dir.path().join("data");
         let served = Served {
             serial: 42,
             basis: 7,
         };
-        write(dir.path(), "z.test", &served).unwrap();
-        assert_eq!(load(dir.path(), "z.test"), Some(served));
-        std::fs::write(path(dir.path(), "z.test"), b"{\"serial\":4").unwrap();
-        assert_eq!(load(dir.path(), "z.test"), None);
+        write(&data, "z.test", &served).unwrap();
+        assert_eq!(load(&data, "z.test"), Some(served));
+        std::fs::write(path(&data, "z.test"), b"{\"serial\":4").unwrap();
+        assert_eq!(load(&data, "z.test"), None);
+    }
+
+    #[test]
+    fn serials_move_forward_in_rfc_1982_terms() {
+        assert!(moves_forward(1, 2));
+        assert!(moves_forward(1, 1 + (1 << 31) - 1));
+        assert!(!moves_forward(1, 1 + (1 << 31)));
+        assert!(!moves_forward(5, 5));
+        assert!(!moves_forward(5, 4));
+        // Across the 32-bit wrap the serial still reads as newer.
+        let have = u64::from(u32::MAX) - 1;
+        let next = have + 10;
+        assert!(moves_forward(have, next));
+        assert!(next_ahead(of_revision(next), of_revision(have)));
+        assert!(of_revision(next) < of_revision(have));
+    }
+
+    fn next_ahead(a: u32, b: u32) -> bool {
+        let d = a.wrapping_sub(b);
+        d != 0 && d < 1 << 31
     }
 }
