@@ -683,7 +683,22 @@ pub fn cross_check(
             );
         }
 
-        if !zones.is_empty() {
+        // A name server of any served zone is reserved, whichever zone holds the name:
+        // `ns1.sub.example` serving `example` is not a policy's of `sub.example`.
+        let serves = zones
+            .iter()
+            .find(|z| z.reserved.iter().any(|r| canonical(r) == host));
+        if let Some(ZoneRule { apex, .. }) = serves {
+            push(
+                DocumentRef::Policy(i),
+                "spec.hostname",
+                format!(
+                    "{host:?} is a name server of zone {} and is reserved for it",
+                    canonical(apex)
+                ),
+                SetReason::ReservedName,
+            )
+        } else if !zones.is_empty() {
             // The most specific zone holding the name decides (zones may nest).
             match zones
                 .iter()
@@ -702,19 +717,6 @@ pub fn cross_check(
                         format!("{host:?} is not inside any served zone (zones: {list})"),
                         SetReason::OutsideZones,
                     );
-                }
-                Some(ZoneRule { apex, reserved, .. })
-                    if reserved.iter().any(|r| canonical(r) == host) =>
-                {
-                    push(
-                        DocumentRef::Policy(i),
-                        "spec.hostname",
-                        format!(
-                            "{host:?} is a name server of zone {} and is reserved for it",
-                            canonical(apex)
-                        ),
-                        SetReason::ReservedName,
-                    )
                 }
                 Some(ZoneRule {
                     apex,
@@ -1082,6 +1084,26 @@ mod tests {
                 .problem
                 .message
                 .contains("name server of zone closed.example.com"),
+            "{found:?}"
+        );
+
+        // A name server in a nested zone is reserved for the zone it serves, not
+        // claimable by a policy of the nested one.
+        let nested = [
+            ZoneRule {
+                apex: "example.org".into(),
+                namespaces: None,
+                reserved: vec!["ns1.sub.example.org".into()],
+                cross_namespace_services: false,
+            },
+            ZoneRule::open("sub.example.org"),
+        ];
+        let claim = fp("zzz", "2026-01-01T00:00:00Z", "ns1.sub.example.org");
+        let found = cross_check(&[&claim], &[], &nested);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].reason, SetReason::ReservedName);
+        assert!(
+            found[0].problem.message.contains("zone example.org"),
             "{found:?}"
         );
 
