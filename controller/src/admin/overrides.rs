@@ -257,14 +257,10 @@ pub struct Full {
     max: usize,
 }
 
-/// `Err` when [`lifeline_model::limits::OVERRIDES_MAX`] overrides are in force already.
-pub fn room_for_one_more(all: &[Override], now: SystemTime) -> Result<(), Full> {
-    let active = all.iter().filter(|o| o.is_active(now)).count();
-    let max = lifeline_model::limits::OVERRIDES_MAX;
-    if active >= max {
-        return Err(Full { active, max });
+impl Full {
+    pub fn new(active: usize, max: usize) -> Self {
+        Self { active, max }
     }
-    Ok(())
 }
 
 fn override_checked(req: OverrideRequest, now: SystemTime) -> Result<Override, Invalid> {
@@ -333,25 +329,18 @@ pub(super) async fn create_override(
         Ok(o) => o,
         Err(e) => return error(e.status(), e.to_string()),
     };
-    match store.overrides().await {
-        Ok(all) => {
-            if let Err(full) = room_for_one_more(&all, o.created_at) {
-                return error(StatusCode::CONFLICT, full.to_string());
-            }
-        }
+    // Counted and written in one step: concurrent requests cannot pass the limit.
+    let by = caller.0;
+    let max = lifeline_model::limits::OVERRIDES_MAX;
+    match store.put_override_within(o.clone(), &by, max).await {
+        Ok(None) => {}
+        Ok(Some(active)) => return error(StatusCode::CONFLICT, Full { active, max }.to_string()),
         Err(e) => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot read the overrides in force: {e}"),
+                format!("cannot store override: {e}"),
             );
         }
-    }
-    let by = caller.0;
-    if let Err(e) = store.put_override(o.clone(), &by).await {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot store override: {e}"),
-        );
     }
     tracing::info!(id = %o.id, cluster = %o.cluster, action = ?o.action, %by, author = %o.author, reason = %o.reason, "override set");
     state.overrides_changed.notify_one();

@@ -139,7 +139,6 @@ async fn set_in_etcd(
         .overrides()
         .await
         .context("reading the overrides in force")?;
-    admin::room_for_one_more(&all, now).map_err(|e| anyhow::anyhow!("override refused: {e}"))?;
     // What the DNS servers will answer when they apply it on their own (a replica with
     // no leader does): a drain that would leave a name with no target is refused here,
     // as the servers would not apply it there.
@@ -178,10 +177,14 @@ async fn set_in_etcd(
         );
     }
     let by = o.author.clone();
-    store
-        .put_override(&o, &by)
+    let max = lifeline_model::limits::OVERRIDES_MAX;
+    if let Some(active) = store
+        .put_override_within(&o, &by, max)
         .await
-        .context("writing the override")?;
+        .context("writing the override")?
+    {
+        bail!("override refused: {}", admin::Full::new(active, max));
+    }
     Ok(format!("{}{notes}", set_line(&o)))
 }
 

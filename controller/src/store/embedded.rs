@@ -153,12 +153,27 @@ impl EmbeddedStore {
 
     /// Adds or replaces (by id) an override and records it in the audit log.
     pub fn put_override(&self, o: Override, by: &str) -> Result<()> {
+        self.put_override_within(o, by, usize::MAX).map(drop)
+    }
+
+    /// [`Self::put_override`] while fewer than `max` other overrides are in force at
+    /// `o.created_at`, counted under the same lock as the write. `Some(in force)` when
+    /// there is no room.
+    pub fn put_override_within(&self, o: Override, by: &str, max: usize) -> Result<Option<usize>> {
         let _guard = self.lock.lock();
         let mut all = self.overrides_for_change()?;
+        let in_force = all
+            .iter()
+            .filter(|x| x.id != o.id && x.is_active(o.created_at))
+            .count();
+        if in_force >= max {
+            return Ok(Some(in_force));
+        }
         all.retain(|x| x.id != o.id);
         all.push(o.clone());
         self.save_overrides(&all)?;
-        self.audit_append(AuditEntry::set(o, by, SystemTime::now()))
+        self.audit_append(AuditEntry::set(o, by, SystemTime::now()))?;
+        Ok(None)
     }
 
     /// Removes overrides matching `pred`, records each in the audit log, and returns them.
@@ -450,6 +465,45 @@ mod tests {
         assert!(store.unreadable().is_empty());
         assert_eq!(store.remove_overrides(|_| true, "bob").unwrap().len(), 1);
         assert!(store.overrides().is_empty());
+    }
+
+    #[test]
+    fn writers_racing_for_the_last_places_never_pass_the_override_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let mut expired = an_override("old");
+        expired.expires_at = expired.created_at;
+        store.put_override(expired, "alice").unwrap();
+        let racers: Vec<_> = (0..16)
+            .map(|i| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    store
+                        .put_override_within(an_override(&format!("o{i}")), "alice", 5)
+                        .unwrap()
+                })
+            })
+            .collect();
+        let taken = racers
+            .into_iter()
+            .map(|r| r.join().unwrap())
+            .filter(Option::is_none)
+            .count();
+        assert_eq!(taken, 5, "the expired one takes no place");
+        let now = an_override("x").created_at;
+        let in_force = store
+            .overrides()
+            .iter()
+            .filter(|o| o.is_active(now))
+            .count();
+        assert_eq!(in_force, 5);
+        // Replacing one in force takes no new place.
+        let kept = store
+            .overrides()
+            .into_iter()
+            .find(|o| o.is_active(now))
+            .unwrap();
+        assert_eq!(store.put_override_within(kept, "bob", 5).unwrap(), None);
     }
 
     #[test]

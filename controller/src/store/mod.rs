@@ -123,6 +123,23 @@ impl Store {
         }
     }
 
+    /// Adds (or replaces by id) an override while fewer than `max` others are in force,
+    /// checked and written as one step; `Some(in force)` when there is no room.
+    pub async fn put_override_within(
+        &self,
+        o: Override,
+        by: &str,
+        max: usize,
+    ) -> Result<Option<usize>> {
+        match self {
+            Store::Embedded(s) => {
+                let by = by.to_owned();
+                off_runtime(s, move |s| s.put_override_within(o, &by, max)).await
+            }
+            Store::Etcd(s) => Ok(s.put_override_within(&o, by, max).await?),
+        }
+    }
+
     /// Removes overrides matching `pred`, recording each in the audit trail.
     pub async fn remove_overrides(
         &self,
