@@ -524,27 +524,7 @@ impl Inner {
                     // answering sooner beats answering faster during a restart. The
                     // overrides in force apply from the first answer either way.
                     let table = if snapshot.names.len() >= LAZY_FROM {
-                        let effective = self.effective(&snapshot);
-                        let serial = self.serial_for(
-                            &mut w,
-                            zone,
-                            snapshot.revision,
-                            effective.overrides,
-                            stale,
-                            now,
-                        );
-                        let mut table = compile::index_zone(
-                            zone,
-                            effective.snapshot.clone(),
-                            self.geo.clone(),
-                            self.compile_options(stale, serial),
-                        );
-                        if effective.overrides == 0 {
-                            table.history = self.history_of(&zone.origin);
-                        }
-                        table.served = Some(effective.snapshot);
-                        table.drains_kept = effective.kept;
-                        table
+                        self.index(&mut w, zone, &snapshot, stale, now)
                     } else {
                         self.compile(&mut w, zone, &snapshot, stale, now)
                     };
@@ -674,6 +654,40 @@ impl Inner {
         serial
     }
 
+    /// Indexes what `snapshot` answers without compiling it (see
+    /// [`compile::index_zone`]), under the serial its basis gets: a large zone answers
+    /// from this table until [`Self::finish_lazy`] swaps in the compiled one.
+    fn index(
+        &self,
+        w: &mut Writer,
+        zone: &ZoneConfig,
+        snapshot: &Arc<ZoneSnapshot>,
+        stale: bool,
+        stamp: SystemTime,
+    ) -> ZoneTable {
+        let effective = self.effective(snapshot);
+        let serial = self.serial_for(
+            w,
+            zone,
+            snapshot.revision,
+            effective.overrides,
+            stale,
+            stamp,
+        );
+        let mut table = compile::index_zone(
+            zone,
+            effective.snapshot.clone(),
+            self.geo.clone(),
+            self.compile_options(stale, serial),
+        );
+        if effective.overrides == 0 {
+            table.history = self.history_of(&zone.origin);
+        }
+        table.served = Some(effective.snapshot);
+        table.drains_kept = effective.kept;
+        table
+    }
+
     /// Compiles what `snapshot` answers, under the serial its basis gets (a change
     /// made at `stamp` moves it).
     fn compile(
@@ -799,35 +813,48 @@ impl Inner {
     /// Replaces lazily indexed tables with fully compiled ones. The compile runs without
     /// the writer lock; a table that changed meanwhile (an update arrived) is left alone.
     fn finish_lazy(&self) {
-        let lazy: Vec<(Arc<ZoneTable>, Arc<ZoneSnapshot>)> = {
-            let w = self.writer.lock();
-            w.tables
-                .iter()
-                .filter(|(_, t)| t.lazy.is_some())
-                .filter_map(|(o, t)| Some((t.clone(), w.snapshots.get(o)?.clone())))
-                .collect()
-        };
-        for (table, snapshot) in lazy {
+        let lazy: Vec<Arc<ZoneTable>> = (self.writer.lock().tables.values())
+            .filter(|t| t.lazy.is_some())
+            .cloned()
+            .collect();
+        for table in lazy {
             let Some(zone) = self.zones.iter().find(|z| z.origin == table.origin) else {
                 continue;
             };
-            // The same basis as the indexed table: the same serial.
-            let full = self.build(
-                zone,
-                self.effective(&snapshot),
-                table.ttl_capped,
-                table.serial,
-            );
-            let mut w = self.writer.lock();
-            if w.tables
-                .get(&table.origin)
-                .is_some_and(|cur| Arc::ptr_eq(cur, &table))
-            {
-                w.tables.insert(table.origin.clone(), Arc::new(full));
-                self.publish(&w);
-                info!(zone = %table.origin, "zone fully compiled");
-            }
+            self.compile_indexed(zone, &table, Vec::new());
+            info!(zone = %table.origin, "zone fully compiled");
         }
+    }
+
+    /// Compiles the zone `indexed` was built from and swaps it in, unless something
+    /// replaced `indexed` meanwhile; the names it could not serve, `kept` among them.
+    fn compile_indexed(
+        &self,
+        zone: &ZoneConfig,
+        indexed: &Arc<ZoneTable>,
+        kept: Vec<(String, String)>,
+    ) -> Vec<(String, String)> {
+        let Some(snapshot) = self.writer.lock().snapshots.get(&zone.origin).cloned() else {
+            return kept;
+        };
+        // The same basis as the indexed table: the same serial.
+        let mut full = self.build(
+            zone,
+            self.effective(&snapshot),
+            indexed.ttl_capped,
+            indexed.serial,
+        );
+        full.rejected.extend(kept);
+        let rejected = full.rejected.clone();
+        let mut w = self.writer.lock();
+        if w.tables
+            .get(&zone.origin)
+            .is_some_and(|cur| Arc::ptr_eq(cur, indexed))
+        {
+            w.tables.insert(zone.origin.clone(), Arc::new(full));
+            self.publish(&w);
+        }
+        rejected
     }
 
     /// Whether a zone's data is stale: no source has vouched for it for `staleAfter`.
@@ -938,7 +965,15 @@ impl Inner {
                 (entry, before)
             });
         let next = Arc::new(next);
-        let mut table = self.compile(&mut w, zone, &next, false, next.decided_at);
+        // A large zone is indexed now and compiled once the old tables are gone: two
+        // compiled copies of it at once would double what the server needs at its peak
+        // (at 100,000 names, more than the `dns` container's 256 MiB).
+        let lazy = next.names.len() >= LAZY_FROM;
+        let mut table = if lazy {
+            self.index(&mut w, zone, &next, false, next.decided_at)
+        } else {
+            self.compile(&mut w, zone, &next, false, next.decided_at)
+        };
         let (changes, change) = match (entry, from) {
             (Some((mut entry, before)), Some(from)) => {
                 entry.serials = Some([from, table.serial]);
@@ -953,9 +988,10 @@ impl Inner {
         if table.served.as_ref().is_some_and(|s| Arc::ptr_eq(s, &next)) {
             table.history = self.history_of(&origin);
         }
-        table.rejected.extend(kept);
-        let rejected = table.rejected.clone();
-        w.tables.insert(origin.clone(), Arc::new(table));
+        table.rejected.extend(kept.iter().cloned());
+        let mut rejected = table.rejected.clone();
+        let table = Arc::new(table);
+        w.tables.insert(origin.clone(), table.clone());
         let revision = next.revision;
         w.snapshots.insert(origin.clone(), next);
         self.publish(&w);
@@ -969,6 +1005,9 @@ impl Inner {
             },
         );
         drop(w);
+        if lazy {
+            rejected = self.compile_indexed(zone, &table, kept);
+        }
         info!(zone = %origin, revision, rejected = rejected.len(), "snapshot applied");
         Ok(Applied {
             zone: origin,

@@ -252,3 +252,45 @@ fn a_replica_restarted_with_its_store_down_answers_the_drain_from_its_first_repl
         shim.shutdown();
     }
 }
+
+#[test]
+fn a_large_zone_replaced_whole_answers_the_new_records_and_reports_what_it_refused() {
+    // At 12,000 names an update is indexed first and compiled once the old tables are
+    // gone; by the time `apply` returns the compiled table is in place.
+    let rt = rt();
+    let (shim, _dir) = rt.block_on(start_serving(Some(tiered_zone(12_000))));
+    let mut next = tiered_zone(12_000);
+    next.revision = 2;
+    for records in next.names.values_mut() {
+        if let Some(set) = records.address.as_mut() {
+            set.targets[0].address = "192.0.2.9".parse().unwrap();
+        }
+    }
+    // One name no message can carry (CNAME beside other data) is refused, by name.
+    next.names.insert(
+        "bad".into(),
+        lifeline_dns::NameRecords {
+            cname: Some(lifeline_dns::Cname {
+                ttl: 30,
+                target: "x.example.".into(),
+            }),
+            ..common::address(30, vec![target("192.0.2.3", "c1", "eu-west", 1)])
+        },
+    );
+    let applied = shim.apply(Update::Replace(next)).unwrap();
+    assert!(
+        applied.rejected.iter().any(|(name, _)| name == "bad"),
+        "{:?}",
+        applied.rejected
+    );
+    let answer = addresses(&plain_udp(
+        &shim,
+        "svc11999.global.example.com.",
+        RecordType::A,
+    ));
+    assert_eq!(answer, ["192.0.2.9".parse::<std::net::IpAddr>().unwrap()]);
+    let zone = &shim.state().zones[0];
+    assert_eq!(zone.revision, Some(2));
+    assert_eq!(zone.rejected, 1);
+    shim.shutdown();
+}
