@@ -165,15 +165,11 @@ async fn set_in_etcd(
         }
         notes.push_str(&super::preview::render(&preview));
     } else {
-        notes.push_str(
-            "a policy-scoped override is applied by the leader only
-",
-        );
+        notes.push_str("a policy-scoped override is applied by the leader only\n");
     }
     if leader.is_none() {
         notes.push_str(
-            "warning: no leader holds the lease; only what the replicas apply on their own takes effect (cluster-wide drains, pins and weights, within the tiers last published)
-",
+            "warning: no leader holds the lease; only what the replicas apply on their own takes effect (cluster-wide drains, pins and weights, within the tiers last published)\n",
         );
     }
     let by = o.author.clone();
