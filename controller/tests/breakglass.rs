@@ -63,6 +63,18 @@ const WEIGHTED: &str = "strategy: Weighted\n  targets: [{cluster: primary, weigh
 /// Primary answered, secondary in reserve.
 const FAILOVER: &str = "strategy: Failover\n  targets: [{cluster: primary, priority: 0}, {cluster: secondary, priority: 1}]";
 
+/// Waits for the leader's lease to expire once it is gone.
+async fn until_no_leader(store: &lifeline_etcd::EtcdStore) {
+    let start = Instant::now();
+    while store.leader_identity().await.unwrap().is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the leader's lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn config(
     dir: &Path,
     name: &str,
@@ -126,14 +138,7 @@ async fn ctl_against_etcd_drains_a_cluster_on_a_standalone_dns_replica_with_no_l
     wait_for(edge_dns, &[members.0, members.1], Duration::from_secs(20)).await;
     drop(leader);
     let store = etcd.store(PREFIX).await;
-    let start = Instant::now();
-    while store.leader_identity().await.unwrap().is_some() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the leader's lease never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_no_leader(&store).await;
 
     // A name the mirrored policy set does not define is refused, naming it, and
     // nothing is written.
@@ -269,14 +274,7 @@ async fn with_no_leader_draining_the_answered_tier_moves_replicas_to_the_next_an
     let edge = spawn(&["dns"], &edge_config);
     wait_for(edge_dns, &[members.0], Duration::from_secs(20)).await;
     drop(leader);
-    let start = Instant::now();
-    while store.leader_identity().await.unwrap().is_some() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the leader's lease never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_no_leader(&store).await;
 
     // Draining the answered cluster: ctl says where the replicas will answer, and warns
     // that no leader runs; the replica moves to the tier in reserve.

@@ -654,9 +654,31 @@ impl Inner {
         serial
     }
 
+    /// What `snapshot` answers with the overrides in force, and the serial its basis
+    /// gets (a change made at `stamp` moves it).
+    fn effective_with_serial(
+        &self,
+        w: &mut Writer,
+        zone: &ZoneConfig,
+        snapshot: &Arc<ZoneSnapshot>,
+        stale: bool,
+        stamp: SystemTime,
+    ) -> (Effective, u32) {
+        let effective = self.effective(snapshot);
+        let serial = self.serial_for(
+            w,
+            zone,
+            snapshot.revision,
+            effective.overrides,
+            stale,
+            stamp,
+        );
+        (effective, serial)
+    }
+
     /// Indexes what `snapshot` answers without compiling it (see
-    /// [`compile::index_zone`]), under the serial its basis gets: a large zone answers
-    /// from this table until [`Self::finish_lazy`] swaps in the compiled one.
+    /// [`compile::index_zone`]): a large zone answers from this table until
+    /// [`Self::compile_indexed`] swaps in the compiled one.
     fn index(
         &self,
         w: &mut Writer,
@@ -665,31 +687,17 @@ impl Inner {
         stale: bool,
         stamp: SystemTime,
     ) -> ZoneTable {
-        let effective = self.effective(snapshot);
-        let serial = self.serial_for(
-            w,
-            zone,
-            snapshot.revision,
-            effective.overrides,
-            stale,
-            stamp,
-        );
-        let mut table = compile::index_zone(
+        let (effective, serial) = self.effective_with_serial(w, zone, snapshot, stale, stamp);
+        let table = compile::index_zone(
             zone,
             effective.snapshot.clone(),
             self.geo.clone(),
             self.compile_options(stale, serial),
         );
-        if effective.overrides == 0 {
-            table.history = self.history_of(&zone.origin);
-        }
-        table.served = Some(effective.snapshot);
-        table.drains_kept = effective.kept;
-        table
+        self.served_from(zone, table, effective)
     }
 
-    /// Compiles what `snapshot` answers, under the serial its basis gets (a change
-    /// made at `stamp` moves it).
+    /// Compiles what `snapshot` answers.
     fn compile(
         &self,
         w: &mut Writer,
@@ -698,15 +706,7 @@ impl Inner {
         stale: bool,
         stamp: SystemTime,
     ) -> ZoneTable {
-        let effective = self.effective(snapshot);
-        let serial = self.serial_for(
-            w,
-            zone,
-            snapshot.revision,
-            effective.overrides,
-            stale,
-            stamp,
-        );
+        let (effective, serial) = self.effective_with_serial(w, zone, snapshot, stale, stamp);
         self.build(zone, effective, stale, serial)
     }
 
@@ -718,17 +718,28 @@ impl Inner {
         stale: bool,
         serial: u32,
     ) -> ZoneTable {
-        let mut table = compile::compile_zone(
+        let table = compile::compile_zone(
             zone,
             &effective.snapshot,
             &self.geo,
             self.compile_options(stale, serial),
         );
-        table.served = Some(effective.snapshot);
-        table.drains_kept = effective.kept;
+        self.served_from(zone, table, effective)
+    }
+
+    /// `table` with what it was made from: the snapshot transfers send, the drains it
+    /// left undone, and the IXFR history (none while overrides change what is served).
+    fn served_from(
+        &self,
+        zone: &ZoneConfig,
+        mut table: ZoneTable,
+        effective: Effective,
+    ) -> ZoneTable {
         if effective.overrides == 0 {
             table.history = self.history_of(&zone.origin);
         }
+        table.served = Some(effective.snapshot);
+        table.drains_kept = effective.kept;
         table
     }
 

@@ -133,7 +133,8 @@ fn failover(revision: u64, address: &str) -> Update {
     Update::Patch(patch)
 }
 
-fn soa_serial(server: SocketAddr) -> Option<u32> {
+/// The zone's SOA as `server` answers it.
+fn soa(server: SocketAddr) -> Option<hickory_proto::rr::rdata::SOA> {
     let m = lifeline_testkit::dns::udp(
         server,
         &format!("{ZONE}."),
@@ -141,9 +142,13 @@ fn soa_serial(server: SocketAddr) -> Option<u32> {
         &Default::default(),
     );
     m.answers.iter().find_map(|r| match &r.data {
-        hickory_proto::rr::RData::SOA(soa) => Some(soa.serial),
+        hickory_proto::rr::RData::SOA(soa) => Some(soa.clone()),
         _ => None,
     })
+}
+
+fn soa_serial(server: SocketAddr) -> Option<u32> {
+    soa(server).map(|s| s.serial)
 }
 
 fn follows_lifeline(kind: Kind) {
@@ -315,16 +320,7 @@ fn served_serial(shim: &ShimHandle) -> Option<u32> {
 }
 
 fn soa_refresh(server: SocketAddr) -> Option<u32> {
-    let m = lifeline_testkit::dns::udp(
-        server,
-        &format!("{ZONE}."),
-        RecordType::SOA,
-        &Default::default(),
-    );
-    m.answers.iter().find_map(|r| match &r.data {
-        hickory_proto::rr::RData::SOA(soa) => Some(soa.refresh as u32),
-        _ => None,
-    })
+    soa(server).map(|s| s.refresh as u32)
 }
 
 /// A cluster-wide drain of `cluster` for an hour, as a replica reads it from its store.
